@@ -1,0 +1,1 @@
+//! meshdrain-clone: post-copy clone engines (userspace and dm-clone) behind one `CloneBackend` trait.

@@ -1,0 +1,1 @@
+//! meshdrain-mesh: node identity, fleet admission and the WireGuard mesh (pure core + backends).

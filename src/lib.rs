@@ -1,0 +1,8 @@
+//! meshdrain drains machines that hold stateful workloads, peer to peer: agents gossip
+//! over a WireGuard mesh, a draining node exports its volumes read-only over iSCSI, and
+//! each volume's new holder clones it post-copy (workload first, hydration after).
+//!
+//! Dependencies point one way: `cli` → `control` → `agent` → {`drain`, `lease`,
+//! `cluster`, `store`} plus the `meshdrain-{mesh,iscsi,clone}` crates.
+
+pub mod cli;

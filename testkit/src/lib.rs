@@ -1,0 +1,2 @@
+//! meshdrain-testkit: privileged test fixtures (network namespaces, veth, bridges, QEMU VMs)
+//! shared by the netns and vm test tiers. Every fixture cleans up on drop, also on panic.
