@@ -2,7 +2,13 @@
 //! over a WireGuard mesh, a draining node exports its volumes read-only over iSCSI, and
 //! each volume's new holder clones it post-copy (workload first, hydration after).
 //!
-//! Dependencies point one way: `cli` → `control` → `agent` → {`drain`, `lease`,
-//! `cluster`, `store`} plus the `meshdrain-{mesh,iscsi,clone}` crates.
+//! Dependencies point one way: `cli` → `control` → `agent` → {`drain`, `cluster`,
+//! `store`} plus the `meshdrain-{mesh,iscsi,clone}` crates. `drain` is pure.
 
+pub mod agent;
 pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod drain;
+pub mod store;

@@ -1,0 +1,159 @@
+//! Starting an agent: the shell around the owner loop. [`spawn`] is what tests call with
+//! any chitchat transport; [`run_process`] is what `meshdrain agent` calls (UDP, control
+//! socket, metrics, systemd notification, signals).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use chitchat::transport::{Transport, UdpTransport};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::{Agent, AgentHandle, NodeIdentity};
+use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
+use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
+use crate::control::metrics::Metrics;
+use crate::store::StateDir;
+
+/// An agent running as tasks in this process.
+pub struct RunningAgent {
+    /// Talk to its owner loop.
+    pub handle: AgentHandle,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningAgent {
+    /// Stops it cleanly and waits.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Stops it abruptly, as a crash would: no final writes, gossip just goes silent.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Starts gossip on `transport` and the owner loop, restoring state from `state_dir`.
+pub async fn spawn(
+    settings: &GossipSettings,
+    identity: NodeIdentity,
+    state_dir: &Path,
+    transport: &dyn Transport,
+) -> anyhow::Result<RunningAgent> {
+    let store = StateDir::open(state_dir)?;
+    let gossip = ChitchatGossip::start(settings, transport, Vec::new()).await?;
+    let metrics = Arc::new(Metrics::new());
+    let (agent, handle, commands) = Agent::new(identity, gossip, store, settings.interval, metrics.clone())?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        agent
+            .run(commands, async move {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Ok(RunningAgent { handle, metrics, stop: Some(stop_tx), task })
+}
+
+/// Gossip settings from a validated config.
+pub fn gossip_settings(config: &AgentConfig, addrs: &ResolvedAddrs) -> GossipSettings {
+    GossipSettings {
+        name: config.name.clone(),
+        generation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64),
+        cluster_id: config.cluster_id.clone(),
+        listen: addrs.gossip_listen,
+        advertise: addrs.gossip_advertise,
+        seeds: config.gossip.seeds.clone(),
+        interval: config.gossip_interval(),
+        phi_threshold: config.gossip.phi_threshold,
+        dead_node_grace: Duration::from_secs(config.gossip.dead_node_grace_s),
+    }
+}
+
+/// Bytes free for incoming volumes: the configured capacity, else the pool's free space.
+fn free_bytes(config: &AgentConfig) -> u64 {
+    if let Some(cap) = config.pool.capacity_bytes {
+        return cap;
+    }
+    let dir = config.pool_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    nix::sys::statvfs::statvfs(&dir).map_or(0, |s| s.blocks_available() as u64 * s.fragment_size() as u64)
+}
+
+/// Runs `meshdrain agent` until `shutdown` resolves.
+pub async fn run_process(
+    config: AgentConfig,
+    addrs: ResolvedAddrs,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if config.mesh.backend != MeshBackendChoice::None {
+        anyhow::bail!(
+            "mesh.backend = {:?} is not wired into the agent in this build; use backend = \"none\"",
+            config.mesh.backend
+        );
+    }
+    let identity = NodeIdentity {
+        name: config.name.clone(),
+        gossip_addr: addrs.gossip_advertise,
+        labels: config.labels.clone(),
+        mesh_addr: None,
+        mesh_backend: Some("none".to_owned()),
+        free_bytes: free_bytes(&config),
+    };
+    let settings = gossip_settings(&config, &addrs);
+    let listener = crate::control::server::bind(&config.control.socket).await?;
+    let agent = spawn(&settings, identity, &config.state_dir, &UdpTransport)
+        .await
+        .with_context(|| format!("starting agent {}", config.name))?;
+    let metrics_task = match addrs.metrics_listen {
+        Some(addr) => {
+            let l = crate::control::metrics::bind(addr)
+                .await
+                .with_context(|| format!("config key `metrics.listen`: cannot bind {addr}"))?;
+            info!(%addr, "metrics at http://{addr}/metrics");
+            Some(tokio::spawn(crate::control::metrics::serve(l, agent.metrics.clone())))
+        }
+        None => None,
+    };
+    let (ctl_stop_tx, ctl_stop_rx) = oneshot::channel::<()>();
+    let control = tokio::spawn(crate::control::server::serve(listener, agent.handle.clone(), async move {
+        let _ = ctl_stop_rx.await;
+    }));
+    info!(
+        node = %config.name,
+        gossip = %addrs.gossip_listen,
+        control = %config.control.socket.display(),
+        "agent running"
+    );
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("gossiping")]);
+    shutdown.await;
+    info!("shutting down");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let _ = ctl_stop_tx.send(());
+    let _ = control.await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    agent.stop().await;
+    let _ = std::fs::remove_file(&config.control.socket);
+    Ok(())
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(states) {
+            warn!("cannot notify systemd: {e}");
+        }
+    }
+}

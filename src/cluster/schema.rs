@@ -1,0 +1,200 @@
+//! The gossip key schema. Every key is owned by exactly one node (the one whose chitchat
+//! state holds it); values are JSON objects carrying a schema version `v`.
+//!
+//! Decoding never fails the caller: a value of an unknown version, or one that does not
+//! parse, becomes an [`Ignored`] with the reason, which the view logs once and skips.
+//! New optional fields may be added within a version (unknown fields are ignored);
+//! anything incompatible bumps `v`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::drain::node::NodeState;
+use crate::drain::request::{AppliedRequest, NodeRequest};
+
+/// The schema version this agent writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A parsed gossip key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    /// `node`: the owner's node record.
+    Node,
+    /// `req/drain/<node>`: a request that `<node>` change state.
+    NodeRequest(String),
+    /// Any other key: kept raw so newer agents' keys don't break older ones.
+    Other(String),
+}
+
+impl Key {
+    /// Parses a key string.
+    pub fn parse(key: &str) -> Key {
+        if key == "node" {
+            return Key::Node;
+        }
+        if let Some(node) = key.strip_prefix("req/drain/") {
+            if crate::config::valid_node_name(node) {
+                return Key::NodeRequest(node.to_owned());
+            }
+        }
+        Key::Other(key.to_owned())
+    }
+
+    /// The key string.
+    pub fn render(&self) -> String {
+        match self {
+            Key::Node => "node".to_owned(),
+            Key::NodeRequest(node) => format!("req/drain/{node}"),
+            Key::Other(k) => k.clone(),
+        }
+    }
+}
+
+/// Why a gossip value was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    /// Written by an agent with a schema this one does not know.
+    #[error("schema version {found} is not understood (this agent reads {SCHEMA_VERSION}); upgrade this agent")]
+    UnknownVersion {
+        /// The version found.
+        found: u64,
+    },
+    /// Not JSON, no version, or fields of the wrong type.
+    #[error("malformed value: {0}")]
+    Malformed(String),
+}
+
+/// Encodes a value with the schema version.
+pub fn encode<T: Serialize>(value: &T) -> String {
+    let mut json = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut json {
+        map.insert("v".to_owned(), SCHEMA_VERSION.into());
+    }
+    json.to_string()
+}
+
+/// Decodes a versioned value.
+pub fn decode<T: DeserializeOwned>(raw: &str) -> Result<T, Ignored> {
+    let json: serde_json::Value = serde_json::from_str(raw).map_err(|e| Ignored::Malformed(e.to_string()))?;
+    match json.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+        Some(found) => return Err(Ignored::UnknownVersion { found }),
+        None => return Err(Ignored::Malformed("no schema version `v`".to_owned())),
+    }
+    serde_json::from_value(json).map_err(|e| Ignored::Malformed(e.to_string()))
+}
+
+/// The WireGuard identity a node advertises so others can add it as a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireguardAdvert {
+    /// Base64 public key (the node's identity).
+    pub public_key: String,
+    /// Underlay endpoints (`ip:port`) where its WireGuard listens.
+    pub endpoints: Vec<String>,
+    /// The node certificate signed by the fleet CA (opaque here; the mesh crate checks it).
+    #[serde(default)]
+    pub certificate: Option<serde_json::Value>,
+}
+
+/// The `node` key: everything others need to know about a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node name (also its chitchat node id).
+    pub name: String,
+    /// Lifecycle state.
+    pub state: NodeState,
+    /// Where it gossips.
+    pub gossip_addr: SocketAddr,
+    /// Its mesh address, when a mesh is configured.
+    #[serde(default)]
+    pub mesh_addr: Option<String>,
+    /// Which WireGuard backend carries its mesh (`kernel`, `userspace`, `none`).
+    #[serde(default)]
+    pub mesh_backend: Option<String>,
+    /// WireGuard identity, when a mesh is configured.
+    #[serde(default)]
+    pub wireguard: Option<WireguardAdvert>,
+    /// Bytes free for incoming volumes.
+    #[serde(default)]
+    pub free_bytes: u64,
+    /// Labels for placement constraints.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// How many volumes it holds.
+    #[serde(default)]
+    pub volumes: u32,
+    /// meshdrain version of its agent.
+    #[serde(default)]
+    pub agent_version: String,
+    /// The last node request it applied (or refused), so issuers see theirs adopted.
+    #[serde(default)]
+    pub last_request: Option<AppliedRequest>,
+}
+
+/// Decodes a `req/drain/<node>` value.
+pub fn decode_request(raw: &str) -> Result<NodeRequest, Ignored> {
+    decode(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::node::NodeAction;
+
+    fn record() -> NodeRecord {
+        NodeRecord {
+            name: "node1".into(),
+            state: NodeState::Draining,
+            gossip_addr: "127.0.0.1:7946".parse().unwrap(),
+            mesh_addr: None,
+            mesh_backend: None,
+            wireguard: None,
+            free_bytes: 10,
+            labels: BTreeMap::new(),
+            volumes: 2,
+            agent_version: "0.1.0".into(),
+            last_request: None,
+        }
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for k in ["node", "req/drain/node3", "vol/abc", "req/drain/bad name"] {
+            assert_eq!(Key::parse(k).render(), k);
+        }
+        assert_eq!(Key::parse("req/drain/node3"), Key::NodeRequest("node3".into()));
+        assert!(matches!(Key::parse("req/drain/../x"), Key::Other(_)));
+    }
+
+    #[test]
+    fn values_round_trip_with_version() {
+        let raw = encode(&record());
+        assert!(raw.contains("\"v\":1"), "{raw}");
+        assert_eq!(decode::<NodeRecord>(&raw).unwrap(), record());
+        let req = NodeRequest { seq: 5, nonce: "n".into(), action: NodeAction::Drain, issued_by: "node1".into() };
+        assert_eq!(decode_request(&encode(&req)).unwrap(), req);
+    }
+
+    #[test]
+    fn unknown_version_is_ignored_not_fatal() {
+        let raw = encode(&record()).replace("\"v\":1", "\"v\":7");
+        assert_eq!(decode::<NodeRecord>(&raw).unwrap_err(), Ignored::UnknownVersion { found: 7 });
+    }
+
+    #[test]
+    fn malformed_values_are_ignored_with_reason() {
+        for raw in ["", "not json", "[1,2]", "{\"name\":\"x\"}", "{\"v\":1,\"name\":3}"] {
+            let err = decode::<NodeRecord>(raw).unwrap_err();
+            assert!(matches!(err, Ignored::Malformed(_)), "{raw}: {err}");
+        }
+    }
+
+    #[test]
+    fn newer_fields_are_tolerated() {
+        let raw = encode(&record()).replace("\"v\":1", "\"v\":1,\"future\":{\"x\":1}");
+        assert_eq!(decode::<NodeRecord>(&raw).unwrap(), record());
+    }
+}

@@ -1,0 +1,199 @@
+//! `ClusterView`: a typed snapshot of what gossip says, built from a raw snapshot.
+//! The pure cores (drain, lease, placement) only ever see this type.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::schema::{self, Ignored, Key, NodeRecord};
+use crate::drain::request::NodeRequest;
+
+/// One node as the gossip layer reports it, keys and values untyped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawNode {
+    /// chitchat node id (the node name).
+    pub name: String,
+    /// Incarnation: grows when the node restarts.
+    pub generation: u64,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// Alive according to the failure detector (the local node is always alive).
+    pub alive: bool,
+    /// Heartbeat counter (grows once per gossip round of that node).
+    pub heartbeat: u64,
+    /// Key-value pairs (tombstones excluded).
+    pub entries: Vec<(String, String)>,
+}
+
+/// A whole raw snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawSnapshot {
+    /// The local node's name.
+    pub self_name: String,
+    /// Every node known, possibly several generations of one name.
+    pub nodes: Vec<RawNode>,
+}
+
+/// A node in the typed view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    /// Name.
+    pub name: String,
+    /// Incarnation.
+    pub generation: u64,
+    /// Gossip address.
+    pub gossip_addr: SocketAddr,
+    /// Alive per the failure detector.
+    pub alive: bool,
+    /// Heartbeat counter.
+    pub heartbeat: u64,
+    /// Its `node` record, if published and valid.
+    pub record: Option<NodeRecord>,
+    /// Requests it has published, by the node they name.
+    pub requests: BTreeMap<String, NodeRequest>,
+    /// Values skipped, with the reason.
+    pub ignored: Vec<(String, Ignored)>,
+}
+
+/// The typed cluster snapshot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// The local node's name.
+    pub self_name: String,
+    /// Nodes by name (the newest generation of each).
+    pub nodes: BTreeMap<String, NodeView>,
+}
+
+impl ClusterView {
+    /// Builds the typed view; a name seen in several generations keeps the newest.
+    pub fn from_raw(raw: &RawSnapshot) -> ClusterView {
+        let mut nodes: BTreeMap<String, NodeView> = BTreeMap::new();
+        for n in &raw.nodes {
+            if nodes.get(&n.name).is_some_and(|old| old.generation > n.generation) {
+                continue;
+            }
+            nodes.insert(n.name.clone(), NodeView::from_raw(n));
+        }
+        ClusterView { self_name: raw.self_name.clone(), nodes }
+    }
+
+    /// Every request published anywhere that names `node`.
+    pub fn requests_for<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a NodeRequest> + 'a {
+        self.nodes.values().filter_map(move |n| n.requests.get(node))
+    }
+
+    /// The highest request seq seen for `node` (published or applied), for the HLC.
+    pub fn highest_seq_for(&self, node: &str) -> u64 {
+        let published = self.requests_for(node).map(|r| r.seq).max().unwrap_or(0);
+        let applied = self
+            .nodes
+            .get(node)
+            .and_then(|n| n.record.as_ref())
+            .and_then(|r| r.last_request.as_ref())
+            .map_or(0, |l| l.seq);
+        published.max(applied)
+    }
+
+    /// The local node.
+    pub fn local(&self) -> Option<&NodeView> {
+        self.nodes.get(&self.self_name)
+    }
+}
+
+impl NodeView {
+    fn from_raw(n: &RawNode) -> NodeView {
+        let mut view = NodeView {
+            name: n.name.clone(),
+            generation: n.generation,
+            gossip_addr: n.gossip_addr,
+            alive: n.alive,
+            heartbeat: n.heartbeat,
+            record: None,
+            requests: BTreeMap::new(),
+            ignored: Vec::new(),
+        };
+        for (k, v) in &n.entries {
+            let result = match Key::parse(k) {
+                Key::Node => schema::decode::<NodeRecord>(v).map(|r| view.record = Some(r)),
+                Key::NodeRequest(target) => schema::decode_request(v).map(|r| {
+                    view.requests.insert(target, r);
+                }),
+                Key::Other(_) => Ok(()),
+            };
+            if let Err(why) = result {
+                view.ignored.push((k.clone(), why));
+            }
+        }
+        view
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drain::node::{NodeAction, NodeState};
+
+    fn raw_node(name: &str, generation: u64, entries: Vec<(&str, String)>) -> RawNode {
+        RawNode {
+            name: name.into(),
+            generation,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            alive: true,
+            heartbeat: 3,
+            entries: entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_skipped_and_reported() {
+        let req = NodeRequest { seq: 9, nonce: "x".into(), action: NodeAction::Drain, issued_by: "a".into() };
+        let raw = RawSnapshot {
+            self_name: "a".into(),
+            nodes: vec![raw_node(
+                "a",
+                1,
+                vec![
+                    ("node", "garbage".into()),
+                    ("req/drain/b", schema::encode(&req)),
+                    ("req/drain/c", "{\"v\":99}".into()),
+                    ("vol/x", "anything".into()),
+                ],
+            )],
+        };
+        let view = ClusterView::from_raw(&raw);
+        let a = &view.nodes["a"];
+        assert!(a.record.is_none());
+        assert_eq!(a.requests.len(), 1);
+        assert_eq!(a.ignored.len(), 2);
+        assert_eq!(view.requests_for("b").count(), 1);
+        assert_eq!(view.highest_seq_for("b"), 9);
+        assert!(matches!(a.ignored[1].1, Ignored::UnknownVersion { found: 99 }));
+    }
+
+    #[test]
+    fn newest_generation_wins() {
+        let rec = |state| {
+            schema::encode(&NodeRecord {
+                name: "a".into(),
+                state,
+                gossip_addr: "127.0.0.1:1".parse().unwrap(),
+                mesh_addr: None,
+                mesh_backend: None,
+                wireguard: None,
+                free_bytes: 0,
+                labels: Default::default(),
+                volumes: 0,
+                agent_version: String::new(),
+                last_request: None,
+            })
+        };
+        let raw = RawSnapshot {
+            self_name: "b".into(),
+            nodes: vec![
+                raw_node("a", 2, vec![("node", rec(NodeState::Draining))]),
+                raw_node("a", 1, vec![("node", rec(NodeState::Active))]),
+            ],
+        };
+        let view = ClusterView::from_raw(&raw);
+        assert_eq!(view.nodes["a"].record.as_ref().unwrap().state, NodeState::Draining);
+    }
+}

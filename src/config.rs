@@ -1,0 +1,421 @@
+//! Agent configuration: TOML with `deny_unknown_fields`, then validation that names the
+//! offending key and says how to fix it. A config that loads is a config the agent can run.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default control socket, also used by the CLI when no `--control` is given.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshdrain/control.sock";
+
+/// Why a config could not be used. Every message names the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is missing or unreadable.
+    #[error("cannot read config {path}: {source} (pass an existing file with --config)")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has an unknown/missing key.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// toml's message, which names the key and shows the line.
+        message: String,
+    },
+    /// A key parsed but its value cannot work.
+    #[error("config {path}: key `{key}`: {problem} (fix: {fix})")]
+    Invalid {
+        /// The config path.
+        path: PathBuf,
+        /// Dotted key, e.g. `gossip.listen`.
+        key: String,
+        /// What is wrong with the value.
+        problem: String,
+        /// What to write instead.
+        fix: String,
+    },
+}
+
+/// The whole agent configuration (one node).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Node name, unique in the fleet; other nodes and the CLI address the node by it.
+    pub name: String,
+    /// Durable state (node state, applied requests, volumes); must survive reboots.
+    pub state_dir: PathBuf,
+    /// Fleet name: agents with a different one ignore each other's gossip.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    /// Labels matched by placement constraints (`zone = "a"`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Gossip (chitchat) settings.
+    pub gossip: GossipConfig,
+    /// Local control socket used by the CLI.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Prometheus metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// WireGuard mesh settings.
+    #[serde(default)]
+    pub mesh: MeshConfig,
+    /// Local volume pool.
+    #[serde(default)]
+    pub pool: PoolConfig,
+}
+
+fn default_cluster_id() -> String {
+    "meshdrain".to_owned()
+}
+
+/// Gossip settings. Addresses are strings here and checked in [`AgentConfig::validate`]
+/// so that a bad one is reported with its key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GossipConfig {
+    /// UDP address chitchat binds (`ip:port`).
+    pub listen: String,
+    /// Address other nodes should gossip to, when it differs from `listen` (NAT, 0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// Seed nodes (`ip:port` or `host:port`) to join through; may include this node.
+    #[serde(default)]
+    pub seeds: Vec<String>,
+    /// Gossip round interval in milliseconds.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Phi-accrual threshold above which a silent node is declared dead.
+    #[serde(default = "default_phi")]
+    pub phi_threshold: f64,
+    /// How long a dead node's state is kept before it is forgotten, in seconds.
+    #[serde(default = "default_dead_grace_s")]
+    pub dead_node_grace_s: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    500
+}
+fn default_phi() -> f64 {
+    8.0
+}
+fn default_dead_grace_s() -> u64 {
+    24 * 3600
+}
+
+/// Control socket settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Unix socket path (created mode 0600).
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_CONTROL_SOCKET)
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self { socket: default_socket() }
+    }
+}
+
+/// Metrics endpoint settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` serving Prometheus text at `/metrics`; absent = no endpoint.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// Which WireGuard implementation carries the mesh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshBackendChoice {
+    /// No mesh: gossip runs directly on the configured addresses (development, tests).
+    #[default]
+    None,
+    /// Kernel WireGuard if a wireguard link can be created, else userspace.
+    Auto,
+    /// Kernel WireGuard via netlink.
+    Kernel,
+    /// Userspace WireGuard (boringtun) on a TUN device.
+    Userspace,
+}
+
+/// A seed of the mesh: the public key and underlay endpoint of a node to join through.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshSeed {
+    /// The seed's WireGuard public key (base64).
+    pub public_key: String,
+    /// The seed's underlay `ip:port`.
+    pub endpoint: String,
+}
+
+/// WireGuard mesh settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// `none`, `auto`, `kernel` or `userspace`.
+    #[serde(default)]
+    pub backend: MeshBackendChoice,
+    /// WireGuard interface name (must be unique per network namespace).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// UDP port WireGuard listens on.
+    #[serde(default)]
+    pub listen_port: Option<u16>,
+    /// Underlay `ip:port` other nodes reach this node's WireGuard on.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// This node's certificate signed by the fleet CA.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// The fleet CA's public certificate.
+    #[serde(default)]
+    pub fleet_ca: Option<PathBuf>,
+    /// Seeds to join through.
+    #[serde(default)]
+    pub seeds: Vec<MeshSeed>,
+}
+
+/// Local volume pool settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Where `volume create` puts sparse files and where incoming clones land;
+    /// defaults to `<state_dir>/pool`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Capacity advertised to placement, in bytes; defaults to the free space of `dir`.
+    #[serde(default)]
+    pub capacity_bytes: Option<u64>,
+}
+
+/// The validated, typed addresses derived from a config.
+#[derive(Debug, Clone)]
+pub struct ResolvedAddrs {
+    /// chitchat's bind address.
+    pub gossip_listen: SocketAddr,
+    /// The address advertised to peers.
+    pub gossip_advertise: SocketAddr,
+    /// Metrics bind address, if any.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl AgentConfig {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<(Self, ResolvedAddrs), ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let config = Self::parse(path, &text)?;
+        let addrs = config.validate(path)?;
+        Ok((config, addrs))
+    }
+
+    /// Parses TOML text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    /// Checks every value that parsed but could still not work, naming the key.
+    pub fn validate(&self, path: &Path) -> Result<ResolvedAddrs, ConfigError> {
+        let invalid = |key: &str, problem: String, fix: &str| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: key.to_owned(),
+            problem,
+            fix: fix.to_owned(),
+        };
+        if !valid_node_name(&self.name) {
+            return Err(invalid(
+                "name",
+                format!("{:?} is not a valid node name", self.name),
+                "use 1-63 characters from a-z, A-Z, 0-9, '-', '_', '.', starting with a letter or digit",
+            ));
+        }
+        if !self.state_dir.is_absolute() {
+            return Err(invalid(
+                "state_dir",
+                format!("{} is a relative path", self.state_dir.display()),
+                "use an absolute path such as /var/lib/meshdrain",
+            ));
+        }
+        let gossip_listen = parse_addr(&self.gossip.listen)
+            .ok_or_else(|| invalid("gossip.listen", bad_addr(&self.gossip.listen), "write ip:port, e.g. 127.0.0.1:7946"))?;
+        let gossip_advertise = match &self.gossip.advertise {
+            Some(a) => parse_addr(a)
+                .ok_or_else(|| invalid("gossip.advertise", bad_addr(a), "write ip:port, e.g. 198.18.0.1:7946"))?,
+            None if gossip_listen.ip().is_unspecified() => {
+                return Err(invalid(
+                    "gossip.advertise",
+                    format!("gossip.listen is {gossip_listen}, which peers cannot reach"),
+                    "set gossip.advertise to the address peers should use",
+                ));
+            }
+            None => gossip_listen,
+        };
+        for (i, seed) in self.gossip.seeds.iter().enumerate() {
+            if !seed.contains(':') || seed.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).is_none() {
+                return Err(invalid(
+                    &format!("gossip.seeds[{i}]"),
+                    bad_addr(seed),
+                    "write host:port or ip:port, e.g. 127.0.0.1:7947",
+                ));
+            }
+        }
+        if !(10..=60_000).contains(&self.gossip.interval_ms) {
+            return Err(invalid(
+                "gossip.interval_ms",
+                format!("{} ms is out of range", self.gossip.interval_ms),
+                "use 10 to 60000 (default 500)",
+            ));
+        }
+        if !(self.gossip.phi_threshold > 0.0 && self.gossip.phi_threshold < 100.0) {
+            return Err(invalid(
+                "gossip.phi_threshold",
+                format!("{} is out of range", self.gossip.phi_threshold),
+                "use a value between 1 and 20 (default 8)",
+            ));
+        }
+        let metrics_listen = match &self.metrics.listen {
+            Some(a) => Some(parse_addr(a).ok_or_else(|| invalid("metrics.listen", bad_addr(a), "write ip:port, e.g. 127.0.0.1:9477"))?),
+            None => None,
+        };
+        if self.mesh.backend != MeshBackendChoice::None {
+            if let Some(ep) = &self.mesh.endpoint {
+                parse_addr(ep).ok_or_else(|| invalid("mesh.endpoint", bad_addr(ep), "write the underlay ip:port, e.g. 198.18.0.1:51820"))?;
+            }
+            for (i, seed) in self.mesh.seeds.iter().enumerate() {
+                parse_addr(&seed.endpoint).ok_or_else(|| {
+                    invalid(&format!("mesh.seeds[{i}].endpoint"), bad_addr(&seed.endpoint), "write the seed's underlay ip:port")
+                })?;
+            }
+        }
+        Ok(ResolvedAddrs { gossip_listen, gossip_advertise, metrics_listen })
+    }
+
+    /// The gossip round interval.
+    pub fn gossip_interval(&self) -> Duration {
+        Duration::from_millis(self.gossip.interval_ms)
+    }
+
+    /// The pool directory (explicit or under the state dir).
+    pub fn pool_dir(&self) -> PathBuf {
+        self.pool.dir.clone().unwrap_or_else(|| self.state_dir.join("pool"))
+    }
+}
+
+fn parse_addr(s: &str) -> Option<SocketAddr> {
+    s.parse().ok()
+}
+
+fn bad_addr(s: &str) -> String {
+    format!("{s:?} is not an ip:port address")
+}
+
+/// Node names travel in gossip keys (`req/drain/<node>`) and file names, so keep them plain.
+pub fn valid_node_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "node1"
+state_dir = "/var/lib/meshdrain"
+[gossip]
+listen = "127.0.0.1:7946"
+seeds = ["127.0.0.1:7947"]
+interval_ms = 200
+[control]
+socket = "/run/meshdrain/control.sock"
+[mesh]
+backend = "none"
+"#;
+
+    fn load(text: &str) -> Result<ResolvedAddrs, ConfigError> {
+        let p = Path::new("/etc/meshdrain/agent.toml");
+        AgentConfig::parse(p, text)?.validate(p)
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let addrs = load(GOOD).expect("example config");
+        assert_eq!(addrs.gossip_listen.to_string(), "127.0.0.1:7946");
+        assert_eq!(addrs.gossip_advertise, addrs.gossip_listen);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = load(&GOOD.replace("interval_ms = 200", "interval_ms = 200\nfanout = 3")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("unknown field `fanout`"), "{msg}");
+        assert!(msg.contains("/etc/meshdrain/agent.toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_address_names_key_and_fix() {
+        let err = load(&GOOD.replace("127.0.0.1:7946", "localhost")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config /etc/meshdrain/agent.toml: key `gossip.listen`: \"localhost\" is not an ip:port address \
+             (fix: write ip:port, e.g. 127.0.0.1:7946)"
+        );
+    }
+
+    #[test]
+    fn bad_seed_names_its_index() {
+        let err = load(&GOOD.replace("\"127.0.0.1:7947\"", "\"127.0.0.1:7947\", \"nohost\"")).unwrap_err();
+        assert!(err.to_string().contains("key `gossip.seeds[1]`"), "{err}");
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let err = load("name = \"n\"\nstate_dir = \"/x\"\n").unwrap_err();
+        assert!(err.to_string().contains("missing field `gossip`"), "{err}");
+    }
+
+    #[test]
+    fn unspecified_listen_needs_advertise() {
+        let err = load(&GOOD.replace("127.0.0.1:7946", "0.0.0.0:7946")).unwrap_err();
+        assert!(err.to_string().contains("key `gossip.advertise`"), "{err}");
+    }
+
+    #[test]
+    fn node_names_are_plain() {
+        assert!(valid_node_name("node-1.rack_2"));
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(64)] {
+            assert!(!valid_node_name(bad), "{bad:?}");
+        }
+        let err = load(&GOOD.replace("\"node1\"", "\"a/b\"")).unwrap_err();
+        assert!(err.to_string().contains("key `name`"), "{err}");
+    }
+
+    #[test]
+    fn relative_state_dir_is_refused() {
+        let err = load(&GOOD.replace("/var/lib/meshdrain", "state")).unwrap_err();
+        assert!(err.to_string().contains("key `state_dir`"), "{err}");
+    }
+}

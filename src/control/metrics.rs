@@ -1,0 +1,148 @@
+//! Prometheus metrics: what an operator graphs and alerts on (nodes by state, liveness,
+//! gossip progress, values ignored). Served as text on `metrics.listen` at `/metrics`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::cluster::view::ClusterView;
+use crate::drain::node::NodeState;
+
+type Labels = Vec<(String, String)>;
+
+/// The agent's metrics.
+pub struct Metrics {
+    registry: Registry,
+    nodes: Family<Labels, Gauge>,
+    peers_alive: Gauge,
+    peers_dead: Gauge,
+    gossip_rounds: Gauge<u64, AtomicU64>,
+    ignored_values: Gauge,
+    /// Node requests this agent applied or refused.
+    pub requests_handled: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("meshdrain");
+        let nodes = Family::<Labels, Gauge>::default();
+        let peers_alive = Gauge::default();
+        let peers_dead = Gauge::default();
+        let gossip_rounds = Gauge::<u64, AtomicU64>::default();
+        let ignored_values = Gauge::default();
+        let requests_handled = Counter::default();
+        registry.register("nodes", "Nodes known to this agent, by lifecycle state and liveness", nodes.clone());
+        registry.register("peers_alive", "Other nodes the failure detector considers alive", peers_alive.clone());
+        registry.register("peers_dead", "Other nodes the failure detector considers dead", peers_dead.clone());
+        registry.register("gossip_rounds", "Gossip rounds this agent has run (its heartbeat)", gossip_rounds.clone());
+        registry.register(
+            "gossip_ignored_values",
+            "Gossip values skipped because they were malformed or of an unknown schema version",
+            ignored_values.clone(),
+        );
+        registry.register("node_requests_handled", "Node requests applied or refused by this agent", requests_handled.clone());
+        Self { registry, nodes, peers_alive, peers_dead, gossip_rounds, ignored_values, requests_handled }
+    }
+
+    /// Updates the gauges from a fresh view.
+    pub fn observe(&self, view: &ClusterView) {
+        for state in NodeState::ALL {
+            for alive in [true, false] {
+                let n = view
+                    .nodes
+                    .values()
+                    .filter(|n| n.alive == alive && n.record.as_ref().map(|r| r.state) == Some(state))
+                    .count();
+                let labels = vec![("state".to_owned(), state.to_string()), ("alive".to_owned(), alive.to_string())];
+                self.nodes.get_or_create(&labels).set(n as i64);
+            }
+        }
+        let others = view.nodes.values().filter(|n| n.name != view.self_name);
+        let (alive, dead) = others.fold((0, 0), |(a, d), n| if n.alive { (a + 1, d) } else { (a, d + 1) });
+        self.peers_alive.set(alive);
+        self.peers_dead.set(dead);
+        if let Some(me) = view.local() {
+            self.gossip_rounds.set(me.heartbeat);
+        }
+        self.ignored_values.set(view.nodes.values().map(|n| n.ignored.len() as i64).sum());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics` until the task is dropped. Deliberately tiny: one request per
+/// connection, GET only.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("metrics accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let (status, body) = if head.starts_with("GET /metrics") {
+                ("200 OK", metrics.render())
+            } else {
+                ("404 Not Found", "try /metrics\n".to_owned())
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = stream.write_all(resp.as_bytes()).await {
+                debug!(%peer, "metrics write failed: {e}");
+            }
+        });
+    }
+}
+
+/// Binds the metrics listener, naming the config key on failure.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.observe(&ClusterView::default());
+        let text = m.render();
+        assert!(text.contains("# TYPE meshdrain_nodes gauge"), "{text}");
+        assert!(text.contains("meshdrain_nodes{state=\"draining\",alive=\"true\"} 0"), "{text}");
+        assert!(text.contains("meshdrain_peers_alive 0"), "{text}");
+    }
+}

@@ -1,0 +1,103 @@
+//! The control API between the CLI and the local agent: one JSON request line, one JSON
+//! response line, over a Unix socket only root can open. These types are also what
+//! `--json` prints, so they are a stable interface for operators' scripts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::drain::node::{NodeAction, NodeState};
+use crate::drain::request::AppliedRequest;
+
+/// A request to the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Every node the agent knows.
+    Status,
+    /// Cordon, uncordon, drain or undrain a node (this one or any other).
+    NodeAction {
+        /// The node to act on.
+        node: String,
+        /// What to do.
+        action: NodeAction,
+        /// Publish even if the node is not (yet) known to gossip.
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+/// The agent's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// Answer to [`Request::NodeAction`].
+    NodeAction(ActionReport),
+    /// The request was refused; `message` says why and what to do.
+    Error {
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// The fleet as this agent sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The local node.
+    #[serde(rename = "self")]
+    pub self_name: String,
+    /// Every known node, sorted by name.
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node's line in `meshdrain status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Name.
+    pub name: String,
+    /// Lifecycle state (`None` until its record arrives).
+    pub state: Option<NodeState>,
+    /// Alive per the failure detector.
+    pub alive: bool,
+    /// Gossip address.
+    pub gossip_addr: String,
+    /// Mesh address, if any.
+    pub mesh_addr: Option<String>,
+    /// WireGuard backend carrying its mesh.
+    pub mesh_backend: Option<String>,
+    /// Time since its heartbeat last grew, as seen here.
+    pub heartbeat_age_ms: Option<u64>,
+    /// Heartbeat counter.
+    pub heartbeat: u64,
+    /// Incarnation.
+    pub generation: u64,
+    /// Free bytes for incoming volumes.
+    pub free_bytes: Option<u64>,
+    /// Volumes held.
+    pub volumes: u32,
+    /// Agent version.
+    pub agent_version: Option<String>,
+    /// Last request applied.
+    pub last_request: Option<AppliedRequest>,
+    /// Gossip keys of this node that were skipped, with the reason.
+    pub ignored_keys: Vec<String>,
+}
+
+/// What happened to a node action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionReport {
+    /// The node acted on.
+    pub node: String,
+    /// The action.
+    pub action: NodeAction,
+    /// The request's id; the target publishes it in `last_request` once adopted.
+    pub nonce: String,
+    /// The request's seq.
+    pub seq: u64,
+    /// True when the node was this agent's own and the action is already applied.
+    pub applied: bool,
+    /// The node's state after, when applied here.
+    pub state: Option<NodeState>,
+    /// Why it was refused, when applied here and refused.
+    pub rejected: Option<String>,
+}
