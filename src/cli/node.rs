@@ -61,7 +61,8 @@ pub async fn run(action: NodeAction, args: Args, control: &ControlTarget) -> any
     };
     let mut rejected_remote = None;
     if !report.applied && !args.no_wait {
-        let deadline = Instant::now() + args.timeout;
+        let started = Instant::now();
+        let deadline = started + args.timeout;
         loop {
             let status = status(&mut client).await?;
             let node = status.nodes.iter().find(|n| n.name == args.node);
@@ -73,7 +74,10 @@ pub async fn run(action: NodeAction, args: Args, control: &ControlTarget) -> any
                     rejected_remote = last.rejected.clone();
                     break;
                 }
-                if !n.alive {
+                // A node that stays dead for a couple of seconds is down: the request is
+                // published and the node adopts it when it returns. (A node that only just
+                // joined can look dead until the failure detector has heartbeats.)
+                if !n.alive && Instant::now() >= started + Duration::from_secs(2) {
                     break;
                 }
             }

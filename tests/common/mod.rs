@@ -1,0 +1,122 @@
+//! Helpers for tests that run `meshdrain` processes: free ports, configs, a fleet of
+//! agent processes that are killed on drop.
+
+#![allow(dead_code, missing_docs)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshdrain");
+
+/// A UDP port free right now on 127.0.0.1 (the OS picks it).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `meshdrain <args>` to completion.
+pub fn meshdrain(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).env("MESHDRAIN_LOG", "warn").output().expect("running meshdrain")
+}
+
+/// One agent process with its own config, state dir and control socket.
+pub struct AgentProc {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl AgentProc {
+    pub fn new(root: &Path, name: &str, port: u16, seeds: &[u16], interval_ms: u64) -> Self {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("control.sock");
+        let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "name = \"{name}\"\nstate_dir = \"{state}\"\n\n[gossip]\nlisten = \"127.0.0.1:{port}\"\n\
+                 seeds = [{seeds}]\ninterval_ms = {interval_ms}\n\n[control]\nsocket = \"{sock}\"\n\n\
+                 [mesh]\nbackend = \"none\"\n\n[pool]\ncapacity_bytes = 1073741824\n",
+                state = dir.join("state").display(),
+                seeds = seeds.join(", "),
+                sock = socket.display(),
+            ),
+        )
+        .unwrap();
+        Self { name: name.to_owned(), dir, config, socket, port, child: None }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["agent", "--config"])
+            .arg(&self.config)
+            .env("MESHDRAIN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting agent");
+        self.child = Some(child);
+        // A killed agent leaves its socket behind: ready means "answers", not "exists".
+        wait_until(Duration::from_secs(10), || self.status().is_some(), || format!("{} to answer on its control socket", self.name));
+    }
+
+    /// kill -9: no clean shutdown, no final writes.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut full = vec!["--control", self.socket.to_str().unwrap()];
+        full.extend_from_slice(args);
+        meshdrain(&full)
+    }
+
+    /// `status --json` parsed.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The state `observer` reports for `node`, if any.
+pub fn state_seen(status: &serde_json::Value, node: &str) -> Option<String> {
+    status["nodes"].as_array()?.iter().find(|n| n["name"] == node)?["state"].as_str().map(str::to_owned)
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes (then panics with `what`).
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, what: impl Fn() -> String) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {}", what());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
