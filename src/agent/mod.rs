@@ -15,7 +15,7 @@ use crate::cluster::gossip::Gossip;
 use crate::cluster::schema::{self, NodeRecord};
 use crate::cluster::view::ClusterView;
 use crate::control::metrics::Metrics;
-use crate::control::protocol::{ActionReport, NodeStatus, StatusReport};
+use crate::control::protocol::{ActionReport, NodeStatus, PendingRequest, StatusReport};
 use crate::drain::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::drain::request::{self, AppliedRequest, NodeRequest};
 use crate::store::{StateDir, StoreError};
@@ -347,6 +347,11 @@ impl<G: Gossip> Agent<G> {
                     volumes: r.map_or(0, |r| r.volumes),
                     agent_version: r.map(|r| r.agent_version.clone()),
                     last_request: r.and_then(|r| r.last_request.clone()),
+                    pending_requests: n
+                        .requests
+                        .iter()
+                        .map(|(node, req)| PendingRequest { node: node.clone(), action: req.action, nonce: req.nonce.clone() })
+                        .collect(),
                     ignored_keys: n.ignored.iter().map(|(k, why)| format!("{k}: {why}")).collect(),
                 }
             })
@@ -368,6 +373,7 @@ impl<G: Gossip> Agent<G> {
                 volumes: r.volumes,
                 agent_version: Some(r.agent_version),
                 last_request: r.last_request,
+                pending_requests: vec![],
                 ignored_keys: vec![],
             });
             nodes.sort_by(|a, b| a.name.cmp(&b.name));

@@ -79,8 +79,22 @@ pub struct NodeStatus {
     pub agent_version: Option<String>,
     /// Last request applied.
     pub last_request: Option<AppliedRequest>,
+    /// Requests this node published that their target has not adopted yet.
+    #[serde(default)]
+    pub pending_requests: Vec<PendingRequest>,
     /// Gossip keys of this node that were skipped, with the reason.
     pub ignored_keys: Vec<String>,
+}
+
+/// A published node request waiting for its target to adopt it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    /// The node it names.
+    pub node: String,
+    /// What it asks.
+    pub action: NodeAction,
+    /// Its id.
+    pub nonce: String,
 }
 
 /// What happened to a node action.

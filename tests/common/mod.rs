@@ -120,3 +120,4 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+pub mod sim;
