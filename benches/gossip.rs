@@ -6,7 +6,7 @@
 //!
 //! `cargo bench --bench gossip` prints a markdown table.
 
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::print_stdout)]
 
 #[allow(dead_code)]
 #[path = "../tests/common/sim.rs"]

@@ -2,7 +2,6 @@
 //! through one agent reaches all; partitions hide it and healing converges; a killed
 //! agent is marked dead by the others.
 
-#[allow(dead_code)]
 mod common;
 
 use std::time::Duration;

@@ -88,7 +88,7 @@ fn free_bytes(config: &AgentConfig) -> u64 {
     }
     let dir = config.pool_dir();
     let _ = std::fs::create_dir_all(&dir);
-    nix::sys::statvfs::statvfs(&dir).map_or(0, |s| s.blocks_available() as u64 * s.fragment_size() as u64)
+    nix::sys::statvfs::statvfs(&dir).map_or(0, |s| s.blocks_available() * s.fragment_size())
 }
 
 /// Runs `meshdrain agent` until `shutdown` resolves.
@@ -151,9 +151,9 @@ pub async fn run_process(
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(states) {
-            warn!("cannot notify systemd: {e}");
-        }
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(states)
+    {
+        warn!("cannot notify systemd: {e}");
     }
 }

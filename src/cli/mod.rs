@@ -1,5 +1,7 @@
 //! Command-line interface: clap definitions and one module per command family.
 //! Every command is a thin call into the library; exit codes are in [`exit`].
+//! This is the one module that prints to stdout (the rest of the library logs).
+#![allow(clippy::print_stdout)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use crate::drain::node::NodeAction;
 
 pub mod agent;
 pub mod clone;
+pub mod demo;
 pub mod exit;
 pub mod export;
 pub mod mesh;
@@ -61,6 +64,8 @@ pub enum Command {
     Cordon(node::Args),
     /// Let a cordoned node take volumes again.
     Uncordon(node::Args),
+    /// Run a local demo fleet on an embedded default and drain a node.
+    Demo(demo::Args),
     /// Serve a file or block device read-only over iSCSI (debugging, tests, benchmarks).
     #[command(subcommand)]
     Export(export::Command),
@@ -123,6 +128,7 @@ pub fn main() -> ExitCode {
             Command::Undrain(a) => node::run(NodeAction::Undrain, a, &control).await,
             Command::Cordon(a) => node::run(NodeAction::Cordon, a, &control).await,
             Command::Uncordon(a) => node::run(NodeAction::Uncordon, a, &control).await,
+            Command::Demo(a) => demo::run(a).await,
             Command::Export(c) => export::run(c).await,
             Command::Clone(c) => clone::run(c).await,
             Command::Mesh(c) => mesh::run(c).await,

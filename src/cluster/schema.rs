@@ -35,10 +35,10 @@ impl Key {
         if key == "node" {
             return Key::Node;
         }
-        if let Some(node) = key.strip_prefix("req/drain/") {
-            if crate::config::valid_node_name(node) {
-                return Key::NodeRequest(node.to_owned());
-            }
+        if let Some(node) = key.strip_prefix("req/drain/")
+            && crate::config::valid_node_name(node)
+        {
+            return Key::NodeRequest(node.to_owned());
         }
         Key::Other(key.to_owned())
     }
