@@ -11,4 +11,5 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod lease;
 pub mod store;

@@ -2,4 +2,5 @@
 //! and placement join them). No I/O, no clocks, no tokio: inputs in, decisions out.
 
 pub mod node;
+pub mod placement;
 pub mod request;

@@ -1,0 +1,169 @@
+//! The holder side of one volume's move: the node a volume moves to.
+//!
+//! ```text
+//!  (granted e to me) ─▶ preparing ──clone ready──▶ ready ──source cut_over(e)──▶ running ──hydrated──▶ finishing ──finalized──▶ complete (publishes done e, owns the volume)
+//!                         │   └─clone failed─▶ failed     │
+//!                         └──────── source epoch > e ─────┴──▶ discarded (partial clone removed)
+//! ```
+//!
+//! The holder starts the workload only after it sees the source's `cut_over` for its own
+//! epoch; before that, a newer epoch means it was revoked, and it throws its partial clone
+//! away. After cut-over the source never revokes, so a returning holder just resumes.
+
+use serde::{Deserialize, Serialize};
+
+/// Where the holder is. Published in `progress/<id>` with the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum HolderPhase {
+    /// Logging in to the export and creating the clone device. May become `ready`,
+    /// `failed`, or `discarded` (revoked).
+    Preparing,
+    /// The clone exists; waiting for the source's cut-over. May become `running` or
+    /// `discarded` (revoked).
+    Ready,
+    /// The workload runs on the clone; hydration copies the rest. May become `finishing`.
+    Running {
+        /// The source does not answer; reads of missing regions and hydration wait.
+        stalled: bool,
+    },
+    /// Every region is here: flushing and replacing the clone by the plain device.
+    /// May become `complete`.
+    Finishing,
+    /// The volume lives here now; `done` is published. Terminal.
+    Complete,
+    /// Revoked before cut-over; the partial clone is removed. Terminal.
+    Discarded,
+    /// Preparing failed (the source revokes and re-offers). May become `discarded`.
+    Failed {
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// One volume as its holder keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderVolume {
+    /// Volume id.
+    pub id: String,
+    /// The node it comes from.
+    pub source: String,
+    /// The lease epoch this holder was granted.
+    pub epoch: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Phase.
+    pub phase: HolderPhase,
+}
+
+/// What the holder sees of the source's `vol/<id>` record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSignal {
+    /// The source's current epoch.
+    pub epoch: u64,
+    /// Whether the source has cut over to this holder at that epoch.
+    pub cut_over_to_me: bool,
+}
+
+/// Inputs to one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderEvent {
+    /// A periodic look at the source's record (`None`: not visible right now).
+    Tick(Option<SourceSignal>),
+    /// The clone device exists and reads reach the source.
+    CloneReady,
+    /// Preparing failed.
+    CloneFailed(String),
+    /// The clone engine reports the source (un)reachable.
+    Stalled(bool),
+    /// Every region is on the dest.
+    Hydrated,
+    /// Flushed, clone replaced by the plain device, persisted, logged out.
+    Finalized,
+}
+
+/// Side effects for the owner loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HolderEffect {
+    /// Log in to the source's export (initiator name carries the epoch) and create the
+    /// clone device, without starting the workload.
+    PrepareClone,
+    /// Start the workload on the clone (the `start` hook) and background hydration.
+    StartWorkload,
+    /// Flush, replace the clone by the plain device, persist, log out.
+    Finalize,
+    /// Remove the partial clone (dest and metadata).
+    DiscardClone,
+}
+
+impl HolderVolume {
+    /// A new grant seen in gossip.
+    pub fn granted(id: &str, source: &str, epoch: u64, size: u64) -> (Self, Vec<HolderEffect>) {
+        let v = Self { id: id.to_owned(), source: source.to_owned(), epoch, size, phase: HolderPhase::Preparing };
+        (v, vec![HolderEffect::PrepareClone])
+    }
+
+    /// Whether this move is still under way here.
+    pub fn active(&self) -> bool {
+        !matches!(self.phase, HolderPhase::Complete | HolderPhase::Discarded)
+    }
+
+    /// Whether the workload may run here (and so the source must not be revoked).
+    pub fn workload_may_run(&self) -> bool {
+        matches!(self.phase, HolderPhase::Running { .. } | HolderPhase::Finishing | HolderPhase::Complete)
+    }
+
+    /// Effects to re-establish after a restart: preparation starts over (the epoch check
+    /// still applies), a running move resumes from the clone metadata.
+    pub fn on_restart(&mut self) -> Vec<HolderEffect> {
+        match self.phase {
+            HolderPhase::Preparing | HolderPhase::Ready => {
+                self.phase = HolderPhase::Preparing;
+                vec![HolderEffect::PrepareClone]
+            }
+            HolderPhase::Running { .. } => {
+                self.phase = HolderPhase::Running { stalled: false };
+                vec![HolderEffect::PrepareClone, HolderEffect::StartWorkload]
+            }
+            HolderPhase::Finishing => vec![HolderEffect::PrepareClone, HolderEffect::Finalize],
+            _ => vec![],
+        }
+    }
+
+    /// Applies one event; returns the effects to execute.
+    pub fn step(&mut self, event: &HolderEvent) -> Vec<HolderEffect> {
+        use HolderEffect as E;
+        use HolderPhase as P;
+        match (&self.phase, event) {
+            (P::Preparing | P::Ready | P::Failed { .. }, HolderEvent::Tick(Some(s))) if s.epoch > self.epoch => {
+                self.phase = P::Discarded;
+                vec![E::DiscardClone]
+            }
+            (P::Ready, HolderEvent::Tick(Some(s))) if s.epoch == self.epoch && s.cut_over_to_me => {
+                self.phase = P::Running { stalled: false };
+                vec![E::StartWorkload]
+            }
+            (P::Preparing, HolderEvent::CloneReady) => {
+                self.phase = P::Ready;
+                vec![]
+            }
+            (P::Preparing, HolderEvent::CloneFailed(reason)) => {
+                self.phase = P::Failed { reason: reason.clone() };
+                vec![]
+            }
+            (P::Running { .. }, HolderEvent::Stalled(stalled)) => {
+                self.phase = P::Running { stalled: *stalled };
+                vec![]
+            }
+            (P::Running { .. }, HolderEvent::Hydrated) => {
+                self.phase = P::Finishing;
+                vec![E::Finalize]
+            }
+            (P::Finishing, HolderEvent::Finalized) => {
+                self.phase = P::Complete;
+                vec![]
+            }
+            _ => vec![],
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The source side of one volume's move. The source is the arbiter of its own volumes:
+//! it offers, grants, revokes and, once the holder says `done`, deletes.
+//!
+//! ```text
+//!  held ──drain──▶ offered(e) ──claim──▶ granted(e,H) ──H ready──▶ cut_over(e,H) ──done(e)──▶ handed_off ──retention/gc──▶ deleted
+//!   ▲                 │  ▲                   │                          │
+//!   │◀──undrain───────┘  └─H lost/declined/──┘ (epoch e+1)              └─H lost: stays cut_over ("stranded"), never revoked
+//!   │◀──undrain (restart workload here)──────┘
+//! ```
+//!
+//! The safety rule: after `cut_over` the holder may run the workload, so the source never
+//! revokes it; before `cut_over` the holder must not run it, so revoking is safe. Data is
+//! deleted only in `handed_off`, which requires the holder's `done` for the current epoch.
+
+use serde::{Deserialize, Serialize};
+
+use super::{HolderPhase, Timing};
+
+/// Where the source is in a volume's move. Persisted; published in `vol/<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum SourcePhase {
+    /// The volume lives here and is not moving. May become `offered` (drain).
+    Held,
+    /// Waiting for claims for the current epoch. May become `granted`, or `held` (undrain).
+    Offered {
+        /// When the offer was made.
+        since_ms: u64,
+    },
+    /// The workload here is stopped and the export is open to `holder`, which prepares its
+    /// clone. May become `cut_over`, or `offered`/`held` with a new epoch (revoked).
+    Granted {
+        /// The lease holder.
+        holder: String,
+        /// When it was granted.
+        at_ms: u64,
+    },
+    /// The holder may run the workload. Never revoked. May become `handed_off`.
+    CutOver {
+        /// The lease holder.
+        holder: String,
+        /// When the source committed the cut-over.
+        at_ms: u64,
+    },
+    /// The holder has every region; the export is closed; the copy here is kept for the
+    /// retention window. May become `deleted`.
+    HandedOff {
+        /// The new owner.
+        holder: String,
+        /// When `done` was accepted.
+        at_ms: u64,
+    },
+    /// The copy here is deleted. Terminal.
+    Deleted {
+        /// The new owner.
+        holder: String,
+    },
+    /// A hook failed; the move stopped and nothing was deleted. May become `held` (undrain)
+    /// or `offered` (drain again).
+    Failed {
+        /// What failed, for the operator.
+        reason: String,
+    },
+}
+
+/// One volume as its source keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceVolume {
+    /// Volume id.
+    pub id: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lease epoch: grows with every offer; fences stale holders.
+    pub epoch: u64,
+    /// Move phase.
+    pub phase: SourcePhase,
+}
+
+/// What the source knows of the holder of the current epoch (from gossip).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderSignal {
+    /// Alive per the failure detector.
+    pub alive: bool,
+    /// The holder's published phase for this volume and the epoch it is for.
+    pub progress: Option<(u64, HolderPhase)>,
+    /// The epoch of the holder's `done`, if any.
+    pub done: Option<u64>,
+}
+
+/// Inputs to one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// A periodic look at the cluster.
+    Tick {
+        /// Whether this node is draining.
+        draining: bool,
+        /// The node placement would choose among claimants for the current epoch, if any.
+        best_claimant: Option<String>,
+        /// Whether that claimant is the one placement chose among all eligible nodes
+        /// (then there is no point waiting for the settle window).
+        best_is_planned: bool,
+        /// The current holder's signals (when granted or cut over).
+        holder: Option<HolderSignal>,
+        /// The operator ran `meshdrain gc` (delete handed-off copies now).
+        gc: bool,
+    },
+    /// A workload hook on this node failed.
+    HookFailed(String),
+}
+
+/// Side effects for the owner loop, executed in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceEffect {
+    /// Run the `stop` hook: the export is of a quiesced volume.
+    StopWorkload,
+    /// Undo a stop: the move was cancelled before cut-over; run the `start` hook here.
+    StartWorkload,
+    /// Open the read-only export to `holder` for `epoch` (ACL = holder's mesh address + epoch).
+    OpenExport {
+        /// The lease holder.
+        holder: String,
+        /// The epoch its initiator name carries.
+        epoch: u64,
+    },
+    /// Close the export to everyone (fences a revoked holder).
+    CloseExport,
+    /// Delete the local copy: only ever emitted from `handed_off`.
+    DeleteData,
+}
+
+impl SourceVolume {
+    /// A volume that lives here.
+    pub fn new(id: &str, size: u64) -> Self {
+        Self { id: id.to_owned(), size, epoch: 0, phase: SourcePhase::Held }
+    }
+
+    /// Whether this volume still keeps its node from being `drained`.
+    pub fn pending(&self) -> bool {
+        !matches!(self.phase, SourcePhase::HandedOff { .. } | SourcePhase::Deleted { .. })
+    }
+
+    /// The current holder, if granted or later.
+    pub fn holder(&self) -> Option<&str> {
+        match &self.phase {
+            SourcePhase::Granted { holder, .. }
+            | SourcePhase::CutOver { holder, .. }
+            | SourcePhase::HandedOff { holder, .. }
+            | SourcePhase::Deleted { holder } => Some(holder),
+            _ => None,
+        }
+    }
+
+    /// Effects to re-establish after a restart (the export of a granted or cut-over
+    /// volume must come back for its holder).
+    pub fn on_restart(&self) -> Vec<SourceEffect> {
+        match &self.phase {
+            SourcePhase::Granted { holder, .. } | SourcePhase::CutOver { holder, .. } => {
+                vec![SourceEffect::OpenExport { holder: holder.clone(), epoch: self.epoch }]
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Applies one event; returns the effects to execute.
+    pub fn step(&mut self, event: &SourceEvent, now_ms: u64, timing: &Timing) -> Vec<SourceEffect> {
+        use SourceEffect as E;
+        use SourcePhase as P;
+        let (draining, best, best_is_planned, holder, gc) = match event {
+            SourceEvent::HookFailed(reason) => {
+                return match &self.phase {
+                    P::Granted { .. } | P::Offered { .. } => {
+                        self.epoch += 1;
+                        self.phase = P::Failed { reason: reason.clone() };
+                        vec![E::CloseExport]
+                    }
+                    _ => vec![],
+                };
+            }
+            SourceEvent::Tick { draining, best_claimant, best_is_planned, holder, gc } => {
+                (*draining, best_claimant, *best_is_planned, holder, *gc)
+            }
+        };
+        match self.phase.clone() {
+            P::Held => {
+                if draining {
+                    self.epoch += 1;
+                    self.phase = P::Offered { since_ms: now_ms };
+                }
+                vec![]
+            }
+            P::Failed { .. } => {
+                // Stays failed (and the node draining) until the operator undrains; then the
+                // workload runs here again. A later drain offers it afresh.
+                if draining {
+                    return vec![];
+                }
+                self.phase = P::Held;
+                vec![E::StartWorkload]
+            }
+            P::Offered { since_ms } => {
+                if !draining {
+                    self.phase = P::Held;
+                    return vec![];
+                }
+                let settled = best_is_planned || now_ms.saturating_sub(since_ms) >= timing.settle_ms;
+                match best {
+                    Some(h) if settled => {
+                        self.phase = P::Granted { holder: h.clone(), at_ms: now_ms };
+                        vec![E::StopWorkload, E::OpenExport { holder: h.clone(), epoch: self.epoch }]
+                    }
+                    _ => vec![],
+                }
+            }
+            P::Granted { holder: h, at_ms } => {
+                let sig = holder.as_ref();
+                let ready = sig.is_some_and(|s| {
+                    s.alive && matches!(s.progress, Some((e, HolderPhase::Ready | HolderPhase::Running { .. })) if e == self.epoch)
+                });
+                let lost = sig.is_none_or(|s| !s.alive)
+                    || sig.is_some_and(|s| matches!(s.progress, Some((e, HolderPhase::Failed { .. })) if e == self.epoch))
+                    || now_ms.saturating_sub(at_ms) >= timing.ready_timeout_ms;
+                if !draining {
+                    // Undrain before cut-over: the volume stays here.
+                    self.epoch += 1;
+                    self.phase = P::Held;
+                    return vec![E::CloseExport, E::StartWorkload];
+                }
+                if ready {
+                    self.phase = P::CutOver { holder: h, at_ms: now_ms };
+                    vec![]
+                } else if lost {
+                    self.epoch += 1;
+                    self.phase = P::Offered { since_ms: now_ms };
+                    vec![E::CloseExport]
+                } else {
+                    vec![]
+                }
+            }
+            P::CutOver { holder: h, .. } => {
+                if holder.as_ref().and_then(|s| s.done) == Some(self.epoch) {
+                    self.phase = P::HandedOff { holder: h, at_ms: now_ms };
+                    vec![E::CloseExport]
+                } else {
+                    vec![]
+                }
+            }
+            P::HandedOff { holder: h, at_ms } => {
+                if gc || now_ms.saturating_sub(at_ms) >= timing.retention_ms {
+                    self.phase = P::Deleted { holder: h };
+                    vec![E::DeleteData]
+                } else {
+                    vec![]
+                }
+            }
+            P::Deleted { .. } => vec![],
+        }
+    }
+
+    /// The holder is lost after cut-over: the volume is stranded on it (shown to operators).
+    pub fn stranded(&self, holder_alive: bool) -> bool {
+        matches!(self.phase, SourcePhase::CutOver { .. }) && !holder_alive
+    }
+}

@@ -1,0 +1,288 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const T: Timing = Timing { settle_ms: 100, ready_timeout_ms: 10_000, retention_ms: 1_000 };
+
+fn tick(draining: bool, best: Option<&str>, planned: bool, holder: Option<HolderSignal>) -> SourceEvent {
+    SourceEvent::Tick { draining, best_claimant: best.map(str::to_owned), best_is_planned: planned, holder, gc: false }
+}
+
+fn sig(alive: bool, progress: Option<(u64, HolderPhase)>, done: Option<u64>) -> Option<HolderSignal> {
+    Some(HolderSignal { alive, progress, done })
+}
+
+#[test]
+fn source_happy_path_deletes_only_after_done_and_retention() {
+    let mut v = SourceVolume::new("v", 10);
+    assert!(v.step(&tick(false, None, false, None), 0, &T).is_empty());
+    assert_eq!(v.phase, SourcePhase::Held);
+    v.step(&tick(true, None, false, None), 0, &T);
+    assert_eq!((v.epoch, &v.phase), (1, &SourcePhase::Offered { since_ms: 0 }));
+    // A claimant that is not the planned node waits for the settle window.
+    assert!(v.step(&tick(true, Some("b"), false, None), 50, &T).is_empty());
+    let fx = v.step(&tick(true, Some("b"), false, None), 100, &T);
+    assert_eq!(fx, vec![SourceEffect::StopWorkload, SourceEffect::OpenExport { holder: "b".into(), epoch: 1 }]);
+    // Holder preparing: nothing. Ready: cut over.
+    assert!(v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 200, &T).is_empty());
+    v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 300, &T);
+    assert_eq!(v.phase, SourcePhase::CutOver { holder: "b".into(), at_ms: 300 });
+    // A done for another epoch is not accepted.
+    assert!(v.step(&tick(true, None, false, sig(true, None, Some(0))), 400, &T).is_empty());
+    let fx = v.step(&tick(true, None, false, sig(true, None, Some(1))), 500, &T);
+    assert_eq!(fx, vec![SourceEffect::CloseExport]);
+    assert!(!v.pending());
+    assert!(v.step(&tick(true, None, false, None), 1_400, &T).is_empty(), "retention not over");
+    assert_eq!(v.step(&tick(true, None, false, None), 1_500, &T), vec![SourceEffect::DeleteData]);
+    assert_eq!(v.phase, SourcePhase::Deleted { holder: "b".into() });
+}
+
+#[test]
+fn planned_claimant_is_granted_without_waiting() {
+    let mut v = SourceVolume::new("v", 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    let fx = v.step(&tick(true, Some("a"), true, None), 1, &T);
+    assert_eq!(fx.len(), 2);
+}
+
+#[test]
+fn holder_lost_before_cut_over_is_revoked_with_a_new_epoch() {
+    let mut v = SourceVolume::new("v", 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    v.step(&tick(true, Some("a"), true, None), 0, &T);
+    let fx = v.step(&tick(true, None, false, sig(false, Some((1, HolderPhase::Preparing)), None)), 10, &T);
+    assert_eq!(fx, vec![SourceEffect::CloseExport]);
+    assert_eq!((v.epoch, &v.phase), (2, &SourcePhase::Offered { since_ms: 10 }));
+}
+
+#[test]
+fn holder_failure_or_timeout_revokes() {
+    for signal in [sig(true, Some((1, HolderPhase::Failed { reason: "disk full".into() })), None), sig(true, None, None)] {
+        let mut v = SourceVolume::new("v", 10);
+        v.step(&tick(true, None, false, None), 0, &T);
+        v.step(&tick(true, Some("a"), true, None), 0, &T);
+        let now = if signal.as_ref().unwrap().progress.is_some() { 5 } else { T.ready_timeout_ms };
+        assert_eq!(v.step(&tick(true, None, false, signal), now, &T), vec![SourceEffect::CloseExport]);
+        assert_eq!(v.epoch, 2);
+    }
+}
+
+#[test]
+fn holder_lost_after_cut_over_is_stranded_never_revoked() {
+    let mut v = SourceVolume::new("v", 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    v.step(&tick(true, Some("a"), true, None), 0, &T);
+    v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 1, &T);
+    for now in [10, T.ready_timeout_ms * 10] {
+        assert!(v.step(&tick(true, None, false, sig(false, None, None)), now, &T).is_empty());
+        assert!(v.stranded(false));
+    }
+    // Undrain after cut-over changes nothing: what has moved stays moved.
+    assert!(v.step(&tick(false, None, false, sig(false, None, None)), 20, &T).is_empty());
+    assert!(matches!(v.phase, SourcePhase::CutOver { .. }));
+    assert_eq!(v.epoch, 1);
+}
+
+#[test]
+fn undrain_before_cut_over_restarts_the_workload_here() {
+    let mut v = SourceVolume::new("v", 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    v.step(&tick(true, Some("a"), true, None), 0, &T);
+    let fx = v.step(&tick(false, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 5, &T);
+    assert_eq!(fx, vec![SourceEffect::CloseExport, SourceEffect::StartWorkload]);
+    assert_eq!((v.epoch, &v.phase), (2, &SourcePhase::Held));
+    // An offer that was never granted just returns.
+    let mut w = SourceVolume::new("w", 10);
+    w.step(&tick(true, None, false, None), 0, &T);
+    assert!(w.step(&tick(false, None, false, None), 1, &T).is_empty());
+    assert_eq!(w.phase, SourcePhase::Held);
+}
+
+#[test]
+fn a_failed_hook_stops_the_move_and_deletes_nothing() {
+    let mut v = SourceVolume::new("v", 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    v.step(&tick(true, Some("a"), true, None), 0, &T);
+    let fx = v.step(&SourceEvent::HookFailed("stop hook exited 3".into()), 1, &T);
+    assert_eq!(fx, vec![SourceEffect::CloseExport]);
+    assert_eq!(v.phase, SourcePhase::Failed { reason: "stop hook exited 3".into() });
+    assert!(v.step(&tick(true, Some("a"), true, None), 2, &T).is_empty(), "stays failed while draining");
+    assert_eq!(v.step(&tick(false, None, false, None), 3, &T), vec![SourceEffect::StartWorkload]);
+    assert_eq!(v.phase, SourcePhase::Held);
+}
+
+#[test]
+fn gc_deletes_handed_off_copies_early() {
+    let mut v = SourceVolume::new("v", 10);
+    v.epoch = 3;
+    v.phase = SourcePhase::HandedOff { holder: "a".into(), at_ms: 0 };
+    let gc = SourceEvent::Tick { draining: true, best_claimant: None, best_is_planned: false, holder: None, gc: true };
+    assert_eq!(v.step(&gc, 1, &T), vec![SourceEffect::DeleteData]);
+}
+
+#[test]
+fn restart_reopens_exports_of_granted_and_cut_over_volumes() {
+    let mut v = SourceVolume::new("v", 10);
+    v.epoch = 4;
+    v.phase = SourcePhase::CutOver { holder: "a".into(), at_ms: 0 };
+    assert_eq!(v.on_restart(), vec![SourceEffect::OpenExport { holder: "a".into(), epoch: 4 }]);
+    v.phase = SourcePhase::Held;
+    assert!(v.on_restart().is_empty());
+}
+
+#[test]
+fn holder_happy_path() {
+    let (mut h, fx) = HolderVolume::granted("v", "src", 2, 10);
+    assert_eq!(fx, vec![HolderEffect::PrepareClone]);
+    assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))).is_empty(), "not ready yet");
+    h.step(&HolderEvent::CloneReady);
+    assert_eq!(h.phase, HolderPhase::Ready);
+    assert!(!h.workload_may_run());
+    assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: false }))).is_empty());
+    assert_eq!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))), vec![HolderEffect::StartWorkload]);
+    assert!(h.workload_may_run());
+    h.step(&HolderEvent::Stalled(true));
+    assert_eq!(h.phase, HolderPhase::Running { stalled: true });
+    // A newer epoch after cut-over cannot happen by protocol and must not stop a running workload.
+    assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 9, cut_over_to_me: false }))).is_empty());
+    assert_eq!(h.step(&HolderEvent::Hydrated), vec![HolderEffect::Finalize]);
+    h.step(&HolderEvent::Finalized);
+    assert_eq!(h.phase, HolderPhase::Complete);
+    assert!(!h.active());
+}
+
+#[test]
+fn revoked_holder_discards_its_partial_clone() {
+    for ready in [false, true] {
+        let (mut h, _) = HolderVolume::granted("v", "src", 2, 10);
+        if ready {
+            h.step(&HolderEvent::CloneReady);
+        }
+        assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 1, cut_over_to_me: false }))).is_empty(), "older view");
+        assert_eq!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 3, cut_over_to_me: false }))), vec![HolderEffect::DiscardClone]);
+        assert_eq!(h.phase, HolderPhase::Discarded);
+    }
+}
+
+#[test]
+fn holder_restart_resumes_or_starts_over() {
+    let (mut h, _) = HolderVolume::granted("v", "src", 2, 10);
+    h.phase = HolderPhase::Ready;
+    assert_eq!(h.on_restart(), vec![HolderEffect::PrepareClone]);
+    assert_eq!(h.phase, HolderPhase::Preparing);
+    h.phase = HolderPhase::Running { stalled: true };
+    assert_eq!(h.on_restart(), vec![HolderEffect::PrepareClone, HolderEffect::StartWorkload]);
+}
+
+/// One step of a randomised run: which actor does what.
+#[derive(Debug, Clone)]
+enum Op {
+    /// The source ticks; `claimant` picks among holders; `stale` picks how old a view of
+    /// each holder the source gets; `alive` masks holder liveness.
+    Source { draining: bool, claimant: usize, planned: bool, alive: [bool; 3], stale: usize },
+    /// Holder `h` sees a view of the source `stale` steps old.
+    HolderTick { h: usize, stale: usize },
+    /// Holder `h` gets a data-plane event.
+    Data { h: usize, kind: u8 },
+    /// Time passes.
+    Wait(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<[bool; 3]>(), 0usize..4)
+            .prop_map(|(d, c, p, a, s)| Op::Source { draining: d || c == 0, claimant: c, planned: p, alive: a, stale: s }),
+        (0usize..3, 0usize..4).prop_map(|(h, s)| Op::HolderTick { h, stale: s }),
+        (0usize..3, 0u8..5).prop_map(|(h, k)| Op::Data { h, kind: k }),
+        (1u64..5_000).prop_map(Op::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+    /// Whatever the interleaving and however stale each side's view: at most one holder
+    /// ever runs the workload, it is the one the source cut over to at its epoch, the
+    /// source never runs the workload while a holder may, and the source deletes only
+    /// after that holder is complete.
+    #[test]
+    fn safety_holds_under_any_interleaving(ops in proptest::collection::vec(op(), 1..120)) {
+        let names = ["h0", "h1", "h2"];
+        let mut src = SourceVolume::new("v", 10);
+        let mut holders: [Option<HolderVolume>; 3] = [None, None, None];
+        let mut src_history: Vec<SourceVolume> = vec![src.clone()];
+        let mut holder_history: Vec<[Option<HolderVolume>; 3]> = vec![holders.clone()];
+        let mut source_running = true;
+        let mut now = 0u64;
+        for op in ops {
+            match op {
+                Op::Source { draining, claimant, planned, alive, stale } => {
+                    let seen = &holder_history[holder_history.len().saturating_sub(1 + stale)];
+                    let holder = src.holder().and_then(|h| names.iter().position(|n| *n == h)).map(|i| HolderSignal {
+                        alive: alive[i],
+                        progress: seen[i].as_ref().map(|v| (v.epoch, v.phase.clone())),
+                        done: seen[i].as_ref().filter(|v| v.phase == HolderPhase::Complete).map(|v| v.epoch),
+                    });
+                    let ev = SourceEvent::Tick {
+                        draining,
+                        best_claimant: Some(names[claimant].to_owned()),
+                        best_is_planned: planned,
+                        holder,
+                        gc: false,
+                    };
+                    for fx in src.step(&ev, now, &T) {
+                        match fx {
+                            SourceEffect::StopWorkload => source_running = false,
+                            SourceEffect::StartWorkload => source_running = true,
+                            SourceEffect::DeleteData => {
+                                let h = src.holder().and_then(|h| names.iter().position(|n| *n == h)).unwrap();
+                                let hv = holders[h].as_ref().expect("deleting with no holder");
+                                prop_assert_eq!(&hv.phase, &HolderPhase::Complete);
+                                prop_assert_eq!(hv.epoch, src.epoch);
+                            }
+                            _ => {}
+                        }
+                    }
+                    // A new grant is seen by its holder at once (the others see it later or never).
+                    if let SourcePhase::Granted { holder, .. } = &src.phase {
+                        let i = names.iter().position(|n| n == holder).unwrap();
+                        if holders[i].as_ref().is_none_or(|v| v.epoch < src.epoch && !v.workload_may_run()) {
+                            holders[i] = Some(HolderVolume::granted("v", "src", src.epoch, 10).0);
+                        }
+                    }
+                    src_history.push(src.clone());
+                }
+                Op::HolderTick { h, stale } => {
+                    let seen = &src_history[src_history.len().saturating_sub(1 + stale)];
+                    if let Some(v) = holders[h].as_mut() {
+                        let signal = SourceSignal {
+                            epoch: seen.epoch,
+                            cut_over_to_me: matches!(&seen.phase, SourcePhase::CutOver { holder, .. } | SourcePhase::HandedOff { holder, .. } if holder == names[h]),
+                        };
+                        v.step(&HolderEvent::Tick(Some(signal)));
+                    }
+                }
+                Op::Data { h, kind } => {
+                    if let Some(v) = holders[h].as_mut() {
+                        let ev = match kind {
+                            0 => HolderEvent::CloneReady,
+                            1 => HolderEvent::CloneFailed("boom".into()),
+                            2 => HolderEvent::Hydrated,
+                            3 => HolderEvent::Finalized,
+                            _ => HolderEvent::Stalled(true),
+                        };
+                        v.step(&ev);
+                    }
+                }
+                Op::Wait(ms) => now += ms,
+            }
+            holder_history.push(holders.clone());
+            let running: Vec<&HolderVolume> = holders.iter().flatten().filter(|v| v.workload_may_run()).collect();
+            prop_assert!(running.len() <= 1, "two holders run the workload: {:?}", running);
+            if let Some(r) = running.first() {
+                prop_assert!(!source_running, "source and holder both run the workload");
+                prop_assert_eq!(src.holder(), Some(names.iter().find(|n| **n == names[holders.iter().position(|x| x.as_ref() == Some(*r)).unwrap()]).copied().unwrap()));
+                prop_assert_eq!(r.epoch, src.epoch);
+            }
+        }
+    }
+}
