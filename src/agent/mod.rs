@@ -20,6 +20,7 @@ use crate::drain::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::drain::request::{self, AppliedRequest, NodeRequest};
 use crate::store::{StateDir, StoreError};
 
+pub mod core;
 pub mod run;
 
 /// File name of the agent's durable document in the state dir.

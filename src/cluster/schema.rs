@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::drain::node::NodeState;
 use crate::drain::request::{AppliedRequest, NodeRequest};
+use crate::lease::{HolderPhase, SourcePhase};
 
 /// The schema version this agent writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -25,6 +26,19 @@ pub enum Key {
     Node,
     /// `req/drain/<node>`: a request that `<node>` change state.
     NodeRequest(String),
+    /// `vol/<id>`: a volume as its owner (source) publishes it.
+    Volume(String),
+    /// `claim/<source>/<id>`: a candidate's claim for an offered volume.
+    Claim {
+        /// The source node.
+        source: String,
+        /// The volume.
+        volume: String,
+    },
+    /// `progress/<id>`: the holder's progress on a volume moving to it.
+    Progress(String),
+    /// `done/<id>`: the holder has every region of the volume.
+    Done(String),
     /// Any other key: kept raw so newer agents' keys don't break older ones.
     Other(String),
 }
@@ -35,10 +49,26 @@ impl Key {
         if key == "node" {
             return Key::Node;
         }
+        let name = crate::config::valid_node_name;
         if let Some(node) = key.strip_prefix("req/drain/")
-            && crate::config::valid_node_name(node)
+            && name(node)
         {
             return Key::NodeRequest(node.to_owned());
+        }
+        if let Some(id) = key.strip_prefix("vol/").filter(|id| name(id)) {
+            return Key::Volume(id.to_owned());
+        }
+        if let Some(id) = key.strip_prefix("progress/").filter(|id| name(id)) {
+            return Key::Progress(id.to_owned());
+        }
+        if let Some(id) = key.strip_prefix("done/").filter(|id| name(id)) {
+            return Key::Done(id.to_owned());
+        }
+        if let Some((source, volume)) = key.strip_prefix("claim/").and_then(|r| r.split_once('/'))
+            && name(source)
+            && name(volume)
+        {
+            return Key::Claim { source: source.to_owned(), volume: volume.to_owned() };
         }
         Key::Other(key.to_owned())
     }
@@ -48,6 +78,10 @@ impl Key {
         match self {
             Key::Node => "node".to_owned(),
             Key::NodeRequest(node) => format!("req/drain/{node}"),
+            Key::Volume(id) => format!("vol/{id}"),
+            Key::Claim { source, volume } => format!("claim/{source}/{volume}"),
+            Key::Progress(id) => format!("progress/{id}"),
+            Key::Done(id) => format!("done/{id}"),
             Key::Other(k) => k.clone(),
         }
     }
@@ -134,6 +168,78 @@ pub struct NodeRecord {
     pub last_request: Option<AppliedRequest>,
 }
 
+/// Where a holder logs in to read a volume: the source's export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEndpoint {
+    /// `ip:port` of the source's iSCSI target (its mesh address when a mesh runs).
+    pub addr: String,
+    /// Target name.
+    pub iqn: String,
+}
+
+/// The `vol/<id>` key, published by the volume's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// Lease epoch.
+    pub epoch: u64,
+    /// Move phase (with holder where there is one).
+    #[serde(flatten)]
+    pub phase: SourcePhase,
+    /// Labels a target must carry.
+    #[serde(default)]
+    pub requires: BTreeMap<String, String>,
+    /// The export, while granted or cut over.
+    #[serde(default)]
+    pub export: Option<ExportEndpoint>,
+}
+
+/// The `claim/<source>/<id>` key: "I can take it, at this epoch".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    /// The epoch of the offer answered.
+    pub epoch: u64,
+}
+
+/// The `progress/<id>` key, published by the holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressRecord {
+    /// The source.
+    pub source: String,
+    /// The epoch this holder was granted.
+    pub epoch: u64,
+    /// Holder phase.
+    #[serde(flatten)]
+    pub phase: HolderPhase,
+    /// Regions on the dest.
+    #[serde(default)]
+    pub hydrated: u64,
+    /// Regions in the volume.
+    #[serde(default)]
+    pub total: u64,
+    /// Recent hydration rate.
+    #[serde(default)]
+    pub bytes_per_s: u64,
+    /// The last error, when stalled or failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The `done/<id>` key: the holder has every region, flushed, for this epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoneRecord {
+    /// The source it came from.
+    pub source: String,
+    /// The epoch.
+    pub epoch: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Digest of the data read from the source, when `--verify` asked for one.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
 /// Decodes a `req/drain/<node>` value.
 pub fn decode_request(raw: &str) -> Result<NodeRequest, Ignored> {
     decode(raw)
@@ -162,11 +268,14 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        for k in ["node", "req/drain/node3", "vol/abc", "req/drain/bad name"] {
+        for k in ["node", "req/drain/node3", "vol/abc", "req/drain/bad name", "claim/n1/v1", "progress/v", "done/v", "claim/x"] {
             assert_eq!(Key::parse(k).render(), k);
         }
         assert_eq!(Key::parse("req/drain/node3"), Key::NodeRequest("node3".into()));
         assert!(matches!(Key::parse("req/drain/../x"), Key::Other(_)));
+        assert_eq!(Key::parse("claim/n1/v1"), Key::Claim { source: "n1".into(), volume: "v1".into() });
+        assert!(matches!(Key::parse("claim/x"), Key::Other(_)));
+        assert!(matches!(Key::parse("vol/a/b"), Key::Other(_)));
     }
 
     #[test]

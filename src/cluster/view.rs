@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use super::schema::{self, Ignored, Key, NodeRecord};
+use super::schema::{self, ClaimRecord, DoneRecord, Ignored, Key, NodeRecord, ProgressRecord, VolumeRecord};
 use crate::drain::request::NodeRequest;
 
 /// One node as the gossip layer reports it, keys and values untyped.
@@ -50,6 +50,14 @@ pub struct NodeView {
     pub record: Option<NodeRecord>,
     /// Requests it has published, by the node they name.
     pub requests: BTreeMap<String, NodeRequest>,
+    /// Volumes it owns, by id.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+    /// Its claims, by (source, volume).
+    pub claims: BTreeMap<(String, String), ClaimRecord>,
+    /// Its progress on volumes moving to it, by id.
+    pub progress: BTreeMap<String, ProgressRecord>,
+    /// Volumes it has completed, by id.
+    pub done: BTreeMap<String, DoneRecord>,
     /// Values skipped, with the reason.
     pub ignored: Vec<(String, Ignored)>,
 }
@@ -109,6 +117,10 @@ impl NodeView {
             heartbeat: n.heartbeat,
             record: None,
             requests: BTreeMap::new(),
+            volumes: BTreeMap::new(),
+            claims: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            done: BTreeMap::new(),
             ignored: Vec::new(),
         };
         for (k, v) in &n.entries {
@@ -116,6 +128,18 @@ impl NodeView {
                 Key::Node => schema::decode::<NodeRecord>(v).map(|r| view.record = Some(r)),
                 Key::NodeRequest(target) => schema::decode_request(v).map(|r| {
                     view.requests.insert(target, r);
+                }),
+                Key::Volume(id) => schema::decode::<VolumeRecord>(v).map(|r| {
+                    view.volumes.insert(id, r);
+                }),
+                Key::Claim { source, volume } => schema::decode::<ClaimRecord>(v).map(|r| {
+                    view.claims.insert((source, volume), r);
+                }),
+                Key::Progress(id) => schema::decode::<ProgressRecord>(v).map(|r| {
+                    view.progress.insert(id, r);
+                }),
+                Key::Done(id) => schema::decode::<DoneRecord>(v).map(|r| {
+                    view.done.insert(id, r);
                 }),
                 Key::Other(_) => Ok(()),
             };
@@ -155,7 +179,7 @@ mod tests {
                     ("node", "garbage".into()),
                     ("req/drain/b", schema::encode(&req)),
                     ("req/drain/c", "{\"v\":99}".into()),
-                    ("vol/x", "anything".into()),
+                    ("future/x", "anything".into()),
                 ],
             )],
         };

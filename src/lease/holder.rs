@@ -90,7 +90,8 @@ pub enum HolderEffect {
     PrepareClone,
     /// Start the workload on the clone (the `start` hook) and background hydration.
     StartWorkload,
-    /// Flush, replace the clone by the plain device, persist, log out.
+    /// Flush, replace the clone by the plain device, persist, log out. Idempotent: after
+    /// a crash it completes a half-done swap, or reports one already done.
     Finalize,
     /// Remove the partial clone (dest and metadata).
     DiscardClone,
@@ -125,7 +126,9 @@ impl HolderVolume {
                 self.phase = HolderPhase::Running { stalled: false };
                 vec![HolderEffect::PrepareClone, HolderEffect::StartWorkload]
             }
-            HolderPhase::Finishing => vec![HolderEffect::PrepareClone, HolderEffect::Finalize],
+            // Finalize is idempotent: it completes a half-done swap, or finds it done.
+            // Preparing a clone again here would put an empty clone over finished data.
+            HolderPhase::Finishing => vec![HolderEffect::Finalize],
             _ => vec![],
         }
     }
