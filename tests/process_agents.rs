@@ -45,6 +45,20 @@ fn five_agents_drain_from_another_node_and_survive_kill9() {
     );
     eprintln!("fleet of 5 joined in {joined:?}");
 
+    // node3 holds a volume no node can take (it needs a label none has), so its drain
+    // stays `draining` instead of completing at once.
+    let out = agents[2].cli(&["volume", "create", "pinned", "--size", "16M", "--require", "zone=nowhere"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let out = agents[0].cli(&["volume", "list", "--json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["volumes"].as_array().is_some_and(|a| a.iter().any(|v| v["id"] == "pinned" && v["owner"] == "node3"))
+        },
+        || "node1 to list node3's volume".to_owned(),
+    );
+
     // Drain node3 from node1.
     let out = agents[0].cli(&["drain", "node3", "--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

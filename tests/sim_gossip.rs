@@ -10,6 +10,14 @@ use common::sim::{SimFleet, converged, seen};
 use meshdrain::drain::node::{NodeAction, NodeState};
 
 const N: usize = 50;
+
+/// Gives node `i` a volume no node can take (it needs a label none has), so a drain of
+/// it stays `draining` and the test watches the flag, not a completed drain.
+async fn pin_volume(fleet: &SimFleet, i: usize) {
+    let requires = [("zone".to_owned(), "nowhere".to_owned())].into_iter().collect();
+    let handle = &fleet.agents[i].agent.as_ref().unwrap().handle;
+    handle.add_volume("pinned", Some(1 << 20), None, requires, Default::default()).await.unwrap();
+}
 const INTERVAL: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
@@ -18,6 +26,7 @@ async fn a_drain_flag_set_on_one_of_50_is_seen_by_all() {
     let joined = fleet.until(Duration::from_secs(60), "50 agents to converge", |s| converged(s, N)).await;
     eprintln!("50 agents converged in {joined:?} of virtual time");
 
+    pin_volume(&fleet, 17).await;
     let report = fleet.agents[3].agent.as_ref().unwrap().handle.node_action("node17", NodeAction::Drain, false).await.unwrap();
     assert!(!report.applied, "a request for another node is published, not applied locally");
     let spread = fleet
@@ -55,6 +64,7 @@ async fn a_partition_hides_the_flag_and_healing_converges() {
         .await;
     eprintln!("partition detected on both sides after {split:?}");
 
+    pin_volume(&fleet, 5).await;
     fleet.agents[0].agent.as_ref().unwrap().handle.node_action("node5", NodeAction::Drain, false).await.unwrap();
     fleet
         .until(Duration::from_secs(30), "the left side to see node5 draining", |s| {

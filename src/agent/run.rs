@@ -13,10 +13,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::{Agent, AgentHandle, NodeIdentity};
+use super::core::CoreConfig;
+use super::dataplane::DataPlane;
+use super::{Agent, AgentHandle};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
 use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
 use crate::control::metrics::Metrics;
+use crate::lease::Timing;
+use super::dataplane::NoDataPlane;
 use crate::store::StateDir;
 
 /// An agent running as tasks in this process.
@@ -47,14 +51,16 @@ impl RunningAgent {
 /// Starts gossip on `transport` and the owner loop, restoring state from `state_dir`.
 pub async fn spawn(
     settings: &GossipSettings,
-    identity: NodeIdentity,
+    config: CoreConfig,
     state_dir: &Path,
     transport: &dyn Transport,
+    dataplane: Box<dyn DataPlane>,
+    pool_dir: &Path,
 ) -> anyhow::Result<RunningAgent> {
     let store = StateDir::open(state_dir)?;
     let gossip = ChitchatGossip::start(settings, transport, Vec::new()).await?;
     let metrics = Arc::new(Metrics::new());
-    let (agent, handle, commands) = Agent::new(identity, gossip, store, settings.interval, metrics.clone())?;
+    let (agent, handle, commands) = Agent::new(config, gossip, store, settings.interval, metrics.clone(), dataplane, pool_dir.to_owned())?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         agent
@@ -103,17 +109,19 @@ pub async fn run_process(
             config.mesh.backend
         );
     }
-    let identity = NodeIdentity {
+    let core_config = CoreConfig {
         name: config.name.clone(),
-        gossip_addr: addrs.gossip_advertise,
         labels: config.labels.clone(),
+        free_bytes: free_bytes(&config),
+        gossip_addr: addrs.gossip_advertise,
         mesh_addr: None,
         mesh_backend: Some("none".to_owned()),
-        free_bytes: free_bytes(&config),
+        export_addr: std::net::SocketAddr::new(addrs.gossip_advertise.ip(), 3260).to_string(),
+        timing: Timing::for_interval(config.gossip.interval_ms),
     };
     let settings = gossip_settings(&config, &addrs);
     let listener = crate::control::server::bind(&config.control.socket).await?;
-    let agent = spawn(&settings, identity, &config.state_dir, &UdpTransport)
+    let agent = spawn(&settings, core_config, &config.state_dir, &UdpTransport, Box::new(NoDataPlane), &config.pool_dir())
         .await
         .with_context(|| format!("starting agent {}", config.name))?;
     let metrics_task = match addrs.metrics_listen {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use chitchat::transport::UdpTransport;
 
-use crate::agent::NodeIdentity;
+use crate::agent::core::CoreConfig;
+use crate::agent::dataplane::NoDataPlane;
+use crate::lease::Timing;
 use crate::agent::run::{RunningAgent, spawn};
 use crate::cluster::gossip::GossipSettings;
 use crate::drain::node::{NodeAction, NodeState};
@@ -61,15 +63,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             phi_threshold: 8.0,
             dead_node_grace: Duration::from_secs(3600),
         };
-        let identity = NodeIdentity {
+        let identity = CoreConfig {
             name: name.clone(),
             gossip_addr: *addr,
             labels: Default::default(),
             mesh_addr: None,
             mesh_backend: Some("none".into()),
             free_bytes: 1 << 30,
+            export_addr: String::new(),
+            timing: Timing::for_interval(interval.as_millis() as u64),
         };
-        agents.push(spawn(&settings, identity, &dir.path().join(&name), &UdpTransport).await?);
+        agents.push(spawn(&settings, identity, &dir.path().join(&name), &UdpTransport, Box::new(NoDataPlane), &dir.path().join(&name).join("pool")).await?);
     }
     let n = agents.len();
     let start = Instant::now();

@@ -20,6 +20,7 @@ pub mod mesh;
 pub mod node;
 pub mod status;
 pub mod units;
+pub mod volume;
 
 const LONG_ABOUT: &str = "\
 meshdrain empties a machine of its stateful workloads without a control plane.
@@ -64,6 +65,11 @@ pub enum Command {
     Cordon(node::Args),
     /// Let a cordoned node take volumes again.
     Uncordon(node::Args),
+    /// Create, register and list volumes.
+    #[command(subcommand)]
+    Volume(volume::Command),
+    /// Delete copies on this node that were handed off, before the retention window ends.
+    Gc,
     /// Run a local demo fleet on an embedded default and drain a node.
     Demo(demo::Args),
     /// Serve a file or block device read-only over iSCSI (debugging, tests, benchmarks).
@@ -128,6 +134,8 @@ pub fn main() -> ExitCode {
             Command::Undrain(a) => node::run(NodeAction::Undrain, a, &control).await,
             Command::Cordon(a) => node::run(NodeAction::Cordon, a, &control).await,
             Command::Uncordon(a) => node::run(NodeAction::Uncordon, a, &control).await,
+            Command::Volume(c) => volume::run(c, &control).await,
+            Command::Gc => volume::gc(&control).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Export(c) => export::run(c).await,
             Command::Clone(c) => clone::run(c).await,

@@ -23,6 +23,28 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Register a volume owned by this node: a new sparse file (`path` absent) or an
+    /// existing file or block device.
+    VolumeAdd {
+        /// Volume id (fleet-wide).
+        id: String,
+        /// Size in bytes for a new volume; ignored for an existing path.
+        #[serde(default)]
+        size: Option<u64>,
+        /// Existing file or block device.
+        #[serde(default)]
+        path: Option<std::path::PathBuf>,
+        /// Labels a target must carry.
+        #[serde(default)]
+        requires: std::collections::BTreeMap<String, String>,
+        /// Hooks around its moves.
+        #[serde(default)]
+        hooks: crate::store::volumes::Hooks,
+    },
+    /// Every volume of the fleet.
+    Volumes,
+    /// Delete copies on this node that were handed off (before the retention window ends).
+    Gc,
 }
 
 /// The agent's answer.
@@ -33,6 +55,16 @@ pub enum Response {
     Status(StatusReport),
     /// Answer to [`Request::NodeAction`].
     NodeAction(ActionReport),
+    /// Answer to [`Request::Volumes`].
+    Volumes {
+        /// The volumes, sorted by id.
+        volumes: Vec<VolumeStatus>,
+    },
+    /// The request was carried out.
+    Ok {
+        /// What was done.
+        message: String,
+    },
     /// The request was refused; `message` says why and what to do.
     Error {
         /// Human-readable reason.
@@ -84,6 +116,37 @@ pub struct NodeStatus {
     pub pending_requests: Vec<PendingRequest>,
     /// Gossip keys of this node that were skipped, with the reason.
     pub ignored_keys: Vec<String>,
+}
+
+/// One volume's line in `meshdrain volume list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeStatus {
+    /// Volume id.
+    pub id: String,
+    /// The node that owns it now.
+    pub owner: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Lease epoch.
+    pub epoch: u64,
+    /// The owner's move phase (`held`, `offered`, `granted`, `cut_over`, `handed_off`, `failed`).
+    pub phase: String,
+    /// The lease holder, while moving.
+    pub holder: Option<String>,
+    /// The holder's phase (`preparing`, `ready`, `running`, `finishing`, ...).
+    pub holder_phase: Option<String>,
+    /// Regions on the holder.
+    pub hydrated: u64,
+    /// Regions in all.
+    pub total: u64,
+    /// Recent hydration rate.
+    pub bytes_per_s: u64,
+    /// Cut over to a holder that is now dead: the source keeps its copy.
+    pub stranded: bool,
+    /// The holder cannot reach the source.
+    pub stalled: bool,
+    /// The last error, if any.
+    pub error: Option<String>,
 }
 
 /// A published node request waiting for its target to adopt it.

@@ -89,5 +89,13 @@ async fn answer(agent: &AgentHandle, req: Request) -> Response {
             Ok(report) => Response::NodeAction(report),
             Err(message) => Response::Error { message },
         },
+        Request::VolumeAdd { id, size, path, requires, hooks } => {
+            match agent.add_volume(&id, size, path, requires, hooks).await {
+                Ok(message) => Response::Ok { message },
+                Err(message) => Response::Error { message },
+            }
+        }
+        Request::Volumes => agent.volumes().await.map_or_else(stopping, |volumes| Response::Volumes { volumes }),
+        Request::Gc => agent.gc().await.map_or_else(stopping, |()| Response::Ok { message: "handed-off copies deleted".to_owned() }),
     }
 }

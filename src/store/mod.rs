@@ -7,6 +7,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+
+pub mod volumes;
 use serde::de::DeserializeOwned;
 
 /// Why the state directory could not be used.

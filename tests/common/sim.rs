@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chitchat::transport::ChannelTransport;
-use meshdrain::agent::NodeIdentity;
+use meshdrain::agent::core::CoreConfig;
+use meshdrain::agent::dataplane::NoDataPlane;
+use meshdrain::lease::Timing;
 use meshdrain::agent::run::{RunningAgent, spawn};
 use meshdrain::cluster::gossip::GossipSettings;
 use meshdrain::control::protocol::StatusReport;
@@ -50,15 +52,17 @@ impl SimFleet {
                 phi_threshold: 8.0,
                 dead_node_grace: Duration::from_secs(3600),
             };
-            let identity = NodeIdentity {
+            let identity = CoreConfig {
                 name: name.clone(),
                 gossip_addr: addr(i),
                 labels: Default::default(),
                 mesh_addr: None,
                 mesh_backend: None,
                 free_bytes: 1 << 30,
+                export_addr: String::new(),
+                timing: Timing::for_interval(interval.as_millis() as u64),
             };
-            let agent = spawn(&settings, identity, &dir.path().join(&name), &transport).await.unwrap();
+            let agent = spawn(&settings, identity, &dir.path().join(&name), &transport, Box::new(NoDataPlane), &dir.path().join(&name).join("pool")).await.unwrap();
             agents.push(SimAgent { name, addr: addr(i), agent: Some(agent) });
         }
         SimFleet { transport, agents, interval, _dir: dir }

@@ -1,0 +1,103 @@
+//! Read-only reports built from the core and the view: `status` and `volume list`.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::core::{Core, owner_in_view};
+use crate::cluster::view::ClusterView;
+use crate::control::protocol::{NodeStatus, PendingRequest, StatusReport, VolumeStatus};
+use crate::lease::SourcePhase;
+
+/// Every node known, sorted by name (this node included even before its first tick).
+pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64, Instant)>) -> StatusReport {
+    let now = Instant::now();
+    let me = &core.config.name;
+    let mut nodes: Vec<NodeStatus> = view
+        .nodes
+        .values()
+        .map(|n| {
+            let r = n.record.as_ref();
+            NodeStatus {
+                name: n.name.clone(),
+                state: if &n.name == me { Some(core.state.node_state) } else { r.map(|r| r.state) },
+                alive: n.alive,
+                gossip_addr: n.gossip_addr.to_string(),
+                mesh_addr: r.and_then(|r| r.mesh_addr.clone()),
+                mesh_backend: r.and_then(|r| r.mesh_backend.clone()),
+                heartbeat_age_ms: heartbeats.get(&n.name).map(|(_, at)| now.duration_since(*at).as_millis() as u64),
+                heartbeat: n.heartbeat,
+                generation: n.generation,
+                free_bytes: r.map(|r| r.free_bytes),
+                volumes: r.map_or(0, |r| r.volumes),
+                agent_version: r.map(|r| r.agent_version.clone()),
+                last_request: if &n.name == me { core.state.last_request.clone() } else { r.and_then(|r| r.last_request.clone()) },
+                pending_requests: n
+                    .requests
+                    .iter()
+                    .map(|(node, req)| PendingRequest { node: node.clone(), action: req.action, nonce: req.nonce.clone() })
+                    .collect(),
+                ignored_keys: n.ignored.iter().map(|(k, why)| format!("{k}: {why}")).collect(),
+            }
+        })
+        .collect();
+    if !nodes.iter().any(|n| &n.name == me) {
+        nodes.push(NodeStatus {
+            name: me.clone(),
+            state: Some(core.state.node_state),
+            alive: true,
+            gossip_addr: core.config.gossip_addr.to_string(),
+            mesh_addr: core.config.mesh_addr.clone(),
+            mesh_backend: core.config.mesh_backend.clone(),
+            heartbeat_age_ms: None,
+            heartbeat: 0,
+            generation: 0,
+            free_bytes: Some(core.config.free_bytes),
+            volumes: core.state.volumes.len() as u32,
+            agent_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            last_request: core.state.last_request.clone(),
+            pending_requests: vec![],
+            ignored_keys: vec![],
+        });
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    StatusReport { self_name: me.clone(), nodes }
+}
+
+/// Every volume of the fleet: its owner's record, joined with its holder's progress.
+pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
+    let mut ids: Vec<&String> = view.nodes.values().flat_map(|n| n.volumes.keys()).collect();
+    ids.sort();
+    ids.dedup();
+    let mut out = Vec::new();
+    for id in ids {
+        let Some(owner) = owner_in_view(view, id) else { continue };
+        let rec = &view.nodes[owner].volumes[id];
+        let holder = match &rec.phase {
+            SourcePhase::Granted { holder, .. } | SourcePhase::CutOver { holder, .. } => Some(holder.clone()),
+            _ => None,
+        };
+        let h = holder.as_ref().and_then(|h| view.nodes.get(h));
+        let progress = h.and_then(|h| h.progress.get(id)).filter(|p| p.epoch == rec.epoch);
+        let holder_alive = h.is_some_and(|h| h.alive);
+        let phase = serde_json::to_value(&rec.phase).ok().and_then(|v| v["phase"].as_str().map(str::to_owned)).unwrap_or_default();
+        out.push(VolumeStatus {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            size: rec.size,
+            epoch: rec.epoch,
+            phase,
+            holder,
+            holder_phase: progress.and_then(|p| serde_json::to_value(&p.phase).ok()).and_then(|v| v["phase"].as_str().map(str::to_owned)),
+            hydrated: progress.map_or(0, |p| p.hydrated),
+            total: progress.map_or(0, |p| p.total),
+            bytes_per_s: progress.map_or(0, |p| p.bytes_per_s),
+            stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
+            stalled: progress.is_some_and(|p| matches!(p.phase, crate::lease::HolderPhase::Running { stalled: true })),
+            error: progress.and_then(|p| p.error.clone()).or(match &rec.phase {
+                SourcePhase::Failed { reason } => Some(reason.clone()),
+                _ => None,
+            }),
+        });
+    }
+    out
+}

@@ -1,0 +1,76 @@
+//! Where each local volume's bytes live and which hooks run around its move. Kept
+//! beside the agent state (the pure core only knows ids and sizes).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{StateDir, StoreError};
+
+/// Document name in the state dir.
+pub const VOLUMES_FILE: &str = "volumes.json";
+
+/// Commands run around a volume's move, with `MESHDRAIN_VOLUME`, `MESHDRAIN_DEVICE` and
+/// `MESHDRAIN_NODE` in their environment. A failing hook stops that volume's move.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hooks {
+    /// On the source, before the export opens (quiesce the workload).
+    #[serde(default)]
+    pub stop: Option<String>,
+    /// On the target once the clone device exists (start the workload on it); also on
+    /// the source when a move is cancelled before cut-over.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// On the target after hand-off.
+    #[serde(default)]
+    pub done: Option<String>,
+}
+
+/// One local volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalVolume {
+    /// File or block device holding the bytes.
+    pub path: PathBuf,
+    /// Whether meshdrain created the file (and may delete it after hand-off).
+    pub created: bool,
+    /// Hooks.
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// The local volume table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeTable {
+    /// By volume id.
+    pub volumes: BTreeMap<String, LocalVolume>,
+}
+
+impl VolumeTable {
+    /// Loads the table (empty if none yet).
+    pub fn load(dir: &StateDir) -> Result<Self, StoreError> {
+        Ok(dir.load(VOLUMES_FILE)?.unwrap_or_default())
+    }
+
+    /// Saves it atomically.
+    pub fn save(&self, dir: &StateDir) -> Result<(), StoreError> {
+        dir.save(VOLUMES_FILE, self)
+    }
+}
+
+/// Creates a sparse file of `size` bytes for a new volume; refuses to overwrite.
+pub fn create_sparse(path: &Path, size: u64) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    f.set_len(size)?;
+    f.sync_all()
+}
+
+/// The size of a file or block device.
+pub fn size_of(path: &Path) -> std::io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::End(0))
+}
