@@ -241,9 +241,10 @@ impl<G: Gossip> Agent<G> {
         if out.persist
             && let Err(e) = self.store.save(STATE_FILE, &self.core.state)
         {
-            // Acting on a decision that is not durable could repeat it after a restart:
-            // hold the commands back (the core re-decides them once it can persist).
-            warn!("cannot persist agent state, holding back {} data-plane commands: {e}", out.commands.len());
+            // Acting on a decision that is not durable could contradict it after a restart,
+            // so the commands are dropped. Dropping is the safe side: nothing is deleted or
+            // started; a holder that cannot log in fails and the source re-offers.
+            warn!("cannot persist agent state, dropping {} data-plane commands: {e}", out.commands.len());
             return;
         }
         for cmd in out.commands {
