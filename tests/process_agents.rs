@@ -59,6 +59,14 @@ fn five_agents_drain_from_another_node_and_survive_kill9() {
         || "node1 to list node3's volume".to_owned(),
     );
 
+    // The dry run names the reason per node and exits 1: nothing can take the volume.
+    let out = agents[1].cli(&["drain", "node3", "--dry-run"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("pinned (16.0 MiB) -> CANNOT BE PLACED"), "{text}");
+    assert!(text.contains("not node1: lacks label zone=nowhere"), "{text}");
+    assert!(!text.contains("not node3"), "the source is not a candidate: {text}");
+
     // Drain node3 from node1.
     let out = agents[0].cli(&["drain", "node3", "--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -73,6 +81,11 @@ fn five_agents_drain_from_another_node_and_survive_kill9() {
         || "all 5 agents to see node3 draining".to_owned(),
     );
     eprintln!("all 5 agree node3 is draining {agreed:?} after the drain command returned");
+
+    // Waiting with a deadline on a drain that cannot finish: exit 4, and it goes on.
+    let out = agents[3].cli(&["drain", "node3", "--wait", "--deadline", "1s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the drain goes on"));
 
     // The request is idempotent: issuing it again from node5 changes nothing and succeeds.
     let again = agents[4].cli(&["drain", "node3"]);

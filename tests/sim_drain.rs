@@ -274,6 +274,7 @@ impl World {
                 self.nodes[i].copies.insert(volume.clone(), data);
                 self.nodes[i].events.push(DataEvent::Finalized { volume });
             }
+            DataCommand::SetRateLimit { .. } => {}
             DataCommand::DiscardClone { volume } => {
                 if let Some(c) = self.nodes[i].clones.remove(&volume) {
                     assert!(!c.running, "seed {seed}: discarding a clone the workload runs on");
@@ -415,7 +416,7 @@ fn run(seed: u64) {
     let issuer = rng.below(n as u64) as usize;
     let view = w.view(issuer);
     let now = w.now();
-    let req = w.nodes[issuer].core.issue_request("n0", NodeAction::Drain, format!("{seed:x}"), now, &view);
+    let req = w.nodes[issuer].core.issue_request("n0", NodeAction::Drain, Default::default(), format!("{seed:x}"), now, &view);
     if issuer == 0 {
         w.nodes[0].core.apply_request(&req).unwrap();
     }
@@ -445,13 +446,13 @@ fn run(seed: u64) {
                 // An operator undrains for a while, then drains again.
                 let view = w.view(1);
                 let now = w.now();
-                w.nodes[1].core.issue_request("n0", NodeAction::Undrain, format!("u{seed:x}"), now, &view);
+                w.nodes[1].core.issue_request("n0", NodeAction::Undrain, Default::default(), format!("u{seed:x}"), now, &view);
                 w.nodes[1].durable = w.nodes[1].core.state.clone();
             }
             if t == 200 {
                 let view = w.view(2);
                 let now = w.now();
-                w.nodes[2].core.issue_request("n0", NodeAction::Drain, format!("d{seed:x}"), now, &view);
+                w.nodes[2].core.issue_request("n0", NodeAction::Drain, Default::default(), format!("d{seed:x}"), now, &view);
                 w.nodes[2].durable = w.nodes[2].core.state.clone();
             }
         }
@@ -459,7 +460,7 @@ fn run(seed: u64) {
             // The operator fixed the hook and drains again.
             let view = w.view(3);
             let now = w.now();
-            w.nodes[3].core.issue_request("n0", NodeAction::Drain, format!("r{t}"), now, &view);
+            w.nodes[3].core.issue_request("n0", NodeAction::Drain, Default::default(), format!("r{t}"), now, &view);
             w.nodes[3].durable = w.nodes[3].core.state.clone();
         }
         if !faulty {

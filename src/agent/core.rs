@@ -13,7 +13,7 @@ use crate::cluster::schema::{
 use crate::cluster::view::ClusterView;
 use crate::drain::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::drain::placement::{self, Candidate, VolumeSpec};
-use crate::drain::request::{self, AppliedRequest, NodeRequest};
+use crate::drain::request::{self, AppliedRequest, DrainOptions, NodeRequest};
 use crate::lease::{
     HolderEffect, HolderEvent, HolderPhase, HolderSignal, HolderVolume, SourceEffect, SourceEvent, SourcePhase,
     SourceSignal, SourceVolume, Timing,
@@ -68,6 +68,9 @@ pub struct CoreState {
     /// Volumes moving here.
     #[serde(default)]
     pub holding: BTreeMap<String, HolderVolume>,
+    /// Options of the drain under way (from the last `drain` request applied).
+    #[serde(default)]
+    pub drain_options: DrainOptions,
 }
 
 impl Default for CoreState {
@@ -79,6 +82,7 @@ impl Default for CoreState {
             issued: BTreeMap::new(),
             volumes: BTreeMap::new(),
             holding: BTreeMap::new(),
+            drain_options: DrainOptions::default(),
         }
     }
 }
@@ -99,7 +103,9 @@ pub enum DataCommand {
     /// Source: delete the local copy (only after the holder's `done`).
     DeleteData { volume: String },
     /// Holder: log in to the export and create the clone, workload not started.
-    PrepareClone { volume: String, source: String, export: Option<ExportEndpoint>, epoch: u64, size: u64 },
+    PrepareClone { volume: String, source: String, export: Option<ExportEndpoint>, epoch: u64, size: u64, rate_limit: Option<u64> },
+    /// Holder: change the hydration bandwidth of a clone under way.
+    SetRateLimit { volume: String, rate_limit: Option<u64> },
     /// Holder: start the workload on the clone and hydrate in the background.
     StartHeldWorkload { volume: String },
     /// Holder: flush, replace the clone by the plain device, log out.
@@ -221,6 +227,7 @@ impl Core {
             Ok(t) => {
                 self.state.node_state = t.to;
                 if req.action == NodeAction::Drain {
+                    self.state.drain_options = req.options.clone();
                     // Draining again is how an operator retries volumes whose hook failed
                     // (after fixing the hook): they are offered afresh on the next tick.
                     for v in self.state.volumes.values_mut() {
@@ -239,12 +246,21 @@ impl Core {
     }
 
     /// Issues a request for another node: published until that node adopts it.
-    pub fn issue_request(&mut self, node: &str, action: NodeAction, nonce: String, now_ms: u64, view: &ClusterView) -> NodeRequest {
+    pub fn issue_request(
+        &mut self,
+        node: &str,
+        action: NodeAction,
+        options: DrainOptions,
+        nonce: String,
+        now_ms: u64,
+        view: &ClusterView,
+    ) -> NodeRequest {
         let req = NodeRequest {
             seq: request::next_seq(now_ms, view.highest_seq_for(node)),
             nonce,
             action,
             issued_by: self.config.name.clone(),
+            options,
         };
         if node != self.config.name {
             self.state.issued.insert(node.to_owned(), req.clone());
@@ -305,7 +321,9 @@ impl Core {
             let pick = |cands: &[Candidate]| {
                 placement::plan(&me, &this, cands, &fixed).into_iter().find(|p| p.volume == id).and_then(|p| p.target)
             };
-            let best = pick(&claimants);
+            let moving = fixed.len() as u32;
+            let room = self.state.drain_options.parallel.is_none_or(|p| moving < p);
+            let best = if room || vol.lease.holder().is_some() { pick(&claimants) } else { None };
             let planned = pick(&all);
             let holder = vol.lease.holder().map(|h| holder_signal(view, h, &id));
             let event = SourceEvent::Tick {
@@ -349,7 +367,8 @@ impl Core {
                 let SourcePhase::Granted { holder, .. } = &rec.phase else { continue };
                 let newer = self.state.holding.get(id).is_none_or(|h| h.epoch < rec.epoch && !h.workload_may_run());
                 if holder == &me && newer {
-                    let (h, fx) = HolderVolume::granted(id, source, rec.epoch, rec.size);
+                    let (mut h, fx) = HolderVolume::granted(id, source, rec.epoch, rec.size);
+                    h.rate_limit = rec.rate_limit;
                     self.state.holding.insert(id.clone(), h);
                     out.persist = true;
                     for f in fx {
@@ -366,6 +385,13 @@ impl Core {
                 epoch: r.epoch,
                 cut_over_to_me: matches!(&r.phase, SourcePhase::CutOver { holder, .. } | SourcePhase::HandedOff { holder, .. } if *holder == me),
             });
+            let rate = rec.filter(|r| r.epoch == h.epoch).map(|r| r.rate_limit);
+            if let Some(rate) = rate.filter(|r| *r != h.rate_limit && h.active()) {
+                self.state.holding.get_mut(&id).expect("held").rate_limit = rate;
+                out.persist = true;
+                out.commands.push(DataCommand::SetRateLimit { volume: id.clone(), rate_limit: rate });
+            }
+            let h = &self.state.holding[&id];
             let handed_off = rec.is_none_or(|r| matches!(&r.phase, SourcePhase::HandedOff { .. } | SourcePhase::Deleted { .. }) || r.epoch > h.epoch);
             if h.phase == HolderPhase::Complete && handed_off {
                 // The source has taken note of our `done`: the move is over.
@@ -405,7 +431,14 @@ impl Core {
         let Some(h) = self.state.holding.get(id) else { return };
         out.commands.push(match fx {
             HolderEffect::PrepareClone => {
-                DataCommand::PrepareClone { volume, source: h.source.clone(), export, epoch: h.epoch, size: h.size }
+                DataCommand::PrepareClone {
+                    volume,
+                    source: h.source.clone(),
+                    export,
+                    epoch: h.epoch,
+                    size: h.size,
+                    rate_limit: h.rate_limit,
+                }
             }
             HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume },
             HolderEffect::Finalize => DataCommand::Finalize { volume },
@@ -487,7 +520,15 @@ impl Core {
                 addr: self.config.export_addr.clone(),
                 iqn: export_iqn(&self.config.name, id),
             });
-            let rec = VolumeRecord { size: v.lease.size, epoch: v.lease.epoch, phase: v.lease.phase.clone(), requires: v.requires.clone(), export };
+            let rate_limit = export.as_ref().and(self.state.drain_options.rate_limit);
+            let rec = VolumeRecord {
+                size: v.lease.size,
+                epoch: v.lease.epoch,
+                phase: v.lease.phase.clone(),
+                requires: v.requires.clone(),
+                export,
+                rate_limit,
+            };
             keys.insert(Key::Volume(id.clone()).render(), schema::encode(&rec));
         }
         for ((source, volume), epoch) in &self.claims {

@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
 use crate::control::metrics::Metrics;
-use crate::control::protocol::{ActionReport, StatusReport, VolumeStatus};
+use crate::control::protocol::{ActionReport, PlanLine, StatusReport, VolumeStatus};
+use crate::drain::request::DrainOptions;
 use crate::drain::node::{NodeAction, NodeState};
 use crate::store::volumes::{self, Hooks, LocalVolume, VolumeTable};
 use crate::store::{StateDir, StoreError};
@@ -44,8 +45,17 @@ pub enum Command {
         action: NodeAction,
         /// Publish even for a node gossip does not know.
         force: bool,
+        /// How to drain (with `drain`).
+        options: DrainOptions,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<ActionReport, String>>,
+    },
+    /// The placement a drain of `node` would get now (`drain --dry-run`).
+    Plan {
+        /// The node to drain.
+        node: String,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Vec<PlanLine>>,
     },
     /// Register a volume owned by this node (a new sparse file, or an existing path).
     AddVolume {
@@ -88,8 +98,19 @@ impl AgentHandle {
 
     /// Requests a node action.
     pub async fn node_action(&self, node: &str, action: NodeAction, force: bool) -> Result<ActionReport, String> {
+        self.node_action_with(node, action, force, DrainOptions::default()).await
+    }
+
+    /// Requests a node action with drain options.
+    pub async fn node_action_with(
+        &self,
+        node: &str,
+        action: NodeAction,
+        force: bool,
+        options: DrainOptions,
+    ) -> Result<ActionReport, String> {
         let node = node.to_owned();
-        self.ask(|reply| Command::NodeAction { node, action, force, reply })
+        self.ask(|reply| Command::NodeAction { node, action, force, options, reply })
             .await
             .unwrap_or_else(|| Err("the agent is shutting down".to_owned()))
     }
@@ -108,6 +129,12 @@ impl AgentHandle {
         self.ask(|reply| Command::AddVolume { id, size, path, requires, hooks, reply })
             .await
             .unwrap_or_else(|| Err("the agent is shutting down".to_owned()))
+    }
+
+    /// The placement a drain of `node` would get now.
+    pub async fn plan(&self, node: &str) -> Option<Vec<PlanLine>> {
+        let node = node.to_owned();
+        self.ask(|reply| Command::Plan { node, reply }).await
     }
 
     /// Every volume of the fleet as gossip shows it.
@@ -274,13 +301,16 @@ impl<G: Gossip> Agent<G> {
             Command::Status(reply) => {
                 let _ = reply.send(report::status(&self.core, &self.view, &self.heartbeats));
             }
-            Command::NodeAction { node, action, force, reply } => {
-                let result = self.node_action(&node, action, force).await;
+            Command::NodeAction { node, action, force, options, reply } => {
+                let result = self.node_action(&node, action, force, options).await;
                 let _ = reply.send(result);
             }
             Command::AddVolume { id, size, path, requires, hooks, reply } => {
                 let result = self.add_volume(&id, size, path, requires, hooks).await;
                 let _ = reply.send(result);
+            }
+            Command::Plan { node, reply } => {
+                let _ = reply.send(report::plan(&self.view, &node));
             }
             Command::Volumes(reply) => {
                 let _ = reply.send(report::volumes(&self.view));
@@ -324,7 +354,13 @@ impl<G: Gossip> Agent<G> {
         Ok(format!("volume {id}: {size} bytes at {}", path.display()))
     }
 
-    async fn node_action(&mut self, node: &str, action: NodeAction, force: bool) -> Result<ActionReport, String> {
+    async fn node_action(
+        &mut self,
+        node: &str,
+        action: NodeAction,
+        force: bool,
+        options: DrainOptions,
+    ) -> Result<ActionReport, String> {
         if !crate::config::valid_node_name(node) {
             return Err(format!("{node:?} is not a valid node name"));
         }
@@ -337,7 +373,7 @@ impl<G: Gossip> Agent<G> {
             ));
         }
         let nonce = format!("{:016x}", rand::random::<u64>());
-        let req = self.core.issue_request(node, action, nonce, now_ms(), &self.view);
+        let req = self.core.issue_request(node, action, options, nonce, now_ms(), &self.view);
         let mut report = ActionReport {
             node: node.to_owned(),
             action,

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use super::core::{Core, owner_in_view};
 use crate::cluster::view::ClusterView;
-use crate::control::protocol::{NodeStatus, PendingRequest, StatusReport, VolumeStatus};
+use crate::control::protocol::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeStatus};
+use crate::drain::placement::{self, Candidate, VolumeSpec};
 use crate::lease::SourcePhase;
 
 /// Every node known, sorted by name (this node included even before its first tick).
@@ -100,4 +101,33 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
         });
     }
     out
+}
+
+/// The placement a drain of `node` would get from this view: the same pure function the
+/// source uses, over every eligible node (the source additionally needs their claims).
+pub fn plan(view: &ClusterView, node: &str) -> Vec<PlanLine> {
+    let Some(n) = view.nodes.get(node) else { return vec![] };
+    let specs: Vec<VolumeSpec> = n
+        .volumes
+        .iter()
+        .filter(|(id, _)| owner_in_view(view, id) == Some(node))
+        .map(|(id, r)| VolumeSpec { id: id.clone(), size: r.size, requires: r.requires.clone() })
+        .collect();
+    let candidates: Vec<Candidate> = view
+        .nodes
+        .values()
+        .filter_map(|c| {
+            let r = c.record.as_ref()?;
+            Some(Candidate { name: c.name.clone(), alive: c.alive, state: r.state, free_bytes: r.free_bytes, labels: r.labels.clone() })
+        })
+        .collect();
+    placement::plan(node, &specs, &candidates, &[])
+        .into_iter()
+        .map(|p| PlanLine {
+            size: specs.iter().find(|s| s.id == p.volume).map_or(0, |s| s.size),
+            volume: p.volume,
+            target: p.target,
+            rejected: p.rejected.into_iter().filter(|(n, _)| n != node).map(|(n, why)| (n, why.to_string())).collect(),
+        })
+        .collect()
 }

@@ -14,6 +14,7 @@ use crate::drain::node::NodeAction;
 pub mod agent;
 pub mod clone;
 pub mod demo;
+pub mod drain;
 pub mod exit;
 pub mod export;
 pub mod mesh;
@@ -58,7 +59,7 @@ pub enum Command {
     /// Show every node of the fleet: state, liveness, heartbeat age, capacity.
     Status(status::Args),
     /// Cordon and move every volume off a node (run on any node of the fleet).
-    Drain(node::Args),
+    Drain(drain::DrainArgs),
     /// Cancel a drain: what has not handed off stays; the node becomes active.
     Undrain(node::Args),
     /// Stop placing new volumes on a node; its volumes stay.
@@ -130,7 +131,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Agent(a) => agent::run(a).await,
             Command::Status(a) => status::run(a, &control).await,
-            Command::Drain(a) => node::run(NodeAction::Drain, a, &control).await,
+            Command::Drain(a) => drain::run(a, &control).await,
             Command::Undrain(a) => node::run(NodeAction::Undrain, a, &control).await,
             Command::Cordon(a) => node::run(NodeAction::Cordon, a, &control).await,
             Command::Uncordon(a) => node::run(NodeAction::Uncordon, a, &control).await,

@@ -10,6 +10,7 @@ use super::exit::FAILURE;
 use crate::control::client::Client;
 use crate::control::protocol::{ActionReport, Request, Response, StatusReport};
 use crate::drain::node::{NodeAction, NodeState};
+use crate::drain::request::DrainOptions;
 
 /// Arguments shared by the node actions.
 #[derive(Debug, clap::Args)]
@@ -44,8 +45,14 @@ struct Outcome<'a> {
 
 /// Sends the action and reports what the node did with it.
 pub async fn run(action: NodeAction, args: Args, control: &ControlTarget) -> anyhow::Result<ExitCode> {
+    request(action, &args, DrainOptions::default(), control).await
+}
+
+/// Sends the action with drain options; prints the outcome; exit 0 if adopted (or
+/// published for a node that is down).
+pub async fn request(action: NodeAction, args: &Args, options: DrainOptions, control: &ControlTarget) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    let req = Request::NodeAction { node: args.node.clone(), action, force: args.force };
+    let req = Request::NodeAction { node: args.node.clone(), action, force: args.force, options };
     let report: ActionReport = match client.call(&req).await? {
         Response::NodeAction(r) => r,
         other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
@@ -93,7 +100,7 @@ pub async fn run(action: NodeAction, args: Args, control: &ControlTarget) -> any
     if args.json {
         println!("{}", serde_json::to_string(&outcome)?);
     } else {
-        println!("{}", describe(&outcome, &args));
+        println!("{}", describe(&outcome, args));
     }
     Ok(if outcome.rejected.is_some() || (!outcome.adopted && !args.no_wait && outcome.node_alive == Some(true)) {
         ExitCode::from(FAILURE)

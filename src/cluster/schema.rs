@@ -193,6 +193,9 @@ pub struct VolumeRecord {
     /// The export, while granted or cut over.
     #[serde(default)]
     pub export: Option<ExportEndpoint>,
+    /// Hydration bandwidth the holder should keep to, bytes/s.
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
 }
 
 /// The `claim/<source>/<id>` key: "I can take it, at this epoch".
@@ -283,7 +286,7 @@ mod tests {
         let raw = encode(&record());
         assert!(raw.contains("\"v\":1"), "{raw}");
         assert_eq!(decode::<NodeRecord>(&raw).unwrap(), record());
-        let req = NodeRequest { seq: 5, nonce: "n".into(), action: NodeAction::Drain, issued_by: "node1".into() };
+        let req = NodeRequest { seq: 5, nonce: "n".into(), action: NodeAction::Drain, issued_by: "node1".into(), options: Default::default() };
         assert_eq!(decode_request(&encode(&req)).unwrap(), req);
     }
 

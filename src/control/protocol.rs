@@ -22,6 +22,14 @@ pub enum Request {
         /// Publish even if the node is not (yet) known to gossip.
         #[serde(default)]
         force: bool,
+        /// How to drain (with `drain`).
+        #[serde(default)]
+        options: crate::drain::request::DrainOptions,
+    },
+    /// The placement a drain of `node` would get now; changes nothing.
+    Plan {
+        /// The node to drain.
+        node: String,
     },
     /// Register a volume owned by this node: a new sparse file (`path` absent) or an
     /// existing file or block device.
@@ -55,6 +63,11 @@ pub enum Response {
     Status(StatusReport),
     /// Answer to [`Request::NodeAction`].
     NodeAction(ActionReport),
+    /// Answer to [`Request::Plan`].
+    Plan {
+        /// One line per volume of the node.
+        plan: Vec<PlanLine>,
+    },
     /// Answer to [`Request::Volumes`].
     Volumes {
         /// The volumes, sorted by id.
@@ -116,6 +129,20 @@ pub struct NodeStatus {
     pub pending_requests: Vec<PendingRequest>,
     /// Gossip keys of this node that were skipped, with the reason.
     pub ignored_keys: Vec<String>,
+}
+
+/// One line of `drain --dry-run`: where a volume would go, and why other nodes would not
+/// take it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanLine {
+    /// Volume id.
+    pub volume: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The node it would move to, or `None` if no node can take it.
+    pub target: Option<String>,
+    /// Each other node and why it cannot take the volume.
+    pub rejected: Vec<(String, String)>,
 }
 
 /// One volume's line in `meshdrain volume list`.

@@ -85,7 +85,8 @@ async fn answer(agent: &AgentHandle, req: Request) -> Response {
     let stopping = || Response::Error { message: "the agent is shutting down".to_owned() };
     match req {
         Request::Status => agent.status().await.map_or_else(stopping, Response::Status),
-        Request::NodeAction { node, action, force } => match agent.node_action(&node, action, force).await {
+        Request::Plan { node } => agent.plan(&node).await.map_or_else(stopping, |plan| Response::Plan { plan }),
+        Request::NodeAction { node, action, force, options } => match agent.node_action_with(&node, action, force, options).await {
             Ok(report) => Response::NodeAction(report),
             Err(message) => Response::Error { message },
         },

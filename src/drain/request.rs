@@ -22,6 +22,23 @@ pub struct NodeRequest {
     pub action: NodeAction,
     /// The node that issued it (for logs and status).
     pub issued_by: String,
+    /// How to drain (with `drain`; ignored otherwise).
+    #[serde(default)]
+    pub options: DrainOptions,
+}
+
+/// How a drain moves volumes, chosen by the operator on `meshdrain drain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainOptions {
+    /// Hydration bandwidth per volume, bytes/s (`None`: unlimited).
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
+    /// How many volumes move at once (`None`: all).
+    #[serde(default)]
+    pub parallel: Option<u32>,
+    /// Ask holders for a digest of what they read, checked by the source before hand-off.
+    #[serde(default)]
+    pub verify: bool,
 }
 
 impl NodeRequest {
@@ -74,7 +91,7 @@ mod tests {
     use super::*;
 
     fn r(seq: u64, nonce: &str, action: NodeAction) -> NodeRequest {
-        NodeRequest { seq, nonce: nonce.into(), action, issued_by: "n1".into() }
+        NodeRequest { seq, nonce: nonce.into(), action, issued_by: "n1".into(), options: DrainOptions::default() }
     }
 
     #[test]

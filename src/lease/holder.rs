@@ -54,6 +54,9 @@ pub struct HolderVolume {
     pub size: u64,
     /// Phase.
     pub phase: HolderPhase,
+    /// Hydration bandwidth asked for by the drain, bytes/s.
+    #[serde(default)]
+    pub rate_limit: Option<u64>,
 }
 
 /// What the holder sees of the source's `vol/<id>` record.
@@ -100,7 +103,7 @@ pub enum HolderEffect {
 impl HolderVolume {
     /// A new grant seen in gossip.
     pub fn granted(id: &str, source: &str, epoch: u64, size: u64) -> (Self, Vec<HolderEffect>) {
-        let v = Self { id: id.to_owned(), source: source.to_owned(), epoch, size, phase: HolderPhase::Preparing };
+        let v = Self { id: id.to_owned(), source: source.to_owned(), epoch, size, phase: HolderPhase::Preparing, rate_limit: None };
         (v, vec![HolderEffect::PrepareClone])
     }
 
