@@ -151,6 +151,46 @@ fn a_request_for_a_dead_node_is_adopted_when_it_returns() {
 }
 
 #[test]
+fn metrics_endpoint_serves_prometheus_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let mut a = AgentProc::new(tmp.path(), "solo", port, &[], 100);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut text = std::fs::read_to_string(&a.config).unwrap();
+    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"));
+    std::fs::write(&a.config, text).unwrap();
+    a.start();
+    let out = a.cli(&["volume", "create", "v1", "--size", "1M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let body = wait_for_metrics(metrics_port, "meshdrain_volumes{phase=\"held\"} 1");
+    for want in [
+        "meshdrain_nodes{state=\"active\",alive=\"true\"} 1",
+        "meshdrain_peers_alive 0",
+        "# TYPE meshdrain_gossip_rounds gauge",
+        "meshdrain_node_requests_handled_total 0",
+    ] {
+        assert!(body.contains(want), "missing {want:?} in\n{body}");
+    }
+}
+
+fn wait_for_metrics(port: u16, want: &str) -> String {
+    use std::io::{Read, Write};
+    let mut body = String::new();
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            body.clear();
+            let _ = s.read_to_string(&mut body);
+            body.starts_with("HTTP/1.1 200 OK") && body.contains(want)
+        },
+        || format!("metrics to contain {want:?}"),
+    );
+    body
+}
+
+#[test]
 fn unreachable_agent_exits_3_with_the_fix() {
     let out = meshdrain(&["--control", "/nonexistent/meshdrain.sock", "status"]);
     assert_eq!(out.status.code(), Some(3));

@@ -27,6 +27,7 @@ pub struct Metrics {
     peers_dead: Gauge,
     gossip_rounds: Gauge<u64, AtomicU64>,
     ignored_values: Gauge,
+    volumes: Family<Labels, Gauge>,
     /// Node requests this agent applied or refused.
     pub requests_handled: Counter,
 }
@@ -47,6 +48,8 @@ impl Metrics {
         let gossip_rounds = Gauge::<u64, AtomicU64>::default();
         let ignored_values = Gauge::default();
         let requests_handled = Counter::default();
+        let volumes = Family::<Labels, Gauge>::default();
+        registry.register("volumes", "Volumes of the fleet by owner-side move phase", volumes.clone());
         registry.register("nodes", "Nodes known to this agent, by lifecycle state and liveness", nodes.clone());
         registry.register("peers_alive", "Other nodes the failure detector considers alive", peers_alive.clone());
         registry.register("peers_dead", "Other nodes the failure detector considers dead", peers_dead.clone());
@@ -57,7 +60,7 @@ impl Metrics {
             ignored_values.clone(),
         );
         registry.register("node_requests_handled", "Node requests applied or refused by this agent", requests_handled.clone());
-        Self { registry, nodes, peers_alive, peers_dead, gossip_rounds, ignored_values, requests_handled }
+        Self { registry, nodes, peers_alive, peers_dead, gossip_rounds, ignored_values, volumes, requests_handled }
     }
 
     /// Updates the gauges from a fresh view.
@@ -81,6 +84,14 @@ impl Metrics {
             self.gossip_rounds.set(me.heartbeat);
         }
         self.ignored_values.set(view.nodes.values().map(|n| n.ignored.len() as i64).sum());
+        let mut by_phase: std::collections::BTreeMap<String, i64> =
+            ["held", "offered", "granted", "cut_over", "handed_off", "failed"].iter().map(|p| ((*p).to_owned(), 0)).collect();
+        for v in crate::agent::report::volumes(view) {
+            *by_phase.entry(v.phase).or_default() += 1;
+        }
+        for (phase, n) in by_phase {
+            self.volumes.get_or_create(&vec![("phase".to_owned(), phase)]).set(n);
+        }
     }
 
     /// The Prometheus text exposition.
