@@ -23,6 +23,7 @@ use crate::store::{StateDir, StoreError};
 
 pub mod core;
 pub mod dataplane;
+pub mod hooks;
 pub mod report;
 pub mod run;
 
