@@ -125,7 +125,7 @@ impl World {
             let id = format!("vol{v}");
             let data: Vec<u32> = (0..REGIONS).map(|_| rng.next() as u32).collect();
             let empty = ClusterView::default();
-            nodes[0].core.add_volume(&id, 1 << 20, BTreeMap::new(), &empty).unwrap();
+            nodes[0].core.add_volume(&id, 1 << 20, BTreeMap::new(), Default::default(), &empty).unwrap();
             nodes[0].durable = nodes[0].core.state.clone();
             nodes[0].copies.insert(id.clone(), data.clone());
             nodes[0].source_running.insert(id.clone());
@@ -227,14 +227,14 @@ impl World {
         let seed = self.seed;
         let name = self.nodes[i].name.clone();
         match cmd {
-            DataCommand::StopWorkload { volume } => {
+            DataCommand::StopWorkload { volume, .. } => {
                 if self.rng.chance(3) {
                     self.nodes[i].events.push(DataEvent::HookFailed { volume, reason: "stop hook exited 1".into() });
                 } else {
                     self.nodes[i].source_running.remove(&volume);
                 }
             }
-            DataCommand::StartWorkload { volume } => {
+            DataCommand::StartWorkload { volume, .. } => {
                 self.nodes[i].source_running.insert(volume);
             }
             DataCommand::OpenExport { volume, holder, epoch, .. } => {
@@ -259,11 +259,11 @@ impl World {
                 }
                 // Login happens over the next ticks (see `data_plane`).
             }
-            DataCommand::StartHeldWorkload { volume } => {
+            DataCommand::StartHeldWorkload { volume, .. } => {
                 let c = self.nodes[i].clones.get_mut(&volume).unwrap_or_else(|| panic!("seed {seed}: start without a clone"));
                 c.running = true;
             }
-            DataCommand::Finalize { volume } => {
+            DataCommand::Finalize { volume, .. } => {
                 let Some(c) = self.nodes[i].clones.remove(&volume) else {
                     // Already swapped before a crash: idempotent.
                     assert!(self.nodes[i].copies.contains_key(&volume), "seed {seed}: finalize with neither clone nor data");

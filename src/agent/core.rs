@@ -14,6 +14,7 @@ use crate::cluster::view::ClusterView;
 use crate::drain::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::drain::placement::{self, Candidate, VolumeSpec};
 use crate::drain::request::{self, AppliedRequest, DrainOptions, NodeRequest};
+use crate::store::volumes::Hooks;
 use crate::lease::{
     HolderEffect, HolderEvent, HolderPhase, HolderSignal, HolderVolume, SourceEffect, SourceEvent, SourcePhase,
     SourceSignal, SourceVolume, Timing,
@@ -48,6 +49,23 @@ pub struct OwnedVolume {
     /// Labels a target must carry.
     #[serde(default)]
     pub requires: BTreeMap<String, String>,
+    /// Hooks around its moves (they travel with the volume).
+    #[serde(default)]
+    pub hooks: Hooks,
+}
+
+/// What a holder keeps about a volume coming in, from the grant: enough to resume after a
+/// restart and to own the volume afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incoming {
+    /// The source's export.
+    pub export: Option<ExportEndpoint>,
+    /// Labels a target must carry.
+    #[serde(default)]
+    pub requires: BTreeMap<String, String>,
+    /// Hooks.
+    #[serde(default)]
+    pub hooks: Hooks,
 }
 
 /// The durable state: what a restarted agent comes back with (a draining node stays draining).
@@ -71,6 +89,9 @@ pub struct CoreState {
     /// Options of the drain under way (from the last `drain` request applied).
     #[serde(default)]
     pub drain_options: DrainOptions,
+    /// Export, labels and hooks of each volume in `holding`.
+    #[serde(default)]
+    pub incoming: BTreeMap<String, Incoming>,
 }
 
 impl Default for CoreState {
@@ -83,6 +104,7 @@ impl Default for CoreState {
             volumes: BTreeMap::new(),
             holding: BTreeMap::new(),
             drain_options: DrainOptions::default(),
+            incoming: BTreeMap::new(),
         }
     }
 }
@@ -93,9 +115,9 @@ impl Default for CoreState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataCommand {
     /// Source: run the `stop` hook (quiesce before export).
-    StopWorkload { volume: String },
+    StopWorkload { volume: String, hook: Option<String> },
     /// Source: run the `start` hook here again (move cancelled before cut-over).
-    StartWorkload { volume: String },
+    StartWorkload { volume: String, hook: Option<String> },
     /// Source: open the read-only export to `holder_addr` for `epoch`.
     OpenExport { volume: String, holder: String, holder_addr: String, epoch: u64 },
     /// Source: close the export (fences everyone).
@@ -106,10 +128,10 @@ pub enum DataCommand {
     PrepareClone { volume: String, source: String, export: Option<ExportEndpoint>, epoch: u64, size: u64, rate_limit: Option<u64> },
     /// Holder: change the hydration bandwidth of a clone under way.
     SetRateLimit { volume: String, rate_limit: Option<u64> },
-    /// Holder: start the workload on the clone and hydrate in the background.
-    StartHeldWorkload { volume: String },
-    /// Holder: flush, replace the clone by the plain device, log out.
-    Finalize { volume: String },
+    /// Holder: start the workload on the clone (`start` hook) and hydrate in the background.
+    StartHeldWorkload { volume: String, hook: Option<String> },
+    /// Holder: flush, replace the clone by the plain device, log out; then the `done` hook.
+    Finalize { volume: String, done_hook: Option<String> },
     /// Holder: remove a revoked partial clone.
     DiscardClone { volume: String },
 }
@@ -194,14 +216,21 @@ impl Core {
             let fx = self.state.holding.get_mut(&id).map(HolderVolume::on_restart).unwrap_or_default();
             out.persist |= !fx.is_empty();
             for f in fx {
-                self.holder_command(&id, f, None, &mut out);
+                self.holder_command(&id, f, &mut out);
             }
         }
         out
     }
 
     /// Adds a volume owned here.
-    pub fn add_volume(&mut self, id: &str, size: u64, requires: BTreeMap<String, String>, view: &ClusterView) -> Result<Output, VolumeError> {
+    pub fn add_volume(
+        &mut self,
+        id: &str,
+        size: u64,
+        requires: BTreeMap<String, String>,
+        hooks: Hooks,
+        view: &ClusterView,
+    ) -> Result<Output, VolumeError> {
         if !crate::config::valid_node_name(id) {
             return Err(VolumeError::BadId(id.to_owned()));
         }
@@ -211,7 +240,7 @@ impl Core {
         if let Some(owner) = owner_in_view(view, id).filter(|o| *o != self.config.name) {
             return Err(VolumeError::ExistsElsewhere(id.to_owned(), owner.to_owned()));
         }
-        self.state.volumes.insert(id.to_owned(), OwnedVolume { lease: SourceVolume::new(id, size), requires });
+        self.state.volumes.insert(id.to_owned(), OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks });
         Ok(Output { commands: vec![], persist: true })
     }
 
@@ -348,9 +377,10 @@ impl Core {
 
     fn source_command(&self, id: &str, fx: SourceEffect, view: Option<&ClusterView>, out: &mut Output) {
         let volume = id.to_owned();
+        let hooks = self.state.volumes.get(id).map(|v| v.hooks.clone()).unwrap_or_default();
         out.commands.push(match fx {
-            SourceEffect::StopWorkload => DataCommand::StopWorkload { volume },
-            SourceEffect::StartWorkload => DataCommand::StartWorkload { volume },
+            SourceEffect::StopWorkload => DataCommand::StopWorkload { volume, hook: hooks.stop },
+            SourceEffect::StartWorkload => DataCommand::StartWorkload { volume, hook: hooks.start },
             SourceEffect::CloseExport => DataCommand::CloseExport { volume },
             SourceEffect::DeleteData => DataCommand::DeleteData { volume },
             SourceEffect::OpenExport { holder, epoch } => {
@@ -370,9 +400,11 @@ impl Core {
                     let (mut h, fx) = HolderVolume::granted(id, source, rec.epoch, rec.size);
                     h.rate_limit = rec.rate_limit;
                     self.state.holding.insert(id.clone(), h);
+                    let incoming = Incoming { export: rec.export.clone(), requires: rec.requires.clone(), hooks: rec.hooks.clone() };
+                    self.state.incoming.insert(id.clone(), incoming);
                     out.persist = true;
                     for f in fx {
-                        self.holder_command(id, f, rec.export.clone(), out);
+                        self.holder_command(id, f, out);
                     }
                 }
             }
@@ -396,11 +428,13 @@ impl Core {
             if h.phase == HolderPhase::Complete && handed_off {
                 // The source has taken note of our `done`: the move is over.
                 self.state.holding.remove(&id);
+                self.state.incoming.remove(&id);
                 out.persist = true;
                 continue;
             }
             if h.phase == HolderPhase::Discarded {
                 self.state.holding.remove(&id);
+                self.state.incoming.remove(&id);
                 self.progress.remove(&id);
                 out.persist = true;
                 continue;
@@ -419,29 +453,33 @@ impl Core {
             let (size, epoch) = (h.size, h.epoch);
             let mut lease = SourceVolume::new(id, size);
             lease.epoch = epoch;
-            self.state.volumes.insert(id.to_owned(), OwnedVolume { lease, requires: BTreeMap::new() });
+            let meta = self.state.incoming.get(id).cloned();
+            let (requires, hooks) = meta.map(|m| (m.requires, m.hooks)).unwrap_or_default();
+            self.state.volumes.insert(id.to_owned(), OwnedVolume { lease, requires, hooks });
         }
         for f in fx {
-            self.holder_command(id, f, None, out);
+            self.holder_command(id, f, out);
         }
     }
 
-    fn holder_command(&self, id: &str, fx: HolderEffect, export: Option<ExportEndpoint>, out: &mut Output) {
+    fn holder_command(&self, id: &str, fx: HolderEffect, out: &mut Output) {
         let volume = id.to_owned();
         let Some(h) = self.state.holding.get(id) else { return };
+        let meta = self.state.incoming.get(id);
+        let hooks = meta.map(|m| m.hooks.clone()).unwrap_or_default();
         out.commands.push(match fx {
             HolderEffect::PrepareClone => {
                 DataCommand::PrepareClone {
                     volume,
                     source: h.source.clone(),
-                    export,
+                    export: meta.and_then(|m| m.export.clone()),
                     epoch: h.epoch,
                     size: h.size,
                     rate_limit: h.rate_limit,
                 }
             }
-            HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume },
-            HolderEffect::Finalize => DataCommand::Finalize { volume },
+            HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume, hook: hooks.start },
+            HolderEffect::Finalize => DataCommand::Finalize { volume, done_hook: hooks.done },
             HolderEffect::DiscardClone => DataCommand::DiscardClone { volume },
         });
     }
@@ -528,6 +566,7 @@ impl Core {
                 requires: v.requires.clone(),
                 export,
                 rate_limit,
+                hooks: v.hooks.clone(),
             };
             keys.insert(Key::Volume(id.clone()).render(), schema::encode(&rec));
         }

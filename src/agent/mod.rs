@@ -29,6 +29,7 @@ pub mod run;
 
 use self::core::{Core, CoreConfig, CoreState, DataEvent, Output};
 use self::dataplane::DataPlane;
+use self::dataplane::real::SharedVolumes;
 
 /// File name of the agent's durable document in the state dir.
 pub const STATE_FILE: &str = "agent.json";
@@ -149,6 +150,20 @@ impl AgentHandle {
     }
 }
 
+/// What an agent is made of besides its gossip and state dir.
+pub struct AgentSetup {
+    /// Decision settings.
+    pub config: CoreConfig,
+    /// Gossip round interval (the tick).
+    pub interval: Duration,
+    /// Where new and incoming volumes live.
+    pub pool_dir: PathBuf,
+    /// Where data-plane commands go.
+    pub dataplane: Box<dyn DataPlane>,
+    /// Local volume paths, shared with the data plane.
+    pub shared_volumes: SharedVolumes,
+}
+
 /// The owner loop's state.
 pub struct Agent<G: Gossip> {
     core: Core,
@@ -161,6 +176,7 @@ pub struct Agent<G: Gossip> {
     metrics: Arc<Metrics>,
     dataplane: Box<dyn DataPlane>,
     volumes: VolumeTable,
+    shared_volumes: SharedVolumes,
     pool_dir: PathBuf,
     events_tx: mpsc::UnboundedSender<DataEvent>,
     events_rx: mpsc::UnboundedReceiver<DataEvent>,
@@ -173,16 +189,18 @@ fn now_ms() -> u64 {
 impl<G: Gossip> Agent<G> {
     /// Restores durable state (or starts fresh) and returns the agent and its handle.
     pub fn new(
-        config: CoreConfig,
+        setup: AgentSetup,
         gossip: G,
         store: StateDir,
-        interval: Duration,
         metrics: Arc<Metrics>,
-        dataplane: Box<dyn DataPlane>,
-        pool_dir: PathBuf,
     ) -> Result<(Self, AgentHandle, mpsc::Receiver<Command>), StoreError> {
+        let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes } = setup;
         let state = store.load::<CoreState>(STATE_FILE)?.unwrap_or_default();
         let volumes = VolumeTable::load(&store)?;
+        shared_volumes
+            .lock()
+            .expect("volume table lock")
+            .extend(volumes.volumes.iter().map(|(id, v)| (id.clone(), v.path.clone())));
         info!(node = %config.name, state = %state.node_state, volumes = state.volumes.len(), moving_here = state.holding.len(), "agent state restored");
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -198,6 +216,7 @@ impl<G: Gossip> Agent<G> {
             metrics,
             dataplane,
             volumes,
+            shared_volumes,
             pool_dir,
             events_tx,
             events_rx,
@@ -225,6 +244,9 @@ impl<G: Gossip> Agent<G> {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => self.on_tick().await,
                 Some(ev) = self.events_rx.recv() => {
+                    if let DataEvent::Finalized { volume } = &ev {
+                        self.register_arrived(volume);
+                    }
                     let out = self.core.data_event(ev, now_ms());
                     self.apply(out).await;
                     self.publish().await;
@@ -277,6 +299,12 @@ impl<G: Gossip> Agent<G> {
         }
         for cmd in out.commands {
             info!(?cmd, "data plane");
+            if let self::core::DataCommand::DeleteData { volume } = &cmd {
+                self.volumes.volumes.remove(volume);
+                if let Err(e) = self.volumes.save(&self.store) {
+                    warn!("cannot save the volume table: {e}");
+                }
+            }
             self.dataplane.execute(cmd, self.events_tx.clone());
         }
     }
@@ -324,6 +352,16 @@ impl<G: Gossip> Agent<G> {
         }
     }
 
+    /// A volume that moved here is a local volume now: its dest file in the pool.
+    fn register_arrived(&mut self, volume: &str) {
+        let (path, _) = self::dataplane::real::dest_paths(&self.pool_dir, volume);
+        self.shared_volumes.lock().expect("volume table lock").insert(volume.to_owned(), path.clone());
+        self.volumes.volumes.insert(volume.to_owned(), LocalVolume { path, created: true });
+        if let Err(e) = self.volumes.save(&self.store) {
+            warn!("cannot save the volume table: {e}");
+        }
+    }
+
     async fn add_volume(
         &mut self,
         id: &str,
@@ -343,11 +381,12 @@ impl<G: Gossip> Agent<G> {
             (None, Some(size)) => (self.pool_dir.join(format!("{id}.img")), size, true),
             (None, None) => return Err("give --size for a new volume, or --path for an existing one".to_owned()),
         };
-        let out = self.core.add_volume(id, size, requires, &self.view).map_err(|e| e.to_string())?;
+        let out = self.core.add_volume(id, size, requires, hooks, &self.view).map_err(|e| e.to_string())?;
         if created {
             volumes::create_sparse(&path, size).map_err(|e| format!("cannot create {}: {e} (check pool.dir)", path.display()))?;
         }
-        self.volumes.volumes.insert(id.to_owned(), LocalVolume { path: path.clone(), created, hooks });
+        self.volumes.volumes.insert(id.to_owned(), LocalVolume { path: path.clone(), created });
+        self.shared_volumes.lock().expect("volume table lock").insert(id.to_owned(), path.clone());
         self.volumes.save(&self.store).map_err(|e| e.to_string())?;
         self.apply(out).await;
         self.publish().await;

@@ -14,8 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::core::CoreConfig;
-use super::dataplane::DataPlane;
-use super::{Agent, AgentHandle};
+use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
 use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
 use crate::control::metrics::Metrics;
@@ -51,16 +50,14 @@ impl RunningAgent {
 /// Starts gossip on `transport` and the owner loop, restoring state from `state_dir`.
 pub async fn spawn(
     settings: &GossipSettings,
-    config: CoreConfig,
+    setup: AgentSetup,
     state_dir: &Path,
     transport: &dyn Transport,
-    dataplane: Box<dyn DataPlane>,
-    pool_dir: &Path,
 ) -> anyhow::Result<RunningAgent> {
     let store = StateDir::open(state_dir)?;
     let gossip = ChitchatGossip::start(settings, transport, Vec::new()).await?;
     let metrics = Arc::new(Metrics::new());
-    let (agent, handle, commands) = Agent::new(config, gossip, store, settings.interval, metrics.clone(), dataplane, pool_dir.to_owned())?;
+    let (agent, handle, commands) = Agent::new(setup, gossip, store, metrics.clone())?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         agent
@@ -121,7 +118,14 @@ pub async fn run_process(
     };
     let settings = gossip_settings(&config, &addrs);
     let listener = crate::control::server::bind(&config.control.socket).await?;
-    let agent = spawn(&settings, core_config, &config.state_dir, &UdpTransport, Box::new(NoDataPlane), &config.pool_dir())
+    let setup = AgentSetup {
+        config: core_config,
+        interval: settings.interval,
+        pool_dir: config.pool_dir(),
+        dataplane: Box::new(NoDataPlane),
+        shared_volumes: Default::default(),
+    };
+    let agent = spawn(&settings, setup, &config.state_dir, &UdpTransport)
         .await
         .with_context(|| format!("starting agent {}", config.name))?;
     let metrics_task = match addrs.metrics_listen {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use chitchat::transport::UdpTransport;
 
+use crate::agent::AgentSetup;
 use crate::agent::core::CoreConfig;
 use crate::agent::dataplane::NoDataPlane;
 use crate::lease::Timing;
@@ -73,7 +74,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             export_addr: String::new(),
             timing: Timing::for_interval(interval.as_millis() as u64),
         };
-        agents.push(spawn(&settings, identity, &dir.path().join(&name), &UdpTransport, Box::new(NoDataPlane), &dir.path().join(&name).join("pool")).await?);
+        agents.push(spawn(&settings, setup(identity, interval, &dir.path().join(&name)), &dir.path().join(&name), &UdpTransport).await?);
     }
     let n = agents.len();
     let start = Instant::now();
@@ -156,5 +157,15 @@ fn say(args: &Args, line: &str) {
         eprintln!("demo: {line}");
     } else {
         println!("demo: {line}");
+    }
+}
+
+fn setup(config: CoreConfig, interval: std::time::Duration, dir: &std::path::Path) -> AgentSetup {
+    AgentSetup {
+        config,
+        interval,
+        pool_dir: dir.join("pool"),
+        dataplane: Box::new(NoDataPlane),
+        shared_volumes: Default::default(),
     }
 }

@@ -196,6 +196,10 @@ pub struct VolumeRecord {
     /// Hydration bandwidth the holder should keep to, bytes/s.
     #[serde(default)]
     pub rate_limit: Option<u64>,
+    /// Hooks around the volume's moves: they travel with it, so its next holder runs the
+    /// same commands. (Only CA-admitted nodes gossip; hooks run as the agent's user.)
+    #[serde(default)]
+    pub hooks: crate::store::volumes::Hooks,
 }
 
 /// The `claim/<source>/<id>` key: "I can take it, at this epoch".

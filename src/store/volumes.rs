@@ -1,5 +1,6 @@
-//! Where each local volume's bytes live and which hooks run around its move. Kept
-//! beside the agent state (the pure core only knows ids and sizes).
+//! Where each local volume's bytes live, and the hooks a volume carries. The table is
+//! kept beside the agent state (the pure core knows ids, sizes, labels and hooks, not
+//! paths).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +35,6 @@ pub struct LocalVolume {
     pub path: PathBuf,
     /// Whether meshdrain created the file (and may delete it after hand-off).
     pub created: bool,
-    /// Hooks.
-    #[serde(default)]
-    pub hooks: Hooks,
 }
 
 /// The local volume table.

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chitchat::transport::ChannelTransport;
+use meshdrain::agent::AgentSetup;
 use meshdrain::agent::core::CoreConfig;
 use meshdrain::agent::dataplane::NoDataPlane;
 use meshdrain::lease::Timing;
@@ -62,7 +63,7 @@ impl SimFleet {
                 export_addr: String::new(),
                 timing: Timing::for_interval(interval.as_millis() as u64),
             };
-            let agent = spawn(&settings, identity, &dir.path().join(&name), &transport, Box::new(NoDataPlane), &dir.path().join(&name).join("pool")).await.unwrap();
+            let agent = spawn(&settings, setup(identity, interval, &dir.path().join(&name)), &dir.path().join(&name), &transport).await.unwrap();
             agents.push(SimAgent { name, addr: addr(i), agent: Some(agent) });
         }
         SimFleet { transport, agents, interval, _dir: dir }
@@ -134,4 +135,14 @@ pub fn seen(report: &StatusReport, node: &str) -> Option<(Option<NodeState>, boo
 /// Every report lists exactly `n` nodes, all alive.
 pub fn converged(statuses: &[(usize, StatusReport)], n: usize) -> bool {
     statuses.iter().all(|(_, r)| r.nodes.len() == n && r.nodes.iter().all(|x| x.alive && x.state.is_some()))
+}
+
+fn setup(config: CoreConfig, interval: std::time::Duration, dir: &std::path::Path) -> AgentSetup {
+    AgentSetup {
+        config,
+        interval,
+        pool_dir: dir.join("pool"),
+        dataplane: Box::new(NoDataPlane),
+        shared_volumes: Default::default(),
+    }
 }

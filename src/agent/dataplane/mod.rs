@@ -7,6 +7,8 @@ use tracing::warn;
 
 use super::core::{DataCommand, DataEvent};
 
+pub mod real;
+
 /// Executes data-plane commands without blocking the owner loop.
 pub trait DataPlane: Send + 'static {
     /// Starts `cmd`; results arrive on `events`.
@@ -23,7 +25,7 @@ impl DataPlane for NoDataPlane {
         let reason = "this agent has no data plane (volumes cannot move here)".to_owned();
         let ev = match cmd {
             DataCommand::PrepareClone { volume, epoch, .. } => DataEvent::CloneFailed { volume, epoch, reason },
-            DataCommand::StopWorkload { volume } => DataEvent::HookFailed { volume, reason },
+            DataCommand::StopWorkload { volume, .. } => DataEvent::HookFailed { volume, reason },
             other => {
                 warn!(?other, "ignored: {reason}");
                 return;

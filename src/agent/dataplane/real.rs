@@ -1,0 +1,335 @@
+//! The data plane that moves bytes: hooks, the read-only export on the source, the clone
+//! on the holder. It drives two services behind narrow traits, so the iSCSI target and
+//! the clone engines plug in with thin adapters and tests can inject faults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::DataPlane;
+use crate::agent::core::{DataCommand, DataEvent};
+use crate::agent::hooks::{HookKind, run_hook};
+use crate::cluster::schema::ExportEndpoint;
+
+/// The source side: read-only exports of local volumes.
+pub trait ExportService: Send + Sync + 'static {
+    /// Opens (or re-opens) the export of `path` as `iqn`, readable only by an initiator
+    /// at `holder_addr` whose name is `initiator_iqn` (which carries the epoch).
+    fn open(&self, volume: &str, path: &Path, iqn: &str, holder_addr: &str, initiator_iqn: &str) -> Result<(), String>;
+    /// Closes the export to everyone and drops their sessions (fencing).
+    fn close(&self, volume: &str);
+}
+
+/// What a holder's clone needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneSpec {
+    /// Volume id.
+    pub volume: String,
+    /// Where to read: the source's export.
+    pub export: ExportEndpoint,
+    /// The initiator name to log in with (carries the epoch; the source's ACL checks it).
+    pub initiator_iqn: String,
+    /// Lease epoch (the clone metadata records it and refuses another).
+    pub epoch: u64,
+    /// Volume size.
+    pub size: u64,
+    /// The file or device that becomes the volume here.
+    pub dest: PathBuf,
+    /// Clone metadata (region bitmap).
+    pub metadata: PathBuf,
+    /// Hydration bandwidth, bytes/s.
+    pub rate_limit: Option<u64>,
+}
+
+/// Hydration progress of one clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloneProgress {
+    /// Regions on the dest.
+    pub hydrated: u64,
+    /// Regions in all.
+    pub total: u64,
+    /// Recent rate.
+    pub bytes_per_s: u64,
+    /// The source does not answer.
+    pub stalled: bool,
+    /// Last error.
+    pub error: Option<String>,
+}
+
+/// The holder side: clone devices.
+pub trait CloneService: Send + Sync + 'static {
+    /// Logs in and creates (or resumes, from existing metadata of the same epoch) the
+    /// clone; returns the block device the workload will use. No hydration yet.
+    fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String>;
+    /// Starts background hydration.
+    fn start_hydration(&self, volume: &str) -> Result<(), String>;
+    /// Current progress (`None`: no such clone).
+    fn progress(&self, volume: &str) -> Option<CloneProgress>;
+    /// Changes the bandwidth of a running hydration.
+    fn set_rate_limit(&self, volume: &str, rate: Option<u64>);
+    /// Flushes, replaces the clone by the plain dest, logs out. Idempotent.
+    fn finalize(&self, volume: &str) -> Result<(), String>;
+    /// Removes a revoked partial clone (dest and metadata).
+    fn discard(&self, volume: &str);
+}
+
+/// Local volume paths, shared with the owner loop (which writes it).
+pub type SharedVolumes = Arc<Mutex<BTreeMap<String, PathBuf>>>;
+
+/// Where a holder puts an incoming volume and its clone metadata.
+pub fn dest_paths(pool: &Path, volume: &str) -> (PathBuf, PathBuf) {
+    (pool.join(format!("{volume}.img")), pool.join(format!("{volume}.clone-meta")))
+}
+
+/// The initiator name a holder uses for one lease.
+pub fn initiator_iqn(holder: &str, volume: &str, epoch: u64) -> String {
+    format!("iqn.2026-11.dev.meshdrain:{holder}.{volume}.e{epoch}")
+}
+
+/// The real data plane: one worker task per volume runs that volume's commands in order
+/// (a restarted holder's "prepare, then start" must not race), volumes run in parallel.
+pub struct RealDataPlane {
+    inner: Arc<Inner>,
+    workers: BTreeMap<String, mpsc::UnboundedSender<DataCommand>>,
+}
+
+struct Inner {
+    node: String,
+    pool: PathBuf,
+    volumes: SharedVolumes,
+    exports: Arc<dyn ExportService>,
+    clones: Arc<dyn CloneService>,
+    devices: Mutex<BTreeMap<String, PathBuf>>,
+    /// Volumes whose last `stop` hook failed: never export a volume that is not quiesced.
+    unquiesced: Mutex<std::collections::BTreeSet<String>>,
+    hook_timeout: Duration,
+    poll: Duration,
+}
+
+impl RealDataPlane {
+    /// A data plane for `node` with its pool directory and services.
+    pub fn new(
+        node: &str,
+        pool: &Path,
+        volumes: SharedVolumes,
+        exports: Arc<dyn ExportService>,
+        clones: Arc<dyn CloneService>,
+        poll: Duration,
+    ) -> Self {
+        let inner = Inner {
+            node: node.to_owned(),
+            pool: pool.to_owned(),
+            volumes,
+            exports,
+            clones,
+            devices: Mutex::new(BTreeMap::new()),
+            unquiesced: Mutex::new(Default::default()),
+            hook_timeout: Duration::from_secs(300),
+            poll,
+        };
+        Self { inner: Arc::new(inner), workers: BTreeMap::new() }
+    }
+}
+
+impl DataPlane for RealDataPlane {
+    fn execute(&mut self, cmd: DataCommand, events: mpsc::UnboundedSender<DataEvent>) {
+        let volume = command_volume(&cmd).to_owned();
+        let tx = self.workers.entry(volume).or_insert_with(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<DataCommand>();
+            let (inner, events) = (self.inner.clone(), events.clone());
+            tokio::spawn(async move {
+                while let Some(cmd) = rx.recv().await {
+                    inner.run(cmd, &events).await;
+                }
+            });
+            tx
+        });
+        if let Err(mpsc::error::SendError(cmd)) = tx.send(cmd) {
+            warn!(?cmd, "volume worker is gone; command dropped");
+        }
+    }
+}
+
+fn command_volume(cmd: &DataCommand) -> &str {
+    match cmd {
+        DataCommand::StopWorkload { volume, .. }
+        | DataCommand::StartWorkload { volume, .. }
+        | DataCommand::OpenExport { volume, .. }
+        | DataCommand::CloseExport { volume }
+        | DataCommand::DeleteData { volume }
+        | DataCommand::PrepareClone { volume, .. }
+        | DataCommand::StartHeldWorkload { volume, .. }
+        | DataCommand::SetRateLimit { volume, .. }
+        | DataCommand::Finalize { volume, .. }
+        | DataCommand::DiscardClone { volume } => volume,
+    }
+}
+
+impl Inner {
+    fn local(&self, volume: &str) -> Option<PathBuf> {
+        self.volumes.lock().expect("volume table lock").get(volume).cloned()
+    }
+
+    async fn hook(&self, kind: HookKind, cmd: Option<String>, volume: &str, device: &Path) -> Result<(), String> {
+        match cmd {
+            Some(cmd) => run_hook(kind, &cmd, volume, device, &self.node, self.hook_timeout).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        tokio::task::spawn_blocking(f).await.expect("data-plane task panicked")
+    }
+
+    async fn run(self: &Arc<Self>, cmd: DataCommand, events: &mpsc::UnboundedSender<DataEvent>) {
+        let send = |ev| {
+            let _ = events.send(ev);
+        };
+        match cmd {
+            DataCommand::StopWorkload { volume, hook } => {
+                let path = self.local(&volume).unwrap_or_default();
+                let result = self.hook(HookKind::Stop, hook, &volume, &path).await;
+                let mut unquiesced = self.unquiesced.lock().expect("lock");
+                match result {
+                    Ok(()) => {
+                        unquiesced.remove(&volume);
+                    }
+                    Err(reason) => {
+                        warn!(%volume, "{reason}");
+                        unquiesced.insert(volume.clone());
+                        send(DataEvent::HookFailed { volume, reason });
+                    }
+                }
+            }
+            DataCommand::StartWorkload { volume, hook } => {
+                let path = self.local(&volume).unwrap_or_default();
+                if let Err(reason) = self.hook(HookKind::Start, hook, &volume, &path).await {
+                    warn!(%volume, "{reason}");
+                }
+            }
+            DataCommand::OpenExport { volume, holder, holder_addr, epoch } => {
+                if self.unquiesced.lock().expect("lock").contains(&volume) {
+                    return warn!(%volume, "not exporting: its stop hook failed");
+                }
+                let Some(path) = self.local(&volume) else {
+                    let reason = format!("volume {volume} has no local path on {}", self.node);
+                    return send(DataEvent::HookFailed { volume, reason });
+                };
+                let iqn = crate::agent::core::export_iqn(&self.node, &volume);
+                let initiator = initiator_iqn(&holder, &volume, epoch);
+                match self.exports.open(&volume, &path, &iqn, &holder_addr, &initiator) {
+                    Ok(()) => info!(%volume, %holder, epoch, "export open"),
+                    Err(reason) => {
+                        warn!(%volume, "cannot open export: {reason}");
+                        send(DataEvent::HookFailed { volume, reason: format!("export: {reason}") });
+                    }
+                }
+            }
+            DataCommand::CloseExport { volume } => self.exports.close(&volume),
+            DataCommand::DeleteData { volume } => {
+                let Some(path) = self.local(&volume) else { return };
+                self.volumes.lock().expect("volume table lock").remove(&volume);
+                if path.starts_with(&self.pool) {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => info!(%volume, path = %path.display(), "handed-off copy deleted"),
+                        Err(e) => warn!(%volume, path = %path.display(), "cannot delete handed-off copy: {e}"),
+                    }
+                } else {
+                    info!(%volume, path = %path.display(), "handed off; a device outside the pool is left to the operator");
+                }
+            }
+            DataCommand::PrepareClone { volume, export, epoch, size, rate_limit, .. } => {
+                let Some(export) = export else {
+                    let reason = "the source published no export endpoint".to_owned();
+                    return send(DataEvent::CloneFailed { volume, epoch, reason });
+                };
+                let (dest, metadata) = dest_paths(&self.pool, &volume);
+                let spec = CloneSpec {
+                    initiator_iqn: initiator_iqn(&self.node, &volume, epoch),
+                    volume: volume.clone(),
+                    export,
+                    epoch,
+                    size,
+                    dest,
+                    metadata,
+                    rate_limit,
+                };
+                let clones = self.clones.clone();
+                match self.blocking(move || clones.prepare(&spec)).await {
+                    Ok(device) => {
+                        info!(%volume, device = %device.display(), "clone ready");
+                        self.devices.lock().expect("device map lock").insert(volume.clone(), device);
+                        send(DataEvent::CloneReady { volume, epoch });
+                    }
+                    Err(reason) => send(DataEvent::CloneFailed { volume, epoch, reason }),
+                }
+            }
+            DataCommand::StartHeldWorkload { volume, hook } => {
+                let device = self.devices.lock().expect("device map lock").get(&volume).cloned();
+                let Some(device) = device else {
+                    warn!(%volume, "no clone device to start the workload on");
+                    return;
+                };
+                if let Err(e) = self.clones.start_hydration(&volume) {
+                    warn!(%volume, "cannot start hydration: {e}");
+                }
+                if let Err(reason) = self.hook(HookKind::Start, hook, &volume, &device).await {
+                    warn!(%volume, "{reason} (the move goes on: the data is safe on the clone)");
+                }
+                let (inner, events) = (self.clone(), events.clone());
+                tokio::spawn(async move { inner.report_progress(volume, events).await });
+            }
+            DataCommand::SetRateLimit { volume, rate_limit } => self.clones.set_rate_limit(&volume, rate_limit),
+            DataCommand::Finalize { volume, done_hook } => {
+                let clones = self.clones.clone();
+                let v = volume.clone();
+                match self.blocking(move || clones.finalize(&v)).await {
+                    Ok(()) => {
+                        self.devices.lock().expect("device map lock").remove(&volume);
+                        send(DataEvent::Finalized { volume: volume.clone() });
+                        let (dest, _) = dest_paths(&self.pool, &volume);
+                        if let Err(reason) = self.hook(HookKind::Done, done_hook, &volume, &dest).await {
+                            warn!(%volume, "{reason}");
+                        }
+                    }
+                    Err(e) => warn!(%volume, "finalize failed (retried after a restart): {e}"),
+                }
+            }
+            DataCommand::DiscardClone { volume } => {
+                self.devices.lock().expect("device map lock").remove(&volume);
+                self.clones.discard(&volume);
+            }
+        }
+    }
+
+    /// Reports hydration progress until every region is on the dest.
+    async fn report_progress(&self, volume: String, events: mpsc::UnboundedSender<DataEvent>) {
+        loop {
+            let Some(p) = self.clones.progress(&volume) else { return };
+            let done = p.total > 0 && p.hydrated >= p.total;
+            let ev = DataEvent::Progress {
+                volume: volume.clone(),
+                hydrated: p.hydrated,
+                total: p.total,
+                bytes_per_s: p.bytes_per_s,
+                stalled: p.stalled,
+                error: p.error,
+            };
+            if events.send(ev).is_err() {
+                return;
+            }
+            if done {
+                let _ = events.send(DataEvent::Hydrated { volume });
+                return;
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

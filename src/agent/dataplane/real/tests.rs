@@ -1,0 +1,180 @@
+use std::sync::Mutex;
+
+use super::*;
+
+#[derive(Default)]
+struct FakeExports {
+    calls: Mutex<Vec<String>>,
+}
+
+impl ExportService for FakeExports {
+    fn open(&self, volume: &str, path: &Path, iqn: &str, holder_addr: &str, initiator_iqn: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("open {volume} {} {iqn} {holder_addr} {initiator_iqn}", path.display()));
+        Ok(())
+    }
+    fn close(&self, volume: &str) {
+        self.calls.lock().unwrap().push(format!("close {volume}"));
+    }
+}
+
+/// A clone that hydrates one region per progress call; `fail_prepare` injects a login failure.
+#[derive(Default)]
+struct FakeClones {
+    fail_prepare: bool,
+    hydrated: Mutex<u64>,
+    calls: Mutex<Vec<String>>,
+}
+
+impl CloneService for FakeClones {
+    fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
+        self.calls.lock().unwrap().push(format!("prepare {} {} {}", spec.volume, spec.initiator_iqn, spec.export.addr));
+        if self.fail_prepare { Err("login refused by the target (ACL)".into()) } else { Ok(PathBuf::from("/dev/loop9")) }
+    }
+    fn start_hydration(&self, volume: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("hydrate {volume}"));
+        Ok(())
+    }
+    fn progress(&self, _: &str) -> Option<CloneProgress> {
+        let mut h = self.hydrated.lock().unwrap();
+        *h = (*h + 1).min(3);
+        Some(CloneProgress { hydrated: *h, total: 3, bytes_per_s: 10, stalled: false, error: None })
+    }
+    fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
+        self.calls.lock().unwrap().push(format!("rate {volume} {rate:?}"));
+    }
+    fn finalize(&self, volume: &str) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!("finalize {volume}"));
+        Ok(())
+    }
+    fn discard(&self, volume: &str) {
+        self.calls.lock().unwrap().push(format!("discard {volume}"));
+    }
+}
+
+struct Rig {
+    plane: RealDataPlane,
+    exports: Arc<FakeExports>,
+    clones: Arc<FakeClones>,
+    tx: mpsc::UnboundedSender<DataEvent>,
+    rx: mpsc::UnboundedReceiver<DataEvent>,
+    dir: tempfile::TempDir,
+}
+
+fn rig(fail_prepare: bool) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let volumes: SharedVolumes = Arc::default();
+    volumes.lock().unwrap().insert("db".into(), dir.path().join("db.img"));
+    let exports = Arc::new(FakeExports::default());
+    let clones = Arc::new(FakeClones { fail_prepare, ..Default::default() });
+    let plane = RealDataPlane::new("n1", dir.path(), volumes, exports.clone(), clones.clone(), Duration::from_millis(1));
+    let (tx, rx) = mpsc::unbounded_channel();
+    Rig { plane, exports, clones, tx, rx, dir }
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an event within 5 s").expect("channel open")
+}
+
+#[tokio::test]
+async fn a_failed_stop_hook_keeps_the_volume_unexported() {
+    let mut r = rig(false);
+    r.plane.execute(DataCommand::StopWorkload { volume: "db".into(), hook: Some("echo busy >&2; exit 2".into()) }, r.tx.clone());
+    r.plane.execute(
+        DataCommand::OpenExport { volume: "db".into(), holder: "n2".into(), holder_addr: "fd00::2".into(), epoch: 3 },
+        r.tx.clone(),
+    );
+    match next(&mut r.rx).await {
+        DataEvent::HookFailed { volume, reason } => {
+            assert_eq!(volume, "db");
+            assert!(reason.starts_with("stop hook of volume db failed (exit status: 2)"), "{reason}");
+            assert!(reason.ends_with(": busy"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(r.exports.calls.lock().unwrap().is_empty(), "exported an unquiesced volume");
+
+    // The next grant's stop succeeds: the export opens, ACL'd to the holder and its epoch.
+    r.plane.execute(DataCommand::StopWorkload { volume: "db".into(), hook: Some("true".into()) }, r.tx.clone());
+    r.plane.execute(
+        DataCommand::OpenExport { volume: "db".into(), holder: "n2".into(), holder_addr: "fd00::2".into(), epoch: 4 },
+        r.tx.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls = r.exports.calls.lock().unwrap().clone();
+    let want = format!(
+        "open db {} iqn.2026-11.dev.meshdrain:n1.db fd00::2 iqn.2026-11.dev.meshdrain:n2.db.e4",
+        r.dir.path().join("db.img").display()
+    );
+    assert_eq!(calls, vec![want]);
+}
+
+#[tokio::test]
+async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
+    let mut r = rig(false);
+    let marker = r.dir.path().join("started");
+    let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
+    let cmds = [
+        DataCommand::PrepareClone { volume: "db".into(), source: "n1".into(), export: Some(export), epoch: 4, size: 1 << 20, rate_limit: None },
+        DataCommand::StartHeldWorkload { volume: "db".into(), hook: Some(format!("echo $MESHDRAIN_DEVICE > {}", marker.display())) },
+    ];
+    for c in cmds {
+        r.plane.execute(c, r.tx.clone());
+    }
+    assert_eq!(next(&mut r.rx).await, DataEvent::CloneReady { volume: "db".into(), epoch: 4 });
+    let mut last = 0;
+    loop {
+        match next(&mut r.rx).await {
+            DataEvent::Progress { hydrated, total, .. } => {
+                assert!(hydrated >= last && total == 3);
+                last = hydrated;
+            }
+            DataEvent::Hydrated { volume } => {
+                assert_eq!(volume, "db");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "/dev/loop9\n", "start hook sees the clone device");
+    r.plane.execute(DataCommand::Finalize { volume: "db".into(), done_hook: None }, r.tx.clone());
+    assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".into() });
+    let calls = r.clones.calls.lock().unwrap().clone();
+    assert_eq!(calls, vec!["prepare db iqn.2026-11.dev.meshdrain:n1.db.e4 [fd00::1]:3260", "hydrate db", "finalize db"]);
+}
+
+#[tokio::test]
+async fn a_refused_login_is_reported_with_its_reason() {
+    let mut r = rig(true);
+    let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
+    r.plane.execute(
+        DataCommand::PrepareClone { volume: "db".into(), source: "n1".into(), export: Some(export), epoch: 2, size: 1, rate_limit: None },
+        r.tx.clone(),
+    );
+    assert_eq!(
+        next(&mut r.rx).await,
+        DataEvent::CloneFailed { volume: "db".into(), epoch: 2, reason: "login refused by the target (ACL)".into() }
+    );
+    r.plane.execute(
+        DataCommand::PrepareClone { volume: "db".into(), source: "n1".into(), export: None, epoch: 3, size: 1, rate_limit: None },
+        r.tx.clone(),
+    );
+    assert!(matches!(next(&mut r.rx).await, DataEvent::CloneFailed { reason, .. } if reason.contains("no export endpoint")));
+}
+
+#[tokio::test]
+async fn only_pool_files_are_deleted_after_hand_off() {
+    let r = rig(false);
+    let outside = tempfile::tempdir().unwrap();
+    let device = outside.path().join("nvme-part");
+    std::fs::write(&device, b"data").unwrap();
+    r.plane.inner.volumes.lock().unwrap().insert("ext".into(), device.clone());
+    let mut plane = r.plane;
+    std::fs::write(r.dir.path().join("db.img"), b"data").unwrap();
+    plane.execute(DataCommand::DeleteData { volume: "db".into() }, r.tx.clone());
+    plane.execute(DataCommand::DeleteData { volume: "ext".into() }, r.tx.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!r.dir.path().join("db.img").exists());
+    assert!(device.exists(), "a device outside the pool is never deleted");
+    assert!(!plane.inner.volumes.lock().unwrap().contains_key("db"));
+}
