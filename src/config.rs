@@ -72,6 +72,40 @@ pub struct AgentConfig {
     /// Local volume pool.
     #[serde(default)]
     pub pool: PoolConfig,
+    /// How volume bytes move.
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+}
+
+/// Which data plane moves volume bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataplaneBackend {
+    /// Gossip only: volumes cannot move to or from this node.
+    #[default]
+    None,
+    /// Development: every agent on one machine; exports are ACL files in `exports_dir`
+    /// and clones copy from the source's file (lease semantics, no block device).
+    Local,
+}
+
+/// Data plane settings.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// `none` or `local`.
+    #[serde(default)]
+    pub backend: DataplaneBackend,
+    /// With `local`: the directory every agent of the local fleet shares for exports.
+    #[serde(default)]
+    pub exports_dir: Option<PathBuf>,
+    /// How often hydration progress is published, in milliseconds.
+    #[serde(default = "default_progress_ms")]
+    pub progress_ms: u64,
+}
+
+fn default_progress_ms() -> u64 {
+    500
 }
 
 fn default_cluster_id() -> String {
@@ -297,6 +331,13 @@ impl AgentConfig {
             Some(a) => Some(parse_addr(a).ok_or_else(|| invalid("metrics.listen", bad_addr(a), "write ip:port, e.g. 127.0.0.1:9477"))?),
             None => None,
         };
+        if self.dataplane.backend == DataplaneBackend::Local && self.dataplane.exports_dir.is_none() {
+            return Err(invalid(
+                "dataplane.exports_dir",
+                "is required with backend = \"local\"".to_owned(),
+                "give a directory every agent of the local fleet can reach, e.g. /run/meshdrain-local",
+            ));
+        }
         if self.mesh.backend != MeshBackendChoice::None {
             if let Some(ep) = &self.mesh.endpoint {
                 parse_addr(ep).ok_or_else(|| invalid("mesh.endpoint", bad_addr(ep), "write the underlay ip:port, e.g. 198.18.0.1:51820"))?;

@@ -16,10 +16,12 @@ use tracing::{info, warn};
 use super::core::CoreConfig;
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
-use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
+use crate::config::{AgentConfig, DataplaneBackend, MeshBackendChoice, ResolvedAddrs};
 use crate::control::metrics::Metrics;
 use crate::lease::Timing;
-use super::dataplane::NoDataPlane;
+use super::dataplane::local::{LocalClones, LocalExports};
+use super::dataplane::real::{RealDataPlane, SharedVolumes};
+use super::dataplane::{DataPlane, NoDataPlane};
 use crate::store::StateDir;
 
 /// An agent running as tasks in this process.
@@ -118,12 +120,28 @@ pub async fn run_process(
     };
     let settings = gossip_settings(&config, &addrs);
     let listener = crate::control::server::bind(&config.control.socket).await?;
+    let shared_volumes: SharedVolumes = Default::default();
+    let dataplane: Box<dyn DataPlane> = match config.dataplane.backend {
+        DataplaneBackend::None => Box::new(NoDataPlane),
+        DataplaneBackend::Local => {
+            let dir = config.dataplane.exports_dir.clone().expect("validated");
+            Box::new(RealDataPlane::new(
+                &config.name,
+                &config.pool_dir(),
+                shared_volumes.clone(),
+                Arc::new(LocalExports::new(&dir)),
+                Arc::new(LocalClones::new(&dir)),
+                Duration::from_millis(config.dataplane.progress_ms),
+            ))
+        }
+    };
+    info!(backend = ?config.dataplane.backend, "data plane");
     let setup = AgentSetup {
         config: core_config,
         interval: settings.interval,
         pool_dir: config.pool_dir(),
-        dataplane: Box::new(NoDataPlane),
-        shared_volumes: Default::default(),
+        dataplane,
+        shared_volumes,
     };
     let agent = spawn(&settings, setup, &config.state_dir, &UdpTransport)
         .await

@@ -52,6 +52,18 @@ impl AgentProc {
         Self { name: name.to_owned(), dir, config, socket, port, child: None }
     }
 
+    /// Appends TOML to the config (extra sections).
+    pub fn append_config(&self, text: &str) {
+        let mut cfg = std::fs::read_to_string(&self.config).unwrap();
+        cfg.push_str(text);
+        std::fs::write(&self.config, cfg).unwrap();
+    }
+
+    /// The pool directory (default: under the state dir).
+    pub fn pool(&self) -> PathBuf {
+        self.dir.join("state").join("pool")
+    }
+
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();

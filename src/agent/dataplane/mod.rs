@@ -7,6 +7,7 @@ use tracing::warn;
 
 use super::core::{DataCommand, DataEvent};
 
+pub mod local;
 pub mod real;
 
 /// Executes data-plane commands without blocking the owner loop.

@@ -1,0 +1,260 @@
+//! A development data plane for fleets on one machine (tests, `demo` without a network):
+//! an export is a small ACL file in a directory every agent shares, and a clone copies
+//! regions straight from the source's file, checking the ACL on every batch (so closing
+//! an export fences the holder), keeping a durable region bitmap (so a killed holder
+//! resumes), honouring the rate limit, and reporting a stall when the export disappears.
+//!
+//! It has the lease semantics of the real path, not its data path: there is no block
+//! device in between, so the workload must not write while hydration runs.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::real::{CloneProgress, CloneService, CloneSpec, ExportService};
+
+/// Copy unit.
+const REGION: u64 = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct AclFile {
+    path: PathBuf,
+    initiator: String,
+}
+
+/// Exports as ACL files in a shared directory.
+#[derive(Debug)]
+pub struct LocalExports {
+    dir: PathBuf,
+    volumes: Mutex<BTreeMap<String, String>>,
+}
+
+impl LocalExports {
+    /// Exports published under `dir` (shared by every agent of the local fleet).
+    pub fn new(dir: &Path) -> Self {
+        let _ = std::fs::create_dir_all(dir);
+        Self { dir: dir.to_owned(), volumes: Mutex::new(BTreeMap::new()) }
+    }
+}
+
+fn acl_path(dir: &Path, iqn: &str) -> PathBuf {
+    dir.join(format!("{iqn}.json"))
+}
+
+impl ExportService for LocalExports {
+    fn open(&self, volume: &str, path: &Path, iqn: &str, _holder_addr: &str, initiator_iqn: &str) -> Result<(), String> {
+        let acl = AclFile { path: path.to_owned(), initiator: initiator_iqn.to_owned() };
+        let tmp = self.dir.join(format!(".{iqn}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(&acl).expect("serializes")).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, acl_path(&self.dir, iqn)).map_err(|e| e.to_string())?;
+        self.volumes.lock().expect("lock").insert(volume.to_owned(), iqn.to_owned());
+        Ok(())
+    }
+
+    fn close(&self, volume: &str) {
+        if let Some(iqn) = self.volumes.lock().expect("lock").remove(volume) {
+            let _ = std::fs::remove_file(acl_path(&self.dir, &iqn));
+        }
+    }
+}
+
+struct Clone_ {
+    spec: CloneSpec,
+    bitmap: Mutex<Vec<bool>>,
+    hydrated: AtomicU64,
+    rate: Mutex<Option<u64>>,
+    bytes_per_s: AtomicU64,
+    stalled: AtomicBool,
+    error: Mutex<Option<String>>,
+    running: AtomicBool,
+}
+
+/// Clones that copy from the source's file as the shared ACL allows.
+pub struct LocalClones {
+    exports_dir: PathBuf,
+    clones: Mutex<BTreeMap<String, Arc<Clone_>>>,
+}
+
+impl LocalClones {
+    /// Clones reading exports published under `exports_dir`.
+    pub fn new(exports_dir: &Path) -> Self {
+        Self { exports_dir: exports_dir.to_owned(), clones: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn get(&self, volume: &str) -> Option<Arc<Clone_>> {
+        self.clones.lock().expect("lock").get(volume).cloned()
+    }
+}
+
+/// Resolves the source path if `initiator` may read export `iqn`.
+fn login(exports_dir: &Path, iqn: &str, initiator: &str) -> Result<PathBuf, String> {
+    let raw = std::fs::read(acl_path(exports_dir, iqn)).map_err(|_| format!("no export {iqn} (closed, or the source is down)"))?;
+    let acl: AclFile = serde_json::from_slice(&raw).map_err(|e| format!("export {iqn}: {e}"))?;
+    if acl.initiator != initiator {
+        return Err(format!("login refused: export {iqn} is for {}, not {initiator}", acl.initiator));
+    }
+    Ok(acl.path)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Metadata {
+    epoch: u64,
+    iqn: String,
+    bitmap: Vec<bool>,
+}
+
+impl CloneService for LocalClones {
+    fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
+        login(&self.exports_dir, &spec.export.iqn, &spec.initiator_iqn)?;
+        let regions = spec.size.div_ceil(REGION) as usize;
+        let bitmap = match std::fs::read(&spec.metadata).ok().and_then(|b| serde_json::from_slice::<Metadata>(&b).ok()) {
+            Some(m) if m.epoch == spec.epoch && m.iqn == spec.export.iqn && m.bitmap.len() == regions => m.bitmap,
+            Some(m) => {
+                info!(volume = %spec.volume, old_epoch = m.epoch, "clone metadata of another lease: starting over");
+                vec![false; regions]
+            }
+            None => vec![false; regions],
+        };
+        if let Some(dir) = spec.dest.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let dest = OpenOptions::new().create(true).write(true).truncate(false).open(&spec.dest).map_err(|e| format!("{}: {e}", spec.dest.display()))?;
+        dest.set_len(spec.size).map_err(|e| e.to_string())?;
+        let hydrated = bitmap.iter().filter(|b| **b).count() as u64;
+        let c = Clone_ {
+            spec: spec.clone(),
+            bitmap: Mutex::new(bitmap),
+            hydrated: AtomicU64::new(hydrated),
+            rate: Mutex::new(spec.rate_limit),
+            bytes_per_s: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            error: Mutex::new(None),
+            running: AtomicBool::new(false),
+        };
+        save_metadata(&c)?;
+        self.clones.lock().expect("lock").insert(spec.volume.clone(), Arc::new(c));
+        Ok(spec.dest.clone())
+    }
+
+    fn start_hydration(&self, volume: &str) -> Result<(), String> {
+        let c = self.get(volume).ok_or_else(|| format!("no clone of {volume}"))?;
+        if c.running.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let dir = self.exports_dir.clone();
+        std::thread::Builder::new()
+            .name(format!("hydrate-{volume}"))
+            .spawn(move || hydrate(&c, &dir))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn progress(&self, volume: &str) -> Option<CloneProgress> {
+        let c = self.get(volume)?;
+        Some(CloneProgress {
+            hydrated: c.hydrated.load(Ordering::SeqCst),
+            total: c.bitmap.lock().expect("lock").len() as u64,
+            bytes_per_s: c.bytes_per_s.load(Ordering::SeqCst),
+            stalled: c.stalled.load(Ordering::SeqCst),
+            error: c.error.lock().expect("lock").clone(),
+        })
+    }
+
+    fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
+        if let Some(c) = self.get(volume) {
+            *c.rate.lock().expect("lock") = rate;
+        }
+    }
+
+    fn finalize(&self, volume: &str) -> Result<(), String> {
+        let Some(c) = self.clones.lock().expect("lock").remove(volume) else {
+            return Ok(()); // already finalized before a restart
+        };
+        c.running.store(false, Ordering::SeqCst);
+        if c.hydrated.load(Ordering::SeqCst) < c.bitmap.lock().expect("lock").len() as u64 {
+            return Err(format!("{volume} is not fully hydrated"));
+        }
+        File::open(&c.spec.dest).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&c.spec.metadata);
+        Ok(())
+    }
+
+    fn discard(&self, volume: &str) {
+        if let Some(c) = self.clones.lock().expect("lock").remove(volume) {
+            c.running.store(false, Ordering::SeqCst);
+            let _ = std::fs::remove_file(&c.spec.dest);
+            let _ = std::fs::remove_file(&c.spec.metadata);
+        }
+    }
+}
+
+fn save_metadata(c: &Clone_) -> Result<(), String> {
+    let m = Metadata { epoch: c.spec.epoch, iqn: c.spec.export.iqn.clone(), bitmap: c.bitmap.lock().expect("lock").clone() };
+    let tmp = c.spec.metadata.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&m).expect("serializes")).map_err(|e| e.to_string())?;
+    File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, &c.spec.metadata).map_err(|e| e.to_string())
+}
+
+/// Copies every missing region; a region's bit is set only after its bytes are synced.
+fn hydrate(c: &Clone_, exports_dir: &Path) {
+    let Ok(dest) = OpenOptions::new().write(true).open(&c.spec.dest) else { return };
+    let mut buf = vec![0u8; REGION as usize];
+    let started = Instant::now();
+    let mut copied = 0u64;
+    while c.running.load(Ordering::SeqCst) {
+        // Check the ACL on every batch: a closed export fences this holder.
+        let source = match login(exports_dir, &c.spec.export.iqn, &c.spec.initiator_iqn).and_then(|p| File::open(&p).map_err(|e| e.to_string())) {
+            Ok(f) => {
+                c.stalled.store(false, Ordering::SeqCst);
+                f
+            }
+            Err(e) => {
+                if !c.stalled.swap(true, Ordering::SeqCst) {
+                    warn!(volume = %c.spec.volume, "hydration stalled: {e}");
+                }
+                *c.error.lock().expect("lock") = Some(e);
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let batch: Vec<usize> = c.bitmap.lock().expect("lock").iter().enumerate().filter(|(_, b)| !**b).map(|(i, _)| i).take(16).collect();
+        if batch.is_empty() {
+            return;
+        }
+        for &r in &batch {
+            let off = r as u64 * REGION;
+            let len = REGION.min(c.spec.size - off) as usize;
+            if source.read_exact_at(&mut buf[..len], off).is_err() || dest.write_all_at(&buf[..len], off).is_err() {
+                c.stalled.store(true, Ordering::SeqCst);
+                break;
+            }
+            copied += len as u64;
+            if let Some(rate) = *c.rate.lock().expect("lock") {
+                let due = Duration::from_secs_f64(copied as f64 / rate.max(1) as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        if dest.sync_data().is_err() {
+            continue;
+        }
+        {
+            let mut bm = c.bitmap.lock().expect("lock");
+            for &r in &batch {
+                bm[r] = true;
+            }
+            c.hydrated.store(bm.iter().filter(|b| **b).count() as u64, Ordering::SeqCst);
+        }
+        let _ = save_metadata(c);
+        c.bytes_per_s.store((copied as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64, Ordering::SeqCst);
+    }
+}
