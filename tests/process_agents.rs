@@ -52,11 +52,13 @@ fn five_agents_drain_from_another_node_and_survive_kill9() {
     wait_until(
         Duration::from_secs(10),
         || {
-            let out = agents[0].cli(&["volume", "list", "--json"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            v["volumes"].as_array().is_some_and(|a| a.iter().any(|v| v["id"] == "pinned" && v["owner"] == "node3"))
+            agents[..2].iter().all(|a| {
+                let out = a.cli(&["volume", "list", "--json"]);
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                v["volumes"].as_array().is_some_and(|a| a.iter().any(|v| v["id"] == "pinned" && v["owner"] == "node3"))
+            })
         },
-        || "node1 to list node3's volume".to_owned(),
+        || "node1 and node2 to list node3's volume".to_owned(),
     );
 
     // The dry run names the reason per node and exits 1: nothing can take the volume.

@@ -45,7 +45,15 @@ fn joined(agents: &[AgentProc]) {
 
 /// Creates a volume and fills it with pseudo-random bytes; returns their sha256.
 fn volume_with_data(a: &AgentProc, name: &str, mib: usize) -> String {
-    let out = a.cli(&["volume", "create", name, "--size", &format!("{mib}M")]);
+    volume_with_data_and(a, name, mib, &[])
+}
+
+/// Like [`volume_with_data`], with extra `volume create` arguments.
+fn volume_with_data_and(a: &AgentProc, name: &str, mib: usize, extra: &[&str]) -> String {
+    let size = format!("{mib}M");
+    let mut args = vec!["volume", "create", name, "--size", size.as_str()];
+    args.extend_from_slice(extra);
+    let out = a.cli(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut data = vec![0u8; mib << 20];
     let mut x: u64 = name.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
@@ -176,4 +184,45 @@ fn a_holder_killed_mid_hydration_resumes_and_completes() {
         || agents[0].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
         || "node1 to be drained".to_owned(),
     );
+}
+
+#[test]
+fn a_slow_stop_hook_delays_the_move_without_revoking_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = fleet(tmp.path(), 3);
+    joined(&agents);
+    let out = agents[0].cli(&["volume", "create", "slow", "--size", "1M", "--hook-stop", "sleep 2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = agents[0].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let v = volumes(&agents[1]);
+    let slow = v.iter().find(|v| v["id"] == "slow").unwrap();
+    assert_eq!(slow["epoch"], 1, "granted once, never revoked: {slow}");
+}
+
+#[test]
+fn a_failing_stop_hook_stops_the_move_and_a_new_drain_retries_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = fleet(tmp.path(), 3);
+    joined(&agents);
+    let ok = tmp.path().join("db-may-stop");
+    let hook = format!("test -e {} || {{ echo 'db refuses to stop' >&2; exit 3; }}", ok.display());
+    let sum = volume_with_data_and(&agents[0], "db2", 2, &["--hook-stop", &hook]);
+
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("volume db2 failed: stop hook of volume db2 failed (exit status: 3)"), "{err}");
+    assert!(err.contains("db refuses to stop"), "{err}");
+    assert!(err.contains("run `meshdrain drain node1` again to retry"), "{err}");
+    // Nothing was deleted, and node1 still owns db2.
+    assert_eq!(sha_of(&agents[0].pool().join("db2.img")).as_deref(), Some(sum.as_str()));
+    assert_eq!(volumes(&agents[2]).iter().find(|v| v["id"] == "db2").unwrap()["owner"], "node1");
+
+    std::fs::write(&ok, b"").unwrap();
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let owner = wait_for_owner(&agents[2], "db2");
+    let path = agent(&agents, &owner).pool().join("db2.img");
+    assert_eq!(sha_of(&path).as_deref(), Some(sum.as_str()));
 }

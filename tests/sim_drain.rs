@@ -238,7 +238,12 @@ impl World {
                 self.nodes[i].source_running.insert(volume);
             }
             DataCommand::OpenExport { volume, holder, epoch, .. } => {
-                self.nodes[i].exports.insert(volume, (holder, epoch));
+                // Unless the stop hook failed just before (the real data plane skips it).
+                let stop_failed = self.nodes[i].events.iter().any(|e| matches!(e, DataEvent::HookFailed { volume: v, .. } if *v == volume));
+                if !stop_failed {
+                    self.nodes[i].exports.insert(volume.clone(), (holder, epoch));
+                    self.nodes[i].events.push(DataEvent::ExportOpened { volume, epoch });
+                }
             }
             DataCommand::CloseExport { volume } => {
                 self.nodes[i].exports.remove(&volume);

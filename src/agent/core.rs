@@ -142,6 +142,8 @@ pub enum DataCommand {
 pub enum DataEvent {
     /// Source: a hook for this volume failed.
     HookFailed { volume: String, reason: String },
+    /// Source: the export for `epoch` is open.
+    ExportOpened { volume: String, epoch: u64 },
     /// Holder: the clone for `epoch` exists.
     CloneReady { volume: String, epoch: u64 },
     /// Holder: preparing the clone for `epoch` failed.
@@ -394,7 +396,8 @@ impl Core {
         let me = self.config.name.clone();
         for (source, n) in view.nodes.iter().filter(|(name, _)| **name != me) {
             for (id, rec) in &n.volumes {
-                let SourcePhase::Granted { holder, .. } = &rec.phase else { continue };
+                // The grant is acted on once its export is open (advertised).
+                let SourcePhase::Granted { holder, exported: true, .. } = &rec.phase else { continue };
                 let newer = self.state.holding.get(id).is_none_or(|h| h.epoch < rec.epoch && !h.workload_may_run());
                 if holder == &me && newer {
                     let (mut h, fx) = HolderVolume::granted(id, source, rec.epoch, rec.size);
@@ -488,15 +491,8 @@ impl Core {
     pub fn data_event(&mut self, event: DataEvent, now_ms: u64) -> Output {
         let mut out = Output::default();
         match event {
-            DataEvent::HookFailed { volume, reason } => {
-                if let Some(v) = self.state.volumes.get_mut(&volume) {
-                    let fx = v.lease.step(&SourceEvent::HookFailed(reason), now_ms, &self.config.timing);
-                    out.persist = true;
-                    for f in fx {
-                        self.source_command(&volume, f, None, &mut out);
-                    }
-                }
-            }
+            DataEvent::HookFailed { volume, reason } => self.source_event(&volume, &SourceEvent::HookFailed(reason), now_ms, &mut out),
+            DataEvent::ExportOpened { volume, epoch } => self.source_event(&volume, &SourceEvent::ExportOpened { epoch }, now_ms, &mut out),
             DataEvent::CloneReady { volume, epoch } | DataEvent::CloneFailed { volume, epoch, .. }
                 if self.state.holding.get(&volume).is_none_or(|h| h.epoch != epoch) => {}
             DataEvent::CloneReady { volume, .. } => self.holder_step(&volume, &HolderEvent::CloneReady, &mut out),
@@ -514,6 +510,16 @@ impl Core {
             DataEvent::Finalized { volume } => self.holder_step(&volume, &HolderEvent::Finalized, &mut out),
         }
         out
+    }
+
+    fn source_event(&mut self, volume: &str, event: &SourceEvent, now_ms: u64, out: &mut Output) {
+        let Some(v) = self.state.volumes.get_mut(volume) else { return };
+        let before = v.lease.clone();
+        let fx = v.lease.step(event, now_ms, &self.config.timing);
+        out.persist |= before != v.lease;
+        for f in fx {
+            self.source_command(volume, f, None, out);
+        }
     }
 
     fn update_claims(&mut self, view: &ClusterView) {
@@ -554,7 +560,8 @@ impl Core {
             keys.insert(Key::NodeRequest(node.clone()).render(), schema::encode(req));
         }
         for (id, v) in &self.state.volumes {
-            let export = matches!(v.lease.phase, SourcePhase::Granted { .. } | SourcePhase::CutOver { .. }).then(|| ExportEndpoint {
+            let open = matches!(v.lease.phase, SourcePhase::Granted { exported: true, .. } | SourcePhase::CutOver { .. });
+            let export = open.then(|| ExportEndpoint {
                 addr: self.config.export_addr.clone(),
                 iqn: export_iqn(&self.config.name, id),
             });

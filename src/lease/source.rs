@@ -32,8 +32,12 @@ pub enum SourcePhase {
     Granted {
         /// The lease holder.
         holder: String,
-        /// When it was granted.
+        /// When it was granted, or when the export opened.
         at_ms: u64,
+        /// The export is open (after the `stop` hook); only then is it advertised, so the
+        /// holder never tries to log in during a long quiesce.
+        #[serde(default)]
+        exported: bool,
     },
     /// The holder may run the workload. Never revoked. May become `handed_off`.
     CutOver {
@@ -106,6 +110,11 @@ pub enum SourceEvent {
     },
     /// A workload hook on this node failed.
     HookFailed(String),
+    /// The data plane opened the export for this epoch.
+    ExportOpened {
+        /// The epoch it was opened for.
+        epoch: u64,
+    },
 }
 
 /// Side effects for the owner loop, executed in order.
@@ -176,6 +185,15 @@ impl SourceVolume {
                     _ => vec![],
                 };
             }
+            SourceEvent::ExportOpened { epoch } => {
+                if let P::Granted { exported, at_ms, .. } = &mut self.phase
+                    && *epoch == self.epoch
+                {
+                    *exported = true;
+                    *at_ms = now_ms;
+                }
+                return vec![];
+            }
             SourceEvent::Tick { draining, best_claimant, best_is_planned, holder, gc } => {
                 (*draining, best_claimant, *best_is_planned, holder, *gc)
             }
@@ -205,20 +223,20 @@ impl SourceVolume {
                 let settled = best_is_planned || now_ms.saturating_sub(since_ms) >= timing.settle_ms;
                 match best {
                     Some(h) if settled => {
-                        self.phase = P::Granted { holder: h.clone(), at_ms: now_ms };
+                        self.phase = P::Granted { holder: h.clone(), at_ms: now_ms, exported: false };
                         vec![E::StopWorkload, E::OpenExport { holder: h.clone(), epoch: self.epoch }]
                     }
                     _ => vec![],
                 }
             }
-            P::Granted { holder: h, at_ms } => {
+            P::Granted { holder: h, at_ms, exported } => {
                 let sig = holder.as_ref();
                 let ready = sig.is_some_and(|s| {
                     s.alive && matches!(s.progress, Some((e, HolderPhase::Ready | HolderPhase::Running { .. })) if e == self.epoch)
                 });
                 let lost = sig.is_none_or(|s| !s.alive)
                     || sig.is_some_and(|s| matches!(s.progress, Some((e, HolderPhase::Failed { .. })) if e == self.epoch))
-                    || now_ms.saturating_sub(at_ms) >= timing.ready_timeout_ms;
+                    || (exported && now_ms.saturating_sub(at_ms) >= timing.ready_timeout_ms);
                 if !draining {
                     // Undrain before cut-over: the volume stays here.
                     self.epoch += 1;

@@ -23,6 +23,12 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
     assert!(v.step(&tick(true, Some("b"), false, None), 50, &T).is_empty());
     let fx = v.step(&tick(true, Some("b"), false, None), 100, &T);
     assert_eq!(fx, vec![SourceEffect::StopWorkload, SourceEffect::OpenExport { holder: "b".into(), epoch: 1 }]);
+    assert!(matches!(v.phase, SourcePhase::Granted { exported: false, .. }));
+    // A stale confirmation (another epoch) changes nothing; the right one marks it exported.
+    v.step(&SourceEvent::ExportOpened { epoch: 0 }, 150, &T);
+    assert!(matches!(v.phase, SourcePhase::Granted { exported: false, .. }));
+    v.step(&SourceEvent::ExportOpened { epoch: 1 }, 150, &T);
+    assert_eq!(v.phase, SourcePhase::Granted { holder: "b".into(), at_ms: 150, exported: true });
     // Holder preparing: nothing. Ready: cut over.
     assert!(v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 200, &T).is_empty());
     v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 300, &T);
@@ -56,11 +62,22 @@ fn holder_lost_before_cut_over_is_revoked_with_a_new_epoch() {
 }
 
 #[test]
+fn a_slow_stop_hook_is_not_a_timeout() {
+    let mut v = SourceVolume::new("v", 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    v.step(&tick(true, Some("a"), true, None), 0, &T);
+    // The export is not open yet (the stop hook runs): no timeout however long it takes.
+    assert!(v.step(&tick(true, None, false, sig(true, None, None)), T.ready_timeout_ms * 5, &T).is_empty());
+    assert_eq!(v.epoch, 1);
+}
+
+#[test]
 fn holder_failure_or_timeout_revokes() {
     for signal in [sig(true, Some((1, HolderPhase::Failed { reason: "disk full".into() })), None), sig(true, None, None)] {
         let mut v = SourceVolume::new("v", 10);
         v.step(&tick(true, None, false, None), 0, &T);
         v.step(&tick(true, Some("a"), true, None), 0, &T);
+        v.step(&SourceEvent::ExportOpened { epoch: 1 }, 0, &T);
         let now = if signal.as_ref().unwrap().progress.is_some() { 5 } else { T.ready_timeout_ms };
         assert_eq!(v.step(&tick(true, None, false, signal), now, &T), vec![SourceEffect::CloseExport]);
         assert_eq!(v.epoch, 2);

@@ -222,7 +222,10 @@ impl Inner {
                 let iqn = crate::agent::core::export_iqn(&self.node, &volume);
                 let initiator = initiator_iqn(&holder, &volume, epoch);
                 match self.exports.open(&volume, &path, &iqn, &holder_addr, &initiator) {
-                    Ok(()) => info!(%volume, %holder, epoch, "export open"),
+                    Ok(()) => {
+                        info!(%volume, %holder, epoch, "export open");
+                        send(DataEvent::ExportOpened { volume, epoch });
+                    }
                     Err(reason) => {
                         warn!(%volume, "cannot open export: {reason}");
                         send(DataEvent::HookFailed { volume, reason: format!("export: {reason}") });
