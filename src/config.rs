@@ -253,8 +253,8 @@ pub struct ResolvedAddrs {
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<(Self, ResolvedAddrs), ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         let config = Self::parse(path, &text)?;
         let addrs = config.validate(path)?;
         Ok((config, addrs))
@@ -262,10 +262,8 @@ impl AgentConfig {
 
     /// Parses TOML text; `path` is only used in messages.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
-        })
+        toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })
     }
 
     /// Checks every value that parsed but could still not work, naming the key.
@@ -290,8 +288,9 @@ impl AgentConfig {
                 "use an absolute path such as /var/lib/meshdrain",
             ));
         }
-        let gossip_listen = parse_addr(&self.gossip.listen)
-            .ok_or_else(|| invalid("gossip.listen", bad_addr(&self.gossip.listen), "write ip:port, e.g. 127.0.0.1:7946"))?;
+        let gossip_listen = parse_addr(&self.gossip.listen).ok_or_else(|| {
+            invalid("gossip.listen", bad_addr(&self.gossip.listen), "write ip:port, e.g. 127.0.0.1:7946")
+        })?;
         let gossip_advertise = match &self.gossip.advertise {
             Some(a) => parse_addr(a)
                 .ok_or_else(|| invalid("gossip.advertise", bad_addr(a), "write ip:port, e.g. 198.18.0.1:7946"))?,
@@ -328,7 +327,10 @@ impl AgentConfig {
             ));
         }
         let metrics_listen = match &self.metrics.listen {
-            Some(a) => Some(parse_addr(a).ok_or_else(|| invalid("metrics.listen", bad_addr(a), "write ip:port, e.g. 127.0.0.1:9477"))?),
+            Some(a) => Some(
+                parse_addr(a)
+                    .ok_or_else(|| invalid("metrics.listen", bad_addr(a), "write ip:port, e.g. 127.0.0.1:9477"))?,
+            ),
             None => None,
         };
         if self.dataplane.backend == DataplaneBackend::Local && self.dataplane.exports_dir.is_none() {
@@ -340,11 +342,17 @@ impl AgentConfig {
         }
         if self.mesh.backend != MeshBackendChoice::None {
             if let Some(ep) = &self.mesh.endpoint {
-                parse_addr(ep).ok_or_else(|| invalid("mesh.endpoint", bad_addr(ep), "write the underlay ip:port, e.g. 198.18.0.1:51820"))?;
+                parse_addr(ep).ok_or_else(|| {
+                    invalid("mesh.endpoint", bad_addr(ep), "write the underlay ip:port, e.g. 198.18.0.1:51820")
+                })?;
             }
             for (i, seed) in self.mesh.seeds.iter().enumerate() {
                 parse_addr(&seed.endpoint).ok_or_else(|| {
-                    invalid(&format!("mesh.seeds[{i}].endpoint"), bad_addr(&seed.endpoint), "write the seed's underlay ip:port")
+                    invalid(
+                        &format!("mesh.seeds[{i}].endpoint"),
+                        bad_addr(&seed.endpoint),
+                        "write the seed's underlay ip:port",
+                    )
                 })?;
             }
         }

@@ -108,7 +108,11 @@ fn five_agents_drain_from_another_node_and_survive_kill9() {
     // Undrain from node2 brings it back to active everywhere.
     let out = agents[1].cli(&["undrain", "node3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until(Duration::from_secs(10), || all_agree(&agents, "node3", "active"), || "node3 active everywhere".to_owned());
+    wait_until(
+        Duration::from_secs(10),
+        || all_agree(&agents, "node3", "active"),
+        || "node3 active everywhere".to_owned(),
+    );
 
     // A refused transition is reported with its reason and exit 1.
     let out = agents[1].cli(&["undrain", "node2"]);
@@ -126,15 +130,15 @@ fn a_request_for_a_dead_node_is_adopted_when_it_returns() {
     for a in &mut agents {
         a.start();
     }
-    wait_until(
-        Duration::from_secs(30),
-        || all_alive(&agents, 3),
-        || "3 agents to join".to_owned(),
-    );
+    wait_until(Duration::from_secs(30), || all_alive(&agents, 3), || "3 agents to join".to_owned());
     agents[2].kill9();
     wait_until(
         Duration::from_secs(30),
-        || agents[0].status().is_some_and(|s| s["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "node3" && n["alive"] == false)),
+        || {
+            agents[0].status().is_some_and(|s| {
+                s["nodes"].as_array().unwrap().iter().any(|n| n["name"] == "node3" && n["alive"] == false)
+            })
+        },
         || "node1 to see node3 dead".to_owned(),
     );
     let out = agents[1].cli(&["cordon", "node3"]);

@@ -174,9 +174,18 @@ impl World {
                     continue;
                 }
                 // b tells a everything it knows, itself included.
-                let mut told: Vec<(String, Known)> = self.nodes[b].known.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                let mut told: Vec<(String, Known)> =
+                    self.nodes[b].known.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let nb = &self.nodes[b];
-                told.push((nb.name.clone(), Known { generation: nb.generation, version: nb.version, heartbeat: self.tick, keys: nb.published.clone() }));
+                told.push((
+                    nb.name.clone(),
+                    Known {
+                        generation: nb.generation,
+                        version: nb.version,
+                        heartbeat: self.tick,
+                        keys: nb.published.clone(),
+                    },
+                ));
                 let tick = self.tick;
                 let na = &mut self.nodes[a];
                 for (name, k) in told {
@@ -239,7 +248,10 @@ impl World {
             }
             DataCommand::OpenExport { volume, holder, epoch, .. } => {
                 // Unless the stop hook failed just before (the real data plane skips it).
-                let stop_failed = self.nodes[i].events.iter().any(|e| matches!(e, DataEvent::HookFailed { volume: v, .. } if *v == volume));
+                let stop_failed = self.nodes[i]
+                    .events
+                    .iter()
+                    .any(|e| matches!(e, DataEvent::HookFailed { volume: v, .. } if *v == volume));
                 if !stop_failed {
                     self.nodes[i].exports.insert(volume.clone(), (holder, epoch));
                     self.nodes[i].events.push(DataEvent::ExportOpened { volume, epoch });
@@ -249,7 +261,8 @@ impl World {
                 self.nodes[i].exports.remove(&volume);
             }
             DataCommand::DeleteData { volume } => {
-                let complete = self.nodes.iter().any(|n| n.name != name && n.copies.get(&volume) == self.expected.get(&volume));
+                let complete =
+                    self.nodes.iter().any(|n| n.name != name && n.copies.get(&volume) == self.expected.get(&volume));
                 assert!(complete, "seed {seed}: {name} deletes {volume} while no other node has every region");
                 assert!(!self.nodes[i].source_running.contains(&volume), "seed {seed}: deleting a running volume");
                 self.nodes[i].copies.remove(&volume);
@@ -260,22 +273,42 @@ impl World {
                     if let Some(old) = self.nodes[i].clones.get(&volume) {
                         assert!(!old.running, "seed {seed}: replacing a clone the workload runs on");
                     }
-                    self.nodes[i].clones.insert(volume.clone(), Clone_ { epoch, source, dest: vec![None; REGIONS], fetched: BTreeSet::new(), running: false });
+                    self.nodes[i].clones.insert(
+                        volume.clone(),
+                        Clone_ { epoch, source, dest: vec![None; REGIONS], fetched: BTreeSet::new(), running: false },
+                    );
                 }
                 // Login happens over the next ticks (see `data_plane`).
             }
             DataCommand::StartHeldWorkload { volume, .. } => {
-                let c = self.nodes[i].clones.get_mut(&volume).unwrap_or_else(|| panic!("seed {seed}: start without a clone"));
+                let c = self.nodes[i]
+                    .clones
+                    .get_mut(&volume)
+                    .unwrap_or_else(|| panic!("seed {seed}: start without a clone"));
                 c.running = true;
             }
             DataCommand::Finalize { volume, .. } => {
                 let Some(c) = self.nodes[i].clones.remove(&volume) else {
                     // Already swapped before a crash: idempotent.
-                    assert!(self.nodes[i].copies.contains_key(&volume), "seed {seed}: finalize with neither clone nor data");
+                    assert!(
+                        self.nodes[i].copies.contains_key(&volume),
+                        "seed {seed}: finalize with neither clone nor data"
+                    );
                     self.nodes[i].events.push(DataEvent::Finalized { volume });
                     return;
                 };
-                let data: Vec<u32> = c.dest.iter().map(|r| r.unwrap_or_else(|| panic!("seed {seed}: {name} finalizes {volume} before full hydration: {:?}", self.nodes[i].core.state.holding.get(&volume)))).collect();
+                let data: Vec<u32> = c
+                    .dest
+                    .iter()
+                    .map(|r| {
+                        r.unwrap_or_else(|| {
+                            panic!(
+                                "seed {seed}: {name} finalizes {volume} before full hydration: {:?}",
+                                self.nodes[i].core.state.holding.get(&volume)
+                            )
+                        })
+                    })
+                    .collect();
                 self.nodes[i].copies.insert(volume.clone(), data);
                 self.nodes[i].events.push(DataEvent::Finalized { volume });
             }
@@ -326,12 +359,16 @@ impl World {
                 let stalled = !(reachable && allowed);
                 if !stalled {
                     for _ in 0..3 {
-                        let missing: Vec<usize> = (0..REGIONS).filter(|r| self.nodes[i].clones[&id].dest[*r].is_none()).collect();
+                        let missing: Vec<usize> =
+                            (0..REGIONS).filter(|r| self.nodes[i].clones[&id].dest[*r].is_none()).collect();
                         if missing.is_empty() {
                             break;
                         }
                         let r = missing[self.rng.below(missing.len() as u64) as usize];
-                        let val = self.nodes[s].copies.get(&id).unwrap_or_else(|| panic!("seed {}: {id} read after delete", self.seed))[r];
+                        let val = self.nodes[s]
+                            .copies
+                            .get(&id)
+                            .unwrap_or_else(|| panic!("seed {}: {id} read after delete", self.seed))[r];
                         let c = self.nodes[i].clones.get_mut(&id).unwrap();
                         assert!(c.fetched.insert(r), "seed {}: region {r} of {id} fetched twice", self.seed);
                         c.dest[r] = Some(val);
@@ -339,7 +376,15 @@ impl World {
                 }
                 let c = &self.nodes[i].clones[&id];
                 let hydrated = c.dest.iter().filter(|r| r.is_some()).count() as u64;
-                self.nodes[i].events.push(DataEvent::Progress { volume: id.clone(), hydrated, total: REGIONS as u64, bytes_per_s: 0, stalled, error: None });
+                self.nodes[i].events.push(DataEvent::Progress {
+                    volume: id.clone(),
+                    hydrated,
+                    total: REGIONS as u64,
+                    bytes_per_s: 0,
+                    fetched_bytes: 0,
+                    stalled,
+                    error: None,
+                });
                 if hydrated == REGIONS as u64 {
                     self.nodes[i].events.push(DataEvent::Hydrated { volume: id.clone() });
                 }
@@ -421,7 +466,14 @@ fn run(seed: u64) {
     let issuer = rng.below(n as u64) as usize;
     let view = w.view(issuer);
     let now = w.now();
-    let req = w.nodes[issuer].core.issue_request("n0", NodeAction::Drain, Default::default(), format!("{seed:x}"), now, &view);
+    let req = w.nodes[issuer].core.issue_request(
+        "n0",
+        NodeAction::Drain,
+        Default::default(),
+        format!("{seed:x}"),
+        now,
+        &view,
+    );
     if issuer == 0 {
         w.nodes[0].core.apply_request(&req).unwrap();
     }
@@ -451,17 +503,38 @@ fn run(seed: u64) {
                 // An operator undrains for a while, then drains again.
                 let view = w.view(1);
                 let now = w.now();
-                w.nodes[1].core.issue_request("n0", NodeAction::Undrain, Default::default(), format!("u{seed:x}"), now, &view);
+                w.nodes[1].core.issue_request(
+                    "n0",
+                    NodeAction::Undrain,
+                    Default::default(),
+                    format!("u{seed:x}"),
+                    now,
+                    &view,
+                );
                 w.nodes[1].durable = w.nodes[1].core.state.clone();
             }
             if t == 200 {
                 let view = w.view(2);
                 let now = w.now();
-                w.nodes[2].core.issue_request("n0", NodeAction::Drain, Default::default(), format!("d{seed:x}"), now, &view);
+                w.nodes[2].core.issue_request(
+                    "n0",
+                    NodeAction::Drain,
+                    Default::default(),
+                    format!("d{seed:x}"),
+                    now,
+                    &view,
+                );
                 w.nodes[2].durable = w.nodes[2].core.state.clone();
             }
         }
-        if t % 50 == 25 && w.nodes[0].core.state.volumes.values().any(|v| matches!(v.lease.phase, meshdrain::lease::SourcePhase::Failed { .. })) {
+        if t % 50 == 25
+            && w.nodes[0]
+                .core
+                .state
+                .volumes
+                .values()
+                .any(|v| matches!(v.lease.phase, meshdrain::lease::SourcePhase::Failed { .. }))
+        {
             // The operator fixed the hook and drains again.
             let view = w.view(3);
             let now = w.now();
@@ -488,10 +561,20 @@ fn run(seed: u64) {
         }
     }
     let n0 = &w.nodes[0];
-    assert_eq!(n0.core.state.node_state, NodeState::Drained, "seed {seed}: n0 not drained: {:#?}", n0.core.state.volumes);
+    assert_eq!(
+        n0.core.state.node_state,
+        NodeState::Drained,
+        "seed {seed}: n0 not drained: {:#?}",
+        n0.core.state.volumes
+    );
     for (id, want) in &w.expected {
         let owners: Vec<&Node> = w.nodes.iter().filter(|n| n.core.state.volumes.contains_key(id)).collect();
-        assert_eq!(owners.len(), 1, "seed {seed}: {id} owned by {:?}", owners.iter().map(|n| &n.name).collect::<Vec<_>>());
+        assert_eq!(
+            owners.len(),
+            1,
+            "seed {seed}: {id} owned by {:?}",
+            owners.iter().map(|n| &n.name).collect::<Vec<_>>()
+        );
         assert_ne!(owners[0].name, "n0", "seed {seed}: {id} still on n0");
         assert_eq!(owners[0].copies.get(id), Some(want), "seed {seed}: {id} bytes differ on {}", owners[0].name);
     }

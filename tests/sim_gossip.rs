@@ -27,7 +27,8 @@ async fn a_drain_flag_set_on_one_of_50_is_seen_by_all() {
     eprintln!("50 agents converged in {joined:?} of virtual time");
 
     pin_volume(&fleet, 17).await;
-    let report = fleet.agents[3].agent.as_ref().unwrap().handle.node_action("node17", NodeAction::Drain, false).await.unwrap();
+    let report =
+        fleet.agents[3].agent.as_ref().unwrap().handle.node_action("node17", NodeAction::Drain, false).await.unwrap();
     assert!(!report.applied, "a request for another node is published, not applied locally");
     let spread = fleet
         .until(Duration::from_secs(30), "every agent to see node17 draining", |s| {

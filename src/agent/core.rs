@@ -14,11 +14,11 @@ use crate::cluster::view::ClusterView;
 use crate::drain::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::drain::placement::{self, Candidate, VolumeSpec};
 use crate::drain::request::{self, AppliedRequest, DrainOptions, NodeRequest};
-use crate::store::volumes::Hooks;
 use crate::lease::{
     HolderEffect, HolderEvent, HolderPhase, HolderSignal, HolderVolume, SourceEffect, SourceEvent, SourcePhase,
     SourceSignal, SourceVolume, Timing,
 };
+use crate::store::volumes::Hooks;
 
 /// Static facts and settings of this agent.
 #[derive(Debug, Clone)]
@@ -52,6 +52,20 @@ pub struct OwnedVolume {
     /// Hooks around its moves (they travel with the volume).
     #[serde(default)]
     pub hooks: Hooks,
+    /// How it arrived here, if it moved here.
+    #[serde(default)]
+    pub arrived: Option<Arrival>,
+}
+
+/// How a volume's last move went, kept by its new owner and published with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Arrival {
+    /// The node it came from.
+    pub from: String,
+    /// The lease epoch of the move.
+    pub epoch: u64,
+    /// Bytes read from the source (the rest was written by the workload or unallocated).
+    pub fetched_bytes: u64,
 }
 
 /// What a holder keeps about a volume coming in, from the grant: enough to resume after a
@@ -125,7 +139,14 @@ pub enum DataCommand {
     /// Source: delete the local copy (only after the holder's `done`).
     DeleteData { volume: String },
     /// Holder: log in to the export and create the clone, workload not started.
-    PrepareClone { volume: String, source: String, export: Option<ExportEndpoint>, epoch: u64, size: u64, rate_limit: Option<u64> },
+    PrepareClone {
+        volume: String,
+        source: String,
+        export: Option<ExportEndpoint>,
+        epoch: u64,
+        size: u64,
+        rate_limit: Option<u64>,
+    },
     /// Holder: change the hydration bandwidth of a clone under way.
     SetRateLimit { volume: String, rate_limit: Option<u64> },
     /// Holder: start the workload on the clone (`start` hook) and hydrate in the background.
@@ -149,7 +170,15 @@ pub enum DataEvent {
     /// Holder: preparing the clone for `epoch` failed.
     CloneFailed { volume: String, epoch: u64, reason: String },
     /// Holder: hydration progress.
-    Progress { volume: String, hydrated: u64, total: u64, bytes_per_s: u64, stalled: bool, error: Option<String> },
+    Progress {
+        volume: String,
+        hydrated: u64,
+        total: u64,
+        bytes_per_s: u64,
+        fetched_bytes: u64,
+        stalled: bool,
+        error: Option<String>,
+    },
     /// Holder: every region is on the dest.
     Hydrated { volume: String },
     /// Holder: flushed and swapped; the volume lives here.
@@ -170,6 +199,7 @@ struct Progress {
     hydrated: u64,
     total: u64,
     bytes_per_s: u64,
+    fetched_bytes: u64,
     error: Option<String>,
 }
 
@@ -242,7 +272,9 @@ impl Core {
         if let Some(owner) = owner_in_view(view, id).filter(|o| *o != self.config.name) {
             return Err(VolumeError::ExistsElsewhere(id.to_owned(), owner.to_owned()));
         }
-        self.state.volumes.insert(id.to_owned(), OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks });
+        self.state
+            .volumes
+            .insert(id.to_owned(), OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks, arrived: None });
         Ok(Output { commands: vec![], persist: true })
     }
 
@@ -271,8 +303,12 @@ impl Core {
             }
             Err(e) => Some(e.to_string()),
         };
-        self.state.last_request =
-            Some(AppliedRequest { seq: req.seq, nonce: req.nonce.clone(), action: req.action, rejected: rejected.clone() });
+        self.state.last_request = Some(AppliedRequest {
+            seq: req.seq,
+            nonce: req.nonce.clone(),
+            action: req.action,
+            rejected: rejected.clone(),
+        });
         rejected.map_or(Ok(self.state.node_state), Err)
     }
 
@@ -303,13 +339,22 @@ impl Core {
     pub fn tick(&mut self, view: &ClusterView, now_ms: u64) -> Output {
         let mut out = Output::default();
         let me = self.config.name.clone();
-        for req in request::pending(self.state.last_request.as_ref(), view.requests_for(&me)).into_iter().cloned().collect::<Vec<_>>() {
+        for req in request::pending(self.state.last_request.as_ref(), view.requests_for(&me))
+            .into_iter()
+            .cloned()
+            .collect::<Vec<_>>()
+        {
             let _ = self.apply_request(&req);
             out.persist = true;
         }
         let before = self.state.issued.len();
         self.state.issued.retain(|node, req| {
-            !view.nodes.get(node).and_then(|n| n.record.as_ref()).and_then(|r| r.last_request.as_ref()).is_some_and(|l| l.covers(req))
+            !view
+                .nodes
+                .get(node)
+                .and_then(|n| n.record.as_ref())
+                .and_then(|r| r.last_request.as_ref())
+                .is_some_and(|l| l.covers(req))
         });
         out.persist |= before != self.state.issued.len();
         self.tick_sources(view, now_ms, &mut out);
@@ -330,7 +375,8 @@ impl Core {
         let draining = self.state.node_state == NodeState::Draining;
         let me = self.config.name.clone();
         let all = candidates(view);
-        let mut order: Vec<(u64, String)> = self.state.volumes.iter().map(|(id, v)| (v.lease.size, id.clone())).collect();
+        let mut order: Vec<(u64, String)> =
+            self.state.volumes.iter().map(|(id, v)| (v.lease.size, id.clone())).collect();
         order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         for (_, id) in order {
             let fixed: Vec<(String, String)> = self
@@ -346,7 +392,12 @@ impl Core {
                 specs.iter().filter(|s| s.id == id || fixed.iter().any(|(f, _)| f == &s.id)).cloned().collect();
             let claimants: Vec<Candidate> = all
                 .iter()
-                .filter(|c| view.nodes.get(&c.name).and_then(|n| n.claims.get(&(me.clone(), id.clone()))).is_some_and(|cl| cl.epoch == vol.lease.epoch))
+                .filter(|c| {
+                    view.nodes
+                        .get(&c.name)
+                        .and_then(|n| n.claims.get(&(me.clone(), id.clone())))
+                        .is_some_and(|cl| cl.epoch == vol.lease.epoch)
+                })
                 .cloned()
                 .collect();
             let pick = |cands: &[Candidate]| {
@@ -403,7 +454,11 @@ impl Core {
                     let (mut h, fx) = HolderVolume::granted(id, source, rec.epoch, rec.size);
                     h.rate_limit = rec.rate_limit;
                     self.state.holding.insert(id.clone(), h);
-                    let incoming = Incoming { export: rec.export.clone(), requires: rec.requires.clone(), hooks: rec.hooks.clone() };
+                    let incoming = Incoming {
+                        export: rec.export.clone(),
+                        requires: rec.requires.clone(),
+                        hooks: rec.hooks.clone(),
+                    };
                     self.state.incoming.insert(id.clone(), incoming);
                     out.persist = true;
                     for f in fx {
@@ -427,7 +482,9 @@ impl Core {
                 out.commands.push(DataCommand::SetRateLimit { volume: id.clone(), rate_limit: rate });
             }
             let h = &self.state.holding[&id];
-            let handed_off = rec.is_none_or(|r| matches!(&r.phase, SourcePhase::HandedOff { .. } | SourcePhase::Deleted { .. }) || r.epoch > h.epoch);
+            let handed_off = rec.is_none_or(|r| {
+                matches!(&r.phase, SourcePhase::HandedOff { .. } | SourcePhase::Deleted { .. }) || r.epoch > h.epoch
+            });
             if h.phase == HolderPhase::Complete && handed_off {
                 // The source has taken note of our `done`: the move is over.
                 self.state.holding.remove(&id);
@@ -458,7 +515,9 @@ impl Core {
             lease.epoch = epoch;
             let meta = self.state.incoming.get(id).cloned();
             let (requires, hooks) = meta.map(|m| (m.requires, m.hooks)).unwrap_or_default();
-            self.state.volumes.insert(id.to_owned(), OwnedVolume { lease, requires, hooks });
+            let fetched_bytes = self.progress.get(id).map_or(0, |p| p.fetched_bytes);
+            let arrived = Some(Arrival { from: h.source.clone(), epoch, fetched_bytes });
+            self.state.volumes.insert(id.to_owned(), OwnedVolume { lease, requires, hooks, arrived });
         }
         for f in fx {
             self.holder_command(id, f, out);
@@ -471,16 +530,14 @@ impl Core {
         let meta = self.state.incoming.get(id);
         let hooks = meta.map(|m| m.hooks.clone()).unwrap_or_default();
         out.commands.push(match fx {
-            HolderEffect::PrepareClone => {
-                DataCommand::PrepareClone {
-                    volume,
-                    source: h.source.clone(),
-                    export: meta.and_then(|m| m.export.clone()),
-                    epoch: h.epoch,
-                    size: h.size,
-                    rate_limit: h.rate_limit,
-                }
-            }
+            HolderEffect::PrepareClone => DataCommand::PrepareClone {
+                volume,
+                source: h.source.clone(),
+                export: meta.and_then(|m| m.export.clone()),
+                epoch: h.epoch,
+                size: h.size,
+                rate_limit: h.rate_limit,
+            },
             HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume, hook: hooks.start },
             HolderEffect::Finalize => DataCommand::Finalize { volume, done_hook: hooks.done },
             HolderEffect::DiscardClone => DataCommand::DiscardClone { volume },
@@ -491,8 +548,12 @@ impl Core {
     pub fn data_event(&mut self, event: DataEvent, now_ms: u64) -> Output {
         let mut out = Output::default();
         match event {
-            DataEvent::HookFailed { volume, reason } => self.source_event(&volume, &SourceEvent::HookFailed(reason), now_ms, &mut out),
-            DataEvent::ExportOpened { volume, epoch } => self.source_event(&volume, &SourceEvent::ExportOpened { epoch }, now_ms, &mut out),
+            DataEvent::HookFailed { volume, reason } => {
+                self.source_event(&volume, &SourceEvent::HookFailed(reason), now_ms, &mut out)
+            }
+            DataEvent::ExportOpened { volume, epoch } => {
+                self.source_event(&volume, &SourceEvent::ExportOpened { epoch }, now_ms, &mut out)
+            }
             DataEvent::CloneReady { volume, epoch } | DataEvent::CloneFailed { volume, epoch, .. }
                 if self.state.holding.get(&volume).is_none_or(|h| h.epoch != epoch) => {}
             DataEvent::CloneReady { volume, .. } => self.holder_step(&volume, &HolderEvent::CloneReady, &mut out),
@@ -500,9 +561,10 @@ impl Core {
                 self.progress.entry(volume.clone()).or_default().error = Some(reason.clone());
                 self.holder_step(&volume, &HolderEvent::CloneFailed(reason), &mut out);
             }
-            DataEvent::Progress { volume, hydrated, total, bytes_per_s, stalled, error } => {
-                self.progress.insert(volume.clone(), Progress { hydrated, total, bytes_per_s, error });
-                if matches!(self.state.holding.get(&volume).map(|h| &h.phase), Some(HolderPhase::Running { stalled: s }) if *s != stalled) {
+            DataEvent::Progress { volume, hydrated, total, bytes_per_s, fetched_bytes, stalled, error } => {
+                self.progress.insert(volume.clone(), Progress { hydrated, total, bytes_per_s, fetched_bytes, error });
+                if matches!(self.state.holding.get(&volume).map(|h| &h.phase), Some(HolderPhase::Running { stalled: s }) if *s != stalled)
+                {
                     self.holder_step(&volume, &HolderEvent::Stalled(stalled), &mut out);
                 }
             }
@@ -560,7 +622,8 @@ impl Core {
             keys.insert(Key::NodeRequest(node.clone()).render(), schema::encode(req));
         }
         for (id, v) in &self.state.volumes {
-            let open = matches!(v.lease.phase, SourcePhase::Granted { exported: true, .. } | SourcePhase::CutOver { .. });
+            let open =
+                matches!(v.lease.phase, SourcePhase::Granted { exported: true, .. } | SourcePhase::CutOver { .. });
             let export = open.then(|| ExportEndpoint {
                 addr: self.config.export_addr.clone(),
                 iqn: export_iqn(&self.config.name, id),
@@ -574,11 +637,15 @@ impl Core {
                 export,
                 rate_limit,
                 hooks: v.hooks.clone(),
+                arrived: v.arrived.clone(),
             };
             keys.insert(Key::Volume(id.clone()).render(), schema::encode(&rec));
         }
         for ((source, volume), epoch) in &self.claims {
-            keys.insert(Key::Claim { source: source.clone(), volume: volume.clone() }.render(), schema::encode(&ClaimRecord { epoch: *epoch }));
+            keys.insert(
+                Key::Claim { source: source.clone(), volume: volume.clone() }.render(),
+                schema::encode(&ClaimRecord { epoch: *epoch }),
+            );
         }
         for (id, h) in &self.state.holding {
             if h.phase == HolderPhase::Complete {
@@ -594,6 +661,7 @@ impl Core {
                 hydrated: p.hydrated,
                 total: p.total,
                 bytes_per_s: p.bytes_per_s,
+                fetched_bytes: p.fetched_bytes,
                 error: p.error,
             };
             keys.insert(Key::Progress(id.clone()).render(), schema::encode(&rec));
@@ -624,7 +692,13 @@ fn candidates(view: &ClusterView) -> Vec<Candidate> {
         .values()
         .filter_map(|n| {
             let r = n.record.as_ref()?;
-            Some(Candidate { name: n.name.clone(), alive: n.alive, state: r.state, free_bytes: r.free_bytes, labels: r.labels.clone() })
+            Some(Candidate {
+                name: n.name.clone(),
+                alive: n.alive,
+                state: r.state,
+                free_bytes: r.free_bytes,
+                labels: r.labels.clone(),
+            })
         })
         .collect()
 }
@@ -645,6 +719,12 @@ pub fn owner_in_view<'a>(view: &'a ClusterView, id: &str) -> Option<&'a str> {
         .values()
         .filter_map(|n| n.volumes.get(id).map(|r| (n.name.as_str(), r)))
         .filter(|(_, r)| !matches!(r.phase, SourcePhase::Deleted { .. }))
-        .max_by_key(|(name, r)| (r.epoch, !matches!(r.phase, SourcePhase::CutOver { .. } | SourcePhase::HandedOff { .. }), std::cmp::Reverse(*name)))
+        .max_by_key(|(name, r)| {
+            (
+                r.epoch,
+                !matches!(r.phase, SourcePhase::CutOver { .. } | SourcePhase::HandedOff { .. }),
+                std::cmp::Reverse(*name),
+            )
+        })
         .map(|(name, _)| name)
 }

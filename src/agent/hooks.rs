@@ -92,19 +92,32 @@ mod tests {
     async fn a_hook_sees_its_volume_and_reports_failure_with_stderr() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("env");
-        let cmd = format!("echo \"$MESHDRAIN_VOLUME $MESHDRAIN_DEVICE $MESHDRAIN_NODE $MESHDRAIN_HOOK\" > {}", out.display());
+        let cmd =
+            format!("echo \"$MESHDRAIN_VOLUME $MESHDRAIN_DEVICE $MESHDRAIN_NODE $MESHDRAIN_HOOK\" > {}", out.display());
         run_hook(HookKind::Start, &cmd, "db1", Path::new("/dev/loop7"), "n2", Duration::from_secs(5)).await.unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "db1 /dev/loop7 n2 start\n");
 
-        let err = run_hook(HookKind::Stop, "echo 'pg_ctl: server busy' >&2; exit 3", "db1", Path::new("/x"), "n1", Duration::from_secs(5))
-            .await
-            .unwrap_err();
-        assert_eq!(err, "stop hook of volume db1 failed (exit status: 3): `echo 'pg_ctl: server busy' >&2; exit 3`: pg_ctl: server busy");
+        let err = run_hook(
+            HookKind::Stop,
+            "echo 'pg_ctl: server busy' >&2; exit 3",
+            "db1",
+            Path::new("/x"),
+            "n1",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err,
+            "stop hook of volume db1 failed (exit status: 3): `echo 'pg_ctl: server busy' >&2; exit 3`: pg_ctl: server busy"
+        );
     }
 
     #[tokio::test]
     async fn a_hung_hook_is_killed_after_its_timeout() {
-        let err = run_hook(HookKind::Stop, "sleep 30", "v", Path::new("/x"), "n", Duration::from_millis(200)).await.unwrap_err();
+        let err = run_hook(HookKind::Stop, "sleep 30", "v", Path::new("/x"), "n", Duration::from_millis(200))
+            .await
+            .unwrap_err();
         assert!(err.contains("did not finish within 200ms (it was killed)"), "{err}");
     }
 }

@@ -16,8 +16,8 @@ use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
 use crate::control::metrics::Metrics;
 use crate::control::protocol::{ActionReport, PlanLine, StatusReport, VolumeStatus};
-use crate::drain::request::DrainOptions;
 use crate::drain::node::{NodeAction, NodeState};
+use crate::drain::request::DrainOptions;
 use crate::store::volumes::{self, Hooks, LocalVolume, VolumeTable};
 use crate::store::{StateDir, StoreError};
 
@@ -230,9 +230,14 @@ impl<G: Gossip> Agent<G> {
     }
 
     /// Runs until `shutdown` resolves or every handle is dropped.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+        use tracing::Instrument;
+        // `instrument`, not `enter`: a span entered across `.await` leaks into other tasks.
         let span = tracing::info_span!("agent", node = %self.core.config.name);
-        let _enter = span.enter();
+        self.run_inner(commands, shutdown).instrument(span).await;
+    }
+
+    async fn run_inner(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
         let out = self.core.restart();
         self.apply(out).await;
         self.publish().await;
@@ -276,7 +281,9 @@ impl<G: Gossip> Agent<G> {
             self.metrics.requests_handled.inc();
             if let Some(l) = &self.core.state.last_request {
                 match &l.rejected {
-                    None => info!(action = %l.action, nonce = %l.nonce, state = %self.core.state.node_state, "node request applied"),
+                    None => {
+                        info!(action = %l.action, nonce = %l.nonce, state = %self.core.state.node_state, "node request applied")
+                    }
                     Some(why) => warn!(action = %l.action, nonce = %l.nonce, "node request refused: {why}"),
                 }
             }
@@ -375,7 +382,8 @@ impl<G: Gossip> Agent<G> {
         }
         let (path, size, created) = match (path, size) {
             (Some(p), _) => {
-                let size = volumes::size_of(&p).map_err(|e| format!("cannot open {}: {e} (give an existing file or block device)", p.display()))?;
+                let size = volumes::size_of(&p)
+                    .map_err(|e| format!("cannot open {}: {e} (give an existing file or block device)", p.display()))?;
                 (p, size, false)
             }
             (None, Some(size)) => (self.pool_dir.join(format!("{id}.img")), size, true),
@@ -383,7 +391,8 @@ impl<G: Gossip> Agent<G> {
         };
         let out = self.core.add_volume(id, size, requires, hooks, &self.view).map_err(|e| e.to_string())?;
         if created {
-            volumes::create_sparse(&path, size).map_err(|e| format!("cannot create {}: {e} (check pool.dir)", path.display()))?;
+            volumes::create_sparse(&path, size)
+                .map_err(|e| format!("cannot create {}: {e} (check pool.dir)", path.display()))?;
         }
         self.volumes.volumes.insert(id.to_owned(), LocalVolume { path: path.clone(), created });
         self.shared_volumes.lock().expect("volume table lock").insert(id.to_owned(), path.clone());

@@ -31,11 +31,19 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
                 free_bytes: r.map(|r| r.free_bytes),
                 volumes: r.map_or(0, |r| r.volumes),
                 agent_version: r.map(|r| r.agent_version.clone()),
-                last_request: if &n.name == me { core.state.last_request.clone() } else { r.and_then(|r| r.last_request.clone()) },
+                last_request: if &n.name == me {
+                    core.state.last_request.clone()
+                } else {
+                    r.and_then(|r| r.last_request.clone())
+                },
                 pending_requests: n
                     .requests
                     .iter()
-                    .map(|(node, req)| PendingRequest { node: node.clone(), action: req.action, nonce: req.nonce.clone() })
+                    .map(|(node, req)| PendingRequest {
+                        node: node.clone(),
+                        action: req.action,
+                        nonce: req.nonce.clone(),
+                    })
                     .collect(),
                 ignored_keys: n.ignored.iter().map(|(k, why)| format!("{k}: {why}")).collect(),
             }
@@ -80,7 +88,10 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
         let h = holder.as_ref().and_then(|h| view.nodes.get(h));
         let progress = h.and_then(|h| h.progress.get(id)).filter(|p| p.epoch == rec.epoch);
         let holder_alive = h.is_some_and(|h| h.alive);
-        let phase = serde_json::to_value(&rec.phase).ok().and_then(|v| v["phase"].as_str().map(str::to_owned)).unwrap_or_default();
+        let phase = serde_json::to_value(&rec.phase)
+            .ok()
+            .and_then(|v| v["phase"].as_str().map(str::to_owned))
+            .unwrap_or_default();
         out.push(VolumeStatus {
             id: id.clone(),
             owner: owner.to_owned(),
@@ -88,10 +99,17 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             epoch: rec.epoch,
             phase,
             holder,
-            holder_phase: progress.and_then(|p| serde_json::to_value(&p.phase).ok()).and_then(|v| v["phase"].as_str().map(str::to_owned)),
+            holder_phase: progress
+                .and_then(|p| serde_json::to_value(&p.phase).ok())
+                .and_then(|v| v["phase"].as_str().map(str::to_owned)),
             hydrated: progress.map_or(0, |p| p.hydrated),
             total: progress.map_or(0, |p| p.total),
             bytes_per_s: progress.map_or(0, |p| p.bytes_per_s),
+            fetched_bytes: progress
+                .map(|p| p.fetched_bytes)
+                .or(rec.arrived.as_ref().map(|a| a.fetched_bytes))
+                .unwrap_or(0),
+            arrived_from: rec.arrived.as_ref().map(|a| a.from.clone()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress.is_some_and(|p| matches!(p.phase, crate::lease::HolderPhase::Running { stalled: true })),
             error: progress.and_then(|p| p.error.clone()).or(match &rec.phase {
@@ -118,7 +136,13 @@ pub fn plan(view: &ClusterView, node: &str) -> Vec<PlanLine> {
         .values()
         .filter_map(|c| {
             let r = c.record.as_ref()?;
-            Some(Candidate { name: c.name.clone(), alive: c.alive, state: r.state, free_bytes: r.free_bytes, labels: r.labels.clone() })
+            Some(Candidate {
+                name: c.name.clone(),
+                alive: c.alive,
+                state: r.state,
+                free_bytes: r.free_bytes,
+                labels: r.labels.clone(),
+            })
         })
         .collect();
     placement::plan(node, &specs, &candidates, &[])

@@ -14,14 +14,14 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::core::CoreConfig;
+use super::dataplane::local::{LocalClones, LocalExports};
+use super::dataplane::real::{RealDataPlane, SharedVolumes};
+use super::dataplane::{DataPlane, NoDataPlane};
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
 use crate::config::{AgentConfig, DataplaneBackend, MeshBackendChoice, ResolvedAddrs};
 use crate::control::metrics::Metrics;
 use crate::lease::Timing;
-use super::dataplane::local::{LocalClones, LocalExports};
-use super::dataplane::real::{RealDataPlane, SharedVolumes};
-use super::dataplane::{DataPlane, NoDataPlane};
 use crate::store::StateDir;
 
 /// An agent running as tasks in this process.

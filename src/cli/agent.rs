@@ -26,9 +26,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("config {} is valid: node {} gossips on {}", args.config.display(), config.name, addrs.gossip_listen);
         return Ok(ExitCode::SUCCESS);
     }
-    crate::agent::run::run_process(config, addrs, shutdown_signal())
-        .await
-        .context("agent failed")?;
+    crate::agent::run::run_process(config, addrs, shutdown_signal()).await.context("agent failed")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -118,7 +118,8 @@ pub fn unreachable(err: crate::control::client::ClientError) -> anyhow::Error {
 /// Entry point used by `main.rs`: parse, run, map errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo narrates on stdout; its agents' logs would drown it unless asked for.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -150,13 +151,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MESHDRAIN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = EnvFilter::try_from_env("MESHDRAIN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 #[cfg(test)]

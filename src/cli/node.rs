@@ -50,7 +50,12 @@ pub async fn run(action: NodeAction, args: Args, control: &ControlTarget) -> any
 
 /// Sends the action with drain options; prints the outcome; exit 0 if adopted (or
 /// published for a node that is down).
-pub async fn request(action: NodeAction, args: &Args, options: DrainOptions, control: &ControlTarget) -> anyhow::Result<ExitCode> {
+pub async fn request(
+    action: NodeAction,
+    args: &Args,
+    options: DrainOptions,
+    control: &ControlTarget,
+) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     let req = Request::NodeAction { node: args.node.clone(), action, force: args.force, options };
     let report: ActionReport = match client.call(&req).await? {
@@ -125,7 +130,10 @@ fn describe(o: &Outcome<'_>, args: &Args) -> String {
         return format!("{}: {} ({} applied, request {})", o.node, state, o.action, o.nonce);
     }
     if args.no_wait {
-        return format!("{}: {} request {} published; the node adopts it on its next gossip round", o.node, o.action, o.nonce);
+        return format!(
+            "{}: {} request {} published; the node adopts it on its next gossip round",
+            o.node, o.action, o.nonce
+        );
     }
     match o.node_alive {
         Some(false) | None => format!(

@@ -132,7 +132,16 @@ pub fn render(volumes: &[VolumeStatus]) -> String {
             (Some(h), None) => h.clone(),
             _ => "-".to_owned(),
         };
-        rows.push([v.id.clone(), v.owner.clone(), format_bytes(v.size), v.phase.clone(), holder, v.epoch.to_string(), progress, note]);
+        rows.push([
+            v.id.clone(),
+            v.owner.clone(),
+            format_bytes(v.size),
+            v.phase.clone(),
+            holder,
+            v.epoch.to_string(),
+            progress,
+            note,
+        ]);
     }
     let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
     let mut out = String::new();

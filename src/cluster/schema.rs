@@ -200,6 +200,9 @@ pub struct VolumeRecord {
     /// same commands. (Only CA-admitted nodes gossip; hooks run as the agent's user.)
     #[serde(default)]
     pub hooks: crate::store::volumes::Hooks,
+    /// How the volume's last move went (published by its new owner).
+    #[serde(default)]
+    pub arrived: Option<crate::agent::core::Arrival>,
 }
 
 /// The `claim/<source>/<id>` key: "I can take it, at this epoch".
@@ -228,6 +231,9 @@ pub struct ProgressRecord {
     /// Recent hydration rate.
     #[serde(default)]
     pub bytes_per_s: u64,
+    /// Bytes read from the source so far.
+    #[serde(default)]
+    pub fetched_bytes: u64,
     /// The last error, when stalled or failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -275,7 +281,16 @@ mod tests {
 
     #[test]
     fn keys_round_trip() {
-        for k in ["node", "req/drain/node3", "vol/abc", "req/drain/bad name", "claim/n1/v1", "progress/v", "done/v", "claim/x"] {
+        for k in [
+            "node",
+            "req/drain/node3",
+            "vol/abc",
+            "req/drain/bad name",
+            "claim/n1/v1",
+            "progress/v",
+            "done/v",
+            "claim/x",
+        ] {
             assert_eq!(Key::parse(k).render(), k);
         }
         assert_eq!(Key::parse("req/drain/node3"), Key::NodeRequest("node3".into()));
@@ -290,7 +305,13 @@ mod tests {
         let raw = encode(&record());
         assert!(raw.contains("\"v\":1"), "{raw}");
         assert_eq!(decode::<NodeRecord>(&raw).unwrap(), record());
-        let req = NodeRequest { seq: 5, nonce: "n".into(), action: NodeAction::Drain, issued_by: "node1".into(), options: Default::default() };
+        let req = NodeRequest {
+            seq: 5,
+            nonce: "n".into(),
+            action: NodeAction::Drain,
+            issued_by: "node1".into(),
+            options: Default::default(),
+        };
         assert_eq!(decode_request(&encode(&req)).unwrap(), req);
     }
 

@@ -169,7 +169,13 @@ mod tests {
 
     #[test]
     fn bad_values_are_skipped_and_reported() {
-        let req = NodeRequest { seq: 9, nonce: "x".into(), action: NodeAction::Drain, issued_by: "a".into(), options: Default::default() };
+        let req = NodeRequest {
+            seq: 9,
+            nonce: "x".into(),
+            action: NodeAction::Drain,
+            issued_by: "a".into(),
+            options: Default::default(),
+        };
         let raw = RawSnapshot {
             self_name: "a".into(),
             nodes: vec![raw_node(

@@ -59,7 +59,11 @@ impl Metrics {
             "Gossip values skipped because they were malformed or of an unknown schema version",
             ignored_values.clone(),
         );
-        registry.register("node_requests_handled", "Node requests applied or refused by this agent", requests_handled.clone());
+        registry.register(
+            "node_requests_handled",
+            "Node requests applied or refused by this agent",
+            requests_handled.clone(),
+        );
         Self { registry, nodes, peers_alive, peers_dead, gossip_rounds, ignored_values, volumes, requests_handled }
     }
 
@@ -85,7 +89,10 @@ impl Metrics {
         }
         self.ignored_values.set(view.nodes.values().map(|n| n.ignored.len() as i64).sum());
         let mut by_phase: std::collections::BTreeMap<String, i64> =
-            ["held", "offered", "granted", "cut_over", "handed_off", "failed"].iter().map(|p| ((*p).to_owned(), 0)).collect();
+            ["held", "offered", "granted", "cut_over", "handed_off", "failed"]
+                .iter()
+                .map(|p| ((*p).to_owned(), 0))
+                .collect();
         for v in crate::agent::report::volumes(view) {
             *by_phase.entry(v.phase).or_default() += 1;
         }

@@ -168,6 +168,12 @@ pub struct VolumeStatus {
     pub total: u64,
     /// Recent hydration rate.
     pub bytes_per_s: u64,
+    /// Bytes read from the source by the move under way, or by the last move.
+    #[serde(default)]
+    pub fetched_bytes: u64,
+    /// The node the last move came from, once it has arrived.
+    #[serde(default)]
+    pub arrived_from: Option<String>,
     /// Cut over to a holder that is now dead: the source keeps its copy.
     pub stranded: bool,
     /// The holder cannot reach the source.

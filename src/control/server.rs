@@ -86,10 +86,12 @@ async fn answer(agent: &AgentHandle, req: Request) -> Response {
     match req {
         Request::Status => agent.status().await.map_or_else(stopping, Response::Status),
         Request::Plan { node } => agent.plan(&node).await.map_or_else(stopping, |plan| Response::Plan { plan }),
-        Request::NodeAction { node, action, force, options } => match agent.node_action_with(&node, action, force, options).await {
-            Ok(report) => Response::NodeAction(report),
-            Err(message) => Response::Error { message },
-        },
+        Request::NodeAction { node, action, force, options } => {
+            match agent.node_action_with(&node, action, force, options).await {
+                Ok(report) => Response::NodeAction(report),
+                Err(message) => Response::Error { message },
+            }
+        }
         Request::VolumeAdd { id, size, path, requires, hooks } => {
             match agent.add_volume(&id, size, path, requires, hooks).await {
                 Ok(message) => Response::Ok { message },
@@ -97,6 +99,9 @@ async fn answer(agent: &AgentHandle, req: Request) -> Response {
             }
         }
         Request::Volumes => agent.volumes().await.map_or_else(stopping, |volumes| Response::Volumes { volumes }),
-        Request::Gc => agent.gc().await.map_or_else(stopping, |()| Response::Ok { message: "handed-off copies deleted".to_owned() }),
+        Request::Gc => agent
+            .gc()
+            .await
+            .map_or_else(stopping, |()| Response::Ok { message: "handed-off copies deleted".to_owned() }),
     }
 }

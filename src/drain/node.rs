@@ -200,11 +200,31 @@ mod tests {
     #[test]
     fn every_rejection_says_what_to_do() {
         let cases = [
-            (Cordoned, req(Undrain), "cannot undrain a node that is cordoned: it is not draining; run `meshdrain uncordon` to let it take volumes again"),
-            (Draining, req(Uncordon), "cannot uncordon a node that is draining: run `meshdrain undrain` to cancel the drain and make it active"),
-            (Drained, req(Uncordon), "cannot uncordon a node that is drained: run `meshdrain undrain` to cancel the drain and make it active"),
-            (Active, NodeEvent::AllVolumesHandedOff, "cannot complete a drain of a node that is active: no drain is running; this is ignored"),
-            (Cordoned, NodeEvent::AllVolumesHandedOff, "cannot complete a drain of a node that is cordoned: no drain is running; this is ignored"),
+            (
+                Cordoned,
+                req(Undrain),
+                "cannot undrain a node that is cordoned: it is not draining; run `meshdrain uncordon` to let it take volumes again",
+            ),
+            (
+                Draining,
+                req(Uncordon),
+                "cannot uncordon a node that is draining: run `meshdrain undrain` to cancel the drain and make it active",
+            ),
+            (
+                Drained,
+                req(Uncordon),
+                "cannot uncordon a node that is drained: run `meshdrain undrain` to cancel the drain and make it active",
+            ),
+            (
+                Active,
+                NodeEvent::AllVolumesHandedOff,
+                "cannot complete a drain of a node that is active: no drain is running; this is ignored",
+            ),
+            (
+                Cordoned,
+                NodeEvent::AllVolumesHandedOff,
+                "cannot complete a drain of a node that is cordoned: no drain is running; this is ignored",
+            ),
         ];
         for (from, event, msg) in cases {
             assert_eq!(step(from, event).unwrap_err().to_string(), msg);
@@ -221,7 +241,10 @@ mod tests {
                 if let Ok(t) = step(s, e) {
                     let again = step(t.to, e);
                     if let Ok(again) = again {
-                        assert!(!again.changed() || matches!(e, NodeEvent::Requested(Undrain)), "{s} {e:?} not idempotent");
+                        assert!(
+                            !again.changed() || matches!(e, NodeEvent::Requested(Undrain)),
+                            "{s} {e:?} not idempotent"
+                        );
                     }
                 }
             }

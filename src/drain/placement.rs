@@ -115,7 +115,12 @@ pub fn check(c: &Candidate, source: &str, v: &VolumeSpec, free_left: u64) -> Res
 
 /// Plans every volume of a drain. `fixed` are volumes already granted (volume, node):
 /// they count against their node's room and toward spreading, and keep their node.
-pub fn plan(source: &str, volumes: &[VolumeSpec], candidates: &[Candidate], fixed: &[(String, String)]) -> Vec<Placement> {
+pub fn plan(
+    source: &str,
+    volumes: &[VolumeSpec],
+    candidates: &[Candidate],
+    fixed: &[(String, String)],
+) -> Vec<Placement> {
     let mut free: BTreeMap<&str, u64> = candidates.iter().map(|c| (c.name.as_str(), c.free_bytes)).collect();
     let mut assigned: BTreeMap<&str, usize> = BTreeMap::new();
     let size_of = |id: &str| volumes.iter().find(|v| v.id == id).map_or(0, |v| v.size);
@@ -152,7 +157,9 @@ pub fn plan(source: &str, volumes: &[VolumeSpec], candidates: &[Candidate], fixe
             if let Some(f) = free.get_mut(t.as_str()) {
                 *f -= v.size;
             }
-            *assigned.entry(candidates.iter().find(|c| &c.name == t).map(|c| c.name.as_str()).unwrap_or_default()).or_default() += 1;
+            *assigned
+                .entry(candidates.iter().find(|c| &c.name == t).map(|c| c.name.as_str()).unwrap_or_default())
+                .or_default() += 1;
         }
         out.push(Placement { volume: v.id.clone(), target, rejected });
     }
@@ -165,7 +172,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn node(name: &str, free: u64) -> Candidate {
-        Candidate { name: name.into(), alive: true, state: NodeState::Active, free_bytes: free, labels: BTreeMap::new() }
+        Candidate {
+            name: name.into(),
+            alive: true,
+            state: NodeState::Active,
+            free_bytes: free,
+            labels: BTreeMap::new(),
+        }
     }
     fn vol(id: &str, size: u64) -> VolumeSpec {
         VolumeSpec { id: id.into(), size, requires: BTreeMap::new() }

@@ -103,7 +103,14 @@ pub enum HolderEffect {
 impl HolderVolume {
     /// A new grant seen in gossip.
     pub fn granted(id: &str, source: &str, epoch: u64, size: u64) -> (Self, Vec<HolderEffect>) {
-        let v = Self { id: id.to_owned(), source: source.to_owned(), epoch, size, phase: HolderPhase::Preparing, rate_limit: None };
+        let v = Self {
+            id: id.to_owned(),
+            source: source.to_owned(),
+            epoch,
+            size,
+            phase: HolderPhase::Preparing,
+            rate_limit: None,
+        };
         (v, vec![HolderEffect::PrepareClone])
     }
 

@@ -235,7 +235,9 @@ impl SourceVolume {
                     s.alive && matches!(s.progress, Some((e, HolderPhase::Ready | HolderPhase::Running { .. })) if e == self.epoch)
                 });
                 let lost = sig.is_none_or(|s| !s.alive)
-                    || sig.is_some_and(|s| matches!(s.progress, Some((e, HolderPhase::Failed { .. })) if e == self.epoch))
+                    || sig.is_some_and(
+                        |s| matches!(s.progress, Some((e, HolderPhase::Failed { .. })) if e == self.epoch),
+                    )
                     || (exported && now_ms.saturating_sub(at_ms) >= timing.ready_timeout_ms);
                 if !draining {
                     // Undrain before cut-over: the volume stays here.

@@ -73,7 +73,9 @@ fn a_slow_stop_hook_is_not_a_timeout() {
 
 #[test]
 fn holder_failure_or_timeout_revokes() {
-    for signal in [sig(true, Some((1, HolderPhase::Failed { reason: "disk full".into() })), None), sig(true, None, None)] {
+    for signal in
+        [sig(true, Some((1, HolderPhase::Failed { reason: "disk full".into() })), None), sig(true, None, None)]
+    {
         let mut v = SourceVolume::new("v", 10);
         v.step(&tick(true, None, false, None), 0, &T);
         v.step(&tick(true, Some("a"), true, None), 0, &T);
@@ -151,12 +153,18 @@ fn restart_reopens_exports_of_granted_and_cut_over_volumes() {
 fn holder_happy_path() {
     let (mut h, fx) = HolderVolume::granted("v", "src", 2, 10);
     assert_eq!(fx, vec![HolderEffect::PrepareClone]);
-    assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))).is_empty(), "not ready yet");
+    assert!(
+        h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))).is_empty(),
+        "not ready yet"
+    );
     h.step(&HolderEvent::CloneReady);
     assert_eq!(h.phase, HolderPhase::Ready);
     assert!(!h.workload_may_run());
     assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: false }))).is_empty());
-    assert_eq!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))), vec![HolderEffect::StartWorkload]);
+    assert_eq!(
+        h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))),
+        vec![HolderEffect::StartWorkload]
+    );
     assert!(h.workload_may_run());
     h.step(&HolderEvent::Stalled(true));
     assert_eq!(h.phase, HolderPhase::Running { stalled: true });
@@ -175,8 +183,14 @@ fn revoked_holder_discards_its_partial_clone() {
         if ready {
             h.step(&HolderEvent::CloneReady);
         }
-        assert!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 1, cut_over_to_me: false }))).is_empty(), "older view");
-        assert_eq!(h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 3, cut_over_to_me: false }))), vec![HolderEffect::DiscardClone]);
+        assert!(
+            h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 1, cut_over_to_me: false }))).is_empty(),
+            "older view"
+        );
+        assert_eq!(
+            h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 3, cut_over_to_me: false }))),
+            vec![HolderEffect::DiscardClone]
+        );
         assert_eq!(h.phase, HolderPhase::Discarded);
     }
 }
@@ -207,8 +221,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (any::<bool>(), 0usize..3, any::<bool>(), any::<[bool; 3]>(), 0usize..4)
-            .prop_map(|(d, c, p, a, s)| Op::Source { draining: d || c == 0, claimant: c, planned: p, alive: a, stale: s }),
+        (any::<bool>(), 0usize..3, any::<bool>(), any::<[bool; 3]>(), 0usize..4).prop_map(|(d, c, p, a, s)| {
+            Op::Source { draining: d || c == 0, claimant: c, planned: p, alive: a, stale: s }
+        }),
         (0usize..3, 0usize..4).prop_map(|(h, s)| Op::HolderTick { h, stale: s }),
         (0usize..3, 0u8..5).prop_map(|(h, k)| Op::Data { h, kind: k }),
         (1u64..5_000).prop_map(Op::Wait),

@@ -44,11 +44,11 @@ impl StateDir {
     /// Opens (creating, mode 0700) the directory.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|source| StoreError::Io { op: "create", path: root.to_owned(), source })?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|source| StoreError::Io {
+            op: "create",
+            path: root.to_owned(),
+            source,
+        })?;
         Ok(Self { root: root.to_owned() })
     }
 
@@ -65,9 +65,7 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(StoreError::Io { op: "read", path, source }),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt { path, message: e.to_string() })
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt { path, message: e.to_string() })
     }
 
     /// Writes a document atomically and durably.
@@ -79,12 +77,8 @@ impl StateDir {
             move |source| StoreError::Io { op, path: p, source }
         };
         let bytes = serde_json::to_vec_pretty(value).expect("state documents serialize");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
+        let mut f =
+            OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io("create", &tmp))?;
         f.write_all(&bytes).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         drop(f);

@@ -77,7 +77,11 @@ impl AgentProc {
             .expect("starting agent");
         self.child = Some(child);
         // A killed agent leaves its socket behind: ready means "answers", not "exists".
-        wait_until(Duration::from_secs(10), || self.status().is_some(), || format!("{} to answer on its control socket", self.name));
+        wait_until(
+            Duration::from_secs(10),
+            || self.status().is_some(),
+            || format!("{} to answer on its control socket", self.name),
+        );
     }
 
     /// kill -9: no clean shutdown, no final writes.

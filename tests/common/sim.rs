@@ -9,11 +9,11 @@ use chitchat::transport::ChannelTransport;
 use meshdrain::agent::AgentSetup;
 use meshdrain::agent::core::CoreConfig;
 use meshdrain::agent::dataplane::NoDataPlane;
-use meshdrain::lease::Timing;
 use meshdrain::agent::run::{RunningAgent, spawn};
 use meshdrain::cluster::gossip::GossipSettings;
 use meshdrain::control::protocol::StatusReport;
 use meshdrain::drain::node::NodeState;
+use meshdrain::lease::Timing;
 
 /// One simulated agent.
 pub struct SimAgent {
@@ -63,7 +63,14 @@ impl SimFleet {
                 export_addr: String::new(),
                 timing: Timing::for_interval(interval.as_millis() as u64),
             };
-            let agent = spawn(&settings, setup(identity, interval, &dir.path().join(&name)), &dir.path().join(&name), &transport).await.unwrap();
+            let agent = spawn(
+                &settings,
+                setup(identity, interval, &dir.path().join(&name)),
+                &dir.path().join(&name),
+                &transport,
+            )
+            .await
+            .unwrap();
             agents.push(SimAgent { name, addr: addr(i), agent: Some(agent) });
         }
         SimFleet { transport, agents, interval, _dir: dir }

@@ -49,7 +49,14 @@ fn acl_path(dir: &Path, iqn: &str) -> PathBuf {
 }
 
 impl ExportService for LocalExports {
-    fn open(&self, volume: &str, path: &Path, iqn: &str, _holder_addr: &str, initiator_iqn: &str) -> Result<(), String> {
+    fn open(
+        &self,
+        volume: &str,
+        path: &Path,
+        iqn: &str,
+        _holder_addr: &str,
+        initiator_iqn: &str,
+    ) -> Result<(), String> {
         let acl = AclFile { path: path.to_owned(), initiator: initiator_iqn.to_owned() };
         let tmp = self.dir.join(format!(".{iqn}.tmp"));
         std::fs::write(&tmp, serde_json::to_vec(&acl).expect("serializes")).map_err(|e| e.to_string())?;
@@ -71,6 +78,7 @@ struct Clone_ {
     hydrated: AtomicU64,
     rate: Mutex<Option<u64>>,
     bytes_per_s: AtomicU64,
+    fetched: AtomicU64,
     stalled: AtomicBool,
     error: Mutex<Option<String>>,
     running: AtomicBool,
@@ -95,7 +103,8 @@ impl LocalClones {
 
 /// Resolves the source path if `initiator` may read export `iqn`.
 fn login(exports_dir: &Path, iqn: &str, initiator: &str) -> Result<PathBuf, String> {
-    let raw = std::fs::read(acl_path(exports_dir, iqn)).map_err(|_| format!("no export {iqn} (closed, or the source is down)"))?;
+    let raw = std::fs::read(acl_path(exports_dir, iqn))
+        .map_err(|_| format!("no export {iqn} (closed, or the source is down)"))?;
     let acl: AclFile = serde_json::from_slice(&raw).map_err(|e| format!("export {iqn}: {e}"))?;
     if acl.initiator != initiator {
         return Err(format!("login refused: export {iqn} is for {}, not {initiator}", acl.initiator));
@@ -114,7 +123,8 @@ impl CloneService for LocalClones {
     fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
         login(&self.exports_dir, &spec.export.iqn, &spec.initiator_iqn)?;
         let regions = spec.size.div_ceil(REGION) as usize;
-        let bitmap = match std::fs::read(&spec.metadata).ok().and_then(|b| serde_json::from_slice::<Metadata>(&b).ok()) {
+        let bitmap = match std::fs::read(&spec.metadata).ok().and_then(|b| serde_json::from_slice::<Metadata>(&b).ok())
+        {
             Some(m) if m.epoch == spec.epoch && m.iqn == spec.export.iqn && m.bitmap.len() == regions => m.bitmap,
             Some(m) => {
                 info!(volume = %spec.volume, old_epoch = m.epoch, "clone metadata of another lease: starting over");
@@ -125,7 +135,12 @@ impl CloneService for LocalClones {
         if let Some(dir) = spec.dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         }
-        let dest = OpenOptions::new().create(true).write(true).truncate(false).open(&spec.dest).map_err(|e| format!("{}: {e}", spec.dest.display()))?;
+        let dest = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&spec.dest)
+            .map_err(|e| format!("{}: {e}", spec.dest.display()))?;
         dest.set_len(spec.size).map_err(|e| e.to_string())?;
         let hydrated = bitmap.iter().filter(|b| **b).count() as u64;
         let c = Clone_ {
@@ -134,6 +149,7 @@ impl CloneService for LocalClones {
             hydrated: AtomicU64::new(hydrated),
             rate: Mutex::new(spec.rate_limit),
             bytes_per_s: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             error: Mutex::new(None),
             running: AtomicBool::new(false),
@@ -162,6 +178,7 @@ impl CloneService for LocalClones {
             hydrated: c.hydrated.load(Ordering::SeqCst),
             total: c.bitmap.lock().expect("lock").len() as u64,
             bytes_per_s: c.bytes_per_s.load(Ordering::SeqCst),
+            fetched_bytes: c.fetched.load(Ordering::SeqCst),
             stalled: c.stalled.load(Ordering::SeqCst),
             error: c.error.lock().expect("lock").clone(),
         })
@@ -196,7 +213,11 @@ impl CloneService for LocalClones {
 }
 
 fn save_metadata(c: &Clone_) -> Result<(), String> {
-    let m = Metadata { epoch: c.spec.epoch, iqn: c.spec.export.iqn.clone(), bitmap: c.bitmap.lock().expect("lock").clone() };
+    let m = Metadata {
+        epoch: c.spec.epoch,
+        iqn: c.spec.export.iqn.clone(),
+        bitmap: c.bitmap.lock().expect("lock").clone(),
+    };
     let tmp = c.spec.metadata.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(&m).expect("serializes")).map_err(|e| e.to_string())?;
     File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
@@ -211,7 +232,9 @@ fn hydrate(c: &Clone_, exports_dir: &Path) {
     let mut copied = 0u64;
     while c.running.load(Ordering::SeqCst) {
         // Check the ACL on every batch: a closed export fences this holder.
-        let source = match login(exports_dir, &c.spec.export.iqn, &c.spec.initiator_iqn).and_then(|p| File::open(&p).map_err(|e| e.to_string())) {
+        let source = match login(exports_dir, &c.spec.export.iqn, &c.spec.initiator_iqn)
+            .and_then(|p| File::open(&p).map_err(|e| e.to_string()))
+        {
             Ok(f) => {
                 c.stalled.store(false, Ordering::SeqCst);
                 f
@@ -225,7 +248,8 @@ fn hydrate(c: &Clone_, exports_dir: &Path) {
                 continue;
             }
         };
-        let batch: Vec<usize> = c.bitmap.lock().expect("lock").iter().enumerate().filter(|(_, b)| !**b).map(|(i, _)| i).take(16).collect();
+        let batch: Vec<usize> =
+            c.bitmap.lock().expect("lock").iter().enumerate().filter(|(_, b)| !**b).map(|(i, _)| i).take(16).collect();
         if batch.is_empty() {
             return;
         }
@@ -237,6 +261,7 @@ fn hydrate(c: &Clone_, exports_dir: &Path) {
                 break;
             }
             copied += len as u64;
+            c.fetched.fetch_add(len as u64, Ordering::SeqCst);
             if let Some(rate) = *c.rate.lock().expect("lock") {
                 let due = Duration::from_secs_f64(copied as f64 / rate.max(1) as f64);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {

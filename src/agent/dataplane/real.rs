@@ -54,6 +54,9 @@ pub struct CloneProgress {
     pub total: u64,
     /// Recent rate.
     pub bytes_per_s: u64,
+    /// Bytes read from the source so far (what the network carried; regions the workload
+    /// overwrote or the source reported unallocated are not fetched).
+    pub fetched_bytes: u64,
     /// The source does not answer.
     pub stalled: bool,
     /// Last error.
@@ -319,6 +322,7 @@ impl Inner {
                 hydrated: p.hydrated,
                 total: p.total,
                 bytes_per_s: p.bytes_per_s,
+                fetched_bytes: p.fetched_bytes,
                 stalled: p.stalled,
                 error: p.error,
             };

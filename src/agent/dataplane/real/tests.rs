@@ -9,7 +9,10 @@ struct FakeExports {
 
 impl ExportService for FakeExports {
     fn open(&self, volume: &str, path: &Path, iqn: &str, holder_addr: &str, initiator_iqn: &str) -> Result<(), String> {
-        self.calls.lock().unwrap().push(format!("open {volume} {} {iqn} {holder_addr} {initiator_iqn}", path.display()));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("open {volume} {} {iqn} {holder_addr} {initiator_iqn}", path.display()));
         Ok(())
     }
     fn close(&self, volume: &str) {
@@ -28,7 +31,11 @@ struct FakeClones {
 impl CloneService for FakeClones {
     fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
         self.calls.lock().unwrap().push(format!("prepare {} {} {}", spec.volume, spec.initiator_iqn, spec.export.addr));
-        if self.fail_prepare { Err("login refused by the target (ACL)".into()) } else { Ok(PathBuf::from("/dev/loop9")) }
+        if self.fail_prepare {
+            Err("login refused by the target (ACL)".into())
+        } else {
+            Ok(PathBuf::from("/dev/loop9"))
+        }
     }
     fn start_hydration(&self, volume: &str) -> Result<(), String> {
         self.calls.lock().unwrap().push(format!("hydrate {volume}"));
@@ -37,7 +44,14 @@ impl CloneService for FakeClones {
     fn progress(&self, _: &str) -> Option<CloneProgress> {
         let mut h = self.hydrated.lock().unwrap();
         *h = (*h + 1).min(3);
-        Some(CloneProgress { hydrated: *h, total: 3, bytes_per_s: 10, stalled: false, error: None })
+        Some(CloneProgress {
+            hydrated: *h,
+            total: 3,
+            bytes_per_s: 10,
+            fetched_bytes: *h * 10,
+            stalled: false,
+            error: None,
+        })
     }
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
         self.calls.lock().unwrap().push(format!("rate {volume} {rate:?}"));
@@ -66,7 +80,8 @@ fn rig(fail_prepare: bool) -> Rig {
     volumes.lock().unwrap().insert("db".into(), dir.path().join("db.img"));
     let exports = Arc::new(FakeExports::default());
     let clones = Arc::new(FakeClones { fail_prepare, ..Default::default() });
-    let plane = RealDataPlane::new("n1", dir.path(), volumes, exports.clone(), clones.clone(), Duration::from_millis(1));
+    let plane =
+        RealDataPlane::new("n1", dir.path(), volumes, exports.clone(), clones.clone(), Duration::from_millis(1));
     let (tx, rx) = mpsc::unbounded_channel();
     Rig { plane, exports, clones, tx, rx, dir }
 }
@@ -78,7 +93,10 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
 #[tokio::test]
 async fn a_failed_stop_hook_keeps_the_volume_unexported() {
     let mut r = rig(false);
-    r.plane.execute(DataCommand::StopWorkload { volume: "db".into(), hook: Some("echo busy >&2; exit 2".into()) }, r.tx.clone());
+    r.plane.execute(
+        DataCommand::StopWorkload { volume: "db".into(), hook: Some("echo busy >&2; exit 2".into()) },
+        r.tx.clone(),
+    );
     r.plane.execute(
         DataCommand::OpenExport { volume: "db".into(), holder: "n2".into(), holder_addr: "fd00::2".into(), epoch: 3 },
         r.tx.clone(),
@@ -115,8 +133,18 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
     let marker = r.dir.path().join("started");
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
     let cmds = [
-        DataCommand::PrepareClone { volume: "db".into(), source: "n1".into(), export: Some(export), epoch: 4, size: 1 << 20, rate_limit: None },
-        DataCommand::StartHeldWorkload { volume: "db".into(), hook: Some(format!("echo $MESHDRAIN_DEVICE > {}", marker.display())) },
+        DataCommand::PrepareClone {
+            volume: "db".into(),
+            source: "n1".into(),
+            export: Some(export),
+            epoch: 4,
+            size: 1 << 20,
+            rate_limit: None,
+        },
+        DataCommand::StartHeldWorkload {
+            volume: "db".into(),
+            hook: Some(format!("echo $MESHDRAIN_DEVICE > {}", marker.display())),
+        },
     ];
     for c in cmds {
         r.plane.execute(c, r.tx.clone());
@@ -140,7 +168,10 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
     r.plane.execute(DataCommand::Finalize { volume: "db".into(), done_hook: None }, r.tx.clone());
     assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".into() });
     let calls = r.clones.calls.lock().unwrap().clone();
-    assert_eq!(calls, vec!["prepare db iqn.2026-11.dev.meshdrain:n1.db.e4 [fd00::1]:3260", "hydrate db", "finalize db"]);
+    assert_eq!(
+        calls,
+        vec!["prepare db iqn.2026-11.dev.meshdrain:n1.db.e4 [fd00::1]:3260", "hydrate db", "finalize db"]
+    );
 }
 
 #[tokio::test]
@@ -148,7 +179,14 @@ async fn a_refused_login_is_reported_with_its_reason() {
     let mut r = rig(true);
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
     r.plane.execute(
-        DataCommand::PrepareClone { volume: "db".into(), source: "n1".into(), export: Some(export), epoch: 2, size: 1, rate_limit: None },
+        DataCommand::PrepareClone {
+            volume: "db".into(),
+            source: "n1".into(),
+            export: Some(export),
+            epoch: 2,
+            size: 1,
+            rate_limit: None,
+        },
         r.tx.clone(),
     );
     assert_eq!(
@@ -156,10 +194,19 @@ async fn a_refused_login_is_reported_with_its_reason() {
         DataEvent::CloneFailed { volume: "db".into(), epoch: 2, reason: "login refused by the target (ACL)".into() }
     );
     r.plane.execute(
-        DataCommand::PrepareClone { volume: "db".into(), source: "n1".into(), export: None, epoch: 3, size: 1, rate_limit: None },
+        DataCommand::PrepareClone {
+            volume: "db".into(),
+            source: "n1".into(),
+            export: None,
+            epoch: 3,
+            size: 1,
+            rate_limit: None,
+        },
         r.tx.clone(),
     );
-    assert!(matches!(next(&mut r.rx).await, DataEvent::CloneFailed { reason, .. } if reason.contains("no export endpoint")));
+    assert!(
+        matches!(next(&mut r.rx).await, DataEvent::CloneFailed { reason, .. } if reason.contains("no export endpoint"))
+    );
 }
 
 #[tokio::test]
