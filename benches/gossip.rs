@@ -34,7 +34,9 @@ async fn one(n: usize, interval: Duration) -> Row {
     let target = format!("node{}", n / 2);
     fleet.agents[1].agent.as_ref().unwrap().handle.node_action(&target, NodeAction::Drain, false).await.unwrap();
     let flag = fleet
-        .until(limit, "flag everywhere", |s| s.iter().all(|(_, r)| seen(r, &target).map(|x| x.0) == Some(Some(NodeState::Draining))))
+        .until(limit, "flag everywhere", |s| {
+            s.iter().all(|(_, r)| seen(r, &target).map(|x| x.0) == Some(Some(NodeState::Draining)))
+        })
         .await;
     let victim = n - 1;
     let victim_name = format!("node{victim}");
