@@ -102,6 +102,9 @@ pub struct DataplaneConfig {
     /// How often hydration progress is published, in milliseconds.
     #[serde(default = "default_progress_ms")]
     pub progress_ms: u64,
+    /// With `local`, fault injection for tests: how long preparing a clone takes.
+    #[serde(default)]
+    pub test_prepare_delay_ms: u64,
 }
 
 fn default_progress_ms() -> u64 {

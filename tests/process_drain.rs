@@ -11,6 +11,11 @@ use common::{AgentProc, free_udp_port, state_seen, wait_until};
 use sha2::{Digest, Sha256};
 
 fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
+    fleet_with(root, n, "")
+}
+
+/// A fleet whose agents get `extra` appended to their `[dataplane]` section.
+fn fleet_with(root: &Path, n: usize, extra: &str) -> Vec<AgentProc> {
     let exports = root.join("exports");
     let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
     (0..n)
@@ -18,7 +23,7 @@ fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
             let seed = if i == 0 { ports[1] } else { ports[0] };
             let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
             a.append_config(&format!(
-                "\n[dataplane]\nbackend = \"local\"\nexports_dir = \"{}\"\nprogress_ms = 100\n",
+                "\n[dataplane]\nbackend = \"local\"\nexports_dir = \"{}\"\nprogress_ms = 100\n{extra}\n",
                 exports.display()
             ));
             a.start();
@@ -241,4 +246,92 @@ fn the_demo_moves_its_volume_and_verifies_every_byte() {
         assert!(s[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {s}");
     }
     assert_ne!(s["new_owner"], "node1");
+}
+
+fn volume(a: &AgentProc, id: &str) -> Option<serde_json::Value> {
+    volumes(a).into_iter().find(|v| v["id"] == id)
+}
+
+#[test]
+fn a_source_killed_mid_hydration_stalls_its_holder_until_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agents = fleet(tmp.path(), 3);
+    joined(&agents);
+    let sum = volume_with_data(&agents[0], "big", 16);
+    let out = agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(
+        Duration::from_secs(20),
+        || {
+            volume(&agents[1], "big")
+                .is_some_and(|v| v["phase"] == "cut_over" && v["hydrated"].as_u64().unwrap_or(0) > 0)
+        },
+        || "hydration to be under way".to_owned(),
+    );
+    agents[0].kill9();
+    wait_until(
+        Duration::from_secs(15),
+        || volume(&agents[1], "big").is_some_and(|v| v["stalled"] == true),
+        || format!("the holder to report stalled: {:?}", volume(&agents[1], "big")),
+    );
+    // Nothing was deleted while the source was down.
+    assert_eq!(sha_of(&agents[0].pool().join("big.img")).as_deref(), Some(sum.as_str()));
+    agents[0].start();
+    let owner = wait_for_owner(&agents[1], "big");
+    assert_eq!(sha_of(&agent(&agents, &owner).pool().join("big.img")).as_deref(), Some(sum.as_str()));
+    wait_until(
+        Duration::from_secs(15),
+        || agents[1].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
+        || "the restarted source to finish its drain".to_owned(),
+    );
+}
+
+#[test]
+fn a_holder_lost_before_cut_over_is_replaced_and_discards_its_clone_on_return() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every login takes 3 s: time to kill the first holder while it prepares.
+    let mut agents = fleet_with(tmp.path(), 4, "test_prepare_delay_ms = 3000");
+    joined(&agents);
+    let sum = volume_with_data(&agents[0], "v", 2);
+    let out = agents[0].cli(&["drain", "node1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut first = String::new();
+    wait_until(
+        Duration::from_secs(20),
+        || match volume(&agents[0], "v") {
+            Some(v) if v["phase"] == "granted" && v["holder_phase"] == "preparing" => {
+                first = v["holder"].as_str().unwrap().to_owned();
+                true
+            }
+            _ => false,
+        },
+        || "a holder to be preparing".to_owned(),
+    );
+    let i = agents.iter().position(|a| a.name == first).unwrap();
+    let pool = agents[i].pool();
+    wait_until(
+        Duration::from_secs(5),
+        || pool.join("v.clone-meta").exists(),
+        || "the partial clone on disk".to_owned(),
+    );
+    agents[i].kill9();
+    assert!(pool.join("v.img").exists(), "a partial clone was left behind to discard");
+
+    let owner = wait_for_owner(&agents[0], "v");
+    assert_ne!(owner, first, "re-placed on another node");
+    assert_eq!(sha_of(&agent(&agents, &owner).pool().join("v.img")).as_deref(), Some(sum.as_str()));
+    let v = volume(&agents[0], "v").unwrap();
+    assert!(v["epoch"].as_u64().unwrap() >= 2, "revoked with a newer epoch: {v}");
+
+    // The old holder returns, sees the newer epoch and throws its partial clone away.
+    agents[i].start();
+    wait_until(
+        Duration::from_secs(20),
+        || !pool.join("v.img").exists() && !pool.join("v.clone-meta").exists(),
+        || {
+            let state = std::fs::read_to_string(agents[i].dir.join("state/agent.json")).unwrap_or_default();
+            format!("{first} to discard its partial clone; state:\n{state}\nlog:\n{}", agents[i].log())
+        },
+    );
+    assert_eq!(wait_for_owner(&agents[0], "v"), owner, "ownership did not move again");
 }

@@ -130,7 +130,10 @@ pub async fn run_process(
                 &config.pool_dir(),
                 shared_volumes.clone(),
                 Arc::new(LocalExports::new(&dir)),
-                Arc::new(LocalClones::new(&dir)),
+                Arc::new(
+                    LocalClones::new(&dir)
+                        .with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)),
+                ),
                 Duration::from_millis(config.dataplane.progress_ms),
             ))
         }

@@ -106,6 +106,9 @@ async fn follow(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
         .expect("valid template")
         .progress_chars("=> ");
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    // Volumes already failed when we started are being retried by this drain: only a
+    // failure at a newer epoch counts (the first views may still show the old one).
+    let mut retried: Option<BTreeMap<String, u64>> = None;
     loop {
         let volumes = match client.call(&Request::Volumes).await? {
             Response::Volumes { volumes } => volumes,
@@ -117,6 +120,9 @@ async fn follow(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
         };
         let state = status.nodes.iter().find(|n| &n.name == node).and_then(|n| n.state);
         let mine: Vec<&VolumeStatus> = volumes.iter().filter(|v| &v.owner == node).collect();
+        let retried = retried.get_or_insert_with(|| {
+            mine.iter().filter(|v| v.phase == "failed").map(|v| (v.id.clone(), v.epoch)).collect()
+        });
         for v in &mine {
             let bar = shown.entry(v.id.clone()).or_insert_with(|| {
                 let b = bars.add(ProgressBar::new(1));
@@ -139,7 +145,9 @@ async fn follow(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
             println!("{node}: {} (the drain was cancelled)", state.map_or("?".into(), |s| s.to_string()));
             return Ok(ExitCode::from(FAILURE));
         }
-        if let Some(failed) = mine.iter().find(|v| v.phase == "failed") {
+        if let Some(failed) =
+            mine.iter().find(|v| v.phase == "failed" && retried.get(&v.id).is_none_or(|e| v.epoch > *e))
+        {
             eprintln!(
                 "{node}: volume {} failed: {} (fix it, then run `meshdrain drain {node}` again to retry)",
                 failed.id,

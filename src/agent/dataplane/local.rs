@@ -29,11 +29,13 @@ struct AclFile {
     initiator: String,
 }
 
-/// Exports as ACL files in a shared directory.
+/// Exports as ACL files in a shared directory. Each open export also holds an exclusive
+/// lock on `<iqn>.alive` for as long as this process lives, so a killed source stalls its
+/// holders the way a dead iSCSI target does.
 #[derive(Debug)]
 pub struct LocalExports {
     dir: PathBuf,
-    volumes: Mutex<BTreeMap<String, String>>,
+    volumes: Mutex<BTreeMap<String, (String, File)>>,
 }
 
 impl LocalExports {
@@ -57,16 +59,23 @@ impl ExportService for LocalExports {
         _holder_addr: &str,
         initiator_iqn: &str,
     ) -> Result<(), String> {
+        let alive = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(format!("{iqn}.alive")))
+            .map_err(|e| e.to_string())?;
+        alive.lock().map_err(|e| format!("locking {iqn}.alive: {e}"))?;
         let acl = AclFile { path: path.to_owned(), initiator: initiator_iqn.to_owned() };
         let tmp = self.dir.join(format!(".{iqn}.tmp"));
         std::fs::write(&tmp, serde_json::to_vec(&acl).expect("serializes")).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, acl_path(&self.dir, iqn)).map_err(|e| e.to_string())?;
-        self.volumes.lock().expect("lock").insert(volume.to_owned(), iqn.to_owned());
+        self.volumes.lock().expect("lock").insert(volume.to_owned(), (iqn.to_owned(), alive));
         Ok(())
     }
 
     fn close(&self, volume: &str) {
-        if let Some(iqn) = self.volumes.lock().expect("lock").remove(volume) {
+        if let Some((iqn, _alive)) = self.volumes.lock().expect("lock").remove(volume) {
             let _ = std::fs::remove_file(acl_path(&self.dir, &iqn));
         }
     }
@@ -88,12 +97,20 @@ struct Clone_ {
 pub struct LocalClones {
     exports_dir: PathBuf,
     clones: Mutex<BTreeMap<String, Arc<Clone_>>>,
+    prepare_delay: Duration,
 }
 
 impl LocalClones {
     /// Clones reading exports published under `exports_dir`.
     pub fn new(exports_dir: &Path) -> Self {
-        Self { exports_dir: exports_dir.to_owned(), clones: Mutex::new(BTreeMap::new()) }
+        Self { exports_dir: exports_dir.to_owned(), clones: Mutex::new(BTreeMap::new()), prepare_delay: Duration::ZERO }
+    }
+
+    /// Fault injection for tests: preparing a clone takes this long after its files exist
+    /// (a slow device setup), which leaves time to kill a holder between grant and cut-over.
+    pub fn with_prepare_delay(mut self, delay: Duration) -> Self {
+        self.prepare_delay = delay;
+        self
     }
 
     fn get(&self, volume: &str) -> Option<Arc<Clone_>> {
@@ -105,6 +122,11 @@ impl LocalClones {
 fn login(exports_dir: &Path, iqn: &str, initiator: &str) -> Result<PathBuf, String> {
     let raw = std::fs::read(acl_path(exports_dir, iqn))
         .map_err(|_| format!("no export {iqn} (closed, or the source is down)"))?;
+    // The source holds `<iqn>.alive` exclusively while it lives.
+    let alive = File::open(exports_dir.join(format!("{iqn}.alive"))).map_err(|e| format!("export {iqn}: {e}"))?;
+    if alive.try_lock_shared().is_ok() {
+        return Err(format!("the source of {iqn} does not answer (its agent is down)"));
+    }
     let acl: AclFile = serde_json::from_slice(&raw).map_err(|e| format!("export {iqn}: {e}"))?;
     if acl.initiator != initiator {
         return Err(format!("login refused: export {iqn} is for {}, not {initiator}", acl.initiator));
@@ -155,6 +177,8 @@ impl CloneService for LocalClones {
             running: AtomicBool::new(false),
         };
         save_metadata(&c)?;
+        // A slow device setup, after the partial clone exists on disk.
+        std::thread::sleep(self.prepare_delay);
         self.clones.lock().expect("lock").insert(spec.volume.clone(), Arc::new(c));
         Ok(spec.dest.clone())
     }
@@ -203,11 +227,16 @@ impl CloneService for LocalClones {
         Ok(())
     }
 
-    fn discard(&self, volume: &str) {
+    fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {
         if let Some(c) = self.clones.lock().expect("lock").remove(volume) {
             c.running.store(false, Ordering::SeqCst);
-            let _ = std::fs::remove_file(&c.spec.dest);
-            let _ = std::fs::remove_file(&c.spec.metadata);
+        }
+        for path in [dest, metadata] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(%volume, path = %path.display(), "cannot remove partial clone: {e}"),
+            }
         }
     }
 }

@@ -76,8 +76,9 @@ pub trait CloneService: Send + Sync + 'static {
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>);
     /// Flushes, replaces the clone by the plain dest, logs out. Idempotent.
     fn finalize(&self, volume: &str) -> Result<(), String>;
-    /// Removes a revoked partial clone (dest and metadata).
-    fn discard(&self, volume: &str);
+    /// Removes a revoked partial clone: its dest and metadata, also when this process
+    /// never prepared it (the holder restarted since).
+    fn discard(&self, volume: &str, dest: &Path, metadata: &Path);
 }
 
 /// Local volume paths, shared with the owner loop (which writes it).
@@ -307,7 +308,9 @@ impl Inner {
             }
             DataCommand::DiscardClone { volume } => {
                 self.devices.lock().expect("device map lock").remove(&volume);
-                self.clones.discard(&volume);
+                let (dest, metadata) = dest_paths(&self.pool, &volume);
+                self.clones.discard(&volume, &dest, &metadata);
+                info!(%volume, "revoked partial clone discarded");
             }
         }
     }

@@ -60,7 +60,7 @@ impl CloneService for FakeClones {
         self.calls.lock().unwrap().push(format!("finalize {volume}"));
         Ok(())
     }
-    fn discard(&self, volume: &str) {
+    fn discard(&self, volume: &str, _dest: &Path, _metadata: &Path) {
         self.calls.lock().unwrap().push(format!("discard {volume}"));
     }
 }
