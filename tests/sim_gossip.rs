@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{SimFleet, converged, seen};
+use meshdrain::control::protocol::NewVolume;
 use meshdrain::drain::node::{NodeAction, NodeState};
 
 const N: usize = 50;
@@ -16,7 +17,8 @@ const N: usize = 50;
 async fn pin_volume(fleet: &SimFleet, i: usize) {
     let requires = [("zone".to_owned(), "nowhere".to_owned())].into_iter().collect();
     let handle = &fleet.agents[i].agent.as_ref().unwrap().handle;
-    handle.add_volume("pinned", Some(1 << 20), None, requires, Default::default()).await.unwrap();
+    let new = NewVolume { id: "pinned".into(), size: Some(1 << 20), path: None, requires, hooks: Default::default() };
+    handle.add_volume(new).await.unwrap();
 }
 const INTERVAL: Duration = Duration::from_millis(100);
 

@@ -15,10 +15,10 @@ use tracing::{info, warn};
 use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
 use crate::control::metrics::Metrics;
-use crate::control::protocol::{ActionReport, PlanLine, StatusReport, VolumeStatus};
+use crate::control::protocol::{ActionReport, NewVolume, PlanLine, StatusReport, VolumeStatus};
 use crate::drain::node::{NodeAction, NodeState};
 use crate::drain::request::DrainOptions;
-use crate::store::volumes::{self, Hooks, LocalVolume, VolumeTable};
+use crate::store::volumes::{self, LocalVolume, VolumeTable};
 use crate::store::{StateDir, StoreError};
 
 pub mod core;
@@ -60,20 +60,7 @@ pub enum Command {
         reply: oneshot::Sender<Vec<PlanLine>>,
     },
     /// Register a volume owned by this node (a new sparse file, or an existing path).
-    AddVolume {
-        /// Volume id.
-        id: String,
-        /// Size in bytes of a new volume.
-        size: Option<u64>,
-        /// An existing file or block device.
-        path: Option<PathBuf>,
-        /// Labels a target must carry.
-        requires: BTreeMap<String, String>,
-        /// Hooks around its moves.
-        hooks: Hooks,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<String, String>>,
-    },
+    AddVolume(NewVolume, oneshot::Sender<Result<String, String>>),
     /// Every volume of the fleet.
     Volumes(oneshot::Sender<Vec<VolumeStatus>>),
     /// Delete handed-off copies now.
@@ -119,16 +106,8 @@ impl AgentHandle {
 
     /// Registers a volume owned by this node: a new sparse file of `size` bytes in the
     /// pool, or the existing `path`.
-    pub async fn add_volume(
-        &self,
-        id: &str,
-        size: Option<u64>,
-        path: Option<PathBuf>,
-        requires: BTreeMap<String, String>,
-        hooks: Hooks,
-    ) -> Result<String, String> {
-        let id = id.to_owned();
-        self.ask(|reply| Command::AddVolume { id, size, path, requires, hooks, reply })
+    pub async fn add_volume(&self, new: NewVolume) -> Result<String, String> {
+        self.ask(|reply| Command::AddVolume(new, reply))
             .await
             .unwrap_or_else(|| Err("the agent is shutting down".to_owned()))
     }
@@ -341,8 +320,8 @@ impl<G: Gossip> Agent<G> {
                 let result = self.node_action(&node, action, force, options).await;
                 let _ = reply.send(result);
             }
-            Command::AddVolume { id, size, path, requires, hooks, reply } => {
-                let result = self.add_volume(&id, size, path, requires, hooks).await;
+            Command::AddVolume(new, reply) => {
+                let result = self.add_volume(new).await;
                 let _ = reply.send(result);
             }
             Command::Plan { node, reply } => {
@@ -369,14 +348,9 @@ impl<G: Gossip> Agent<G> {
         }
     }
 
-    async fn add_volume(
-        &mut self,
-        id: &str,
-        size: Option<u64>,
-        path: Option<PathBuf>,
-        requires: BTreeMap<String, String>,
-        hooks: Hooks,
-    ) -> Result<String, String> {
+    async fn add_volume(&mut self, new: NewVolume) -> Result<String, String> {
+        let NewVolume { id, size, path, requires, hooks } = new;
+        let id = id.as_str();
         if self.volumes.volumes.contains_key(id) {
             return Err(format!("volume {id} already exists on this node"));
         }

@@ -24,6 +24,7 @@ use crate::agent::dataplane::local::{LocalClones, LocalExports};
 use crate::agent::dataplane::real::{RealDataPlane, SharedVolumes};
 use crate::agent::run::{RunningAgent, spawn};
 use crate::cluster::gossip::GossipSettings;
+use crate::control::protocol::NewVolume;
 use crate::drain::node::{NodeAction, NodeState};
 use crate::drain::request::DrainOptions;
 use crate::lease::Timing;
@@ -115,7 +116,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let files = write_demo_files(&content)?;
     agents[0]
         .handle
-        .add_volume("demo-vol", Some(args.size), None, Default::default(), Default::default())
+        .add_volume(NewVolume {
+            id: "demo-vol".into(),
+            size: Some(args.size),
+            path: None,
+            requires: Default::default(),
+            hooks: Default::default(),
+        })
         .await
         .map_err(anyhow::Error::msg)?;
     let image = dir.path().join("node1/pool/demo-vol.img");

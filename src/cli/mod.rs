@@ -20,6 +20,7 @@ pub mod export;
 pub mod mesh;
 pub mod node;
 pub mod status;
+pub mod table;
 pub mod units;
 pub mod volume;
 
@@ -60,7 +61,7 @@ pub enum Command {
     Status(status::Args),
     /// Cordon and move every volume off a node (run on any node of the fleet).
     Drain(drain::DrainArgs),
-    /// Cancel a drain: what has not handed off stays; the node becomes active.
+    /// Cancel a drain: volumes not yet cut over stay here; the node becomes active.
     Undrain(node::Args),
     /// Stop placing new volumes on a node; its volumes stay.
     Cordon(node::Args),

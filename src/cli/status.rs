@@ -43,7 +43,7 @@ pub async fn run(args: Args, control: &ControlTarget) -> anyhow::Result<ExitCode
 
 /// The human table.
 pub fn render(report: &StatusReport) -> String {
-    let mut rows = vec![[
+    let mut rows = vec![vec![
         "NODE".to_owned(),
         "STATE".to_owned(),
         "ALIVE".to_owned(),
@@ -55,7 +55,7 @@ pub fn render(report: &StatusReport) -> String {
     ]];
     for n in &report.nodes {
         let me = if n.name == report.self_name { "*" } else { "" };
-        rows.push([
+        rows.push(vec![
             format!("{}{me}", n.name),
             n.state.map_or("?".to_owned(), |s| s.to_string()),
             if n.alive { "yes" } else { "DEAD" }.to_owned(),
@@ -66,12 +66,5 @@ pub fn render(report: &StatusReport) -> String {
             n.volumes.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::table::render(&rows)
 }

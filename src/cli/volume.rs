@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use super::ControlTarget;
 use super::units::{format_bytes, parse_bytes};
 use crate::control::client::Client;
-use crate::control::protocol::{Request, Response, VolumeStatus};
+use crate::control::protocol::{NewVolume, Request, Response, VolumeStatus};
 use crate::store::volumes::Hooks;
 
 /// Volume commands.
@@ -87,13 +87,13 @@ pub async fn run(command: Command, control: &ControlTarget) -> anyhow::Result<Ex
         Command::Create { name, size, common } => (name, Some(size), None, common),
         Command::Add { name, path, common } => (name, None, Some(path), common),
     };
-    let req = Request::VolumeAdd {
+    let req = Request::VolumeAdd(NewVolume {
         id,
         size,
         path,
         requires: common.requires.into_iter().collect::<BTreeMap<_, _>>(),
         hooks: Hooks { stop: common.hook_stop, start: common.hook_start, done: common.hook_done },
-    };
+    });
     match client.call(&req).await? {
         Response::Ok { message } => println!("{message}"),
         other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
@@ -113,7 +113,8 @@ pub async fn gc(control: &ControlTarget) -> anyhow::Result<ExitCode> {
 
 /// The human table.
 pub fn render(volumes: &[VolumeStatus]) -> String {
-    let mut rows = vec![["VOLUME", "OWNER", "SIZE", "PHASE", "HOLDER", "EPOCH", "PROGRESS", "NOTE"].map(str::to_owned)];
+    let mut rows =
+        vec![["VOLUME", "OWNER", "SIZE", "PHASE", "HOLDER", "EPOCH", "PROGRESS", "NOTE"].map(str::to_owned).to_vec()];
     for v in volumes {
         let progress = if v.total > 0 {
             format!("{:.0}% {}/s", 100.0 * v.hydrated as f64 / v.total as f64, format_bytes(v.bytes_per_s))
@@ -132,7 +133,7 @@ pub fn render(volumes: &[VolumeStatus]) -> String {
             (Some(h), None) => h.clone(),
             _ => "-".to_owned(),
         };
-        rows.push([
+        rows.push(vec![
             v.id.clone(),
             v.owner.clone(),
             format_bytes(v.size),
@@ -143,12 +144,5 @@ pub fn render(volumes: &[VolumeStatus]) -> String {
             note,
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::table::render(&rows)
 }

@@ -31,24 +31,8 @@ pub enum Request {
         /// The node to drain.
         node: String,
     },
-    /// Register a volume owned by this node: a new sparse file (`path` absent) or an
-    /// existing file or block device.
-    VolumeAdd {
-        /// Volume id (fleet-wide).
-        id: String,
-        /// Size in bytes for a new volume; ignored for an existing path.
-        #[serde(default)]
-        size: Option<u64>,
-        /// Existing file or block device.
-        #[serde(default)]
-        path: Option<std::path::PathBuf>,
-        /// Labels a target must carry.
-        #[serde(default)]
-        requires: std::collections::BTreeMap<String, String>,
-        /// Hooks around its moves.
-        #[serde(default)]
-        hooks: crate::store::volumes::Hooks,
-    },
+    /// Register a volume owned by this node.
+    VolumeAdd(NewVolume),
     /// Every volume of the fleet.
     Volumes,
     /// Delete copies on this node that were handed off (before the retention window ends).
@@ -129,6 +113,26 @@ pub struct NodeStatus {
     pub pending_requests: Vec<PendingRequest>,
     /// Gossip keys of this node that were skipped, with the reason.
     pub ignored_keys: Vec<String>,
+}
+
+/// A volume to register on a node: a new sparse file (`path` absent) or an existing file
+/// or block device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewVolume {
+    /// Volume id (fleet-wide).
+    pub id: String,
+    /// Size in bytes for a new volume; ignored for an existing path.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Existing file or block device.
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+    /// Labels a target must carry.
+    #[serde(default)]
+    pub requires: std::collections::BTreeMap<String, String>,
+    /// Hooks around its moves.
+    #[serde(default)]
+    pub hooks: crate::store::volumes::Hooks,
 }
 
 /// One line of `drain --dry-run`: where a volume would go, and why other nodes would not

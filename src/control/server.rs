@@ -92,12 +92,10 @@ async fn answer(agent: &AgentHandle, req: Request) -> Response {
                 Err(message) => Response::Error { message },
             }
         }
-        Request::VolumeAdd { id, size, path, requires, hooks } => {
-            match agent.add_volume(&id, size, path, requires, hooks).await {
-                Ok(message) => Response::Ok { message },
-                Err(message) => Response::Error { message },
-            }
-        }
+        Request::VolumeAdd(new) => match agent.add_volume(new).await {
+            Ok(message) => Response::Ok { message },
+            Err(message) => Response::Error { message },
+        },
         Request::Volumes => agent.volumes().await.map_or_else(stopping, |volumes| Response::Volumes { volumes }),
         Request::Gc => agent
             .gc()
