@@ -38,6 +38,9 @@ pub struct Args {
     /// Size of the demo volume.
     #[arg(long, default_value = "64M", value_parser = super::units::parse_bytes)]
     pub size: u64,
+    /// How full the filesystem is, in percent of the volume (files of random bytes).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=80))]
+    pub fill: u8,
     /// Gossip interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     pub interval_ms: u64,
@@ -113,7 +116,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // node1's volume: an ext4 filesystem with files, made without mounting (mkfs.ext4 -d).
     let content = dir.path().join("content");
-    let files = write_demo_files(&content)?;
+    let files = write_demo_files(&content, args.size * u64::from(args.fill) / 100)?;
     agents[0]
         .handle
         .add_volume(NewVolume {
@@ -131,8 +134,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     say(
         &args,
         &format!(
-            "node1 holds demo-vol: ext4, {} with {files} files, sha256 {}",
+            "node1 holds demo-vol: ext4, {} ({}% full, {files} files), sha256 {}",
             format_bytes(args.size),
+            args.fill,
             &before[..16]
         ),
     );
@@ -233,18 +237,29 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(super::exit::FAILURE) })
 }
 
-fn write_demo_files(dir: &Path) -> anyhow::Result<usize> {
+/// Writes 32 files of pseudo-random bytes totalling about `bytes`.
+fn write_demo_files(dir: &Path, bytes: u64) -> anyhow::Result<usize> {
+    use std::io::Write;
     std::fs::create_dir_all(dir.join("data"))?;
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let per_file = (bytes / 32).max(4096);
+    let mut buf = vec![0u8; 1 << 20];
     for i in 0..32 {
-        let mut buf = vec![0u8; 64 * 1024 + i * 997];
-        for b in buf.iter_mut() {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("data").join(format!("file-{i:02}.bin")))?);
+        let mut left = per_file + i * 997;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            for chunk in buf[..n].chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let bytes = x.to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+            f.write_all(&buf[..n])?;
+            left -= n as u64;
         }
-        std::fs::write(dir.join("data").join(format!("file-{i:02}.bin")), buf)?;
+        f.flush()?;
     }
     Ok(32)
 }

@@ -143,7 +143,7 @@ struct Metadata {
 
 impl CloneService for LocalClones {
     fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
-        login(&self.exports_dir, &spec.export.iqn, &spec.initiator_iqn)?;
+        let source = login(&self.exports_dir, &spec.export.iqn, &spec.initiator_iqn)?;
         let regions = spec.size.div_ceil(REGION) as usize;
         let bitmap = match std::fs::read(&spec.metadata).ok().and_then(|b| serde_json::from_slice::<Metadata>(&b).ok())
         {
@@ -152,7 +152,17 @@ impl CloneService for LocalClones {
                 info!(volume = %spec.volume, old_epoch = m.epoch, "clone metadata of another lease: starting over");
                 vec![false; regions]
             }
-            None => vec![false; regions],
+            None => {
+                // Unallocated source ranges read as zeros, which a fresh sparse dest already
+                // holds: mark them hydrated and never copy them.
+                let mut bm = vec![false; regions];
+                if let Ok(f) = File::open(&source) {
+                    for r in unallocated_regions(&f, spec.size) {
+                        bm[r] = true;
+                    }
+                }
+                bm
+            }
         };
         if let Some(dir) = spec.dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
@@ -238,6 +248,58 @@ impl CloneService for LocalClones {
                 Err(e) => warn!(%volume, path = %path.display(), "cannot remove partial clone: {e}"),
             }
         }
+    }
+}
+
+/// Regions that lie wholly in holes of `f` (SEEK_DATA/SEEK_HOLE). If the filesystem
+/// cannot tell, every region counts as allocated (copying zeros is safe; skipping data
+/// would not be).
+fn unallocated_regions(f: &File, size: u64) -> Vec<usize> {
+    use nix::errno::Errno;
+    use nix::unistd::{Whence, lseek};
+    let regions = size.div_ceil(REGION) as usize;
+    let mut has_data = vec![false; regions];
+    let mut pos = 0i64;
+    while (pos as u64) < size {
+        let start = match lseek(f, pos, Whence::SeekData) {
+            Ok(start) => start,
+            Err(Errno::ENXIO) => break, // no data past `pos`
+            Err(_) => return vec![],    // cannot tell: copy everything
+        };
+        let end = lseek(f, start, Whence::SeekHole).unwrap_or(size as i64);
+        let first = (start as u64 / REGION) as usize;
+        let last = ((end as u64).min(size).saturating_sub(1) / REGION) as usize;
+        for d in has_data.iter_mut().take(last + 1).skip(first) {
+            *d = true;
+        }
+        pos = end.max(start + 1);
+    }
+    has_data.iter().enumerate().filter(|(_, d)| !**d).map(|(i, _)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+
+    #[test]
+    fn holes_are_found_and_data_is_never_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let mut f = File::create(&path).unwrap();
+        f.set_len(16 * REGION).unwrap();
+        f.seek(SeekFrom::Start(3 * REGION + 10)).unwrap();
+        f.write_all(b"data").unwrap();
+        f.seek(SeekFrom::Start(9 * REGION)).unwrap();
+        f.write_all(&vec![1u8; REGION as usize + 1]).unwrap();
+        f.sync_all().unwrap();
+        let holes = unallocated_regions(&File::open(&path).unwrap(), 16 * REGION);
+        for r in [3, 9, 10] {
+            assert!(!holes.contains(&r), "region {r} holds data: {holes:?}");
+        }
+        // tmpfs and ext4 report holes at page/block granularity: most others are holes.
+        assert!(holes.len() >= 10, "{holes:?}");
     }
 }
 
