@@ -277,32 +277,6 @@ fn unallocated_regions(f: &File, size: u64) -> Vec<usize> {
     has_data.iter().enumerate().filter(|(_, d)| !**d).map(|(i, _)| i).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use std::io::{Seek, SeekFrom, Write};
-
-    use super::*;
-
-    #[test]
-    fn holes_are_found_and_data_is_never_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sparse");
-        let mut f = File::create(&path).unwrap();
-        f.set_len(16 * REGION).unwrap();
-        f.seek(SeekFrom::Start(3 * REGION + 10)).unwrap();
-        f.write_all(b"data").unwrap();
-        f.seek(SeekFrom::Start(9 * REGION)).unwrap();
-        f.write_all(&vec![1u8; REGION as usize + 1]).unwrap();
-        f.sync_all().unwrap();
-        let holes = unallocated_regions(&File::open(&path).unwrap(), 16 * REGION);
-        for r in [3, 9, 10] {
-            assert!(!holes.contains(&r), "region {r} holds data: {holes:?}");
-        }
-        // tmpfs and ext4 report holes at page/block granularity: most others are holes.
-        assert!(holes.len() >= 10, "{holes:?}");
-    }
-}
-
 fn save_metadata(c: &Clone_) -> Result<(), String> {
     let m = Metadata {
         epoch: c.spec.epoch,
@@ -372,5 +346,31 @@ fn hydrate(c: &Clone_, exports_dir: &Path) {
         }
         let _ = save_metadata(c);
         c.bytes_per_s.store((copied as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+
+    #[test]
+    fn holes_are_found_and_data_is_never_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let mut f = File::create(&path).unwrap();
+        f.set_len(16 * REGION).unwrap();
+        f.seek(SeekFrom::Start(3 * REGION + 10)).unwrap();
+        f.write_all(b"data").unwrap();
+        f.seek(SeekFrom::Start(9 * REGION)).unwrap();
+        f.write_all(&vec![1u8; REGION as usize + 1]).unwrap();
+        f.sync_all().unwrap();
+        let holes = unallocated_regions(&File::open(&path).unwrap(), 16 * REGION);
+        for r in [3, 9, 10] {
+            assert!(!holes.contains(&r), "region {r} holds data: {holes:?}");
+        }
+        // tmpfs and ext4 report holes at page/block granularity: most others are holes.
+        assert!(holes.len() >= 10, "{holes:?}");
     }
 }
