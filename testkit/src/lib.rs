@@ -1,2 +1,3 @@
 //! meshdrain-testkit: privileged test fixtures (network namespaces, veth, bridges, QEMU VMs)
 //! shared by the netns and vm test tiers. Every fixture cleans up on drop, also on panic.
+pub mod vm;
