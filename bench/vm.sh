@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Kernel tier benchmark (issue #8), one run, one markdown table:
+#   - VM boot time (QEMU start -> scenario start: TCG, Debian's kernel, 9p host root);
+#   - each scenario's time (vm_dm_clone, vm_open_iscsi);
+#   - dm-clone hydration rate of a local source with default thresholds (1/1) against tuned
+#     ones (hydration_threshold / hydration_batch_size, MESHDRAIN_VM_TUNED, 4 KiB regions);
+#   - open-iscsi sequential read of the whole LUN through /dev/sdX.
+# Runs the vm_* tests with bigger sizes: MESHDRAIN_VM_DM_MIB (default 256) and
+# MESHDRAIN_VM_LUN_MIB (default 256). Needs root (installs packages, boots QEMU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MESHDRAIN_VM_DM_MIB=${MESHDRAIN_VM_DM_MIB:-256}
+export MESHDRAIN_VM_LUN_MIB=${MESHDRAIN_VM_LUN_MIB:-256}
+export MESHDRAIN_VM_TUNED=${MESHDRAIN_VM_TUNED:-4096 256}
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+start=$(date +%s)
+cargo nextest run -p meshdrain --test vm --no-capture --test-threads 1 -E 'test(/^vm_/)' >"$log" 2>&1 || {
+  tail -n 60 "$log" >&2
+  echo "bench/vm.sh: the vm tests failed (log tail above)" >&2
+  exit 1
+}
+wall=$(($(date +%s) - start))
+python3 - "$log" "$wall" <<'PY'
+import re, sys
+text = open(sys.argv[1], errors="replace").read()
+print("| measure | value | note |")
+print("|---|---:|---|")
+for m in re.finditer(r"vm (\S+)\.sh: kernel (\S+) boot ([\d.]+)s total ([\d.]+)s \(scenario ([\d.]+)s\)", text):
+    name, kernel, boot, total, scen = m.groups()
+    print(f"| boot, {name} run | {boot} s | QEMU TCG -smp 2, {kernel}, 9p root |")
+    print(f"| scenario vm_{name} | {scen} s | whole VM run {total} s |")
+for m in re.finditer(r"RATE (\w+) (\d+)MiB (\d+)ms ([\d.]+) MiB/s status: .*?clone \S+ \S+ (\S+) .*?(hydration_threshold \d+ hydration_batch_size \d+)", text):
+    label, mib, ms, rate, region, args = m.groups()
+    print(f"| dm-clone hydration, {label} | {rate} MiB/s | {mib} MiB local source, region {int(region)//2} KiB, {args} |")
+for m in re.finditer(r"READ (\d+)MiB (\d+)ms ([\d.]+) MiB/s", text):
+    mib, ms, rate = m.groups()
+    print(f"| open-iscsi read of the LUN | {rate} MiB/s | {mib} MiB, dd iflag=direct bs=1M |")
+t = re.search(r"^target: (\S+)", text, re.M)
+if t:
+    print(f"| iSCSI target used | {t.group(1)} | `ours` = meshdrain export serve |")
+print(f"| whole tier (build + all vm_* runs) | {sys.argv[2]} s | |")
+PY
