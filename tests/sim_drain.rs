@@ -92,6 +92,7 @@ fn config(name: &str) -> CoreConfig {
         mesh_backend: None,
         export_addr: "[fd00::1]:3260".into(),
         timing: Timing { settle_ms: 400, ready_timeout_ms: 20_000, retention_ms: 3_000 },
+        wireguard: None,
     }
 }
 

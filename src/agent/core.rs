@@ -39,6 +39,8 @@ pub struct CoreConfig {
     pub export_addr: String,
     /// Lease timing.
     pub timing: Timing,
+    /// WireGuard identity to advertise (set by the mesh each tick).
+    pub wireguard: Option<crate::cluster::schema::WireguardAdvert>,
 }
 
 /// A volume this node owns (its source side).
@@ -610,7 +612,7 @@ impl Core {
             gossip_addr: self.config.gossip_addr,
             mesh_addr: self.config.mesh_addr.clone(),
             mesh_backend: self.config.mesh_backend.clone(),
-            wireguard: None,
+            wireguard: self.config.wireguard.clone(),
             free_bytes: self.config.free_bytes,
             labels: self.config.labels.clone(),
             volumes: self.state.volumes.len() as u32,

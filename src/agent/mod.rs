@@ -24,12 +24,14 @@ use crate::store::{StateDir, StoreError};
 pub mod core;
 pub mod dataplane;
 pub mod hooks;
+pub mod meshport;
 pub mod report;
 pub mod run;
 
 use self::core::{Core, CoreConfig, CoreState, DataEvent, Output};
 use self::dataplane::DataPlane;
 use self::dataplane::real::SharedVolumes;
+use self::meshport::MeshPort;
 
 /// File name of the agent's durable document in the state dir.
 pub const STATE_FILE: &str = "agent.json";
@@ -65,6 +67,8 @@ pub enum Command {
     Volumes(oneshot::Sender<Vec<VolumeStatus>>),
     /// Delete handed-off copies now.
     Gc(oneshot::Sender<()>),
+    /// The mesh's peers (JSON from the mesh backend).
+    MeshStatus(oneshot::Sender<serde_json::Value>),
 }
 
 /// A cheap, cloneable way to talk to the owner loop.
@@ -123,6 +127,11 @@ impl AgentHandle {
         self.ask(Command::Volumes).await
     }
 
+    /// The mesh's view of its peers.
+    pub async fn mesh_status(&self) -> Option<serde_json::Value> {
+        self.ask(Command::MeshStatus).await
+    }
+
     /// Deletes handed-off copies on this node now.
     pub async fn gc(&self) -> Option<()> {
         self.ask(Command::Gc).await
@@ -141,6 +150,8 @@ pub struct AgentSetup {
     pub dataplane: Box<dyn DataPlane>,
     /// Local volume paths, shared with the data plane.
     pub shared_volumes: SharedVolumes,
+    /// The WireGuard mesh (or none).
+    pub mesh: Box<dyn MeshPort>,
 }
 
 /// The owner loop's state.
@@ -154,6 +165,7 @@ pub struct Agent<G: Gossip> {
     published: BTreeMap<String, String>,
     metrics: Arc<Metrics>,
     dataplane: Box<dyn DataPlane>,
+    mesh: Box<dyn MeshPort>,
     volumes: VolumeTable,
     shared_volumes: SharedVolumes,
     pool_dir: PathBuf,
@@ -173,7 +185,7 @@ impl<G: Gossip> Agent<G> {
         store: StateDir,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, AgentHandle, mpsc::Receiver<Command>), StoreError> {
-        let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes } = setup;
+        let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes, mesh } = setup;
         let state = store.load::<CoreState>(STATE_FILE)?.unwrap_or_default();
         let volumes = VolumeTable::load(&store)?;
         shared_volumes
@@ -194,6 +206,7 @@ impl<G: Gossip> Agent<G> {
             published: BTreeMap::new(),
             metrics,
             dataplane,
+            mesh,
             volumes,
             shared_volumes,
             pool_dir,
@@ -254,6 +267,8 @@ impl<G: Gossip> Agent<G> {
                 *entry = (n.heartbeat, now);
             }
         }
+        self.mesh.converge(&self.view);
+        self.core.config.wireguard = self.mesh.advert();
         let before = self.core.state.last_request.clone();
         let out = self.core.tick(&self.view, now_ms());
         if self.core.state.last_request != before {
@@ -329,6 +344,9 @@ impl<G: Gossip> Agent<G> {
             }
             Command::Volumes(reply) => {
                 let _ = reply.send(report::volumes(&self.view));
+            }
+            Command::MeshStatus(reply) => {
+                let _ = reply.send(self.mesh.status());
             }
             Command::Gc(reply) => {
                 self.core.request_gc();

@@ -17,6 +17,7 @@ use super::core::CoreConfig;
 use super::dataplane::local::{LocalClones, LocalExports};
 use super::dataplane::real::{RealDataPlane, SharedVolumes};
 use super::dataplane::{DataPlane, NoDataPlane};
+use super::meshport::NoMesh;
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
 use crate::config::{AgentConfig, DataplaneBackend, MeshBackendChoice, ResolvedAddrs};
@@ -117,6 +118,7 @@ pub async fn run_process(
         mesh_backend: Some("none".to_owned()),
         export_addr: std::net::SocketAddr::new(addrs.gossip_advertise.ip(), 3260).to_string(),
         timing: Timing::for_interval(config.gossip.interval_ms),
+        wireguard: None,
     };
     let settings = gossip_settings(&config, &addrs);
     let listener = crate::control::server::bind(&config.control.socket).await?;
@@ -145,6 +147,7 @@ pub async fn run_process(
         pool_dir: config.pool_dir(),
         dataplane,
         shared_volumes,
+        mesh: Box::new(NoMesh),
     };
     let agent = spawn(&settings, setup, &config.state_dir, &UdpTransport)
         .await

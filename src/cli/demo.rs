@@ -22,6 +22,7 @@ use crate::agent::AgentSetup;
 use crate::agent::core::CoreConfig;
 use crate::agent::dataplane::local::{LocalClones, LocalExports};
 use crate::agent::dataplane::real::{RealDataPlane, SharedVolumes};
+use crate::agent::meshport::NoMesh;
 use crate::agent::run::{RunningAgent, spawn};
 use crate::cluster::gossip::GossipSettings;
 use crate::control::protocol::NewVolume;
@@ -106,9 +107,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             free_bytes: 64 << 30,
             export_addr: "local".into(),
             timing: Timing::for_interval(args.interval_ms),
+            wireguard: None,
         };
-        let setup =
-            AgentSetup { config, interval, pool_dir: pool, dataplane: Box::new(dataplane), shared_volumes: shared };
+        let setup = AgentSetup {
+            config,
+            interval,
+            pool_dir: pool,
+            dataplane: Box::new(dataplane),
+            shared_volumes: shared,
+            mesh: Box::new(NoMesh),
+        };
         agents.push(spawn(&settings, setup, &dir.path().join(&name), &UdpTransport).await?);
     }
     let n = agents.len();

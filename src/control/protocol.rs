@@ -37,6 +37,8 @@ pub enum Request {
     Volumes,
     /// Delete copies on this node that were handed off (before the retention window ends).
     Gc,
+    /// The WireGuard mesh's peers as this node sees them.
+    MeshStatus,
 }
 
 /// The agent's answer.
@@ -56,6 +58,11 @@ pub enum Response {
     Volumes {
         /// The volumes, sorted by id.
         volumes: Vec<VolumeStatus>,
+    },
+    /// Answer to [`Request::MeshStatus`]: the backend's report.
+    Mesh {
+        /// Backend, peers, handshake ages, bytes.
+        mesh: serde_json::Value,
     },
     /// The request was carried out.
     Ok {

@@ -96,6 +96,7 @@ async fn answer(agent: &AgentHandle, req: Request) -> Response {
             Ok(message) => Response::Ok { message },
             Err(message) => Response::Error { message },
         },
+        Request::MeshStatus => agent.mesh_status().await.map_or_else(stopping, |mesh| Response::Mesh { mesh }),
         Request::Volumes => agent.volumes().await.map_or_else(stopping, |volumes| Response::Volumes { volumes }),
         Request::Gc => agent
             .gc()

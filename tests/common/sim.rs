@@ -62,6 +62,7 @@ impl SimFleet {
                 free_bytes: 1 << 30,
                 export_addr: String::new(),
                 timing: Timing::for_interval(interval.as_millis() as u64),
+                wireguard: None,
             };
             let agent = spawn(
                 &settings,
@@ -151,5 +152,6 @@ fn setup(config: CoreConfig, interval: std::time::Duration, dir: &std::path::Pat
         pool_dir: dir.join("pool"),
         dataplane: Box::new(NoDataPlane),
         shared_volumes: Default::default(),
+        mesh: Box::new(meshdrain::agent::meshport::NoMesh),
     }
 }
