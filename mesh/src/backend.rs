@@ -229,6 +229,11 @@ impl WireguardBackend for Defguard {
 
 impl Drop for Defguard {
     fn drop(&mut self) {
+        // Userspace: dropping the device handle stops its threads and removes its UAPI socket
+        // and TUN. `remove_interface` would also rewrite the host's DNS config, which we never set.
+        if self.kind == BackendKind::Userspace {
+            return;
+        }
         if let Err(e) = self.api.remove_interface() {
             tracing::warn!(interface = %self.name, error = %e, "removing WireGuard interface");
         }

@@ -1,3 +1,4 @@
 //! meshdrain-testkit: privileged test fixtures (network namespaces, veth, bridges, QEMU VMs)
 //! shared by the netns and vm test tiers. Every fixture cleans up on drop, also on panic.
+pub mod netns;
 pub mod vm;
