@@ -21,6 +21,12 @@ pub enum IdentityError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Refusing to overwrite a file whose loss would orphan the fleet.
+    #[error("{path} already exists; refusing to replace it (every node certificate depends on it): pick another --dir")]
+    Exists {
+        /// The file.
+        path: PathBuf,
+    },
     /// A private key file is readable by others.
     #[error("{path}: mode {mode:o} lets others read a private key; run `chmod 600 {path}`")]
     Permissions {

@@ -30,6 +30,7 @@ pub mod address;
 pub mod backend;
 pub mod cert;
 pub mod error;
+pub mod files;
 pub mod keys;
 pub mod peers;
 

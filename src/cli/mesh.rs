@@ -1,17 +1,108 @@
-//! `meshdrain mesh`: placeholder until its issue lands.
+//! `meshdrain mesh`: enrol nodes into a fleet (CA, keys, certificates, revocations) and show
+//! the mesh. Enrolment works offline on files; `status` asks the local agent.
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use meshdrain_mesh::files::{create_ca, load_ca, load_json, save_json};
+use meshdrain_mesh::{Certificate, NodeKey, PublicKey, RevocationList, SigningRequest};
 
 /// Subcommands of `meshdrain mesh`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Not built yet.
-    #[command(hide = true)]
-    Pending,
+    /// Create a fleet CA in DIR (fleet-ca.key, keep it off the nodes; fleet-ca.pub, give it to every node).
+    Init {
+        /// Where to write the CA files.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Create (or reuse) this node's WireGuard key in the state dir and write a signing request.
+    Keygen {
+        /// The agent's state dir (the key is `<dir>/wireguard.key`, mode 0600).
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/meshdrain")]
+        state_dir: PathBuf,
+        /// The node's name in its certificate.
+        #[arg(long)]
+        name: String,
+        /// Where to write the signing request [default: <state-dir>/node.csr.json].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Sign a node's request with the fleet CA, giving it a certificate (key, name, mesh address, expiry).
+    Sign {
+        /// The CA secret made by `mesh init`.
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// The request made by `mesh keygen`.
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+        /// How long the certificate is valid.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", default_value = "365d")]
+        valid_for: Duration,
+        /// Where to write the certificate (the node's `mesh.certificate`).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Add a node's public key to the fleet's signed revocation list (created if absent).
+    Revoke {
+        /// The CA secret made by `mesh init`.
+        #[arg(long, value_name = "FILE")]
+        ca_key: PathBuf,
+        /// The revoked node's WireGuard public key (base64).
+        #[arg(long)]
+        public_key: String,
+        /// The revocation list file to update.
+        #[arg(long, value_name = "FILE")]
+        list: PathBuf,
+    },
+    /// Peers, handshake age, bytes and endpoints of the local agent's mesh.
+    Status,
 }
 
 /// Runs one `meshdrain mesh` subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Pending => anyhow::bail!("`meshdrain mesh` is not built yet"),
+        Command::Init { dir } => {
+            let (ca, key, public) = create_ca(&dir)?;
+            println!("fleet CA created\n  secret: {} (keep off the nodes)\n  public: {}\n  fleet:  {}\n  prefix: {}",
+                key.display(), public.display(), ca.public().fleet_id(), ca.public().prefix());
+        }
+        Command::Keygen { state_dir, name, out } => {
+            let key = NodeKey::load_or_create(&state_dir)?;
+            let out = out.unwrap_or_else(|| state_dir.join("node.csr.json"));
+            let req = SigningRequest { name, public_key: key.public().to_base64() };
+            save_json(&out, &req)?;
+            println!("node key: {}\npublic key: {}\nsigning request: {} (hand it to the fleet CA: `meshdrain mesh sign`)",
+                NodeKey::path_in(&state_dir).display(), key.public(), out.display());
+        }
+        Command::Sign { ca_key, request, valid_for, out } => {
+            let ca = load_ca(&ca_key)?;
+            let req: SigningRequest = load_json(&request)?;
+            let cert: Certificate = ca.sign(&req, SystemTime::now() + valid_for)?;
+            save_json(&out, &cert)?;
+            println!("certificate for {} ({}) at {}: {} valid for {}",
+                cert.body.name, cert.body.public_key, cert.body.address, out.display(), humantime::format_duration(valid_for));
+        }
+        Command::Revoke { ca_key, public_key, list } => {
+            let ca = load_ca(&ca_key)?;
+            let key = PublicKey::from_base64(&public_key).context("--public-key")?;
+            let (serial, mut revoked) = if list.exists() {
+                let old: RevocationList = load_json(&list)?;
+                old.verify(&ca.public()).with_context(|| format!("{} is not signed by this CA", list.display()))?;
+                (old.body.serial, old.body.revoked)
+            } else {
+                (0, BTreeSet::new())
+            };
+            revoked.insert(key.to_base64());
+            let n = revoked.len();
+            save_json(&list, &ca.revocations(serial + 1, revoked))?;
+            println!("revoked {key}; {} now lists {n} node(s), serial {} (publish it to the fleet)", list.display(), serial + 1);
+        }
+        Command::Status => anyhow::bail!(
+            "`meshdrain mesh status` is not wired yet: the agent does not expose mesh status on its control socket; use `wg show` meanwhile"
+        ),
     }
+    Ok(ExitCode::SUCCESS)
 }
