@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# iSCSI read benchmark (issue #4), one run, one markdown table on stdout.
+# Same 1 GiB LUN (random bytes, in page cache) served by tgtd and by
+# `meshdrain export serve`, both on 127.0.0.1:
+#   - libiscsi `iscsi-perf` sequential read, 1 and 8 sessions (8 processes),
+#     64 KiB and 1 MiB requests, queue depth 32;
+#   - our initiator (iscsi/examples/iscsi_read.rs) with the same shapes.
+# MB/s are 10^6 bytes per second; ratio = ours / tgtd. Goal: ratio >= 1.2.
+# Needs root (tgtd), libiscsi-bin and tgt: scripts/install-deps test.
+# Env: SECONDS_PER_RUN (default 8), LUN_MB (default 1024).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${SECONDS_PER_RUN:-8}
+lun_mb=${LUN_MB:-1024}
+for b in iscsi-perf tgtd tgtadm; do
+  command -v "$b" >/dev/null || { echo "bench/iscsi.sh: $b missing; run scripts/install-deps test" >&2; exit 2; }
+done
+cargo build --release --bin meshdrain >&2
+cargo build --release -p meshdrain-iscsi --example iscsi_read >&2
+bin=target/release/meshdrain
+reader=target/release/examples/iscsi_read
+tmp=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+dd if=/dev/urandom of="$tmp/lun.img" bs=1M count="$lun_mb" status=none
+cat "$tmp/lun.img" > /dev/null   # warm the page cache for both targets alike
+
+# tgtd
+tport=$(free_port); ctl=$((20000 + $$ % 20000))
+tgtd -f --iscsi portal=127.0.0.1:$tport -C $ctl >"$tmp/tgtd.log" 2>&1 & pids+=($!)
+for _ in $(seq 50); do tgtadm -C $ctl --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
+tgtadm -C $ctl --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.dev.meshdrain:bench-tgtd
+tgtadm -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$tmp/lun.img"
+tgtadm -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL
+tgt_url=iscsi://127.0.0.1:$tport/iqn.2026-11.dev.meshdrain:bench-tgtd/1
+
+# ours
+"$bin" export serve --listen 127.0.0.1:0 --iqn iqn.2026-11.dev.meshdrain:bench "$tmp/lun.img" >"$tmp/url" 2>"$tmp/serve.log" & pids+=($!)
+for _ in $(seq 50); do [ -s "$tmp/url" ] && break; sleep 0.1; done
+our_url=$(head -n1 "$tmp/url")
+
+# iscsi-perf: N processes, summed "iops average ... (X MB/s)" of each.
+perf() { # url sessions blocks
+  local url=$1 n=$2 blocks=$3 i
+  for i in $(seq "$n"); do
+    iscsi-perf -i "iqn.2026-11.dev.meshdrain:perf-$i" -m 32 -b "$blocks" -t "$secs" "$url" >"$tmp/perf.$i" 2>&1 &
+  done
+  wait_perf "$n"
+}
+wait_perf() {
+  local n=$1 total=0 i v
+  wait || true   # runs in the $(...) subshell: its only children are the iscsi-perf processes
+  for i in $(seq "$n"); do
+    v=$(tr '\r' '\n' <"$tmp/perf.$i" | grep -o 'iops average [0-9]* ([0-9]* MB/s)' | tail -n1 | grep -o '([0-9]*' | tr -d '(')
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+ours_reader() { "$reader" "$1" "$2" 32 "$3" "$secs"; }
+
+printf '| client | sessions | block | tgtd MB/s | meshdrain MB/s | ratio |\n|---|---|---|---|---|---|\n'
+for sessions in 1 8; do
+  for block in 65536 1048576; do
+    label=$([ "$block" = 65536 ] && echo 64KiB || echo 1MiB)
+    t=$(perf "$tgt_url" "$sessions" $((block / 512)))
+    o=$(perf "$our_url" "$sessions" $((block / 512)))
+    printf '| iscsi-perf | %s | %s | %s | %s | %s |\n' "$sessions" "$label" "$t" "$o" "$(python3 -c "print(f'{$o/max($t,1):.2f}')")"
+  done
+done
+for sessions in 1 8; do
+  for block in 65536 1048576; do
+    label=$([ "$block" = 65536 ] && echo 64KiB || echo 1MiB)
+    t=$(ours_reader "$tgt_url" "$sessions" "$block")
+    o=$(ours_reader "$our_url" "$sessions" "$block")
+    printf '| meshdrain initiator | %s | %s | %s | %s | %s |\n' "$sessions" "$label" "$t" "$o" "$(python3 -c "print(f'{$o/max($t,1):.2f}')")"
+  done
+done
+echo
+echo "LUN ${lun_mb} MiB, queue depth 32, ${secs} s per run, $(nproc) CPUs, $(uname -r), $(date -u +%FT%TZ)"
