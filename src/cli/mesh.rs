@@ -59,6 +59,29 @@ pub enum Command {
     },
     /// Peers, handshake age, bytes and endpoints of the local agent's mesh.
     Status,
+    /// Bench/debug only: bring up one WireGuard interface with static peers and keep it up
+    /// until SIGINT/SIGTERM (what the agent does, minus gossip).
+    #[command(hide = true)]
+    Up {
+        /// Interface name (unique on the host).
+        #[arg(long)]
+        interface: String,
+        /// State dir holding wireguard.key (created if absent).
+        #[arg(long, value_name = "DIR")]
+        state_dir: PathBuf,
+        /// This node's mesh address (fd00::/8).
+        #[arg(long)]
+        address: std::net::Ipv6Addr,
+        /// UDP listen port.
+        #[arg(long, default_value_t = 51820)]
+        listen_port: u16,
+        /// `auto`, `kernel` or `userspace`.
+        #[arg(long, default_value = "userspace")]
+        backend: String,
+        /// A peer as `PUBKEY,ENDPOINT,ADDRESS`.
+        #[arg(long)]
+        peer: Vec<String>,
+    },
 }
 
 /// Runs one `meshdrain mesh` subcommand.
@@ -100,9 +123,43 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             save_json(&list, &ca.revocations(serial + 1, revoked))?;
             println!("revoked {key}; {} now lists {n} node(s), serial {} (publish it to the fleet)", list.display(), serial + 1);
         }
+        Command::Up { interface, state_dir, address, listen_port, backend, peer } => {
+            return up(interface, state_dir, address, listen_port, &backend, &peer).await;
+        }
         Command::Status => anyhow::bail!(
             "`meshdrain mesh status` is not wired yet: the agent does not expose mesh status on its control socket; use `wg show` meanwhile"
         ),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn up(
+    interface: String,
+    state_dir: PathBuf,
+    address: std::net::Ipv6Addr,
+    listen_port: u16,
+    backend: &str,
+    peers: &[String],
+) -> anyhow::Result<ExitCode> {
+    use meshdrain_mesh::{BackendChoice, InterfaceSpec, PeerChange, PeerConfig, select_backend};
+    let choice: BackendChoice = serde_json::from_value(serde_json::Value::String(backend.to_owned()))
+        .context("--backend: use auto, kernel or userspace")?;
+    let mut changes = Vec::new();
+    for p in peers {
+        let parts: Vec<&str> = p.split(',').collect();
+        let [key, endpoint, addr] = parts[..] else { anyhow::bail!("--peer {p}: write PUBKEY,ENDPOINT,ADDRESS") };
+        let key = PublicKey::from_base64(key)?;
+        changes.push(PeerChange::Add(PeerConfig::host(key, addr.parse()?, Some(endpoint.parse()?))));
+    }
+    let key = NodeKey::load_or_create(&state_dir)?;
+    let spec = InterfaceSpec { name: interface, key, address, listen_port, mtu: meshdrain_mesh::backend::DEFAULT_MTU };
+    let mut b = select_backend(choice, &spec)?;
+    b.apply(&changes)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(b);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Mesh data-path benchmark: TCP throughput (iperf3, 1 and 4 streams, -t 5) and ping latency
+# between two network namespaces over: plain veth; our mesh (meshdrain userspace backend);
+# wireguard-go (Debian) and boringtun-cli (crates.io) configured by hand with `wg`.
+#   sudo bench/mesh.sh [path/to/meshdrain] [path/to/boringtun-cli]
+# Needs root, iproute2, iperf3, wireguard-tools, wireguard-go, python3. Underlay 198.18.1.0/24,
+# mesh fd42::/16; everything lives in two namespaces removed on exit.
+set -euo pipefail
+MESHDRAIN=${1:-target/debug/meshdrain}
+BORINGTUN=${2:-$(command -v boringtun-cli || echo /tmp/btcli/bin/boringtun-cli)}
+SECS=${SECS:-5}
+[ "$(id -u)" -eq 0 ] || { echo "bench/mesh.sh: must run as root (namespaces)" >&2; exit 2; }
+for t in ip iperf3 wg wireguard-go python3 ping; do
+  command -v "$t" >/dev/null || { echo "bench/mesh.sh: missing $t: run scripts/install-deps test" >&2; exit 2; }
+done
+[ -x "$MESHDRAIN" ] || { echo "bench/mesh.sh: $MESHDRAIN not built: cargo build -p meshdrain" >&2; exit 2; }
+
+A=mdb$$a B=mdb$$b TMP=$(mktemp -d) PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  ip netns del "$A" 2>/dev/null || true
+  ip netns del "$B" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+ip netns add "$A"; ip netns add "$B"
+ip -n "$A" link set lo up; ip -n "$B" link set lo up
+ip link add eth0 netns "$A" type veth peer name eth0 netns "$B"
+ip -n "$A" addr add 198.18.1.1/24 dev eth0; ip -n "$B" addr add 198.18.1.2/24 dev eth0
+ip -n "$A" link set eth0 up; ip -n "$B" link set eth0 up
+ip netns exec "$B" iperf3 -s -D --pidfile "$TMP/iperf.pid" >/dev/null
+sleep 0.5; PIDS+=("$(cat "$TMP/iperf.pid")")
+
+gbps() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+measure() { # label dst
+  local one four lat
+  one=$(ip netns exec "$A" iperf3 -c "$2" -t "$SECS" -P 1 -J | gbps)
+  four=$(ip netns exec "$A" iperf3 -c "$2" -t "$SECS" -P 4 -J | gbps)
+  lat=$(ip netns exec "$A" ping -q -c 200 -i 0.005 "$2" | awk -F/ '/^rtt/ {print $5}')
+  printf '| %-22s | %8s | %8s | %8s |\n' "$1" "$one" "$four" "$lat"
+}
+wait_if() { # ns ifname
+  for _ in $(seq 50); do ip -n "$1" link show "$2" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "bench/mesh.sh: interface $2 did not appear in $1" >&2; return 1
+}
+stop_all_wg() { # kill the tunnel daemons of the previous case, keep iperf3
+  while [ ${#PIDS[@]} -gt 1 ]; do kill "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+  sleep 0.5
+}
+# By-hand reference: start daemon $1 (a command prefix taking the ifname) on both sides, configure with wg.
+by_hand() { # label prefix-net daemon...
+  local label=$1 net=$2; shift 2
+  local ia=r$$a ib=r$$b ka kb
+  ka=$(wg genkey); kb=$(wg genkey)
+  ip netns exec "$A" "$@" "$ia" >"$TMP/$ia.log" 2>&1 & PIDS+=($!)
+  ip netns exec "$B" "$@" "$ib" >"$TMP/$ib.log" 2>&1 & PIDS+=($!)
+  wait_if "$A" "$ia"; wait_if "$B" "$ib"
+  for _ in $(seq 50); do [ -S "/var/run/wireguard/$ia.sock" ] && [ -S "/var/run/wireguard/$ib.sock" ] && break; sleep 0.1; done
+  ip netns exec "$A" wg set "$ia" private-key <(echo "$ka") listen-port 51901 \
+    peer "$(echo "$kb" | wg pubkey)" endpoint 198.18.1.2:51902 allowed-ips "$net::2/128"
+  ip netns exec "$B" wg set "$ib" private-key <(echo "$kb") listen-port 51902 \
+    peer "$(echo "$ka" | wg pubkey)" endpoint 198.18.1.1:51901 allowed-ips "$net::1/128"
+  ip -n "$A" addr add "$net::1/64" dev "$ia"; ip -n "$B" addr add "$net::2/64" dev "$ib"
+  ip -n "$A" link set "$ia" mtu 1420 up; ip -n "$B" link set "$ib" mtu 1420 up
+  measure "$label" "$net::2"
+  stop_all_wg
+}
+
+echo "mesh bench: $(nproc) cores, iperf3 -t $SECS, $(date -u +%FT%TZ)"
+printf '| %-22s | %8s | %8s | %8s |\n' path "1 stream" "4 streams" "ping ms"
+printf '| %-22s | %8s | %8s | %8s |\n' "" Gbit/s Gbit/s avg
+echo "|------------------------|----------|----------|----------|"
+measure "veth (no tunnel)" 198.18.1.2
+
+# Our mesh: meshdrain's userspace backend, one interface per namespace.
+ia=m$$a ib=m$$b
+ip netns exec "$A" "$MESHDRAIN" mesh keygen --state-dir "$TMP/a" --name a >/dev/null 2>&1
+ip netns exec "$B" "$MESHDRAIN" mesh keygen --state-dir "$TMP/b" --name b >/dev/null 2>&1
+pa=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_key"])' "$TMP/a/node.csr.json")
+pb=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_key"])' "$TMP/b/node.csr.json")
+ip netns exec "$A" "$MESHDRAIN" mesh up --interface "$ia" --state-dir "$TMP/a" --address fd42:3::1 --listen-port 51801 \
+  --peer "$pb,198.18.1.2:51802,fd42:3::2" >"$TMP/ma.log" 2>&1 & PIDS+=($!)
+ip netns exec "$B" "$MESHDRAIN" mesh up --interface "$ib" --state-dir "$TMP/b" --address fd42:3::2 --listen-port 51802 \
+  --peer "$pa,198.18.1.1:51801,fd42:3::1" >"$TMP/mb.log" 2>&1 & PIDS+=($!)
+wait_if "$A" "$ia"; wait_if "$B" "$ib"; sleep 1
+measure "meshdrain userspace" fd42:3::2
+stop_all_wg
+
+by_hand "wireguard-go" fd42:1 env WG_PROCESS_FOREGROUND=1 wireguard-go -f
+if [ -x "$BORINGTUN" ]; then
+  by_hand "boringtun-cli" fd42:2 env WG_SUDO=1 "$BORINGTUN" -f --disable-drop-privileges
+else
+  printf '| %-22s | %8s | %8s | %8s |\n' "boringtun-cli" "n/a" "n/a" "n/a"
+  echo "(boringtun-cli not found: cargo install boringtun-cli --root /tmp/btcli)"
+fi
