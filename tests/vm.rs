@@ -60,7 +60,12 @@ fn vm_dm_clone() {
 #[test]
 fn vm_open_iscsi() {
     let size = mib("MESHDRAIN_VM_LUN_MIB", 64);
-    run("open_iscsi.sh", vec![], &[("VM_LUN_MIB", &size.to_string())], Duration::from_secs(300 + size));
+    run(
+        "open_iscsi.sh",
+        vec![],
+        &[("VM_LUN_MIB", &size.to_string()), ("VM_ISCSI_TARGET", "ours")],
+        Duration::from_secs(300 + size),
+    );
 }
 
 /// The guest plumbing of scenario 3 today: kernel WireGuard (ip/wg) in two namespaces and

@@ -20,6 +20,8 @@ echo "target: $target"
 
 pids=()
 cleanup() {
+  rc=$?
+  [ $rc -eq 0 ] || [ ! -s /tmp/export.log ] || { echo "--- meshdrain export serve log tail:"; tail -n 20 /tmp/export.log; }
   iscsiadm -m node --logoutall=all >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 }
@@ -43,7 +45,7 @@ SUM=$(sha256sum <$SRC | cut -d' ' -f1)
 step "start target ($target)"
 case $target in
   ours)
-    "$MESHDRAIN_BIN" export serve --listen $PORTAL --iqn $IQN $SRC &
+    NO_COLOR=1 "$MESHDRAIN_BIN" export serve --listen $PORTAL --iqn $IQN $SRC >/tmp/export.log 2>&1 &
     pids+=($!)
     ;;
   tgt)
@@ -91,7 +93,17 @@ blockdev --setrw "$dev" 2>/dev/null || true
 if dd if=/dev/zero of="$dev" bs=4k count=1 oflag=direct,sync conv=notrunc status=none 2>/tmp/wr; then
   fail "a write to the read-only LUN succeeded"
 fi
-echo "write refused: $(head -c 200 /tmp/wr)"
+echo "write refused by the kernel (LUN reported write-protected): $(head -c 200 /tmp/wr)"
+# The target itself must refuse too: a raw WRITE(10) of LBA 0 through the SCSI generic
+# node bypasses the block layer's read-only flag.
+modprobe sg
+sgdev=/dev/$(ls "/sys/block/${dev#/dev/}/device/scsi_generic/")
+[ -c "$sgdev" ] || fail "no SCSI generic node for $dev"
+if sg_raw -s 512 -i /dev/zero "$sgdev" 2a 00 00 00 00 00 00 00 01 00 >/tmp/sgw 2>&1; then
+  fail "the target accepted a raw WRITE(10): $(cat /tmp/sgw)"
+fi
+grep -qi 'data protect\|write protect' /tmp/sgw || fail "raw WRITE(10) failed without DATA PROTECT: $(cat /tmp/sgw)"
+echo "raw WRITE(10) refused by the target: $(grep -i protect /tmp/sgw | head -2 | tr '\n' ' ')"
 [ "$(sha256sum <$SRC | cut -d' ' -f1)" = "$SUM" ] || fail "the source changed"
 
 step "logout"
