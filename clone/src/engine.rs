@@ -1,0 +1,426 @@
+//! The userspace engine's thin shell: it owns the pure [`Core`] behind a mutex, does
+//! the I/O the core asks for, and keeps the commit order (dest write, dest fdatasync,
+//! bitmap write, metadata sync). Workload I/O (`read`, `write`, `discard`, `flush`)
+//! comes from the FUSE exposure or tests; background hydration from [`crate::hydrate`].
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::core::{Core, CoreConfig, Intent, Region, Step};
+use crate::error::{CloneError, Result};
+use crate::io::{BlockSource, Dest, MetaStore};
+use crate::metadata::{Header, Metadata};
+use crate::progress::{Progress, RateMeter};
+use crate::ratelimit::TokenBucket;
+
+/// How a userspace clone runs. `Default` is what `meshdrain clone run` uses.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Bytes per region (multiple of 512; default 64 KiB).
+    pub region_size: u64,
+    /// The lease epoch; metadata of another epoch is refused.
+    pub epoch: u64,
+    /// Background hydration bandwidth in bytes/s (`None`: unlimited).
+    pub rate_limit: Option<u64>,
+    /// Background fetches in flight.
+    pub parallelism: usize,
+    /// Regions per background fetch (contiguous runs are read in one request).
+    pub batch_regions: usize,
+    /// Commit batching and the stall bound.
+    pub core: CoreConfig,
+    /// How long a workload read waits for an unreachable source before EIO.
+    pub on_demand_timeout: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            region_size: 64 * 1024,
+            epoch: 1,
+            rate_limit: None,
+            parallelism: 4,
+            batch_regions: 16,
+            core: CoreConfig::default(),
+            on_demand_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One userspace clone: source + dest + metadata + region state.
+pub struct Engine {
+    pub(crate) source: RwLock<Option<Arc<dyn BlockSource>>>,
+    pub(crate) identity: String,
+    pub(crate) dest: Box<dyn Dest>,
+    meta: Mutex<Metadata>,
+    pub(crate) core: Mutex<Core>,
+    cv: Condvar,
+    pub(crate) cfg: EngineConfig,
+    pub(crate) size: u64,
+    start: Instant,
+    pub(crate) bucket: Mutex<TokenBucket>,
+    pub(crate) paused: AtomicBool,
+    pub(crate) stopped: AtomicBool,
+    pub(crate) workload_active: AtomicUsize,
+    pub(crate) fetched_bytes: AtomicU64,
+    pub(crate) meter: Mutex<RateMeter>,
+    pub(crate) progress_tx: watch::Sender<Progress>,
+    pub(crate) span: tracing::Span,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("source", &self.identity).field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
+struct Busy<'a>(&'a AtomicUsize);
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Engine {
+    /// Opens (or resumes) a clone of `source` onto `dest`, recording in `meta`.
+    /// Refuses metadata of another source or epoch. Regions the source reports
+    /// deallocated are zeroed on the dest and never fetched.
+    pub fn open(
+        source: Arc<dyn BlockSource>,
+        dest: Box<dyn Dest>,
+        meta: Box<dyn MetaStore>,
+        cfg: EngineConfig,
+    ) -> Result<Arc<Self>> {
+        let size = source.size();
+        let identity = source.identity();
+        let dest_size = dest.size().map_err(|e| CloneError::Io { what: "size dest", path: PathBuf::from("dest"), source: e })?;
+        if dest_size < size {
+            return Err(CloneError::DestTooSmall { path: PathBuf::from("dest"), dest_size, source_size: size });
+        }
+        if cfg.parallelism == 0 || cfg.batch_regions == 0 {
+            return Err(CloneError::Config("parallelism and batch size must be at least 1".into()));
+        }
+        let want = Header { region_size: cfg.region_size, size, source: identity.clone(), epoch: cfg.epoch, complete: false };
+        let meta = Metadata::open(meta, &want)?;
+        let complete = meta.header().complete;
+        let core = Core::new(want.regions(), cfg.core, |r| complete || meta.is_set(r));
+        let span = tracing::info_span!("clone", source = %identity, epoch = cfg.epoch);
+        let regions = core.regions();
+        let hydrated = core.hydrated();
+        let (progress_tx, _) = watch::channel(Progress::initial(hydrated, regions, cfg.region_size, complete));
+        let engine = Arc::new(Self {
+            source: RwLock::new(if complete { None } else { Some(source) }),
+            identity,
+            dest,
+            meta: Mutex::new(meta),
+            core: Mutex::new(core),
+            cv: Condvar::new(),
+            bucket: Mutex::new(TokenBucket::new(cfg.rate_limit, Duration::ZERO)),
+            cfg,
+            size,
+            start: Instant::now(),
+            paused: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            workload_active: AtomicUsize::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            meter: Mutex::new(RateMeter::default()),
+            progress_tx,
+            span,
+        });
+        tracing::info!(parent: &engine.span, hydrated, regions, complete, "clone opened");
+        if !complete {
+            engine.skip_unallocated()?;
+        }
+        Ok(engine)
+    }
+
+    /// Monotonic time since the engine opened (the only clock the core sees).
+    pub(crate) fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub(crate) fn lock_core(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_meta(&self) -> MutexGuard<'_, Metadata> {
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Volume size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes per region.
+    pub fn region_size(&self) -> u64 {
+        self.cfg.region_size
+    }
+
+    pub(crate) fn region_range(&self, r: Region) -> Range<u64> {
+        let start = r * self.cfg.region_size;
+        start..(start + self.cfg.region_size).min(self.size)
+    }
+
+    fn dest_err(what: &'static str) -> impl Fn(std::io::Error) -> CloneError {
+        move |source| CloneError::Io { what, path: PathBuf::from("dest"), source }
+    }
+
+    fn skip_unallocated(&self) -> Result<()> {
+        let Some(src) = self.source_handle() else { return Ok(()) };
+        let ranges = match src.deallocated() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(parent: &self.span, error = %e, "source cannot report deallocated ranges; fetching all");
+                return Ok(());
+            }
+        };
+        let rs = self.cfg.region_size;
+        let whole = ranges.iter().flat_map(|r| {
+            let first = r.start.div_ceil(rs);
+            let end = if r.end >= self.size { self.size.div_ceil(rs) } else { r.end / rs };
+            first..end.max(first)
+        });
+        let claimed = self.lock_core().claim_unallocated(whole);
+        let now = self.now();
+        for r in &claimed {
+            let range = self.region_range(*r);
+            let res = self.dest.punch(range.start, range.end - range.start);
+            self.lock_core().claim_done(*r, res.is_ok(), now);
+            res.map_err(Self::dest_err("zero dest"))?;
+        }
+        tracing::info!(parent: &self.span, regions = claimed.len(), "deallocated source regions skipped");
+        self.cv.notify_all();
+        Ok(())
+    }
+
+    pub(crate) fn source_handle(&self) -> Option<Arc<dyn BlockSource>> {
+        self.source.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads regions `[first, first+n)` from the source and writes them to the dest.
+    pub(crate) fn copy_run(&self, first: Region, n: u64) -> std::result::Result<(), String> {
+        let start = first * self.cfg.region_size;
+        let end = ((first + n) * self.cfg.region_size).min(self.size);
+        let mut buf = vec![0u8; (end - start) as usize];
+        let src = self.source_handle().ok_or("source released after handoff")?;
+        src.read_at(start, &mut buf).map_err(|e| format!("read {}+{}: {e}", start, end - start))?;
+        self.dest.write_at(start, &buf).map_err(|e| format!("write dest at {start}: {e}"))?;
+        self.fetched_bytes.fetch_add(end - start, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Waits until region `r` may be used for `intent`; returns true when the caller
+    /// holds a claim (and must call `claim_done`).
+    fn ensure(&self, r: Region, intent: Intent) -> Result<bool> {
+        let deadline = self.now() + self.cfg.on_demand_timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut core = self.lock_core();
+        loop {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(CloneError::Stopped);
+            }
+            match core.acquire(r, intent) {
+                Step::Ready => return Ok(false),
+                Step::Claimed => return Ok(true),
+                Step::Wait => {
+                    core = self.cv.wait_timeout(core, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
+                }
+                Step::Fetch => {
+                    drop(core);
+                    let res = self.copy_run(r, 1);
+                    let now = self.now();
+                    core = self.lock_core();
+                    let failed = res.as_ref().err().cloned();
+                    core.fetch_done(r, res, now);
+                    self.cv.notify_all();
+                    if let Some(message) = failed {
+                        if now >= deadline {
+                            return Err(CloneError::Source { identity: self.identity.clone(), offset: self.region_range(r).start, message });
+                        }
+                        drop(core);
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        core = self.lock_core();
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.size) {
+            return Err(CloneError::OutOfRange { offset, len, size: self.size });
+        }
+        Ok(())
+    }
+
+    fn regions_of(&self, offset: u64, len: u64) -> Range<Region> {
+        offset / self.cfg.region_size..(offset + len).div_ceil(self.cfg.region_size)
+    }
+
+    /// Workload read: missing regions are fetched first (once), then the dest serves.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.workload_active.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy(&self.workload_active);
+        for r in self.regions_of(offset, buf.len() as u64) {
+            self.ensure(r, Intent::Read)?;
+        }
+        self.dest.read_at(offset, buf).map_err(Self::dest_err("read dest"))
+    }
+
+    /// Workload write: a region covered whole is claimed without fetching; a partial
+    /// write of a missing region fetches it first.
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check_range(offset, data.len() as u64)?;
+        self.workload_active.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy(&self.workload_active);
+        for r in self.regions_of(offset, data.len() as u64) {
+            let range = self.region_range(r);
+            let lo = range.start.max(offset);
+            let hi = range.end.min(offset + data.len() as u64);
+            let part = &data[(lo - offset) as usize..(hi - offset) as usize];
+            let whole = lo == range.start && hi == range.end;
+            let claimed = self.ensure(r, if whole { Intent::Overwrite } else { Intent::Read })?;
+            let res = self.dest.write_at(lo, part);
+            if claimed {
+                self.lock_core().claim_done(r, res.is_ok(), self.now());
+                self.cv.notify_all();
+            }
+            res.map_err(Self::dest_err("write dest"))?;
+        }
+        Ok(())
+    }
+
+    /// Workload discard: regions covered whole become hydrated (zeros) and are punched;
+    /// partial ranges of hydrated regions are punched; the rest is left alone.
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check_range(offset, len)?;
+        for r in self.regions_of(offset, len) {
+            let range = self.region_range(r);
+            let lo = range.start.max(offset);
+            let hi = range.end.min(offset + len);
+            if lo == range.start && hi == range.end {
+                let claimed = self.ensure(r, Intent::Overwrite)?;
+                let res = self.dest.punch(lo, hi - lo);
+                if claimed {
+                    self.lock_core().claim_done(r, res.is_ok(), self.now());
+                    self.cv.notify_all();
+                }
+                res.map_err(Self::dest_err("punch dest"))?;
+            } else if self.lock_core().state(r).hydrated() {
+                self.dest.punch(lo, hi - lo).map_err(Self::dest_err("punch dest"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Workload flush: every completed write and hydrated region becomes durable.
+    pub fn flush(&self) -> Result<()> {
+        self.commit(true)
+    }
+
+    /// Commits a due batch (`force`: everything pending, and always syncs the dest):
+    /// dest fdatasync, then bitmap write, then metadata sync. Commits are serialized.
+    pub fn commit(&self, force: bool) -> Result<()> {
+        let mut meta = self.lock_meta();
+        let batch = self.lock_core().take_commit(self.now(), force);
+        if batch.is_empty() {
+            if force {
+                self.dest.sync_data().map_err(Self::dest_err("sync dest"))?;
+            }
+            return Ok(());
+        }
+        let res = self
+            .dest
+            .sync_data()
+            .map_err(Self::dest_err("sync dest"))
+            .and_then(|()| meta.persist(&batch));
+        self.lock_core().commit_done(&batch, res.is_ok(), self.now());
+        if let Err(e) = &res {
+            tracing::warn!(parent: &self.span, error = %e, regions = batch.len(), "commit failed; will retry");
+        }
+        res
+    }
+
+    /// If every region is durable and the handoff has not run: sync, mark the metadata
+    /// complete, release the source. Returns whether the clone is complete.
+    pub fn try_handoff(&self) -> Result<bool> {
+        if !self.lock_core().complete() {
+            return Ok(false);
+        }
+        let mut meta = self.lock_meta();
+        if !meta.header().complete {
+            self.dest.sync_data().map_err(Self::dest_err("sync dest"))?;
+            meta.mark_complete()?;
+            *self.source.write().unwrap_or_else(|p| p.into_inner()) = None;
+            tracing::info!(parent: &self.span, "handoff complete: the dest is the volume");
+        }
+        Ok(true)
+    }
+
+    /// One background step: fetch up to `batch_regions` missing regions (contiguous runs
+    /// in one source read, paced by the rate limit), then commit if due. Returns how
+    /// many regions were fetched, or the source error.
+    pub fn hydrate_step(&self) -> std::result::Result<usize, String> {
+        let picked = self.lock_core().next_hydration(self.cfg.batch_regions);
+        let mut done = 0;
+        let mut first_err = None;
+        let mut i = 0;
+        while i < picked.len() {
+            let mut j = i + 1;
+            while j < picked.len() && picked[j] == picked[j - 1] + 1 {
+                j += 1;
+            }
+            let run = &picked[i..j];
+            let bytes: u64 = run.iter().map(|r| self.region_range(*r).end - self.region_range(*r).start).sum();
+            let wait = self.bucket.lock().unwrap_or_else(|p| p.into_inner()).take(bytes, self.now());
+            self.sleep_bounded(wait);
+            let res = if first_err.is_some() { Err("skipped after an earlier error".to_string()) } else { self.copy_run(run[0], run.len() as u64) };
+            let now = self.now();
+            {
+                let mut core = self.lock_core();
+                for r in run {
+                    core.fetch_done(*r, res.clone(), now);
+                }
+            }
+            self.cv.notify_all();
+            match res {
+                Ok(()) => done += run.len(),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+            i = j;
+        }
+        if let Err(e) = self.commit(false) {
+            tracing::debug!(parent: &self.span, error = %e, "commit deferred");
+        }
+        match first_err {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    /// Sleeps up to `d`, waking early on stop or pause, in 50 ms slices.
+    pub(crate) fn sleep_bounded(&self, d: Duration) {
+        let end = Instant::now() + d.min(Duration::from_secs(5));
+        while !self.stopped.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// Regions fetched from the source since open (the "fetched once" tests read it).
+    pub fn fetches(&self) -> u64 {
+        self.lock_core().fetches()
+    }
+}

@@ -1,0 +1,115 @@
+//! The clone layer's one error enum: every message names the file or device and what
+//! the operator can do about it.
+use std::path::PathBuf;
+
+/// Errors of the clone engines (userspace and dm-clone) and their metadata.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    /// The metadata belongs to another source or lease epoch: resuming would serve
+    /// data of another volume, so the engine refuses.
+    #[error(
+        "metadata {path} belongs to source {found_source} epoch {found_epoch}, not {want_source} epoch {want_epoch}: remove it (and the dest) to start over"
+    )]
+    ForeignMetadata {
+        /// Metadata path.
+        path: PathBuf,
+        /// Source identity recorded in the metadata.
+        found_source: String,
+        /// Epoch recorded in the metadata.
+        found_epoch: u64,
+        /// Source identity asked for.
+        want_source: String,
+        /// Epoch asked for.
+        want_epoch: u64,
+    },
+    /// The metadata's geometry disagrees with the volume being cloned.
+    #[error(
+        "metadata {path} describes {found_size} bytes in {found_region}-byte regions, not {want_size} in {want_region}: remove it to start over"
+    )]
+    GeometryMismatch {
+        /// Metadata path.
+        path: PathBuf,
+        /// Size recorded.
+        found_size: u64,
+        /// Region size recorded.
+        found_region: u64,
+        /// Size asked for.
+        want_size: u64,
+        /// Region size asked for.
+        want_region: u64,
+    },
+    /// The metadata file is not ours or is damaged.
+    #[error("metadata {path} is not valid clone metadata ({reason}): remove it to start over")]
+    BadMetadata {
+        /// Metadata path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The dest is smaller than the source.
+    #[error("dest {path} holds {dest_size} bytes but the source has {source_size}: give a dest at least as large")]
+    DestTooSmall {
+        /// Dest path.
+        path: PathBuf,
+        /// Dest size.
+        dest_size: u64,
+        /// Source size.
+        source_size: u64,
+    },
+    /// A configuration value is unusable.
+    #[error("invalid clone configuration: {0}")]
+    Config(String),
+    /// An I/O error on a named object.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done ("write dest", "sync metadata", ...).
+        what: &'static str,
+        /// The file or device.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source could not be read (after retries).
+    #[error("source {identity} unreadable at byte {offset}: {message} (the engine retries; check the export and the mesh link)")]
+    Source {
+        /// Source identity.
+        identity: String,
+        /// First byte of the failed read.
+        offset: u64,
+        /// The error text.
+        message: String,
+    },
+    /// An access past the end of the volume.
+    #[error("access at {offset}+{len} is past the end of the {size}-byte volume")]
+    OutOfRange {
+        /// First byte.
+        offset: u64,
+        /// Length.
+        len: u64,
+        /// Volume size.
+        size: u64,
+    },
+    /// The engine was stopped.
+    #[error("clone engine stopped")]
+    Stopped,
+    /// A FUSE or loop device exposure failed.
+    #[error("expose {path}: {reason}")]
+    Expose {
+        /// Mount point, file or loop device.
+        path: PathBuf,
+        /// What failed and what to check.
+        reason: String,
+    },
+    /// The device-mapper backend failed.
+    #[error("dm-clone {device}: {reason}")]
+    Dm {
+        /// dm device name.
+        device: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Result alias of the clone layer.
+pub type Result<T, E = CloneError> = std::result::Result<T, E>;

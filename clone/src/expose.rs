@@ -1,0 +1,346 @@
+//! Presents a userspace clone as a block device: a FUSE file (fuser) whose reads and
+//! writes go through the [`Engine`], attached to a loop device (direct I/O where the
+//! kernel allows it, so pages are not cached twice), with a stable symlink to
+//! `/dev/loopN` for the workload. The workload never sees the engine's API.
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner, MountOption, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
+};
+
+use crate::engine::Engine;
+use crate::error::{CloneError, Result};
+
+/// Name of the one file in the FUSE mount.
+pub const FILE_NAME: &str = "volume";
+const FILE_INO: INodeNo = INodeNo(2);
+const TTL: Duration = Duration::from_secs(3600);
+
+struct VolumeFs {
+    engine: Arc<Engine>,
+    uid: u32,
+    gid: u32,
+}
+
+fn errno(e: &CloneError) -> Errno {
+    match e {
+        CloneError::OutOfRange { .. } => Errno::EINVAL,
+        _ => Errno::EIO,
+    }
+}
+
+impl VolumeFs {
+    fn attr(&self, ino: INodeNo) -> FileAttr {
+        let dir = ino == INodeNo::ROOT;
+        let size = if dir { 0 } else { self.engine.size() };
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind: if dir { FileType::Directory } else { FileType::RegularFile },
+            perm: if dir { 0o755 } else { 0o600 },
+            nlink: if dir { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn clip(&self, offset: u64, len: u64) -> u64 {
+        len.min(self.engine.size().saturating_sub(offset))
+    }
+}
+
+impl Filesystem for VolumeFs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent == INodeNo::ROOT && name == FILE_NAME {
+            reply.entry(&TTL, &self.attr(FILE_INO), fuser::Generation(0));
+        } else {
+            reply.error(Errno::ENOENT);
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match ino {
+            INodeNo::ROOT | FILE_INO => reply.attr(&TTL, &self.attr(ino)),
+            _ => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // The volume's size is fixed; other attribute changes are accepted and ignored.
+        if size.is_some_and(|s| s != self.engine.size()) {
+            reply.error(Errno::EINVAL);
+        } else {
+            reply.attr(&TTL, &self.attr(ino));
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Direct I/O: the loop device's page cache is the only cache.
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let mut buf = vec![0u8; self.clip(offset, size as u64) as usize];
+        match self.engine.read(offset, &mut buf) {
+            Ok(()) => reply.data(&buf),
+            Err(e) => {
+                tracing::warn!(parent: &self.engine.span, error = %e, offset, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let n = self.clip(offset, data.len() as u64) as usize;
+        if n < data.len() {
+            return reply.error(Errno::from_i32(libc::ENOSPC));
+        }
+        match self.engine.write(offset, data) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => {
+                tracing::warn!(parent: &self.engine.span, error = %e, offset, "write failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.engine.flush() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let length = self.clip(offset, length);
+        let res = if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
+            self.engine.discard(offset, length)
+        } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
+            zero_range(&self.engine, offset, length)
+        } else {
+            Ok(()) // plain allocation: the dest is already sized
+        };
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        if ino != INodeNo::ROOT {
+            return reply.error(Errno::ENOENT);
+        }
+        let entries = [(INodeNo::ROOT, FileType::Directory, "."), (INodeNo::ROOT, FileType::Directory, ".."), (FILE_INO, FileType::RegularFile, FILE_NAME)];
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(*ino, (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+fn zero_range(engine: &Engine, offset: u64, len: u64) -> Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        engine.write(offset + done, &zeros[..n])?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// A clone exposed as `/dev/loopN`. Dropping it detaches the loop device, removes the
+/// symlink and unmounts the FUSE file (the engine keeps running).
+pub struct Exposed {
+    device: PathBuf,
+    file: PathBuf,
+    symlink: Option<PathBuf>,
+    direct_io: bool,
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl std::fmt::Debug for Exposed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposed").field("device", &self.device).field("file", &self.file).field("direct_io", &self.direct_io).finish()
+    }
+}
+
+fn expose_err(path: &Path, reason: impl Into<String>) -> CloneError {
+    CloneError::Expose { path: path.to_path_buf(), reason: reason.into() }
+}
+
+impl Exposed {
+    /// Mounts the FUSE file under `mountpoint` (created if missing), attaches a loop
+    /// device to it and points `symlink` (if given) at the device. Needs root (loop).
+    pub fn start(engine: Arc<Engine>, mountpoint: &Path, symlink: Option<&Path>) -> Result<Self> {
+        std::fs::create_dir_all(mountpoint).map_err(|e| expose_err(mountpoint, format!("create mount point: {e}")))?;
+        let fs = VolumeFs { engine: engine.clone(), uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() };
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![MountOption::FSName("meshdrain-clone".into()), MountOption::DefaultPermissions];
+        config.n_threads = Some(4);
+        let session = fuser::spawn_mount(fs, mountpoint, &config)
+            .map_err(|e| expose_err(mountpoint, format!("FUSE mount failed: {e} (is /dev/fuse present and are we root?)")))?;
+        let file = mountpoint.join(FILE_NAME);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) != engine.size() {
+            if Instant::now() >= deadline {
+                return Err(expose_err(&file, "FUSE file did not appear within 5 s"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut me = Self { device: PathBuf::new(), file: file.clone(), symlink: None, direct_io: false, session: Some(session) };
+        let (device, direct_io) = attach_loop(&file)?;
+        me.device = device;
+        me.direct_io = direct_io;
+        if let Some(link) = symlink {
+            let tmp = link.with_extension("tmp-link");
+            let _ = std::fs::remove_file(&tmp);
+            if let Some(dir) = link.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| expose_err(dir, format!("create symlink dir: {e}")))?;
+            }
+            std::os::unix::fs::symlink(&me.device, &tmp).map_err(|e| expose_err(link, format!("symlink: {e}")))?;
+            std::fs::rename(&tmp, link).map_err(|e| expose_err(link, format!("rename symlink: {e}")))?;
+            me.symlink = Some(link.to_path_buf());
+        }
+        tracing::info!(parent: &engine.span, device = %me.device.display(), direct_io, "clone exposed");
+        Ok(me)
+    }
+
+    /// The loop device the workload uses (`/dev/loopN`).
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+
+    /// The FUSE file behind the loop device.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Whether the loop device runs with direct I/O.
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
+    }
+
+    /// Detaches the loop device, removes the symlink, unmounts.
+    pub fn stop(mut self) -> Result<()> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<()> {
+        let mut first = None;
+        if let Some(link) = self.symlink.take() {
+            let _ = std::fs::remove_file(link);
+        }
+        if !self.device.as_os_str().is_empty() {
+            let out = Command::new("losetup").arg("-d").arg(&self.device).output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => first = Some(expose_err(&self.device, format!("losetup -d: {}", String::from_utf8_lossy(&o.stderr).trim()))),
+                Err(e) => first = Some(expose_err(&self.device, format!("losetup: {e}"))),
+            }
+            self.device = PathBuf::new();
+        }
+        if let Some(s) = self.session.take()
+            && let Err(e) = s.umount_and_join()
+        {
+            first.get_or_insert(expose_err(&self.file, format!("unmount: {e}")));
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Exposed {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::warn!(error = %e, "exposure teardown");
+        }
+    }
+}
+
+/// Attaches `file` to a free loop device, trying direct I/O first.
+fn attach_loop(file: &Path) -> Result<(PathBuf, bool)> {
+    let mut last = String::new();
+    for direct in [true, false] {
+        let mut cmd = Command::new("losetup");
+        cmd.arg("--find").arg("--show");
+        if direct {
+            cmd.arg("--direct-io=on");
+        }
+        let out = cmd.arg(file).output().map_err(|e| expose_err(file, format!("run losetup: {e} (install util-linux)")))?;
+        if out.status.success() {
+            let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            // losetup may attach but silently keep buffered I/O; read back what it did.
+            let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).map(|s| s.trim() == "1").unwrap_or(false);
+            return Ok((dev, dio));
+        }
+        last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    }
+    Err(expose_err(file, format!("losetup failed: {last} (root needed; are loop devices available?)")))
+}

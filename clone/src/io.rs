@@ -1,0 +1,224 @@
+//! The I/O boundary of the userspace engine: what it reads from (a [`BlockSource`]),
+//! writes to (a [`Dest`]) and records in (a [`MetaStore`]). Tests put fault-injecting
+//! fakes here, like crucible's fake downstairs; production uses files, block devices
+//! and the iSCSI initiator.
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// Anything that reads blocks: the iSCSI initiator, a local file or block device.
+pub trait BlockSource: Send + Sync {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// A stable name of the source (path, or target IQN + LUN), recorded in the
+    /// metadata so a resume never mixes two volumes.
+    fn identity(&self) -> String;
+    /// Fill `buf` from byte `offset` (region-aligned; the last region may be short).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Byte ranges known to be deallocated (read as zeros), if the source can tell
+    /// (GET LBA STATUS, SEEK_HOLE). They are never fetched.
+    fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
+        Ok(None)
+    }
+}
+
+/// Where hydrated regions land: a file or block device at least the source's size.
+pub trait Dest: Send + Sync {
+    /// Size in bytes (must be at least the source's).
+    fn size(&self) -> io::Result<u64>;
+    /// Fill `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Write `data` at `offset` (not yet durable).
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Make every completed write durable (fdatasync).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Make `[offset, offset+len)` read as zeros, freeing space where possible.
+    fn punch(&self, offset: u64, len: u64) -> io::Result<()>;
+}
+
+/// The metadata file's storage.
+pub trait MetaStore: Send + Sync {
+    /// Current length in bytes (0 for a fresh file).
+    fn len(&self) -> io::Result<u64>;
+    /// Fill `buf` from `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Write `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Make writes durable.
+    fn sync(&self) -> io::Result<()>;
+    /// Where it lives, for error messages.
+    fn path(&self) -> PathBuf;
+}
+
+fn size_of(file: &File) -> io::Result<u64> {
+    let meta = file.metadata()?;
+    if meta.file_type().is_block_device() {
+        let mut size: u64 = 0;
+        // SAFETY: BLKGETSIZE64 writes one u64 through the pointer we pass.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(size)
+    } else {
+        Ok(meta.len())
+    }
+}
+
+const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+/// A local file or block device as a source (tests, one-off local moves).
+#[derive(Debug)]
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    size: u64,
+}
+
+impl FileSource {
+    /// Opens `path` read-only.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let size = size_of(&file)?;
+        Ok(Self { file, path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()), size })
+    }
+}
+
+impl BlockSource for FileSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn identity(&self) -> String {
+        format!("file:{}", self.path.display())
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
+        if self.file.metadata()?.file_type().is_block_device() {
+            return Ok(None);
+        }
+        let fd = self.file.as_raw_fd();
+        let mut holes = Vec::new();
+        let mut pos: i64 = 0;
+        let end = self.size as i64;
+        // Bounded: each turn moves `pos` forward past one data extent.
+        while pos < end {
+            // SAFETY: lseek on an fd we own; no memory is passed.
+            let hole = unsafe { libc::lseek(fd, pos, libc::SEEK_HOLE) };
+            if hole < 0 || hole >= end {
+                break;
+            }
+            // SAFETY: as above.
+            let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+            let data_at = if data < 0 { end } else { data.min(end) };
+            holes.push(hole as u64..data_at as u64);
+            pos = data_at;
+        }
+        Ok(Some(holes))
+    }
+}
+
+/// A dest file or block device.
+#[derive(Debug)]
+pub struct FileDest {
+    file: File,
+    block: bool,
+    size: u64,
+}
+
+impl FileDest {
+    /// Opens (creating a sparse file of `size` bytes if missing) a dest for `size` bytes.
+    pub fn open(path: &Path, size: u64) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let block = file.metadata()?.file_type().is_block_device();
+        let have = size_of(&file)?;
+        if !block && have < size {
+            file.set_len(size)?;
+        }
+        let size = size_of(&file)?;
+        Ok(Self { file, block, size })
+    }
+
+    /// Size of the dest in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Dest for FileDest {
+    fn size(&self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        if self.block {
+            let range: [u64; 2] = [offset, len];
+            // SAFETY: BLKZEROOUT reads two u64 from the pointer we pass.
+            if unsafe { libc::ioctl(fd, BLKZEROOUT, &range) } == 0 {
+                return Ok(());
+            }
+        } else {
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            // SAFETY: fallocate on an fd we own; no memory is passed.
+            if unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) } == 0 {
+                return Ok(());
+            }
+        }
+        // Fallback: write zeros in bounded chunks.
+        let zeros = vec![0u8; 1 << 20];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], offset + done)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The metadata as a plain file (or a small block device).
+#[derive(Debug)]
+pub struct FileMeta {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileMeta {
+    /// Opens or creates the metadata file.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+}
+
+impl MetaStore for FileMeta {
+    fn len(&self) -> io::Result<u64> {
+        size_of(&self.file)
+    }
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(data, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+    fn path(&self) -> PathBuf {
+        self.path.clone()
+    }
+}
