@@ -22,6 +22,12 @@ use super::real::{CloneProgress, CloneService, CloneSpec, ExportService};
 
 /// Copy unit.
 const REGION: u64 = 64 * 1024;
+/// Regions copied between two syncs of the dest and the bitmap: a 32nd of the volume,
+/// between 1 MiB and 16 MiB, so small volumes still show progress and large ones sync
+/// rarely.
+fn batch_for(regions: usize) -> usize {
+    (regions / 32).clamp(16, 256)
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct AclFile {
@@ -138,7 +144,35 @@ fn login(exports_dir: &Path, iqn: &str, initiator: &str) -> Result<PathBuf, Stri
 struct Metadata {
     epoch: u64,
     iqn: String,
+    /// One bit per region, hex-encoded (a 1 TiB volume at 64 KiB regions: 4 MiB of text).
+    #[serde(with = "bits")]
     bitmap: Vec<bool>,
+}
+
+/// Bitmaps as compact hex in the metadata file.
+mod bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bits: &[bool], s: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = vec![0u8; bits.len().div_ceil(8)];
+        for (i, b) in bits.iter().enumerate() {
+            if *b {
+                bytes[i / 8] |= 1 << (i % 8);
+            }
+        }
+        s.serialize_str(&format!("{}:{}", bits.len(), hex::encode(bytes)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<bool>, D::Error> {
+        let s = String::deserialize(d)?;
+        let (len, hex_bytes) = s.split_once(':').ok_or_else(|| serde::de::Error::custom("bitmap: no length"))?;
+        let len: usize = len.parse().map_err(serde::de::Error::custom)?;
+        let bytes = hex::decode(hex_bytes).map_err(serde::de::Error::custom)?;
+        if bytes.len() != len.div_ceil(8) {
+            return Err(serde::de::Error::custom("bitmap: length mismatch"));
+        }
+        Ok((0..len).map(|i| bytes[i / 8] & (1 << (i % 8)) != 0).collect())
+    }
 }
 
 impl CloneService for LocalClones {
@@ -293,6 +327,7 @@ fn save_metadata(c: &Clone_) -> Result<(), String> {
 fn hydrate(c: &Clone_, exports_dir: &Path) {
     let Ok(dest) = OpenOptions::new().write(true).open(&c.spec.dest) else { return };
     let mut buf = vec![0u8; REGION as usize];
+    let batch = batch_for(c.bitmap.lock().expect("lock").len());
     let started = Instant::now();
     let mut copied = 0u64;
     while c.running.load(Ordering::SeqCst) {
@@ -313,8 +348,16 @@ fn hydrate(c: &Clone_, exports_dir: &Path) {
                 continue;
             }
         };
-        let batch: Vec<usize> =
-            c.bitmap.lock().expect("lock").iter().enumerate().filter(|(_, b)| !**b).map(|(i, _)| i).take(16).collect();
+        let batch: Vec<usize> = c
+            .bitmap
+            .lock()
+            .expect("lock")
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !**b)
+            .map(|(i, _)| i)
+            .take(batch)
+            .collect();
         if batch.is_empty() {
             return;
         }
