@@ -162,3 +162,19 @@ async fn nop_tmf_text_and_logout() {
     assert_eq!((rsp.opcode(), rsp.bhs[2]), (Some(Opcode::LogoutResponse), 0));
     assert!(c.closed_within(5000).await);
 }
+
+#[tokio::test]
+async fn target_pings_idle_initiators_and_drops_silent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::pattern_file(dir.path(), "lun.img", 1 << 20);
+    let target = meshdrain_iscsi::Target::with_nop_interval(std::time::Duration::from_millis(200));
+    let (r, _) = common::start_with(target, vec![TargetConfig::new(IQN, p)], 0).await;
+    let mut c = raw_login(r.addr, IQN, false).await;
+    let ping = c.recv(2000).await.expect("NOP-In ping");
+    assert_eq!((ping.opcode(), ping.itt()), (Some(Opcode::NopIn), 0xffff_ffff));
+    assert_ne!(ping.ttt(), 0xffff_ffff);
+    let reply = Pdu::nop_out(0xffff_ffff, ping.ttt(), c.cmd_sn, c.exp_stat_sn, Bytes::new());
+    c.send(reply).await;
+    // Answered: the session lives on; now stay silent and get dropped.
+    assert!(c.closed_within(3000).await, "silent initiator dropped after unanswered pings");
+}

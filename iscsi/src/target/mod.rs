@@ -253,13 +253,19 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    /// A portal with no exports yet.
+    /// A portal with no exports yet (pings idle initiators every 10 s).
     pub fn new() -> Arc<Target> {
+        Target::with_nop_interval(Duration::from_secs(10))
+    }
+
+    /// A portal that pings an idle initiator after `nop_interval` and drops
+    /// it after three unanswered intervals (dead peers free their sessions).
+    pub fn with_nop_interval(nop_interval: Duration) -> Arc<Target> {
         Arc::new(Target {
             exports: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             next_tsih: AtomicU16::new(1),
-            nop_interval: Duration::from_secs(10),
+            nop_interval,
         })
     }
 

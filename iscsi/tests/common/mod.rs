@@ -41,7 +41,11 @@ impl Drop for Running {
 
 /// Starts `serve` on 127.0.0.1 (port 0 unless given) with one export.
 pub async fn start(configs: Vec<TargetConfig>, port: u16) -> (Running, Vec<Arc<Export>>) {
-    let target = Target::new();
+    start_with(Target::new(), configs, port).await
+}
+
+/// Like [`start`] with a target built by the caller.
+pub async fn start_with(target: Arc<Target>, configs: Vec<TargetConfig>, port: u16) -> (Running, Vec<Arc<Export>>) {
     let exports = configs.into_iter().map(|c| target.open_export(c).expect("open export")).collect();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind 127.0.0.1");
     let addr = listener.local_addr().unwrap();
