@@ -1,17 +1,253 @@
-//! `meshdrain clone`: placeholder until its issue lands.
+//! `meshdrain clone run`: post-copy clone one volume from an iSCSI URL or a path onto
+//! a dest, with a progress bar (or `--json` lines), resuming from the metadata if it
+//! exists; exits 0 once every region is on the dest. Operators use it for one-off
+//! moves; tests and benchmarks use it too. `--backend dm` drives the kernel's
+//! dm-clone instead (block devices only).
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshdrain_clone::dm::{DmClone, DmConfig};
+use meshdrain_clone::expose::Exposed;
+use meshdrain_clone::{
+    BlockSource, CloneBackend, Engine, EngineConfig, FileDest, FileMeta, FileSource, IscsiSource, Phase, Progress,
+    UserspaceClone, parse_rate,
+};
 
 /// Subcommands of `meshdrain clone`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Not built yet.
-    #[command(hide = true)]
-    Pending,
+    /// Clone SOURCE onto DEST until every region is there (resumes from METADATA).
+    Run(RunArgs),
+}
+
+/// Which engine copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// dm-clone when the kernel has it and every path is a block device; else userspace.
+    Auto,
+    /// Our userspace engine (works on any kernel; `--expose` gives a loop device).
+    Userspace,
+    /// The kernel's dm-clone (block devices; the device stays as linear on the dest).
+    Dm,
+}
+
+/// Arguments of `meshdrain clone run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// `iscsi://host:port/<iqn>/<lun>`, or a file or block device path.
+    #[arg(long)]
+    pub source: String,
+    /// Dest file (created sparse if missing) or block device, at least the source's size.
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// Metadata file or device (created if missing; resumed if it matches).
+    #[arg(long)]
+    pub metadata: PathBuf,
+    /// Background bandwidth limit in bytes/s, e.g. 200M (default: unlimited).
+    #[arg(long, value_name = "RATE")]
+    pub rate_limit: Option<String>,
+    /// Expose the clone as a loop device and point this symlink at it (userspace).
+    #[arg(long, value_name = "SYMLINK")]
+    pub expose: Option<PathBuf>,
+    /// Keep serving the exposed device after hydration until SIGINT/SIGTERM.
+    #[arg(long, requires = "expose")]
+    pub hold: bool,
+    /// Engine.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: Backend,
+    /// Region size (multiple of 4K), e.g. 64K.
+    #[arg(long, default_value = "64K")]
+    pub region_size: String,
+    /// Lease epoch recorded in the metadata (metadata of another epoch is refused).
+    #[arg(long, default_value_t = 1)]
+    pub epoch: u64,
+    /// Background fetches in flight (userspace).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Regions per background fetch (userspace).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Report `stalled` after the source fails for this many seconds.
+    #[arg(long, default_value_t = 10)]
+    pub stall_after: u64,
+    /// dm device name for `--backend dm` [default: meshdrain-clone-<dest file name>].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print one JSON progress line per second instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs one `meshdrain clone` subcommand.
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Pending => anyhow::bail!("`meshdrain clone` is not built yet"),
+        Command::Run(args) => run_clone(args).await,
+    }
+}
+
+fn region_bytes(s: &str) -> anyhow::Result<u64> {
+    let v = parse_rate(s).map_err(|e| anyhow::anyhow!("--region-size {e}"))?.context("--region-size must be positive")?;
+    anyhow::ensure!(v % 4096 == 0, "--region-size {s} must be a multiple of 4K");
+    Ok(v)
+}
+
+fn is_block(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).map(|m| m.file_type().is_block_device()).unwrap_or(false)
+}
+
+fn pick_backend(args: &RunArgs) -> Backend {
+    match args.backend {
+        Backend::Auto => {
+            let kernel = Path::new("/dev/mapper/control").exists() && Path::new("/sys/module/dm_clone").exists();
+            let blocks = !args.source.starts_with("iscsi://") && [Path::new(&args.source), &args.dest, &args.metadata].iter().all(|p| is_block(p));
+            if kernel && blocks && args.expose.is_none() { Backend::Dm } else { Backend::Userspace }
+        }
+        b => b,
+    }
+}
+
+async fn run_clone(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let rate = match &args.rate_limit {
+        Some(r) => parse_rate(r).map_err(|e| anyhow::anyhow!("--rate-limit {e}"))?,
+        None => None,
+    };
+    let region_size = region_bytes(&args.region_size)?;
+    let stall_after = Duration::from_secs(args.stall_after);
+    match pick_backend(&args) {
+        Backend::Dm => {
+            anyhow::ensure!(args.expose.is_none(), "--expose is for the userspace backend; dm-clone is its own device");
+            let name = args.name.clone().unwrap_or_else(|| {
+                format!("meshdrain-clone-{}", args.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            });
+            let cfg = DmConfig {
+                name,
+                source: PathBuf::from(&args.source),
+                dest: args.dest.clone(),
+                metadata: args.metadata.clone(),
+                region_size,
+                rate_limit: rate,
+                stall_after,
+                poll: Duration::from_millis(500),
+            };
+            let clone = tokio::task::spawn_blocking(move || DmClone::start(cfg)).await??;
+            if let Some(dev) = clone.device() {
+                eprintln!("dm-clone device: {}", dev.display());
+            }
+            let code = watch(&clone, args.json, false).await;
+            clone.stop();
+            Ok(code)
+        }
+        _ => run_userspace(args, rate, region_size, stall_after).await,
+    }
+}
+
+async fn run_userspace(args: RunArgs, rate: Option<u64>, region_size: u64, stall_after: Duration) -> anyhow::Result<ExitCode> {
+    let cfg = EngineConfig {
+        region_size,
+        epoch: args.epoch,
+        rate_limit: rate,
+        parallelism: args.parallel,
+        batch_regions: args.batch,
+        core: meshdrain_clone::core::CoreConfig { stall_after, ..Default::default() },
+        ..Default::default()
+    };
+    let (source_arg, dest, metadata, expose) = (args.source.clone(), args.dest.clone(), args.metadata.clone(), args.expose.clone());
+    let (clone, exposed) = tokio::task::spawn_blocking(move || -> anyhow::Result<(UserspaceClone, Option<Exposed>)> {
+        let source: std::sync::Arc<dyn BlockSource> = if source_arg.starts_with("iscsi://") {
+            std::sync::Arc::new(IscsiSource::connect(&source_arg, Duration::from_secs(10)).with_context(|| format!("connect {source_arg}"))?)
+        } else {
+            std::sync::Arc::new(FileSource::open(Path::new(&source_arg)).with_context(|| format!("open source {source_arg}"))?)
+        };
+        let d = FileDest::open(&dest, source.size()).with_context(|| format!("open dest {}", dest.display()))?;
+        let m = FileMeta::open(&metadata).with_context(|| format!("open metadata {}", metadata.display()))?;
+        let engine = Engine::open(source, Box::new(d), Box::new(m), cfg)?;
+        let exposed = match &expose {
+            Some(link) => {
+                let mnt = link.with_extension("fuse");
+                Some(Exposed::start(engine.clone(), &mnt, Some(link))?)
+            }
+            None => None,
+        };
+        Ok((UserspaceClone::start(engine), exposed))
+    })
+    .await??;
+    if let Some(x) = &exposed {
+        eprintln!("exposed: {} -> {} (direct I/O {})", args.expose.as_deref().unwrap_or(Path::new("")).display(), x.device().display(), x.direct_io());
+    }
+    let code = watch(&clone, args.json, args.hold).await;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        if let Some(x) = exposed {
+            x.stop()?;
+        }
+        clone.stop()?;
+        Ok(())
+    })
+    .await??;
+    Ok(code)
+}
+
+fn json_line(p: &Progress) -> String {
+    serde_json::to_string(p).unwrap_or_default()
+}
+
+/// Watches progress until complete (or SIGINT/SIGTERM: exit 1, resumable).
+async fn watch(clone: &dyn CloneBackend, json: bool, hold: bool) -> ExitCode {
+    let mut rx = clone.subscribe();
+    let p0 = rx.borrow().clone();
+    let bar = (!json).then(|| {
+        let bar = indicatif::ProgressBar::new(p0.total * p0.region_size);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_json = std::time::Instant::now() - Duration::from_secs(2);
+    let mut done = false;
+    loop {
+        let p = rx.borrow_and_update().clone();
+        if let Some(bar) = &bar {
+            bar.set_position((p.hydrated * p.region_size).min(p.total * p.region_size));
+            let msg = match &p.phase {
+                Phase::Stalled => format!("STALLED: {}", p.last_error.as_deref().unwrap_or("source unreadable")),
+                Phase::Paused => "paused".into(),
+                Phase::Complete => "complete".into(),
+                Phase::Hydrating => String::new(),
+            };
+            bar.set_message(msg);
+        } else if last_json.elapsed() >= Duration::from_secs(1) || p.phase == Phase::Complete {
+            println!("{}", json_line(&p));
+            last_json = std::time::Instant::now();
+        }
+        if p.phase == Phase::Complete && !done {
+            done = true;
+            if let Some(bar) = &bar {
+                bar.finish_with_message("complete: every region is on the dest");
+            }
+            if !hold {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("hydrated; holding the exposed device until SIGINT/SIGTERM");
+        }
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => break,
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.abandon_with_message("interrupted");
+    }
+    if done {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("interrupted: rerun the same command to resume from the metadata");
+        ExitCode::from(1)
     }
 }
