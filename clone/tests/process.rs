@@ -1,0 +1,194 @@
+//! Crash and privileged tests of the userspace clone:
+//! - kill -9 of a hydrating process (this test binary re-executed as the child),
+//!   then resume from the metadata: bytes equal, nothing durable refetched;
+//! - `root_*`: ext4 on a 256 MiB source served by tgtd (an independent target),
+//!   read through our initiator into the clone exposed via FUSE + loop.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meshdrain_clone::expose::Exposed;
+use meshdrain_clone::{Engine, EngineConfig, FileDest, FileMeta, FileSource, IscsiSource, Phase, UserspaceClone};
+use sha2::{Digest, Sha256};
+
+const CHILD_ENV: &str = "MESHDRAIN_CLONE_KILL9_CHILD";
+
+fn open_files(src: &Path, dest: &Path, meta: &Path, rate: Option<u64>) -> Arc<Engine> {
+    let source = Arc::new(FileSource::open(src).unwrap());
+    let size = meshdrain_clone::BlockSource::size(&*source);
+    let cfg = EngineConfig { rate_limit: rate, ..Default::default() };
+    Engine::open(source, Box::new(FileDest::open(dest, size).unwrap()), Box::new(FileMeta::open(meta).unwrap()), cfg).unwrap()
+}
+
+/// The child half of the kill -9 test: hydrates slowly until killed.
+#[test]
+fn child_hydrate_for_kill9() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let dir = PathBuf::from(dir);
+    let e = open_files(&dir.join("src"), &dir.join("dest"), &dir.join("meta"), Some(4 << 20));
+    let clone = UserspaceClone::start(e);
+    let _ = clone.wait_complete(Duration::from_secs(60));
+}
+
+fn bits_set(meta: &Path) -> u32 {
+    std::fs::read(meta).map(|b| b.iter().skip(4096).map(|x| x.count_ones()).sum()).unwrap_or(0)
+}
+
+#[test]
+fn kill9_mid_hydration_then_resume_bytes_equal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::pattern(42, 16 << 20);
+    std::fs::write(dir.path().join("src"), &data).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_hydrate_for_kill9", "--nocapture"])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let meta = dir.path().join("meta");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bits_set(&meta) < 40 {
+        assert!(Instant::now() < deadline, "child made no durable progress in 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let durable = bits_set(&meta);
+    assert!(durable < 256, "child finished before the kill ({durable} regions)");
+    let e = open_files(&dir.path().join("src"), &dir.path().join("dest"), &meta, None);
+    let clone = UserspaceClone::start(e.clone());
+    let p = clone.wait_complete(Duration::from_secs(60));
+    assert_eq!(p.phase, Phase::Complete, "{p:?}");
+    assert!(e.fetches() <= 256 - durable as u64, "durable regions were fetched again");
+    clone.stop().unwrap();
+    assert!(std::fs::read(dir.path().join("dest")).unwrap() == data, "dest differs from source after resume");
+}
+
+fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root (FUSE mount, loop devices, tgtd, mount): run as root or skip with `-E 'not test(/^root_/)'`"
+    );
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e} (is it installed?)"));
+    assert!(o.status.success(), "{cmd} {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Tgtd(Child, u16);
+impl Tgtd {
+    fn start(file: &Path, iqn: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let control = (10000 + std::process::id() % 10000).to_string();
+        let child = Command::new("tgtd")
+            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tgtd (apt-get install tgt)");
+        let adm = |args: &[&str]| {
+            for _ in 0..50 {
+                if Command::new("tgtadm").args(["-C", &control]).args(args).output().is_ok_and(|o| o.status.success()) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("tgtadm {args:?} kept failing");
+        };
+        adm(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
+        adm(&["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", file.to_str().unwrap()]);
+        adm(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
+        Self(child, port)
+    }
+}
+impl Drop for Tgtd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sha(p: &Path) -> String {
+    let mut h = Sha256::new();
+    h.update(std::fs::read(p).unwrap());
+    format!("{:x}", h.finalize())
+}
+
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn root_ext4_over_tgtd_through_initiator_fuse_loop() {
+    require_root("root_ext4_over_tgtd_through_initiator_fuse_loop");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("src.img");
+    std::fs::File::create(&src).unwrap().set_len(256 << 20).unwrap();
+    run("mkfs.ext4", &["-q", "-F", src.to_str().unwrap()]);
+    let smnt = d.join("smnt");
+    std::fs::create_dir(&smnt).unwrap();
+    run("mount", &["-o", "loop", src.to_str().unwrap(), smnt.to_str().unwrap()]);
+    let mut old = Vec::new();
+    for i in 0..24u64 {
+        let name = format!("old-{i}.bin");
+        std::fs::write(smnt.join(&name), common::pattern(i + 1, (i as usize * 397_001) % (6 << 20) + 1)).unwrap();
+        old.push((name.clone(), sha(&smnt.join(&name))));
+    }
+    run("umount", &[smnt.to_str().unwrap()]);
+
+    let iqn = "iqn.2026-11.dev.meshdrain:clonetest";
+    let tgt = Tgtd::start(&src, iqn);
+    let url = format!("iscsi://127.0.0.1:{}/{iqn}/1", tgt.1);
+    let source = Arc::new(IscsiSource::connect(&url, Duration::from_secs(10)).expect("log in to tgtd"));
+    let dest = d.join("dest.img");
+    let meta = d.join("meta");
+    let cfg = EngineConfig { rate_limit: Some(48 << 20), ..Default::default() };
+    let size = meshdrain_clone::BlockSource::size(&*source);
+    assert_eq!(size, 256 << 20);
+    let e = Engine::open(source, Box::new(FileDest::open(&dest, size).unwrap()), Box::new(FileMeta::open(&meta).unwrap()), cfg).unwrap();
+    let link = d.join("state/dev/vol");
+    let exposed = Exposed::start(e.clone(), &d.join("fuse"), Some(&link)).expect("expose");
+    assert_eq!(std::fs::read_link(&link).unwrap(), exposed.device());
+    let clone = UserspaceClone::start(e.clone());
+
+    let mnt = d.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run("mount", &[exposed.device().to_str().unwrap(), mnt.to_str().unwrap()]);
+    let guard = Mount(mnt.clone());
+    let before = clone.progress();
+    for (name, want) in &old {
+        assert_eq!(&sha(&mnt.join(name)), want, "{name} differs through the clone");
+    }
+    let mut new = Vec::new();
+    for i in 0..8u64 {
+        let name = format!("new-{i}.bin");
+        std::fs::write(mnt.join(&name), common::pattern(1000 + i, 1 << 20)).unwrap();
+        new.push((name.clone(), sha(&mnt.join(&name))));
+    }
+    run("sync", &[]);
+    let p = clone.wait_complete(Duration::from_secs(180));
+    assert_eq!(p.phase, Phase::Complete, "{p:?}");
+    eprintln!("hydrated before reads: {}/{}; fetched {} bytes", before.hydrated, before.total, p.fetched_bytes);
+    drop(guard);
+    exposed.stop().unwrap();
+    clone.stop().unwrap();
+    drop(tgt);
+    run("fsck.ext4", &["-fn", dest.to_str().unwrap()]);
+    let vmnt = d.join("vmnt");
+    std::fs::create_dir(&vmnt).unwrap();
+    run("mount", &["-o", "loop,ro", dest.to_str().unwrap(), vmnt.to_str().unwrap()]);
+    let _g = Mount(vmnt.clone());
+    for (name, want) in old.iter().chain(new.iter()) {
+        assert_eq!(&sha(&vmnt.join(name)), want, "{name} differs on the dest");
+    }
+}
