@@ -29,7 +29,7 @@ print("|---|---:|---|")
 for m in re.finditer(r"vm (\S+)\.sh: kernel (\S+) boot ([\d.]+)s total ([\d.]+)s \(scenario ([\d.]+)s\)", text):
     name, kernel, boot, total, scen = m.groups()
     print(f"| boot, {name} run | {boot} s | QEMU TCG -smp 2, {kernel}, 9p root |")
-    print(f"| scenario vm_{name} | {scen} s | whole VM run {total} s |")
+    print(f"| scenario tests/vm/{name}.sh | {scen} s | whole VM run {total} s |")
 for m in re.finditer(r"RATE (\w+) (\d+)MiB (\d+)ms ([\d.]+) MiB/s status: .*?clone \S+ \S+ (\S+) .*?(hydration_threshold \d+ hydration_batch_size \d+)", text):
     label, mib, ms, rate, region, args = m.groups()
     print(f"| dm-clone hydration, {label} | {rate} MiB/s | {mib} MiB local source, region {int(region)//2} KiB, {args} |")
