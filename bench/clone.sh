@@ -15,7 +15,10 @@ for b in tgtd tgtadm iscsi-perf python3 losetup; do command -v "$b" >/dev/null |
 tmp=$(mktemp -d /var/tmp/clone-bench.XXXXXX)
 pids=()
 cleanup() {
+  # clone run (SIGTERM: detach loop, unmount) first, then tgtd (ignores SIGTERM while it has targets)
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   [ -n "${plainloop:-}" ] && losetup -d "$plainloop" 2>/dev/null || true
   rm -rf "$tmp"
