@@ -17,13 +17,16 @@ done
 
 A=mdb$$a B=mdb$$b TMP=$(mktemp -d) PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   sleep 0.5
   ip netns del "$A" 2>/dev/null || true
   ip netns del "$B" 2>/dev/null || true
   rm -rf "$TMP"
+  rm -f /var/run/wireguard/{m,r}$${a,b}.sock
 }
 trap cleanup EXIT
+# Other builds may replace target/debug/meshdrain mid-run: bench a private copy.
+cp "$MESHDRAIN" "$TMP/meshdrain"; MESHDRAIN=$TMP/meshdrain
 ip netns add "$A"; ip netns add "$B"
 ip -n "$A" link set lo up; ip -n "$B" link set lo up
 ip link add eth0 netns "$A" type veth peer name eth0 netns "$B"
@@ -45,7 +48,12 @@ wait_if() { # ns ifname
   echo "bench/mesh.sh: interface $2 did not appear in $1" >&2; return 1
 }
 stop_all_wg() { # kill the tunnel daemons of the previous case, keep iperf3
-  while [ ${#PIDS[@]} -gt 1 ]; do kill "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; done
+  while [ ${#PIDS[@]} -gt 1 ]; do
+    kill "${PIDS[-1]}" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "${PIDS[-1]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${PIDS[-1]}" 2>/dev/null || true; wait "${PIDS[-1]}" 2>/dev/null || true
+    unset 'PIDS[-1]'
+  done
   sleep 0.5
 }
 # By-hand reference: start daemon $1 (a command prefix taking the ifname) on both sides, configure with wg.

@@ -160,6 +160,9 @@ async fn up(
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    drop(b);
-    Ok(ExitCode::SUCCESS)
+    // Dropping the userspace device can block on its worker threads; the process is ending
+    // anyway (the TUN goes with it), so only the shared UAPI socket needs removing.
+    std::mem::forget(b);
+    let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", spec.name));
+    std::process::exit(0)
 }
