@@ -58,7 +58,11 @@ pub enum Command {
         list: PathBuf,
     },
     /// Peers, handshake age, bytes and endpoints of the local agent's mesh.
-    Status,
+    Status {
+        /// The agent's control socket.
+        #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Bench/debug only: bring up one WireGuard interface with static peers and keep it up
     /// until SIGINT/SIGTERM (what the agent does, minus gossip).
     #[command(hide = true)]
@@ -126,9 +130,16 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Up { interface, state_dir, address, listen_port, backend, peer } => {
             return up(interface, state_dir, address, listen_port, &backend, &peer).await;
         }
-        Command::Status => anyhow::bail!(
-            "`meshdrain mesh status` is not wired yet: the agent does not expose mesh status on its control socket; use `wg show` meanwhile"
-        ),
+        Command::Status { socket } => {
+            use crate::control::protocol::{Request, Response};
+            let mut client = crate::control::client::Client::connect(&socket)
+                .await
+                .with_context(|| format!("agent control socket {}: is `meshdrain agent` running?", socket.display()))?;
+            match client.call(&Request::MeshStatus).await? {
+                Response::Mesh { mesh } => println!("{}", serde_json::to_string_pretty(&mesh)?),
+                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
