@@ -501,11 +501,11 @@ fn cpio_node(buf: &mut Vec<u8>, name: &str, mode: u32, data: &[u8], rdev: (u32, 
     buf.extend_from_slice(header.as_bytes());
     buf.extend_from_slice(name.as_bytes());
     buf.push(0);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
     buf.extend_from_slice(data);
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
