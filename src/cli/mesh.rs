@@ -132,9 +132,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Status { socket } => {
             use crate::control::protocol::{Request, Response};
-            let mut client = crate::control::client::Client::connect(&socket)
-                .await
-                .with_context(|| format!("agent control socket {}: is `meshdrain agent` running?", socket.display()))?;
+            let mut client = crate::control::client::Client::connect(&socket).await?;
             match client.call(&Request::MeshStatus).await? {
                 Response::Mesh { mesh } => println!("{}", serde_json::to_string_pretty(&mesh)?),
                 other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
