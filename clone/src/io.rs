@@ -43,6 +43,10 @@ pub trait Dest: Send + Sync {
 pub trait MetaStore: Send + Sync {
     /// Current length in bytes (0 for a fresh file).
     fn len(&self) -> io::Result<u64>;
+    /// Whether the store holds nothing yet (a fresh clone).
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Fill `buf` from `offset`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Write `data` at `offset`.

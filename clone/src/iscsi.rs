@@ -77,7 +77,7 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let bs = self.reader.block_size() as u64;
-        if offset % bs != 0 || buf.len() as u64 % bs != 0 {
+        if !offset.is_multiple_of(bs) || !(buf.len() as u64).is_multiple_of(bs) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("read {offset}+{} not {bs}-byte aligned", buf.len())));
         }
         let mut done = 0u64;

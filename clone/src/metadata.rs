@@ -107,7 +107,7 @@ impl Metadata {
             let path = path.clone();
             move |source| CloneError::Io { what, path, source }
         };
-        if want.region_size == 0 || want.region_size % 512 != 0 {
+        if want.region_size == 0 || !want.region_size.is_multiple_of(512) {
             return Err(CloneError::Config(format!(
                 "region size {} must be a non-zero multiple of 512",
                 want.region_size

@@ -226,7 +226,8 @@ fn deallocated_source_ranges_are_never_fetched() {
     let mut data = pattern(5, 16 * rs as usize);
     data[4 * rs as usize..10 * rs as usize].fill(0);
     let mut src = FakeSource::new(data, rs);
-    Arc::get_mut(&mut src).unwrap().holes = Some(vec![4 * rs + 10..10 * rs]);
+    let hole = 4 * rs + 10..10 * rs;
+    Arc::get_mut(&mut src).unwrap().holes = Some(std::iter::once(hole).collect());
     let faults = Faults::new(None);
     let dest = Image::new(vec![0xFF; 16 * rs as usize], faults.clone());
     let meta = Image::new(Vec::new(), faults);
