@@ -7,6 +7,9 @@
 #   - our initiator (iscsi/examples/iscsi_read.rs) with the same shapes.
 # MB/s are 10^6 bytes per second; ratio = ours / tgtd. Goal: ratio >= 1.2.
 # Needs root (tgtd), libiscsi-bin and tgt: scripts/install-deps test.
+# Known issue (2026-11-23): one of 8 iscsi-perf sessions at 1 MiB against our
+# target ran on past its time limit; every run is capped with timeout so the
+# table still completes (a capped run reports what it printed).
 # Env: SECONDS_PER_RUN (default 8), LUN_MB (default 1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +49,7 @@ our_url=$(head -n1 "$tmp/url")
 perf() { # url sessions blocks
   local url=$1 n=$2 blocks=$3 i
   for i in $(seq "$n"); do
-    iscsi-perf -i "iqn.2026-11.dev.meshdrain:perf-$i" -m 32 -b "$blocks" -t "$secs" "$url" >"$tmp/perf.$i" 2>&1 &
+    timeout -s KILL $((secs + 30)) iscsi-perf -i "iqn.2026-11.dev.meshdrain:perf-$i" -m 32 -b "$blocks" -t "$secs" "$url" >"$tmp/perf.$i" 2>&1 &
   done
   wait_perf "$n"
 }
@@ -59,7 +62,7 @@ wait_perf() {
   done
   echo "$total"
 }
-ours_reader() { "$reader" "$1" "$2" 32 "$3" "$secs"; }
+ours_reader() { timeout -s KILL $((secs + 60)) "$reader" "$1" "$2" 32 "$3" "$secs"; }
 
 printf '| client | sessions | block | tgtd MB/s | meshdrain MB/s | ratio |\n|---|---|---|---|---|---|\n'
 for sessions in 1 8; do
