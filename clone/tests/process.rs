@@ -93,7 +93,8 @@ impl Tgtd {
             .spawn()
             .expect("start tgtd (apt-get install tgt)");
         let adm = |args: &[&str]| {
-            for _ in 0..50 {
+            // tgtd can take seconds to come up on a loaded machine.
+            for _ in 0..300 {
                 if Command::new("tgtadm").args(["-C", &control]).args(args).output().is_ok_and(|o| o.status.success()) {
                     return;
                 }

@@ -249,11 +249,8 @@ pub fn apply_answer(p: &mut SessionParams, key: &str, value: &str) -> Result<(),
         "FirstBurstLength" => p.first_burst_length = parse_num(value, 512, MAX_24).ok_or_else(bad)?,
         "ImmediateData" => p.immediate_data = parse_bool(value).ok_or_else(bad)?,
         "InitialR2T" => p.initial_r2t = parse_bool(value).ok_or_else(bad)?,
-        "ErrorRecoveryLevel" => {
-            if parse_num(value, 0, 0).is_none() {
-                return Err(bad());
-            }
-        }
+        // Only level 0 is supported: anything else is refused.
+        "ErrorRecoveryLevel" if parse_num(value, 0, 0).is_none() => return Err(bad()),
         _ => {}
     }
     Ok(())

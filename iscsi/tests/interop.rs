@@ -32,7 +32,8 @@ impl Tgtd {
             .expect("start tgtd");
         let mut t = Tgtd { child, port };
         let adm = |args: &[&str]| {
-            for _ in 0..50 {
+            // tgtd can take seconds to come up on a loaded machine.
+            for _ in 0..300 {
                 let o = Command::new(&tgtadm).arg("-C").arg(control.to_string()).args(args).output().expect("run tgtadm");
                 if o.status.success() {
                     return;

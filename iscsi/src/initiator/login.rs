@@ -92,21 +92,21 @@ pub(super) async fn login(sock: &mut TcpStream, cfg: &InitiatorConfig, isid: [u8
             negotiate::apply_answer(&mut params, k, v).map_err(proto)?;
         }
         let (transit, _, _, rnsg) = rsp.login_stages();
-        if csg == stage::SECURITY {
-            if let Some(creds) = &cfg.chap {
-                if chap_state == 0 && text::get(&pairs, "AuthMethod") == Some("CHAP") {
-                    keys.push(("CHAP_A".into(), chap::CHAP_MD5.into()));
-                    chap_state = 1;
-                    continue;
-                }
-                if chap_state == 1 {
-                    let id: u8 = text::get(&pairs, "CHAP_I").and_then(|v| v.parse().ok()).ok_or_else(|| proto("target sent no CHAP_I".into()))?;
-                    let c = text::get(&pairs, "CHAP_C").and_then(chap::from_hex).ok_or_else(|| proto("target sent no CHAP_C".into()))?;
-                    keys.push(("CHAP_N".into(), creds.user.clone()));
-                    keys.push(("CHAP_R".into(), chap::to_hex(&chap::response(id, creds.secret.as_bytes(), &c))));
-                    chap_state = 2;
-                    continue;
-                }
+        if csg == stage::SECURITY
+            && let Some(creds) = &cfg.chap
+        {
+            if chap_state == 0 && text::get(&pairs, "AuthMethod") == Some("CHAP") {
+                keys.push(("CHAP_A".into(), chap::CHAP_MD5.into()));
+                chap_state = 1;
+                continue;
+            }
+            if chap_state == 1 {
+                let id: u8 = text::get(&pairs, "CHAP_I").and_then(|v| v.parse().ok()).ok_or_else(|| proto("target sent no CHAP_I".into()))?;
+                let c = text::get(&pairs, "CHAP_C").and_then(chap::from_hex).ok_or_else(|| proto("target sent no CHAP_C".into()))?;
+                keys.push(("CHAP_N".into(), creds.user.clone()));
+                keys.push(("CHAP_R".into(), chap::to_hex(&chap::response(id, creds.secret.as_bytes(), &c))));
+                chap_state = 2;
+                continue;
             }
         }
         if transit {

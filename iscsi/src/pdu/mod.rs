@@ -356,6 +356,7 @@ impl Pdu {
     }
 
     /// Login Request (§11.12) from stage `csg` to `nsg` (transit if `transit`).
+    #[allow(clippy::too_many_arguments)] // one parameter per BHS field of the PDU
     pub fn login_request(isid: [u8; 6], tsih: u16, itt: u32, cmd_sn: u32, exp_stat_sn: u32, csg: u8, nsg: u8, transit: bool, data: Bytes) -> Pdu {
         let mut p = Pdu::new(Opcode::LoginRequest);
         p.set_immediate(true);
@@ -370,6 +371,7 @@ impl Pdu {
     }
 
     /// Login Response (§11.13) echoing ISID, with status class and detail.
+    #[allow(clippy::too_many_arguments)] // one parameter per BHS field of the PDU
     pub fn login_response(req: &Pdu, tsih: u16, csg: u8, nsg: u8, transit: bool, class: u8, detail: u8, data: Bytes) -> Pdu {
         let mut p = Pdu::new(Opcode::LoginResponse);
         p.bhs[1] = (if transit { 0x80 } else { 0 }) | ((csg & 3) << 2) | (nsg & 3);
