@@ -87,13 +87,29 @@ pub enum DataplaneBackend {
     /// Development: every agent on one machine; exports are ACL files in `exports_dir`
     /// and clones copy from the source's file (lease semantics, no block device).
     Local,
+    /// The real path: our iSCSI target on the source (on the mesh address), a clone
+    /// device on the holder (`dataplane.clone` picks the engine).
+    Iscsi,
+}
+
+/// Which engine stacks the clone on a holder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneEngineChoice {
+    /// dm-clone when the kernel has it (and the kernel initiator), else userspace.
+    #[default]
+    Auto,
+    /// Our userspace engine exposed as a loop device over FUSE (any kernel).
+    Userspace,
+    /// The kernel's dm-clone over an open-iscsi session.
+    Dm,
 }
 
 /// Data plane settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataplaneConfig {
-    /// `none` or `local`.
+    /// `none`, `local` or `iscsi`.
     #[serde(default)]
     pub backend: DataplaneBackend,
     /// With `local`: the directory every agent of the local fleet shares for exports.
@@ -105,6 +121,50 @@ pub struct DataplaneConfig {
     /// With `local`, fault injection for tests: how long preparing a clone takes.
     #[serde(default)]
     pub test_prepare_delay_ms: u64,
+    /// With `iscsi`: TCP port of this node's iSCSI portal (on its mesh address).
+    #[serde(default = "default_export_port")]
+    pub export_port: u16,
+    /// With `iscsi`: the clone engine on holders.
+    #[serde(default)]
+    pub clone: CloneEngineChoice,
+    /// With `iscsi`: where clone devices' FUSE mounts and links live
+    /// (default `<state_dir>/run`).
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    /// With `iscsi` and the userspace engine: clone region size in bytes (multiple of 4096).
+    #[serde(default = "default_region_size")]
+    pub region_size: u64,
+    /// With `iscsi` and the userspace engine: background reads in flight per volume.
+    #[serde(default = "default_clone_parallelism")]
+    pub clone_parallelism: usize,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            backend: DataplaneBackend::None,
+            exports_dir: None,
+            progress_ms: default_progress_ms(),
+            test_prepare_delay_ms: 0,
+            export_port: default_export_port(),
+            clone: CloneEngineChoice::Auto,
+            run_dir: None,
+            region_size: default_region_size(),
+            clone_parallelism: default_clone_parallelism(),
+        }
+    }
+}
+
+fn default_export_port() -> u16 {
+    3260
+}
+
+fn default_region_size() -> u64 {
+    64 * 1024
+}
+
+fn default_clone_parallelism() -> usize {
+    4
 }
 
 fn default_progress_ms() -> u64 {
@@ -343,6 +403,23 @@ impl AgentConfig {
                 "give a directory every agent of the local fleet can reach, e.g. /run/meshdrain-local",
             ));
         }
+        if self.dataplane.backend == DataplaneBackend::Iscsi {
+            let rs = self.dataplane.region_size;
+            if rs == 0 || !rs.is_multiple_of(4096) || rs > 64 << 20 {
+                return Err(invalid(
+                    "dataplane.region_size",
+                    format!("{rs} is not a multiple of 4096 between 4 KiB and 64 MiB"),
+                    "use 65536 (the default) unless benchmarks say otherwise",
+                ));
+            }
+            if self.dataplane.clone_parallelism == 0 || self.dataplane.clone_parallelism > 64 {
+                return Err(invalid(
+                    "dataplane.clone_parallelism",
+                    format!("{} is outside 1..=64", self.dataplane.clone_parallelism),
+                    "use 4 (the default)",
+                ));
+            }
+        }
         if self.mesh.backend != MeshBackendChoice::None {
             if let Some(ep) = &self.mesh.endpoint {
                 parse_addr(ep).ok_or_else(|| {
@@ -365,6 +442,11 @@ impl AgentConfig {
     /// The gossip round interval.
     pub fn gossip_interval(&self) -> Duration {
         Duration::from_millis(self.gossip.interval_ms)
+    }
+
+    /// Where clone devices' mounts and links live (explicit or under the state dir).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dataplane.run_dir.clone().unwrap_or_else(|| self.state_dir.join("run"))
     }
 
     /// The pool directory (explicit or under the state dir).

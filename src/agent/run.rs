@@ -14,13 +14,15 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::core::CoreConfig;
+use super::dataplane::engine::{EngineClones, EngineTuning};
+use super::dataplane::iscsi::IscsiExports;
 use super::dataplane::local::{LocalClones, LocalExports};
-use super::dataplane::real::{RealDataPlane, SharedVolumes};
+use super::dataplane::real::{CloneService, RealDataPlane, SharedVolumes};
 use super::dataplane::{DataPlane, NoDataPlane};
 use super::meshport::NoMesh;
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
-use crate::config::{AgentConfig, DataplaneBackend, MeshBackendChoice, ResolvedAddrs};
+use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, MeshBackendChoice, ResolvedAddrs};
 use crate::control::metrics::Metrics;
 use crate::lease::Timing;
 use crate::store::StateDir;
@@ -97,6 +99,73 @@ fn free_bytes(config: &AgentConfig) -> u64 {
     nix::sys::statvfs::statvfs(&dir).map_or(0, |s| s.blocks_available() * s.fragment_size())
 }
 
+/// The data plane the config asks for. `export_addr` is where this node's iSCSI portal
+/// listens (its mesh address when a mesh runs).
+async fn build_dataplane(
+    config: &AgentConfig,
+    export_addr: &str,
+    shared_volumes: SharedVolumes,
+) -> anyhow::Result<Box<dyn DataPlane>> {
+    let progress = Duration::from_millis(config.dataplane.progress_ms);
+    Ok(match config.dataplane.backend {
+        DataplaneBackend::None => Box::new(NoDataPlane),
+        DataplaneBackend::Local => {
+            let dir = config.dataplane.exports_dir.clone().expect("validated");
+            let clones = LocalClones::new(&dir)
+                .with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms));
+            let exports = Arc::new(LocalExports::new(&dir));
+            Box::new(RealDataPlane::new(
+                &config.name,
+                &config.pool_dir(),
+                shared_volumes,
+                exports,
+                Arc::new(clones),
+                progress,
+            ))
+        }
+        DataplaneBackend::Iscsi => {
+            let listen: std::net::SocketAddr =
+                export_addr.parse().with_context(|| format!("export address {export_addr:?} is not ip:port"))?;
+            let exports = IscsiExports::bind(listen).await.context("config key `dataplane.export_port`")?;
+            let clones: Arc<dyn CloneService> = match pick_clone_engine(config.dataplane.clone)? {
+                CloneEngineChoice::Dm => anyhow::bail!(
+                    "dataplane.clone = \"dm\" needs the kernel clone path, which this build lacks; use \"userspace\""
+                ),
+                _ => {
+                    let tuning = EngineTuning {
+                        region_size: config.dataplane.region_size,
+                        parallelism: config.dataplane.clone_parallelism,
+                        ..EngineTuning::default()
+                    };
+                    Arc::new(EngineClones::new(&config.run_dir(), tuning))
+                }
+            };
+            Box::new(RealDataPlane::new(
+                &config.name,
+                &config.pool_dir(),
+                shared_volumes,
+                Arc::new(exports),
+                clones,
+                progress,
+            ))
+        }
+    })
+}
+
+/// Resolves `auto`: dm-clone when the kernel has it and open-iscsi is installed.
+fn pick_clone_engine(choice: CloneEngineChoice) -> anyhow::Result<CloneEngineChoice> {
+    let kernel = std::path::Path::new("/sys/module/dm_clone").exists()
+        && std::path::Path::new("/sys/module/iscsi_tcp").exists()
+        && std::path::Path::new("/dev/mapper/control").exists();
+    let picked = match choice {
+        CloneEngineChoice::Auto if kernel => CloneEngineChoice::Dm,
+        CloneEngineChoice::Auto => CloneEngineChoice::Userspace,
+        c => c,
+    };
+    info!(?choice, ?picked, "clone engine");
+    Ok(picked)
+}
+
 /// Runs `meshdrain agent` until `shutdown` resolves.
 pub async fn run_process(
     config: AgentConfig,
@@ -116,30 +185,14 @@ pub async fn run_process(
         gossip_addr: addrs.gossip_advertise,
         mesh_addr: None,
         mesh_backend: Some("none".to_owned()),
-        export_addr: std::net::SocketAddr::new(addrs.gossip_advertise.ip(), 3260).to_string(),
+        export_addr: std::net::SocketAddr::new(addrs.gossip_advertise.ip(), config.dataplane.export_port).to_string(),
         timing: Timing::for_interval(config.gossip.interval_ms),
         wireguard: None,
     };
     let settings = gossip_settings(&config, &addrs);
     let listener = crate::control::server::bind(&config.control.socket).await?;
     let shared_volumes: SharedVolumes = Default::default();
-    let dataplane: Box<dyn DataPlane> = match config.dataplane.backend {
-        DataplaneBackend::None => Box::new(NoDataPlane),
-        DataplaneBackend::Local => {
-            let dir = config.dataplane.exports_dir.clone().expect("validated");
-            Box::new(RealDataPlane::new(
-                &config.name,
-                &config.pool_dir(),
-                shared_volumes.clone(),
-                Arc::new(LocalExports::new(&dir)),
-                Arc::new(
-                    LocalClones::new(&dir)
-                        .with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)),
-                ),
-                Duration::from_millis(config.dataplane.progress_ms),
-            ))
-        }
-    };
+    let dataplane = build_dataplane(&config, &core_config.export_addr, shared_volumes.clone()).await?;
     info!(backend = ?config.dataplane.backend, "data plane");
     let setup = AgentSetup {
         config: core_config,

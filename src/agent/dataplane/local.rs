@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::real::{CloneProgress, CloneService, CloneSpec, ExportService};
+use super::real::{CloneProgress, CloneService, CloneSpec, ExportGrant, ExportService};
 
 /// Copy unit.
 const REGION: u64 = 64 * 1024;
@@ -57,14 +57,8 @@ fn acl_path(dir: &Path, iqn: &str) -> PathBuf {
 }
 
 impl ExportService for LocalExports {
-    fn open(
-        &self,
-        volume: &str,
-        path: &Path,
-        iqn: &str,
-        _holder_addr: &str,
-        initiator_iqn: &str,
-    ) -> Result<(), String> {
+    fn open(&self, grant: &ExportGrant) -> Result<(), String> {
+        let (volume, path, iqn, initiator_iqn) = (&grant.volume, &grant.path, &grant.iqn, &grant.initiator_iqn);
         let alive = OpenOptions::new()
             .create(true)
             .truncate(false)

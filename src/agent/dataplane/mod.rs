@@ -7,6 +7,8 @@ use tracing::warn;
 
 use super::core::{DataCommand, DataEvent};
 
+pub mod engine;
+pub mod iscsi;
 pub mod local;
 pub mod real;
 

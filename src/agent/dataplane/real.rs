@@ -15,11 +15,28 @@ use crate::agent::core::{DataCommand, DataEvent};
 use crate::agent::hooks::{HookKind, run_hook};
 use crate::cluster::schema::ExportEndpoint;
 
+/// One lease's export: who may read which volume, for which epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportGrant {
+    /// Volume id.
+    pub volume: String,
+    /// The local file or device served read-only.
+    pub path: PathBuf,
+    /// Target name the holder logs in to.
+    pub iqn: String,
+    /// The holder's address (its mesh address when a mesh runs): the only one let in.
+    pub holder_addr: String,
+    /// The holder's initiator name for this lease (it carries the epoch).
+    pub initiator_iqn: String,
+    /// Lease epoch.
+    pub epoch: u64,
+}
+
 /// The source side: read-only exports of local volumes.
 pub trait ExportService: Send + Sync + 'static {
-    /// Opens (or re-opens) the export of `path` as `iqn`, readable only by an initiator
-    /// at `holder_addr` whose name is `initiator_iqn` (which carries the epoch).
-    fn open(&self, volume: &str, path: &Path, iqn: &str, holder_addr: &str, initiator_iqn: &str) -> Result<(), String>;
+    /// Opens (or re-opens, for a new holder or epoch) an export; sessions of anyone else
+    /// are dropped and kept out (fencing).
+    fn open(&self, grant: &ExportGrant) -> Result<(), String>;
     /// Closes the export to everyone and drops their sessions (fencing).
     fn close(&self, volume: &str);
 }
@@ -223,9 +240,15 @@ impl Inner {
                     let reason = format!("volume {volume} has no local path on {}", self.node);
                     return send(DataEvent::HookFailed { volume, reason });
                 };
-                let iqn = crate::agent::core::export_iqn(&self.node, &volume);
-                let initiator = initiator_iqn(&holder, &volume, epoch);
-                match self.exports.open(&volume, &path, &iqn, &holder_addr, &initiator) {
+                let grant = ExportGrant {
+                    iqn: crate::agent::core::export_iqn(&self.node, &volume),
+                    initiator_iqn: initiator_iqn(&holder, &volume, epoch),
+                    volume: volume.clone(),
+                    path,
+                    holder_addr,
+                    epoch,
+                };
+                match self.exports.open(&grant) {
                     Ok(()) => {
                         info!(%volume, %holder, epoch, "export open");
                         send(DataEvent::ExportOpened { volume, epoch });

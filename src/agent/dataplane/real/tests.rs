@@ -8,11 +8,15 @@ struct FakeExports {
 }
 
 impl ExportService for FakeExports {
-    fn open(&self, volume: &str, path: &Path, iqn: &str, holder_addr: &str, initiator_iqn: &str) -> Result<(), String> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("open {volume} {} {iqn} {holder_addr} {initiator_iqn}", path.display()));
+    fn open(&self, g: &ExportGrant) -> Result<(), String> {
+        self.calls.lock().unwrap().push(format!(
+            "open {} {} {} {} {}",
+            g.volume,
+            g.path.display(),
+            g.iqn,
+            g.holder_addr,
+            g.initiator_iqn
+        ));
         Ok(())
     }
     fn close(&self, volume: &str) {

@@ -1,0 +1,260 @@
+//! The holder side of the real data path on kernels without dm-clone: log in to the
+//! source's export with our initiator, open the userspace clone engine over it, expose the
+//! clone as a loop device (FUSE file underneath) for the workload, hydrate in the
+//! background. The initiator keeps reconnecting for as long as the lease lives, so a
+//! source that restarts or a healed partition only stalls hydration.
+//!
+//! Limitation (documented in the README): the FUSE file lives in the agent's process, so
+//! restarting the agent on a holder mid-move interrupts the workload's I/O until the
+//! start hook runs again on the re-exposed device. dm-clone has no such gap.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshdrain_clone::expose::Exposed;
+use meshdrain_clone::{CloneError, Engine, EngineConfig, FileDest, FileMeta, IscsiSource, Phase, UserspaceClone};
+use meshdrain_iscsi::{InitiatorConfig, Session};
+use tracing::{info, warn};
+
+use super::real::{CloneProgress, CloneService, CloneSpec};
+
+/// How long one source read may take before the engine counts a failure (and, after its
+/// own threshold, reports `stalled`).
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The initiator keeps reconnecting this long; the lease, not the initiator, decides when
+/// a move is abandoned.
+const RECONNECT_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Tuning of the userspace engine (config `[dataplane]`).
+#[derive(Debug, Clone)]
+pub struct EngineTuning {
+    /// Clone region size in bytes.
+    pub region_size: u64,
+    /// Background fetches in flight.
+    pub parallelism: usize,
+    /// Regions per background fetch.
+    pub batch_regions: usize,
+}
+
+impl Default for EngineTuning {
+    fn default() -> Self {
+        Self { region_size: 64 * 1024, parallelism: 4, batch_regions: 16 }
+    }
+}
+
+struct Running {
+    epoch: u64,
+    engine: Arc<Engine>,
+    exposed: Option<Exposed>,
+    hydration: Option<UserspaceClone>,
+    /// Drives the initiator session; dropped last.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Running {
+    fn shut(mut self) {
+        if let Some(h) = self.hydration.take()
+            && let Err(e) = h.stop()
+        {
+            warn!("final commit of a stopped clone: {e}");
+        }
+        if let Some(x) = self.exposed.take()
+            && let Err(e) = x.stop()
+        {
+            warn!("tearing down a clone device: {e}");
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Userspace clones of remote exports, one per incoming volume.
+pub struct EngineClones {
+    run_dir: PathBuf,
+    tuning: EngineTuning,
+    clones: Mutex<BTreeMap<String, Running>>,
+}
+
+impl EngineClones {
+    /// Clones whose FUSE mounts and device links live under `run_dir`.
+    pub fn new(run_dir: &Path, tuning: EngineTuning) -> Self {
+        Self { run_dir: run_dir.to_owned(), tuning, clones: Mutex::new(BTreeMap::new()) }
+    }
+
+    fn mountpoint(&self, volume: &str) -> PathBuf {
+        self.run_dir.join("fuse").join(volume)
+    }
+
+    fn link(&self, volume: &str) -> PathBuf {
+        self.run_dir.join("dev").join(volume)
+    }
+
+    fn open_engine(&self, spec: &CloneSpec, runtime: &tokio::runtime::Runtime) -> Result<Arc<Engine>, String> {
+        let url = format!("iscsi://{}/{}/1", spec.export.addr, spec.export.iqn);
+        let mut config = InitiatorConfig::from_url(&url).map_err(|e| e.to_string())?;
+        config = config.with_initiator_name(&spec.initiator_iqn);
+        config.reconnect_for = RECONNECT_FOR;
+        let session = runtime
+            .block_on(async { tokio::time::timeout(READ_TIMEOUT, Session::connect(config)).await })
+            .map_err(|_| format!("login to {url} timed out after {READ_TIMEOUT:?}"))?
+            .map_err(|e| format!("login to {url}: {e}"))?;
+        // The identity recorded in the metadata is the export's name, not its address:
+        // a source that comes back on another port is still the same volume.
+        let source = IscsiSource::new(session, spec.export.iqn.clone(), READ_TIMEOUT).map_err(|e| e.to_string())?;
+        use meshdrain_clone::BlockSource;
+        if source.size() < spec.size {
+            return Err(format!("export {} is {} bytes, the lease says {}", spec.export.iqn, source.size(), spec.size));
+        }
+        let cfg = EngineConfig {
+            region_size: self.tuning.region_size,
+            epoch: spec.epoch,
+            rate_limit: spec.rate_limit,
+            parallelism: self.tuning.parallelism,
+            batch_regions: self.tuning.batch_regions,
+            ..Default::default()
+        };
+        let source: Arc<dyn BlockSource> = Arc::new(source);
+        for attempt in 0..2 {
+            if let Some(dir) = spec.dest.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            let dest =
+                FileDest::open(&spec.dest, spec.size).map_err(|e| format!("dest {}: {e}", spec.dest.display()))?;
+            let meta =
+                FileMeta::open(&spec.metadata).map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
+            match Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone()) {
+                Ok(engine) => return Ok(engine),
+                Err(CloneError::ForeignMetadata { found_epoch, .. }) if attempt == 0 => {
+                    // A partial clone of an older lease on this node: it was revoked, its
+                    // bytes may be behind. Start over.
+                    info!(volume = %spec.volume, found_epoch, "clone metadata of another lease: starting over");
+                    remove_files(&spec.volume, &[&spec.dest, &spec.metadata]);
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("cannot open a clone of {}", spec.volume))
+    }
+}
+
+impl Drop for EngineClones {
+    fn drop(&mut self) {
+        let clones = std::mem::take(&mut *self.clones.lock().expect("clones lock"));
+        for (_, c) in clones {
+            c.shut();
+        }
+    }
+}
+
+fn remove_files(volume: &str, paths: &[&Path]) {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(%volume, path = %path.display(), "cannot remove: {e}"),
+        }
+    }
+}
+
+/// Clears what a killed agent left at `mountpoint`: loop devices over its FUSE file and
+/// the dead mount itself (lazily, so a workload still holding it does not block us).
+fn clear_stale_mount(mountpoint: &Path) {
+    if let Ok(entries) = std::fs::read_dir("/sys/block") {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+            if Path::new(backing.trim()).starts_with(mountpoint) {
+                let dev = format!("/dev/{name}");
+                let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
+                info!(%dev, "detached a loop device left by an earlier run");
+            }
+        }
+    }
+    let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+}
+
+impl CloneService for EngineClones {
+    fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
+        if let Some(c) = self.clones.lock().expect("clones lock").get(&spec.volume)
+            && c.epoch == spec.epoch
+            && let Some(x) = &c.exposed
+        {
+            return Ok(x.device().to_owned());
+        }
+        if let Some(old) = self.clones.lock().expect("clones lock").remove(&spec.volume) {
+            old.shut();
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("initiator-{}", spec.volume))
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let engine = self.open_engine(spec, &runtime)?;
+        let mountpoint = self.mountpoint(&spec.volume);
+        clear_stale_mount(&mountpoint);
+        let exposed =
+            Exposed::start(engine.clone(), &mountpoint, Some(&self.link(&spec.volume))).map_err(|e| e.to_string())?;
+        let device = exposed.device().to_owned();
+        let running =
+            Running { epoch: spec.epoch, engine, exposed: Some(exposed), hydration: None, runtime: Some(runtime) };
+        self.clones.lock().expect("clones lock").insert(spec.volume.clone(), running);
+        Ok(device)
+    }
+
+    fn start_hydration(&self, volume: &str) -> Result<(), String> {
+        let mut clones = self.clones.lock().expect("clones lock");
+        let c = clones.get_mut(volume).ok_or_else(|| format!("no clone of {volume} on this node"))?;
+        if c.hydration.is_none() {
+            c.hydration = Some(UserspaceClone::start(c.engine.clone()));
+        }
+        Ok(())
+    }
+
+    fn progress(&self, volume: &str) -> Option<CloneProgress> {
+        let clones = self.clones.lock().expect("clones lock");
+        let p = clones.get(volume)?.hydration.as_ref()?.progress();
+        Some(CloneProgress {
+            hydrated: p.hydrated,
+            total: p.total,
+            bytes_per_s: p.bytes_per_sec as u64,
+            fetched_bytes: p.fetched_bytes,
+            stalled: p.phase == Phase::Stalled,
+            error: p.last_error,
+        })
+    }
+
+    fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
+        if let Some(h) = self.clones.lock().expect("clones lock").get(volume).and_then(|c| c.hydration.as_ref()) {
+            h.set_rate_limit(rate);
+        }
+    }
+
+    fn finalize(&self, volume: &str) -> Result<(), String> {
+        let clones = self.clones.lock().expect("clones lock");
+        let Some(c) = clones.get(volume) else {
+            return Ok(()); // finalized before a restart
+        };
+        // The engine released the source at hand-off; from here the exposed device is a
+        // passthrough to the dest file, which is the volume now.
+        c.engine.flush().map_err(|e| e.to_string())?;
+        if !c.engine.try_handoff().map_err(|e| e.to_string())? {
+            return Err(format!("{volume} is not fully hydrated"));
+        }
+        Ok(())
+    }
+
+    fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {
+        if let Some(c) = self.clones.lock().expect("clones lock").remove(volume) {
+            c.shut();
+        }
+        clear_stale_mount(&self.mountpoint(volume));
+        remove_files(volume, &[dest, metadata, &self.link(volume)]);
+    }
+}
