@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Kernel tier benchmark (issue #8), one run, one markdown table:
 #   - VM boot time (QEMU start -> scenario start: TCG, Debian's kernel, 9p host root);
-#   - each scenario's time (vm_dm_clone, vm_open_iscsi);
+#   - each scenario's time (every vm_* test);
 #   - dm-clone hydration rate of a local source with default thresholds (1/1) against tuned
-#     ones (hydration_threshold / hydration_batch_size, MESHDRAIN_VM_TUNED, 4 KiB regions);
+#     ones (hydration_threshold / hydration_batch_size, MESHDRAIN_VM_TUNED, 4 KiB regions),
+#     and through our code (`meshdrain clone run --backend dm`, the agent's thresholds);
 #   - open-iscsi sequential read of the whole LUN through /dev/sdX.
 # Runs the vm_* tests with bigger sizes: MESHDRAIN_VM_DM_MIB (default 256) and
 # MESHDRAIN_VM_LUN_MIB (default 256). Needs root (installs packages, boots QEMU).
@@ -33,6 +34,9 @@ for m in re.finditer(r"vm (\S+)\.sh: kernel (\S+) boot ([\d.]+)s total ([\d.]+)s
 for m in re.finditer(r"RATE (\w+) (\d+)MiB (\d+)ms ([\d.]+) MiB/s status: .*?clone \S+ \S+ (\S+) .*?(hydration_threshold \d+ hydration_batch_size \d+)", text):
     label, mib, ms, rate, region, args = m.groups()
     print(f"| dm-clone hydration, {label} | {rate} MiB/s | {mib} MiB local source, region {int(region)//2} KiB, {args} |")
+for m in re.finditer(r"RATE ours (\d+)MiB (\d+)ms ([\d.]+) MiB/s .*?table=clone \S+ \S+ \S+ (\d+) .*?(hydration_threshold \d+ hydration_batch_size \d+)", text):
+    mib, ms, rate, region, args = m.groups()
+    print(f"| dm-clone hydration, meshdrain clone run --backend dm | {rate} MiB/s | {mib} MiB local source, region {int(region)//2} KiB, the agent's {args}; whole command incl. start and 0.5 s polls |")
 for m in re.finditer(r"READ (\d+)MiB (\d+)ms ([\d.]+) MiB/s", text):
     mib, ms, rate = m.groups()
     print(f"| open-iscsi read of the LUN | {rate} MiB/s | {mib} MiB, dd iflag=direct bs=1M |")
