@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use super::core::CoreConfig;
 use super::dataplane::engine::{EngineClones, EngineTuning};
 use super::dataplane::iscsi::IscsiExports;
+use super::dataplane::kernel::DmClones;
 use super::dataplane::local::{LocalClones, LocalExports};
 use super::dataplane::real::{CloneService, RealDataPlane, SharedVolumes};
 use super::dataplane::{DataPlane, NoDataPlane};
@@ -128,9 +129,7 @@ async fn build_dataplane(
                 export_addr.parse().with_context(|| format!("export address {export_addr:?} is not ip:port"))?;
             let exports = IscsiExports::bind(listen).await.context("config key `dataplane.export_port`")?;
             let clones: Arc<dyn CloneService> = match pick_clone_engine(config.dataplane.clone)? {
-                CloneEngineChoice::Dm => anyhow::bail!(
-                    "dataplane.clone = \"dm\" needs the kernel clone path, which this build lacks; use \"userspace\""
-                ),
+                CloneEngineChoice::Dm => Arc::new(DmClones::new(config.dataplane.region_size)),
                 _ => {
                     let tuning = EngineTuning {
                         region_size: config.dataplane.region_size,

@@ -91,6 +91,16 @@ impl DmClone {
     /// starts tuned on the first poll), or adopts an existing device of that name
     /// (resume after an agent restart: the kernel metadata holds the bitmap).
     pub fn start(cfg: DmConfig) -> Result<Self> {
+        Self::start_with(cfg, false)
+    }
+
+    /// Like [`DmClone::start`] with background hydration held off until `resume` (the
+    /// agent starts the workload on the clone first; on-demand reads work meanwhile).
+    pub fn start_paused(cfg: DmConfig) -> Result<Self> {
+        Self::start_with(cfg, true)
+    }
+
+    fn start_with(cfg: DmConfig, paused: bool) -> Result<Self> {
         let name = cfg.name.clone();
         let dm = DM::new().map_err(|e| dm_err(&name, format!("open /dev/mapper/control: {e} (is dm-mod loaded?)")))?;
         let dm_name = DmName::new(&name).map_err(|e| dm_err(&name, e))?;
@@ -116,7 +126,8 @@ impl DmClone {
             }
             tracing::info!(device = %name, table = %params, "dm-clone created");
         }
-        let controller = DmController::new(cfg.rate_limit, cfg.region_size, cfg.stall_after);
+        let mut controller = DmController::new(cfg.rate_limit, cfg.region_size, cfg.stall_after);
+        controller.set_paused(paused);
         let regions = (sectors * 512).div_ceil(cfg.region_size);
         let (tx, _) = watch::channel(Progress::initial(0, regions, cfg.region_size, false));
         let shared = Arc::new(Shared { dm, name: name.clone(), controller: Mutex::new(controller), stop: AtomicBool::new(false), tx });

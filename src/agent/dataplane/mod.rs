@@ -9,6 +9,7 @@ use super::core::{DataCommand, DataEvent};
 
 pub mod engine;
 pub mod iscsi;
+pub mod kernel;
 pub mod local;
 pub mod real;
 
