@@ -215,6 +215,10 @@ pub struct Core {
     claims: BTreeMap<(String, String), u64>,
     progress: BTreeMap<String, Progress>,
     gc_requested: bool,
+    /// Exports to open once the holder's address is known (after a restart the view is
+    /// empty, and an ACL without the holder's address would let nobody in): volume →
+    /// (holder, epoch).
+    unaddressed_exports: BTreeMap<String, (String, u64)>,
 }
 
 /// Why a volume cannot be added.
@@ -234,16 +238,27 @@ pub enum VolumeError {
 impl Core {
     /// A core restored from durable state.
     pub fn new(config: CoreConfig, state: CoreState) -> Self {
-        Self { config, state, claims: BTreeMap::new(), progress: BTreeMap::new(), gc_requested: false }
+        Self {
+            config,
+            state,
+            claims: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            gc_requested: false,
+            unaddressed_exports: BTreeMap::new(),
+        }
     }
 
     /// Data-plane work to re-establish after a restart (exports, clones, workloads).
     pub fn restart(&mut self) -> Output {
         let mut out = Output::default();
-        for (id, v) in &self.state.volumes {
-            for fx in v.lease.on_restart() {
-                self.source_command(id, fx, None, &mut out);
-            }
+        let effects: Vec<(String, SourceEffect)> = self
+            .state
+            .volumes
+            .iter()
+            .flat_map(|(id, v)| v.lease.on_restart().into_iter().map(|fx| (id.clone(), fx)))
+            .collect();
+        for (id, fx) in effects {
+            self.source_command(&id, fx, None, &mut out);
         }
         let ids: Vec<String> = self.state.holding.keys().cloned().collect();
         for id in ids {
@@ -359,6 +374,7 @@ impl Core {
                 .is_some_and(|l| l.covers(req))
         });
         out.persist |= before != self.state.issued.len();
+        self.open_addressed_exports(view, &mut out);
         self.tick_sources(view, now_ms, &mut out);
         if self.state.node_state == NodeState::Draining
             && !self.state.volumes.values().any(|v| v.lease.pending())
@@ -371,6 +387,22 @@ impl Core {
         self.update_claims(view);
         self.gc_requested = false;
         out
+    }
+
+    /// Opens the exports that waited for their holder's address, if the lease still
+    /// wants them.
+    fn open_addressed_exports(&mut self, view: &ClusterView, out: &mut Output) {
+        let waiting = std::mem::take(&mut self.unaddressed_exports);
+        for (id, (holder, epoch)) in waiting {
+            let wanted = self.state.volumes.get(&id).is_some_and(|v| {
+                v.lease.epoch == epoch
+                    && v.lease.holder() == Some(holder.as_str())
+                    && matches!(v.lease.phase, SourcePhase::Granted { .. } | SourcePhase::CutOver { .. })
+            });
+            if wanted {
+                self.source_command(&id, SourceEffect::OpenExport { holder, epoch }, Some(view), out);
+            }
+        }
     }
 
     fn tick_sources(&mut self, view: &ClusterView, now_ms: u64, out: &mut Output) {
@@ -430,8 +462,16 @@ impl Core {
         }
     }
 
-    fn source_command(&self, id: &str, fx: SourceEffect, view: Option<&ClusterView>, out: &mut Output) {
+    fn source_command(&mut self, id: &str, fx: SourceEffect, view: Option<&ClusterView>, out: &mut Output) {
         let volume = id.to_owned();
+        if let SourceEffect::OpenExport { holder, epoch } = &fx {
+            let addr = view.map(|v| node_addr(v, holder)).unwrap_or_default();
+            if addr.is_empty() {
+                self.unaddressed_exports.insert(volume, (holder.clone(), *epoch));
+                return;
+            }
+            self.unaddressed_exports.remove(id);
+        }
         let hooks = self.state.volumes.get(id).map(|v| v.hooks.clone()).unwrap_or_default();
         out.commands.push(match fx {
             SourceEffect::StopWorkload => DataCommand::StopWorkload { volume, hook: hooks.stop },

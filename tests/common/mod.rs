@@ -27,6 +27,8 @@ pub struct AgentProc {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub port: u16,
+    /// Network namespace the agent runs in (entered with nsenter, so mounts stay shared).
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -49,7 +51,20 @@ impl AgentProc {
             ),
         )
         .unwrap();
-        Self { name: name.to_owned(), dir, config, socket, port, child: None }
+        Self { name: name.to_owned(), dir, config, socket, port, netns: None, child: None }
+    }
+
+    /// An agent inside network namespace `ns`, gossiping on `ip:7946` with `seeds` (ips).
+    pub fn in_netns(root: &Path, name: &str, ns: &str, ip: &str, seeds: &[String], interval_ms: u64) -> Self {
+        let mut a = Self::new(root, name, 7946, &[], interval_ms);
+        let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}:7946\"")).collect();
+        let cfg = std::fs::read_to_string(&a.config)
+            .unwrap()
+            .replace("listen = \"127.0.0.1:7946\"", &format!("listen = \"{ip}:7946\""))
+            .replace("seeds = []", &format!("seeds = [{}]", seeds.join(", ")));
+        std::fs::write(&a.config, cfg).unwrap();
+        a.netns = Some(ns.to_owned());
+        a
     }
 
     /// Appends TOML to the config (extra sections).
@@ -67,7 +82,15 @@ impl AgentProc {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["agent", "--config"])
             .arg(&self.config)
             .env("MESHDRAIN_LOG", "info")

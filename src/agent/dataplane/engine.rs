@@ -10,13 +10,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use meshdrain_clone::expose::Exposed;
-use meshdrain_clone::{CloneError, Engine, EngineConfig, FileDest, FileMeta, IscsiSource, Phase, UserspaceClone};
+use meshdrain_clone::{
+    BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta, IscsiSource, Phase, UserspaceClone,
+};
 use meshdrain_iscsi::{InitiatorConfig, Session};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::real::{CloneProgress, CloneService, CloneSpec};
 
@@ -93,18 +95,7 @@ impl EngineClones {
     }
 
     fn open_engine(&self, spec: &CloneSpec, runtime: &tokio::runtime::Runtime) -> Result<Arc<Engine>, String> {
-        let url = format!("iscsi://{}/{}/1", spec.export.addr, spec.export.iqn);
-        let mut config = InitiatorConfig::from_url(&url).map_err(|e| e.to_string())?;
-        config = config.with_initiator_name(&spec.initiator_iqn);
-        config.reconnect_for = RECONNECT_FOR;
-        let session = runtime
-            .block_on(async { tokio::time::timeout(READ_TIMEOUT, Session::connect(config)).await })
-            .map_err(|_| format!("login to {url} timed out after {READ_TIMEOUT:?}"))?
-            .map_err(|e| format!("login to {url}: {e}"))?;
-        // The identity recorded in the metadata is the export's name, not its address:
-        // a source that comes back on another port is still the same volume.
-        let source = IscsiSource::new(session, spec.export.iqn.clone(), READ_TIMEOUT).map_err(|e| e.to_string())?;
-        use meshdrain_clone::BlockSource;
+        let source = ReconnectingSource::connect(spec, runtime.handle().clone())?;
         if source.size() < spec.size {
             return Err(format!("export {} is {} bytes, the lease says {}", spec.export.iqn, source.size(), spec.size));
         }
@@ -137,6 +128,102 @@ impl EngineClones {
             }
         }
         Err(format!("cannot open a clone of {}", spec.volume))
+    }
+}
+
+/// A remote export that logs in again when its session gives up: the initiator retries
+/// a lost connection on its own, but treats some answers of a restarting source (target
+/// not found while its agent re-opens exports) as final. The lease decides when a move
+/// is abandoned, so the holder keeps trying, at most every [`RELOGIN_EVERY`].
+struct ReconnectingSource {
+    url: String,
+    config: InitiatorConfig,
+    runtime: tokio::runtime::Handle,
+    identity: String,
+    size: u64,
+    current: RwLock<Arc<IscsiSource>>,
+    last_login: Mutex<Instant>,
+}
+
+/// Least time between two fresh logins of one clone.
+const RELOGIN_EVERY: Duration = Duration::from_secs(2);
+
+impl ReconnectingSource {
+    fn connect(spec: &CloneSpec, runtime: tokio::runtime::Handle) -> Result<Self, String> {
+        let url = format!("iscsi://{}/{}/1", spec.export.addr, spec.export.iqn);
+        let mut config = InitiatorConfig::from_url(&url).map_err(|e| e.to_string())?;
+        config = config.with_initiator_name(&spec.initiator_iqn);
+        config.reconnect_for = RECONNECT_FOR;
+        // The identity recorded in the metadata is the export's name, not its address:
+        // a source that comes back on another port is still the same volume.
+        let identity = spec.export.iqn.clone();
+        let first = login(&url, &config, &identity, &runtime)?;
+        let size = first.size();
+        Ok(Self {
+            url,
+            config,
+            runtime,
+            identity,
+            size,
+            current: RwLock::new(Arc::new(first)),
+            last_login: Mutex::new(Instant::now()),
+        })
+    }
+
+    fn relogin(&self) {
+        {
+            let mut last = self.last_login.lock().expect("login lock");
+            if last.elapsed() < RELOGIN_EVERY {
+                return;
+            }
+            *last = Instant::now();
+        }
+        match login(&self.url, &self.config, &self.identity, &self.runtime) {
+            Ok(fresh) => {
+                info!(url = %self.url, "logged in to the source again");
+                *self.current.write().expect("source lock") = Arc::new(fresh);
+            }
+            Err(e) => debug!(url = %self.url, "login again failed (retried): {e}"),
+        }
+    }
+
+    fn session(&self) -> Arc<IscsiSource> {
+        self.current.read().expect("source lock").clone()
+    }
+}
+
+fn login(
+    url: &str,
+    config: &InitiatorConfig,
+    identity: &str,
+    runtime: &tokio::runtime::Handle,
+) -> Result<IscsiSource, String> {
+    let session = runtime
+        .block_on(async { tokio::time::timeout(READ_TIMEOUT, Session::connect(config.clone())).await })
+        .map_err(|_| format!("login to {url} timed out after {READ_TIMEOUT:?}"))?
+        .map_err(|e| format!("login to {url}: {e}"))?;
+    IscsiSource::new(session, identity.to_owned(), READ_TIMEOUT).map_err(|e| e.to_string())
+}
+
+impl BlockSource for ReconnectingSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn identity(&self) -> String {
+        self.identity.clone()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let result = self.session().read_at(offset, buf);
+        if result.is_err() {
+            self.relogin();
+        }
+        result
+    }
+
+    fn deallocated(&self) -> std::io::Result<Option<Vec<std::ops::Range<u64>>>> {
+        self.session().deallocated()
     }
 }
 

@@ -1,0 +1,346 @@
+//! Whole drains over the real data path: `meshdrain agent` processes in network
+//! namespaces on one bridge (underlay 198.18.0.0/24), our iSCSI target on the source's
+//! address, the userspace clone engine on the holder exposed as a loop device, ext4 on the
+//! volume, a workload writing to it while it hydrates. Root only (netns, loop, FUSE).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{AgentProc, state_seen, wait_until};
+use meshdrain_testkit::netns::Lan;
+use sha2::{Digest, Sha256};
+
+struct Fleet {
+    agents: Vec<AgentProc>,
+    /// Keeps the namespaces alive for the test's length.
+    _lan: Lan,
+    root: PathBuf,
+}
+
+impl Fleet {
+    fn new(root: &Path, n: usize) -> Self {
+        let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
+        let agents = (0..n)
+            .map(|i| {
+                let ip = Lan::underlay(i).to_string();
+                let seed = Lan::underlay(if i == 0 { 1 } else { 0 }).to_string();
+                let mut a =
+                    AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[seed], 100);
+                a.append_config("\n[dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n");
+                a.start();
+                a
+            })
+            .collect();
+        let fleet = Self { agents, _lan: lan, root: root.to_owned() };
+        fleet.joined();
+        fleet
+    }
+
+    fn joined(&self) {
+        let n = self.agents.len();
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                self.agents.iter().all(|a| {
+                    a.status().is_some_and(|s| {
+                        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+                        nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
+                    })
+                })
+            },
+            || "the fleet to join".to_owned(),
+        );
+    }
+
+    fn agent(&self, name: &str) -> &AgentProc {
+        self.agents.iter().find(|a| a.name == name).unwrap()
+    }
+
+    /// A start hook that records where the workload would start (node and device).
+    fn start_hook(&self) -> String {
+        let script = self.root.join("start-hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$MESHDRAIN_NODE $MESHDRAIN_DEVICE\" > {}/started-$MESHDRAIN_VOLUME\n",
+                self.root.display()
+            ),
+        )
+        .unwrap();
+        run("chmod", &["+x", script.to_str().unwrap()]);
+        script.display().to_string()
+    }
+
+    /// (node, device) once the volume's start hook ran.
+    fn started(&self, volume: &str) -> (String, PathBuf) {
+        let marker = self.root.join(format!("started-{volume}"));
+        let mut line = String::new();
+        wait_until(
+            Duration::from_secs(60),
+            || {
+                line = std::fs::read_to_string(&marker).unwrap_or_default();
+                !line.trim().is_empty()
+            },
+            || format!("{volume}'s workload to start; node1 log:\n{}", self.agents[0].log()),
+        );
+        let (node, dev) = line.trim().split_once(' ').unwrap();
+        (node.to_owned(), PathBuf::from(dev))
+    }
+
+    fn volume(&self, observer: usize, id: &str) -> Option<serde_json::Value> {
+        let out = self.agents[observer].cli(&["volume", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
+    }
+
+    fn wait_drained(&self, observer: usize, limit: Duration) {
+        wait_until(
+            limit,
+            || self.agents[observer].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
+            || {
+                let logs: Vec<String> =
+                    self.agents.iter().map(|a| format!("--- {}\n{}", a.name, tail(&a.log()))).collect();
+                format!("node1 to be drained\n{}", logs.join("\n"))
+            },
+        );
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = vec![0u8; len];
+    for chunk in v.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    v
+}
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Writes `count` files of `size` bytes under `dir`; returns (name, sha256) pairs.
+fn write_files(dir: &Path, prefix: &str, count: usize, size: usize) -> Vec<(String, String)> {
+    (0..count)
+        .map(|i| {
+            let name = format!("{prefix}-{i}.bin");
+            let data = pseudo_random((i as u64 + 1) * 7919 + prefix.len() as u64, size);
+            std::fs::write(dir.join(&name), &data).unwrap();
+            (name, sha(&data))
+        })
+        .collect()
+}
+
+fn check_files(dir: &Path, files: &[(String, String)]) {
+    for (name, want) in files {
+        let got = std::fs::read(dir.join(name)).map(|d| sha(&d)).unwrap_or_else(|e| format!("unreadable: {e}"));
+        assert_eq!(&got, want, "{name} under {}", dir.display());
+    }
+}
+
+/// Unmounts on drop so a failing test does not leave a busy loop device behind.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn new(dev: &Path, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        run("mount", &[dev.to_str().unwrap(), dir.to_str().unwrap()]);
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// An ext4 volume `id` of `mib` MiB on node1 with `files` 1 MiB files; returns their sums.
+fn ext4_volume(f: &Fleet, id: &str, mib: u64, files: usize) -> Vec<(String, String)> {
+    let hook = f.start_hook();
+    let size = format!("{mib}M");
+    let out = f.agents[0].cli(&["volume", "create", id, "--size", &size, "--hook-start", &hook]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = f.agents[0].pool().join(format!("{id}.img"));
+    run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+    let mnt = f.root.join(format!("src-{id}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let sums = write_files(&mnt, "before", files, 1 << 20);
+    run("umount", &[mnt.to_str().unwrap()]);
+    sums
+}
+
+#[test]
+fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fleet::new(tmp.path(), 3);
+    let before = ext4_volume(&f, "db", 128, 24);
+    // A raw volume next to it: its bytes must arrive exactly.
+    let out = f.agents[0].cli(&["volume", "create", "raw", "--size", "32M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let raw = pseudo_random(42, 32 << 20);
+    std::fs::write(f.agents[0].pool().join("raw.img"), &raw).unwrap();
+
+    // Slow hydration so the workload runs on an unhydrated clone.
+    let out = f.agents[1].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (holder, dev) = f.started("db");
+    assert_ne!(holder, "node1");
+    let mnt = f.root.join("dst-db");
+    let mount = Mount::new(&dev, &mnt);
+    // Reads of regions not yet copied are fetched on demand.
+    check_files(&mnt, &before);
+    let v = f.volume(0, "db").expect("db listed");
+    assert_eq!(v["phase"], "cut_over", "the workload reads before hydration ends: {v}");
+    let during = write_files(&mnt, "during", 8, 512 << 10);
+    run("sync", &[]);
+
+    f.wait_drained(1, Duration::from_secs(120));
+    check_files(&mnt, &before);
+    check_files(&mnt, &during);
+    drop(mount);
+    let fsck = Command::new("fsck.ext4").args(["-fn"]).arg(&dev).output().unwrap();
+    assert!(fsck.status.success(), "fsck after the move: {}", String::from_utf8_lossy(&fsck.stdout));
+
+    // It went over the real path: our target on node1, a clone device on the holder.
+    assert!(f.agents[0].log().contains("export opened"), "node1 log:\n{}", tail(&f.agents[0].log()));
+    assert!(f.agent(&holder).log().contains("clone exposed"), "{holder} log:\n{}", tail(&f.agent(&holder).log()));
+
+    // The raw volume went to the other node (placement spreads one drain) byte for byte.
+    let raw_owner = f.volume(0, "raw").unwrap()["owner"].as_str().unwrap().to_owned();
+    assert_ne!(raw_owner, "node1");
+    assert_ne!(raw_owner, holder, "one drain's volumes spread across targets");
+    let got = std::fs::read(f.agent(&raw_owner).pool().join("raw.img")).unwrap();
+    assert_eq!(sha(&got), sha(&raw), "raw volume bytes on {raw_owner}");
+
+    // The source keeps its copies until gc, and only then deletes them.
+    assert!(f.agents[0].pool().join("db.img").exists());
+    let out = f.agents[0].cli(&["gc"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(
+        Duration::from_secs(10),
+        || !f.agents[0].pool().join("db.img").exists() && !f.agents[0].pool().join("raw.img").exists(),
+        || "gc to delete node1's handed-off copies".to_owned(),
+    );
+}
+
+/// A raw volume of `mib` MiB on node1; returns its bytes' sha256.
+fn raw_volume(f: &Fleet, id: &str, mib: usize) -> String {
+    let size = format!("{mib}M");
+    let out = f.agents[0].cli(&["volume", "create", id, "--size", &size]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = pseudo_random(mib as u64 * 31 + id.len() as u64, mib << 20);
+    std::fs::write(f.agents[0].pool().join(format!("{id}.img")), &data).unwrap();
+    sha(&data)
+}
+
+/// Waits until `id` is cut over and partly hydrated; returns its holder's index.
+fn hydrating(f: &Fleet, id: &str) -> usize {
+    let mut holder = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        || match f.volume(0, id) {
+            Some(v)
+                if v["phase"] == "cut_over"
+                    && v["hydrated"].as_u64().unwrap_or(0) > 0
+                    && v["hydrated"].as_u64() < v["total"].as_u64() =>
+            {
+                holder = v["holder"].as_str().unwrap().to_owned();
+                true
+            }
+            _ => false,
+        },
+        || format!("{id} to be hydrating: {:?}", f.volume(0, id)),
+    );
+    f.agents.iter().position(|a| a.name == holder).unwrap()
+}
+
+fn owner_sha(f: &Fleet, id: &str) -> (String, Option<String>) {
+    let owner = f.volume(1, id).unwrap()["owner"].as_str().unwrap().to_owned();
+    let data = std::fs::read(f.agent(&owner).pool().join(format!("{id}.img"))).ok();
+    (owner, data.map(|d| sha(&d)))
+}
+
+#[test]
+fn netns_drain_holder_killed_mid_hydration_resumes_on_a_fresh_clone_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Fleet::new(tmp.path(), 3);
+    let want = raw_volume(&f, "v", 24);
+    let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let i = hydrating(&f, "v");
+    let holder = f.agents[i].name.clone();
+    f.agents[i].kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    f.agents[i].start();
+    f.wait_drained(0, Duration::from_secs(90));
+    let (owner, got) = owner_sha(&f, "v");
+    assert_eq!(owner, holder, "cut over: the same holder resumes, never re-placed");
+    assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
+    assert!(f.agents[i].log().contains("left by an earlier run"), "the stale clone device was cleared");
+}
+
+#[test]
+fn netns_drain_source_killed_mid_hydration_stalls_the_holder_until_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Fleet::new(tmp.path(), 3);
+    let want = raw_volume(&f, "v", 24);
+    let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    hydrating(&f, "v");
+    f.agents[0].kill9();
+    wait_until(
+        Duration::from_secs(30),
+        || f.volume(1, "v").is_some_and(|v| v["stalled"] == true),
+        || format!("the holder to report stalled: {:?}", f.volume(1, "v")),
+    );
+    let src = f.agents[0].pool().join("v.img");
+    assert_eq!(std::fs::read(&src).map(|d| sha(&d)).ok().as_deref(), Some(want.as_str()), "nothing deleted");
+    f.agents[0].start();
+    f.wait_drained(1, Duration::from_secs(90));
+    let (owner, got) = owner_sha(&f, "v");
+    assert_ne!(owner, "node1");
+    assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
+}
+
+#[test]
+fn netns_drain_partition_between_source_and_holder_heals_and_hydration_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fleet::new(tmp.path(), 3);
+    let want = raw_volume(&f, "v", 24);
+    let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let i = hydrating(&f, "v");
+    f._lan.set_link(i, false).unwrap();
+    // Seen from the holder's side of the cut: the source is unreachable.
+    let observer = if i == 1 { 1 } else { 2 };
+    wait_until(
+        Duration::from_secs(30),
+        || f.volume(observer, "v").is_some_and(|v| v["stalled"] == true),
+        || format!("the holder to report stalled: {:?}", f.volume(observer, "v")),
+    );
+    f._lan.set_link(i, true).unwrap();
+    f.wait_drained(0, Duration::from_secs(90));
+    let (owner, got) = owner_sha(&f, "v");
+    assert_eq!(owner, f.agents[i].name, "the partitioned holder kept its lease");
+    assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
+}
