@@ -118,7 +118,7 @@ pub struct DataplaneConfig {
     /// How often hydration progress is published, in milliseconds.
     #[serde(default = "default_progress_ms")]
     pub progress_ms: u64,
-    /// With `local`, fault injection for tests: how long preparing a clone takes.
+    /// Fault injection for tests: how long preparing a clone takes.
     #[serde(default)]
     pub test_prepare_delay_ms: u64,
     /// With `iscsi`: TCP port of this node's iSCSI portal (on its mesh address).

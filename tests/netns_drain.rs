@@ -22,6 +22,11 @@ struct Fleet {
 
 impl Fleet {
     fn new(root: &Path, n: usize) -> Self {
+        Self::with(root, n, "")
+    }
+
+    /// A fleet whose agents get `extra` appended to their `[dataplane]` section.
+    fn with(root: &Path, n: usize, extra: &str) -> Self {
         let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
         let agents = (0..n)
             .map(|i| {
@@ -29,7 +34,9 @@ impl Fleet {
                 let seed = Lan::underlay(if i == 0 { 1 } else { 0 }).to_string();
                 let mut a =
                     AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[seed], 100);
-                a.append_config("\n[dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n");
+                a.append_config(&format!(
+                    "\n[dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n{extra}\n"
+                ));
                 a.start();
                 a
             })
@@ -290,7 +297,14 @@ fn netns_drain_holder_killed_mid_hydration_resumes_on_a_fresh_clone_device() {
     let i = hydrating(&f, "v");
     let holder = f.agents[i].name.clone();
     f.agents[i].kill9();
-    std::thread::sleep(Duration::from_millis(300));
+    // Dead after cut-over: stranded on it, never revoked; the source keeps its copy.
+    wait_until(
+        Duration::from_secs(30),
+        || f.volume(0, "v").is_some_and(|v| v["stranded"] == true),
+        || format!("the source to show v stranded: {:?}", f.volume(0, "v")),
+    );
+    let src = std::fs::read(f.agents[0].pool().join("v.img")).map(|d| sha(&d)).ok();
+    assert_eq!(src.as_deref(), Some(want.as_str()), "the source keeps its copy");
     f.agents[i].start();
     f.wait_drained(0, Duration::from_secs(90));
     let (owner, got) = owner_sha(&f, "v");
@@ -343,4 +357,46 @@ fn netns_drain_partition_between_source_and_holder_heals_and_hydration_resumes()
     let (owner, got) = owner_sha(&f, "v");
     assert_eq!(owner, f.agents[i].name, "the partitioned holder kept its lease");
     assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
+}
+
+#[test]
+fn netns_drain_holder_lost_before_cut_over_is_replaced_and_discards_its_clone_on_return() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every clone setup takes 3 s: time to kill the first holder while it prepares.
+    let mut f = Fleet::with(tmp.path(), 4, "test_prepare_delay_ms = 3000");
+    let want = raw_volume(&f, "v", 8);
+    let out = f.agents[0].cli(&["drain", "node1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut first = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        || match f.volume(0, "v") {
+            Some(v) if v["phase"] == "granted" && v["holder_phase"] == "preparing" => {
+                first = v["holder"].as_str().unwrap().to_owned();
+                true
+            }
+            _ => false,
+        },
+        || "a holder to be preparing".to_owned(),
+    );
+    let i = f.agents.iter().position(|a| a.name == first).unwrap();
+    let pool = f.agents[i].pool();
+    wait_until(Duration::from_secs(10), || pool.join("v.clone-meta").exists(), || "the partial clone".to_owned());
+    f.agents[i].kill9();
+
+    f.wait_drained(0, Duration::from_secs(90));
+    let (owner, got) = owner_sha(&f, "v");
+    assert_ne!(owner, first, "re-placed on another node");
+    assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
+    let v = f.volume(0, "v").unwrap();
+    assert!(v["epoch"].as_u64().unwrap() >= 2, "revoked with a newer epoch: {v}");
+
+    // The old holder returns, sees the newer epoch and throws its partial clone away.
+    f.agents[i].start();
+    wait_until(
+        Duration::from_secs(30),
+        || !pool.join("v.img").exists() && !pool.join("v.clone-meta").exists(),
+        || format!("{first} to discard its partial clone; log:\n{}", tail(&f.agents[i].log())),
+    );
+    assert_eq!(owner_sha(&f, "v").0, owner, "ownership did not move again");
 }

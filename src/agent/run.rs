@@ -136,7 +136,10 @@ async fn build_dataplane(
                         parallelism: config.dataplane.clone_parallelism,
                         ..EngineTuning::default()
                     };
-                    Arc::new(EngineClones::new(&config.run_dir(), tuning))
+                    Arc::new(
+                        EngineClones::new(&config.run_dir(), tuning)
+                            .with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)),
+                    )
                 }
             };
             Box::new(RealDataPlane::new(

@@ -78,12 +78,20 @@ pub struct EngineClones {
     run_dir: PathBuf,
     tuning: EngineTuning,
     clones: Mutex<BTreeMap<String, Running>>,
+    prepare_delay: Duration,
 }
 
 impl EngineClones {
     /// Clones whose FUSE mounts and device links live under `run_dir`.
     pub fn new(run_dir: &Path, tuning: EngineTuning) -> Self {
-        Self { run_dir: run_dir.to_owned(), tuning, clones: Mutex::new(BTreeMap::new()) }
+        Self { run_dir: run_dir.to_owned(), tuning, clones: Mutex::new(BTreeMap::new()), prepare_delay: Duration::ZERO }
+    }
+
+    /// Fault injection for tests: preparing a clone takes this long after its files exist
+    /// (a slow device setup), which leaves time to kill a holder between grant and cut-over.
+    pub fn with_prepare_delay(mut self, delay: Duration) -> Self {
+        self.prepare_delay = delay;
+        self
     }
 
     fn mountpoint(&self, volume: &str) -> PathBuf {
@@ -284,6 +292,7 @@ impl CloneService for EngineClones {
             .build()
             .map_err(|e| e.to_string())?;
         let engine = self.open_engine(spec, &runtime)?;
+        std::thread::sleep(self.prepare_delay);
         let mountpoint = self.mountpoint(&spec.volume);
         clear_stale_mount(&mountpoint);
         let exposed =
