@@ -76,6 +76,14 @@ impl NodeKey {
         PublicKey(x25519_dalek::PublicKey::from(&self.secret).to_bytes())
     }
 
+    /// The X25519 shared secret with `peer`, or `None` for a low-order peer key (whose
+    /// secret an attacker could predict). Used to authenticate join requests: only the holder
+    /// of a key pair can compute it, so a join proves possession of the certified key.
+    pub fn agree(&self, peer: &PublicKey) -> Option<[u8; 32]> {
+        let shared = self.secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
+        shared.was_contributory().then(|| shared.to_bytes())
+    }
+
     /// Path of the key file in a state dir.
     pub fn path_in(state_dir: &Path) -> PathBuf {
         state_dir.join(NODE_KEY_FILE)
@@ -101,9 +109,7 @@ impl NodeKey {
 }
 
 pub(crate) fn decode32(s: &str, what: &str) -> Result<[u8; 32], IdentityError> {
-    let bytes = B64
-        .decode(s)
-        .map_err(|e| IdentityError::BadKey { what: what.to_owned(), reason: e.to_string() })?;
+    let bytes = B64.decode(s).map_err(|e| IdentityError::BadKey { what: what.to_owned(), reason: e.to_string() })?;
     bytes
         .try_into()
         .map_err(|b: Vec<u8>| IdentityError::BadKey { what: what.to_owned(), reason: format!("{} bytes", b.len()) })

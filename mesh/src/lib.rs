@@ -18,25 +18,37 @@
 //! the seam for a faster data path of our own (boringtun `noise::Tunn` with batched
 //! syscalls): it only has to serve the same socket.
 //!
-//! # Agent wiring (intended)
-//! At start: `NodeKey::load_or_create(state_dir)`, load the certificate and CA public key,
-//! `select_backend(choice, &InterfaceSpec{..})`, bind gossip on the mesh address. Publish
-//! `{public_key, endpoints, certificate}` in the `node` record. Each tick (the agent's
-//! `MeshPort::converge`): build `PeerAdvert`s from the view (alive = failure detector),
-//! `desired_peers(&admission, &view, now)` (log refusals once), `diff(&backend.peers()?, &desired)`,
-//! `backend.apply(&changes)`. `MeshPort::status` = `backend.status()` as JSON.
+//! # Joining through a seed
+//! WireGuard drops handshakes from unknown keys, so a seed cannot learn a newcomer from
+//! gossip that has to cross WireGuard first. [`join`]: the newcomer sends each seed a
+//! datagram (WireGuard port + 1) with its certificate and an HMAC keyed by their X25519
+//! shared secret; the seed checks it like any advert and adds the peer for [`runtime::JOIN_TTL`].
+//!
+//! # Agent wiring
+//! The agent (src/agent/mesh.rs) loads key, certificate and CA, starts a [`MeshRuntime`]
+//! (interface up with the mesh address, join socket), binds gossip on the mesh address and
+//! each tick calls [`MeshRuntime::converge`] with the `node` records' adverts (certificate,
+//! endpoints, liveness from the failure detector, revocation list). Converge adopts newer
+//! revocation lists, reads joins, runs [`desired_peers`] (refusals logged once per peer) and
+//! [`diff`], and applies the changes.
 
 pub mod address;
 pub mod backend;
 pub mod cert;
 pub mod error;
 pub mod files;
+pub mod join;
 pub mod keys;
 pub mod peers;
+pub mod runtime;
 
 pub use address::FleetPrefix;
-pub use backend::{BackendChoice, BackendKind, InterfaceSpec, MeshStatus, PeerStatus, WireguardBackend, select_backend};
+pub use backend::{
+    BackendChoice, BackendKind, InterfaceSpec, MeshStatus, PeerStatus, WireguardBackend, select_backend,
+};
 pub use cert::{Admitted, CaPublicKey, Certificate, FleetCa, RevocationList, SigningRequest};
 pub use error::{AdmissionError, BackendError, IdentityError};
+pub use join::{JoinError, JoinRequest};
 pub use keys::{NodeKey, PublicKey};
 pub use peers::{Admission, PeerAdvert, PeerChange, PeerConfig, Refusal, Seed, desired_peers, diff};
+pub use runtime::{GossipAdvert, MeshRuntime, MeshSettings, RefusedPeer};
