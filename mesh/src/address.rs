@@ -63,7 +63,10 @@ pub fn collisions(prefix: &FleetPrefix, keys: &[PublicKey]) -> Vec<(PublicKey, P
     collisions_by(keys, |k| prefix.node_address(k))
 }
 
-fn collisions_by(keys: &[PublicKey], addr_of: impl Fn(&PublicKey) -> Ipv6Addr) -> Vec<(PublicKey, PublicKey, Ipv6Addr)> {
+fn collisions_by(
+    keys: &[PublicKey],
+    addr_of: impl Fn(&PublicKey) -> Ipv6Addr,
+) -> Vec<(PublicKey, PublicKey, Ipv6Addr)> {
     let mut by_addr: BTreeMap<Ipv6Addr, Vec<PublicKey>> = BTreeMap::new();
     for k in keys {
         by_addr.entry(addr_of(k)).or_default().push(*k);

@@ -177,11 +177,20 @@ pub struct Admitted {
 
 impl Certificate {
     /// Checks fleet, signature, address derivation, expiry and revocation, in that order.
-    pub fn verify(&self, ca: &CaPublicKey, revoked: &RevocationList, now: SystemTime) -> Result<Admitted, AdmissionError> {
+    pub fn verify(
+        &self,
+        ca: &CaPublicKey,
+        revoked: &RevocationList,
+        now: SystemTime,
+    ) -> Result<Admitted, AdmissionError> {
         let b = &self.body;
         let forged = |reason: String| AdmissionError::Forged { name: b.name.clone(), reason };
         if b.fleet != ca.fleet_id() {
-            return Err(AdmissionError::OtherFleet { name: b.name.clone(), fleet: b.fleet.clone(), ours: ca.fleet_id() });
+            return Err(AdmissionError::OtherFleet {
+                name: b.name.clone(),
+                fleet: b.fleet.clone(),
+                ours: ca.fleet_id(),
+            });
         }
         if b.version != CERT_VERSION {
             return Err(forged(format!("unknown certificate version {}", b.version)));
@@ -301,7 +310,12 @@ mod tests {
         assert!(matches!(e, Err(AdmissionError::Forged { .. })), "{e:?}");
         // Self-signed by an impostor CA that claims our fleet id.
         let impostor = FleetCa::generate();
-        let mut fake = impostor.sign(&SigningRequest { name: "x".into(), public_key: cert.body.public_key.clone() }, now + Duration::from_secs(60)).unwrap();
+        let mut fake = impostor
+            .sign(
+                &SigningRequest { name: "x".into(), public_key: cert.body.public_key.clone() },
+                now + Duration::from_secs(60),
+            )
+            .unwrap();
         fake.body.fleet = ca.public().fleet_id();
         let e = fake.verify(&ca.public(), &RevocationList::default(), now);
         assert!(matches!(e, Err(AdmissionError::Forged { .. })), "{e:?}");

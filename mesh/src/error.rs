@@ -49,7 +49,9 @@ pub enum IdentityError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdmissionError {
     /// Signed by another fleet's CA.
-    #[error("certificate of node {name} belongs to fleet {fleet}, not ours ({ours}): sign it with our CA (`meshdrain mesh sign`)")]
+    #[error(
+        "certificate of node {name} belongs to fleet {fleet}, not ours ({ours}): sign it with our CA (`meshdrain mesh sign`)"
+    )]
     OtherFleet {
         /// Node name in the certificate.
         name: String,
@@ -83,7 +85,9 @@ pub enum AdmissionError {
         public_key: String,
     },
     /// Two different keys hash to the same mesh address.
-    #[error("node {name} would take mesh address {address} already held by {holder}: re-key it with `meshdrain mesh keygen`")]
+    #[error(
+        "node {name} would take mesh address {address} already held by {holder}: re-key it with `meshdrain mesh keygen`"
+    )]
     AddressCollision {
         /// The refused node.
         name: String,
@@ -98,10 +102,14 @@ pub enum AdmissionError {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     /// The kernel backend was asked for but no wireguard link can be created.
-    #[error("kernel WireGuard unavailable on this host ({0}): load the module (`modprobe wireguard`) or set mesh.backend = \"userspace\"")]
+    #[error(
+        "kernel WireGuard unavailable on this host ({0}): load the module (`modprobe wireguard`) or set mesh.backend = \"userspace\""
+    )]
     KernelUnavailable(String),
     /// The userspace backend could not start (usually /dev/net/tun or privileges).
-    #[error("userspace WireGuard could not start interface {interface}: {reason} (needs CAP_NET_ADMIN and /dev/net/tun)")]
+    #[error(
+        "userspace WireGuard could not start interface {interface}: {reason} (needs CAP_NET_ADMIN and /dev/net/tun)"
+    )]
     UserspaceUnavailable {
         /// Interface name.
         interface: String,

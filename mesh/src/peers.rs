@@ -97,7 +97,8 @@ pub fn desired_peers(adm: &Admission, view: &[PeerAdvert], now: SystemTime) -> (
                 if a.public_key == adm.self_key || !advert.alive {
                     continue;
                 }
-                admitted.insert(a.public_key, PeerConfig::host(a.public_key, a.address, advert.endpoints.first().copied()));
+                admitted
+                    .insert(a.public_key, PeerConfig::host(a.public_key, a.address, advert.endpoints.first().copied()));
             }
             Err(reason) => refusals.push(Refusal { public_key: cert.body.public_key.clone(), reason }),
         }
@@ -107,7 +108,10 @@ pub fn desired_peers(adm: &Admission, view: &[PeerAdvert], now: SystemTime) -> (
         if seed.public_key == adm.self_key || seen.contains(&seed.public_key) || revoked {
             continue;
         }
-        admitted.insert(seed.public_key, PeerConfig::host(seed.public_key, prefix.node_address(&seed.public_key), Some(seed.endpoint)));
+        admitted.insert(
+            seed.public_key,
+            PeerConfig::host(seed.public_key, prefix.node_address(&seed.public_key), Some(seed.endpoint)),
+        );
     }
     // Our own address takes part in collision checks: a peer may never shadow us.
     let mut keys: Vec<PublicKey> = admitted.keys().copied().collect();
@@ -119,12 +123,20 @@ pub fn desired_peers(adm: &Admission, view: &[PeerAdvert], now: SystemTime) -> (
             admitted.remove(&holder);
             refusals.push(Refusal {
                 public_key: holder.to_base64(),
-                reason: AdmissionError::AddressCollision { name: holder.to_base64(), address, holder: "this node".into() },
+                reason: AdmissionError::AddressCollision {
+                    name: holder.to_base64(),
+                    address,
+                    holder: "this node".into(),
+                },
             });
         } else if admitted.remove(&loser).is_some() {
             refusals.push(Refusal {
                 public_key: loser.to_base64(),
-                reason: AdmissionError::AddressCollision { name: loser.to_base64(), address, holder: holder.to_base64() },
+                reason: AdmissionError::AddressCollision {
+                    name: loser.to_base64(),
+                    address,
+                    holder: holder.to_base64(),
+                },
             });
         }
     }

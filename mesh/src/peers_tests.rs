@@ -50,7 +50,12 @@ fn unadmitted_nodes_are_refused() {
     let other = Fleet::new();
     let (_, foreign) = other.node("foreign", 2);
     let (_, mut expired) = f.node("old", 3);
-    expired.certificate = f.ca.sign(&SigningRequest { name: "old".into(), public_key: expired.certificate.body.public_key.clone() }, f.now - Duration::from_secs(1)).unwrap();
+    expired.certificate =
+        f.ca.sign(
+            &SigningRequest { name: "old".into(), public_key: expired.certificate.body.public_key.clone() },
+            f.now - Duration::from_secs(1),
+        )
+        .unwrap();
     let (_, mut forged) = f.node("forged", 4);
     forged.certificate.body.name = "root".into();
     let (rk, revoked) = f.node("revoked", 5);
@@ -73,7 +78,10 @@ fn seeds_are_peers_until_gossip_knows_them() {
     let (me, _) = f.node("me", 1);
     let (s, mut s_ad) = f.node("seed", 2);
     let mut adm = f.adm(me);
-    adm.seeds = vec![Seed { public_key: s, endpoint: "198.18.0.9:51820".parse().unwrap() }, Seed { public_key: me, endpoint: "198.18.0.1:1".parse().unwrap() }];
+    adm.seeds = vec![
+        Seed { public_key: s, endpoint: "198.18.0.9:51820".parse().unwrap() },
+        Seed { public_key: me, endpoint: "198.18.0.1:1".parse().unwrap() },
+    ];
     let (want, _) = desired_peers(&adm, &[], f.now);
     assert_eq!(keys(&want), vec![s]);
     assert_eq!(want[0].allowed_ips[0].0, IpAddr::V6(f.ca.public().prefix().node_address(&s)));
