@@ -5,7 +5,9 @@
 #   - dm-clone hydration rate of a local source with default thresholds (1/1) against tuned
 #     ones (hydration_threshold / hydration_batch_size, MESHDRAIN_VM_TUNED, 4 KiB regions),
 #     and through our code (`meshdrain clone run --backend dm`, the agent's thresholds);
-#   - open-iscsi sequential read of the whole LUN through /dev/sdX.
+#   - open-iscsi sequential read of the whole LUN through /dev/sdX;
+#   - TCP transfer times between our kernel and userspace mesh backends;
+#   - the full kernel drain: drain request -> workload on the dm-clone, -> source drained.
 # Runs the vm_* tests with bigger sizes: MESHDRAIN_VM_DM_MIB (default 256) and
 # MESHDRAIN_VM_LUN_MIB (default 256). Needs root (installs packages, boots QEMU).
 set -euo pipefail
@@ -40,6 +42,15 @@ for m in re.finditer(r"RATE ours (\d+)MiB (\d+)ms ([\d.]+) MiB/s .*?table=clone 
 for m in re.finditer(r"READ (\d+)MiB (\d+)ms ([\d.]+) MiB/s", text):
     mib, ms, rate = m.groups()
     print(f"| open-iscsi read of the LUN | {rate} MiB/s | {mib} MiB, dd iflag=direct bs=1M |")
+for m in re.finditer(r"^(\w) \((\w+)\) -> (\w) \((\w+)\): ping ok, TCP (\d+ \w+) ok in (\d+) ms", text, re.M):
+    a, ka, b, kb, size, ms = m.groups()
+    print(f"| mesh TCP {size}, {a} ({ka}) -> {b} ({kb}) | {ms} ms | meshdrain mesh up, fd42:8::/48 over veth |")
+m = re.search(r"workload start hook ran on \S+ with \S+ after (\d+) s", text)
+if m:
+    print(f"| full drain: drain request -> workload started on the dm-clone | {m.group(1)} s | open-iscsi login + dm-clone create, agents over kernel WireGuard |")
+m = re.search(r"drained (\d+) s after the drain request \((\d+) MiB at (\S+)\)", text)
+if m:
+    print(f"| full drain: drain request -> source drained | {m.group(1)} s | {m.group(2)} MiB ext4 volume, --rate-limit {m.group(3)}, workload reading and writing |")
 t = re.search(r"^target: (\S+)", text, re.M)
 if t:
     print(f"| iSCSI target used | {t.group(1)} | `ours` = meshdrain export serve |")

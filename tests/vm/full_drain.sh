@@ -7,7 +7,9 @@
 # (`dataplane.clone = "dm"`) logs in with open-iscsi and stacks dm-clone on the remote disk.
 # An ext4 workload mounts the clone before hydration ends (reads on demand, writes), the
 # checksums match after hand-off, the device ends linear on the dest with no session left,
-# and src deletes its copy only after `done` (gc refused before, honoured after).
+# and src deletes its copy only after `done` (gc refused before, honoured after). The
+# holder's agent is killed (-9) while the workload reads on demand and adopts the clone
+# when it comes back.
 # Env: VM_VOL_MIB (volume size, default 64), VM_RATE (drain rate limit, default 4M).
 . "$(dirname "$0")/lib.sh"
 MIB=${VM_VOL_MIB:-64}
@@ -99,9 +101,18 @@ backend = "iscsi"
 clone = "$clone"
 progress_ms = 200
 EOF
-  MESHDRAIN_LOG=info NO_COLOR=1 in_ns $n "$MESHDRAIN_BIN" agent --config $W/$n/agent.toml >/dev/null 2>$W/$n/agent.log &
-  pids+=($!)
 done
+declare -A agent_pid
+# Starts node $1's agent; agent_pid is the agent itself (nsenter execs it) for kill -9.
+start_agent() {
+  local ns=()
+  [ "$1" = src ] && ns=(nsenter --net=/run/netns/src)
+  MESHDRAIN_LOG=info NO_COLOR=1 "${ns[@]}" "$MESHDRAIN_BIN" agent --config $W/$1/agent.toml >/dev/null 2>>$W/$1/agent.log &
+  agent_pid[$1]=$!
+  pids+=($!)
+}
+start_agent src
+start_agent tgt
 # status --json of node $1, as one JSON document.
 status() { MD "$1" status --json 2>/dev/null; }
 # Prints node $2's state as node $1 sees it.
@@ -149,7 +160,17 @@ mount "$dev" $W/mnt
 read -r phase h total holder < <(vol_of tgt db)
 echo "at mount: phase $phase hydrated $h/$total holder $holder"
 [ "$phase" = cut_over ] && [ "$h" -lt "$total" ] || fail "the workload did not start before hydration ended ($phase $h/$total)"
+# The clone lives in the kernel: the holder's agent dying does not stop the workload.
+kill -9 "${agent_pid[tgt]}"
+wait "${agent_pid[tgt]}" 2>/dev/null || true
+echo "holder agent killed (kill -9) with the workload mounted"
 (cd $W/mnt && sha256sum -c --quiet $W/before.sha) || fail "files read on demand differ"
+echo "workload read every file on demand while the holder agent was down"
+start_agent tgt
+for _ in $(seq 600); do grep -q 'dm-clone ready over open-iscsi.*fresh=false' $W/tgt/agent.log && break; sleep 0.1; done
+grep -q 'dm-clone ready over open-iscsi.*fresh=false' $W/tgt/agent.log || fail "the restarted holder did not adopt the clone"
+read -r phase h total holder < <(vol_of tgt db)
+echo "holder agent restarted and adopted the dm-clone device, session and loops ($phase $h/$total)"
 for i in $(seq 8); do head -c 512K /dev/urandom >$W/mnt/during-$i.bin; done
 (cd $W/mnt && sha256sum during-*.bin) >$W/during.sha
 sync
