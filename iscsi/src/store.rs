@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -21,6 +21,12 @@ pub trait BlockStore: Send + Sync + 'static {
     fn extent_at(&self, offset: u64) -> io::Result<(bool, u64)> {
         let _ = offset;
         Ok((true, self.size()))
+    }
+    /// The open file behind the store, when there is one: the target then
+    /// sends read data with sendfile(2), page cache to socket, never
+    /// copying it through userspace. `None` (the default) means "copy".
+    fn file_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
     }
 }
 
@@ -68,6 +74,10 @@ impl BlockStore for FileStore {
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
+    }
+
+    fn file_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.file.as_fd())
     }
 
     fn extent_at(&self, offset: u64) -> io::Result<(bool, u64)> {

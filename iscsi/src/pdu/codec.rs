@@ -11,10 +11,14 @@ use super::{BHS_LEN, Opcode, Pdu};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PduError {
     /// Byte 0 holds no assigned opcode: the peer is not speaking iSCSI.
-    #[error("unknown iSCSI opcode {0:#04x}: peer is not speaking iSCSI or the stream lost sync; dropping the connection")]
+    #[error(
+        "unknown iSCSI opcode {0:#04x}: peer is not speaking iSCSI or the stream lost sync; dropping the connection"
+    )]
     UnknownOpcode(u8),
     /// The data segment is larger than we declared we can receive.
-    #[error("data segment of {len} bytes exceeds our MaxRecvDataSegmentLength {max}: peer ignored negotiation; dropping the connection")]
+    #[error(
+        "data segment of {len} bytes exceeds our MaxRecvDataSegmentLength {max}: peer ignored negotiation; dropping the connection"
+    )]
     DataTooLong {
         /// Length the header announced.
         len: usize,
@@ -22,7 +26,9 @@ pub enum PduError {
         max: usize,
     },
     /// The header digest did not match: the header cannot be trusted.
-    #[error("header digest mismatch (got {got:#010x}, computed {want:#010x}): corrupted link or digest settings differ; dropping the connection")]
+    #[error(
+        "header digest mismatch (got {got:#010x}, computed {want:#010x}): corrupted link or digest settings differ; dropping the connection"
+    )]
     HeaderDigest {
         /// Digest on the wire.
         got: u32,
@@ -95,27 +101,39 @@ impl Codec {
     /// Encodes a PDU into parts for a vectored write; the length fields of
     /// the BHS are set from the segments.
     pub fn encode_parts(&self, pdu: &Pdu) -> Encoded {
+        let mut head = Vec::with_capacity(BHS_LEN + pdu.ahs.len() + 4);
+        self.encode_head_into(pdu, pdu.data.len(), &mut head);
+        let mut tail = Vec::new();
+        self.encode_tail_into(&pdu.data, &mut tail);
+        Encoded { head: Bytes::from(head), data: pdu.data.clone(), tail: Bytes::from(tail) }
+    }
+
+    /// Appends the header part (BHS with lengths, AHS, header digest) of a
+    /// PDU whose data segment is `data_len` bytes sent separately: the target
+    /// streams read data from the page cache (sendfile) after this header.
+    /// `pdu.data` is ignored.
+    pub fn encode_head_into(&self, pdu: &Pdu, data_len: usize, out: &mut Vec<u8>) {
         let mut bhs = pdu.bhs;
         bhs[4] = (pdu.ahs.len() / 4) as u8;
-        let dl = pdu.data.len() as u32;
-        bhs[5..8].copy_from_slice(&dl.to_be_bytes()[1..]);
-        let mut head = BytesMut::with_capacity(BHS_LEN + pdu.ahs.len() + 4);
-        head.extend_from_slice(&bhs);
-        head.extend_from_slice(&pdu.ahs);
+        bhs[5..8].copy_from_slice(&(data_len as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&bhs);
+        out.extend_from_slice(&pdu.ahs);
         if self.header_digest {
-            let d = digest(&[&bhs, &pdu.ahs]);
-            head.extend_from_slice(&d.to_le_bytes());
+            out.extend_from_slice(&digest(&[&bhs, &pdu.ahs]).to_le_bytes());
         }
-        let pad = pad_len(pdu.data.len());
-        let mut tail = BytesMut::new();
-        if !pdu.data.is_empty() {
-            tail.extend_from_slice(&[0u8; 3][..pad]);
-            if self.data_digest {
-                let d = digest(&[&pdu.data, &[0u8; 3][..pad]]);
-                tail.extend_from_slice(&d.to_le_bytes());
-            }
+    }
+
+    /// Appends what follows a data segment on the wire: padding to 4 bytes
+    /// and, when negotiated, the data digest (nothing for an empty segment).
+    pub fn encode_tail_into(&self, data: &[u8], out: &mut Vec<u8>) {
+        if data.is_empty() {
+            return;
         }
-        Encoded { head: head.freeze(), data: pdu.data.clone(), tail: tail.freeze() }
+        let pad = &[0u8; 3][..pad_len(data.len())];
+        out.extend_from_slice(pad);
+        if self.data_digest {
+            out.extend_from_slice(&digest(&[data, pad]).to_le_bytes());
+        }
     }
 
     /// Encodes a PDU by appending it to `out` (copies the data segment).

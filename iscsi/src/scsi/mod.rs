@@ -125,7 +125,11 @@ impl Lun {
             0x00 => Ok(Bytes::new()), // TEST UNIT READY
             0x03 => {
                 // REQUEST SENSE: nothing pending.
-                let v = if cdb[1] & 1 != 0 { vec![0x72, 0, 0, 0, 0, 0, 0, 0] } else { Sense { key: 0, asc: 0, ascq: 0 }.fixed().to_vec() };
+                let v = if cdb[1] & 1 != 0 {
+                    vec![0x72, 0, 0, 0, 0, 0, 0, 0]
+                } else {
+                    Sense { key: 0, asc: 0, ascq: 0 }.fixed().to_vec()
+                };
                 Ok(alloc_trim(v, cdb[4] as usize))
             }
             0x12 => {
@@ -160,13 +164,19 @@ impl Lun {
             }
             0x35 | 0x91 | 0x34 | 0x90 => {
                 // SYNCHRONIZE CACHE / PRE-FETCH: nothing cached to write back.
-                let (lba, n) = if op == 0x35 || op == 0x34 { (be(&cdb[2..6]), be(&cdb[7..9])) } else { (be(&cdb[2..10]), be(&cdb[10..14])) };
+                let (lba, n) = if op == 0x35 || op == 0x34 {
+                    (be(&cdb[2..6]), be(&cdb[7..9]))
+                } else {
+                    (be(&cdb[2..10]), be(&cdb[10..14]))
+                };
                 self.check_range(lba, n)?;
                 Ok(Bytes::new())
             }
             0x9e => match cdb[1] & 0x1f {
                 0x10 => Ok(alloc_trim(self.read_capacity16(), be(&cdb[10..14]) as usize)),
-                0x12 => Ok(alloc_trim(self.get_lba_status(be(&cdb[2..10]), be(&cdb[10..14]))?, be(&cdb[10..14]) as usize)),
+                0x12 => {
+                    Ok(alloc_trim(self.get_lba_status(be(&cdb[2..10]), be(&cdb[10..14]))?, be(&cdb[10..14]) as usize))
+                }
                 _ => Err(Sense::INVALID_FIELD_IN_CDB.into()),
             },
             0xa0 => {
@@ -182,6 +192,35 @@ impl Lun {
             0xa3 if cdb[1] & 0x1f == 0x0c => opcodes::report(cdb),
             _ => Err(Sense::INVALID_OPCODE.into()),
         }
+    }
+
+    /// For a READ(6/10/12/16) CDB, the validated byte range it asks for,
+    /// without reading anything: the connection's writer then streams it
+    /// straight from the store (sendfile when it can). `Ok(None)` for any
+    /// other opcode; `Err` carries the sense [`Lun::execute`] would report.
+    pub fn read_range(&self, cdb: &[u8]) -> Result<Option<(u64, u64)>, ScsiError> {
+        if cdb.len() < 16 {
+            return Ok(None);
+        }
+        let (lba, n) = match cdb[0] {
+            0x08 => (be(&cdb[1..4]) & 0x1f_ffff, if cdb[4] == 0 { 256 } else { cdb[4] as u64 }),
+            op @ (0x28 | 0xa8 | 0x88) => {
+                if cdb[1] & 0xe0 != 0 {
+                    return Err(Sense::INVALID_FIELD_IN_CDB.into());
+                }
+                match op {
+                    0x28 => (be(&cdb[2..6]), be(&cdb[7..9])),
+                    0xa8 => (be(&cdb[2..6]), be(&cdb[6..10])),
+                    _ => (be(&cdb[2..10]), be(&cdb[10..14])),
+                }
+            }
+            _ => return Ok(None),
+        };
+        self.check_range(lba, n)?;
+        if n > self.max_transfer_blocks as u64 {
+            return Err(Sense::INVALID_FIELD_IN_CDB.into());
+        }
+        Ok(Some((lba * BLOCK_SIZE as u64, n * BLOCK_SIZE as u64)))
     }
 
     fn check_range(&self, lba: u64, n: u64) -> Result<(), ScsiError> {

@@ -1,11 +1,11 @@
-//! One connection: login, then a reader loop (CmdSN window, dispatch) and a
-//! writer task (StatSN, Data-In splitting, vectored batched writes). A thin
-//! shell around `login`, `window` and `scsi`.
+//! One connection: login, then a reader loop (CmdSN window, dispatch) on
+//! tokio and a writer thread ([`super::writer`]: StatSN, SCSI execution,
+//! Data-In streaming). A thin shell around `login`, `window` and `scsi`.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,11 +15,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::window::{Admit, CmdWindow, QUEUE_DEPTH};
+use super::writer::{Out, Shared, Writer};
 use super::{Export, Target};
 use crate::login::{LoginEvent, LoginMachine, LoginPolicy};
 use crate::negotiate::{Offer, SessionParams, SessionType};
-use crate::pdu::{Codec, Opcode, Pdu, PduError, RESERVED_TAG, RejectReason, Residual};
-use crate::scsi::{Lun, ScsiResult, Sense};
+use crate::pdu::{Codec, Opcode, Pdu, PduError, RESERVED_TAG, RejectReason};
 use crate::text;
 use crate::wire::{WireError, read_pdu, write_pdus};
 
@@ -27,30 +27,13 @@ use crate::wire::{WireError, read_pdu, write_pdus};
 pub(crate) const LUN1: u64 = 1 << 48;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-enum Out {
-    /// A response PDU; `advance` if it consumes a StatSN.
-    Pdu(Pdu, bool),
-    /// A finished SCSI command.
-    Scsi { itt: u32, lun: u64, edtl: u32, result: ScsiResult },
-    /// Flush and close (after a logout response).
-    Close,
-}
-
-struct Shared {
-    exp_cmd_sn: AtomicU32,
-    in_flight: AtomicU32,
-    inflight: Mutex<HashSet<u32>>,
-    aborted: Mutex<HashSet<u32>>,
-}
-
-impl Shared {
-    fn max_cmd_sn(&self) -> u32 {
-        let exp = self.exp_cmd_sn.load(Ordering::Acquire);
-        exp.wrapping_add(QUEUE_DEPTH.saturating_sub(self.in_flight.load(Ordering::Acquire) + 1))
-    }
-}
-
-pub(super) async fn run(sock: TcpStream, peer: SocketAddr, local: SocketAddr, target: Arc<Target>, stop: watch::Receiver<bool>) {
+pub(super) async fn run(
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    target: Arc<Target>,
+    stop: watch::Receiver<bool>,
+) {
     let span = tracing::info_span!("iscsi_conn", %peer);
     async move {
         match serve_conn(sock, peer, local, target, stop).await {
@@ -62,7 +45,13 @@ pub(super) async fn run(sock: TcpStream, peer: SocketAddr, local: SocketAddr, ta
     .await
 }
 
-async fn serve_conn(sock: TcpStream, peer: SocketAddr, local: SocketAddr, target: Arc<Target>, stop: watch::Receiver<bool>) -> Result<(), WireError> {
+async fn serve_conn(
+    sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    target: Arc<Target>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WireError> {
     let (mut rd, mut wr) = sock.into_split();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let login_codec = Codec::default();
@@ -117,7 +106,9 @@ async fn serve_conn(sock: TcpStream, peer: SocketAddr, local: SocketAddr, target
     if let Some(e) = &export {
         kill = e.register(session_id, peer.ip(), &params.initiator_name);
     }
-    let result = full_feature(rd, wr, buf, peer, local, &target, export.as_ref(), params, stat_sn, login_cmd_sn, kill, stop).await;
+    let result =
+        full_feature(rd, wr, buf, peer, local, &target, export.as_ref(), params, stat_sn, login_cmd_sn, kill, stop)
+            .await;
     if let Some(e) = &export {
         e.unregister(session_id);
     }
@@ -139,16 +130,29 @@ async fn full_feature(
     mut kill: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WireError> {
-    let codec = Codec { header_digest: params.header_digest, data_digest: params.data_digest, max_recv_data: params.max_recv_data_segment_length as usize };
-    let shared = Arc::new(Shared {
-        exp_cmd_sn: AtomicU32::new(login_cmd_sn),
-        in_flight: AtomicU32::new(0),
-        inflight: Mutex::new(HashSet::new()),
-        aborted: Mutex::new(HashSet::new()),
-    });
-    let (tx, rx) = mpsc::channel::<Out>(256);
+    let codec = Codec {
+        header_digest: params.header_digest,
+        data_digest: params.data_digest,
+        max_recv_data: params.max_recv_data_segment_length as usize,
+    };
+    let shared = Arc::new(Shared::new(login_cmd_sn));
+    // Commands queue here until the writer runs them; the CmdSN window
+    // (QUEUE_DEPTH) bounds them, the slack covers pings and rejects.
+    let (tx, rx) = mpsc::channel::<Out>(QUEUE_DEPTH as usize * 2 + 64);
     let params = Arc::new(params);
-    let mut writer = tokio::spawn(writer(wr, codec, Arc::clone(&params), Arc::clone(&shared), rx, stat_sn).in_current_span());
+    let sock_fd = wr.as_ref().as_raw_fd();
+    let fd = wr.as_ref().as_fd().try_clone_to_owned().map_err(WireError::Io)?;
+    let w =
+        Writer::new(fd, codec, Arc::clone(&params), Arc::clone(&shared), export.map(|e| Arc::clone(&e.lun)), stat_sn);
+    let span = tracing::Span::current();
+    let mut writer = tokio::task::spawn_blocking(move || {
+        let _g = span.enter();
+        let r = w.run(rx);
+        if let Err(e) = &r {
+            tracing::info!(error = %e, "writer stopped");
+        }
+        r
+    });
     let mut window = CmdWindow::new(login_cmd_sn);
     let mut ping: Option<(u32, u32)> = None; // (ttt, intervals waited)
     let mut ping_ttt = 1u32;
@@ -226,11 +230,19 @@ async fn full_feature(
             }
         }
     };
-    if graceful {
-        drop(tx);
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+    drop(tx);
+    if !graceful {
+        shared.stop.store(true, Ordering::Release);
+        // SAFETY: shutdown on the connection's socket, still open (we hold `wr`).
+        unsafe { libc::shutdown(sock_fd, libc::SHUT_RDWR) };
     }
-    writer.abort();
+    if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+        tracing::warn!("writer did not stop within 5 s; closing the socket under it");
+        shared.stop.store(true, Ordering::Release);
+        // SAFETY: as above.
+        unsafe { libc::shutdown(sock_fd, libc::SHUT_RDWR) };
+    }
+    drop(wr);
     outcome
 }
 
@@ -248,27 +260,15 @@ async fn dispatch(
 ) -> bool {
     match p.opcode() {
         Some(Opcode::ScsiCommand) => {
-            let Some(export) = export else {
+            if export.is_none() {
                 let _ = tx.send(Out::Pdu(Pdu::reject(RejectReason::ProtocolError, &p.bhs), true)).await;
                 return false;
-            };
+            }
             let (itt, lun, edtl) = (p.itt(), p.lun(), p.edtl());
             let cdb: [u8; 16] = p.cdb().try_into().expect("16 bytes");
             shared.in_flight.fetch_add(1, Ordering::AcqRel);
             shared.inflight.lock().expect("inflight").insert(itt);
-            let l = Arc::clone(&export.lun);
-            if lun == LUN1 && matches!(cdb[0], 0x08 | 0x28 | 0xa8 | 0x88 | 0x9e) {
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let result = tokio::task::spawn_blocking(move || l.execute(&cdb))
-                        .await
-                        .unwrap_or_else(|_| ScsiResult::check(Sense::READ_ERROR));
-                    let _ = tx.send(Out::Scsi { itt, lun, edtl, result }).await;
-                });
-            } else {
-                let result = execute_on_lun(&l, lun, &cdb);
-                let _ = tx.send(Out::Scsi { itt, lun, edtl, result }).await;
-            }
+            let _ = tx.send(Out::Exec { itt, lun, edtl, cdb }).await;
         }
         Some(Opcode::NopOut) => {
             let _ = tx.send(Out::Pdu(Pdu::nop_in(p.lun(), p.itt(), RESERVED_TAG, p.data.clone()), true)).await;
@@ -329,101 +329,4 @@ async fn dispatch(
         _ => {}
     }
     false
-}
-
-fn execute_on_lun(l: &Lun, lun: u64, cdb: &[u8]) -> ScsiResult {
-    if lun == LUN1 || cdb[0] == 0xa0 {
-        return l.execute(cdb);
-    }
-    if cdb[0] == 0x12 && cdb[1] & 1 == 0 {
-        // No LU here: peripheral qualifier 3, device type 0x1f.
-        let mut d = vec![0u8; 36];
-        d[0] = 0x7f;
-        d[2] = 0x06;
-        d[3] = 0x02;
-        d[4] = 31;
-        let alloc = u16::from_be_bytes([cdb[3], cdb[4]]) as usize;
-        d.truncate(alloc);
-        return ScsiResult { status: crate::scsi::GOOD, sense: Vec::new(), data: Bytes::from(d) };
-    }
-    ScsiResult::check(Sense::LUN_NOT_SUPPORTED)
-}
-
-/// Turns a SCSI result into Data-In PDUs (status in the last) or a SCSI Response.
-fn scsi_pdus(params: &SessionParams, itt: u32, lun: u64, edtl: u32, r: ScsiResult) -> Vec<(Pdu, bool)> {
-    let produced = r.data.len() as u64;
-    let residual = Residual::of(edtl, produced);
-    let mut data = r.data;
-    data.truncate(edtl as usize);
-    if r.status != crate::scsi::GOOD || data.is_empty() {
-        return vec![(Pdu::scsi_response(itt, r.status, &r.sense, residual), true)];
-    }
-    let seg = params.max_xmit_data_segment_length.max(512) as usize;
-    let burst = params.max_burst_length.max(512) as usize;
-    let mut out = Vec::with_capacity(data.len().div_ceil(seg));
-    let total = data.len();
-    let mut off = 0usize;
-    let mut sn = 0u32;
-    let mut burst_left = burst;
-    while off < total {
-        let n = seg.min(total - off).min(burst_left);
-        let last = off + n == total;
-        burst_left -= n;
-        let fin = last || burst_left == 0;
-        if burst_left == 0 {
-            burst_left = burst;
-        }
-        let chunk = data.slice(off..off + n);
-        let status = last.then_some((crate::scsi::GOOD, residual));
-        out.push((Pdu::data_in(lun, itt, sn, off as u32, chunk, fin, status), last));
-        off += n;
-        sn += 1;
-    }
-    out
-}
-
-async fn writer(mut wr: OwnedWriteHalf, codec: Codec, params: Arc<SessionParams>, shared: Arc<Shared>, mut rx: mpsc::Receiver<Out>, mut stat_sn: u32) {
-    let mut batch: Vec<Out> = Vec::with_capacity(32);
-    let mut pdus: Vec<Pdu> = Vec::with_capacity(64);
-    loop {
-        if rx.recv_many(&mut batch, 32).await == 0 {
-            return;
-        }
-        let mut close = false;
-        for m in batch.drain(..) {
-            let list: Vec<(Pdu, bool)> = match m {
-                Out::Pdu(p, adv) => vec![(p, adv)],
-                Out::Close => {
-                    close = true;
-                    continue;
-                }
-                Out::Scsi { itt, lun, edtl, result } => {
-                    shared.inflight.lock().expect("inflight").remove(&itt);
-                    shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-                    if shared.aborted.lock().expect("aborted").remove(&itt) {
-                        tracing::debug!(itt, "task aborted; its response is not sent");
-                        continue;
-                    }
-                    scsi_pdus(&params, itt, lun, edtl, result)
-                }
-            };
-            for (mut p, advance) in list {
-                let (exp, max) = (shared.exp_cmd_sn.load(Ordering::Acquire), shared.max_cmd_sn());
-                p.stamp(stat_sn, exp, max);
-                if advance {
-                    stat_sn = stat_sn.wrapping_add(1);
-                }
-                pdus.push(p);
-            }
-        }
-        if let Err(e) = write_pdus(&mut wr, &codec, &pdus).await {
-            tracing::info!(error = %e, "write to initiator failed");
-            return;
-        }
-        pdus.clear();
-        if close {
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut wr).await;
-            return;
-        }
-    }
 }

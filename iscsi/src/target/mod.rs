@@ -18,6 +18,7 @@
 //! ```
 
 mod conn;
+mod writer;
 pub mod window;
 
 use std::collections::HashMap;
