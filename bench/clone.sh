@@ -1,75 +1,102 @@
 #!/usr/bin/env bash
-# Clone engine benchmark (issue #5), one run, markdown table on stdout:
-#  1. hydration of a 1 GiB volume from tgtd through our initiator (meshdrain clone run)
-#     vs iscsi-perf sequential read of the same LUN (the path's limit);
+# Clone engine benchmark (issue #5), one run, markdown table on stdout. Every reference
+# is measured in the same run, on the same LUN:
+#  1. hydration of a SIZE_MIB (default 1024) MiB volume from tgtd through our initiator
+#     (meshdrain clone run, release build) onto a tmpfs dest vs iscsi-perf sequential read
+#     of the same LUN (the path's limit; best of 64 KiB and 1 MiB reads at queue depth 32);
+#     and onto a dest on disk vs dd's write + fdatasync of the same size there (the dest's
+#     limit: every hydrated byte is made durable before its bit);
 #  2. 4 KiB random O_DIRECT read latency through the exposed clone (FUSE + loop):
-#     unhydrated (on-demand fetch of a 64 KiB region) vs hydrated, vs a plain remote
-#     4 KiB read (iscsi-perf -m 1 -b 8 -r), vs a loop device on a plain file
-#     (the loop-over-FUSE overhead).
-# Needs root, tgt, libiscsi-bin, python3. MESHDRAIN_BIN overrides the binary.
+#     unhydrated with hydration idle, unhydrated while hydration runs at HYD_RATE, and
+#     hydrated, vs a plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r);
+#  3. loop-over-FUSE overhead: hydrated reads vs a loop device on a plain file.
+# Needs root, tgt, libiscsi-bin, python3. MESHDRAIN_BIN skips the build and uses that binary.
+# Sources and tmpfs dests live under TMPFS_DIR (default /dev/shm); the disk dest under DISK_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${MESHDRAIN_BIN:-$( [ -x target/release/meshdrain ] && echo target/release/meshdrain || echo target/debug/meshdrain )}
 [ "$(id -u)" = 0 ] || { echo "bench/clone.sh needs root (loop, FUSE, tgtd)" >&2; exit 2; }
 for b in tgtd tgtadm iscsi-perf python3 losetup; do command -v "$b" >/dev/null || { echo "missing $b (scripts/install-deps test)" >&2; exit 2; }; done
-tmp=$(mktemp -d /var/tmp/clone-bench.XXXXXX)
+if [ -z "${MESHDRAIN_BIN:-}" ]; then
+  timeout 1800 cargo build --release --quiet --bin meshdrain >&2
+  bin=target/release/meshdrain
+else
+  bin=$MESHDRAIN_BIN
+fi
+size_mib=${SIZE_MIB:-1024}
+hyd_rate=${HYD_RATE:-200M}
+tmp=$(mktemp -d "${TMPFS_DIR:-/dev/shm}/clone-bench.XXXXXX")
+disk=$(mktemp -d "${DISK_DIR:-/var/tmp}/clone-bench.XXXXXX")
 pids=()
 cleanup() {
-  # clone run (SIGTERM: detach loop, unmount) first, then tgtd (ignores SIGTERM while it has targets)
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  # clone runs (SIGTERM: detach loop, unmount) first, then tgtd (ignores SIGTERM while it has targets)
   [ -n "${plainloop:-}" ] && losetup -d "$plainloop" 2>/dev/null || true
-  rm -rf "$tmp"
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for _ in $(seq 150); do
+    alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && break; sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -n "${tgtd_pid:-}" ] && kill -9 "$tgtd_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  for m in "$tmp"/dev/*.fuse; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
+  rm -rf "$tmp" "$disk"
 }
 trap cleanup EXIT
-size_mib=${SIZE_MIB:-1024}
 head -c "${size_mib}M" /dev/urandom >"$tmp/src.img"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ctl=$((10000 + $$ % 10000))
 iqn=iqn.2026-11.dev.meshdrain:clonebench
-tgtd -f --iscsi "portal=127.0.0.1:$port" -C "$ctl" >/dev/null 2>&1 & pids+=($!)
+tgtd -f --iscsi "portal=127.0.0.1:$port" -C "$ctl" >/dev/null 2>&1 & tgtd_pid=$!
 for _ in $(seq 50); do tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$iqn" 2>/dev/null && break; sleep 0.1; done
 tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$tmp/src.img"
 tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
 url="iscsi://127.0.0.1:$port/$iqn/1"
 
-perf_mbs() { # extra args; prints MB/s
-  iscsi-perf -i iqn.2026-11.dev.meshdrain:perf "$@" "$url" 2>&1 | tr '\r' '\n' | grep -o 'iops average [0-9]* ([0-9]* MB/s)' | tail -n1
+perf() { # extra args; prints "iops MB/s"
+  timeout 60 iscsi-perf -i iqn.2026-11.dev.meshdrain:perf "$@" "$url" 2>&1 | tr '\r' '\n' \
+    | grep -o 'iops average [0-9]* ([0-9]* MB/s)' | tail -n1 | tr -d '()' | awk '{print $3, $4}'
 }
-seq_line=$(perf_mbs -m 32 -b 128 -t 5)
-seq_mbs=$(echo "$seq_line" | grep -o '([0-9]*' | tr -d '(')
-rnd_line=$(perf_mbs -m 1 -b 8 -r -t 3)
-rnd_iops=$(echo "$rnd_line" | grep -o 'average [0-9]*' | grep -o '[0-9]*')
-rnd64_line=$(perf_mbs -m 1 -b 128 -r -t 3)
-rnd64_iops=$(echo "$rnd64_line" | grep -o 'average [0-9]*' | grep -o '[0-9]*')
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/max(b,1e-9):.2f}')" "$1" "$2"; }
+secs() { date +%s.%N; }
+mbs() { python3 -c "import sys; print(round(float(sys.argv[1])*1.048576/(float(sys.argv[3])-float(sys.argv[2]))))" "$size_mib" "$1" "$2"; }
 
-# 1. hydration throughput
-start=$(date +%s.%N)
-"$bin" clone run --backend userspace --source "$url" --dest "$tmp/dest.img" --metadata "$tmp/meta" \
-  --parallel 8 --batch 16 --json >"$tmp/hydrate.json" 2>"$tmp/hydrate.log"
-end=$(date +%s.%N)
-cmp "$tmp/src.img" "$tmp/dest.img" || { echo "dest differs from source" >&2; exit 1; }
-hyd_mbs=$(python3 -c "print(round($size_mib*1.048576/($end-$start)))")
+read -r _ seq64_mbs < <(perf -m 32 -b 128 -t 4)
+read -r _ seq1m_mbs < <(perf -m 32 -b 2048 -t 4)
+seq_mbs=$(( seq64_mbs > seq1m_mbs ? seq64_mbs : seq1m_mbs ))
+read -r rnd_iops _ < <(perf -m 1 -b 8 -r -t 3)
+remote4k_us=$(python3 -c "print(round(1e6/max(${rnd_iops:-1},1)))")
 
-# 2. latency through the exposed clone: hydration held at ~1 MiB/s so reads hit unhydrated regions
-rm -f "$tmp/dest2.img" "$tmp/meta2"
-"$bin" clone run --backend userspace --source "$url" --dest "$tmp/dest2.img" --metadata "$tmp/meta2" \
-  --rate-limit 1K --parallel 1 --batch 1 --expose "$tmp/dev/vol" --hold --json >"$tmp/expose.json" 2>"$tmp/expose.log" & pids+=($!)
-for _ in $(seq 100); do [ -L "$tmp/dev/vol" ] && break; sleep 0.1; done
-[ -L "$tmp/dev/vol" ] || { echo "exposure failed: $(tail -3 "$tmp/expose.log")" >&2; exit 1; }
-dev=$(readlink "$tmp/dev/vol")
-plainloop=$(losetup --find --show --direct-io=on "$tmp/dest.img")
-lat() { # device passes seed -> "median_us p99_us"
-  python3 - "$1" "$2" "$3" <<'PY'
+hydrate() { # dest-dir tag extra-args...; prints MB/s
+  local dir=$1 tag=$2; shift 2
+  local t0 t1
+  t0=$(secs)
+  timeout 600 "$bin" clone run --backend userspace --source "$url" --dest "$dir/$tag.img" --metadata "$dir/$tag.meta" \
+    --json "$@" >"$tmp/$tag.json" 2>"$tmp/$tag.log" || { echo "clone run $tag failed: $(tail -3 "$tmp/$tag.log")" >&2; exit 1; }
+  t1=$(secs)
+  cmp "$tmp/src.img" "$dir/$tag.img" || { echo "$tag: dest differs from source" >&2; exit 1; }
+  mbs "$t0" "$t1"
+}
+
+# 1. hydration throughput (the CLI's defaults)
+hyd_mbs=$(hydrate "$tmp" hyd)
+rm -f "$tmp/hyd.img" "$tmp/hyd.meta"
+t0=$(secs); dd if=/dev/zero of="$disk/dd.img" bs=1M count="$size_mib" conv=fdatasync status=none; t1=$(secs)
+dd_mbs=$(mbs "$t0" "$t1"); rm -f "$disk/dd.img"
+hyd_disk_mbs=$(hydrate "$disk" hyd-disk)
+rm -f "$disk/hyd-disk.img" "$disk/hyd-disk.meta"
+
+# 2. latency through the exposed clone
+lat() { # device passes seed [first-region] -> "median_us p99_us"; 300 reads, one per 64 KiB region
+  timeout 120 python3 - "$@" <<'PY'
 import os, sys, mmap, random, time
 dev, passes, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
 size = os.lseek(fd, 0, os.SEEK_END)
+lo = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 buf = mmap.mmap(-1, 4096)
 rng = random.Random(seed)
-offs = [rng.randrange(0, size // 65536) * 65536 + rng.randrange(0, 16) * 4096 for _ in range(300)]
+regions = rng.sample(range(lo, size // 65536), 300)
+offs = [r * 65536 + rng.randrange(0, 16) * 4096 for r in regions]
 for p in range(passes):
     ts = []
     for o in offs:
@@ -78,16 +105,33 @@ ts.sort()
 print(f"{ts[len(ts)//2]*1e6:.0f} {ts[int(len(ts)*0.99)]*1e6:.0f}")
 PY
 }
+expose() { # tag rate; sets $dev (the clone run stays in the background; not in a subshell: pids)
+  local tag=$1 rate=$2
+  "$bin" clone run --backend userspace --source "$url" --dest "$tmp/$tag.img" --metadata "$tmp/$tag.meta" \
+    --rate-limit "$rate" --expose "$tmp/dev/$tag" --hold --json >"$tmp/$tag.json" 2>"$tmp/$tag.log" & pids+=($!)
+  for _ in $(seq 100); do [ -L "$tmp/dev/$tag" ] && break; sleep 0.1; done
+  [ -L "$tmp/dev/$tag" ] || { echo "exposure failed: $(tail -3 "$tmp/$tag.log")" >&2; exit 1; }
+  dev=$(readlink "$tmp/dev/$tag")
+}
+# hydration held at 1 KiB/s: every first read hits an unhydrated region
+expose idle 1K
 read -r un_med un_p99 < <(lat "$dev" 1 1)
 read -r hy_med hy_p99 < <(lat "$dev" 1 1)   # same offsets again: now hydrated
+# hydration running at HYD_RATE from region 0 up; reads in the upper half, which it has not reached
+expose busy "$hyd_rate"
+sleep 1
+read -r busy_med busy_p99 < <(lat "$dev" 1 3 $(( size_mib * 16 / 2 )))
+sleep 1.1
+busy_at=$(tail -n1 "$tmp/busy.json" | python3 -c "import json,sys; p=json.loads(sys.stdin.read()); print(f\"{100*p['hydrated']/p['total']:.0f}% of the volume, {p['bytes_per_sec']/1e6:.0f} MB/s\")")
+plainloop=$(losetup --find --show --direct-io=on "$tmp/src.img")
 read -r pl_med pl_p99 < <(lat "$plainloop" 1 2)
-remote4k_us=$(python3 -c "print(round(1e6/max(${rnd_iops:-1},1)))")
-remote64k_us=$(python3 -c "print(round(1e6/max(${rnd64_iops:-1},1)))")
 
-echo "| measure | value | reference | ratio | goal |"
-echo "|---|---|---|---|---|"
-echo "| hydration ${size_mib} MiB, tgtd -> our initiator -> clone (MB/s) | $hyd_mbs | iscsi-perf seq read -m 32 -b 128: $seq_mbs | $(python3 -c "print(f'{$hyd_mbs/max(${seq_mbs:-1},1):.2f}')") | >= 0.9 |"
-echo "| 4 KiB random read, unhydrated (on-demand 64 KiB fetch), median / p99 us | $un_med / $un_p99 | plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r): $remote4k_us; 64 KiB: $remote64k_us | $(python3 -c "print(f'{$un_med/max($remote4k_us,1):.2f}')") | <= 1.5 |"
-echo "| 4 KiB random read, hydrated, median / p99 us | $hy_med / $hy_p99 | loop on a plain file (direct I/O): $pl_med / $pl_p99 | $(python3 -c "print(f'{$hy_med/max($pl_med,1):.2f}')") | loop-over-FUSE overhead |"
+echo "| measure | value | reference (same run) | ratio | goal |"
+echo "|---|---:|---|---:|---|"
+echo "| hydration ${size_mib} MiB, tgtd -> our initiator -> clone, tmpfs dest (MB/s) | $hyd_mbs | iscsi-perf seq read, qd 32: 64 KiB $seq64_mbs, 1 MiB $seq1m_mbs | $(ratio "$hyd_mbs" "$seq_mbs") | >= 0.9 |"
+echo "| hydration ${size_mib} MiB onto a disk dest (MB/s) | $hyd_disk_mbs | dd write + fdatasync there: $dd_mbs | $(ratio "$hyd_disk_mbs" "$(( dd_mbs < seq_mbs ? dd_mbs : seq_mbs ))") | >= 0.9 of min(path, disk) |"
+echo "| 4 KiB random read, unhydrated, hydration idle (median / p99 us) | $un_med / $un_p99 | plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r): $remote4k_us | $(ratio "$un_med" "$remote4k_us") | <= 1.5 |"
+echo "| 4 KiB random read, unhydrated, hydration running at $hyd_rate (median / p99 us) | $busy_med / $busy_p99 | same: $remote4k_us (hydration at $busy_at when the reads ended) | $(ratio "$busy_med" "$remote4k_us") | <= 1.5 |"
+echo "| 4 KiB random read, hydrated (median / p99 us) | $hy_med / $hy_p99 | loop on a plain file, direct I/O: $pl_med / $pl_p99 | $(ratio "$hy_med" "$pl_med") | loop-over-FUSE overhead |"
 echo
-echo "binary: $bin; exposed loop direct I/O: $(grep -o 'direct I/O [a-z]*' "$tmp/expose.log" | head -1)"
+echo "binary: $bin; region 64 KiB; exposed loop: $(grep -o 'direct I/O [a-z]*' "$tmp/idle.log" | head -1); cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
