@@ -287,6 +287,11 @@ pub struct MeshConfig {
     /// Seeds to join through.
     #[serde(default)]
     pub seeds: Vec<MeshSeed>,
+    /// The fleet's signed revocation list: read when it changes, rewritten when gossip brings
+    /// a newer one [default: `<state_dir>/mesh-revocations.json`]. Put a list made by
+    /// `meshdrain mesh revoke` here on any one node and gossip carries it to all.
+    #[serde(default)]
+    pub revocations: Option<PathBuf>,
 }
 
 /// Local volume pool settings.

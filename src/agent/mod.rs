@@ -24,6 +24,7 @@ use crate::store::{StateDir, StoreError};
 pub mod core;
 pub mod dataplane;
 pub mod hooks;
+pub mod mesh;
 pub mod meshport;
 pub mod report;
 pub mod run;

@@ -20,10 +20,9 @@ use super::dataplane::kernel::DmClones;
 use super::dataplane::local::{LocalClones, LocalExports};
 use super::dataplane::real::{CloneService, RealDataPlane, SharedVolumes};
 use super::dataplane::{DataPlane, NoDataPlane};
-use super::meshport::NoMesh;
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
-use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, MeshBackendChoice, ResolvedAddrs};
+use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
 use crate::control::metrics::Metrics;
 use crate::lease::Timing;
 use crate::store::StateDir;
@@ -174,24 +173,22 @@ pub async fn run_process(
     addrs: ResolvedAddrs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if config.mesh.backend != MeshBackendChoice::None {
-        anyhow::bail!(
-            "mesh.backend = {:?} is not wired into the agent in this build; use backend = \"none\"",
-            config.mesh.backend
-        );
-    }
+    // The mesh comes first: gossip and the export bind the mesh address it brings up.
+    let mesh = super::mesh::start(&config, &addrs)?;
+    let addrs = mesh.addrs.clone();
     let core_config = CoreConfig {
         name: config.name.clone(),
         labels: config.labels.clone(),
         free_bytes: free_bytes(&config),
         gossip_addr: addrs.gossip_advertise,
-        mesh_addr: None,
-        mesh_backend: Some("none".to_owned()),
+        mesh_addr: mesh.mesh_addr.map(|a| a.to_string()),
+        mesh_backend: Some(mesh.backend.clone()),
         export_addr: std::net::SocketAddr::new(addrs.gossip_advertise.ip(), config.dataplane.export_port).to_string(),
         timing: Timing::for_interval(config.gossip.interval_ms),
         wireguard: None,
     };
-    let settings = gossip_settings(&config, &addrs);
+    let mut settings = gossip_settings(&config, &addrs);
+    settings.seeds.extend(mesh.gossip_seeds);
     let listener = crate::control::server::bind(&config.control.socket).await?;
     let shared_volumes: SharedVolumes = Default::default();
     let dataplane = build_dataplane(&config, &core_config.export_addr, shared_volumes.clone()).await?;
@@ -202,7 +199,7 @@ pub async fn run_process(
         pool_dir: config.pool_dir(),
         dataplane,
         shared_volumes,
-        mesh: Box::new(NoMesh),
+        mesh: mesh.port,
     };
     let agent = spawn(&settings, setup, &config.state_dir, &UdpTransport)
         .await

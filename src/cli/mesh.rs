@@ -53,15 +53,20 @@ pub enum Command {
         /// The revoked node's WireGuard public key (base64).
         #[arg(long)]
         public_key: String,
-        /// The revocation list file to update.
+        /// The revocation list file to update. To publish it, give (or copy it to) any one
+        /// node's `mesh.revocations` file (default `<state_dir>/mesh-revocations.json`): that
+        /// agent adopts it within a tick and gossip carries it to every node.
         #[arg(long, value_name = "FILE")]
         list: PathBuf,
     },
     /// Peers, handshake age, bytes and endpoints of the local agent's mesh.
     Status {
-        /// The agent's control socket.
-        #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_CONTROL_SOCKET)]
-        socket: PathBuf,
+        /// The agent's control socket [default: the global --control].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the agent's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Bench/debug only: bring up one WireGuard interface with static peers and keep it up
     /// until SIGINT/SIGTERM (what the agent does, minus gossip).
@@ -89,28 +94,43 @@ pub enum Command {
 }
 
 /// Runs one `meshdrain mesh` subcommand.
-pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
+pub async fn run(command: Command, control: &super::ControlTarget) -> anyhow::Result<ExitCode> {
     match command {
         Command::Init { dir } => {
             let (ca, key, public) = create_ca(&dir)?;
-            println!("fleet CA created\n  secret: {} (keep off the nodes)\n  public: {}\n  fleet:  {}\n  prefix: {}",
-                key.display(), public.display(), ca.public().fleet_id(), ca.public().prefix());
+            println!(
+                "fleet CA created\n  secret: {} (keep off the nodes)\n  public: {}\n  fleet:  {}\n  prefix: {}",
+                key.display(),
+                public.display(),
+                ca.public().fleet_id(),
+                ca.public().prefix()
+            );
         }
         Command::Keygen { state_dir, name, out } => {
             let key = NodeKey::load_or_create(&state_dir)?;
             let out = out.unwrap_or_else(|| state_dir.join("node.csr.json"));
             let req = SigningRequest { name, public_key: key.public().to_base64() };
             save_json(&out, &req)?;
-            println!("node key: {}\npublic key: {}\nsigning request: {} (hand it to the fleet CA: `meshdrain mesh sign`)",
-                NodeKey::path_in(&state_dir).display(), key.public(), out.display());
+            println!(
+                "node key: {}\npublic key: {}\nsigning request: {} (hand it to the fleet CA: `meshdrain mesh sign`)",
+                NodeKey::path_in(&state_dir).display(),
+                key.public(),
+                out.display()
+            );
         }
         Command::Sign { ca_key, request, valid_for, out } => {
             let ca = load_ca(&ca_key)?;
             let req: SigningRequest = load_json(&request)?;
             let cert: Certificate = ca.sign(&req, SystemTime::now() + valid_for)?;
             save_json(&out, &cert)?;
-            println!("certificate for {} ({}) at {}: {} valid for {}",
-                cert.body.name, cert.body.public_key, cert.body.address, out.display(), humantime::format_duration(valid_for));
+            println!(
+                "certificate for {} ({}) at {}: {} valid for {}",
+                cert.body.name,
+                cert.body.public_key,
+                cert.body.address,
+                out.display(),
+                humantime::format_duration(valid_for)
+            );
         }
         Command::Revoke { ca_key, public_key, list } => {
             let ca = load_ca(&ca_key)?;
@@ -125,21 +145,67 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             revoked.insert(key.to_base64());
             let n = revoked.len();
             save_json(&list, &ca.revocations(serial + 1, revoked))?;
-            println!("revoked {key}; {} now lists {n} node(s), serial {} (publish it to the fleet)", list.display(), serial + 1);
+            println!(
+                "revoked {key}; {} now lists {n} node(s), serial {} (an agent reading it as mesh.revocations publishes it to the fleet)",
+                list.display(),
+                serial + 1
+            );
         }
         Command::Up { interface, state_dir, address, listen_port, backend, peer } => {
             return up(interface, state_dir, address, listen_port, &backend, &peer).await;
         }
-        Command::Status { socket } => {
+        Command::Status { socket, json } => {
             use crate::control::protocol::{Request, Response};
-            let mut client = crate::control::client::Client::connect(&socket).await?;
+            let socket = socket.unwrap_or_else(|| control.socket.clone());
+            let mut client = crate::control::client::Client::connect(&socket).await.map_err(super::unreachable)?;
             match client.call(&Request::MeshStatus).await? {
-                Response::Mesh { mesh } => println!("{}", serde_json::to_string_pretty(&mesh)?),
+                Response::Mesh { mesh } if json => println!("{}", serde_json::to_string_pretty(&mesh)?),
+                Response::Mesh { mesh } => print!("{}", status_table(&mesh)),
                 other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The human form of the agent's mesh status JSON.
+fn status_table(mesh: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let s = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut out = String::new();
+    if mesh["backend"] == "none" {
+        return "no mesh (mesh.backend = \"none\")\n".to_owned();
+    }
+    let _ = writeln!(
+        out,
+        "interface {} ({}) address {} port {} key {}",
+        s(&mesh["interface"]),
+        s(&mesh["backend"]),
+        s(&mesh["address"]),
+        s(&mesh["listen_port"]),
+        s(&mesh["public_key"])
+    );
+    if let Some(e) = mesh.get("error") {
+        let _ = writeln!(out, "error: {}", s(e));
+    }
+    let _ = writeln!(out, "{:<45} {:<24} {:>10} {:>12} {:>12}", "PEER", "ENDPOINT", "HANDSHAKE", "RX", "TX");
+    for p in mesh["peers"].as_array().into_iter().flatten() {
+        let age = p["handshake_age_secs"].as_u64().map_or_else(|| "never".to_owned(), |a| format!("{a}s ago"));
+        let endpoint = p["endpoint"].as_str().unwrap_or("-");
+        let _ = writeln!(
+            out,
+            "{:<45} {:<24} {:>10} {:>12} {:>12}",
+            s(&p["public_key"]),
+            endpoint,
+            age,
+            p["rx_bytes"].as_u64().unwrap_or(0),
+            p["tx_bytes"].as_u64().unwrap_or(0)
+        );
+    }
+    for r in mesh["refused"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "refused {}: {}", s(&r["public_key"]), s(&r["reason"]));
+    }
+    out
 }
 
 async fn up(

@@ -142,7 +142,7 @@ pub fn main() -> ExitCode {
             Command::Demo(a) => demo::run(a).await,
             Command::Export(c) => export::run(c).await,
             Command::Clone(c) => clone::run(c).await,
-            Command::Mesh(c) => mesh::run(c).await,
+            Command::Mesh(c) => mesh::run(c, &control).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

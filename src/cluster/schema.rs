@@ -131,6 +131,9 @@ pub struct WireguardAdvert {
     /// The node certificate signed by the fleet CA (opaque here; the mesh crate checks it).
     #[serde(default)]
     pub certificate: Option<serde_json::Value>,
+    /// The newest fleet revocation list this node knows (CA-signed, so anyone may republish).
+    #[serde(default)]
+    pub revocations: Option<serde_json::Value>,
 }
 
 /// The `node` key: everything others need to know about a node.

@@ -1,0 +1,208 @@
+//! The WireGuard mesh behind [`MeshPort`]: loads this node's identity from the config,
+//! brings the interface up (before gossip starts, since gossip binds the mesh address) and
+//! translates the cluster view into the mesh crate's adverts each tick.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use meshdrain_mesh::files::{load_ca_public, load_json};
+use meshdrain_mesh::{
+    AdmissionError, BackendChoice, Certificate, GossipAdvert, MeshRuntime, MeshSettings, NodeKey, PublicKey,
+    RevocationList, Seed,
+};
+use tracing::{info, warn};
+
+use super::meshport::{MeshPort, NoMesh};
+use crate::cluster::schema::WireguardAdvert;
+use crate::cluster::view::ClusterView;
+use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
+
+/// Default interface name when `mesh.interface` is not set.
+pub const DEFAULT_INTERFACE: &str = "meshdrain0";
+/// Default WireGuard port when neither `mesh.listen_port` nor `mesh.endpoint` gives one.
+pub const DEFAULT_WG_PORT: u16 = 51820;
+/// File name of the revocation list in the state dir (default of `mesh.revocations`).
+pub const REVOCATIONS_FILE: &str = "mesh-revocations.json";
+
+/// What starting the mesh gives `run_process`.
+pub struct MeshSetup {
+    /// The port for the owner loop.
+    pub port: Box<dyn MeshPort>,
+    /// This node's mesh address (none without a mesh).
+    pub mesh_addr: Option<Ipv6Addr>,
+    /// `kernel`, `userspace` or `none`, for `meshdrain status`.
+    pub backend: String,
+    /// Gossip addresses: the mesh address with the configured gossip port when a mesh runs.
+    pub addrs: ResolvedAddrs,
+    /// Extra chitchat seeds: the mesh seeds' mesh addresses with the gossip port.
+    pub gossip_seeds: Vec<String>,
+}
+
+/// Starts the mesh the config asks for, or [`NoMesh`] for `mesh.backend = "none"`.
+pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<MeshSetup> {
+    let choice = match config.mesh.backend {
+        MeshBackendChoice::None => {
+            return Ok(MeshSetup {
+                port: Box::new(NoMesh),
+                mesh_addr: None,
+                backend: "none".to_owned(),
+                addrs: addrs.clone(),
+                gossip_seeds: Vec::new(),
+            });
+        }
+        MeshBackendChoice::Auto => BackendChoice::Auto,
+        MeshBackendChoice::Kernel => BackendChoice::Kernel,
+        MeshBackendChoice::Userspace => BackendChoice::Userspace,
+    };
+    let settings = settings(config, choice)?;
+    let prefix = settings.ca.prefix();
+    let gossip_port = addrs.gossip_listen.port();
+    let gossip_seeds = settings
+        .seeds
+        .iter()
+        .map(|s| SocketAddr::from((prefix.node_address(&s.public_key), gossip_port)).to_string())
+        .collect();
+    let runtime = MeshRuntime::start(settings).context("config key `mesh.backend`")?;
+    let address = runtime.address();
+    let backend = format!("{:?}", runtime.kind()).to_lowercase();
+    info!(backend, %address, interface = %runtime.settings().interface, "mesh up; gossip runs on the mesh address");
+    let gossip = SocketAddr::from((address, gossip_port));
+    Ok(MeshSetup {
+        port: Box::new(WireguardMesh { runtime }),
+        mesh_addr: Some(address),
+        backend,
+        addrs: ResolvedAddrs { gossip_listen: gossip, gossip_advertise: gossip, metrics_listen: addrs.metrics_listen },
+        gossip_seeds,
+    })
+}
+
+/// Loads and checks everything the mesh needs, naming the config key of each failure.
+fn settings(config: &AgentConfig, backend: BackendChoice) -> anyhow::Result<MeshSettings> {
+    let m = &config.mesh;
+    let key = NodeKey::load_or_create(&config.state_dir).with_context(|| {
+        format!("config key `state_dir`: node key {}", NodeKey::path_in(&config.state_dir).display())
+    })?;
+    let Some(ca_path) = &m.fleet_ca else {
+        bail!(
+            "config key `mesh.fleet_ca` is missing: point it at the fleet CA's public key (fleet-ca.pub from `meshdrain mesh init`)"
+        );
+    };
+    let ca = load_ca_public(ca_path).context("config key `mesh.fleet_ca`")?;
+    let Some(cert_path) = &m.certificate else {
+        bail!(
+            "config key `mesh.certificate` is missing: run `meshdrain mesh keygen --state-dir {}`, have the CA run \
+             `meshdrain mesh sign`, and point mesh.certificate at the result",
+            config.state_dir.display()
+        );
+    };
+    let certificate: Certificate = load_json(cert_path).context("config key `mesh.certificate`")?;
+    check_own_certificate(&certificate, &key, &config.state_dir, &ca)?;
+    let endpoints: Vec<SocketAddr> = m.endpoint.iter().filter_map(|e| e.parse().ok()).collect();
+    let listen_port = m.listen_port.or_else(|| endpoints.first().map(SocketAddr::port)).unwrap_or(DEFAULT_WG_PORT);
+    let mut seeds = Vec::new();
+    for (i, s) in m.seeds.iter().enumerate() {
+        let public_key = PublicKey::from_base64(&s.public_key)
+            .with_context(|| format!("config key `mesh.seeds[{i}].public_key`"))?;
+        let endpoint = s.endpoint.parse().with_context(|| format!("config key `mesh.seeds[{i}].endpoint`"))?;
+        seeds.push(Seed { public_key, endpoint });
+    }
+    Ok(MeshSettings {
+        interface: m.interface.clone().unwrap_or_else(|| DEFAULT_INTERFACE.to_owned()),
+        backend,
+        key,
+        certificate,
+        ca,
+        listen_port,
+        endpoints,
+        seeds,
+        revocations_path: m.revocations.clone().unwrap_or_else(|| config.state_dir.join(REVOCATIONS_FILE)),
+    })
+}
+
+/// Our own certificate must be for our key and from our CA; an expired one only warns (the
+/// node runs, but others refuse it until it is re-signed).
+fn check_own_certificate(
+    cert: &Certificate,
+    key: &NodeKey,
+    state_dir: &Path,
+    ca: &meshdrain_mesh::CaPublicKey,
+) -> anyhow::Result<()> {
+    if cert.body.public_key != key.public().to_base64() {
+        bail!(
+            "config key `mesh.certificate`: it certifies key {} but this node's key ({}) is {}: sign this node's request \
+             (`meshdrain mesh keygen --state-dir {}` then `meshdrain mesh sign`)",
+            cert.body.public_key,
+            NodeKey::path_in(state_dir).display(),
+            key.public(),
+            state_dir.display()
+        );
+    }
+    match cert.verify(ca, &RevocationList::default(), SystemTime::now()) {
+        Ok(_) => Ok(()),
+        Err(e @ AdmissionError::Expired { .. }) => {
+            warn!("config key `mesh.certificate`: {e}; other nodes will refuse this one");
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!("config key `mesh.certificate` or `mesh.fleet_ca`: {e}")),
+    }
+}
+
+/// The mesh crate's runtime as the agent's [`MeshPort`].
+pub struct WireguardMesh {
+    runtime: MeshRuntime,
+}
+
+impl MeshPort for WireguardMesh {
+    fn converge(&mut self, view: &ClusterView) {
+        let adverts: Vec<GossipAdvert> = view
+            .nodes
+            .values()
+            .filter_map(|n| {
+                let wg = n.record.as_ref()?.wireguard.as_ref()?;
+                Some(GossipAdvert {
+                    name: n.name.clone(),
+                    certificate: wg.certificate.clone(),
+                    endpoints: wg.endpoints.clone(),
+                    alive: n.alive,
+                    revocations: wg.revocations.clone(),
+                })
+            })
+            .collect();
+        self.runtime.converge(&adverts, SystemTime::now());
+    }
+
+    fn advert(&self) -> Option<WireguardAdvert> {
+        let s = self.runtime.settings();
+        Some(WireguardAdvert {
+            public_key: s.key.public().to_base64(),
+            endpoints: s.endpoints.iter().map(ToString::to_string).collect(),
+            certificate: serde_json::to_value(&s.certificate).ok(),
+            revocations: self.runtime.revocations().and_then(|r| serde_json::to_value(r).ok()),
+        })
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let s = self.runtime.settings();
+        let base = serde_json::json!({
+            "address": self.runtime.address().to_string(),
+            "public_key": s.key.public().to_base64(),
+            "revocations_serial": self.runtime.revocations().map_or(0, |r| r.body.serial),
+        });
+        let mut out = match self.runtime.status() {
+            Ok((st, refused)) => {
+                let mut v = serde_json::to_value(st).unwrap_or_default();
+                v["refused"] = serde_json::to_value(refused).unwrap_or_default();
+                v
+            }
+            Err(e) => {
+                serde_json::json!({ "backend": format!("{:?}", self.runtime.kind()).to_lowercase(), "error": e.to_string(), "peers": [] })
+            }
+        };
+        if let (Some(o), serde_json::Value::Object(b)) = (out.as_object_mut(), base) {
+            o.extend(b);
+        }
+        out
+    }
+}
