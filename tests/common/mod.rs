@@ -136,7 +136,16 @@ impl AgentProc {
 }
 
 impl Drop for AgentProc {
+    /// SIGTERM and a bounded wait, so the agent tears down what it set up (clone devices,
+    /// FUSE mounts); kill -9 only if it does not exit.
     fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None))) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.kill9();
     }
 }

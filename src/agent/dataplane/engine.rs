@@ -82,8 +82,14 @@ pub struct EngineClones {
 }
 
 impl EngineClones {
-    /// Clones whose FUSE mounts and device links live under `run_dir`.
+    /// Clones whose FUSE mounts and device links live under `run_dir`. Mounts a killed
+    /// earlier run left there are dead (their FUSE server was that process): cleared now.
     pub fn new(run_dir: &Path, tuning: EngineTuning) -> Self {
+        if let Ok(entries) = std::fs::read_dir(run_dir.join("fuse")) {
+            for e in entries.flatten() {
+                clear_stale_mount(&e.path());
+            }
+        }
         Self { run_dir: run_dir.to_owned(), tuning, clones: Mutex::new(BTreeMap::new()), prepare_delay: Duration::ZERO }
     }
 

@@ -1,0 +1,315 @@
+//! `meshdrain demo`: a real fleet on this machine for a first look.
+//!
+//! Three `meshdrain agent` processes, each in its own network namespace on a bridge, with
+//! the real data path: node 1's volume (ext4, files, a workload writing and re-reading
+//! them) is exported read-only over our iSCSI target; the new node logs in, stacks the
+//! userspace clone engine (a loop device over FUSE), the workload restarts there at once
+//! and keeps running while the volume hydrates in the background; at the end every record
+//! the workload ever wrote is read back and checked, and the filesystem is fsck'ed.
+
+mod fleet;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::units::{format_bytes, parse_bytes};
+use crate::control::protocol::{NewVolume, Request, Response};
+use crate::drain::node::{NodeAction, NodeState};
+use crate::drain::request::DrainOptions;
+use crate::store::volumes::Hooks;
+use fleet::DemoFleet;
+use workload::{Counts, Ledger, Mounted, Workload};
+
+/// Run a demo fleet in network namespaces and drain a node holding a live ext4 volume.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Number of agents (each in its own network namespace).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=16))]
+    pub nodes: u16,
+    /// Size of the demo volume.
+    #[arg(long, default_value = "512M", value_parser = parse_bytes)]
+    pub size: u64,
+    /// How full the filesystem starts, in percent of the volume (1 MiB files).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u8).range(1..=80))]
+    pub fill: u8,
+    /// Hydration bandwidth, so there is time to watch the workload run on an unhydrated
+    /// clone; 0 = unlimited.
+    #[arg(long, default_value = "32M", value_parser = parse_bytes, value_name = "BYTES_PER_S")]
+    pub rate_limit: u64,
+    /// Gossip interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub interval_ms: u64,
+    /// Where the nodes' state, logs and mounts go [default: a new /tmp/meshdrain-demo-*].
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Leave the fleet running at the end and print how to reach each node's CLI.
+    #[arg(long)]
+    pub keep: bool,
+    /// Print one JSON summary object as the last line (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Summary printed with `--json`.
+#[derive(Debug, serde::Serialize)]
+struct Summary {
+    verified: bool,
+    nodes: u16,
+    volume_bytes: u64,
+    bytes_copied: u64,
+    cutover_s: f64,
+    hydration_s: f64,
+    hydration_mb_per_s: f64,
+    rate_limit_bytes_per_s: Option<u64>,
+    drained_s: f64,
+    new_owner: String,
+    records_checked: usize,
+    records_corrupt: usize,
+    workload_records_written: u64,
+    fsck_clean: bool,
+    data_plane: &'static str,
+    dir: PathBuf,
+}
+
+const VOLUME: &str = "demo-vol";
+
+/// Runs the demo and tears it down (unless `--keep`).
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => tempfile::Builder::new().prefix("meshdrain-demo-").tempdir()?.keep(),
+    };
+    std::fs::create_dir_all(&dir)?;
+    let n = usize::from(args.nodes);
+    say(
+        &args,
+        &format!("starting {n} agents, each in a network namespace on 198.18.0.0/24 (state in {})", dir.display()),
+    );
+    let fleet = DemoFleet::start(&dir, n, args.interval_ms)?;
+    fleet.wait_joined(Duration::from_secs(30)).await?;
+    say(&args, "fleet joined: every node sees every other alive");
+
+    let (stop_hook, start_hook) = workload::write_hooks(&dir)?;
+    let volume = NewVolume {
+        id: VOLUME.into(),
+        size: Some(args.size),
+        path: None,
+        requires: Default::default(),
+        hooks: Hooks { stop: Some(stop_hook), start: Some(start_hook), done: None },
+    };
+    match fleet.call(0, &Request::VolumeAdd(volume)).await? {
+        Response::Error { message } => anyhow::bail!("creating the demo volume: {message}"),
+        _ => {}
+    }
+    let image = fleet.nodes[0].pool.join(format!("{VOLUME}.img"));
+    let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).output()?;
+    anyhow::ensure!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
+    let ledger = Ledger::default();
+    let seq = Arc::new(AtomicU64::new(0));
+    let mnt1 = dir.join("mnt-node1");
+    let mounted1 = Mounted::new(&image, &mnt1)?;
+    let files = (args.size * u64::from(args.fill) / 100 >> 20).max(1) as usize;
+    workload::seed_records(&mnt1, &ledger, files, 1 << 20)?;
+    let mut running = Some(Workload::start(&mnt1, ledger.clone(), "node1", seq.clone()));
+    let mut mounted1 = Some(mounted1);
+    say(
+        &args,
+        &format!(
+            "node1 holds {VOLUME}: ext4, {}, {files} MiB of files; a workload writes and re-reads records on it",
+            format_bytes(args.size)
+        ),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let last = n - 1;
+    let rate = (args.rate_limit > 0).then_some(args.rate_limit);
+    say(&args, &format!("node{} runs `meshdrain drain node1`", last + 1));
+    let t0 = Instant::now();
+    let options = DrainOptions { rate_limit: rate, parallel: None, verify: false };
+    let req = Request::NodeAction { node: "node1".into(), action: NodeAction::Drain, force: false, options };
+    if let Response::Error { message } = fleet.call(last, &req).await? {
+        anyhow::bail!("drain refused: {message}");
+    }
+
+    let bar = progress_bar(&args);
+    let mut counts = Counts::default();
+    let (mut cutover, mut hydrated_at, mut owner, mut copied) = (None, None, String::new(), 0u64);
+    let mut target: Option<(PathBuf, PathBuf, Mounted)> = None;
+    loop {
+        if mounted1.is_some() && dir.join(format!("stop-{VOLUME}")).exists() {
+            let c = running.take().expect("running").stop()?;
+            add(&mut counts, c);
+            mounted1.take().expect("mounted").unmount()?;
+            std::fs::write(dir.join(format!("stopped-{VOLUME}")), b"")?;
+            note(
+                &args,
+                &bar,
+                &format!("stop hook: workload on node1 quiesced after {} records; export opens", c.written),
+            );
+        }
+        let started = std::fs::read_to_string(dir.join(format!("started-{VOLUME}"))).unwrap_or_default();
+        if target.is_none()
+            && let Some((node, dev)) = started.trim().split_once(' ')
+        {
+            let mnt = dir.join(format!("mnt-{node}"));
+            let m = Mounted::new(Path::new(dev), &mnt).with_context(|| format!("mounting the clone device {dev}"))?;
+            running = Some(Workload::start(&mnt, ledger.clone(), node, seq.clone()));
+            let at = t0.elapsed();
+            cutover = Some(at);
+            let v = fleet.volumes(1).await?.into_iter().find(|v| v.id == VOLUME);
+            let left = match v {
+                Some(v) if v.total > 0 => format!(
+                    "{} still to hydrate",
+                    format_bytes(args.size * (v.total - v.hydrated.min(v.total)) / v.total)
+                ),
+                _ => "hydration starting".to_owned(),
+            };
+            note(&args, &bar, &format!("workload running on {node} ({dev}) {at:.2?} after the drain; {left}"));
+            owner = node.to_owned();
+            target = Some((PathBuf::from(dev), mnt, m));
+        }
+        if let Some(v) = fleet.volumes(1).await?.into_iter().find(|v| v.id == VOLUME) {
+            if let Some(pos) = (args.size * v.hydrated).checked_div(v.total) {
+                bar.set_position(pos);
+            }
+            if v.owner != "node1" && v.phase == "held" && hydrated_at.is_none() {
+                hydrated_at = Some(t0.elapsed());
+                copied = v.fetched_bytes;
+                bar.finish();
+                note(
+                    &args,
+                    &bar,
+                    &format!("{VOLUME} hydrated on {}: hand-off done, node1 may delete its copy", v.owner),
+                );
+            }
+        }
+        let status = fleet.status(1).await?;
+        if hydrated_at.is_some()
+            && status.nodes.iter().any(|x| x.name == "node1" && x.state == Some(NodeState::Drained))
+        {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("the demo drain did not finish within 5 minutes; agent logs are under {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained_s = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(w) = running.take() {
+        add(&mut counts, w.stop()?);
+    }
+    let (dev, mnt, m) = target.context("the workload never started on the new node")?;
+    let (ok, bad) = workload::verify_all(&mnt, &ledger);
+    m.unmount()?;
+    let fsck = std::process::Command::new("fsck.ext4").arg("-fn").arg(&dev).output()?;
+    let verified = bad.is_empty() && counts.corrupt == 0 && fsck.status.success();
+    say(
+        &args,
+        &format!(
+            "node1 drained after {drained_s:.2?}; {VOLUME} lives on {owner}; {ok} records checked, {} corrupt, fsck {}",
+            bad.len() + counts.corrupt as usize,
+            if fsck.status.success() { "clean" } else { "FAILED" }
+        ),
+    );
+    let cutover_s = cutover.map_or(0.0, |c| c.as_secs_f64());
+    let hydration_s = (hydrated_at.unwrap_or(drained_s).as_secs_f64() - cutover_s).max(1e-3);
+    let summary = Summary {
+        verified,
+        nodes: args.nodes,
+        volume_bytes: args.size,
+        bytes_copied: copied,
+        cutover_s,
+        hydration_s,
+        hydration_mb_per_s: copied as f64 / 1e6 / hydration_s,
+        rate_limit_bytes_per_s: rate,
+        drained_s: drained_s.as_secs_f64(),
+        new_owner: owner,
+        records_checked: ok + bad.len(),
+        records_corrupt: bad.len() + counts.corrupt as usize,
+        workload_records_written: counts.written,
+        fsck_clean: fsck.status.success(),
+        data_plane: "iscsi + userspace clone (FUSE + loop)",
+        dir: dir.clone(),
+    };
+    finish(&args, fleet, &summary)?;
+    Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(super::exit::FAILURE) })
+}
+
+fn finish(args: &Args, fleet: DemoFleet, summary: &Summary) -> anyhow::Result<()> {
+    if args.keep {
+        let mut lines = vec!["the fleet stays up; each node's CLI:".to_owned()];
+        for n in &fleet.nodes {
+            lines.push(format!(
+                "  meshdrain --control {} status      # {} (netns {}, log {})",
+                n.socket.display(),
+                n.name,
+                n.netns,
+                n.log.display()
+            ));
+        }
+        lines.push("tear it down with:".to_owned());
+        lines.extend(fleet.keep().into_iter().map(|c| format!("  {c}")));
+        for l in lines {
+            say(args, &l);
+        }
+    } else {
+        drop(fleet);
+        if args.dir.is_none() {
+            let _ = std::fs::remove_dir_all(&summary.dir);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(summary)?);
+    } else {
+        println!(
+            "summary: cut-over {:.2}s, hydration {:.1} MB/s{}, {} copied of {}, {}",
+            summary.cutover_s,
+            summary.hydration_mb_per_s,
+            summary.rate_limit_bytes_per_s.map_or(String::new(), |r| format!(" (limited to {}/s)", format_bytes(r))),
+            format_bytes(summary.bytes_copied),
+            format_bytes(summary.volume_bytes),
+            if summary.verified { "verified" } else { "NOT verified" }
+        );
+    }
+    Ok(())
+}
+
+fn add(total: &mut Counts, c: Counts) {
+    total.written += c.written;
+    total.verified += c.verified;
+    total.corrupt += c.corrupt;
+}
+
+fn progress_bar(args: &Args) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(args.size);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "demo: hydrating demo-vol [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn note(args: &Args, bar: &indicatif::ProgressBar, line: &str) {
+    if bar.is_hidden() { say(args, line) } else { bar.println(format!("demo: {line}")) }
+}
+
+fn say(args: &Args, line: &str) {
+    if args.json {
+        eprintln!("demo: {line}");
+    } else {
+        println!("demo: {line}");
+    }
+}
