@@ -1,13 +1,16 @@
-//! netns tier of the mesh: real userspace WireGuard interfaces in network namespaces.
-//! Needs root, /dev/net/tun and iproute2; fails (never skips silently) without them.
+//! netns tier of the mesh: real userspace WireGuard interfaces in network namespaces, and
+//! real `meshdrain agent` processes assembling the mesh from one seed each.
+//! Needs root, /dev/net/tun, iproute2 and ss; fails (never skips silently) without them.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, SystemTime};
 
 use meshdrain_mesh::{
-    BackendChoice, BackendKind, FleetCa, InterfaceSpec, NodeKey, PeerChange, PeerConfig, SigningRequest, WireguardBackend,
-    select_backend,
+    BackendChoice, BackendKind, FleetCa, InterfaceSpec, NodeKey, PeerChange, PeerConfig, SigningRequest,
+    WireguardBackend, select_backend,
 };
 use meshdrain_testkit::netns::{Lan, Netns, require, require_tun, unique_name};
 
@@ -104,4 +107,247 @@ fn netns_mesh_userspace_tunnel_carries_tcp() {
         .run_in(move || TcpStream::connect_timeout(&SocketAddr::from((addr, 7003)), Duration::from_secs(2)).is_err())
         .unwrap();
     assert!(cut, "no route to a removed peer");
+}
+
+// ---------------------------------------------------------------------------------------
+// Agents: `meshdrain agent` processes, one per namespace, userspace backend, one seed each.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use common::{AgentProc, wait_until};
+use meshdrain_mesh::files::{create_ca, save_json};
+
+/// A fleet CA on disk and the namespaces its agents run in.
+struct Fleet {
+    root: tempfile::TempDir,
+    ca: FleetCa,
+    ca_key: PathBuf,
+    ca_pub: PathBuf,
+    lan: Lan,
+}
+
+/// One enrolled agent (not started yet).
+struct MeshAgent {
+    proc_: AgentProc,
+    key: String,
+    address: Ipv6Addr,
+    index: usize,
+}
+
+impl Fleet {
+    fn new(nodes: usize) -> Self {
+        require(&["ss", "nsenter"]).unwrap();
+        require_tun().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let (ca, ca_key, ca_pub) = create_ca(&root.path().join("ca")).unwrap();
+        Self { root, ca, ca_key, ca_pub, lan: Lan::new(nodes).unwrap() }
+    }
+
+    /// Enrols node `i` (certificate from `ca`, valid for `valid`); seeds come with `seed_with`.
+    fn agent(&self, i: usize, name: &str, ca: &FleetCa, ca_pub: &Path, valid: Duration) -> MeshAgent {
+        let ns = &self.lan.nodes[i];
+        let ip = Lan::underlay(i).to_string();
+        let proc_ = AgentProc::in_netns(self.root.path(), name, ns.name(), &ip, &[], 200);
+        let state = proc_.dir.join("state");
+        let key = NodeKey::load_or_create(&state).unwrap();
+        let req = SigningRequest { name: name.into(), public_key: key.public().to_base64() };
+        let cert = ca.sign(&req, SystemTime::now() + valid).unwrap();
+        let cert_path = proc_.dir.join("node.cert.json");
+        save_json(&cert_path, &cert).unwrap();
+        let mesh = format!(
+            "[mesh]\nbackend = \"userspace\"\ninterface = \"{}\"\nlisten_port = {WG_PORT}\nendpoint = \"{ip}:{WG_PORT}\"\n\
+             certificate = \"{}\"\nfleet_ca = \"{}\"\nseeds = []\n",
+            unique_name("mda"),
+            cert_path.display(),
+            ca_pub.display()
+        );
+        let cfg = std::fs::read_to_string(&proc_.config).unwrap().replace("[mesh]\nbackend = \"none\"\n", &mesh);
+        std::fs::write(&proc_.config, cfg).unwrap();
+        MeshAgent { proc_, key: key.public().to_base64(), address: cert.body.address, index: i }
+    }
+
+    fn member(&self, i: usize, name: &str) -> MeshAgent {
+        self.agent(i, name, &self.ca, &self.ca_pub, Duration::from_secs(3600))
+    }
+}
+
+impl MeshAgent {
+    /// Starts the agent; on failure the panic carries its log.
+    fn start(&mut self) {
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.proc_.start()));
+        if let Err(e) = started {
+            let why = e.downcast_ref::<String>().cloned().unwrap_or_default();
+            panic!("{} did not start: {why}\n{}", self.proc_.name, self.proc_.log());
+        }
+    }
+
+    /// Makes `seed` this agent's only mesh seed.
+    fn seed_with(&self, seed: &MeshAgent) {
+        let entry =
+            format!("{{ public_key = \"{}\", endpoint = \"{}:{WG_PORT}\" }}", seed.key, Lan::underlay(seed.index));
+        let cfg = std::fs::read_to_string(&self.proc_.config).unwrap();
+        assert!(cfg.contains("\nseeds = []\n\n[pool]"), "mesh seeds set twice");
+        let cfg = cfg.replace("\nseeds = []\n\n[pool]", &format!("\nseeds = [{entry}]\n\n[pool]"));
+        std::fs::write(&self.proc_.config, cfg).unwrap();
+    }
+
+    fn mesh_status(&self) -> Option<serde_json::Value> {
+        let out = self.proc_.cli(&["mesh", "status", "--json"]);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// Public keys of its WireGuard peers.
+    fn peers(&self) -> BTreeSet<String> {
+        self.mesh_status()
+            .and_then(|s| {
+                s["peers"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|p| p["public_key"].as_str().map(str::to_owned)).collect())
+            })
+            .unwrap_or_default()
+    }
+
+    fn describe(&self) -> String {
+        let log = self.proc_.log();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        format!(
+            "{}: {:?}\n  log tail: {}",
+            self.proc_.name,
+            self.mesh_status(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")
+        )
+    }
+}
+
+fn keys(agents: &[&MeshAgent]) -> BTreeSet<String> {
+    agents.iter().map(|a| a.key.clone()).collect()
+}
+
+/// Waits until every agent's peer set is exactly every other agent of `agents`.
+fn wait_full_mesh(agents: &[&MeshAgent], limit: Duration) -> Duration {
+    wait_until(
+        limit,
+        || agents.iter().all(|a| a.peers() == &keys(agents) - &keys(&[a])),
+        || agents.iter().map(|a| a.describe()).collect::<Vec<_>>().join("\n"),
+    )
+}
+
+/// Sockets bound on the gossip port inside the namespace (`ss`'s local address column).
+fn gossip_sockets(ns: &Netns) -> Vec<String> {
+    let out = ns.exec("ss", &["-Hlun", "sport = :7946"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn netns_mesh_agents_converge_on_mesh_addresses_and_recover_a_killed_node() {
+    let fleet = Fleet::new(3);
+    let mut a = fleet.member(0, "a");
+    let mut b = fleet.member(1, "b");
+    let mut c = fleet.member(2, "c");
+    // One seed each: a and b seed each other, c knows only a.
+    a.seed_with(&b);
+    b.seed_with(&a);
+    c.seed_with(&a);
+    for n in [&mut a, &mut b, &mut c] {
+        n.start();
+    }
+    let took = wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
+    eprintln!("three agents converged to full WireGuard peer sets in {took:?}");
+
+    // Gossip listens on the mesh address only, never on the underlay or a wildcard.
+    for n in [&a, &b, &c] {
+        let socks = gossip_sockets(&fleet.lan.nodes[n.index]);
+        assert_eq!(socks, vec![format!("[{}]:7946", n.address)], "gossip sockets of {}", n.proc_.name);
+    }
+    let st = a.proc_.status().unwrap();
+    let me = st["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "c").cloned().unwrap_or_default();
+    assert_eq!(me["mesh_backend"], "userspace", "meshdrain status shows the backend: {me}");
+    assert_eq!(me["mesh_addr"], c.address.to_string(), "{me}");
+
+    // TCP both ways between mesh addresses of the two nodes that were never each other's seed.
+    let (nb, nc) = (&fleet.lan.nodes[1], &fleet.lan.nodes[2]);
+    tcp_round_trip(nb, nc, c.address, 7101, 1 << 20);
+    tcp_round_trip(nc, nb, b.address, 7102, 1 << 20);
+    let human = a.proc_.cli(&["mesh", "status"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(human.status.success() && text.contains(&c.key) && text.contains("s ago"), "mesh status table: {text}");
+
+    // Kill c: the failure detector's verdict removes it from a and b.
+    c.proc_.kill9();
+    let took = wait_until(
+        Duration::from_secs(60),
+        || !a.peers().contains(&c.key) && !b.peers().contains(&c.key),
+        || format!("c removed\n{}\n{}", a.describe(), b.describe()),
+    );
+    eprintln!("killed node removed from its peers' WireGuard in {took:?}");
+    assert_eq!(a.peers(), keys(&[&b]));
+
+    // c comes back (same key, new incarnation): joins through its seed and is re-added everywhere.
+    c.start();
+    let took = wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
+    eprintln!("restarted node re-added in {took:?}");
+    tcp_round_trip(nb, nc, c.address, 7103, 1 << 16);
+}
+
+#[test]
+fn netns_mesh_refuses_foreign_expired_and_revoked_nodes() {
+    let fleet = Fleet::new(5);
+    let mut a = fleet.member(0, "a");
+    let mut b = fleet.member(1, "b");
+    let mut c = fleet.member(2, "c");
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, other_pub) = create_ca(other.path()).unwrap();
+    let mut d = fleet.agent(3, "foreign", &other_ca, &other_pub, Duration::from_secs(3600));
+    let mut e = fleet.agent(4, "expired", &fleet.ca, &fleet.ca_pub, Duration::ZERO);
+    a.seed_with(&b);
+    for n in [&b, &c, &d, &e] {
+        n.seed_with(&a);
+    }
+    for n in [&mut a, &mut b, &mut c, &mut d, &mut e] {
+        n.start();
+    }
+    wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
+    // The outsiders keep knocking (a join every 2 s) and are refused every time.
+    let outsiders = keys(&[&d, &e]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < deadline {
+        for n in [&a, &b, &c] {
+            let p = n.peers();
+            assert!(p.is_disjoint(&outsiders), "{} took an outsider as peer: {p:?}", n.proc_.name);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let st = a.mesh_status().unwrap();
+    let refused = st["refused"].to_string();
+    assert!(refused.contains("belongs to fleet"), "foreign CA refusal logged: {refused}");
+    assert!(refused.contains("expired"), "expired refusal logged: {refused}");
+    let log = a.proc_.log();
+    assert_eq!(log.matches("belongs to fleet").count(), 1, "refusal logged once:\n{log}");
+
+    // Revoke c with the CA, hand the list to b only: gossip carries it, a and b drop c.
+    let list = b.proc_.dir.join("state").join("mesh-revocations.json");
+    let out = common::meshdrain(&[
+        "mesh",
+        "revoke",
+        "--ca-key",
+        fleet.ca_key.to_str().unwrap(),
+        "--public-key",
+        &c.key,
+        "--list",
+        list.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let took = wait_until(
+        Duration::from_secs(30),
+        || a.peers() == keys(&[&b]) && b.peers() == keys(&[&a]),
+        || format!("c dropped\n{}\n{}", a.describe(), b.describe()),
+    );
+    eprintln!("revoked node dropped by every peer in {took:?}");
+    assert_eq!(a.mesh_status().unwrap()["revocations_serial"], 1);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(a.peers(), keys(&[&b]), "revoked node stays out (its joins are refused)");
 }

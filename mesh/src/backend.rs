@@ -138,6 +138,10 @@ impl Defguard {
         };
         let mut api = WGApi::<API>::new(spec.name.clone()).map_err(|e| fail("open", &e))?;
         api.create_interface().map_err(|e| fail("create interface", &e))?;
+        // The mesh address is derived from a key, unique by construction: skip duplicate
+        // address detection so gossip can bind it at once (best effort; `wait_usable` covers
+        // hosts where this is not writable).
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/accept_dad", spec.name), "0");
         let me = Self { api: Box::new(api), name: spec.name.clone(), kind };
         let config = InterfaceConfiguration {
             name: spec.name.clone(),

@@ -68,8 +68,8 @@ pub struct GossipAdvert {
 /// A refusal as shown by `meshdrain mesh status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RefusedPeer {
-    /// Public key claimed.
-    pub public_key: String,
+    /// The public key claimed, or `join from <ip>` for a refused join datagram.
+    pub peer: String,
     /// Why.
     pub reason: String,
 }
@@ -107,6 +107,7 @@ impl MeshRuntime {
             mtu: crate::backend::DEFAULT_MTU,
         };
         let backend = select_backend(settings.backend, &spec)?;
+        wait_usable(address, &settings.interface)?;
         let join_port = settings.listen_port.wrapping_add(JOIN_PORT_OFFSET);
         let join_socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, join_port))
             .or_else(|_| UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, join_port)))
@@ -277,6 +278,8 @@ impl MeshRuntime {
             }
             adverts.push(PeerAdvert { certificate: cert, endpoints, alive: g.alive });
         }
+        // Once gossip shows a joiner alive, gossip decides (and a later death removes it).
+        self.joins.retain(|k, _| !alive_keys.contains(k));
         for j in self.joins.values() {
             adverts.push(PeerAdvert { certificate: j.certificate.clone(), endpoints: vec![j.endpoint], alive: true });
         }
@@ -346,9 +349,26 @@ impl MeshRuntime {
             action: "status".into(),
             reason: "interface stopped".into(),
         })?;
-        let refused =
-            self.refused.iter().map(|(k, r)| RefusedPeer { public_key: k.clone(), reason: r.clone() }).collect();
+        let refused = self.refused.iter().map(|(k, r)| RefusedPeer { peer: k.clone(), reason: r.clone() }).collect();
         Ok((st, refused))
+    }
+}
+
+/// Waits (bounded) until the mesh address can be bound: gossip binds it right after this.
+fn wait_usable(address: Ipv6Addr, interface: &str) -> Result<(), BackendError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match UdpSocket::bind((address, 0)) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(BackendError::Configure {
+                    interface: interface.to_owned(),
+                    action: format!("use mesh address {address}"),
+                    reason: format!("{e} after 10 s (is IPv6 disabled on this host?)"),
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
     }
 }
 

@@ -203,7 +203,7 @@ fn status_table(mesh: &serde_json::Value) -> String {
         );
     }
     for r in mesh["refused"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "refused {}: {}", s(&r["public_key"]), s(&r["reason"]));
+        let _ = writeln!(out, "refused {}: {}", s(&r["peer"]), s(&r["reason"]));
     }
     out
 }
