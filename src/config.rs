@@ -439,6 +439,27 @@ impl AgentConfig {
                         "write the seed's underlay ip:port",
                     )
                 })?;
+                if meshdrain_mesh::PublicKey::from_base64(&seed.public_key).is_err() {
+                    return Err(invalid(
+                        &format!("mesh.seeds[{i}].public_key"),
+                        format!("{:?} is not a base64 WireGuard public key", seed.public_key),
+                        "copy the seed's `public key` line printed by `meshdrain mesh keygen`",
+                    ));
+                }
+            }
+            if self.mesh.fleet_ca.is_none() {
+                return Err(invalid(
+                    "mesh.fleet_ca",
+                    "is required with a mesh".to_owned(),
+                    "point it at fleet-ca.pub from `meshdrain mesh init`",
+                ));
+            }
+            if self.mesh.certificate.is_none() {
+                return Err(invalid(
+                    "mesh.certificate",
+                    "is required with a mesh".to_owned(),
+                    "enrol the node (`meshdrain mesh keygen`, then `meshdrain mesh sign` on the CA) and give the certificate's path",
+                ));
             }
         }
         Ok(ResolvedAddrs { gossip_listen, gossip_advertise, metrics_listen })
@@ -550,6 +571,20 @@ backend = "none"
         }
         let err = load(&GOOD.replace("\"node1\"", "\"a/b\"")).unwrap_err();
         assert!(err.to_string().contains("key `name`"), "{err}");
+    }
+
+    #[test]
+    fn mesh_keys_are_checked_by_name() {
+        let mesh = |extra: &str| GOOD.replace("backend = \"none\"", &format!("backend = \"userspace\"\n{extra}"));
+        let err = load(&mesh("certificate = \"/c.json\"")).unwrap_err();
+        assert!(err.to_string().contains("key `mesh.fleet_ca`: is required with a mesh"), "{err}");
+        let err = load(&mesh("fleet_ca = \"/ca.pub\"")).unwrap_err();
+        assert!(err.to_string().contains("key `mesh.certificate`"), "{err}");
+        let seed = "fleet_ca = \"/ca.pub\"\ncertificate = \"/c.json\"\nseeds = [{ public_key = \"nope\", endpoint = \"198.18.0.2:51820\" }]";
+        let err = load(&mesh(seed)).unwrap_err();
+        assert!(err.to_string().contains("key `mesh.seeds[0].public_key`"), "{err}");
+        let key = meshdrain_mesh::NodeKey::generate().public().to_base64();
+        load(&mesh(&seed.replace("nope", &key))).expect("complete mesh section");
     }
 
     #[test]

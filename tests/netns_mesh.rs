@@ -310,7 +310,8 @@ fn netns_mesh_refuses_foreign_expired_and_revoked_nodes() {
     for n in [&mut a, &mut b, &mut c, &mut d, &mut e] {
         n.start();
     }
-    wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
+    let took = wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
+    eprintln!("three members converged (two outsiders knocking) in {took:?}");
     // The outsiders keep knocking (a join every 2 s) and are refused every time.
     let outsiders = keys(&[&d, &e]);
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
