@@ -1,27 +1,36 @@
 //! libiscsi's tools against our target, started in-process on 127.0.0.1.
 //! Needs `libiscsi-bin`; fails (never skips) when it is missing.
 //!
-//! Full `iscsi-test-cu -n -t ALL` against our target (64 MiB sparse LUN,
-//! recorded 2026-11-23; tgtd on the same machine: 222/230):
+//! Full `iscsi-test-cu -n -t ALL`, same 64 MiB sparse LUN, same libiscsi,
+//! recorded 2026-11-23 (tgtd 1.0.x on this machine in brackets):
 //!
 //! ```text
 //!   suites     51     51    n/a      0        0
-//!    tests    230    230    212     18        0
+//!    tests    230    230    212     18        0     [tgtd: 230 230 209 21 0]
 //!  asserts  10856  10856  10724    132      n/a
 //! ```
 //!
-//! The 18 failing tests, and why:
+//! No test fails against us that passes against tgtd. tgtd fails our 18
+//! plus GetLBAStatus.BeyondEol, PrinServiceactionRange.Range and
+//! Reserve6.2Initiators. (An earlier note said tgtd passed 222; rerun on
+//! the same LUN side by side it passes 209.) The 18, and why:
 //! - WriteVerify10.Dpo, WriteVerify12.Dpo, WriteVerify16.Dpo: WRITE AND
-//!   VERIFY gets DATA PROTECT / WRITE PROTECTED (write on a read-only export).
+//!   VERIFY gets DATA PROTECT / WRITE PROTECTED (write on a read-only
+//!   export); tgtd fails them too.
 //! - ProutRegister.Simple, ProutReserve.Simple and the twelve
-//!   ProutReserve.Access*/Ownership* tests, PrinReadKeys.Truncate (not writes):
-//!   PERSISTENT RESERVE IN/OUT (0x5e/0x5f) are not implemented and answer
-//!   INVALID COMMAND OPERATION CODE. These suites do not check support before
-//!   asserting, so they count as failures. meshdrain does not use SCSI
-//!   reservations: exclusivity of an export comes from its ACL (the lease
-//!   holder's mesh address) and fencing, enforced at login. Their follow-up
-//!   assertions ("WRITE10 failed with WRITE PROTECTED", "READ10 succeeded
-//!   when expected to fail") are consequences of the same two facts.
+//!   ProutReserve.Access*/Ownership* tests, PrinReadKeys.Truncate (not
+//!   writes): PERSISTENT RESERVE IN/OUT (0x5e/0x5f) are not implemented and
+//!   answer INVALID COMMAND OPERATION CODE (tgtd fails all 15 as well).
+//!   These suites do not check support before asserting, so they count as
+//!   failures. meshdrain does not use SCSI reservations: exclusivity of an
+//!   export comes from its ACL (the lease holder's mesh address) and
+//!   fencing, enforced at login. Their follow-up assertions ("WRITE10
+//!   failed with WRITE PROTECTED", "READ10 succeeded when expected to
+//!   fail") are consequences of the same two facts; the Access tests would
+//!   fail on their WRITE step even with reservations implemented.
+//!
+//! `iscsi_test_cu_all_does_not_regress` keeps it that way: at least 212
+//! pass, and every failure is one of the 18 above.
 
 mod common;
 
@@ -47,6 +56,30 @@ const READ_SUBSET: &[&str] = &[
     "iSCSI",
 ];
 
+/// The `-t ALL` tests known to fail on a read-only export (see the top).
+const KNOWN_FAILURES: &[&str] = &[
+    "WriteVerify10.Dpo",
+    "WriteVerify12.Dpo",
+    "WriteVerify16.Dpo",
+    "PrinReadKeys.Truncate",
+    "ProutRegister.Simple",
+    "ProutReserve.Simple",
+    "ProutReserve.AccessEA",
+    "ProutReserve.AccessEAAR",
+    "ProutReserve.AccessEARO",
+    "ProutReserve.AccessWE",
+    "ProutReserve.AccessWEAR",
+    "ProutReserve.AccessWERO",
+    "ProutReserve.OwnershipEA",
+    "ProutReserve.OwnershipEAAR",
+    "ProutReserve.OwnershipEARO",
+    "ProutReserve.OwnershipWE",
+    "ProutReserve.OwnershipWEAR",
+    "ProutReserve.OwnershipWERO",
+];
+/// Tests of `-t ALL` that passed when the list above was recorded.
+const ALL_PASSED: u32 = 212;
+
 /// Parses CUnit's "tests  <total> <ran> <passed> <failed> <inactive>" line.
 fn tests_line(out: &str) -> Option<(u32, u32, u32, u32)> {
     let line = out.lines().find(|l| l.trim_start().starts_with("tests "))?;
@@ -71,9 +104,11 @@ async fn iscsi_test_cu_read_subset_passes_fully() {
     let mut failures = Vec::new();
     for t in READ_SUBSET {
         let (bin, url, t2) = (bin.clone(), url.clone(), t.to_string());
-        let out = tokio::task::spawn_blocking(move || Command::new(bin).args(["-n", "-t", &t2, &url]).output().expect("run iscsi-test-cu"))
-            .await
-            .unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(bin).args(["-n", "-t", &t2, &url]).output().expect("run iscsi-test-cu")
+        })
+        .await
+        .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
         match tests_line(&text) {
             Some((total, ran, passed, failed)) if total > 0 && ran == total && passed == total && failed == 0 => {}
@@ -107,6 +142,40 @@ async fn iscsi_ls_inq_readcapacity16_against_our_target() {
     let out = run(inq, vec!["-e".into(), "1".into(), "-c".into(), "131".into(), url.clone()]).await.unwrap();
     assert!(out.contains("DEVICE_IDENTIFICATION") && out.contains("(3) NAA"), "iscsi-inq VPD 83 output: {out}");
     let out = run(rc16, vec![url]).await.unwrap();
-    assert!(out.contains("RETURNED LOGICAL BLOCK ADDRESS:131071") && out.contains("LBPME:1"), "iscsi-readcapacity16 output: {out}");
+    assert!(
+        out.contains("RETURNED LOGICAL BLOCK ADDRESS:131071") && out.contains("LBPME:1"),
+        "iscsi-readcapacity16 output: {out}"
+    );
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iscsi_test_cu_all_does_not_regress() {
+    let bin = require("iscsi-test-cu", "libiscsi-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let (running, _) = start(vec![TargetConfig::new(IQN, lun_file(dir.path()))], 0).await;
+    let url = running.url(IQN);
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(600),
+        tokio::task::spawn_blocking(move || {
+            Command::new(bin).args(["-n", "-t", "ALL", &url]).output().expect("run iscsi-test-cu")
+        }),
+    )
+    .await
+    .expect("iscsi-test-cu -t ALL finishes within 600 s")
+    .unwrap();
+    running.stop().await;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let (total, ran, passed, _) = tests_line(&text).unwrap_or_else(|| panic!("no CUnit summary in:\n{text}"));
+    // "Suite Read10, Test Simple had failures:" -> "Read10.Simple".
+    let failed: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Suite ")?.strip_suffix(" had failures:").map(str::to_string))
+        .filter_map(|l| l.split_once(", Test ").map(|(s, t)| format!("{s}.{t}")))
+        .collect();
+    let unexpected: Vec<&String> = failed.iter().filter(|f| !KNOWN_FAILURES.contains(&f.as_str())).collect();
+    assert!(unexpected.is_empty(), "new -t ALL failures {unexpected:?}\n{text}");
+    assert_eq!(ran, total, "every test ran");
+    assert_eq!(failed.len() as u32, ran - passed, "each failure named once: {failed:?}");
+    assert!(passed >= ALL_PASSED, "{passed}/{total} passed, recorded {ALL_PASSED}: a regression\n{text}");
 }
