@@ -291,6 +291,29 @@ fn netns_mesh_agents_converge_on_mesh_addresses_and_recover_a_killed_node() {
     let took = wait_full_mesh(&[&a, &b, &c], Duration::from_secs(60));
     eprintln!("restarted node re-added in {took:?}");
     tcp_round_trip(nb, nc, c.address, 7103, 1 << 16);
+
+    // Roaming: c's underlay address changes under the running agent. WireGuard follows its
+    // authenticated packets and converge must not push the stale advertised endpoint back.
+    // (Delete first: deleting a primary address also deletes its secondaries.)
+    nc.ip(&["addr", "del", &format!("{}/24", Lan::underlay(2)), "dev", "eth0"]).unwrap();
+    nc.ip(&["addr", "add", "198.18.0.33/24", "dev", "eth0"]).unwrap();
+    let roamed = format!("198.18.0.33:{WG_PORT}");
+    let endpoint_of_c = |n: &MeshAgent| {
+        n.mesh_status().and_then(|s| {
+            s["peers"].as_array()?.iter().find(|p| p["public_key"] == c.key.as_str())?["endpoint"]
+                .as_str()
+                .map(str::to_owned)
+        })
+    };
+    let took = wait_until(
+        Duration::from_secs(30),
+        || [&a, &b].iter().all(|n| endpoint_of_c(n).as_deref() == Some(roamed.as_str())),
+        || format!("c's new endpoint\n{}\n{}", a.describe(), b.describe()),
+    );
+    eprintln!("roamed endpoint picked up in {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(endpoint_of_c(&a).as_deref(), Some(roamed.as_str()), "converge kept the roamed endpoint");
+    tcp_round_trip(nb, nc, c.address, 7104, 1 << 16);
 }
 
 #[test]
