@@ -73,11 +73,7 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        Self {
-            commit_batch: 256,
-            commit_interval: Duration::from_millis(200),
-            stall_after: Duration::from_secs(10),
-        }
+        Self { commit_batch: 256, commit_interval: Duration::from_millis(200), stall_after: Duration::from_secs(10) }
     }
 }
 
@@ -100,9 +96,8 @@ impl Core {
     /// A core for `regions` regions, where `durable(r)` says whether the metadata
     /// already holds region `r`.
     pub fn new(regions: u64, cfg: CoreConfig, durable: impl Fn(Region) -> bool) -> Self {
-        let states: Vec<RegionState> = (0..regions)
-            .map(|r| if durable(r) { RegionState::Durable } else { RegionState::Missing })
-            .collect();
+        let states: Vec<RegionState> =
+            (0..regions).map(|r| if durable(r) { RegionState::Durable } else { RegionState::Missing }).collect();
         let n = states.iter().filter(|s| **s == RegionState::Durable).count() as u64;
         Self {
             states,

@@ -26,10 +26,13 @@ pub struct EngineConfig {
     pub epoch: u64,
     /// Background hydration bandwidth in bytes/s (`None`: unlimited).
     pub rate_limit: Option<u64>,
-    /// Background fetches in flight.
+    /// Background hydration threads; each keeps a whole batch of reads in flight.
     pub parallelism: usize,
-    /// Regions per background fetch (contiguous runs are read in one request).
+    /// Regions per background batch (contiguous runs are split into reads of at most
+    /// `max_read` bytes, all issued at once).
     pub batch_regions: usize,
+    /// Largest single background source read in bytes (default 1 MiB).
+    pub max_read: u64,
     /// Commit batching and the stall bound.
     pub core: CoreConfig,
     /// How long a workload read waits for an unreachable source before EIO.
@@ -43,7 +46,8 @@ impl Default for EngineConfig {
             epoch: 1,
             rate_limit: None,
             parallelism: 4,
-            batch_regions: 16,
+            batch_regions: 64,
+            max_read: 1 << 20,
             core: CoreConfig::default(),
             on_demand_timeout: Duration::from_secs(60),
         }
@@ -57,7 +61,7 @@ pub struct Engine {
     pub(crate) dest: Box<dyn Dest>,
     meta: Mutex<Metadata>,
     pub(crate) core: Mutex<Core>,
-    cv: Condvar,
+    pub(crate) cv: Condvar,
     pub(crate) cfg: EngineConfig,
     pub(crate) size: u64,
     start: Instant,
@@ -77,7 +81,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-struct Busy<'a>(&'a AtomicUsize);
+pub(crate) struct Busy<'a>(pub(crate) &'a AtomicUsize);
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
@@ -96,14 +100,22 @@ impl Engine {
     ) -> Result<Arc<Self>> {
         let size = source.size();
         let identity = source.identity();
-        let dest_size = dest.size().map_err(|e| CloneError::Io { what: "size dest", path: PathBuf::from("dest"), source: e })?;
+        let dest_size =
+            dest.size().map_err(|e| CloneError::Io { what: "size dest", path: PathBuf::from("dest"), source: e })?;
         if dest_size < size {
             return Err(CloneError::DestTooSmall { path: PathBuf::from("dest"), dest_size, source_size: size });
         }
         if cfg.parallelism == 0 || cfg.batch_regions == 0 {
             return Err(CloneError::Config("parallelism and batch size must be at least 1".into()));
         }
-        let want = Header { region_size: cfg.region_size, size, source: identity.clone(), epoch: cfg.epoch, complete: false };
+        if cfg.max_read < cfg.region_size {
+            return Err(CloneError::Config(format!(
+                "max read {} is below the region size {}",
+                cfg.max_read, cfg.region_size
+            )));
+        }
+        let want =
+            Header { region_size: cfg.region_size, size, source: identity.clone(), epoch: cfg.epoch, complete: false };
         let meta = Metadata::open(meta, &want)?;
         let complete = meta.header().complete;
         let core = Core::new(want.regions(), cfg.core, |r| complete || meta.is_set(r));
@@ -165,7 +177,7 @@ impl Engine {
         start..(start + self.cfg.region_size).min(self.size)
     }
 
-    fn dest_err(what: &'static str) -> impl Fn(std::io::Error) -> CloneError {
+    pub(crate) fn dest_err(what: &'static str) -> impl Fn(std::io::Error) -> CloneError {
         move |source| CloneError::Io { what, path: PathBuf::from("dest"), source }
     }
 
@@ -202,18 +214,6 @@ impl Engine {
         self.source.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Reads regions `[first, first+n)` from the source and writes them to the dest.
-    pub(crate) fn copy_run(&self, first: Region, n: u64) -> std::result::Result<(), String> {
-        let start = first * self.cfg.region_size;
-        let end = ((first + n) * self.cfg.region_size).min(self.size);
-        let mut buf = vec![0u8; (end - start) as usize];
-        let src = self.source_handle().ok_or("source released after handoff")?;
-        src.read_at(start, &mut buf).map_err(|e| format!("read {}+{}: {e}", start, end - start))?;
-        self.dest.write_at(start, &buf).map_err(|e| format!("write dest at {start}: {e}"))?;
-        self.fetched_bytes.fetch_add(end - start, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Waits until region `r` may be used for `intent`; returns true when the caller
     /// holds a claim (and must call `claim_done`).
     fn ensure(&self, r: Region, intent: Intent) -> Result<bool> {
@@ -232,7 +232,8 @@ impl Engine {
                 }
                 Step::Fetch => {
                     drop(core);
-                    let res = self.copy_run(r, 1);
+                    let res =
+                        self.fetch_regions(crate::io::Lane::Foreground, &[r]).pop().map_or(Ok(()), |(_, res)| res);
                     let now = self.now();
                     core = self.lock_core();
                     let failed = res.as_ref().err().cloned();
@@ -240,7 +241,11 @@ impl Engine {
                     self.cv.notify_all();
                     if let Some(message) = failed {
                         if now >= deadline {
-                            return Err(CloneError::Source { identity: self.identity.clone(), offset: self.region_range(r).start, message });
+                            return Err(CloneError::Source {
+                                identity: self.identity.clone(),
+                                offset: self.region_range(r).start,
+                                message,
+                            });
                         }
                         drop(core);
                         std::thread::sleep(backoff);
@@ -252,26 +257,15 @@ impl Engine {
         }
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(CloneError::OutOfRange { offset, len, size: self.size });
         }
         Ok(())
     }
 
-    fn regions_of(&self, offset: u64, len: u64) -> Range<Region> {
+    pub(crate) fn regions_of(&self, offset: u64, len: u64) -> Range<Region> {
         offset / self.cfg.region_size..(offset + len).div_ceil(self.cfg.region_size)
-    }
-
-    /// Workload read: missing regions are fetched first (once), then the dest serves.
-    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check_range(offset, buf.len() as u64)?;
-        self.workload_active.fetch_add(1, Ordering::Relaxed);
-        let _busy = Busy(&self.workload_active);
-        for r in self.regions_of(offset, buf.len() as u64) {
-            self.ensure(r, Intent::Read)?;
-        }
-        self.dest.read_at(offset, buf).map_err(Self::dest_err("read dest"))
     }
 
     /// Workload write: a region covered whole is claimed without fetching; a partial
@@ -328,7 +322,21 @@ impl Engine {
     /// Commits a due batch (`force`: everything pending, and always syncs the dest):
     /// dest fdatasync, then bitmap write, then metadata sync. Commits are serialized.
     pub fn commit(&self, force: bool) -> Result<()> {
-        let mut meta = self.lock_meta();
+        let meta = self.lock_meta();
+        self.commit_locked(meta, force)
+    }
+
+    /// Commits a due batch unless another commit is running (that one takes what is
+    /// pending): hydration threads call this and never wait on someone else's fdatasync.
+    pub fn commit_due(&self) -> Result<()> {
+        match self.meta.try_lock() {
+            Ok(meta) => self.commit_locked(meta, false),
+            Err(std::sync::TryLockError::Poisoned(p)) => self.commit_locked(p.into_inner(), false),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+        }
+    }
+
+    fn commit_locked(&self, mut meta: MutexGuard<'_, Metadata>, force: bool) -> Result<()> {
         let batch = self.lock_core().take_commit(self.now(), force);
         if batch.is_empty() {
             if force {
@@ -336,11 +344,7 @@ impl Engine {
             }
             return Ok(());
         }
-        let res = self
-            .dest
-            .sync_data()
-            .map_err(Self::dest_err("sync dest"))
-            .and_then(|()| meta.persist(&batch));
+        let res = self.dest.sync_data().map_err(Self::dest_err("sync dest")).and_then(|()| meta.persist(&batch));
         self.lock_core().commit_done(&batch, res.is_ok(), self.now());
         if let Err(e) = &res {
             tracing::warn!(parent: &self.span, error = %e, regions = batch.len(), "commit failed; will retry");
@@ -362,49 +366,6 @@ impl Engine {
             tracing::info!(parent: &self.span, "handoff complete: the dest is the volume");
         }
         Ok(true)
-    }
-
-    /// One background step: fetch up to `batch_regions` missing regions (contiguous runs
-    /// in one source read, paced by the rate limit), then commit if due. Returns how
-    /// many regions were fetched, or the source error.
-    pub fn hydrate_step(&self) -> std::result::Result<usize, String> {
-        let picked = self.lock_core().next_hydration(self.cfg.batch_regions);
-        let mut done = 0;
-        let mut first_err = None;
-        let mut i = 0;
-        while i < picked.len() {
-            let mut j = i + 1;
-            while j < picked.len() && picked[j] == picked[j - 1] + 1 {
-                j += 1;
-            }
-            let run = &picked[i..j];
-            let bytes: u64 = run.iter().map(|r| self.region_range(*r).end - self.region_range(*r).start).sum();
-            let wait = self.bucket.lock().unwrap_or_else(|p| p.into_inner()).take(bytes, self.now());
-            self.sleep_bounded(wait);
-            let res = if first_err.is_some() { Err("skipped after an earlier error".to_string()) } else { self.copy_run(run[0], run.len() as u64) };
-            let now = self.now();
-            {
-                let mut core = self.lock_core();
-                for r in run {
-                    core.fetch_done(*r, res.clone(), now);
-                }
-            }
-            self.cv.notify_all();
-            match res {
-                Ok(()) => done += run.len(),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-            i = j;
-        }
-        if let Err(e) = self.commit(false) {
-            tracing::debug!(parent: &self.span, error = %e, "commit deferred");
-        }
-        match first_err {
-            Some(e) if done == 0 => Err(e),
-            _ => Ok(done),
-        }
     }
 
     /// Sleeps up to `d`, waking early on stop or pause, in 50 ms slices.

@@ -71,7 +71,9 @@ pub enum CloneError {
         source: std::io::Error,
     },
     /// The source could not be read (after retries).
-    #[error("source {identity} unreadable at byte {offset}: {message} (the engine retries; check the export and the mesh link)")]
+    #[error(
+        "source {identity} unreadable at byte {offset}: {message} (the engine retries; check the export and the mesh link)"
+    )]
     Source {
         /// Source identity.
         identity: String,

@@ -121,7 +121,16 @@ impl Filesystem for VolumeFs {
         reply: ReplyData,
     ) {
         let mut buf = vec![0u8; self.clip(offset, size as u64) as usize];
-        match self.engine.read(offset, &mut buf) {
+        // An on-demand fetch answers as soon as the requested bytes are in, before the
+        // rest of their regions arrives.
+        let mut reply = Some(reply);
+        let res = self.engine.read_with(offset, &mut buf, &mut |data| {
+            if let Some(r) = reply.take() {
+                r.data(data);
+            }
+        });
+        let Some(reply) = reply else { return };
+        match res {
             Ok(()) => reply.data(&buf),
             Err(e) => {
                 tracing::warn!(parent: &self.engine.span, error = %e, offset, "read failed");
@@ -194,7 +203,11 @@ impl Filesystem for VolumeFs {
         if ino != INodeNo::ROOT {
             return reply.error(Errno::ENOENT);
         }
-        let entries = [(INodeNo::ROOT, FileType::Directory, "."), (INodeNo::ROOT, FileType::Directory, ".."), (FILE_INO, FileType::RegularFile, FILE_NAME)];
+        let entries = [
+            (INodeNo::ROOT, FileType::Directory, "."),
+            (INodeNo::ROOT, FileType::Directory, ".."),
+            (FILE_INO, FileType::RegularFile, FILE_NAME),
+        ];
         for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
             if reply.add(*ino, (i + 1) as u64, *kind, name) {
                 break;
@@ -227,7 +240,11 @@ pub struct Exposed {
 
 impl std::fmt::Debug for Exposed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Exposed").field("device", &self.device).field("file", &self.file).field("direct_io", &self.direct_io).finish()
+        f.debug_struct("Exposed")
+            .field("device", &self.device)
+            .field("file", &self.file)
+            .field("direct_io", &self.direct_io)
+            .finish()
     }
 }
 
@@ -240,12 +257,17 @@ impl Exposed {
     /// device to it and points `symlink` (if given) at the device. Needs root (loop).
     pub fn start(engine: Arc<Engine>, mountpoint: &Path, symlink: Option<&Path>) -> Result<Self> {
         std::fs::create_dir_all(mountpoint).map_err(|e| expose_err(mountpoint, format!("create mount point: {e}")))?;
-        let fs = VolumeFs { engine: engine.clone(), uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() };
+        let fs = VolumeFs {
+            engine: engine.clone(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        };
         let mut config = fuser::Config::default();
         config.mount_options = vec![MountOption::FSName("meshdrain-clone".into()), MountOption::DefaultPermissions];
         config.n_threads = Some(4);
-        let session = fuser::spawn_mount(fs, mountpoint, &config)
-            .map_err(|e| expose_err(mountpoint, format!("FUSE mount failed: {e} (is /dev/fuse present and are we root?)")))?;
+        let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+            expose_err(mountpoint, format!("FUSE mount failed: {e} (is /dev/fuse present and are we root?)"))
+        })?;
         let file = mountpoint.join(FILE_NAME);
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) != engine.size() {
@@ -254,7 +276,13 @@ impl Exposed {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let mut me = Self { device: PathBuf::new(), file: file.clone(), symlink: None, direct_io: false, session: Some(session) };
+        let mut me = Self {
+            device: PathBuf::new(),
+            file: file.clone(),
+            symlink: None,
+            direct_io: false,
+            session: Some(session),
+        };
         let (device, direct_io) = attach_loop(&file)?;
         me.device = device;
         me.direct_io = direct_io;
@@ -301,7 +329,12 @@ impl Exposed {
             let out = Command::new("losetup").arg("-d").arg(&self.device).output();
             match out {
                 Ok(o) if o.status.success() => {}
-                Ok(o) => first = Some(expose_err(&self.device, format!("losetup -d: {}", String::from_utf8_lossy(&o.stderr).trim()))),
+                Ok(o) => {
+                    first = Some(expose_err(
+                        &self.device,
+                        format!("losetup -d: {}", String::from_utf8_lossy(&o.stderr).trim()),
+                    ))
+                }
                 Err(e) => first = Some(expose_err(&self.device, format!("losetup: {e}"))),
             }
             self.device = PathBuf::new();
@@ -332,12 +365,15 @@ fn attach_loop(file: &Path) -> Result<(PathBuf, bool)> {
         if direct {
             cmd.arg("--direct-io=on");
         }
-        let out = cmd.arg(file).output().map_err(|e| expose_err(file, format!("run losetup: {e} (install util-linux)")))?;
+        let out =
+            cmd.arg(file).output().map_err(|e| expose_err(file, format!("run losetup: {e} (install util-linux)")))?;
         if out.status.success() {
             let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             // losetup may attach but silently keep buffered I/O; read back what it did.
             let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio")).map(|s| s.trim() == "1").unwrap_or(false);
+            let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
+                .map(|s| s.trim() == "1")
+                .unwrap_or(false);
             return Ok((dev, dio));
         }
         last = String::from_utf8_lossy(&out.stderr).trim().to_string();

@@ -147,7 +147,13 @@ pub(crate) fn publish(e: &Engine, complete: bool) {
         Phase::Hydrating
     };
     let left = (total - hydrated) * e.cfg.region_size;
-    let eta_secs = if complete { Some(0.0) } else if rate > 0.0 { Some(left as f64 / rate) } else { None };
+    let eta_secs = if complete {
+        Some(0.0)
+    } else if rate > 0.0 {
+        Some(left as f64 / rate)
+    } else {
+        None
+    };
     let p = Progress {
         hydrated,
         total,

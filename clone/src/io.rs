@@ -5,9 +5,33 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+
+/// Which queue a source read joins. A workload waits on `Foreground` reads, so a source
+/// with more than one connection keeps them off the connection that carries the
+/// `Background` hydration batches (where they would wait behind megabytes of reads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// On-demand fetches for workload I/O: latency matters.
+    Foreground,
+    /// Background hydration: throughput matters.
+    Background,
+}
+
+/// Receives the bytes of [`BlockSource::read_runs`] as they arrive: `(offset, pieces)`,
+/// the pieces contiguous from `offset` (an iSCSI read's Data-In segments, so the dest
+/// can take them in one vectored write). Calls may come in any order (reads complete as
+/// the source answers); a run that succeeds was covered exactly once. An error from the
+/// sink fails that run.
+pub type RunSink<'a> = dyn FnMut(u64, &[&[u8]]) -> io::Result<()> + 'a;
+
+thread_local! {
+    /// One reusable read buffer per thread for sources without a pipelined `read_runs`,
+    /// so a hydration batch does not allocate per region.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Anything that reads blocks: the iSCSI initiator, a local file or block device.
 pub trait BlockSource: Send + Sync {
@@ -23,6 +47,33 @@ pub trait BlockSource: Send + Sync {
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
         Ok(None)
     }
+    /// Reads several byte ranges on `lane`, handing the bytes to `sink` as they arrive;
+    /// one result per run. Pipelined sources (iSCSI) keep all of them in flight at once
+    /// and pass their receive buffers through without a copy; the default reads them
+    /// one by one into a per-thread buffer.
+    fn read_runs(&self, lane: Lane, runs: &[Range<u64>], sink: &mut RunSink<'_>) -> Vec<io::Result<()>> {
+        let _ = lane;
+        SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            runs.iter()
+                .map(|run| {
+                    let n = (run.end - run.start) as usize;
+                    if buf.len() < n {
+                        buf.resize(n, 0);
+                    }
+                    self.read_at(run.start, &mut buf[..n])?;
+                    sink(run.start, &[&buf[..n]])
+                })
+                .collect()
+        })
+    }
+    /// The smallest read this source accepts at any offset (bytes), if reads need not be
+    /// whole regions. With it, an on-demand read fetches the bytes the workload asked
+    /// for first and answers at once, then the rest of the region (still once each).
+    /// `None`: only whole regions are read.
+    fn read_granularity(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where hydrated regions land: a file or block device at least the source's size.
@@ -33,6 +84,15 @@ pub trait Dest: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Write `data` at `offset` (not yet durable).
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+    /// Write `pieces` back to back from `offset` (one system call where the dest can).
+    fn write_vectored_at(&self, offset: u64, pieces: &[&[u8]]) -> io::Result<()> {
+        let mut at = offset;
+        for p in pieces {
+            self.write_at(at, p)?;
+            at += p.len() as u64;
+        }
+        Ok(())
+    }
     /// Make every completed write durable (fdatasync).
     fn sync_data(&self) -> io::Result<()>;
     /// Make `[offset, offset+len)` read as zeros, freeing space where possible.
@@ -102,6 +162,9 @@ impl BlockSource for FileSource {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
     }
+    fn read_granularity(&self) -> Option<u64> {
+        Some(512)
+    }
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
         if self.file.metadata()?.file_type().is_block_device() {
             return Ok(None);
@@ -131,9 +194,15 @@ impl BlockSource for FileSource {
 #[derive(Debug)]
 pub struct FileDest {
     file: File,
+    /// The same file opened with O_DIRECT, where the filesystem allows it: hydration's
+    /// page-aligned vectored writes go there, skipping the page cache copy.
+    direct: Option<File>,
     block: bool,
     size: u64,
 }
+
+/// Memory and offset alignment for O_DIRECT writes (a page: every logical block size).
+const DIRECT_ALIGN: usize = 4096;
 
 impl FileDest {
     /// Opens (creating a sparse file of `size` bytes if missing) a dest for `size` bytes.
@@ -145,7 +214,14 @@ impl FileDest {
             file.set_len(size)?;
         }
         let size = size_of(&file)?;
-        Ok(Self { file, block, size })
+        use std::os::unix::fs::OpenOptionsExt;
+        let direct = OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok();
+        Ok(Self { file, direct, block, size })
+    }
+
+    /// Whether aligned hydration writes bypass the page cache (O_DIRECT).
+    pub fn direct_io(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Size of the dest in bytes.
@@ -163,6 +239,20 @@ impl Dest for FileDest {
     }
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
+    }
+    fn write_vectored_at(&self, offset: u64, pieces: &[&[u8]]) -> io::Result<()> {
+        let aligned =
+            |p: &&[u8]| (p.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN) && p.len().is_multiple_of(DIRECT_ALIGN);
+        if let Some(direct) = &self.direct
+            && (offset as usize).is_multiple_of(DIRECT_ALIGN)
+            && pieces.iter().all(aligned)
+        {
+            match pwritev_all(direct, offset, pieces) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {} // not for this file after all: buffered
+                other => return other,
+            }
+        }
+        pwritev_all(&self.file, offset, pieces)
     }
     fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
@@ -192,6 +282,23 @@ impl Dest for FileDest {
         }
         Ok(())
     }
+}
+
+/// Writes all of `pieces` at `offset` with as few pwritev calls as the kernel allows.
+fn pwritev_all(file: &File, offset: u64, pieces: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = pieces.iter().map(|p| std::io::IoSlice::new(p)).collect();
+    let mut rest: &mut [std::io::IoSlice<'_>] = &mut slices;
+    let mut at = offset;
+    // Bounded: every turn writes at least one byte (0 is an error) or ends.
+    while !rest.is_empty() {
+        let n = nix::sys::uio::pwritev(file, rest, at as libc::off_t).map_err(io::Error::from)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += n as u64;
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// The metadata as a plain file (or a small block device).

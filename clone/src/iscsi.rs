@@ -1,14 +1,22 @@
 //! [`BlockSource`] over our iSCSI initiator (meshdrain-iscsi's [`BlockReader`]):
 //! the engine's threads are plain threads, so the adapter owns a small tokio runtime
-//! and blocks on each read, with a timeout so a vanished target turns into an error
+//! and blocks on each batch, with a timeout so a vanished target turns into an error
 //! the engine retries and reports as `stalled`.
+//!
+//! Two lanes: background batches go to the bulk session, where every read of a batch
+//! is in flight at once (the session pipelines up to its queue depth) and the Data-In
+//! segments go to the dest without a copy; on-demand reads go to a second session of
+//! their own when there is one, so a workload read never waits behind megabytes of
+//! hydration on the same connection.
 use std::io;
 use std::ops::Range;
 use std::time::Duration;
 
-use meshdrain_iscsi::{BlockReader, Session};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use meshdrain_iscsi::{BlockReader, InitiatorConfig, Session};
 
-use crate::io::BlockSource;
+use crate::io::{BlockSource, Lane, RunSink};
 
 /// Largest single READ issued (bytes).
 const MAX_READ: u64 = 1 << 20;
@@ -16,6 +24,7 @@ const MAX_READ: u64 = 1 << 20;
 /// A remote LUN as a clone source.
 pub struct IscsiSource<R: BlockReader = Session> {
     reader: R,
+    foreground: Option<R>,
     rt: Option<tokio::runtime::Runtime>,
     identity: String,
     timeout: Duration,
@@ -23,38 +32,68 @@ pub struct IscsiSource<R: BlockReader = Session> {
 
 impl<R: BlockReader> std::fmt::Debug for IscsiSource<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IscsiSource").field("identity", &self.identity).finish()
+        f.debug_struct("IscsiSource")
+            .field("identity", &self.identity)
+            .field("foreground_session", &self.foreground.is_some())
+            .finish()
     }
 }
 
 impl IscsiSource<Session> {
-    /// Logs in to `url` (`iscsi://host:port/<iqn>/<lun>`) on a runtime of its own.
+    /// Logs in to `url` (`iscsi://host:port/<iqn>/<lun>`) on a runtime of its own, with
+    /// a bulk session for hydration and a second session for on-demand reads (if the
+    /// target refuses the second one, on-demand reads share the first).
     /// Call from a plain thread (or `spawn_blocking`), not from inside a runtime.
     pub fn connect(url: &str, timeout: Duration) -> io::Result<Self> {
+        let config =
+            InitiatorConfig::from_url(url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Self::connect_config(url, config, timeout)
+    }
+
+    /// Like [`IscsiSource::connect`] with an explicit initiator configuration (our IQN,
+    /// digests, CHAP); `identity` is what the clone metadata records.
+    pub fn connect_config(identity: &str, config: InitiatorConfig, timeout: Duration) -> io::Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("clone-iscsi")
             .enable_all()
             .build()?;
-        let session = rt
-            .block_on(async { tokio::time::timeout(timeout, Session::connect_url(url)).await })
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("login to {url} timed out")))?
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(Self { reader: session, rt: Some(rt), identity: url.to_string(), timeout })
+        let login = |config: InitiatorConfig| {
+            rt.block_on(async { tokio::time::timeout(timeout, Session::connect(config)).await })
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("login to {identity} timed out")))?
+                .map_err(|e| io::Error::other(e.to_string()))
+        };
+        let bulk = login(config.clone())?;
+        let foreground = match login(config) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(source = identity, error = %e, "no second session for on-demand reads; they share the bulk session");
+                None
+            }
+        };
+        Ok(Self { reader: bulk, foreground, rt: Some(rt), identity: identity.to_string(), timeout })
     }
 }
 
 impl<R: BlockReader> IscsiSource<R> {
-    /// Wraps any [`BlockReader`] (tests use in-memory ones).
+    /// Wraps any [`BlockReader`] (tests use in-memory ones); on-demand reads share it
+    /// unless [`IscsiSource::with_foreground`] gives them their own.
     pub fn new(reader: R, identity: String, timeout: Duration) -> io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { reader, rt: Some(rt), identity, timeout })
+        Ok(Self { reader, foreground: None, rt: Some(rt), identity, timeout })
+    }
+
+    /// Sends on-demand (foreground) reads to `reader`, a second session to the same LUN.
+    pub fn with_foreground(mut self, reader: R) -> Self {
+        self.foreground = Some(reader);
+        self
     }
 
     fn block_on<T>(&self, f: impl Future<Output = T>) -> io::Result<T> {
         let rt = self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?;
-        rt.block_on(async { tokio::time::timeout(self.timeout, f).await })
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("iSCSI read timed out after {:?}", self.timeout)))
+        rt.block_on(async { tokio::time::timeout(self.timeout, f).await }).map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, format!("iSCSI read timed out after {:?}", self.timeout))
+        })
     }
 }
 
@@ -76,25 +115,87 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        let bs = self.reader.block_size() as u64;
-        if !offset.is_multiple_of(bs) || !(buf.len() as u64).is_multiple_of(bs) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("read {offset}+{} not {bs}-byte aligned", buf.len())));
-        }
-        let mut done = 0u64;
-        // Bounded: each turn consumes up to MAX_READ bytes of the buffer.
-        while done < buf.len() as u64 {
-            let n = (buf.len() as u64 - done).min(MAX_READ);
-            let lba = (offset + done) / bs;
-            let data = self
-                .block_on(self.reader.read_blocks(lba, (n / bs) as u32))?
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            if data.len() as u64 != n {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read at lba {lba}: {} of {n} bytes", data.len())));
+        let base = offset;
+        let range = offset..offset + buf.len() as u64;
+        let mut sink = |at: u64, pieces: &[&[u8]]| -> io::Result<()> {
+            let mut o = (at - base) as usize;
+            for p in pieces {
+                buf[o..o + p.len()].copy_from_slice(p);
+                o += p.len();
             }
-            buf[done as usize..(done + n) as usize].copy_from_slice(&data);
-            done += n;
-        }
-        Ok(())
+            Ok(())
+        };
+        self.read_runs(Lane::Foreground, std::slice::from_ref(&range), &mut sink).pop().unwrap_or(Ok(()))
+    }
+
+    fn read_granularity(&self) -> Option<u64> {
+        Some(self.reader.block_size() as u64)
+    }
+
+    fn read_runs(&self, lane: Lane, runs: &[Range<u64>], sink: &mut RunSink<'_>) -> Vec<io::Result<()>> {
+        let bs = self.reader.block_size() as u64;
+        let reader = match lane {
+            Lane::Foreground => self.foreground.as_ref().unwrap_or(&self.reader),
+            Lane::Background => &self.reader,
+        };
+        let mut errs: Vec<Option<io::Error>> = runs.iter().map(|_| None).collect();
+        let mut left = vec![0usize; runs.len()];
+        let all = async {
+            let mut inflight = FuturesUnordered::new();
+            for (i, run) in runs.iter().enumerate() {
+                if !run.start.is_multiple_of(bs) || !run.end.is_multiple_of(bs) {
+                    errs[i] = Some(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("read {}..{} not {bs}-byte aligned", run.start, run.end),
+                    ));
+                    continue;
+                }
+                let mut at = run.start;
+                // Bounded: each turn moves `at` forward by up to MAX_READ.
+                while at < run.end {
+                    let n = (run.end - at).min(MAX_READ);
+                    left[i] += 1;
+                    let read = reader.read_segments(at / bs, (n / bs) as u32);
+                    inflight.push(async move { (i, at, n, read.await) });
+                    at += n;
+                }
+            }
+            while let Some((i, at, n, res)) = inflight.next().await {
+                left[i] -= 1;
+                if errs[i].is_some() {
+                    continue;
+                }
+                let segments = match res {
+                    Ok(s) => s,
+                    Err(e) => {
+                        errs[i] = Some(io::Error::other(e.to_string()));
+                        continue;
+                    }
+                };
+                let got: u64 = segments.iter().map(|s| s.len() as u64).sum();
+                if got != n {
+                    errs[i] = Some(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("short read at byte {at}: {got} of {n} bytes"),
+                    ));
+                    continue;
+                }
+                let pieces: Vec<&[u8]> = segments.iter().map(|s| &s[..]).collect();
+                if let Err(e) = sink(at, &pieces) {
+                    errs[i] = Some(e);
+                }
+            }
+        };
+        let timed_out = self.block_on(all).err();
+        errs.into_iter()
+            .zip(left)
+            .map(|(e, left)| match (e, left, &timed_out) {
+                (Some(e), _, _) => Err(e),
+                (None, 0, _) => Ok(()),
+                (None, _, Some(t)) => Err(io::Error::new(t.kind(), t.to_string())),
+                (None, _, None) => Err(io::Error::other("read did not complete")),
+            })
+            .collect()
     }
 
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {

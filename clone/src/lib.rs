@@ -37,6 +37,7 @@ pub mod dm;
 pub mod engine;
 pub mod error;
 pub mod expose;
+mod fetch;
 pub mod hydrate;
 pub mod io;
 pub mod iscsi;
@@ -49,8 +50,8 @@ use std::path::PathBuf;
 pub use engine::{Engine, EngineConfig};
 pub use error::{CloneError, Result};
 pub use hydrate::UserspaceClone;
+pub use io::{BlockSource, Dest, FileDest, FileMeta, FileSource, Lane, MetaStore, RunSink};
 pub use iscsi::IscsiSource;
-pub use io::{BlockSource, Dest, FileDest, FileMeta, FileSource, MetaStore};
 pub use progress::{Phase, Progress};
 pub use ratelimit::parse_rate;
 

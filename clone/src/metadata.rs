@@ -175,9 +175,11 @@ impl Metadata {
         }
         let (Some(&lo), Some(&hi)) = (touched.first(), touched.last()) else { return Ok(()) };
         let path = self.store.path();
-        self.store
-            .write_at(HEADER_LEN + lo as u64, &self.bitmap[lo..=hi])
-            .map_err(|source| CloneError::Io { what: "write metadata bitmap", path: path.clone(), source })?;
+        self.store.write_at(HEADER_LEN + lo as u64, &self.bitmap[lo..=hi]).map_err(|source| CloneError::Io {
+            what: "write metadata bitmap",
+            path: path.clone(),
+            source,
+        })?;
         self.store.sync().map_err(|source| CloneError::Io { what: "sync metadata", path, source })
     }
 
@@ -185,9 +187,11 @@ impl Metadata {
     pub fn mark_complete(&mut self) -> Result<()> {
         self.header.complete = true;
         let path = self.store.path();
-        self.store
-            .write_at(0, &self.header.encode())
-            .map_err(|source| CloneError::Io { what: "write metadata header", path: path.clone(), source })?;
+        self.store.write_at(0, &self.header.encode()).map_err(|source| CloneError::Io {
+            what: "write metadata header",
+            path: path.clone(),
+            source,
+        })?;
         self.store.sync().map_err(|source| CloneError::Io { what: "sync metadata", path, source })
     }
 }

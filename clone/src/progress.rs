@@ -69,7 +69,9 @@ impl RateMeter {
     /// Adds a sample and returns bytes/s over the last 3 s.
     pub fn sample(&mut self, now: Duration, bytes: u64) -> f64 {
         self.samples.push_back((now, bytes));
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|(t, _)| now.saturating_sub(*t) > Duration::from_secs(3)) {
+        while self.samples.len() > 2
+            && self.samples.front().is_some_and(|(t, _)| now.saturating_sub(*t) > Duration::from_secs(3))
+        {
             self.samples.pop_front();
         }
         let (t0, b0) = self.samples.front().copied().unwrap_or((now, bytes));

@@ -63,11 +63,11 @@ pub struct RunArgs {
     /// Lease epoch recorded in the metadata (metadata of another epoch is refused).
     #[arg(long, default_value_t = 1)]
     pub epoch: u64,
-    /// Background fetches in flight (userspace).
+    /// Background hydration threads, each with a whole batch of reads in flight (userspace).
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-    /// Regions per background fetch (userspace).
-    #[arg(long, default_value_t = 16)]
+    /// Regions per background batch, read in pieces of up to 1 MiB all at once (userspace).
+    #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Report `stalled` after the source fails for this many seconds.
     #[arg(long, default_value_t = 10)]
@@ -88,7 +88,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn region_bytes(s: &str) -> anyhow::Result<u64> {
-    let v = parse_rate(s).map_err(|e| anyhow::anyhow!("--region-size {e}"))?.context("--region-size must be positive")?;
+    let v =
+        parse_rate(s).map_err(|e| anyhow::anyhow!("--region-size {e}"))?.context("--region-size must be positive")?;
     anyhow::ensure!(v % 4096 == 0, "--region-size {s} must be a multiple of 4K");
     Ok(v)
 }
@@ -102,7 +103,8 @@ fn pick_backend(args: &RunArgs) -> Backend {
     match args.backend {
         Backend::Auto => {
             let kernel = Path::new("/dev/mapper/control").exists() && Path::new("/sys/module/dm_clone").exists();
-            let blocks = !args.source.starts_with("iscsi://") && [Path::new(&args.source), &args.dest, &args.metadata].iter().all(|p| is_block(p));
+            let blocks = !args.source.starts_with("iscsi://")
+                && [Path::new(&args.source), &args.dest, &args.metadata].iter().all(|p| is_block(p));
             if kernel && blocks && args.expose.is_none() { Backend::Dm } else { Backend::Userspace }
         }
         b => b,
@@ -120,7 +122,10 @@ async fn run_clone(args: RunArgs) -> anyhow::Result<ExitCode> {
         Backend::Dm => {
             anyhow::ensure!(args.expose.is_none(), "--expose is for the userspace backend; dm-clone is its own device");
             let name = args.name.clone().unwrap_or_else(|| {
-                format!("meshdrain-clone-{}", args.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+                format!(
+                    "meshdrain-clone-{}",
+                    args.dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                )
             });
             let cfg = DmConfig {
                 name,
@@ -144,7 +149,12 @@ async fn run_clone(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_userspace(args: RunArgs, rate: Option<u64>, region_size: u64, stall_after: Duration) -> anyhow::Result<ExitCode> {
+async fn run_userspace(
+    args: RunArgs,
+    rate: Option<u64>,
+    region_size: u64,
+    stall_after: Duration,
+) -> anyhow::Result<ExitCode> {
     let cfg = EngineConfig {
         region_size,
         epoch: args.epoch,
@@ -154,12 +164,18 @@ async fn run_userspace(args: RunArgs, rate: Option<u64>, region_size: u64, stall
         core: meshdrain_clone::core::CoreConfig { stall_after, ..Default::default() },
         ..Default::default()
     };
-    let (source_arg, dest, metadata, expose) = (args.source.clone(), args.dest.clone(), args.metadata.clone(), args.expose.clone());
+    let (source_arg, dest, metadata, expose) =
+        (args.source.clone(), args.dest.clone(), args.metadata.clone(), args.expose.clone());
     let (clone, exposed) = tokio::task::spawn_blocking(move || -> anyhow::Result<(UserspaceClone, Option<Exposed>)> {
         let source: std::sync::Arc<dyn BlockSource> = if source_arg.starts_with("iscsi://") {
-            std::sync::Arc::new(IscsiSource::connect(&source_arg, Duration::from_secs(10)).with_context(|| format!("connect {source_arg}"))?)
+            std::sync::Arc::new(
+                IscsiSource::connect(&source_arg, Duration::from_secs(10))
+                    .with_context(|| format!("connect {source_arg}"))?,
+            )
         } else {
-            std::sync::Arc::new(FileSource::open(Path::new(&source_arg)).with_context(|| format!("open source {source_arg}"))?)
+            std::sync::Arc::new(
+                FileSource::open(Path::new(&source_arg)).with_context(|| format!("open source {source_arg}"))?,
+            )
         };
         let d = FileDest::open(&dest, source.size()).with_context(|| format!("open dest {}", dest.display()))?;
         let m = FileMeta::open(&metadata).with_context(|| format!("open metadata {}", metadata.display()))?;
@@ -175,7 +191,12 @@ async fn run_userspace(args: RunArgs, rate: Option<u64>, region_size: u64, stall
     })
     .await??;
     if let Some(x) = &exposed {
-        eprintln!("exposed: {} -> {} (direct I/O {})", args.expose.as_deref().unwrap_or(Path::new("")).display(), x.device().display(), x.direct_io());
+        eprintln!(
+            "exposed: {} -> {} (direct I/O {})",
+            args.expose.as_deref().unwrap_or(Path::new("")).display(),
+            x.device().display(),
+            x.direct_io()
+        );
     }
     let code = watch(&clone, args.json, args.hold).await;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -200,8 +221,10 @@ async fn watch(clone: &dyn CloneBackend, json: bool, hold: bool) -> ExitCode {
     let bar = (!json).then(|| {
         let bar = indicatif::ProgressBar::new(p0.total * p0.region_size);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     });

@@ -120,7 +120,10 @@ impl DmClone {
             dm.device_create(dm_name, None, DmOptions::default()).map_err(|e| dm_err(&name, format!("create: {e}")))?;
             let id = DevId::Name(dm_name);
             let table = vec![(0, sectors, "clone".to_string(), params.param_str())];
-            if let Err(e) = dm.table_load(&id, &table, DmOptions::default()).and_then(|_| dm.device_suspend(&id, DmOptions::default())) {
+            if let Err(e) = dm
+                .table_load(&id, &table, DmOptions::default())
+                .and_then(|_| dm.device_suspend(&id, DmOptions::default()))
+            {
                 let _ = dm.device_remove(&id, DmOptions::default());
                 return Err(dm_err(&name, format!("load table {params}: {e} (is dm-clone loaded?)")));
             }
@@ -130,7 +133,13 @@ impl DmClone {
         controller.set_paused(paused);
         let regions = (sectors * 512).div_ceil(cfg.region_size);
         let (tx, _) = watch::channel(Progress::initial(0, regions, cfg.region_size, false));
-        let shared = Arc::new(Shared { dm, name: name.clone(), controller: Mutex::new(controller), stop: AtomicBool::new(false), tx });
+        let shared = Arc::new(Shared {
+            dm,
+            name: name.clone(),
+            controller: Mutex::new(controller),
+            stop: AtomicBool::new(false),
+            tx,
+        });
         let s = shared.clone();
         let (dest, poll) = (cfg.dest.clone(), cfg.poll);
         let poller = std::thread::spawn(move || poll_loop(&s, &dest, sectors, poll));
@@ -153,7 +162,10 @@ impl DmClone {
     pub fn remove(mut self) -> Result<()> {
         self.halt();
         let n = DmName::new(&self.shared.name).map_err(|e| dm_err(&self.shared.name, e))?;
-        self.shared.dm.device_remove(&DevId::Name(n), DmOptions::default()).map_err(|e| dm_err(&self.shared.name, format!("remove: {e}")))?;
+        self.shared
+            .dm
+            .device_remove(&DevId::Name(n), DmOptions::default())
+            .map_err(|e| dm_err(&self.shared.name, format!("remove: {e}")))?;
         Ok(())
     }
 }
@@ -172,7 +184,9 @@ fn send(s: &Shared, msg: &str) -> Result<()> {
 
 fn status(s: &Shared) -> Result<CloneStatus> {
     let n = DmName::new(&s.name).map_err(|e| dm_err(&s.name, e))?;
-    let (_, lines) = s.dm.table_status(&DevId::Name(n), DmOptions::default()).map_err(|e| dm_err(&s.name, format!("status: {e}")))?;
+    let (_, lines) =
+        s.dm.table_status(&DevId::Name(n), DmOptions::default())
+            .map_err(|e| dm_err(&s.name, format!("status: {e}")))?;
     let line = lines.first().ok_or_else(|| dm_err(&s.name, "no status line"))?;
     if line.2 == "linear" {
         return Err(dm_err(&s.name, "already linear (handed off)"));
@@ -186,7 +200,8 @@ fn handoff(s: &Shared, dest: &Path, sectors: u64) -> Result<()> {
     let dest = device_of(&s.name, dest)?;
     let table = vec![(0, sectors, "linear".to_string(), format!("{dest} 0"))];
     s.dm.table_load(&id, &table, DmOptions::default()).map_err(|e| dm_err(&s.name, format!("load linear: {e}")))?;
-    s.dm.device_suspend(&id, DmOptions::default().set_flags(devicemapper::DmFlags::DM_SUSPEND)).map_err(|e| dm_err(&s.name, format!("suspend: {e}")))?;
+    s.dm.device_suspend(&id, DmOptions::default().set_flags(devicemapper::DmFlags::DM_SUSPEND))
+        .map_err(|e| dm_err(&s.name, format!("suspend: {e}")))?;
     s.dm.device_suspend(&id, DmOptions::default()).map_err(|e| dm_err(&s.name, format!("resume: {e}")))?;
     tracing::info!(device = %s.name, "handoff: table reloaded as linear on the dest");
     Ok(())
@@ -215,15 +230,28 @@ fn poll_loop(s: &Shared, dest: &Path, sectors: u64, period: Duration) {
                 let rb = s.tx.borrow().region_size;
                 let rate = meter.sample(now, st.hydrated * rb);
                 let left = (st.total - st.hydrated.min(st.total)) * rb;
-                let phase = if complete { Phase::Complete } else if stalled { Phase::Stalled } else { Phase::Hydrating };
+                let phase = if complete {
+                    Phase::Complete
+                } else if stalled {
+                    Phase::Stalled
+                } else {
+                    Phase::Hydrating
+                };
                 s.tx.send_modify(|p| {
                     p.hydrated = st.hydrated;
                     p.total = st.total;
                     p.bytes_per_sec = rate;
-                    p.eta_secs = if complete { Some(0.0) } else if rate > 0.0 { Some(left as f64 / rate) } else { None };
+                    p.eta_secs = if complete {
+                        Some(0.0)
+                    } else if rate > 0.0 {
+                        Some(left as f64 / rate)
+                    } else {
+                        None
+                    };
                     p.phase = phase;
                     if stalled && last_error.is_none() {
-                        last_error = Some("no hydration progress: source unreadable? (dm-clone retries forever)".into());
+                        last_error =
+                            Some("no hydration progress: source unreadable? (dm-clone retries forever)".into());
                     }
                     if last_error.is_some() {
                         p.last_error = last_error.clone();

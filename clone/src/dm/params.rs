@@ -76,11 +76,18 @@ impl FromStr for CloneTargetParams {
         let dev = |i: usize, what: &str| {
             v[i].parse::<Device>().map_err(|_| invalid(format!("clone table: {what} {:?} is not major:minor", v[i])))
         };
-        let mut p = Self::new(dev(1, "metadata device")?, dev(2, "dest device")?, dev(3, "source device")?, Sectors(num(v.get(4), "region size")?));
+        let mut p = Self::new(
+            dev(1, "metadata device")?,
+            dev(2, "dest device")?,
+            dev(3, "source device")?,
+            Sectors(num(v.get(4), "region size")?),
+        );
         let mut i = 5;
         if i < v.len() {
             let n: usize = num(v.get(i), "feature count")?;
-            for f in v.get(i + 1..i + 1 + n).ok_or_else(|| invalid(format!("clone table {s:?}: {n} features announced")))? {
+            for f in
+                v.get(i + 1..i + 1 + n).ok_or_else(|| invalid(format!("clone table {s:?}: {n} features announced")))?
+            {
                 match *f {
                     "no_hydration" => p.no_hydration = true,
                     "no_discard_passdown" => p.no_discard_passdown = true,
@@ -91,7 +98,9 @@ impl FromStr for CloneTargetParams {
         }
         if i < v.len() {
             let n: usize = num(v.get(i), "core argument count")?;
-            let args = v.get(i + 1..i + 1 + n).ok_or_else(|| invalid(format!("clone table {s:?}: {n} core args announced")))?;
+            let args = v
+                .get(i + 1..i + 1 + n)
+                .ok_or_else(|| invalid(format!("clone table {s:?}: {n} core args announced")))?;
             for kv in args.chunks(2) {
                 match kv {
                     ["hydration_threshold", x] => p.hydration_threshold = Some(num(Some(x), "hydration_threshold")?),
@@ -227,15 +236,26 @@ impl FromStr for CloneStatus {
         let v: Vec<&str> = s.split_whitespace().collect();
         let pair = |x: Option<&&str>, what: &str| -> Result<(u64, u64), DmError> {
             let x = x.ok_or_else(|| invalid(format!("dm-clone status {s:?}: missing {what}")))?;
-            let (a, b) = x.split_once('/').ok_or_else(|| invalid(format!("dm-clone status: {what} {x:?} is not a/b")))?;
+            let (a, b) =
+                x.split_once('/').ok_or_else(|| invalid(format!("dm-clone status: {what} {x:?} is not a/b")))?;
             Ok((num(Some(&a), what)?, num(Some(&b), what)?))
         };
         let (metadata_used, metadata_total) = pair(v.get(1), "metadata usage")?;
         let (hydrated, total) = pair(v.get(3), "hydrated regions")?;
         let nf: usize = num(v.get(5), "feature count")?;
-        let features: Vec<String> = v.get(6..6 + nf).ok_or_else(|| invalid(format!("dm-clone status {s:?}: short features")))?.iter().map(|x| x.to_string()).collect();
+        let features: Vec<String> = v
+            .get(6..6 + nf)
+            .ok_or_else(|| invalid(format!("dm-clone status {s:?}: short features")))?
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
         let nc: usize = num(v.get(6 + nf), "core arg count")?;
-        let core_args: Vec<String> = v.get(7 + nf..7 + nf + nc).ok_or_else(|| invalid(format!("dm-clone status {s:?}: short core args")))?.iter().map(|x| x.to_string()).collect();
+        let core_args: Vec<String> = v
+            .get(7 + nf..7 + nf + nc)
+            .ok_or_else(|| invalid(format!("dm-clone status {s:?}: short core args")))?
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
         let mode = match v.get(7 + nf + nc) {
             Some(&"rw") => MetadataMode::ReadWrite,
             Some(&"ro") => MetadataMode::ReadOnly,
@@ -262,7 +282,14 @@ impl fmt::Display for CloneStatus {
         write!(
             f,
             "{} {}/{} {} {}/{} {} {}",
-            self.metadata_block_size, self.metadata_used, self.metadata_total, self.region_size, self.hydrated, self.total, self.hydrating, self.features.len()
+            self.metadata_block_size,
+            self.metadata_used,
+            self.metadata_total,
+            self.region_size,
+            self.hydrated,
+            self.total,
+            self.hydrating,
+            self.features.len()
         )?;
         for x in &self.features {
             write!(f, " {x}")?;
@@ -313,7 +340,12 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for m in [CloneMessage::EnableHydration, CloneMessage::DisableHydration, CloneMessage::HydrationThreshold(4096), CloneMessage::HydrationBatchSize(256)] {
+        for m in [
+            CloneMessage::EnableHydration,
+            CloneMessage::DisableHydration,
+            CloneMessage::HydrationThreshold(4096),
+            CloneMessage::HydrationBatchSize(256),
+        ] {
             assert_eq!(m.to_string().parse::<CloneMessage>().unwrap(), m);
         }
     }

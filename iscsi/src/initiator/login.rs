@@ -33,12 +33,21 @@ fn meaning(class: u8, detail: u8) -> &'static str {
     }
 }
 
-pub(super) async fn login(sock: &mut TcpStream, cfg: &InitiatorConfig, isid: [u8; 6], buf: &mut BytesMut) -> Result<LoggedIn, InitiatorError> {
+pub(super) async fn login(
+    sock: &mut TcpStream,
+    cfg: &InitiatorConfig,
+    isid: [u8; 6],
+    buf: &mut BytesMut,
+) -> Result<LoggedIn, InitiatorError> {
     let codec = Codec::default();
     let proto = |why: String| InitiatorError::Protocol { target: cfg.target.clone(), why };
     let mut cmd_sn = 1u32;
     let mut exp_stat_sn = 0u32;
-    let mut params = SessionParams { max_recv_data_segment_length: 262_144, max_burst_length: 16_776_192, ..SessionParams::default() };
+    let mut params = SessionParams {
+        max_recv_data_segment_length: 262_144,
+        max_burst_length: 16_776_192,
+        ..SessionParams::default()
+    };
     let auth = if cfg.chap.is_some() { "CHAP,None" } else { "None" };
     let mut csg = stage::SECURITY;
     let mut keys: Vec<(String, String)> = vec![
@@ -71,14 +80,21 @@ pub(super) async fn login(sock: &mut TcpStream, cfg: &InitiatorConfig, isid: [u8
         let can_transit = csg != stage::SECURITY || cfg.chap.is_none() || chap_state == 2;
         let nsg = if csg == stage::SECURITY { stage::OPERATIONAL } else { stage::FULL_FEATURE };
         let req = Pdu::login_request(isid, 0, 1, cmd_sn, exp_stat_sn, csg, nsg, can_transit, text::encode(&keys));
-        crate::wire::write_pdus(sock, &codec, &[req]).await.map_err(|source| InitiatorError::Connect { addr: cfg.address.clone(), source })?;
+        crate::wire::write_pdus(sock, &codec, &[req])
+            .await
+            .map_err(|source| InitiatorError::Connect { addr: cfg.address.clone(), source })?;
         let rsp = read_pdu(sock, buf, &codec).await.map_err(|e| proto(format!("during login: {e}")))?;
         if rsp.opcode() != Some(Opcode::LoginResponse) {
             return Err(proto(format!("expected a login response, got {:?}", rsp.opcode())));
         }
         let (class, detail) = rsp.login_status();
         if class != 0 {
-            return Err(InitiatorError::LoginRefused { target: cfg.target.clone(), class, detail, meaning: meaning(class, detail) });
+            return Err(InitiatorError::LoginRefused {
+                target: cfg.target.clone(),
+                class,
+                detail,
+                meaning: meaning(class, detail),
+            });
         }
         exp_stat_sn = rsp.stat_sn().wrapping_add(1);
         let _ = cmd_sn;
@@ -101,8 +117,12 @@ pub(super) async fn login(sock: &mut TcpStream, cfg: &InitiatorConfig, isid: [u8
                 continue;
             }
             if chap_state == 1 {
-                let id: u8 = text::get(&pairs, "CHAP_I").and_then(|v| v.parse().ok()).ok_or_else(|| proto("target sent no CHAP_I".into()))?;
-                let c = text::get(&pairs, "CHAP_C").and_then(chap::from_hex).ok_or_else(|| proto("target sent no CHAP_C".into()))?;
+                let id: u8 = text::get(&pairs, "CHAP_I")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| proto("target sent no CHAP_I".into()))?;
+                let c = text::get(&pairs, "CHAP_C")
+                    .and_then(chap::from_hex)
+                    .ok_or_else(|| proto("target sent no CHAP_C".into()))?;
                 keys.push(("CHAP_N".into(), creds.user.clone()));
                 keys.push(("CHAP_R".into(), chap::to_hex(&chap::response(id, creds.secret.as_bytes(), &c))));
                 chap_state = 2;

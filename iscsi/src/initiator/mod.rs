@@ -4,6 +4,7 @@
 //!
 //! The clone engine adapts [`BlockReader`] (implemented by [`Session`]).
 
+mod framer;
 mod login;
 mod task;
 
@@ -32,7 +33,9 @@ pub enum InitiatorError {
         source: std::io::Error,
     },
     /// The target refused the login.
-    #[error("target {target} refused login (status {class:#04x}/{detail:#04x}: {meaning}); check ACL, CHAP and the IQN")]
+    #[error(
+        "target {target} refused login (status {class:#04x}/{detail:#04x}: {meaning}); check ACL, CHAP and the IQN"
+    )]
     LoginRefused {
         /// The target IQN.
         target: String,
@@ -162,6 +165,13 @@ pub trait BlockReader: Send + Sync {
     fn blocks(&self) -> u64;
     /// Reads `blocks` blocks from `lba`.
     fn read_blocks(&self, lba: u64, blocks: u32) -> impl Future<Output = Result<Bytes, InitiatorError>> + Send;
+    /// Reads `blocks` blocks from `lba` as the Data-In segments the target sent, in
+    /// order, without joining them: a bulk copier writes each one out as it is, so the
+    /// payload is never copied after it leaves the socket.
+    fn read_segments(&self, lba: u64, blocks: u32) -> impl Future<Output = Result<Vec<Bytes>, InitiatorError>> + Send {
+        let f = self.read_blocks(lba, blocks);
+        async move { f.await.map(|b| vec![b]) }
+    }
     /// Provisioning extents starting at `lba` (at least one, unless past the end).
     fn lba_status(&self, lba: u64) -> impl Future<Output = Result<Vec<Extent>, InitiatorError>> + Send;
 }
@@ -169,7 +179,23 @@ pub trait BlockReader: Send + Sync {
 pub(crate) struct Request {
     cdb: [u8; 16],
     edtl: u32,
-    reply: oneshot::Sender<Result<Bytes, InitiatorError>>,
+    /// The Data-In segments in order (slices of the receive buffer, never copied).
+    reply: oneshot::Sender<Result<Vec<Bytes>, InitiatorError>>,
+}
+
+/// Joins Data-In segments; one segment is passed on without a copy.
+fn join(mut segments: Vec<Bytes>) -> Bytes {
+    match segments.len() {
+        0 => Bytes::new(),
+        1 => segments.pop().expect("one"),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(segments.iter().map(Bytes::len).sum());
+            for s in &segments {
+                all.extend_from_slice(s);
+            }
+            all.freeze()
+        }
+    }
 }
 
 /// A logged-in session. Cheap to clone; all clones share one connection and
@@ -209,6 +235,11 @@ impl Session {
 
     /// Issues one CDB expecting up to `edtl` bytes back; retries UNIT ATTENTION.
     pub async fn command(&self, cdb: &[u8], edtl: u32) -> Result<Bytes, InitiatorError> {
+        self.command_segments(cdb, edtl).await.map(join)
+    }
+
+    /// Like [`Session::command`], returning the Data-In segments unjoined.
+    pub async fn command_segments(&self, cdb: &[u8], edtl: u32) -> Result<Vec<Bytes>, InitiatorError> {
         let mut c = [0u8; 16];
         c[..cdb.len().min(16)].copy_from_slice(&cdb[..cdb.len().min(16)]);
         let mut attempts = 0;
@@ -235,7 +266,10 @@ impl Session {
         cdb[13] = 32;
         let d = self.command(&cdb, 32).await?;
         if d.len() < 12 {
-            return Err(InitiatorError::Protocol { target: self.target.clone(), why: "READ CAPACITY(16) returned under 12 bytes".into() });
+            return Err(InitiatorError::Protocol {
+                target: self.target.clone(),
+                why: "READ CAPACITY(16) returned under 12 bytes".into(),
+            });
         }
         Ok(Capacity {
             blocks: u64::from_be_bytes(d[0..8].try_into().expect("8")) + 1,
@@ -245,11 +279,16 @@ impl Session {
 
     /// READ(16) of `blocks` blocks at `lba`.
     pub async fn read(&self, lba: u64, blocks: u32) -> Result<Bytes, InitiatorError> {
+        self.read_unjoined(lba, blocks).await.map(join)
+    }
+
+    /// READ(16) of `blocks` blocks at `lba`, as the Data-In segments in order.
+    pub async fn read_unjoined(&self, lba: u64, blocks: u32) -> Result<Vec<Bytes>, InitiatorError> {
         let mut cdb = [0u8; 16];
         cdb[0] = 0x88;
         cdb[2..10].copy_from_slice(&lba.to_be_bytes());
         cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-        self.command(&cdb, blocks * self.capacity.block_size).await
+        self.command_segments(&cdb, blocks * self.capacity.block_size).await
     }
 
     /// GET LBA STATUS from `lba`. Targets without it (ILLEGAL REQUEST) are
@@ -269,7 +308,11 @@ impl Session {
             Err(e) => return Err(e),
         };
         let mut v = Vec::new();
-        let n = if d.len() >= 4 { (u32::from_be_bytes(d[0..4].try_into().expect("4")) as usize + 4).min(d.len()) } else { 0 };
+        let n = if d.len() >= 4 {
+            (u32::from_be_bytes(d[0..4].try_into().expect("4")) as usize + 4).min(d.len())
+        } else {
+            0
+        };
         let mut o = 8;
         while o + 16 <= n {
             let lba = u64::from_be_bytes(d[o..o + 8].try_into().expect("8"));
@@ -290,6 +333,9 @@ impl BlockReader for Session {
     }
     fn read_blocks(&self, lba: u64, blocks: u32) -> impl Future<Output = Result<Bytes, InitiatorError>> + Send {
         self.read(lba, blocks)
+    }
+    fn read_segments(&self, lba: u64, blocks: u32) -> impl Future<Output = Result<Vec<Bytes>, InitiatorError>> + Send {
+        self.read_unjoined(lba, blocks)
     }
     fn lba_status(&self, lba: u64) -> impl Future<Output = Result<Vec<Extent>, InitiatorError>> + Send {
         self.get_lba_status(lba)

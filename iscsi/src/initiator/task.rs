@@ -15,11 +15,16 @@ use super::login::{LoggedIn, login};
 use super::{InitiatorConfig, InitiatorError, Request};
 use crate::pdu::{Codec, Opcode, Pdu, RESERVED_TAG};
 use crate::scsi::{GOOD, Sense};
-use crate::wire::{read_pdu, write_pdus};
+use crate::wire::write_pdus;
+
+use super::framer::Framer;
 
 struct Pending {
     req: Request,
-    data: BytesMut,
+    /// Data-In payloads in order (DataPDUInOrder=Yes), shared with the receive buffer.
+    segments: Vec<Bytes>,
+    /// Bytes received so far (the next expected buffer offset).
+    got: usize,
 }
 
 /// Starts the task after a first successful login (so connect errors surface).
@@ -35,17 +40,25 @@ pub(super) async fn start(cfg: InitiatorConfig) -> Result<mpsc::Sender<Request>,
 async fn connect_once(cfg: &InitiatorConfig, isid: [u8; 6]) -> Result<(TcpStream, LoggedIn, BytesMut), InitiatorError> {
     let mut sock = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&cfg.address))
         .await
-        .map_err(|_| InitiatorError::Connect { addr: cfg.address.clone(), source: std::io::ErrorKind::TimedOut.into() })?
+        .map_err(|_| InitiatorError::Connect {
+            addr: cfg.address.clone(),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })?
         .map_err(|source| InitiatorError::Connect { addr: cfg.address.clone(), source })?;
     let _ = sock.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(512 * 1024);
-    let li = tokio::time::timeout(Duration::from_secs(15), login(&mut sock, cfg, isid, &mut buf))
-        .await
-        .map_err(|_| InitiatorError::Protocol { target: cfg.target.clone(), why: "login timed out after 15 s".into() })??;
+    let li = tokio::time::timeout(Duration::from_secs(15), login(&mut sock, cfg, isid, &mut buf)).await.map_err(
+        |_| InitiatorError::Protocol { target: cfg.target.clone(), why: "login timed out after 15 s".into() },
+    )??;
     Ok((sock, li, buf))
 }
 
-async fn run(cfg: InitiatorConfig, isid: [u8; 6], first: (TcpStream, LoggedIn, BytesMut), mut rx: mpsc::Receiver<Request>) {
+async fn run(
+    cfg: InitiatorConfig,
+    isid: [u8; 6],
+    first: (TcpStream, LoggedIn, BytesMut),
+    mut rx: mpsc::Receiver<Request>,
+) {
     let mut conn = Some(first);
     let mut carry: VecDeque<Request> = VecDeque::new();
     let mut backoff = Duration::from_millis(50);
@@ -67,11 +80,15 @@ async fn run(cfg: InitiatorConfig, isid: [u8; 6], first: (TcpStream, LoggedIn, B
                         tracing::warn!(error = %e, "giving up on the session");
                         let why = e.to_string();
                         for r in carry.drain(..) {
-                            let _ = r.reply.send(Err(InitiatorError::Closed { target: cfg.target.clone(), why: why.clone() }));
+                            let _ = r
+                                .reply
+                                .send(Err(InitiatorError::Closed { target: cfg.target.clone(), why: why.clone() }));
                         }
                         rx.close();
                         while let Some(r) = rx.recv().await {
-                            let _ = r.reply.send(Err(InitiatorError::Closed { target: cfg.target.clone(), why: why.clone() }));
+                            let _ = r
+                                .reply
+                                .send(Err(InitiatorError::Closed { target: cfg.target.clone(), why: why.clone() }));
                         }
                         return;
                     }
@@ -98,12 +115,16 @@ async fn connected(
     cfg: &InitiatorConfig,
     sock: TcpStream,
     li: LoggedIn,
-    mut buf: BytesMut,
+    buf: BytesMut,
     rx: &mut mpsc::Receiver<Request>,
     carry: &mut VecDeque<Request>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = sock.into_split();
-    let codec = Codec { header_digest: li.params.header_digest, data_digest: li.params.data_digest, max_recv_data: li.params.max_recv_data_segment_length as usize };
+    let codec = Codec {
+        header_digest: li.params.header_digest,
+        data_digest: li.params.data_digest,
+        max_recv_data: li.params.max_recv_data_segment_length as usize,
+    };
     let lun = (cfg.lun as u64) << 48;
     let mut cmd_sn = li.cmd_sn;
     let mut max_cmd_sn = li.max_cmd_sn;
@@ -112,6 +133,7 @@ async fn connected(
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut out: Vec<Pdu> = Vec::new();
     let mut accepting = true;
+    let mut framer = Framer::new(buf);
     let result: Result<(), String> = loop {
         // Send what the window allows.
         while !carry.is_empty() && pending.len() < cfg.queue_depth && (max_cmd_sn.wrapping_sub(cmd_sn) as i32) >= 0 {
@@ -123,7 +145,7 @@ async fn connected(
             }
             out.push(Pdu::scsi_command(lun, itt, cmd_sn, exp_stat_sn, &req.cdb, req.edtl, req.edtl > 0));
             cmd_sn = cmd_sn.wrapping_add(1);
-            pending.insert(itt, Pending { data: BytesMut::zeroed(req.edtl as usize), req });
+            pending.insert(itt, Pending { segments: Vec::new(), got: 0, req });
         }
         if !out.is_empty() {
             if let Err(e) = write_pdus(&mut wr, &codec, &out).await {
@@ -134,7 +156,7 @@ async fn connected(
         if !accepting && pending.is_empty() && carry.is_empty() {
             let lo = Pdu::logout_request(next_itt, 0, cmd_sn, exp_stat_sn);
             let _ = write_pdus(&mut wr, &codec, &[lo]).await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), read_pdu(&mut rd, &mut buf, &codec)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), framer.next(&mut rd, &codec)).await;
             return Ok(());
         }
         let room = pending.len() + carry.len() < cfg.queue_depth;
@@ -143,7 +165,7 @@ async fn connected(
                 Some(req) => carry.push_back(req),
                 None => accepting = false,
             },
-            r = read_pdu(&mut rd, &mut buf, &codec) => {
+            r = framer.next(&mut rd, &codec) => {
                 let pdu = match r {
                     Ok(p) => p,
                     Err(e) => break Err(format!("read failed: {e}")),
@@ -162,10 +184,16 @@ async fn connected(
                         let Some(p) = pending.get_mut(&pdu.itt()) else { continue };
                         let off = pdu.buffer_offset() as usize;
                         let end = off + pdu.data.len();
-                        if end > p.data.len() {
-                            break Err(format!("Data-In past the expected length ({end} > {})", p.data.len()));
+                        if end > p.req.edtl as usize {
+                            break Err(format!("Data-In past the expected length ({end} > {})", p.req.edtl));
                         }
-                        p.data[off..end].copy_from_slice(&pdu.data);
+                        if off != p.got {
+                            break Err(format!("Data-In out of order (offset {off}, expected {}) although DataPDUInOrder=Yes", p.got));
+                        }
+                        p.got = end;
+                        if !pdu.data.is_empty() {
+                            p.segments.push(pdu.data.clone());
+                        }
                         if pdu.flags() & 0x01 != 0 {
                             exp_stat_sn = pdu.stat_sn().wrapping_add(1);
                             let p = pending.remove(&pdu.itt()).expect("present");
@@ -214,16 +242,24 @@ async fn connected(
 fn finish(p: Pending, status: u8, pdu: &Pdu, sense: &[u8]) {
     let opcode = p.req.cdb[0];
     let r = if status == GOOD {
-        let mut data = p.data;
-        // Underflow: the target moved less than asked for.
+        let mut segments = p.segments;
+        // Underflow: the target moved less than asked for; never hand out more than it meant.
         if pdu.flags() & 0x02 != 0 {
-            let short = pdu.residual() as usize;
-            let keep = data.len().saturating_sub(short);
-            data.truncate(keep);
+            let mut keep = (p.req.edtl as usize).saturating_sub(pdu.residual() as usize).min(p.got);
+            segments.retain_mut(|s| {
+                let n = s.len().min(keep);
+                s.truncate(n);
+                keep -= n;
+                n > 0
+            });
         }
-        Ok(data.freeze())
+        Ok(segments)
     } else if status == 0x02 && sense.len() >= 8 && (sense[0] & 0x7f >= 0x72 || sense.len() >= 14) {
-        let (key, asc, ascq) = if sense[0] & 0x7f >= 0x72 { (sense[1] & 0x0f, sense[2], sense[3]) } else { (sense[2] & 0x0f, sense[12], sense[13]) };
+        let (key, asc, ascq) = if sense[0] & 0x7f >= 0x72 {
+            (sense[1] & 0x0f, sense[2], sense[3])
+        } else {
+            (sense[2] & 0x0f, sense[12], sense[13])
+        };
         Err(InitiatorError::Check { opcode, sense: Sense { key, asc, ascq } })
     } else {
         Err(InitiatorError::Status { opcode, status })

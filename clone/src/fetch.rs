@@ -1,0 +1,289 @@
+//! Moving bytes from the source to the dest: background hydration batches (many large
+//! reads in flight, written to the dest as they arrive, all-zero pieces punched instead
+//! of written) and on-demand reads for the workload (on the foreground lane, the
+//! requested bytes first, answered before the rest of the region has arrived).
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use crate::core::{Region, Step};
+use crate::engine::{Busy, Engine};
+use crate::error::{CloneError, Result};
+use crate::io::Lane;
+
+/// Whether `b` is all zeros (64-byte blocks, which the compiler vectorizes).
+pub(crate) fn is_zero(b: &[u8]) -> bool {
+    let blocks = b.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks.into_iter().all(|c| c.iter().fold(0u8, |a, x| a | x) == 0) && tail.iter().all(|x| *x == 0)
+}
+
+/// Per-region outcome of a fetch.
+pub(crate) type Fetched = Vec<(Region, std::result::Result<(), String>)>;
+
+impl Engine {
+    /// Byte runs for `regions` (ascending): contiguous regions merge into one run of at
+    /// most `max_read` bytes. Returns each run with the index range of its regions.
+    fn runs_of(&self, regions: &[Region]) -> Vec<(Range<u64>, Range<usize>)> {
+        let per_read = (self.cfg.max_read / self.cfg.region_size).max(1) as usize;
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < regions.len() {
+            let mut j = i + 1;
+            while j < regions.len() && regions[j] == regions[j - 1] + 1 && j - i < per_read {
+                j += 1;
+            }
+            let start = self.region_range(regions[i]).start;
+            let end = self.region_range(regions[j - 1]).end;
+            runs.push((start..end, i..j));
+            i = j;
+        }
+        runs
+    }
+
+    /// Reads `regions` (ascending, each claimed for fetching by the caller) from the
+    /// source on `lane` and writes them to the dest. Background pieces that are all
+    /// zeros are punched instead of written (the dest stays sparse). Does not touch the
+    /// core: the caller reports each result with `fetch_done`.
+    pub(crate) fn fetch_regions(&self, lane: Lane, regions: &[Region]) -> Fetched {
+        let Some(src) = self.source_handle() else {
+            return regions.iter().map(|r| (*r, Err("source released after handoff".to_string()))).collect();
+        };
+        let runs = self.runs_of(regions);
+        let ranges: Vec<Range<u64>> = runs.iter().map(|(r, _)| r.clone()).collect();
+        let mut sink = |offset: u64, pieces: &[&[u8]]| -> std::io::Result<()> {
+            if lane == Lane::Background && pieces.iter().all(|p| is_zero(p)) {
+                self.dest.punch(offset, pieces.iter().map(|p| p.len() as u64).sum())
+            } else {
+                self.dest.write_vectored_at(offset, pieces)
+            }
+        };
+        let results = src.read_runs(lane, &ranges, &mut sink);
+        let mut out = Vec::with_capacity(regions.len());
+        for ((range, idx), res) in runs.into_iter().zip(results) {
+            let res = match res {
+                Ok(()) => {
+                    self.fetched_bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(e) => Err(format!("read {}+{}: {e}", range.start, range.end - range.start)),
+            };
+            out.extend(regions[idx].iter().map(|r| (*r, res.clone())));
+        }
+        out
+    }
+
+    /// One background step: fetch up to `batch_regions` missing regions (contiguous
+    /// runs in reads of up to `max_read`, all in flight at once, paced by the rate
+    /// limit), then commit if a batch is due and no commit is running. Returns how many
+    /// regions were fetched, or the source error.
+    pub fn hydrate_step(&self) -> std::result::Result<usize, String> {
+        // Pace before claiming: a region claimed for the background must not keep a
+        // workload read waiting while this thread sleeps off the rate limit.
+        let budget = self.cfg.batch_regions as u64 * self.cfg.region_size;
+        let (mut rate, wait) = {
+            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            (bucket.rate(), bucket.take(budget, self.now()))
+        };
+        let mut until = std::time::Instant::now() + wait;
+        // Bounded by `wait` (and by stop), in short slices: a stop is seen promptly and
+        // a new rate limit restarts the wait from its fresh bucket.
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero()) {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Ok(0);
+            }
+            self.sleep_bounded(left.min(std::time::Duration::from_millis(200)));
+            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            if bucket.rate() != rate {
+                rate = bucket.rate();
+                until = std::time::Instant::now() + bucket.take(budget, self.now());
+            }
+        }
+        let picked = self.lock_core().next_hydration(self.cfg.batch_regions);
+        if picked.is_empty() {
+            return Ok(0);
+        }
+        let results = self.fetch_regions(Lane::Background, &picked);
+        let now = self.now();
+        let mut done = 0;
+        let mut first_err = None;
+        {
+            let mut core = self.lock_core();
+            for (r, res) in results {
+                match &res {
+                    Ok(()) => done += 1,
+                    Err(e) => {
+                        first_err.get_or_insert_with(|| e.clone());
+                    }
+                }
+                core.fetch_done(r, res, now);
+            }
+        }
+        self.cv.notify_all();
+        if let Err(e) = self.commit_due() {
+            tracing::debug!(parent: &self.span, error = %e, "commit deferred");
+        }
+        match first_err {
+            Some(e) if done == 0 => Err(e),
+            _ => Ok(done),
+        }
+    }
+
+    /// Workload read: missing regions are fetched first (once), then the dest serves.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read_with(offset, buf, &mut |_| {})
+    }
+
+    /// Workload read that may answer early: when every region of the request is
+    /// missing and the source reads at a finer grain than a region, the requested bytes
+    /// are read first (on the foreground lane) and handed to `early` as soon as they
+    /// arrive, while the rest of those regions is still in flight; the call returns once
+    /// the regions are on the dest. `early` runs at most once; when it did not run, `buf`
+    /// holds the data on `Ok`. Each region is still fetched once.
+    pub fn read_with(&self, offset: u64, buf: &mut [u8], early: &mut dyn FnMut(&[u8])) -> Result<()> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.workload_active.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy(&self.workload_active);
+        let span = self.regions_of(offset, buf.len() as u64);
+        let deadline = self.now() + self.cfg.on_demand_timeout;
+        let mut backoff = std::time::Duration::from_millis(10);
+        let mut core = self.lock_core();
+        loop {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(CloneError::Stopped);
+            }
+            let mut mine = Vec::new();
+            let mut waiting = false;
+            for r in span.clone() {
+                match core.acquire(r, crate::core::Intent::Read) {
+                    Step::Ready => {}
+                    Step::Fetch => mine.push(r),
+                    Step::Wait | Step::Claimed => waiting = true,
+                }
+            }
+            if mine.is_empty() {
+                if !waiting {
+                    break;
+                }
+                core = self
+                    .cv
+                    .wait_timeout(core, std::time::Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
+            drop(core);
+            let all_mine = mine.len() as u64 == span.end - span.start;
+            let mut answered = false;
+            let results = match self.source_handle().and_then(|s| s.read_granularity()) {
+                Some(g) if all_mine => self.fetch_answering(offset, buf, &mine, g, &mut |d| {
+                    early(d);
+                    answered = true;
+                }),
+                _ => self.fetch_regions(Lane::Foreground, &mine),
+            };
+            let now = self.now();
+            core = self.lock_core();
+            let mut failed = None;
+            for (r, res) in results {
+                if let Err(e) = &res {
+                    failed.get_or_insert((r, e.clone()));
+                }
+                core.fetch_done(r, res, now);
+            }
+            self.cv.notify_all();
+            if answered {
+                // The workload has its bytes; regions that failed are fetched again later.
+                return Ok(());
+            }
+            if let Some((r, message)) = failed {
+                if now >= deadline {
+                    return Err(CloneError::Source {
+                        identity: self.identity.clone(),
+                        offset: self.region_range(r).start,
+                        message,
+                    });
+                }
+                drop(core);
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                core = self.lock_core();
+            }
+        }
+        drop(core);
+        self.dest.read_at(offset, buf).map_err(Self::dest_err("read dest"))
+    }
+
+    /// Fetches `regions` (every region of the read `[offset, offset+buf.len())`, all
+    /// claimed by the caller) as up to three foreground runs: the requested bytes
+    /// (widened to `grain`) first, then what precedes and follows them in those regions.
+    /// The requested bytes go to `answer` (through `buf`) as soon as they are in.
+    fn fetch_answering(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        regions: &[Region],
+        grain: u64,
+        answer: &mut dyn FnMut(&[u8]),
+    ) -> Fetched {
+        let Some(src) = self.source_handle() else {
+            return regions.iter().map(|r| (*r, Err("source released after handoff".to_string()))).collect();
+        };
+        let whole = self.region_range(regions[0]).start..self.region_range(regions[regions.len() - 1]).end;
+        let end = offset + buf.len() as u64;
+        let grain = grain.max(1);
+        let asked = (offset / grain * grain).max(whole.start)..end.div_ceil(grain).saturating_mul(grain).min(whole.end);
+        let mut ranges = vec![asked.clone()];
+        if whole.start < asked.start {
+            ranges.push(whole.start..asked.start);
+        }
+        if asked.end < whole.end {
+            ranges.push(asked.end..whole.end);
+        }
+        let mut copied = 0u64;
+        let want = buf.len() as u64;
+        let mut sink = |first: u64, pieces: &[&[u8]]| -> std::io::Result<()> {
+            self.dest.write_vectored_at(first, pieces)?;
+            let mut at = first;
+            for bytes in pieces {
+                let lo = at.max(offset);
+                let hi = (at + bytes.len() as u64).min(end);
+                if lo < hi && copied < want {
+                    buf[(lo - offset) as usize..(hi - offset) as usize]
+                        .copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize]);
+                    copied += hi - lo;
+                    if copied == want {
+                        answer(buf);
+                    }
+                }
+                at += bytes.len() as u64;
+            }
+            Ok(())
+        };
+        let results = src.read_runs(Lane::Foreground, &ranges, &mut sink);
+        let res = match results.into_iter().find_map(|r| r.err()) {
+            None => {
+                self.fetched_bytes.fetch_add(whole.end - whole.start, Ordering::Relaxed);
+                Ok(())
+            }
+            Some(e) => Err(format!("read {}+{}: {e}", whole.start, whole.end - whole.start)),
+        };
+        regions.iter().map(|r| (*r, res.clone())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[0u8; 200]));
+        assert!(is_zero(&[]));
+        let mut b = vec![0u8; 200];
+        b[199] = 1;
+        assert!(!is_zero(&b));
+        b[199] = 0;
+        b[3] = 1;
+        assert!(!is_zero(&b));
+    }
+}
