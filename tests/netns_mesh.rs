@@ -220,6 +220,16 @@ impl MeshAgent {
     }
 }
 
+/// Kills agents in parallel: a killed agent's exit waits in the kernel for its TUN device to
+/// unregister (seconds), so one after another would add that wait per agent.
+fn stop_all(agents: Vec<MeshAgent>) {
+    std::thread::scope(|s| {
+        for a in agents {
+            s.spawn(move || drop(a));
+        }
+    });
+}
+
 fn keys(agents: &[&MeshAgent]) -> BTreeSet<String> {
     agents.iter().map(|a| a.key.clone()).collect()
 }
@@ -314,6 +324,7 @@ fn netns_mesh_agents_converge_on_mesh_addresses_and_recover_a_killed_node() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(endpoint_of_c(&a).as_deref(), Some(roamed.as_str()), "converge kept the roamed endpoint");
     tcp_round_trip(nb, nc, c.address, 7104, 1 << 16);
+    stop_all(vec![a, b, c]);
 }
 
 #[test]
@@ -374,4 +385,5 @@ fn netns_mesh_refuses_foreign_expired_and_revoked_nodes() {
     assert_eq!(a.mesh_status().unwrap()["revocations_serial"], 1);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(a.peers(), keys(&[&b]), "revoked node stays out (its joins are refused)");
+    stop_all(vec![a, b, c, d, e]);
 }
