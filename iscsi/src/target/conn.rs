@@ -144,19 +144,26 @@ async fn full_feature(
     let fd = wr.as_ref().as_fd().try_clone_to_owned().map_err(WireError::Io)?;
     let w =
         Writer::new(fd, codec, Arc::clone(&params), Arc::clone(&shared), export.map(|e| Arc::clone(&e.lun)), stat_sn);
+    // A plain thread, not spawn_blocking: it lives as long as the
+    // connection, and the blocking pool's cap would leave connection 513
+    // without a writer.
     let span = tracing::Span::current();
-    let mut writer = tokio::task::spawn_blocking(move || {
-        let _g = span.enter();
-        let r = w.run(rx);
-        if let Err(e) = &r {
-            tracing::info!(error = %e, "writer stopped");
-        }
-        r
-    });
+    let (done_tx, mut writer) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("iscsi-tx".into())
+        .spawn(move || {
+            let _g = span.enter();
+            if let Err(e) = w.run(rx) {
+                tracing::info!(error = %e, "writer stopped");
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(WireError::Io)?;
     let mut window = CmdWindow::new(login_cmd_sn);
     let mut ping: Option<(u32, u32)> = None; // (ttt, intervals waited)
     let mut ping_ttt = 1u32;
     let mut graceful = false;
+    let mut writer_done = false;
     let outcome: Result<(), WireError> = loop {
         tokio::select! {
             r = kill.changed() => {
@@ -166,7 +173,10 @@ async fn full_feature(
                 break Ok(());
             }
             _ = stop.changed() => break Ok(()),
-            _ = &mut writer => break Ok(()),
+            _ = &mut writer => {
+                writer_done = true;
+                break Ok(());
+            }
             r = tokio::time::timeout(target.nop_interval, read_pdu(&mut rd, &mut buf, &codec)) => match r {
                 Err(_) => {
                     match &mut ping {
@@ -236,7 +246,7 @@ async fn full_feature(
         // SAFETY: shutdown on the connection's socket, still open (we hold `wr`).
         unsafe { libc::shutdown(sock_fd, libc::SHUT_RDWR) };
     }
-    if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+    if !writer_done && tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
         tracing::warn!("writer did not stop within 5 s; closing the socket under it");
         shared.stop.store(true, Ordering::Release);
         // SAFETY: as above.
