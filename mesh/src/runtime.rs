@@ -117,6 +117,13 @@ impl MeshRuntime {
                 action: format!("bind join port {join_port} (WireGuard port + {JOIN_PORT_OFFSET})"),
                 reason: e.to_string(),
             })?;
+        Ok(Self::assemble(settings, backend, join_socket))
+    }
+
+    /// A runtime over an already running backend and join socket (tests use a fake backend).
+    pub fn assemble(settings: MeshSettings, backend: Box<dyn WireguardBackend>, join_socket: UdpSocket) -> Self {
+        let address = settings.certificate.body.address;
+        let _ = join_socket.set_nonblocking(true);
         let mut me = Self {
             settings,
             address,
@@ -131,7 +138,7 @@ impl MeshRuntime {
             last_error: None,
         };
         me.reload_revocations();
-        Ok(me)
+        me
     }
 
     /// This node's mesh address.
@@ -386,3 +393,7 @@ impl Drop for MeshRuntime {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runtime_tests.rs"]
+mod tests;
