@@ -90,11 +90,18 @@ fn vm_kernel_wireguard() {
 
 /// Scenario 4: a whole drain over the kernel data path: agents in two guest namespaces
 /// over kernel WireGuard, our target on the source, open-iscsi + dm-clone on the holder
-/// (`dataplane.clone = "dm"`), an ext4 workload started before hydration ends.
+/// (`dataplane.clone = "dm"`), an ext4 workload started before hydration ends; mid-move
+/// the source's agent dies (holder reports stalled), then the holder's (it adopts the clone).
 #[test]
 fn vm_full_drain() {
     let mib = mib("MESHDRAIN_VM_VOL_MIB", 64);
-    let log = run("full_drain.sh", vec![], &[("VM_VOL_MIB", &mib.to_string())], Duration::from_secs(600));
+    // `agent`: the agents run the kernel mesh; `sidecar`: `meshdrain mesh up` beside them.
+    let mesh = std::env::var("MESHDRAIN_VM_MESH").unwrap_or_else(|_| "agent".into());
+    let env = [("VM_VOL_MIB", mib.to_string()), ("VM_MESH", mesh)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let log = run("full_drain.sh", vec![], &env, Duration::from_secs(600));
     assert!(log.contains("checksums equal, fsck clean, linear on the dest, no iSCSI session left"), "no hand-off proof");
     assert!(log.contains("src deleted its copy only after done"), "no deletion-order proof");
+    assert!(log.contains("source agent killed: holder reports stalled"), "no stall proof");
+    assert!(log.contains("the holder adopted the dm-clone device"), "no adoption proof");
 }

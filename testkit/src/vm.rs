@@ -187,6 +187,7 @@ impl Vm {
         let _ = fs::remove_dir_all(&run);
         let out = run.join("out");
         fs::create_dir_all(&out).map_err(io(format!("create {}", out.display())))?;
+        copy_scripts(&scenario.script, &out.join("scenario"))?;
         fs::write(out.join("run.sh"), self.run_script(scenario))
             .map_err(io(format!("write {}/run.sh", out.display())))?;
         let mut disks = vec![sparse(&run.join("scratch.img"), scenario.scratch_mib)?];
@@ -285,7 +286,7 @@ impl Vm {
              modprobe virtio_blk 2>/dev/null\nfor _ in $(seq 50); do [ -b /dev/vda ] && break; \
              sleep 0.1; done\ncd \"$MESHDRAIN_ROOT\"\nsetsid -w bash {} {} 2>&1 | tee /tmp/vm-out/log\n\
              echo \"${{PIPESTATUS[0]}}\" > /tmp/vm-out/rc\nsync\n",
-            quote(&s.script.display().to_string()),
+            quote(&format!("/tmp/vm-out/scenario/{}", file_name(&s.script))),
             args.join(" ")
         )
     }
@@ -301,6 +302,24 @@ impl Drop for Killer {
             let _ = self.0.wait();
         }
     }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Copies the scenario and the `.sh` files beside it (its helpers) into the run's
+/// directory: the guest runs the copy, so editing a script during a run cannot break it.
+fn copy_scripts(script: &Path, to: &Path) -> Result<(), VmError> {
+    fs::create_dir_all(to).map_err(io(format!("create {}", to.display())))?;
+    let dir = script.parent().unwrap_or(Path::new("."));
+    let entries = fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))?;
+    let helpers = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "sh"));
+    for src in helpers.chain(std::iter::once(script.to_path_buf())) {
+        let dst = to.join(file_name(&src));
+        fs::copy(&src, &dst).map_err(io(format!("copy {} to {}", src.display(), dst.display())))?;
+    }
+    Ok(())
 }
 
 fn quote(s: &str) -> String {

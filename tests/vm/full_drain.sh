@@ -2,18 +2,21 @@
 # Scenario vm_full_drain (issue #8, scenario 4): the kernel data path end to end with real
 # agents. Node `src` runs in namespace src, node `tgt` in the guest's first namespace (the
 # kernel iSCSI initiator's daemon, iscsid, lives there); underlay 198.18.0.0/24 on a veth,
-# kernel WireGuard between them (`meshdrain mesh up --backend kernel`), gossip and iSCSI on
-# the mesh addresses (fd42:9::/48). src exports its volume with our iSCSI target; tgt
+# kernel WireGuard between them, gossip and iSCSI on the mesh addresses. src exports its volume with our iSCSI target; tgt
 # (`dataplane.clone = "dm"`) logs in with open-iscsi and stacks dm-clone on the remote disk.
 # An ext4 workload mounts the clone before hydration ends (reads on demand, writes), the
 # checksums match after hand-off, the device ends linear on the dest with no session left,
-# and src deletes its copy only after `done` (gc refused before, honoured after). The
-# holder's agent is killed (-9) while the workload reads on demand and adopts the clone
-# when it comes back.
-# Env: VM_VOL_MIB (volume size, default 64), VM_RATE (drain rate limit, default 4M).
+# and src deletes its copy only after `done` (gc refused before, honoured after). Mid-move
+# the source's agent is killed (-9): the holder reports stalled; the holder's agent is
+# killed too; restarted, it adopts the clone (device, loops, session) and hydration resumes.
+# Env: VM_VOL_MIB (volume size, default 64), VM_RATE (drain rate limit, default 4M),
+# VM_MESH: sidecar (`meshdrain mesh up --backend kernel` beside agents with
+# mesh.backend = none) or agent (default; the agents run the mesh: mesh.backend = kernel, certificates
+# from a fleet CA made here).
 . "$(dirname "$0")/lib.sh"
 MIB=${VM_VOL_MIB:-64}
 RATE=${VM_RATE:-4M}
+MESH=${VM_MESH:-agent}
 W=/tmp/fd
 mkdir -p $W
 pids=()
@@ -54,27 +57,51 @@ ip -n src link set lo up
 in_ns() { local n=$1; shift; if [ "$n" = src ]; then nsenter --net=/run/netns/src "$@"; else "$@"; fi; }
 declare -A addr=([src]=fd42:9::1 [tgt]=fd42:9::2) under=([src]=198.18.0.1 [tgt]=198.18.0.2) pub
 
-step "kernel WireGuard mesh (meshdrain mesh up --backend kernel)"
+MD() { local n=$1; shift; NO_COLOR=1 MESHDRAIN_LOG=warn "$MESHDRAIN_BIN" --control $W/$n/control.sock "$@"; }
 for n in src tgt; do
   pub[$n]=$(NO_COLOR=1 "$MESHDRAIN_BIN" mesh keygen --state-dir $W/$n/state --name $n | awk '/^public key:/ {print $3}')
   [ -n "${pub[$n]}" ] || fail "no public key for $n"
 done
-for n in src tgt; do
-  p=$([ $n = src ] && echo tgt || echo src)
-  NO_COLOR=1 in_ns $n "$MESHDRAIN_BIN" mesh up --interface wg$n --state-dir $W/$n/state --address ${addr[$n]} \
-    --backend kernel --peer "${pub[$p]},${under[$p]}:51820,${addr[$p]}" >$W/mesh-$n.log 2>&1 &
-  pids+=($!)
-done
-for n in src tgt; do
-  for _ in $(seq 100); do in_ns $n ip addr show wg$n 2>/dev/null | grep -q "inet6 ${addr[$n]}/" && break; sleep 0.1; done
-  in_ns $n ip -d link show wg$n | grep -qE '^ +wireguard( |$)' || fail "$n has no kernel wireguard link: $(cat $W/mesh-$n.log)"
-done
-# The mesh addresses need DAD to finish before binding (nodad would hide a real problem).
-for _ in $(seq 50); do in_ns src ping -6 -c 1 -W 1 ${addr[tgt]} >/dev/null 2>&1 && break; done
-in_ns src ping -6 -c 1 -W 5 ${addr[tgt]} >/dev/null || fail "src cannot reach tgt over the kernel mesh"
+case $MESH in
+  sidecar)
+    step "kernel WireGuard mesh beside the agents (meshdrain mesh up --backend kernel)"
+    for n in src tgt; do
+      p=$([ $n = src ] && echo tgt || echo src)
+      NO_COLOR=1 in_ns $n "$MESHDRAIN_BIN" mesh up --interface wg$n --state-dir $W/$n/state --address ${addr[$n]} \
+        --backend kernel --peer "${pub[$p]},${under[$p]}:51820,${addr[$p]}" >$W/mesh-$n.log 2>&1 &
+      pids+=($!)
+    done
+    for n in src tgt; do
+      has_addr() { in_ns $1 ip addr show wg$1 2>/dev/null | grep -q "inet6 ${addr[$1]}/"; }
+      wait_for 20 has_addr $n || true
+    done
+    # The mesh addresses need DAD to finish before gossip binds them.
+    for _ in $(seq 50); do in_ns src ping -6 -c 1 -W 1 ${addr[tgt]} >/dev/null 2>&1 && break; done
+    in_ns src ping -6 -c 1 -W 5 ${addr[tgt]} >/dev/null || fail "src cannot reach tgt over the kernel mesh"
+    mesh_toml() { printf '[mesh]\nbackend = "none"\n'; }
+    gossip_listen() { echo "[${addr[$1]}]:7946"; }
+    gossip_seeds() { echo "\"[${addr[$2]}]:7946\""; }
+    ;;
+  agent)
+    step "kernel WireGuard mesh run by the agents (mesh.backend = kernel, fleet CA certificates)"
+    NO_COLOR=1 "$MESHDRAIN_BIN" mesh init --dir $W/ca >/dev/null || fail "mesh init failed"
+    for n in src tgt; do
+      NO_COLOR=1 "$MESHDRAIN_BIN" mesh sign --ca-key $W/ca/fleet-ca.key --request $W/$n/state/node.csr.json \
+        --valid-for 1d --out $W/$n/node.cert.json >/dev/null || fail "mesh sign $n failed"
+    done
+    mesh_toml() {
+      printf '[mesh]\nbackend = "kernel"\ninterface = "wg%s"\nlisten_port = 51820\nendpoint = "%s:51820"\n' $1 ${under[$1]}
+      printf 'certificate = "%s"\nfleet_ca = "%s"\n' $W/$1/node.cert.json $W/ca/fleet-ca.pub
+      printf 'seeds = [{ public_key = "%s", endpoint = "%s:51820" }]\n' "${pub[$2]}" ${under[$2]}
+    }
+    # The agent binds gossip to its mesh address (this port) and seeds it from mesh.seeds.
+    gossip_listen() { echo "${under[$1]}:7946"; }
+    gossip_seeds() { :; }
+    ;;
+  *) fail "VM_MESH=$MESH: want agent or sidecar" ;;
+esac
 
 step "agents (gossip and iSCSI on the mesh addresses)"
-MD() { local n=$1; shift; NO_COLOR=1 MESHDRAIN_LOG=warn "$MESHDRAIN_BIN" --control $W/$n/control.sock "$@"; }
 for n in src tgt; do
   p=$([ $n = src ] && echo tgt || echo src)
   clone=$([ $n = tgt ] && echo dm || echo userspace)
@@ -83,15 +110,14 @@ name = "$n"
 state_dir = "$W/$n/state"
 
 [gossip]
-listen = "[${addr[$n]}]:7946"
-seeds = ["[${addr[$p]}]:7946"]
+listen = "$(gossip_listen $n)"
+seeds = [$(gossip_seeds $n $p)]
 interval_ms = 200
 
 [control]
 socket = "$W/$n/control.sock"
 
-[mesh]
-backend = "none"
+$(mesh_toml $n $p)
 
 [pool]
 capacity_bytes = 1073741824
@@ -123,12 +149,21 @@ vol_of() {
 v = next((v for v in json.load(sys.stdin)["volumes"] if v["id"] == sys.argv[1]), None)
 print(*(v.get(k) for k in ("phase", "hydrated", "total", "holder")) if v else "")' "$2" 2>/dev/null || true
 }
+# Prints field $3 of volume $2 as node $1 sees it (Python spelling: True, None, ...).
+field_of() {
+  MD "$1" volume list --json 2>/dev/null | python3 -c 'import json,sys
+v = next((v for v in json.load(sys.stdin)["volumes"] if v["id"] == sys.argv[1]), {})
+print(v.get(sys.argv[2]))' "$2" "$3" 2>/dev/null || true
+}
 t0=$SECONDS
 until [ "$(state_of tgt src)" = active ] && [ "$(state_of src tgt)" = active ]; do
   [ $((SECONDS - t0)) -lt 60 ] || fail "the two agents did not see each other active within 60 s"
   sleep 0.5
 done
 echo "joined in $((SECONDS - t0)) s"
+for n in src tgt; do
+  in_ns $n ip -d link show wg$n | grep -qE '^ +wireguard( |$)' || fail "$n: wg$n is not a kernel WireGuard link"
+done
 
 step "ext4 volume db (${MIB} MiB) on src"
 HOOK=$W/start-hook.sh
@@ -147,8 +182,7 @@ umount $W/srcmnt
 step "drain src at $RATE"
 MD tgt drain src --rate-limit "$RATE" >/dev/null || fail "drain src failed"
 t_drain=$SECONDS
-for _ in $(seq 1200); do [ -s $W/started-db ] && break; sleep 0.1; done
-[ -s $W/started-db ] || fail "the workload did not start on the holder within 120 s"
+wait_for 120 test -s $W/started-db || fail "the workload did not start on the holder within 120 s"
 read -r node dev <$W/started-db
 echo "workload start hook ran on $node with $dev after $((SECONDS - t_drain)) s"
 [ "$node" = tgt ] || fail "started on $node, want tgt"
@@ -160,23 +194,47 @@ mount "$dev" $W/mnt
 read -r phase h total holder < <(vol_of tgt db)
 echo "at mount: phase $phase hydrated $h/$total holder $holder"
 [ "$phase" = cut_over ] && [ "$h" -lt "$total" ] || fail "the workload did not start before hydration ended ($phase $h/$total)"
-# The clone lives in the kernel: the holder's agent dying does not stop the workload.
-kill -9 "${agent_pid[tgt]}"
-wait "${agent_pid[tgt]}" 2>/dev/null || true
-echo "holder agent killed (kill -9) with the workload mounted"
-(cd $W/mnt && sha256sum -c --quiet $W/before.sha) || fail "files read on demand differ"
-echo "workload read every file on demand while the holder agent was down"
-start_agent tgt
-for _ in $(seq 600); do grep -q 'dm-clone ready over open-iscsi.*fresh=false' $W/tgt/agent.log && break; sleep 0.1; done
-grep -q 'dm-clone ready over open-iscsi.*fresh=false' $W/tgt/agent.log || fail "the restarted holder did not adopt the clone"
-read -r phase h total holder < <(vol_of tgt db)
-echo "holder agent restarted and adopted the dm-clone device, session and loops ($phase $h/$total)"
-for i in $(seq 8); do head -c 512K /dev/urandom >$W/mnt/during-$i.bin; done
-(cd $W/mnt && sha256sum during-*.bin) >$W/during.sha
-sync
+# The session runs to src's mesh address, which only the kernel WireGuard link routes.
+portal=$(cat /sys/class/iscsi_connection/connection*/persistent_address 2>/dev/null | head -1)
+route=$(ip -6 route get "$portal" 2>&1 || true)
+grep -q " dev wgtgt " <<<"$route " || fail "the iSCSI session to '$portal' is not routed over wgtgt: $route"
+echo "iSCSI session to $portal rides the kernel WireGuard link wgtgt"
 MD src gc >/dev/null 2>&1 || true
 [ -f $SRC_IMG ] || fail "src deleted its copy before done (gc during hydration)"
 echo "src keeps its copy while hydrating (gc before done deletes nothing)"
+# Source outage: its agent (and our target in it) dies; I/O to the remote disk queues
+# (infinite replacement timeout), dm-clone stops hydrating, the holder reports stalled.
+kill -9 "${agent_pid[src]}"
+wait "${agent_pid[src]}" 2>/dev/null || true
+t0=$SECONDS
+stalled() { [ "$(field_of tgt db stalled)" = True ]; }
+wait_for 60 stalled || fail "the holder did not report stalled within 60 s of the source dying: $(vol_of tgt db)"
+read -r phase h0 total holder < <(vol_of tgt db)
+echo "source agent killed: holder reports stalled after $((SECONDS - t0)) s at $h0/$total"
+[ -f $SRC_IMG ] || fail "src copy gone"
+# The holder's agent dies too, while nothing can hydrate (so no hand-off can happen
+# without it): the clone lives in the kernel; the restarted agent adopts the device, the
+# loops and the session once it learns the export from gossip again.
+kill -9 "${agent_pid[tgt]}"
+wait "${agent_pid[tgt]}" 2>/dev/null || true
+echo "holder agent killed too (kill -9) during the source outage"
+start_agent tgt
+start_agent src
+t0=$SECONDS
+adopted() { grep -q 'dm-clone ready over open-iscsi.*fresh=false' $W/tgt/agent.log; }
+wait_for 90 adopted || fail "the restarted holder did not adopt the clone within 90 s"
+echo "both agents back: the holder adopted the dm-clone device, loops and session after $((SECONDS - t0)) s"
+resumed() {
+  read -r phase h total holder < <(vol_of tgt db)
+  [ "$(field_of tgt db stalled)" = False ] && { [ "$phase" != cut_over ] || [ "${h:-0}" -gt "$h0" ]; }
+}
+wait_for 90 resumed || fail "hydration did not resume within 90 s of the source returning: $(vol_of tgt db)"
+echo "source agent back: hydration resumed after $((SECONDS - t0)) s ($phase $h/$total)"
+(cd $W/mnt && sha256sum -c --quiet $W/before.sha) || fail "files read on demand differ"
+echo "workload read every file (on demand where not hydrated yet)"
+for i in $(seq 8); do head -c 512K /dev/urandom >$W/mnt/during-$i.bin; done
+(cd $W/mnt && sha256sum during-*.bin) >$W/during.sha
+sync
 
 step "hand-off"
 t0=$SECONDS
@@ -192,10 +250,10 @@ echo "volume: phase $phase $h/$total holder $holder"
 (cd $W/mnt && sha256sum -c --quiet $W/before.sha $W/during.sha) || fail "checksums differ after hand-off"
 umount $W/mnt
 fsck.ext4 -fn "$dev" >$W/fsck.log 2>&1 || fail "fsck after the move: $(tail -5 $W/fsck.log)"
-for _ in $(seq 100); do dmsetup table meshdrain-db | grep -q ' linear ' && break; sleep 0.1; done
-dmsetup table meshdrain-db | grep -q ' linear ' || fail "meshdrain-db is not linear after hand-off: $(dmsetup table meshdrain-db)"
-for _ in $(seq 100); do [ -z "$(ls /sys/class/iscsi_session 2>/dev/null)" ] && break; sleep 0.1; done
-[ -z "$(ls /sys/class/iscsi_session 2>/dev/null)" ] || fail "iSCSI sessions left after hand-off: $(iscsiadm -m session 2>&1)"
+linear() { dmsetup table meshdrain-db | grep -q ' linear '; }
+wait_for 20 linear || fail "meshdrain-db is not linear after hand-off: $(dmsetup table meshdrain-db)"
+no_session() { [ -z "$(ls /sys/class/iscsi_session 2>/dev/null)" ]; }
+wait_for 20 no_session || fail "iSCSI sessions left after hand-off: $(iscsiadm -m session 2>&1)"
 DST_IMG=$W/tgt/state/pool/db.img
 [ "$(sha256sum <"$dev" | cut -d' ' -f1)" = "$(sha256sum <$DST_IMG | cut -d' ' -f1)" ] || fail "device and dest file differ"
 echo "checksums equal, fsck clean, linear on the dest, no iSCSI session left"
@@ -204,8 +262,8 @@ grep -q "dm-clone ready over open-iscsi" $W/tgt/agent.log || fail "tgt did not u
 step "source deletion after done"
 [ -f $SRC_IMG ] || fail "src deleted its copy before gc"
 MD src gc >/dev/null || fail "gc on src failed"
-for _ in $(seq 100); do [ -f $SRC_IMG ] || break; sleep 0.1; done
-[ ! -f $SRC_IMG ] || fail "gc after done did not delete src's copy"
+gone() { [ ! -f $SRC_IMG ]; }
+wait_for 20 gone || fail "gc after done did not delete src's copy"
 echo "src deleted its copy only after done (gc)"
 dmsetup remove meshdrain-db
 step "ok"

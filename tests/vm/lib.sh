@@ -24,3 +24,14 @@ assert_no_dm() {
 
 # Sectors of a block device.
 sectors() { blockdev --getsz "$1"; }
+
+# Runs "$@" every 0.2 s until it succeeds or $1 seconds pass (wall clock: under TCG an
+# iteration count says little about time); returns 1 on timeout.
+wait_for() {
+  local limit=$1 t0=$SECONDS
+  shift
+  until "$@"; do
+    [ $((SECONDS - t0)) -lt "$limit" ] || return 1
+    sleep 0.2
+  done
+}

@@ -8,8 +8,8 @@
 //!
 //! Unlike the userspace engine, the clone lives in the kernel: an agent restart does not
 //! interrupt the workload's I/O, and `prepare` adopts the device, the loops and the session
-//! it finds. open-iscsi's own retries (and dm-clone's, forever) carry a source outage;
-//! [`DmClone`] reports it as `stalled` when hydration stops moving.
+//! it finds. A source outage queues I/O (the session's replacement timeout is infinite)
+//! and dm-clone retries forever; [`DmClone`] reports `stalled` when hydration stops moving.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -369,6 +369,10 @@ fn login(spec: &CloneSpec, iface: &str) -> Result<PathBuf, String> {
         &["-m", "iface", "-I", iface, "-o", "update", "-n", "iface.initiatorname", "-v", &spec.initiator_iqn],
     )?;
     run("iscsiadm", &["-m", "node", "-o", "new", "-T", iqn, "-p", &portal, "-I", iface])?;
+    // A source that goes away must stall the clone, never fail the workload's reads: keep
+    // I/O queued until the session is back (open-iscsi fails it after 120 s by default).
+    let node = ["-m", "node", "-T", iqn, "-p", &portal, "-I", iface, "-o", "update", "-n"];
+    run("iscsiadm", &[&node[..], &["node.session.timeo.replacement_timeout", "-v", "-1"]].concat())?;
     run("iscsiadm", &["-m", "node", "-T", iqn, "-p", &portal, "-I", iface, "--login"])
         .map_err(|e| format!("open-iscsi login to {iqn} at {portal} as {}: {e}", spec.initiator_iqn))?;
     let start = Instant::now();
