@@ -100,7 +100,10 @@ fn vm_full_drain() {
     let env = [("VM_VOL_MIB", mib.to_string()), ("VM_MESH", mesh)];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let log = run("full_drain.sh", vec![], &env, Duration::from_secs(600));
-    assert!(log.contains("checksums equal, fsck clean, linear on the dest, no iSCSI session left"), "no hand-off proof");
+    assert!(
+        log.contains("checksums equal, fsck clean, linear on the dest, no iSCSI session left"),
+        "no hand-off proof"
+    );
     assert!(log.contains("src deleted its copy only after done"), "no deletion-order proof");
     assert!(log.contains("source agent killed: holder reports stalled"), "no stall proof");
     assert!(log.contains("the holder adopted the dm-clone device"), "no adoption proof");
