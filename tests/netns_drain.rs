@@ -1,6 +1,6 @@
 //! Whole drains over the real data path: `meshdrain agent` processes in network
-//! namespaces on one bridge (underlay 198.18.0.0/24), our iSCSI target on the source's
-//! address, the userspace clone engine on the holder exposed as a loop device, ext4 on the
+//! namespaces on one bridge (underlay 198.18.0.0/24) joined by the userspace WireGuard
+//! mesh (fleet CA, one seed each), our iSCSI target on the source's mesh address, the userspace clone engine on the holder exposed as a loop device, ext4 on the
 //! volume, a workload writing to it while it hydrates. Root only (netns, loop, FUSE).
 
 mod common;
@@ -28,12 +28,16 @@ impl Fleet {
     /// A fleet whose agents get `extra` appended to their `[dataplane]` section.
     fn with(root: &Path, n: usize, extra: &str) -> Self {
         let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
-        let agents = (0..n)
-            .map(|i| {
+        // Every node enrolled by one fleet CA; all agent traffic rides the userspace mesh.
+        let mesh = meshdrain::cli::demo::fleet::enrol(root, n).expect("enrolling the fleet");
+        let agents = mesh
+            .iter()
+            .enumerate()
+            .map(|(i, section)| {
                 let ip = Lan::underlay(i).to_string();
-                let seed = Lan::underlay(if i == 0 { 1 } else { 0 }).to_string();
-                let mut a =
-                    AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[seed], 100);
+                let mut a = AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[], 100);
+                let cfg = std::fs::read_to_string(&a.config).unwrap().replace("[mesh]\nbackend = \"none\"\n", section);
+                std::fs::write(&a.config, cfg).unwrap();
                 a.append_config(&format!(
                     "\n[dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n{extra}\n"
                 ));
@@ -101,6 +105,11 @@ impl Fleet {
         let out = self.agents[observer].cli(&["volume", "list", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
+    }
+
+    fn logs(&self) -> String {
+        let logs: Vec<String> = self.agents.iter().map(|a| format!("--- {}\n{}", a.name, tail(&a.log()))).collect();
+        logs.join("\n")
     }
 
     fn wait_drained(&self, observer: usize, limit: Duration) {
@@ -282,7 +291,19 @@ fn hydrating(f: &Fleet, id: &str) -> usize {
 }
 
 fn owner_sha(f: &Fleet, id: &str) -> (String, Option<String>) {
-    let owner = f.volume(1, id).unwrap()["owner"].as_str().unwrap().to_owned();
+    // Gossip reaches observers at different times: wait until this one sees the move.
+    let mut owner = String::new();
+    wait_until(
+        Duration::from_secs(30),
+        || match f.volume(1, id) {
+            Some(v) if v["owner"] != "node1" && v["phase"] == "held" => {
+                owner = v["owner"].as_str().unwrap().to_owned();
+                true
+            }
+            _ => false,
+        },
+        || format!("node2 to see {id} owned by its new node: {:?}", f.volume(1, id)),
+    );
     let data = std::fs::read(f.agent(&owner).pool().join(format!("{id}.img"))).ok();
     (owner, data.map(|d| sha(&d)))
 }
@@ -308,7 +329,7 @@ fn netns_drain_holder_killed_mid_hydration_resumes_on_a_fresh_clone_device() {
     f.agents[i].start();
     f.wait_drained(0, Duration::from_secs(90));
     let (owner, got) = owner_sha(&f, "v");
-    assert_eq!(owner, holder, "cut over: the same holder resumes, never re-placed");
+    assert_eq!(owner, holder, "cut over: the same holder resumes, never re-placed\n{}", f.logs());
     assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
     assert!(f.agents[i].log().contains("left by an earlier run"), "the stale clone device was cleared");
 }
@@ -355,7 +376,7 @@ fn netns_drain_partition_between_source_and_holder_heals_and_hydration_resumes()
     f._lan.set_link(i, true).unwrap();
     f.wait_drained(0, Duration::from_secs(90));
     let (owner, got) = owner_sha(&f, "v");
-    assert_eq!(owner, f.agents[i].name, "the partitioned holder kept its lease");
+    assert_eq!(owner, f.agents[i].name, "the partitioned holder kept its lease\n{}", f.logs());
     assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
 }
 

@@ -70,7 +70,7 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
     info!(backend, %address, interface = %runtime.settings().interface, "mesh up; gossip runs on the mesh address");
     let gossip = SocketAddr::from((address, gossip_port));
     Ok(MeshSetup {
-        port: Box::new(WireguardMesh { runtime }),
+        port: Box::new(WireguardMesh::start(runtime)?),
         mesh_addr: Some(address),
         backend,
         addrs: ResolvedAddrs { gossip_listen: gossip, gossip_advertise: gossip, metrics_listen: addrs.metrics_listen },
@@ -149,9 +149,116 @@ fn check_own_certificate(
     }
 }
 
-/// The mesh crate's runtime as the agent's [`MeshPort`].
+/// The mesh crate's runtime as the agent's [`MeshPort`]. The runtime talks to WireGuard
+/// (netlink or the userspace device's UAPI socket), which can block for seconds; so it
+/// lives on a thread of its own and the owner loop only drops the latest view in a
+/// one-slot mailbox and reads cached status, never waiting on the interface.
 pub struct WireguardMesh {
-    runtime: MeshRuntime,
+    shared: std::sync::Arc<Shared>,
+    advert: WireguardAdvert,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The newest adverts not yet converged to (older ones are superseded).
+    mailbox: std::sync::Mutex<Option<Vec<GossipAdvert>>>,
+    wake: std::sync::Condvar,
+    stop: std::sync::atomic::AtomicBool,
+    status: std::sync::Mutex<serde_json::Value>,
+    revocations: std::sync::Mutex<Option<serde_json::Value>>,
+}
+
+/// How often the mesh thread refreshes its status even without a new view.
+const MESH_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl WireguardMesh {
+    fn start(runtime: MeshRuntime) -> anyhow::Result<Self> {
+        let s = runtime.settings();
+        let advert = WireguardAdvert {
+            public_key: s.key.public().to_base64(),
+            endpoints: s.endpoints.iter().map(ToString::to_string).collect(),
+            certificate: serde_json::to_value(&s.certificate).ok(),
+            revocations: None,
+        };
+        let shared = std::sync::Arc::new(Shared::default());
+        *shared.status.lock().expect("status lock") = status_json(&runtime);
+        *shared.revocations.lock().expect("revocations lock") =
+            runtime.revocations().and_then(|r| serde_json::to_value(r).ok());
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("mesh".into())
+            .spawn(move || mesh_thread(runtime, &worker))
+            .context("starting the mesh thread")?;
+        Ok(Self { shared, advert, thread: Some(thread) })
+    }
+}
+
+fn mesh_thread(mut runtime: MeshRuntime, shared: &Shared) {
+    use std::sync::atomic::Ordering;
+    let mut last_status = std::time::Instant::now();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let adverts = {
+            let slot = shared.mailbox.lock().expect("mailbox lock");
+            let (mut slot, _) = shared
+                .wake
+                .wait_timeout_while(slot, MESH_STATUS_EVERY, |s| s.is_none() && !shared.stop.load(Ordering::Relaxed))
+                .expect("mailbox lock");
+            slot.take()
+        };
+        if let Some(adverts) = adverts {
+            runtime.converge(&adverts, SystemTime::now());
+            *shared.revocations.lock().expect("revocations lock") =
+                runtime.revocations().and_then(|r| serde_json::to_value(r).ok());
+        }
+        if last_status.elapsed() >= MESH_STATUS_EVERY {
+            *shared.status.lock().expect("status lock") = status_json(&runtime);
+            last_status = std::time::Instant::now();
+        }
+    }
+}
+
+fn status_json(runtime: &MeshRuntime) -> serde_json::Value {
+    let s = runtime.settings();
+    let base = serde_json::json!({
+        "address": runtime.address().to_string(),
+        "public_key": s.key.public().to_base64(),
+        "revocations_serial": runtime.revocations().map_or(0, |r| r.body.serial),
+    });
+    let mut out = match runtime.status() {
+        Ok((st, refused)) => {
+            let mut v = serde_json::to_value(st).unwrap_or_default();
+            v["refused"] = serde_json::to_value(refused).unwrap_or_default();
+            v
+        }
+        Err(e) => {
+            serde_json::json!({ "backend": format!("{:?}", runtime.kind()).to_lowercase(), "error": e.to_string(), "peers": [] })
+        }
+    };
+    if let (Some(o), serde_json::Value::Object(b)) = (out.as_object_mut(), base) {
+        o.extend(b);
+    }
+    out
+}
+
+impl Drop for WireguardMesh {
+    /// Stops the mesh thread, waiting at most a few seconds: a WireGuard call stuck in the
+    /// kernel or the userspace device must not keep the agent from exiting.
+    fn drop(&mut self) {
+        self.shared.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                warn!("the mesh thread did not stop within 3 s; leaving it to process exit");
+            }
+        }
+    }
 }
 
 impl MeshPort for WireguardMesh {
@@ -170,39 +277,17 @@ impl MeshPort for WireguardMesh {
                 })
             })
             .collect();
-        self.runtime.converge(&adverts, SystemTime::now());
+        *self.shared.mailbox.lock().expect("mailbox lock") = Some(adverts);
+        self.shared.wake.notify_one();
     }
 
     fn advert(&self) -> Option<WireguardAdvert> {
-        let s = self.runtime.settings();
-        Some(WireguardAdvert {
-            public_key: s.key.public().to_base64(),
-            endpoints: s.endpoints.iter().map(ToString::to_string).collect(),
-            certificate: serde_json::to_value(&s.certificate).ok(),
-            revocations: self.runtime.revocations().and_then(|r| serde_json::to_value(r).ok()),
-        })
+        let mut a = self.advert.clone();
+        a.revocations = self.shared.revocations.lock().expect("revocations lock").clone();
+        Some(a)
     }
 
     fn status(&self) -> serde_json::Value {
-        let s = self.runtime.settings();
-        let base = serde_json::json!({
-            "address": self.runtime.address().to_string(),
-            "public_key": s.key.public().to_base64(),
-            "revocations_serial": self.runtime.revocations().map_or(0, |r| r.body.serial),
-        });
-        let mut out = match self.runtime.status() {
-            Ok((st, refused)) => {
-                let mut v = serde_json::to_value(st).unwrap_or_default();
-                v["refused"] = serde_json::to_value(refused).unwrap_or_default();
-                v
-            }
-            Err(e) => {
-                serde_json::json!({ "backend": format!("{:?}", self.runtime.kind()).to_lowercase(), "error": e.to_string(), "peers": [] })
-            }
-        };
-        if let (Some(o), serde_json::Value::Object(b)) = (out.as_object_mut(), base) {
-            o.extend(b);
-        }
-        out
+        self.shared.status.lock().expect("status lock").clone()
     }
 }

@@ -243,10 +243,7 @@ impl BlockSource for ReconnectingSource {
 
 impl Drop for EngineClones {
     fn drop(&mut self) {
-        let clones = std::mem::take(&mut *self.clones.lock().expect("clones lock"));
-        for (_, c) in clones {
-            c.shut();
-        }
+        self.shutdown();
     }
 }
 
@@ -350,6 +347,14 @@ impl CloneService for EngineClones {
             return Err(format!("{volume} is not fully hydrated"));
         }
         Ok(())
+    }
+
+    fn shutdown(&self) {
+        let clones = std::mem::take(&mut *self.clones.lock().expect("clones lock"));
+        for (volume, c) in clones {
+            info!(%volume, "agent stopping: clone device torn down (resumes from its metadata)");
+            c.shut();
+        }
     }
 
     fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {

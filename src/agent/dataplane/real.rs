@@ -96,6 +96,9 @@ pub trait CloneService: Send + Sync + 'static {
     /// Removes a revoked partial clone: its dest and metadata, also when this process
     /// never prepared it (the holder restarted since).
     fn discard(&self, volume: &str, dest: &Path, metadata: &Path);
+    /// The agent is stopping: tear down clone devices now (their metadata keeps what is
+    /// durable; a restarted agent resumes). Default: nothing to tear down.
+    fn shutdown(&self) {}
 }
 
 /// Local volume paths, shared with the owner loop (which writes it).
@@ -172,6 +175,14 @@ impl DataPlane for RealDataPlane {
         if let Err(mpsc::error::SendError(cmd)) = tx.send(cmd) {
             warn!(?cmd, "volume worker is gone; command dropped");
         }
+    }
+}
+
+impl Drop for RealDataPlane {
+    /// Tears clone devices down while the agent stops, not whenever the runtime gets to
+    /// dropping the last volume worker (a process killed after a grace period never would).
+    fn drop(&mut self) {
+        self.inner.clones.shutdown();
     }
 }
 

@@ -37,8 +37,9 @@ pub struct DemoFleet {
 }
 
 impl DemoFleet {
-    /// Builds the namespaces and starts `n` agents under `dir`.
-    pub fn start(dir: &Path, n: usize, interval_ms: u64) -> anyhow::Result<Self> {
+    /// Builds the namespaces and starts `n` agents under `dir`; with `mesh`, a fleet CA
+    /// enrols every node and all agent traffic rides the userspace WireGuard mesh.
+    pub fn start(dir: &Path, n: usize, interval_ms: u64, mesh: bool) -> anyhow::Result<Self> {
         for tool in ["ip", "nsenter", "mkfs.ext4", "losetup", "mount", "fsck.ext4"] {
             which(tool).with_context(|| {
                 format!("the demo needs `{tool}`: run scripts/demo (it installs what the demo needs) or apt-get install iproute2 util-linux e2fsprogs")
@@ -50,21 +51,26 @@ impl DemoFleet {
         );
         let lan = Lan::new(n).context("building the demo network (network namespaces on a bridge)")?;
         let exe = std::env::current_exe().context("finding the meshdrain binary")?;
+        let mesh_sections: Vec<Option<String>> =
+            if mesh { enrol(dir, n)?.into_iter().map(Some).collect() } else { vec![None; n] };
         let mut nodes = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, mesh_section) in mesh_sections.into_iter().enumerate() {
             let name = format!("node{}", i + 1);
             let home = dir.join(&name);
             std::fs::create_dir_all(&home)?;
             let ip = Lan::underlay(i);
             let seed = Lan::underlay(if i == 0 { 1 } else { 0 });
+            // With a mesh, gossip seeds come from the mesh seeds (their mesh addresses).
+            let gossip_seeds = if mesh_section.is_some() { String::new() } else { format!("\"{seed}:7946\"") };
+            let mesh_section = mesh_section.unwrap_or_else(|| "[mesh]\nbackend = \"none\"\n".to_owned());
             let socket = home.join("control.sock");
             let config = home.join("agent.toml");
             std::fs::write(
                 &config,
                 format!(
                     "name = \"{name}\"\nstate_dir = \"{state}\"\ncluster_id = \"demo\"\n\n\
-                     [gossip]\nlisten = \"{ip}:7946\"\nseeds = [\"{seed}:7946\"]\ninterval_ms = {interval_ms}\n\n\
-                     [control]\nsocket = \"{sock}\"\n\n[mesh]\nbackend = \"none\"\n\n\
+                     [gossip]\nlisten = \"{ip}:7946\"\nseeds = [{gossip_seeds}]\ninterval_ms = {interval_ms}\n\n\
+                     [control]\nsocket = \"{sock}\"\n\n{mesh_section}\n\
                      [pool]\ncapacity_bytes = 68719476736\n\n\
                      [dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n",
                     state = home.join("state").display(),
@@ -189,6 +195,50 @@ impl Drop for DemoFleet {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// WireGuard port of every demo node (each has its own namespace).
+const WG_PORT: u16 = 51820;
+
+/// Creates a fleet CA under `dir/ca`, a key (in `dir/node<i>/state`) and certificate per
+/// node, and returns each node's `[mesh]` section: userspace backend, node `i` on the
+/// demo LAN's underlay address, node 1 seeding every other node and node 2 seeding node 1.
+/// The netns tests enrol their fleets with it too.
+pub fn enrol(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+    use meshdrain_mesh::SigningRequest;
+    use meshdrain_mesh::files::{create_ca, save_json};
+    use meshdrain_mesh::keys::NodeKey;
+    anyhow::ensure!(
+        Path::new("/dev/net/tun").exists(),
+        "the demo mesh needs /dev/net/tun (userspace WireGuard); or run with --no-mesh"
+    );
+    let (ca, _, ca_pub) = create_ca(&dir.join("ca")).context("creating the demo fleet CA")?;
+    let mut keys = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("node{}", i + 1);
+        let home = dir.join(&name);
+        let key = NodeKey::load_or_create(&home.join("state")).context("creating a node key")?;
+        let req = SigningRequest { name: name.clone(), public_key: key.public().to_base64() };
+        let cert = ca.sign(&req, std::time::SystemTime::now() + Duration::from_secs(30 * 86400))?;
+        save_json(&home.join("node.cert.json"), &cert)?;
+        keys.push(req.public_key);
+    }
+    let tag = std::process::id() % 100_000;
+    Ok((0..n)
+        .map(|i| {
+            let seed = if i == 0 { 1 } else { 0 };
+            format!(
+                "[mesh]\nbackend = \"userspace\"\ninterface = \"mdd{tag}n{i}\"\nlisten_port = {WG_PORT}\n\
+                 endpoint = \"{ip}:{WG_PORT}\"\ncertificate = \"{cert}\"\nfleet_ca = \"{ca}\"\n\
+                 seeds = [{{ public_key = \"{key}\", endpoint = \"{seed_ip}:{WG_PORT}\" }}]\n",
+                ip = Lan::underlay(i),
+                cert = dir.join(format!("node{}", i + 1)).join("node.cert.json").display(),
+                ca = ca_pub.display(),
+                key = keys[seed],
+                seed_ip = Lan::underlay(seed),
+            )
+        })
+        .collect())
 }
 
 fn which(tool: &str) -> anyhow::Result<PathBuf> {

@@ -7,7 +7,7 @@
 //! and keeps running while the volume hydrates in the background; at the end every record
 //! the workload ever wrote is read back and checked, and the filesystem is fsck'ed.
 
-mod fleet;
+pub mod fleet;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +48,10 @@ pub struct Args {
     /// Where the nodes' state, logs and mounts go [default: a new /tmp/meshdrain-demo-*].
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run without the WireGuard mesh (gossip and iSCSI straight on the namespaces' veth
+    /// addresses).
+    #[arg(long)]
+    pub no_mesh: bool,
     /// Leave the fleet running at the end and print how to reach each node's CLI.
     #[arg(long)]
     pub keep: bool,
@@ -87,12 +91,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&dir)?;
     let n = usize::from(args.nodes);
+    let mesh = if args.no_mesh { "no mesh" } else { "a userspace WireGuard mesh, fleet CA and all" };
     say(
         &args,
-        &format!("starting {n} agents, each in a network namespace on 198.18.0.0/24 (state in {})", dir.display()),
+        &format!(
+            "starting {n} agents, each in a network namespace on 198.18.0.0/24, {mesh} (state in {})",
+            dir.display()
+        ),
     );
-    let fleet = DemoFleet::start(&dir, n, args.interval_ms)?;
-    fleet.wait_joined(Duration::from_secs(30)).await?;
+    let fleet = DemoFleet::start(&dir, n, args.interval_ms, !args.no_mesh)?;
+    fleet.wait_joined(Duration::from_secs(60)).await?;
     say(&args, "fleet joined: every node sees every other alive");
 
     let (stop_hook, start_hook) = workload::write_hooks(&dir)?;
@@ -103,9 +111,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         requires: Default::default(),
         hooks: Hooks { stop: Some(stop_hook), start: Some(start_hook), done: None },
     };
-    match fleet.call(0, &Request::VolumeAdd(volume)).await? {
-        Response::Error { message } => anyhow::bail!("creating the demo volume: {message}"),
-        _ => {}
+    if let Response::Error { message } = fleet.call(0, &Request::VolumeAdd(volume)).await? {
+        anyhow::bail!("creating the demo volume: {message}");
     }
     let image = fleet.nodes[0].pool.join(format!("{VOLUME}.img"));
     let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).output()?;
@@ -114,7 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let seq = Arc::new(AtomicU64::new(0));
     let mnt1 = dir.join("mnt-node1");
     let mounted1 = Mounted::new(&image, &mnt1)?;
-    let files = (args.size * u64::from(args.fill) / 100 >> 20).max(1) as usize;
+    let files = ((args.size * u64::from(args.fill) / 100) >> 20).max(1) as usize;
     workload::seed_records(&mnt1, &ledger, files, 1 << 20)?;
     let mut running = Some(Workload::start(&mnt1, ledger.clone(), "node1", seq.clone()));
     let mut mounted1 = Some(mounted1);
@@ -235,7 +242,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         records_corrupt: bad.len() + counts.corrupt as usize,
         workload_records_written: counts.written,
         fsck_clean: fsck.status.success(),
-        data_plane: "iscsi + userspace clone (FUSE + loop)",
+        data_plane: if args.no_mesh {
+            "iscsi + userspace clone (FUSE + loop)"
+        } else {
+            "userspace WireGuard mesh + iscsi + userspace clone (FUSE + loop)"
+        },
         dir: dir.clone(),
     };
     finish(&args, fleet, &summary)?;
