@@ -1,40 +1,62 @@
 #!/usr/bin/env bash
-# Drain benchmark (issue #6), one run, one table:
-#   - cut-over time (drain issued -> workload may start on the target) for a 64 MiB and a
-#     4 GiB volume, and their ratio (cut-over must not grow with size);
-#   - hydration rate of a fully written 1 GiB volume against a raw copy (cp) of the same
-#     file on the same disk: the reference path;
-#   - bytes copied for a 4 GiB volume that is 5 % used, against the volume size.
-# Runs `meshdrain demo` (local data plane in this build). Output: a markdown table.
+# Drain benchmark (issue #6), one run, one table, over the real path: agents in network
+# namespaces on the userspace WireGuard mesh, our iSCSI target on the source's mesh
+# address, the userspace clone engine (FUSE + loop) on the target, ext4 with a live
+# workload (`meshdrain demo`):
+#   - cut-over (drain issued -> workload running on the new node) for a 64 MiB and a 4 GiB
+#     volume, and their ratio (cut-over must not grow with size);
+#   - end-to-end hydration rate of a 1 GiB volume 80 % written, unlimited, against
+#     `iscsi-perf` sequential reads over the same mesh path (node 2 -> node 1's mesh
+#     address), measured on the same fleet right after;
+#   - bytes copied for a 4 GiB volume that is 5 % used, against the volume size;
+#   - the drain simulation over SIM_SEEDS seeds (default 2000; the test suite runs 200).
+# Run as root: scripts/install-deps test first. Output: a markdown table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --locked --bin meshdrain >&2
-bin=target/release/meshdrain
+bin=$PWD/target/release/meshdrain
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+cleanup_cmds=""
+trap 'bash -c "$cleanup_cmds" >/dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
 
-demo() { "$bin" demo --json --size "$1" --fill "$2" 2>/dev/null | tail -n 1; }
-small=$(demo 64M 10)
-big=$(demo 4G 5)
-full=$(demo 1G 80)
+demo() { timeout 600 "$bin" demo --json --rate-limit 0 "$@" 2>>"$tmp/demo.log" | tail -n 1; }
+small=$(demo --size 64M --fill 10)
+big=$(demo --size 4G --fill 5)
+full=$(demo --size 1G --fill 80 --keep --dir "$tmp/fleet")
+cleanup_cmds=$(python3 -c 'import json,sys; print("\n".join(json.loads(sys.argv[1])["cleanup"]))' "$full")
+read -r ns1 ns2 ctl1 < <(python3 -c 'import json,sys; k=json.loads(sys.argv[1])["kept"]; print(k[0]["netns"], k[1]["netns"], k[0]["control"])' "$full")
+addr1=$("$bin" --control "$ctl1" mesh status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["address"])')
 
-# Reference: a raw copy of a written 1 GiB file on the same disk, caches dropped.
-dd if=/dev/urandom of="$tmp/src" bs=1M count=1024 status=none
-sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-start=$(date +%s.%N)
-cp --sparse=never "$tmp/src" "$tmp/dst" && sync "$tmp/dst"
-end=$(date +%s.%N)
+# Reference: iscsi-perf from node 2 to an export of 1 GiB of random bytes on node 1's mesh
+# address: the same WireGuard path and target the hydration used.
+dd if=/dev/urandom of="$tmp/ref.img" bs=1M count=1024 status=none
+iqn=iqn.2026-11.dev.meshdrain:bench-ref
+ip netns exec "$ns1" "$bin" export serve --listen "[$addr1]:3262" --iqn $iqn "$tmp/ref.img" >"$tmp/url" 2>"$tmp/serve.log" &
+serve=$!
+for _ in $(seq 50); do [ -s "$tmp/url" ] && break; sleep 0.1; done
+ip netns exec "$ns2" timeout -s INT -k 10 15 iscsi-perf -i iqn.2026-11.dev.meshdrain:perf -m 32 -b 128 \
+  "iscsi://[$addr1]:3262/$iqn/1" >"$tmp/perf" 2>&1 || true
+kill $serve 2>/dev/null || true
+perf_mib=$(tr '\r' '\n' <"$tmp/perf" | grep -o 'iops average [0-9]* ([0-9]* MB/s)' | tail -n1 | grep -o '([0-9]*' | tr -d '(')
 
-python3 - "$small" "$big" "$full" "$start" "$end" <<'PY'
+# The longer simulation run.
+seeds=${SIM_SEEDS:-2000}
+sim_start=$(date +%s.%N)
+MESHDRAIN_SIM_SEEDS=$seeds cargo test --release --locked --test sim_drain -q >"$tmp/sim.log" 2>&1 && sim=ok || sim=FAILED
+sim_end=$(date +%s.%N)
+
+python3 - "$small" "$big" "$full" "${perf_mib:-0}" "$seeds" "$sim" "$sim_start" "$sim_end" <<'PY'
 import json, sys
 small, big, full = (json.loads(x) for x in sys.argv[1:4])
-raw = 1024 * 1024 * 1024 / 1e6 / (float(sys.argv[5]) - float(sys.argv[4]))
+perf = float(sys.argv[4]) * 1.048576  # iscsi-perf prints MiB/s
 for d in (small, big, full):
     assert d["verified"], d
 print("| measure | value | reference | ratio |")
 print("|---|---:|---:|---:|")
 print(f"| cut-over, 64 MiB volume | {small['cutover_s']:.2f} s | | |")
 print(f"| cut-over, 4 GiB volume | {big['cutover_s']:.2f} s | 64 MiB: {small['cutover_s']:.2f} s | {big['cutover_s']/small['cutover_s']:.2f} |")
-print(f"| hydration, 1 GiB 80 % written | {full['hydration_mb_per_s']:.0f} MB/s | cp same disk: {raw:.0f} MB/s | {full['hydration_mb_per_s']/raw:.2f} |")
+ratio = f"{full['hydration_mb_per_s']/perf:.2f}" if perf else "n/a"
+print(f"| hydration, 1 GiB 80 % written, over the mesh | {full['hydration_mb_per_s']:.0f} MB/s | iscsi-perf same path: {perf:.0f} MB/s | {ratio} |")
 print(f"| bytes copied, 4 GiB 5 % used | {big['bytes_copied']/2**20:.0f} MiB | volume: {big['volume_bytes']/2**20:.0f} MiB | {big['bytes_copied']/big['volume_bytes']:.3f} |")
+print(f"| drain simulation, {sys.argv[5]} seeds | {sys.argv[6]} | | {float(sys.argv[8]) - float(sys.argv[7]):.0f} s |")
 PY

@@ -152,16 +152,25 @@ impl DemoFleet {
     /// Leaves the fleet running; returns the commands that tear it down.
     pub fn keep(mut self) -> Vec<String> {
         let mut cleanup = Vec::new();
-        for n in &mut self.nodes {
-            if let Some(c) = n.child.take() {
-                cleanup.push(format!("kill {}", c.id()));
-            }
+        let pids: Vec<String> =
+            self.nodes.iter_mut().filter_map(|n| n.child.take()).map(|c| c.id().to_string()).collect();
+        if !pids.is_empty() {
+            let pids = pids.join(" ");
+            // SIGTERM, then wait (bounded) while each agent tears its clone devices down.
+            cleanup.push(format!("kill {pids}"));
+            cleanup.push(format!(
+                "timeout 15 sh -c 'for p in {pids}; do while kill -0 $p 2>/dev/null; do sleep 0.1; done; done'"
+            ));
         }
         if let Some(lan) = self.lan.take() {
             for n in &self.nodes {
                 cleanup.push(format!("ip netns del {}", n.netns));
             }
-            cleanup.push("ip netns list | grep -- '-hub' | cut -d' ' -f1 | xargs -r -n1 ip netns del".to_owned());
+            // The bridge's namespace: named by this process like the nodes' (testkit's Lan).
+            cleanup.push(format!(
+                "ip netns list | grep -o '^md{}-[0-9]*-hub' | xargs -r -n1 ip netns del",
+                std::process::id()
+            ));
             std::mem::forget(lan);
         }
         cleanup

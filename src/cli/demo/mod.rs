@@ -79,6 +79,18 @@ struct Summary {
     fsck_clean: bool,
     data_plane: &'static str,
     dir: PathBuf,
+    /// With `--keep`: each node's name, network namespace and control socket.
+    kept: Vec<KeptNode>,
+    /// With `--keep`: the commands that tear the fleet down.
+    cleanup: Vec<String>,
+}
+
+/// A node left running by `--keep`, for scripts (the drain benchmark measures over it).
+#[derive(Debug, serde::Serialize)]
+struct KeptNode {
+    name: String,
+    netns: String,
+    control: PathBuf,
 }
 
 const VOLUME: &str = "demo-vol";
@@ -248,13 +260,20 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "userspace WireGuard mesh + iscsi + userspace clone (FUSE + loop)"
         },
         dir: dir.clone(),
+        kept: Vec::new(),
+        cleanup: Vec::new(),
     };
-    finish(&args, fleet, &summary)?;
+    finish(&args, fleet, summary)?;
     Ok(if verified { ExitCode::SUCCESS } else { ExitCode::from(super::exit::FAILURE) })
 }
 
-fn finish(args: &Args, fleet: DemoFleet, summary: &Summary) -> anyhow::Result<()> {
+fn finish(args: &Args, fleet: DemoFleet, mut summary: Summary) -> anyhow::Result<()> {
     if args.keep {
+        summary.kept = fleet
+            .nodes
+            .iter()
+            .map(|n| KeptNode { name: n.name.clone(), netns: n.netns.clone(), control: n.socket.clone() })
+            .collect();
         let mut lines = vec!["the fleet stays up; each node's CLI:".to_owned()];
         for n in &fleet.nodes {
             lines.push(format!(
@@ -266,7 +285,8 @@ fn finish(args: &Args, fleet: DemoFleet, summary: &Summary) -> anyhow::Result<()
             ));
         }
         lines.push("tear it down with:".to_owned());
-        lines.extend(fleet.keep().into_iter().map(|c| format!("  {c}")));
+        summary.cleanup = fleet.keep();
+        lines.extend(summary.cleanup.iter().map(|c| format!("  {c}")));
         for l in lines {
             say(args, &l);
         }
@@ -277,7 +297,7 @@ fn finish(args: &Args, fleet: DemoFleet, summary: &Summary) -> anyhow::Result<()
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string(summary)?);
+        println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
             "summary: cut-over {:.2}s, hydration {:.1} MB/s{}, {} copied of {}, {}",
