@@ -26,10 +26,11 @@ import re, sys
 text = open(sys.argv[1], errors="replace").read()
 print("| measure | value | note |")
 print("|---|---:|---|")
-for m in re.finditer(r"vm (\S+)\.sh: kernel (\S+) boot ([\d.]+)s total ([\d.]+)s \(scenario ([\d.]+)s\)", text):
-    name, kernel, boot, total, scen = m.groups()
-    print(f"| boot, {name} run | {boot} s | QEMU TCG -smp 2, {kernel}, 9p root |")
-    print(f"| scenario tests/vm/{name}.sh | {scen} s | whole VM run {total} s |")
+for m in re.finditer(r"vm (\w+) \((\S+)\): kernel (\S+) boot ([\d.]+)s total ([\d.]+)s \(scenario ([\d.]+)s\) exit (\d+)", text):
+    test, script, kernel, boot, total, scen, rc = m.groups()
+    failed = "" if rc == "0" else f", FAILED (exit {rc})"
+    print(f"| boot, {test} | {boot} s | QEMU TCG -smp 2, {kernel}, 9p root |")
+    print(f"| scenario {test} | {scen} s | tests/vm/{script}, whole VM run {total} s{failed} |")
 for m in re.finditer(r"RATE (\w+) (\d+)MiB (\d+)ms ([\d.]+) MiB/s status: .*?clone \S+ \S+ (\S+) .*?(hydration_threshold \d+ hydration_batch_size \d+)", text):
     label, mib, ms, rate, region, args = m.groups()
     print(f"| dm-clone hydration, {label} | {rate} MiB/s | {mib} MiB local source, region {int(region)//2} KiB, {args} |")
@@ -39,9 +40,10 @@ for m in re.finditer(r"RATE ours (\d+)MiB (\d+)ms ([\d.]+) MiB/s .*?table=clone 
 for m in re.finditer(r"READ (\d+)MiB (\d+)ms ([\d.]+) MiB/s", text):
     mib, ms, rate = m.groups()
     print(f"| open-iscsi read of the LUN | {rate} MiB/s | {mib} MiB, dd iflag=direct bs=1M |")
-for m in re.finditer(r"^(\w) \((\w+)\) -> (\w) \((\w+)\): ping ok, TCP (\d+ \w+) ok in (\d+) ms", text, re.M):
-    a, ka, b, kb, size, ms = m.groups()
-    print(f"| mesh TCP {size}, {a} ({ka}) -> {b} ({kb}) | {ms} ms | meshdrain mesh up, fd42:8::/48 over veth |")
+tools = {"meshdrain": "meshdrain mesh up (defguard kernel / boringtun)", "raw": "ip/wg kernel, wireguard-go"}
+for m in re.finditer(r"^\[(\w+)\] (\w) \((\w+)\) -> (\w) \((\w+)\): ping ok, TCP (\d+ \w+) ok in (\d+) ms", text, re.M):
+    mode, a, ka, b, kb, size, ms = m.groups()
+    print(f"| TCP {size} over WireGuard, {a} ({ka}) -> {b} ({kb}) | {ms} ms | {tools.get(mode, mode)}, incl. python3 start under TCG |")
 m = re.search(r"workload start hook ran on \S+ with \S+ after (\d+) s", text)
 if m:
     print(f"| full drain: drain request -> workload started on the dm-clone | {m.group(1)} s | open-iscsi login + dm-clone create, agents over kernel WireGuard |")

@@ -13,17 +13,17 @@ fn root() -> PathBuf {
 
 /// Prepares the VM (packages, dm-clone.ko, initramfs), runs one scenario and asserts
 /// it exited 0, printing boot and scenario times and the log.
-fn run(script: &str, disks: Vec<Disk>, env: &[(&str, &str)], timeout: Duration) -> String {
+fn run(test: &str, script: &str, disks: Vec<Disk>, env: &[(&str, &str)], timeout: Duration) -> String {
     let vm = Vm::prepare(root()).unwrap_or_else(|e| panic!("kernel tier cannot run: {e}"));
     let mut s = Scenario::new(root().join("tests/vm").join(script));
     s.disks = disks;
     s.timeout = timeout;
     s.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    s.env.push(("MESHDRAIN_BIN".into(), env!("CARGO_BIN_EXE_meshdrain").into()));
+    s.binaries.push(("MESHDRAIN_BIN".into(), env!("CARGO_BIN_EXE_meshdrain").into()));
     let out = vm.run(&s).unwrap_or_else(|e| panic!("{script}: {e}"));
     println!("{}", out.log);
     println!(
-        "vm {script}: kernel {} boot {:.1}s total {:.1}s (scenario {:.1}s) exit {}",
+        "vm {test} ({script}): kernel {} boot {:.1}s total {:.1}s (scenario {:.1}s) exit {}",
         vm.kernel,
         out.boot.as_secs_f64(),
         out.total.as_secs_f64(),
@@ -49,6 +49,7 @@ fn vm_dm_clone() {
     let size = mib("MESHDRAIN_VM_DM_MIB", 32);
     let tuned = std::env::var("MESHDRAIN_VM_TUNED").unwrap_or_else(|_| "4096 256".into());
     let log = run(
+        "vm_dm_clone",
         "dm_clone.sh",
         vec![Disk::Blank(size), Disk::Blank(size), Disk::Blank(8)],
         &[("VM_DM_MIB", &size.to_string()), ("VM_TUNED", &tuned)],
@@ -63,6 +64,7 @@ fn vm_dm_clone() {
 fn vm_open_iscsi() {
     let size = mib("MESHDRAIN_VM_LUN_MIB", 64);
     run(
+        "vm_open_iscsi",
         "open_iscsi.sh",
         vec![],
         &[("VM_LUN_MIB", &size.to_string()), ("VM_ISCSI_TARGET", "ours")],
@@ -72,17 +74,24 @@ fn vm_open_iscsi() {
 
 /// Scenario 3 without our code: kernel WireGuard (ip/wg) in two namespaces and
 /// wireguard-go in a third. When `vm_kernel_wireguard` fails and this passes, the fault is
-/// in our mesh backends, not in the guest.
+/// in our mesh backends, not in the guest. Ignored by default to keep the tier in budget.
 #[test]
+#[ignore = "diagnostic for vm_kernel_wireguard (ip/wg + wireguard-go): cargo nextest run -p meshdrain --test vm --run-ignored all vm_wireguard_plumbing"]
 fn vm_wireguard_plumbing() {
-    run("kernel_wireguard.sh", vec![], &[("VM_WG_MODE", "raw")], Duration::from_secs(300));
+    run("vm_wireguard_plumbing", "kernel_wireguard.sh", vec![], &[("VM_WG_MODE", "raw")], Duration::from_secs(300));
 }
 
 /// Scenario 3: our mesh backends (`meshdrain mesh up`): defguard's kernel backend in two
 /// namespaces, the userspace (boringtun) backend in a third; ping and TCP between every pair.
 #[test]
 fn vm_kernel_wireguard() {
-    let log = run("kernel_wireguard.sh", vec![], &[("VM_WG_MODE", "meshdrain")], Duration::from_secs(300));
+    let log = run(
+        "vm_kernel_wireguard",
+        "kernel_wireguard.sh",
+        vec![],
+        &[("VM_WG_MODE", "meshdrain")],
+        Duration::from_secs(300),
+    );
     for pair in ["a (kernel) -> c (userspace)", "c (userspace) -> b (kernel)", "a (kernel) -> b (kernel)"] {
         assert!(log.contains(&format!("{pair}: ping ok, TCP 512 KiB ok")), "no {pair} transfer in the log");
     }
@@ -99,7 +108,7 @@ fn vm_full_drain() {
     let mesh = std::env::var("MESHDRAIN_VM_MESH").unwrap_or_else(|_| "agent".into());
     let env = [("VM_VOL_MIB", mib.to_string()), ("VM_MESH", mesh)];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let log = run("full_drain.sh", vec![], &env, Duration::from_secs(600));
+    let log = run("vm_full_drain", "full_drain.sh", vec![], &env, Duration::from_secs(600));
     assert!(
         log.contains("checksums equal, fsck clean, linear on the dest, no iSCSI session left"),
         "no hand-off proof"

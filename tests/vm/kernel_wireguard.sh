@@ -131,7 +131,7 @@ for n in a b c; do
     [ -n "$ok" ] || fail "$n (${kind[$n]}) cannot ping $p (${kind[$p]}) over WireGuard"
     t0=$(now_ms)
     ip netns exec $n timeout 60 python3 -c "$CLIENT" $PREFIX::$j || fail "TCP $n -> $p over WireGuard failed"
-    echo "$n (${kind[$n]}) -> $p (${kind[$p]}): ping ok, TCP 512 KiB ok in $(($(now_ms) - t0)) ms"
+    echo "[$mode] $n (${kind[$n]}) -> $p (${kind[$p]}): ping ok, TCP 512 KiB ok in $(($(now_ms) - t0)) ms"
   done
 done
 for n in a b c; do
