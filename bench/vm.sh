@@ -19,7 +19,7 @@ export MESHDRAIN_VM_TUNED=${MESHDRAIN_VM_TUNED:-4096 256}
 log=${CARGO_TARGET_DIR:-target}/vm-bench.log
 start=$(date +%s)
 failed=0
-cargo nextest run -p meshdrain --test vm --no-capture --test-threads 1 --no-fail-fast -E 'test(/^vm_/)' >"$log" 2>&1 || failed=1
+cargo nextest run -p meshdrain --test vm --no-capture --test-threads 1 --no-fail-fast --run-ignored all -E 'test(/^vm_/)' >"$log" 2>&1 || failed=1
 wall=$(($(date +%s) - start))
 python3 - "$log" "$wall" <<'PY'
 import re, sys
