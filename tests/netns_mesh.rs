@@ -230,6 +230,20 @@ fn stop_all(agents: Vec<MeshAgent>) {
     });
 }
 
+/// The pid of the agent process started with `config` (its command line names the file).
+fn pid_of(config: &Path) -> i32 {
+    let want = config.to_str().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+            args.contains(&b"agent".as_slice()) && args.contains(&want.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no agent process for {want}"))
+}
+
 fn keys(agents: &[&MeshAgent]) -> BTreeSet<String> {
     agents.iter().map(|a| a.key.clone()).collect()
 }
@@ -324,6 +338,23 @@ fn netns_mesh_agents_converge_on_mesh_addresses_and_recover_a_killed_node() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(endpoint_of_c(&a).as_deref(), Some(roamed.as_str()), "converge kept the roamed endpoint");
     tcp_round_trip(nb, nc, c.address, 7104, 1 << 16);
+
+    // SIGTERM reaches the agent (the userspace device must not swallow it): clean shutdown.
+    let pid = pid_of(&a.proc_.config);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        || a.proc_.log().contains("agent stopped"),
+        || format!("a to stop on SIGTERM\n{}", a.describe()),
+    );
+    eprintln!("SIGTERM: agent stopped after {:?}", t.elapsed());
+    wait_until(
+        Duration::from_secs(20),
+        || std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| s.contains("State:\tZ")),
+        || "a to exit".into(),
+    );
+    eprintln!("SIGTERM: process exited after {:?}", t.elapsed());
     stop_all(vec![a, b, c]);
 }
 
