@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{AgentProc, state_seen, wait_until};
+use meshdrain::cli::demo::workload::{pseudo_random, sha};
 use meshdrain_testkit::netns::Lan;
-use sha2::{Digest, Sha256};
 
 struct Fleet {
     agents: Vec<AgentProc>,
@@ -134,22 +134,6 @@ fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut v = vec![0u8; len];
-    for chunk in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    v
-}
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 /// Writes `count` files of `size` bytes under `dir`; returns (name, sha256) pairs.

@@ -21,6 +21,7 @@ use meshdrain_iscsi::{InitiatorConfig, Session};
 use tracing::{debug, info, warn};
 
 use super::real::{CloneProgress, CloneService, CloneSpec};
+use super::remove_files;
 
 /// How long one source read may take before the engine counts a failure (and, after its
 /// own threshold, reports `stalled`).
@@ -244,16 +245,6 @@ impl BlockSource for ReconnectingSource {
 impl Drop for EngineClones {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn remove_files(volume: &str, paths: &[&Path]) {
-    for path in paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(%volume, path = %path.display(), "cannot remove: {e}"),
-        }
     }
 }
 

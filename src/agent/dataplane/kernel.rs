@@ -23,6 +23,7 @@ use meshdrain_clone::{CloneBackend, Phase};
 use tracing::{info, warn};
 
 use super::real::{CloneProgress, CloneService, CloneSpec};
+use super::remove_files;
 
 /// Bound on one external command (iscsiadm retries its login inside this).
 const COMMAND_LIMIT: Duration = Duration::from_secs(90);
@@ -249,16 +250,6 @@ fn teardown(volume: &str, dest: &Path, metadata: &Path) {
         }
     }
     remove_files(volume, &[dest, metadata, &epoch_path(metadata)]);
-}
-
-fn remove_files(volume: &str, paths: &[&Path]) {
-    for path in paths {
-        match std::fs::remove_file(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(%volume, path = %path.display(), "cannot remove: {e}"),
-        }
-    }
 }
 
 /// A name safe for dm and iscsiadm iface records.

@@ -13,6 +13,17 @@ pub mod kernel;
 pub mod local;
 pub mod real;
 
+/// Removes a volume's files (a discarded clone), tolerating ones already gone.
+pub(crate) fn remove_files(volume: &str, paths: &[&std::path::Path]) {
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(%volume, path = %path.display(), "cannot remove: {e}"),
+        }
+    }
+}
+
 /// Executes data-plane commands without blocking the owner loop.
 pub trait DataPlane: Send + 'static {
     /// Starts `cmd`; results arrive on `events`.

@@ -8,7 +8,7 @@
 //! the workload ever wrote is read back and checked, and the filesystem is fsck'ed.
 
 pub mod fleet;
-mod workload;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
