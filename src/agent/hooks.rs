@@ -2,6 +2,11 @@
 //! it on the clone. Run with `sh -c`, a bounded time, and the volume, device and node in
 //! the environment; a failure comes back as text naming the hook, its exit and the tail of
 //! its stderr, so `volume list` says what to fix.
+//!
+//! A hook `unit:<name>` names a systemd unit instead: `systemctl stop` on the source,
+//! `systemctl start` on the target, `systemctl try-reload-or-restart` after hand-off. The
+//! unit finds the volume's device at `<state_dir>/run/dev/<volume>` (a link the clone
+//! keeps current).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -31,6 +36,27 @@ impl HookKind {
     }
 }
 
+/// The shell command a hook runs: `unit:<name>` becomes the matching `systemctl` call;
+/// a unit name with characters systemd does not allow is refused (no shell injection).
+pub fn hook_command(kind: HookKind, hook: &str) -> Result<String, String> {
+    let Some(unit) = hook.strip_prefix("unit:") else { return Ok(hook.to_owned()) };
+    let ok = !unit.is_empty()
+        && unit.len() <= 255
+        && unit.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.@\\".contains(c));
+    if !ok {
+        return Err(format!(
+            "{} hook `{hook}`: {unit:?} is not a systemd unit name (letters, digits, :-_.@\\ only)",
+            kind.name()
+        ));
+    }
+    let verb = match kind {
+        HookKind::Stop => "stop",
+        HookKind::Start => "start",
+        HookKind::Done => "try-reload-or-restart",
+    };
+    Ok(format!("systemctl {verb} -- '{unit}'"))
+}
+
 /// Runs `command` for `volume`; `Ok` on exit 0, else why not.
 pub async fn run_hook(
     kind: HookKind,
@@ -40,6 +66,7 @@ pub async fn run_hook(
     node: &str,
     timeout: Duration,
 ) -> Result<(), String> {
+    let command = &hook_command(kind, command).map_err(|e| format!("volume {volume}: {e}"))?;
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -111,6 +138,22 @@ mod tests {
             err,
             "stop hook of volume db1 failed (exit status: 3): `echo 'pg_ctl: server busy' >&2; exit 3`: pg_ctl: server busy"
         );
+    }
+
+    #[test]
+    fn a_unit_hook_becomes_systemctl_and_a_bad_unit_name_is_refused() {
+        assert_eq!(
+            hook_command(HookKind::Stop, "unit:postgresql@db1.service").unwrap(),
+            "systemctl stop -- 'postgresql@db1.service'"
+        );
+        assert_eq!(hook_command(HookKind::Start, "unit:pg.service").unwrap(), "systemctl start -- 'pg.service'");
+        assert_eq!(hook_command(HookKind::Done, "unit:pg").unwrap(), "systemctl try-reload-or-restart -- 'pg'");
+        assert_eq!(
+            hook_command(HookKind::Start, "mount $MESHDRAIN_DEVICE /srv").unwrap(),
+            "mount $MESHDRAIN_DEVICE /srv"
+        );
+        let err = hook_command(HookKind::Start, "unit:pg'; rm -rf /").unwrap_err();
+        assert!(err.contains("is not a systemd unit name"), "{err}");
     }
 
     #[tokio::test]

@@ -49,14 +49,17 @@ pub struct Common {
     /// A label every target must carry (repeatable): `--require zone=a`.
     #[arg(long = "require", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub requires: Vec<(String, String)>,
-    /// Command run on the source before the export opens (quiesce the workload).
+    /// Command run on the source before the export opens (quiesce the workload), with
+    /// MESHDRAIN_VOLUME, MESHDRAIN_DEVICE and MESHDRAIN_NODE set; or `unit:<name>` for
+    /// `systemctl stop <name>`.
     #[arg(long, value_name = "CMD")]
     pub hook_stop: Option<String>,
     /// Command run on the target once the clone device exists (start the workload);
-    /// MESHDRAIN_DEVICE names the device.
+    /// MESHDRAIN_DEVICE names the device; or `unit:<name>` for `systemctl start <name>`.
     #[arg(long, value_name = "CMD")]
     pub hook_start: Option<String>,
-    /// Command run on the target after hand-off.
+    /// Command run on the target after hand-off; or `unit:<name>` for
+    /// `systemctl try-reload-or-restart <name>`.
     #[arg(long, value_name = "CMD")]
     pub hook_done: Option<String>,
 }
