@@ -28,6 +28,11 @@ pub struct Metrics {
     gossip_rounds: Gauge<u64, AtomicU64>,
     ignored_values: Gauge,
     volumes: Family<Labels, Gauge>,
+    hydrated_ratio: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    hydration_rate: Family<Labels, Gauge>,
+    fetched_bytes: Family<Labels, Gauge>,
+    stalled: Family<Labels, Gauge>,
+    stranded: Family<Labels, Gauge>,
     /// Node requests this agent applied or refused.
     pub requests_handled: Counter,
 }
@@ -49,6 +54,36 @@ impl Metrics {
         let ignored_values = Gauge::default();
         let requests_handled = Counter::default();
         let volumes = Family::<Labels, Gauge>::default();
+        let hydrated_ratio = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let hydration_rate = Family::<Labels, Gauge>::default();
+        let fetched_bytes = Family::<Labels, Gauge>::default();
+        let stalled = Family::<Labels, Gauge>::default();
+        let stranded = Family::<Labels, Gauge>::default();
+        registry.register(
+            "volume_hydrated_ratio",
+            "Fraction of a moving volume's regions on its new node (1 when hydrated)",
+            hydrated_ratio.clone(),
+        );
+        registry.register(
+            "volume_hydration_bytes_per_second",
+            "Recent hydration rate of a moving volume",
+            hydration_rate.clone(),
+        );
+        registry.register(
+            "volume_fetched_bytes",
+            "Bytes a moving volume's holder has read from its source",
+            fetched_bytes.clone(),
+        );
+        registry.register(
+            "volume_stalled",
+            "1 while a holder cannot read its source (alert when it lasts)",
+            stalled.clone(),
+        );
+        registry.register(
+            "volume_stranded",
+            "1 while a cut-over volume's holder is dead (the source keeps its copy)",
+            stranded.clone(),
+        );
         registry.register("volumes", "Volumes of the fleet by owner-side move phase", volumes.clone());
         registry.register("nodes", "Nodes known to this agent, by lifecycle state and liveness", nodes.clone());
         registry.register("peers_alive", "Other nodes the failure detector considers alive", peers_alive.clone());
@@ -64,7 +99,21 @@ impl Metrics {
             "Node requests applied or refused by this agent",
             requests_handled.clone(),
         );
-        Self { registry, nodes, peers_alive, peers_dead, gossip_rounds, ignored_values, volumes, requests_handled }
+        Self {
+            registry,
+            nodes,
+            peers_alive,
+            peers_dead,
+            gossip_rounds,
+            ignored_values,
+            volumes,
+            hydrated_ratio,
+            hydration_rate,
+            fetched_bytes,
+            stalled,
+            stranded,
+            requests_handled,
+        }
     }
 
     /// Updates the gauges from a fresh view.
@@ -93,7 +142,20 @@ impl Metrics {
                 .iter()
                 .map(|p| ((*p).to_owned(), 0))
                 .collect();
+        for family in [&self.hydration_rate, &self.fetched_bytes, &self.stalled, &self.stranded] {
+            family.clear();
+        }
+        self.hydrated_ratio.clear();
         for v in crate::agent::report::volumes(view) {
+            if let Some(holder) = v.holder.clone().filter(|_| v.phase == "cut_over") {
+                let labels = vec![("volume".to_owned(), v.id.clone()), ("holder".to_owned(), holder)];
+                let ratio = if v.total == 0 { 0.0 } else { v.hydrated as f64 / v.total as f64 };
+                self.hydrated_ratio.get_or_create(&labels).set(ratio);
+                self.hydration_rate.get_or_create(&labels).set(v.bytes_per_s as i64);
+                self.fetched_bytes.get_or_create(&labels).set(v.fetched_bytes as i64);
+                self.stalled.get_or_create(&labels).set(i64::from(v.stalled));
+                self.stranded.get_or_create(&labels).set(i64::from(v.stranded));
+            }
             *by_phase.entry(v.phase).or_default() += 1;
         }
         for (phase, n) in by_phase {
