@@ -15,6 +15,9 @@
 # subtraction wraps and the process reads forever. That is the 8-session
 # 1 MiB "hang" seen on 2026-11-23; it reproduces against tgtd by pausing
 # tgtd (SIGSTOP) across the deadline. On SIGINT it drains and logs out.
+# The CPU columns are each target's own CPU time (user+system, all threads,
+# from /proc/PID/stat) per GiB it served in that run: a machine shared with
+# other work moves the MB/s a lot, this much less.
 # Env: SECONDS_PER_RUN (default 8), LUN_MB (default 1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +42,7 @@ cat "$tmp/lun.img" > /dev/null   # warm the page cache for both targets alike
 # tgtd
 tport=$(free_port); ctl=$((20000 + $$ % 20000))
 tgtd -f --iscsi portal=127.0.0.1:$tport -C $ctl >"$tmp/tgtd.log" 2>&1 & pids+=($!)
+tgtd_pid=$!
 for _ in $(seq 50); do tgtadm -C $ctl --lld iscsi --op show --mode target >/dev/null 2>&1 && break; sleep 0.1; done
 tgtadm -C $ctl --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.dev.meshdrain:bench-tgtd
 tgtadm -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$tmp/lun.img"
@@ -47,6 +51,7 @@ tgt_url=iscsi://127.0.0.1:$tport/iqn.2026-11.dev.meshdrain:bench-tgtd/1
 
 # ours
 "$bin" export serve --listen 127.0.0.1:0 --iqn iqn.2026-11.dev.meshdrain:bench "$tmp/lun.img" >"$tmp/url" 2>"$tmp/serve.log" & pids+=($!)
+our_pid=$!
 for _ in $(seq 50); do [ -s "$tmp/url" ] && break; sleep 0.1; done
 our_url=$(head -n1 "$tmp/url")
 
@@ -67,23 +72,28 @@ wait_perf() {
   done
   echo "$total"
 }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# cpu_per_gib ticks_before ticks_after rate bytes_per_unit: CPU s per GiB served.
+cpu_per_gib() { python3 -c "g=max($3*$4*$secs/2**30,1e-9); print(f'{($2-$1)/$(getconf CLK_TCK)/g:.3f}')"; }
 ours_reader() { timeout -s KILL $((secs + 60)) "$reader" "$1" "$2" 32 "$3" "$secs"; }
 
-printf '| client | sessions | block | tgtd MB/s | meshdrain MB/s | ratio |\n|---|---|---|---|---|---|\n'
+printf '| client | sessions | block | tgtd MB/s | meshdrain MB/s | ratio | tgtd CPU s/GiB | meshdrain CPU s/GiB |\n|---|---|---|---|---|---|---|---|\n'
 for sessions in 1 8; do
   for block in 65536 1048576; do
     label=$([ "$block" = 65536 ] && echo 64KiB || echo 1MiB)
-    t=$(perf "$tgt_url" "$sessions" $((block / 512)))
-    o=$(perf "$our_url" "$sessions" $((block / 512)))
-    printf '| iscsi-perf | %s | %s | %s | %s | %s |\n' "$sessions" "$label" "$t" "$o" "$(python3 -c "print(f'{$o/max($t,1):.2f}')")"
+    a=$(ticks "$tgtd_pid"); t=$(perf "$tgt_url" "$sessions" $((block / 512))); b=$(ticks "$tgtd_pid")
+    c=$(ticks "$our_pid"); o=$(perf "$our_url" "$sessions" $((block / 512))); d=$(ticks "$our_pid")
+    printf '| iscsi-perf | %s | %s | %s | %s | %s | %s | %s |\n' "$sessions" "$label" "$t" "$o" "$(python3 -c "print(f'{$o/max($t,1):.2f}')")" \
+      "$(cpu_per_gib "$a" "$b" "$t" 1048576)" "$(cpu_per_gib "$c" "$d" "$o" 1048576)"
   done
 done
 for sessions in 1 8; do
   for block in 65536 1048576; do
     label=$([ "$block" = 65536 ] && echo 64KiB || echo 1MiB)
-    t=$(ours_reader "$tgt_url" "$sessions" "$block")
-    o=$(ours_reader "$our_url" "$sessions" "$block")
-    printf '| meshdrain initiator | %s | %s | %s | %s | %s |\n' "$sessions" "$label" "$t" "$o" "$(python3 -c "print(f'{$o/max($t,1):.2f}')")"
+    a=$(ticks "$tgtd_pid"); t=$(ours_reader "$tgt_url" "$sessions" "$block"); b=$(ticks "$tgtd_pid")
+    c=$(ticks "$our_pid"); o=$(ours_reader "$our_url" "$sessions" "$block"); d=$(ticks "$our_pid")
+    printf '| meshdrain initiator | %s | %s | %s | %s | %s | %s | %s |\n' "$sessions" "$label" "$t" "$o" "$(python3 -c "print(f'{$o/max($t,1):.2f}')")" \
+      "$(cpu_per_gib "$a" "$b" "$t" 1000000)" "$(cpu_per_gib "$c" "$d" "$o" 1000000)"
   done
 done
 echo
