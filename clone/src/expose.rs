@@ -124,11 +124,15 @@ impl Filesystem for VolumeFs {
         // An on-demand fetch answers as soon as the requested bytes are in, before the
         // rest of their regions arrives.
         let mut reply = Some(reply);
+        let t0 = Instant::now();
+        let mut answered = None;
         let res = self.engine.read_with(offset, &mut buf, &mut |data| {
             if let Some(r) = reply.take() {
                 r.data(data);
+                answered = Some(t0.elapsed());
             }
         });
+        tracing::trace!(parent: &self.engine.span, offset, size, ?answered, total = ?t0.elapsed(), "fuse read");
         let Some(reply) = reply else { return };
         match res {
             Ok(()) => reply.data(&buf),

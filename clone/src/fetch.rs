@@ -214,9 +214,9 @@ impl Engine {
     }
 
     /// Fetches `regions` (every region of the read `[offset, offset+buf.len())`, all
-    /// claimed by the caller) as up to three foreground runs: the requested bytes
-    /// (widened to `grain`) first, then what precedes and follows them in those regions.
-    /// The requested bytes go to `answer` (through `buf`) as soon as they are in.
+    /// claimed by the caller) as foreground reads: the requested bytes (widened to
+    /// `grain`) alone, then what precedes and follows them in those regions. The
+    /// requested bytes go to `answer` (through `buf`) as soon as they are in.
     fn fetch_answering(
         &self,
         offset: u64,
@@ -232,17 +232,18 @@ impl Engine {
         let end = offset + buf.len() as u64;
         let grain = grain.max(1);
         let asked = (offset / grain * grain).max(whole.start)..end.div_ceil(grain).saturating_mul(grain).min(whole.end);
-        let mut ranges = vec![asked.clone()];
+        let mut rest = Vec::new();
         if whole.start < asked.start {
-            ranges.push(whole.start..asked.start);
+            rest.push(whole.start..asked.start);
         }
         if asked.end < whole.end {
-            ranges.push(asked.end..whole.end);
+            rest.push(asked.end..whole.end);
         }
         let mut copied = 0u64;
         let want = buf.len() as u64;
+        // The workload's bytes are copied out and answered before they go to the dest
+        // (a direct write to a disk would otherwise sit in front of the answer).
         let mut sink = |first: u64, pieces: &[&[u8]]| -> std::io::Result<()> {
-            self.dest.write_vectored_at(first, pieces)?;
             let mut at = first;
             for bytes in pieces {
                 let lo = at.max(offset);
@@ -257,9 +258,15 @@ impl Engine {
                 }
                 at += bytes.len() as u64;
             }
-            Ok(())
+            self.dest.write_vectored_at(first, pieces)
         };
-        let results = src.read_runs(Lane::Foreground, &ranges, &mut sink);
+        // The asked bytes alone first: issued together, the rest of the region would
+        // share the target's queue and the connection with them. The rest follows on
+        // the fill lane, out of the way of the next workload read.
+        let mut results = src.read_runs(Lane::Foreground, std::slice::from_ref(&asked), &mut sink);
+        if results.iter().all(|r| r.is_ok()) && !rest.is_empty() {
+            results = src.read_runs(Lane::Fill, &rest, &mut sink);
+        }
         let res = match results.into_iter().find_map(|r| r.err()) {
             None => {
                 self.fetched_bytes.fetch_add(whole.end - whole.start, Ordering::Relaxed);

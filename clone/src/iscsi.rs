@@ -3,13 +3,16 @@
 //! and blocks on each batch, with a timeout so a vanished target turns into an error
 //! the engine retries and reports as `stalled`.
 //!
-//! Two lanes: background batches go to the bulk session, where every read of a batch
+//! Three lanes: background batches go to the bulk session, where every read of a batch
 //! is in flight at once (the session pipelines up to its queue depth) and the Data-In
 //! segments go to the dest without a copy; on-demand reads go to a second session of
 //! their own when there is one, so a workload read never waits behind megabytes of
-//! hydration on the same connection.
+//! hydration on the same connection; the rest of a region after an answered on-demand
+//! read goes to a third, so the next workload read does not wait behind it either.
 use std::io;
 use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -25,7 +28,14 @@ const MAX_READ: u64 = 1 << 20;
 pub struct IscsiSource<R: BlockReader = Session> {
     reader: R,
     foreground: Option<R>,
+    fill: Option<R>,
     rt: Option<tokio::runtime::Runtime>,
+    /// The foreground session's own single-threaded runtime: the workload's thread
+    /// drives it while it waits, so the command goes out and the answer comes in on
+    /// that thread (no hand-off to a runtime worker and back, two wake-ups per read).
+    fg_rt: Option<Arc<tokio::runtime::Runtime>>,
+    /// Drives `fg_rt` between reads (NOP-In answers, reconnects); stops on drop.
+    keeper: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     identity: String,
     timeout: Duration,
 }
@@ -35,14 +45,15 @@ impl<R: BlockReader> std::fmt::Debug for IscsiSource<R> {
         f.debug_struct("IscsiSource")
             .field("identity", &self.identity)
             .field("foreground_session", &self.foreground.is_some())
+            .field("fill_session", &self.fill.is_some())
             .finish()
     }
 }
 
 impl IscsiSource<Session> {
     /// Logs in to `url` (`iscsi://host:port/<iqn>/<lun>`) on a runtime of its own, with
-    /// a bulk session for hydration and a second session for on-demand reads (if the
-    /// target refuses the second one, on-demand reads share the first).
+    /// a bulk session for hydration, a second for on-demand reads and a third for region
+    /// fills (if the target refuses the extra ones, those reads share the first).
     /// Call from a plain thread (or `spawn_blocking`), not from inside a runtime.
     pub fn connect(url: &str, timeout: Duration) -> io::Result<Self> {
         let config =
@@ -64,14 +75,47 @@ impl IscsiSource<Session> {
                 .map_err(|e| io::Error::other(e.to_string()))
         };
         let bulk = login(config.clone())?;
-        let foreground = match login(config) {
+        let extra = |what: &str| match login(config.clone()) {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!(source = identity, error = %e, "no second session for on-demand reads; they share the bulk session");
+                tracing::warn!(source = identity, error = %e, "no session of their own for {what}; they share the bulk session");
                 None
             }
         };
-        Ok(Self { reader: bulk, foreground, rt: Some(rt), identity: identity.to_string(), timeout })
+        let fill = extra("region fills");
+        let fg_rt = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
+        let foreground = match fg_rt
+            .block_on(async { tokio::time::timeout(timeout, Session::connect(config)).await })
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("login to {identity} timed out")))
+            .and_then(|r| r.map_err(|e| io::Error::other(e.to_string())))
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(source = identity, error = %e, "no session of its own for on-demand reads; they share the bulk session");
+                None
+            }
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let keeper = {
+            let (rt, stop) = (fg_rt.clone(), stop.clone());
+            std::thread::Builder::new().name("clone-iscsi-fg".into()).spawn(move || {
+                // Bounded by `stop`: one short turn of the runtime every 100 ms.
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    rt.block_on(async { tokio::time::sleep(Duration::from_millis(2)).await });
+                }
+            })?
+        };
+        Ok(Self {
+            reader: bulk,
+            foreground,
+            fill,
+            rt: Some(rt),
+            fg_rt: Some(fg_rt),
+            keeper: Some((stop, keeper)),
+            identity: identity.to_string(),
+            timeout,
+        })
     }
 }
 
@@ -80,7 +124,7 @@ impl<R: BlockReader> IscsiSource<R> {
     /// unless [`IscsiSource::with_foreground`] gives them their own.
     pub fn new(reader: R, identity: String, timeout: Duration) -> io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { reader, foreground: None, rt: Some(rt), identity, timeout })
+        Ok(Self { reader, foreground: None, fill: None, rt: Some(rt), fg_rt: None, keeper: None, identity, timeout })
     }
 
     /// Sends on-demand (foreground) reads to `reader`, a second session to the same LUN.
@@ -89,8 +133,22 @@ impl<R: BlockReader> IscsiSource<R> {
         self
     }
 
+    /// Sends region fills (the rest of a region after an answered on-demand read) to
+    /// `reader`, a third session to the same LUN.
+    pub fn with_fill(mut self, reader: R) -> Self {
+        self.fill = Some(reader);
+        self
+    }
+
     fn block_on<T>(&self, f: impl Future<Output = T>) -> io::Result<T> {
-        let rt = self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?;
+        self.block_on_lane(Lane::Background, f)
+    }
+
+    fn block_on_lane<T>(&self, lane: Lane, f: impl Future<Output = T>) -> io::Result<T> {
+        let rt = match (&self.fg_rt, lane) {
+            (Some(fg), Lane::Foreground) if self.foreground.is_some() => &**fg,
+            _ => self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?,
+        };
         rt.block_on(async { tokio::time::timeout(self.timeout, f).await }).map_err(|_| {
             io::Error::new(io::ErrorKind::TimedOut, format!("iSCSI read timed out after {:?}", self.timeout))
         })
@@ -99,6 +157,13 @@ impl<R: BlockReader> IscsiSource<R> {
 
 impl<R: BlockReader> Drop for IscsiSource<R> {
     fn drop(&mut self) {
+        if let Some((stop, keeper)) = self.keeper.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = keeper.join();
+        }
+        if let Some(rt) = self.fg_rt.take().and_then(|rt| Arc::try_unwrap(rt).ok()) {
+            rt.shutdown_background();
+        }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
@@ -136,6 +201,7 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
         let bs = self.reader.block_size() as u64;
         let reader = match lane {
             Lane::Foreground => self.foreground.as_ref().unwrap_or(&self.reader),
+            Lane::Fill => self.fill.as_ref().unwrap_or(&self.reader),
             Lane::Background => &self.reader,
         };
         let mut errs: Vec<Option<io::Error>> = runs.iter().map(|_| None).collect();
@@ -186,7 +252,7 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
                 }
             }
         };
-        let timed_out = self.block_on(all).err();
+        let timed_out = self.block_on_lane(lane, all).err();
         errs.into_iter()
             .zip(left)
             .map(|(e, left)| match (e, left, &timed_out) {

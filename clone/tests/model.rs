@@ -41,13 +41,21 @@ fn cfg() -> EngineConfig {
     EngineConfig {
         region_size: RS,
         batch_regions: 3,
-        core: CoreConfig { commit_batch: 4, commit_interval: Duration::from_secs(3600), stall_after: Duration::from_secs(60) },
+        core: CoreConfig {
+            commit_batch: 4,
+            commit_interval: Duration::from_secs(3600),
+            stall_after: Duration::from_secs(60),
+        },
         on_demand_timeout: Duration::ZERO,
         ..Default::default()
     }
 }
 
-fn open(src: &Arc<FakeSource>, dest: &Arc<Image>, meta: &Arc<Image>) -> Result<Arc<Engine>, meshdrain_clone::CloneError> {
+fn open(
+    src: &Arc<FakeSource>,
+    dest: &Arc<Image>,
+    meta: &Arc<Image>,
+) -> Result<Arc<Engine>, meshdrain_clone::CloneError> {
     Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta.clone())), cfg())
 }
 
@@ -56,8 +64,10 @@ fn apply(e: &Engine, model: &mut [u8], op: &Op) -> Result<(), String> {
     match *op {
         Op::Read(o, l) => {
             let mut buf = vec![0u8; l as usize];
-            e.read(o, &mut buf).map_err(|x| x.to_string())?;
-            assert_eq!(buf, model[o as usize..(o + l) as usize], "stale read at {o}+{l}");
+            let mut early = None;
+            e.read_with(o, &mut buf, &mut |d| early = Some(d.to_vec())).map_err(|x| x.to_string())?;
+            let got = early.unwrap_or(buf);
+            assert_eq!(got, model[o as usize..(o + l) as usize], "stale read at {o}+{l}");
         }
         Op::Write(o, l, s) => {
             let data = pattern(s, l as usize);
@@ -102,8 +112,10 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_interleavings_match_model_and_fetch_each_region_once(ops in prop::collection::vec(op(), 1..40)) {
-        let src = FakeSource::new(pattern(7, SIZE as usize), RS);
+    fn random_interleavings_match_model_and_fetch_each_region_once(ops in prop::collection::vec(op(), 1..40), fine in any::<bool>()) {
+        // `fine`: the source reads at 512 bytes, so reads of missing regions take the
+        // early-answer path (asked bytes first, then the rest): still each byte once.
+        let src = if fine { FakeSource::new_fine(pattern(7, SIZE as usize), RS, 512) } else { FakeSource::new(pattern(7, SIZE as usize), RS) };
         let faults = Faults::new(None);
         let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
         let meta = Image::new(Vec::new(), faults);
@@ -231,7 +243,13 @@ fn deallocated_source_ranges_are_never_fetched() {
     let faults = Faults::new(None);
     let dest = Image::new(vec![0xFF; 16 * rs as usize], faults.clone());
     let meta = Image::new(Vec::new(), faults);
-    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), EngineConfig { region_size: rs, ..Default::default() }).unwrap();
+    let e = Engine::open(
+        src.clone(),
+        Box::new(FakeDest(dest.clone())),
+        Box::new(FakeMeta(meta)),
+        EngineConfig { region_size: rs, ..Default::default() },
+    )
+    .unwrap();
     finish(&e);
     assert_eq!(*dest.durable.lock().unwrap(), src.data);
     let reads = src.reads.lock().unwrap().clone();

@@ -18,15 +18,36 @@ pub struct FakeSource {
     pub reads: Mutex<Vec<u32>>,
     pub gone: AtomicBool,
     pub holes: Option<Vec<Range<u64>>>,
+    /// Reads at this grain (not whole regions) are allowed; then every byte is counted.
+    pub grain: Option<u64>,
+    pub byte_reads: Mutex<Vec<u8>>,
 }
 
 impl FakeSource {
     pub fn new(data: Vec<u8>, region_size: u64) -> Arc<Self> {
         let n = (data.len() as u64).div_ceil(region_size) as usize;
-        Arc::new(Self { data, region_size, reads: Mutex::new(vec![0; n]), gone: AtomicBool::new(false), holes: None })
+        let len = data.len();
+        Arc::new(Self {
+            data,
+            region_size,
+            reads: Mutex::new(vec![0; n]),
+            gone: AtomicBool::new(false),
+            holes: None,
+            grain: None,
+            byte_reads: Mutex::new(vec![0; len]),
+        })
     }
+    /// A source that reads at `grain` (the on-demand early-answer path).
+    pub fn new_fine(data: Vec<u8>, region_size: u64, grain: u64) -> Arc<Self> {
+        let mut s = Arc::into_inner(Self::new(data, region_size)).expect("fresh");
+        s.grain = Some(grain);
+        Arc::new(s)
+    }
+    /// Most reads of one region (whole-region mode) or of one byte (fine mode).
     pub fn max_reads(&self) -> u32 {
-        self.reads.lock().unwrap().iter().copied().max().unwrap_or(0)
+        let regions = self.reads.lock().unwrap().iter().copied().max().unwrap_or(0);
+        let bytes = self.byte_reads.lock().unwrap().iter().copied().max().unwrap_or(0) as u32;
+        regions.max(bytes)
     }
 }
 
@@ -41,6 +62,18 @@ impl BlockSource for FakeSource {
         if self.gone.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "source gone"));
         }
+        if let Some(g) = self.grain {
+            let end = offset + buf.len() as u64;
+            assert_eq!(offset % g, 0, "source reads are {g}-aligned");
+            assert!(end.is_multiple_of(g) || end == self.data.len() as u64, "source reads end {g}-aligned");
+            let mut counts = self.byte_reads.lock().unwrap();
+            for c in &mut counts[offset as usize..end as usize] {
+                *c = c.saturating_add(1);
+            }
+            drop(counts);
+            buf.copy_from_slice(&self.data[offset as usize..end as usize]);
+            return Ok(());
+        }
         assert_eq!(offset % self.region_size, 0, "source reads are region-aligned");
         let mut reads = self.reads.lock().unwrap();
         let first = offset / self.region_size;
@@ -54,6 +87,9 @@ impl BlockSource for FakeSource {
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
         Ok(self.holes.clone())
     }
+    fn read_granularity(&self) -> Option<u64> {
+        self.grain
+    }
 }
 
 /// Shared crash switch: the op numbered `crash_at` and every later one fail.
@@ -66,7 +102,11 @@ pub struct Faults {
 
 impl Faults {
     pub fn new(crash_at: Option<u64>) -> Arc<Self> {
-        Arc::new(Self { ops: AtomicU64::new(0), crash_at: AtomicU64::new(crash_at.unwrap_or(u64::MAX)), crashed: AtomicBool::new(false) })
+        Arc::new(Self {
+            ops: AtomicU64::new(0),
+            crash_at: AtomicU64::new(crash_at.unwrap_or(u64::MAX)),
+            crashed: AtomicBool::new(false),
+        })
     }
     fn step(&self) -> io::Result<()> {
         let n = self.ops.fetch_add(1, Ordering::SeqCst);
