@@ -230,7 +230,7 @@ pub async fn run_process(
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("gossiping")]);
     // The userspace WireGuard device (defguard's boringtun) takes SIGTERM and SIGINT
     // through a signalfd of its own and exits on them, racing our handler for the same
-    // signal; when it wins, its UAPI socket disappears, and that is our shutdown signal.
+    // signal; when it wins, its UAPI socket stops answering, and that is our stop signal.
     let device_socket = (mesh.backend == "userspace").then(|| {
         let iface = config.mesh.interface.clone().unwrap_or_else(|| super::mesh::DEFAULT_INTERFACE.to_owned());
         std::path::PathBuf::from(format!("/var/run/wireguard/{iface}.sock"))
@@ -251,17 +251,24 @@ pub async fn run_process(
     Ok(())
 }
 
-/// Resolves once `socket` (seen to exist) is gone; never without one.
+/// Resolves once the userspace device stops answering on its UAPI `socket` (after it did
+/// once): refused or gone. The socket file can outlive the device, so its existence proves
+/// nothing; a connection does. Never resolves without a socket.
 async fn device_gone(socket: Option<std::path::PathBuf>) {
     let Some(socket) = socket else { return std::future::pending().await };
-    let mut seen = false;
+    let mut answered = false;
     loop {
-        let exists = socket.exists();
-        if seen && !exists {
-            return;
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(_) => answered = true,
+            Err(e)
+                if answered
+                    && matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
+            {
+                return;
+            }
+            Err(_) => {}
         }
-        seen |= exists;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
