@@ -17,11 +17,16 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/clone.sh needs root (loop, FUSE, tgtd)" >&2; exit 2; }
 for b in tgtd tgtadm iscsi-perf python3 losetup; do command -v "$b" >/dev/null || { echo "missing $b (scripts/install-deps test)" >&2; exit 2; }; done
 if [ -z "${MESHDRAIN_BIN:-}" ]; then
-  timeout 1800 cargo build --release --quiet --bin meshdrain >&2
+  timeout 1800 cargo build --release --quiet -p meshdrain --bin meshdrain >&2
+  timeout 1800 cargo build --release --quiet -p meshdrain-iscsi --example iscsi_read >&2
+  timeout 1800 cargo build --release --quiet -p meshdrain-clone --example ondemand_latency >&2
   bin=target/release/meshdrain
 else
   bin=$MESHDRAIN_BIN
 fi
+reader=${ISCSI_READ_BIN:-target/release/examples/iscsi_read}
+ondemand=${ONDEMAND_BIN:-target/release/examples/ondemand_latency}
+rounds=${ROUNDS:-3}
 size_mib=${SIZE_MIB:-1024}
 hyd_rate=${HYD_RATE:-200M}
 tmp=$(mktemp -d "${TMPFS_DIR:-/dev/shm}/clone-bench.XXXXXX")
@@ -60,11 +65,12 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 secs() { date +%s.%N; }
 mbs() { python3 -c "import sys; print(round(float(sys.argv[1])*1.048576/(float(sys.argv[3])-float(sys.argv[2]))))" "$size_mib" "$1" "$2"; }
 
-read -r _ seq64_mbs < <(perf -m 32 -b 128 -t 4)
-read -r _ seq1m_mbs < <(perf -m 32 -b 2048 -t 4)
-seq_mbs=$(( seq64_mbs > seq1m_mbs ? seq64_mbs : seq1m_mbs ))
 read -r rnd_iops _ < <(perf -m 1 -b 8 -r -t 3)
 remote4k_us=$(python3 -c "print(round(1e6/max(${rnd_iops:-1},1)))")
+# the engine alone (no FUSE, no loop), right after the reference: plain 4 KiB read through
+# our initiator's foreground session, unhydrated (early answer / whole region), hydrated
+read -r eng_plain eng_un eng_whole eng_hy < <(timeout 120 "$ondemand" "$url" "$tmp" 300)
+rm -f "$tmp/lat.img" "$tmp/lat.meta"
 
 hydrate() { # dest-dir tag extra-args...; prints MB/s
   local dir=$1 tag=$2; shift 2
@@ -77,9 +83,20 @@ hydrate() { # dest-dir tag extra-args...; prints MB/s
   mbs "$t0" "$t1"
 }
 
-# 1. hydration throughput (the CLI's defaults)
-hyd_mbs=$(hydrate "$tmp" hyd)
-rm -f "$tmp/hyd.img" "$tmp/hyd.meta"
+median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 2))" "$@"; }
+# 1. hydration throughput (the CLI's defaults), in rounds: each round measures its own
+# references right before, so a neighbour's load hits both sides alike
+seq_all=(); own_all=(); hyd_all=(); ratio_all=()
+for _ in $(seq "$rounds"); do
+  read -r _ seq64 < <(perf -m 32 -b 128 -t 3)
+  read -r _ seq1m < <(perf -m 32 -b 2048 -t 3)
+  best=$(( seq64 > seq1m ? seq64 : seq1m ))
+  own=$(timeout 60 "$reader" "$url" 1 32 1048576 3 2>/dev/null || echo 0)
+  h=$(hydrate "$tmp" hyd)
+  rm -f "$tmp/hyd.img" "$tmp/hyd.meta"
+  seq_all+=("$best"); own_all+=("$own"); hyd_all+=("$h"); ratio_all+=("$(ratio "$h" "$best")")
+done
+seq_mbs=$(median "${seq_all[@]}"); own_mbs=$(median "${own_all[@]}"); hyd_mbs=$(median "${hyd_all[@]}")
 t0=$(secs); dd if=/dev/zero of="$disk/dd.img" bs=1M count="$size_mib" conv=fdatasync status=none; t1=$(secs)
 dd_mbs=$(mbs "$t0" "$t1"); rm -f "$disk/dd.img"
 hyd_disk_mbs=$(hydrate "$disk" hyd-disk)
@@ -128,8 +145,10 @@ read -r pl_med pl_p99 < <(lat "$plainloop" 1 2)
 
 echo "| measure | value | reference (same run) | ratio | goal |"
 echo "|---|---:|---|---:|---|"
-echo "| hydration ${size_mib} MiB, tgtd -> our initiator -> clone, tmpfs dest (MB/s) | $hyd_mbs | iscsi-perf seq read, qd 32: 64 KiB $seq64_mbs, 1 MiB $seq1m_mbs | $(ratio "$hyd_mbs" "$seq_mbs") | >= 0.9 |"
-echo "| hydration ${size_mib} MiB onto a disk dest (MB/s) | $hyd_disk_mbs | dd write + fdatasync there: $dd_mbs | $(ratio "$hyd_disk_mbs" "$(( dd_mbs < seq_mbs ? dd_mbs : seq_mbs ))") | >= 0.9 of min(path, disk) |"
+echo "| hydration ${size_mib} MiB, tgtd -> our initiator -> clone, tmpfs dest (MB/s, median of $rounds) | $hyd_mbs | iscsi-perf seq read, qd 32, best of 64 KiB / 1 MiB: $seq_mbs | $(median "${ratio_all[@]}") (rounds: ${ratio_all[*]}) | >= 0.9 |"
+echo "| same hydration (MB/s) | $hyd_mbs | our initiator alone, seq read 1 MiB qd 32, no dest (iscsi_read): $own_mbs | $(ratio "$hyd_mbs" "$own_mbs") | cost of writing the dest |"
+echo "| hydration ${size_mib} MiB onto a disk dest (MB/s) | $hyd_disk_mbs | dd write + fdatasync there: $dd_mbs | $(ratio "$hyd_disk_mbs" "$(python3 -c "print(min($dd_mbs, $seq_mbs))")") | >= 0.9 of min(path, disk) |"
+echo "| 4 KiB on-demand read inside the engine, no FUSE/loop (median us: answered / region on dest; hydrated) | $eng_un / $eng_whole; $eng_hy | iscsi-perf 4 KiB: $remote4k_us; our initiator 4 KiB: $eng_plain | $(ratio "$eng_un" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, unhydrated, hydration idle (median / p99 us) | $un_med / $un_p99 | plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r): $remote4k_us | $(ratio "$un_med" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, unhydrated, hydration running at $hyd_rate (median / p99 us) | $busy_med / $busy_p99 | same: $remote4k_us (hydration at $busy_at when the reads ended) | $(ratio "$busy_med" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, hydrated (median / p99 us) | $hy_med / $hy_p99 | loop on a plain file, direct I/O: $pl_med / $pl_p99 | $(ratio "$hy_med" "$pl_med") | loop-over-FUSE overhead |"
