@@ -26,7 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = Path::new(&a[2]);
     let dest = FileDest::open(&dir.join("lat.img"), size)?;
     let meta = FileMeta::open(&dir.join("lat.meta"))?;
-    let cfg = EngineConfig { rate_limit: Some(1024), ..Default::default() };
+    // MESHDRAIN_LAT_EARLY=1: answer from the asked bytes, fill the region after.
+    let early_answer = std::env::var_os("MESHDRAIN_LAT_EARLY").is_some();
+    let cfg = EngineConfig { rate_limit: Some(1024), early_answer, ..Default::default() };
     let engine = Engine::open(src.clone(), Box::new(dest), Box::new(meta), cfg)?;
     // MESHDRAIN_LAT_HYDRATE=1: background hydration threads run (held at 1 KiB/s).
     let _clone =

@@ -133,12 +133,13 @@ impl Engine {
         self.read_with(offset, buf, &mut |_| {})
     }
 
-    /// Workload read that may answer early: when every region of the request is
-    /// missing and the source reads at a finer grain than a region, the requested bytes
-    /// are read first (on the foreground lane) and handed to `early` as soon as they
-    /// arrive, while the rest of those regions is still in flight; the call returns once
-    /// the regions are on the dest. `early` runs at most once; when it did not run, `buf`
-    /// holds the data on `Ok`. Each region is still fetched once.
+    /// Workload read that may answer early: with `EngineConfig::early_answer`, when
+    /// every region of the request is missing and the source reads at a finer grain
+    /// than a region, the requested bytes are read first (on the foreground lane) and
+    /// handed to `early` as soon as they arrive, then the rest of those regions (fill
+    /// lane); the call returns once the regions are on the dest. Otherwise missing
+    /// regions are fetched whole in one foreground read. `early` runs at most once;
+    /// when it did not run, `buf` holds the data on `Ok`. Each region is fetched once.
     pub fn read_with(&self, offset: u64, buf: &mut [u8], early: &mut dyn FnMut(&[u8])) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         self.workload_active.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +176,7 @@ impl Engine {
             let all_mine = mine.len() as u64 == span.end - span.start;
             let mut answered = false;
             let results = match self.source_handle().and_then(|s| s.read_granularity()) {
-                Some(g) if all_mine => self.fetch_answering(offset, buf, &mine, g, &mut |d| {
+                Some(g) if all_mine && self.cfg.early_answer => self.fetch_answering(offset, buf, &mine, g, &mut |d| {
                     early(d);
                     answered = true;
                 }),

@@ -8,7 +8,8 @@
 //! segments go to the dest without a copy; on-demand reads go to a second session of
 //! their own when there is one, so a workload read never waits behind megabytes of
 //! hydration on the same connection; the rest of a region after an answered on-demand
-//! read goes to a third, so the next workload read does not wait behind it either.
+//! read (early answer) may go to a third, so the next workload read does not wait
+//! behind it either.
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -52,8 +53,10 @@ impl<R: BlockReader> std::fmt::Debug for IscsiSource<R> {
 
 impl IscsiSource<Session> {
     /// Logs in to `url` (`iscsi://host:port/<iqn>/<lun>`) on a runtime of its own, with
-    /// a bulk session for hydration, a second for on-demand reads and a third for region
-    /// fills (if the target refuses the extra ones, those reads share the first).
+    /// a bulk session for hydration and a second for on-demand reads (if the target
+    /// refuses the second, those reads share the first). Region fills (only with
+    /// `EngineConfig::early_answer`) use the on-demand session unless
+    /// [`IscsiSource::with_fill`] gives them one.
     /// Call from a plain thread (or `spawn_blocking`), not from inside a runtime.
     pub fn connect(url: &str, timeout: Duration) -> io::Result<Self> {
         let config =
@@ -75,14 +78,6 @@ impl IscsiSource<Session> {
                 .map_err(|e| io::Error::other(e.to_string()))
         };
         let bulk = login(config.clone())?;
-        let extra = |what: &str| match login(config.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(source = identity, error = %e, "no session of their own for {what}; they share the bulk session");
-                None
-            }
-        };
-        let fill = extra("region fills");
         let fg_rt = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
         let foreground = match fg_rt
             .block_on(async { tokio::time::timeout(timeout, Session::connect(config)).await })
@@ -109,7 +104,7 @@ impl IscsiSource<Session> {
         Ok(Self {
             reader: bulk,
             foreground,
-            fill,
+            fill: None,
             rt: Some(rt),
             fg_rt: Some(fg_rt),
             keeper: Some((stop, keeper)),
@@ -133,8 +128,8 @@ impl<R: BlockReader> IscsiSource<R> {
         self
     }
 
-    /// Sends region fills (the rest of a region after an answered on-demand read) to
-    /// `reader`, a third session to the same LUN.
+    /// Sends region fills (the rest of a region after an early-answered on-demand read)
+    /// to `reader`, a third session to the same LUN.
     pub fn with_fill(mut self, reader: R) -> Self {
         self.fill = Some(reader);
         self
@@ -201,7 +196,7 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
         let bs = self.reader.block_size() as u64;
         let reader = match lane {
             Lane::Foreground => self.foreground.as_ref().unwrap_or(&self.reader),
-            Lane::Fill => self.fill.as_ref().unwrap_or(&self.reader),
+            Lane::Fill => self.fill.as_ref().or(self.foreground.as_ref()).unwrap_or(&self.reader),
             Lane::Background => &self.reader,
         };
         let mut errs: Vec<Option<io::Error>> = runs.iter().map(|_| None).collect();

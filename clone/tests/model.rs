@@ -47,6 +47,7 @@ fn cfg() -> EngineConfig {
             stall_after: Duration::from_secs(60),
         },
         on_demand_timeout: Duration::ZERO,
+        early_answer: true,
         ..Default::default()
     }
 }
