@@ -12,6 +12,8 @@
 #  3. loop-over-FUSE overhead: hydrated reads vs a loop device on a plain file.
 # Needs root, tgt, libiscsi-bin, python3. MESHDRAIN_BIN skips the build and uses that binary.
 # Sources and tmpfs dests live under TMPFS_DIR (default /dev/shm); the disk dest under DISK_DIR.
+# ROUNDS (3) hydration rounds; HYD_RATE (200M) for the busy latency row; REGION_SIZE (64K)
+# of the exposed clones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/clone.sh needs root (loop, FUSE, tgtd)" >&2; exit 2; }
@@ -29,6 +31,7 @@ ondemand=${ONDEMAND_BIN:-target/release/examples/ondemand_latency}
 rounds=${ROUNDS:-3}
 size_mib=${SIZE_MIB:-1024}
 hyd_rate=${HYD_RATE:-200M}
+region=${REGION_SIZE:-64K} # region size of the exposed clones (the latency rows)
 tmp=$(mktemp -d "${TMPFS_DIR:-/dev/shm}/clone-bench.XXXXXX")
 disk=$(mktemp -d "${DISK_DIR:-/var/tmp}/clone-bench.XXXXXX")
 pids=()
@@ -125,7 +128,7 @@ PY
 expose() { # tag rate; sets $dev (the clone run stays in the background; not in a subshell: pids)
   local tag=$1 rate=$2
   "$bin" clone run --backend userspace --source "$url" --dest "$tmp/$tag.img" --metadata "$tmp/$tag.meta" \
-    --rate-limit "$rate" --expose "$tmp/dev/$tag" --hold --json >"$tmp/$tag.json" 2>"$tmp/$tag.log" & pids+=($!)
+    --rate-limit "$rate" --region-size "$region" --expose "$tmp/dev/$tag" --hold --json >"$tmp/$tag.json" 2>"$tmp/$tag.log" & pids+=($!)
   for _ in $(seq 100); do [ -L "$tmp/dev/$tag" ] && break; sleep 0.1; done
   [ -L "$tmp/dev/$tag" ] || { echo "exposure failed: $(tail -3 "$tmp/$tag.log")" >&2; exit 1; }
   dev=$(readlink "$tmp/dev/$tag")
@@ -153,4 +156,4 @@ echo "| 4 KiB random read, unhydrated, hydration idle (median / p99 us) | $un_me
 echo "| 4 KiB random read, unhydrated, hydration running at $hyd_rate (median / p99 us) | $busy_med / $busy_p99 | same: $remote4k_us (hydration at $busy_at when the reads ended) | $(ratio "$busy_med" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, hydrated (median / p99 us) | $hy_med / $hy_p99 | loop on a plain file, direct I/O: $pl_med / $pl_p99 | $(ratio "$hy_med" "$pl_med") | loop-over-FUSE overhead |"
 echo
-echo "binary: $bin; region 64 KiB; exposed loop: $(grep -o 'direct I/O [a-z]*' "$tmp/idle.log" | head -1); cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "binary: $bin; region (latency rows through the device) $region, hydration rows 64K; exposed loop: $(grep -o 'direct I/O [a-z]*' "$tmp/idle.log" | head -1); cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"
