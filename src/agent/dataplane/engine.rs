@@ -17,7 +17,7 @@ use meshdrain_clone::expose::Exposed;
 use meshdrain_clone::{
     BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta, IscsiSource, Phase, UserspaceClone,
 };
-use meshdrain_iscsi::{InitiatorConfig, Session};
+use meshdrain_iscsi::InitiatorConfig;
 use tracing::{debug, info, warn};
 
 use super::real::{CloneProgress, CloneService, CloneSpec};
@@ -43,7 +43,7 @@ pub struct EngineTuning {
 
 impl Default for EngineTuning {
     fn default() -> Self {
-        Self { region_size: 64 * 1024, parallelism: 4, batch_regions: 16 }
+        Self { region_size: 64 * 1024, parallelism: 4, batch_regions: 64 }
     }
 }
 
@@ -52,8 +52,6 @@ struct Running {
     engine: Arc<Engine>,
     exposed: Option<Exposed>,
     hydration: Option<UserspaceClone>,
-    /// Drives the initiator session; dropped last.
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Running {
@@ -67,9 +65,6 @@ impl Running {
             && let Err(e) = x.stop()
         {
             warn!("tearing down a clone device: {e}");
-        }
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
         }
     }
 }
@@ -109,8 +104,8 @@ impl EngineClones {
         self.run_dir.join("dev").join(volume)
     }
 
-    fn open_engine(&self, spec: &CloneSpec, runtime: &tokio::runtime::Runtime) -> Result<Arc<Engine>, String> {
-        let source = ReconnectingSource::connect(spec, runtime.handle().clone())?;
+    fn open_engine(&self, spec: &CloneSpec) -> Result<Arc<Engine>, String> {
+        let source = ReconnectingSource::connect(spec)?;
         if source.size() < spec.size {
             return Err(format!("export {} is {} bytes, the lease says {}", spec.export.iqn, source.size(), spec.size));
         }
@@ -153,7 +148,6 @@ impl EngineClones {
 struct ReconnectingSource {
     url: String,
     config: InitiatorConfig,
-    runtime: tokio::runtime::Handle,
     identity: String,
     size: u64,
     current: RwLock<Arc<IscsiSource>>,
@@ -164,7 +158,7 @@ struct ReconnectingSource {
 const RELOGIN_EVERY: Duration = Duration::from_secs(2);
 
 impl ReconnectingSource {
-    fn connect(spec: &CloneSpec, runtime: tokio::runtime::Handle) -> Result<Self, String> {
+    fn connect(spec: &CloneSpec) -> Result<Self, String> {
         let url = format!("iscsi://{}/{}/1", spec.export.addr, spec.export.iqn);
         let mut config = InitiatorConfig::from_url(&url).map_err(|e| e.to_string())?;
         config = config.with_initiator_name(&spec.initiator_iqn);
@@ -172,12 +166,11 @@ impl ReconnectingSource {
         // The identity recorded in the metadata is the export's name, not its address:
         // a source that comes back on another port is still the same volume.
         let identity = spec.export.iqn.clone();
-        let first = login(&url, &config, &identity, &runtime)?;
+        let first = login(&config, &identity)?;
         let size = first.size();
         Ok(Self {
             url,
             config,
-            runtime,
             identity,
             size,
             current: RwLock::new(Arc::new(first)),
@@ -193,7 +186,7 @@ impl ReconnectingSource {
             }
             *last = Instant::now();
         }
-        match login(&self.url, &self.config, &self.identity, &self.runtime) {
+        match login(&self.config, &self.identity) {
             Ok(fresh) => {
                 info!(url = %self.url, "logged in to the source again");
                 *self.current.write().expect("source lock") = Arc::new(fresh);
@@ -207,17 +200,11 @@ impl ReconnectingSource {
     }
 }
 
-fn login(
-    url: &str,
-    config: &InitiatorConfig,
-    identity: &str,
-    runtime: &tokio::runtime::Handle,
-) -> Result<IscsiSource, String> {
-    let session = runtime
-        .block_on(async { tokio::time::timeout(READ_TIMEOUT, Session::connect(config.clone())).await })
-        .map_err(|_| format!("login to {url} timed out after {READ_TIMEOUT:?}"))?
-        .map_err(|e| format!("login to {url}: {e}"))?;
-    IscsiSource::new(session, identity.to_owned(), READ_TIMEOUT).map_err(|e| e.to_string())
+/// Logs in: a bulk session for hydration and a foreground one for the workload's reads,
+/// each on the runtime the source owns.
+fn login(config: &InitiatorConfig, identity: &str) -> Result<IscsiSource, String> {
+    IscsiSource::connect_config(identity, config.clone(), READ_TIMEOUT)
+        .map_err(|e| format!("login to {} ({identity}): {e}", config.address))
 }
 
 impl BlockSource for ReconnectingSource {
@@ -239,6 +226,23 @@ impl BlockSource for ReconnectingSource {
 
     fn deallocated(&self) -> std::io::Result<Option<Vec<std::ops::Range<u64>>>> {
         self.session().deallocated()
+    }
+
+    fn read_runs(
+        &self,
+        lane: meshdrain_clone::io::Lane,
+        runs: &[std::ops::Range<u64>],
+        sink: &mut meshdrain_clone::io::RunSink<'_>,
+    ) -> Vec<std::io::Result<()>> {
+        let results = self.session().read_runs(lane, runs, sink);
+        if results.iter().any(Result::is_err) {
+            self.relogin();
+        }
+        results
+    }
+
+    fn read_granularity(&self) -> Option<u64> {
+        self.session().read_granularity()
     }
 }
 
@@ -279,21 +283,14 @@ impl CloneService for EngineClones {
         if let Some(old) = self.clones.lock().expect("clones lock").remove(&spec.volume) {
             old.shut();
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(format!("initiator-{}", spec.volume))
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let engine = self.open_engine(spec, &runtime)?;
+        let engine = self.open_engine(spec)?;
         std::thread::sleep(self.prepare_delay);
         let mountpoint = self.mountpoint(&spec.volume);
         clear_stale_mount(&mountpoint);
         let exposed =
             Exposed::start(engine.clone(), &mountpoint, Some(&self.link(&spec.volume))).map_err(|e| e.to_string())?;
         let device = exposed.device().to_owned();
-        let running =
-            Running { epoch: spec.epoch, engine, exposed: Some(exposed), hydration: None, runtime: Some(runtime) };
+        let running = Running { epoch: spec.epoch, engine, exposed: Some(exposed), hydration: None };
         self.clones.lock().expect("clones lock").insert(spec.volume.clone(), running);
         Ok(device)
     }
