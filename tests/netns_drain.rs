@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{AgentProc, state_seen, wait_until};
-use meshdrain::cli::demo::workload::{pseudo_random, sha};
+use meshdrain::cli::demo::workload::{Mounted, pseudo_random, sha};
 use meshdrain_testkit::netns::Lan;
 
 struct Fleet {
@@ -155,23 +155,6 @@ fn check_files(dir: &Path, files: &[(String, String)]) {
     }
 }
 
-/// Unmounts on drop so a failing test does not leave a busy loop device behind.
-struct Mount(PathBuf);
-
-impl Mount {
-    fn new(dev: &Path, dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        run("mount", &[dev.to_str().unwrap(), dir.to_str().unwrap()]);
-        Self(dir.to_owned())
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// An ext4 volume `id` of `mib` MiB on node1 with `files` 1 MiB files; returns their sums.
 fn ext4_volume(f: &Fleet, id: &str, mib: u64, files: usize) -> Vec<(String, String)> {
     let hook = f.start_hook();
@@ -206,7 +189,7 @@ fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
     let (holder, dev) = f.started("db");
     assert_ne!(holder, "node1");
     let mnt = f.root.join("dst-db");
-    let mount = Mount::new(&dev, &mnt);
+    let mount = Mounted::new(&dev, &mnt).expect("mounting the clone device");
     // Reads of regions not yet copied are fetched on demand.
     check_files(&mnt, &before);
     let v = f.volume(0, "db").expect("db listed");
@@ -217,7 +200,7 @@ fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
     f.wait_drained(1, Duration::from_secs(120));
     check_files(&mnt, &before);
     check_files(&mnt, &during);
-    drop(mount);
+    mount.unmount().expect("unmounting the clone device");
     let fsck = Command::new("fsck.ext4").args(["-fn"]).arg(&dev).output().unwrap();
     assert!(fsck.status.success(), "fsck after the move: {}", String::from_utf8_lossy(&fsck.stdout));
 

@@ -176,9 +176,6 @@ pub async fn run_process(
     // The mesh comes first: gossip and the export bind the mesh address it brings up.
     let mesh = super::mesh::start(&config, &addrs)?;
     let addrs = mesh.addrs.clone();
-    if let Some(addr) = mesh.mesh_addr {
-        wait_until_bindable(addr.into(), Duration::from_secs(10)).await?;
-    }
     let core_config = CoreConfig {
         name: config.name.clone(),
         labels: config.labels.clone(),
@@ -228,17 +225,7 @@ pub async fn run_process(
         "agent running"
     );
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("gossiping")]);
-    // The userspace WireGuard device (defguard's boringtun) takes SIGTERM and SIGINT
-    // through a signalfd of its own and exits on them, racing our handler for the same
-    // signal; when it wins, its UAPI socket stops answering, and that is our stop signal.
-    let device_socket = (mesh.backend == "userspace").then(|| {
-        let iface = config.mesh.interface.clone().unwrap_or_else(|| super::mesh::DEFAULT_INTERFACE.to_owned());
-        std::path::PathBuf::from(format!("/var/run/wireguard/{iface}.sock"))
-    });
-    tokio::select! {
-        _ = shutdown => {}
-        _ = device_gone(device_socket) => warn!("the userspace WireGuard device exited (on a signal); stopping"),
-    }
+    shutdown.await;
     info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = ctl_stop_tx.send(());
@@ -249,42 +236,6 @@ pub async fn run_process(
     agent.stop().await;
     let _ = std::fs::remove_file(&config.control.socket);
     Ok(())
-}
-
-/// Resolves once the userspace device stops answering on its UAPI `socket` (after it did
-/// once): refused or gone. The socket file can outlive the device, so its existence proves
-/// nothing; a connection does. Never resolves without a socket.
-async fn device_gone(socket: Option<std::path::PathBuf>) {
-    let Some(socket) = socket else { return std::future::pending().await };
-    let mut answered = false;
-    loop {
-        match tokio::net::UnixStream::connect(&socket).await {
-            Ok(_) => answered = true,
-            Err(e)
-                if answered
-                    && matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound) =>
-            {
-                return;
-            }
-            Err(_) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// A fresh IPv6 address is "tentative" until duplicate address detection ends (about a
-/// second), and nothing can bind it meanwhile: wait for it rather than fail at start.
-async fn wait_until_bindable(ip: std::net::IpAddr, limit: Duration) -> anyhow::Result<()> {
-    let start = std::time::Instant::now();
-    loop {
-        match std::net::UdpSocket::bind((ip, 0)) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable && start.elapsed() < limit => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => anyhow::bail!("the mesh address {ip} cannot be bound: {e}"),
-        }
-    }
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
