@@ -137,6 +137,12 @@ pub struct DataplaneConfig {
     /// With `iscsi` and the userspace engine: background reads in flight per volume.
     #[serde(default = "default_clone_parallelism")]
     pub clone_parallelism: usize,
+    /// With `iscsi` and the userspace engine: bytes of background reads outstanding per
+    /// volume, over all of `clone_parallelism`. Everything in flight queues ahead of the
+    /// workload's on-demand reads on a shared path (a userspace tunnel above all), so this
+    /// bounds how long a workload read waits behind hydration.
+    #[serde(default = "default_clone_in_flight")]
+    pub clone_in_flight: u64,
 }
 
 impl Default for DataplaneConfig {
@@ -151,6 +157,7 @@ impl Default for DataplaneConfig {
             run_dir: None,
             region_size: default_region_size(),
             clone_parallelism: default_clone_parallelism(),
+            clone_in_flight: default_clone_in_flight(),
         }
     }
 }
@@ -165,6 +172,10 @@ fn default_region_size() -> u64 {
 
 fn default_clone_parallelism() -> usize {
     4
+}
+
+fn default_clone_in_flight() -> u64 {
+    1 << 20
 }
 
 fn default_progress_ms() -> u64 {
@@ -415,6 +426,14 @@ impl AgentConfig {
                     "dataplane.region_size",
                     format!("{rs} is not a multiple of 4096 between 4 KiB and 64 MiB"),
                     "use 65536 (the default) unless benchmarks say otherwise",
+                ));
+            }
+            let f = self.dataplane.clone_in_flight;
+            if f < rs || f > 1 << 30 {
+                return Err(invalid(
+                    "dataplane.clone_in_flight",
+                    format!("{f} is outside one region ({rs}) ..= 1 GiB"),
+                    "use 1048576 (the default); raise it only where the source path is fast and not shared",
                 ));
             }
             if self.dataplane.clone_parallelism == 0 || self.dataplane.clone_parallelism > 64 {

@@ -172,6 +172,19 @@ pub struct Agent<G: Gossip> {
     pool_dir: PathBuf,
     events_tx: mpsc::UnboundedSender<DataEvent>,
     events_rx: mpsc::UnboundedReceiver<DataEvent>,
+    /// Set by gossip when another node's key changes: the loop ticks at once.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// True when a `progress/` value changed only in its counters (hydrated, rate), not its
+/// phase: nobody waits on those, so they ride the normal rounds.
+fn only_progress_counts(key: &str, old: &str, new: &str) -> bool {
+    use crate::cluster::schema::Key;
+    if !matches!(Key::parse(key), Key::Progress(_)) {
+        return false;
+    }
+    let phase = |v: &str| serde_json::from_str::<serde_json::Value>(v).ok().map(|j| j["phase"].clone());
+    phase(old).is_some() && phase(old) == phase(new)
 }
 
 fn now_ms() -> u64 {
@@ -213,6 +226,7 @@ impl<G: Gossip> Agent<G> {
             pool_dir,
             events_tx,
             events_rx,
+            changed: Arc::new(tokio::sync::Notify::new()),
         };
         Ok((agent, AgentHandle { tx }, rx))
     }
@@ -234,6 +248,8 @@ impl<G: Gossip> Agent<G> {
         let out = self.core.restart();
         self.apply(out).await;
         self.publish().await;
+        self.gossip.watch_changes(self.changed.clone()).await;
+        let changed = self.changed.clone();
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -241,6 +257,7 @@ impl<G: Gossip> Agent<G> {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => self.on_tick().await,
+                _ = changed.notified() => self.on_tick().await,
                 Some(ev) = self.events_rx.recv() => {
                     if let DataEvent::Finalized { volume } = &ev {
                         self.register_arrived(volume);
@@ -312,19 +329,27 @@ impl<G: Gossip> Agent<G> {
     }
 
     /// Converges this node's gossip keys to what the core wants published.
+    /// A change another node acts on (anything but a progress count) is pushed at once.
     async fn publish(&mut self) {
         let want = self.core.desired_keys();
+        let mut urgent = false;
         for (k, v) in &want {
-            if self.published.get(k) != Some(v) {
+            let old = self.published.get(k);
+            if old != Some(v) {
+                urgent |= old.is_none_or(|old| !only_progress_counts(k, old, v));
                 self.gossip.set(k, v.clone()).await;
             }
         }
         for k in self.published.keys() {
             if !want.contains_key(k) {
+                urgent = true;
                 self.gossip.delete(k).await;
             }
         }
         self.published = want;
+        if urgent {
+            self.gossip.push_now().await;
+        }
     }
 
     async fn on_command(&mut self, cmd: Command) {

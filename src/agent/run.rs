@@ -130,10 +130,12 @@ async fn build_dataplane(
             let clones: Arc<dyn CloneService> = match pick_clone_engine(config.dataplane.clone)? {
                 CloneEngineChoice::Dm => Arc::new(DmClones::new(config.dataplane.region_size)),
                 _ => {
+                    let d = &config.dataplane;
+                    let per_read = d.clone_in_flight / d.clone_parallelism as u64 / d.region_size;
                     let tuning = EngineTuning {
-                        region_size: config.dataplane.region_size,
-                        parallelism: config.dataplane.clone_parallelism,
-                        ..EngineTuning::default()
+                        region_size: d.region_size,
+                        parallelism: d.clone_parallelism,
+                        batch_regions: per_read.max(1) as usize,
                     };
                     Arc::new(
                         EngineClones::new(&config.run_dir(), tuning)

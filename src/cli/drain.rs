@@ -61,11 +61,24 @@ pub async fn run(args: DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
         return dry_run(&args, control).await;
     }
     let options = DrainOptions { rate_limit: args.rate_limit, parallel: args.parallel, verify: args.verify };
+    // Volumes failed before this request are retried by it: only a failure at a newer
+    // epoch counts. Taken before the request, since the new failure may be seen at once.
+    let retried = if args.wait { failed_epochs(&args.common.node, control).await? } else { BTreeMap::new() };
     let code = super::node::request(NodeAction::Drain, &args.common, options, control).await?;
     if !args.wait || code != ExitCode::SUCCESS {
         return Ok(code);
     }
-    follow(&args, control).await
+    follow(&args, control, retried).await
+}
+
+/// The epoch of each of `node`'s volumes that is failed now.
+async fn failed_epochs(node: &str, control: &ControlTarget) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
+    let volumes = match client.call(&Request::Volumes).await? {
+        Response::Volumes { volumes } => volumes,
+        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+    };
+    Ok(volumes.into_iter().filter(|v| v.owner == node && v.phase == "failed").map(|v| (v.id, v.epoch)).collect())
 }
 
 async fn dry_run(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<ExitCode> {
@@ -101,7 +114,7 @@ pub fn render_plan(node: &str, plan: &[PlanLine]) -> String {
 }
 
 /// Shows per-volume progress until the node is drained, a volume fails, or the deadline.
-async fn follow(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<ExitCode> {
+async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<String, u64>) -> anyhow::Result<ExitCode> {
     let node = &args.common.node;
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     let started = Instant::now();
@@ -113,9 +126,6 @@ async fn follow(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
         .expect("valid template")
         .progress_chars("=> ");
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
-    // Volumes already failed when we started are being retried by this drain: only a
-    // failure at a newer epoch counts (the first views may still show the old one).
-    let mut retried: Option<BTreeMap<String, u64>> = None;
     loop {
         let volumes = match client.call(&Request::Volumes).await? {
             Response::Volumes { volumes } => volumes,
@@ -127,9 +137,6 @@ async fn follow(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
         };
         let state = status.nodes.iter().find(|n| &n.name == node).and_then(|n| n.state);
         let mine: Vec<&VolumeStatus> = volumes.iter().filter(|v| &v.owner == node).collect();
-        let retried = retried.get_or_insert_with(|| {
-            mine.iter().filter(|v| v.phase == "failed").map(|v| (v.id.clone(), v.epoch)).collect()
-        });
         for v in &mine {
             let bar = shown.entry(v.id.clone()).or_insert_with(|| {
                 let b = bars.add(ProgressBar::new(1));

@@ -5,10 +5,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chitchat::transport::Transport;
-use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
+use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ListenerHandle, spawn_chitchat};
+use tokio::sync::Notify;
 
 use super::view::{RawNode, RawSnapshot};
 
@@ -33,6 +35,13 @@ pub trait Gossip: Send + Sync + 'static {
     fn delete(&self, key: &str) -> impl Future<Output = ()> + Send;
     /// Everything currently known, with liveness.
     fn snapshot(&self) -> impl Future<Output = RawSnapshot> + Send;
+    /// Sends this node's state to every live peer now rather than at the next round: a lease
+    /// step another node waits on (offer, claim, grant, ready) then costs a round trip, not
+    /// up to a gossip interval. Rounds still run; this only adds one exchange per peer.
+    fn push_now(&self) -> impl Future<Output = ()> + Send;
+    /// Wakes `notify` whenever a key of another node changes, so the owner loop reacts at
+    /// once instead of at its next tick.
+    fn watch_changes(&self, notify: Arc<Notify>) -> impl Future<Output = ()> + Send;
 }
 
 /// Settings for one chitchat instance.
@@ -58,9 +67,15 @@ pub struct GossipSettings {
     pub dead_node_grace: Duration,
 }
 
+/// At most this many peers get an immediate push per change (the rest hear it in rounds):
+/// small fleets are pushed to in full, a big one does not get a burst per change.
+const PUSH_FANOUT: usize = 16;
+
 /// chitchat behind [`Gossip`].
 pub struct ChitchatGossip {
     handle: ChitchatHandle,
+    /// Keeps the change subscription alive (dropping it unsubscribes).
+    watch: Mutex<Option<ListenerHandle>>,
 }
 
 impl ChitchatGossip {
@@ -94,7 +109,7 @@ impl ChitchatGossip {
         let handle = spawn_chitchat(config, initial, transport)
             .await
             .map_err(|e| GossipError::Start { addr: settings.listen, message: format!("{e:#}") })?;
-        Ok(Self { handle })
+        Ok(Self { handle, watch: Mutex::new(None) })
     }
 
     /// Stops the gossip server (used by tests that kill an agent).
@@ -148,5 +163,36 @@ impl Gossip for ChitchatGossip {
                 RawSnapshot { self_name: self_id.node_id.to_string(), nodes }
             })
             .await
+    }
+
+    async fn push_now(&self) {
+        let mut peers: Vec<SocketAddr> = self
+            .handle
+            .with_chitchat(|c| {
+                let me = c.self_chitchat_id().clone();
+                c.live_nodes().filter(|id| **id != me).map(|id| id.gossip_advertise_addr).collect()
+            })
+            .await;
+        rand::seq::SliceRandom::shuffle(peers.as_mut_slice(), &mut rand::rng());
+        for addr in peers.into_iter().take(PUSH_FANOUT) {
+            // Best effort: the next round carries the state anyway.
+            let _ = self.handle.gossip(addr);
+        }
+    }
+
+    async fn watch_changes(&self, notify: Arc<Notify>) {
+        let handle = self
+            .handle
+            .with_chitchat(move |c| {
+                let me = c.self_chitchat_id().node_id.clone();
+                let notify = notify.clone();
+                c.subscribe_event("", move |ev| {
+                    if ev.node.node_id != me {
+                        notify.notify_one();
+                    }
+                })
+            })
+            .await;
+        *self.watch.lock().expect("gossip watch lock") = Some(handle);
     }
 }

@@ -160,7 +160,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut counts = Counts::default();
     let (mut cutover, mut hydrated_at, mut owner, mut copied) = (None, None, String::new(), 0u64);
     let mut target: Option<(PathBuf, PathBuf, Mounted)> = None;
-    loop {
+    // The hook files are polled every 10 ms (they are on the cut-over path); the agents'
+    // control sockets every 100 ms.
+    for round in 0u64.. {
         if mounted1.is_some() && dir.join(format!("stop-{VOLUME}")).exists() {
             let c = running.take().expect("running").stop()?;
             add(&mut counts, c);
@@ -193,6 +195,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             owner = node.to_owned();
             target = Some((PathBuf::from(dev), mnt, m));
         }
+        if round % 10 != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
         if let Some(v) = fleet.volumes(1).await?.into_iter().find(|v| v.id == VOLUME) {
             if let Some(pos) = (args.size * v.hydrated).checked_div(v.total) {
                 bar.set_position(pos);
@@ -217,7 +223,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if t0.elapsed() > Duration::from_secs(300) {
             anyhow::bail!("the demo drain did not finish within 5 minutes; agent logs are under {}", dir.display());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drained_s = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -175,7 +175,7 @@ pub fn write_hooks(dir: &Path) -> anyhow::Result<(String, String)> {
         format!(
             "#!/bin/sh\n# meshdrain demo: quiesce the workload before the export opens\n\
              touch {d}/stop-$MESHDRAIN_VOLUME\n\
-             for i in $(seq 600); do [ -e {d}/stopped-$MESHDRAIN_VOLUME ] && exit 0; sleep 0.1; done\n\
+             for i in $(seq 6000); do [ -e {d}/stopped-$MESHDRAIN_VOLUME ] && exit 0; sleep 0.01; done\n\
              echo 'the demo workload did not stop within 60 s' >&2; exit 1\n"
         ),
     )?;
