@@ -182,8 +182,9 @@ fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
     let raw = pseudo_random(42, 32 << 20);
     std::fs::write(f.agents[0].pool().join("raw.img"), &raw).unwrap();
 
-    // Slow hydration so the workload runs on an unhydrated clone.
-    let out = f.agents[1].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    // Slow hydration so the workload runs on an unhydrated clone; --verify: holders digest
+    // what they read while the workload writes, node1 checks before it accepts `done`.
+    let out = f.agents[1].cli(&["drain", "node1", "--rate-limit", "4M", "--verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let (holder, dev) = f.started("db");
@@ -207,6 +208,8 @@ fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
     // It went over the real path: our target on node1, a clone device on the holder.
     assert!(f.agents[0].log().contains("export opened"), "node1 log:\n{}", tail(&f.agents[0].log()));
     assert!(f.agent(&holder).log().contains("clone exposed"), "{holder} log:\n{}", tail(&f.agent(&holder).log()));
+    let verified = f.agents[0].log().matches("verified: the holder read exactly the bytes held here").count();
+    assert_eq!(verified, 2, "both volumes verified; node1 log:\n{}", tail(&f.agents[0].log()));
 
     // The raw volume went to the other node (placement spreads one drain) byte for byte.
     let raw_owner = f.volume(0, "raw").unwrap()["owner"].as_str().unwrap().to_owned();

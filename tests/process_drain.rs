@@ -319,3 +319,47 @@ fn a_holder_lost_before_cut_over_is_replaced_and_discards_its_clone_on_return() 
     );
     assert_eq!(wait_for_owner(&agents[0], "v"), owner, "ownership did not move again");
 }
+
+#[test]
+fn verify_accepts_a_faithful_copy_and_a_differing_one_keeps_the_source_until_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = fleet(tmp.path(), 3);
+    joined(&agents);
+    let sum = volume_with_data(&agents[0], "good", 2);
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--verify", "--deadline", "60s"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let owner = wait_for_owner(&agents[2], "good");
+    assert_eq!(sha_of(&agent(&agents, &owner).pool().join("good.img")).as_deref(), Some(sum.as_str()));
+    assert!(agents[0].log().contains("verified: the holder read exactly the bytes held here"), "{}", agents[0].log());
+
+    // The source's copy changes under the export after the first regions were copied:
+    // the holder's digest no longer matches, and the source keeps its copy.
+    let out = agents[0].cli(&["undrain", "node1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = volume_with_data(&agents[0], "bad", 8);
+    let out = agents[0].cli(&["drain", "node1", "--verify", "--rate-limit", "2M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(
+        Duration::from_secs(20),
+        || volume(&agents[1], "bad").is_some_and(|v| v["hydrated"].as_u64().unwrap_or(0) > 0),
+        || format!("hydration of bad to be under way: {:?}", volume(&agents[1], "bad")),
+    );
+    let img = agents[0].pool().join("bad.img");
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"changed", 100).unwrap();
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--verify", "--deadline", "60s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("volume bad runs on node") && err.contains("verify failed on node1"), "{err}");
+    assert!(err.contains("the holder read other bytes") && err.contains("without --verify"), "{err}");
+    // Kept, even through gc; node1 is not drained.
+    let out = agents[0].cli(&["gc"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(img.exists(), "the source's copy must survive a failed verify");
+    assert_eq!(state_seen(&agents[2].status().unwrap(), "node1").as_deref(), Some("draining"));
+
+    // The operator accepts the holder's copy.
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}

@@ -295,7 +295,7 @@ impl World {
                         self.nodes[i].copies.contains_key(&volume),
                         "seed {seed}: finalize with neither clone nor data"
                     );
-                    self.nodes[i].events.push(DataEvent::Finalized { volume });
+                    self.nodes[i].events.push(DataEvent::Finalized { volume, digest: None });
                     return;
                 };
                 let data: Vec<u32> = c
@@ -311,9 +311,12 @@ impl World {
                     })
                     .collect();
                 self.nodes[i].copies.insert(volume.clone(), data);
-                self.nodes[i].events.push(DataEvent::Finalized { volume });
+                self.nodes[i].events.push(DataEvent::Finalized { volume, digest: None });
             }
             DataCommand::SetRateLimit { .. } => {}
+            DataCommand::VerifyCopy { volume, epoch, .. } => {
+                self.nodes[i].events.push(DataEvent::Verified { volume, epoch, result: Ok(()) });
+            }
             DataCommand::DiscardClone { volume } => {
                 if let Some(c) = self.nodes[i].clones.remove(&volume) {
                     assert!(!c.running, "seed {seed}: discarding a clone the workload runs on");

@@ -82,6 +82,9 @@ pub struct Incoming {
     /// Hooks.
     #[serde(default)]
     pub hooks: Hooks,
+    /// The source asked for a digest of what is read (`--verify`).
+    #[serde(default)]
+    pub verify: bool,
 }
 
 /// The durable state: what a restarted agent comes back with (a draining node stays draining).
@@ -140,6 +143,8 @@ pub enum DataCommand {
     CloseExport { volume: String },
     /// Source: delete the local copy (only after the holder's `done`).
     DeleteData { volume: String },
+    /// Source: digest the local copy and compare it with the holder's (`--verify`).
+    VerifyCopy { volume: String, epoch: u64, digest: String },
     /// Holder: log in to the export and create the clone, workload not started.
     PrepareClone {
         volume: String,
@@ -148,6 +153,8 @@ pub enum DataCommand {
         epoch: u64,
         size: u64,
         rate_limit: Option<u64>,
+        /// Digest what is read from the source (`--verify`).
+        verify: bool,
     },
     /// Holder: change the hydration bandwidth of a clone under way.
     SetRateLimit { volume: String, rate_limit: Option<u64> },
@@ -183,8 +190,11 @@ pub enum DataEvent {
     },
     /// Holder: every region is on the dest.
     Hydrated { volume: String },
-    /// Holder: flushed and swapped; the volume lives here.
-    Finalized { volume: String },
+    /// Holder: flushed and swapped; the volume lives here. `digest` of what was read from
+    /// the source when the move asked for one.
+    Finalized { volume: String, digest: Option<String> },
+    /// Source: the holder's digest compared with the local copy.
+    Verified { volume: String, epoch: u64, result: Result<(), String> },
 }
 
 /// The outcome of one input.
@@ -448,6 +458,7 @@ impl Core {
                 best_claimant: best,
                 holder,
                 gc: self.gc_requested,
+                verify: self.state.drain_options.verify,
             };
             let v = self.state.volumes.get_mut(&id).expect("volume exists");
             let before = v.lease.clone();
@@ -478,6 +489,7 @@ impl Core {
             SourceEffect::StartWorkload => DataCommand::StartWorkload { volume, hook: hooks.start },
             SourceEffect::CloseExport => DataCommand::CloseExport { volume },
             SourceEffect::DeleteData => DataCommand::DeleteData { volume },
+            SourceEffect::VerifyCopy { epoch, digest } => DataCommand::VerifyCopy { volume, epoch, digest },
             SourceEffect::OpenExport { holder, epoch } => {
                 let holder_addr = view.map_or_else(String::new, |v| node_addr(v, &holder));
                 DataCommand::OpenExport { volume, holder, holder_addr, epoch }
@@ -500,6 +512,7 @@ impl Core {
                         export: rec.export.clone(),
                         requires: rec.requires.clone(),
                         hooks: rec.hooks.clone(),
+                        verify: rec.verify,
                     };
                     self.state.incoming.insert(id.clone(), incoming);
                     out.persist = true;
@@ -579,6 +592,7 @@ impl Core {
                 epoch: h.epoch,
                 size: h.size,
                 rate_limit: h.rate_limit,
+                verify: meta.is_some_and(|m| m.verify),
             },
             HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume, hook: hooks.start },
             HolderEffect::Finalize => DataCommand::Finalize { volume, done_hook: hooks.done },
@@ -611,7 +625,18 @@ impl Core {
                 }
             }
             DataEvent::Hydrated { volume } => self.holder_step(&volume, &HolderEvent::Hydrated, &mut out),
-            DataEvent::Finalized { volume } => self.holder_step(&volume, &HolderEvent::Finalized, &mut out),
+            DataEvent::Finalized { volume, digest } => {
+                if let Some(h) = self.state.holding.get_mut(&volume) {
+                    h.digest = digest;
+                }
+                self.holder_step(&volume, &HolderEvent::Finalized, &mut out)
+            }
+            DataEvent::Verified { volume, epoch, result } => {
+                if let Err(why) = &result {
+                    tracing::error!(%volume, epoch, "verify failed: {why}; the copy here is kept");
+                }
+                self.source_event(&volume, &SourceEvent::Verified { epoch, result }, now_ms, &mut out)
+            }
         }
         out
     }
@@ -680,6 +705,7 @@ impl Core {
                 rate_limit,
                 hooks: v.hooks.clone(),
                 arrived: v.arrived.clone(),
+                verify: v.lease.verify,
             };
             keys.insert(Key::Volume(id.clone()).render(), schema::encode(&rec));
         }
@@ -691,7 +717,8 @@ impl Core {
         }
         for (id, h) in &self.state.holding {
             if h.phase == HolderPhase::Complete {
-                let done = DoneRecord { source: h.source.clone(), epoch: h.epoch, size: h.size, digest: None };
+                let done =
+                    DoneRecord { source: h.source.clone(), epoch: h.epoch, size: h.size, digest: h.digest.clone() };
                 keys.insert(Key::Done(id.clone()).render(), schema::encode(&done));
                 continue;
             }
@@ -751,6 +778,7 @@ fn holder_signal(view: &ClusterView, holder: &str, id: &str) -> HolderSignal {
         alive: n.is_some_and(|n| n.alive),
         progress: n.and_then(|n| n.progress.get(id)).map(|p| (p.epoch, p.phase.clone())),
         done: n.and_then(|n| n.done.get(id)).map(|d| d.epoch),
+        digest: n.and_then(|n| n.done.get(id)).and_then(|d| d.digest.clone()),
     }
 }
 

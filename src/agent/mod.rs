@@ -259,7 +259,7 @@ impl<G: Gossip> Agent<G> {
                 _ = tick.tick() => self.on_tick().await,
                 _ = changed.notified() => self.on_tick().await,
                 Some(ev) = self.events_rx.recv() => {
-                    if let DataEvent::Finalized { volume } = &ev {
+                    if let DataEvent::Finalized { volume, .. } = &ev {
                         self.register_arrived(volume);
                     }
                     let out = self.core.data_event(ev, now_ms());

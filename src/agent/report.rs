@@ -72,6 +72,9 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
     StatusReport { self_name: me.clone(), nodes }
 }
 
+/// How a failed `--verify` check starts in a volume's `error` (the drain waiter looks for it).
+pub const VERIFY_FAILED: &str = "verify failed";
+
 /// Every volume of the fleet: its owner's record, joined with its holder's progress.
 pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
     let mut ids: Vec<&String> = view.nodes.values().flat_map(|n| n.volumes.keys()).collect();
@@ -88,6 +91,14 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
         let h = holder.as_ref().and_then(|h| view.nodes.get(h));
         let progress = h.and_then(|h| h.progress.get(id)).filter(|p| p.epoch == rec.epoch);
         let holder_alive = h.is_some_and(|h| h.alive);
+        // A source whose `--verify` check failed keeps its copy (and its record) while the
+        // holder already owns the volume: its reason belongs on the volume's line.
+        let verify_failed = view.nodes.values().find_map(|n| match n.volumes.get(id).map(|r| (r.epoch, &r.phase)) {
+            Some((e, SourcePhase::CutOver { verify_failed: Some(why), .. })) if e == rec.epoch => {
+                Some(format!("{VERIFY_FAILED} on {}: {why}", n.name))
+            }
+            _ => None,
+        });
         let phase = serde_json::to_value(&rec.phase)
             .ok()
             .and_then(|v| v["phase"].as_str().map(str::to_owned))
@@ -112,7 +123,7 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             arrived_from: rec.arrived.as_ref().map(|a| a.from.clone()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress.is_some_and(|p| matches!(p.phase, crate::lease::HolderPhase::Running { stalled: true })),
-            error: progress.and_then(|p| p.error.clone()).or(match &rec.phase {
+            error: verify_failed.or(progress.and_then(|p| p.error.clone())).or(match &rec.phase {
                 SourcePhase::Failed { reason } => Some(reason.clone()),
                 _ => None,
             }),

@@ -206,6 +206,10 @@ pub struct VolumeRecord {
     /// How the volume's last move went (published by its new owner).
     #[serde(default)]
     pub arrived: Option<crate::agent::core::Arrival>,
+    /// The drain asked for `--verify`: the holder digests what it reads and sends the
+    /// digest with `done`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 /// The `claim/<source>/<id>` key: "I can take it, at this epoch".

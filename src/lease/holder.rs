@@ -57,6 +57,9 @@ pub struct HolderVolume {
     /// Hydration bandwidth asked for by the drain, bytes/s.
     #[serde(default)]
     pub rate_limit: Option<u64>,
+    /// With `--verify`: the digest of what was read from the source, sent with `done`.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
 /// What the holder sees of the source's `vol/<id>` record.
@@ -110,6 +113,7 @@ impl HolderVolume {
             size,
             phase: HolderPhase::Preparing,
             rate_limit: None,
+            digest: None,
         };
         (v, vec![HolderEffect::PrepareClone])
     }

@@ -45,6 +45,14 @@ pub enum SourcePhase {
         holder: String,
         /// When the source committed the cut-over.
         at_ms: u64,
+        /// With `--verify`: the holder's digest is being checked against this copy. Not
+        /// persisted: after a restart the check simply runs again.
+        #[serde(default, skip_serializing)]
+        verifying: bool,
+        /// With `--verify`: why the check failed. The copy here is kept until an operator
+        /// accepts the holder's copy (a drain without `--verify`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verify_failed: Option<String>,
     },
     /// The holder has every region; the export is closed; the copy here is kept for the
     /// retention window. May become `deleted`.
@@ -78,6 +86,10 @@ pub struct SourceVolume {
     pub epoch: u64,
     /// Move phase.
     pub phase: SourcePhase,
+    /// The move's `done` must carry a digest equal to this copy's (`drain --verify`), fixed
+    /// when the volume is offered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 /// What the source knows of the holder of the current epoch (from gossip).
@@ -89,6 +101,8 @@ pub struct HolderSignal {
     pub progress: Option<(u64, HolderPhase)>,
     /// The epoch of the holder's `done`, if any.
     pub done: Option<u64>,
+    /// The digest that `done` carries, if any.
+    pub digest: Option<String>,
 }
 
 /// Inputs to one step.
@@ -107,6 +121,9 @@ pub enum SourceEvent {
         holder: Option<HolderSignal>,
         /// The operator ran `meshdrain gc` (delete handed-off copies now).
         gc: bool,
+        /// The current drain asks for `--verify`. Fixed into the volume when it is offered;
+        /// a later drain without it accepts a copy whose check failed.
+        verify: bool,
     },
     /// A workload hook on this node failed.
     HookFailed(String),
@@ -114,6 +131,13 @@ pub enum SourceEvent {
     ExportOpened {
         /// The epoch it was opened for.
         epoch: u64,
+    },
+    /// The data plane compared the holder's digest with this copy.
+    Verified {
+        /// The epoch of the `done` it checked.
+        epoch: u64,
+        /// `Err` says how they differ (or why the check could not run).
+        result: Result<(), String>,
     },
 }
 
@@ -135,12 +159,19 @@ pub enum SourceEffect {
     CloseExport,
     /// Delete the local copy: only ever emitted from `handed_off`.
     DeleteData,
+    /// Digest this copy and compare it with the holder's `digest` (`--verify`).
+    VerifyCopy {
+        /// The epoch of the holder's `done`.
+        epoch: u64,
+        /// What the holder read, as [`crate::agent::dataplane::digest`] renders it.
+        digest: String,
+    },
 }
 
 impl SourceVolume {
     /// A volume that lives here.
     pub fn new(id: &str, size: u64) -> Self {
-        Self { id: id.to_owned(), size, epoch: 0, phase: SourcePhase::Held }
+        Self { id: id.to_owned(), size, epoch: 0, phase: SourcePhase::Held, verify: false }
     }
 
     /// Whether this volume still keeps its node from being `drained`.
@@ -174,7 +205,7 @@ impl SourceVolume {
     pub fn step(&mut self, event: &SourceEvent, now_ms: u64, timing: &Timing) -> Vec<SourceEffect> {
         use SourceEffect as E;
         use SourcePhase as P;
-        let (draining, best, best_is_planned, holder, gc) = match event {
+        let (draining, best, best_is_planned, holder, gc, verify) = match event {
             SourceEvent::HookFailed(reason) => {
                 return match &self.phase {
                     P::Granted { .. } | P::Offered { .. } => {
@@ -194,14 +225,30 @@ impl SourceVolume {
                 }
                 return vec![];
             }
-            SourceEvent::Tick { draining, best_claimant, best_is_planned, holder, gc } => {
-                (*draining, best_claimant, *best_is_planned, holder, *gc)
+            SourceEvent::Verified { epoch, result } => {
+                if let P::CutOver { holder, verifying: verifying @ true, verify_failed, .. } = &mut self.phase
+                    && *epoch == self.epoch
+                {
+                    *verifying = false;
+                    match result {
+                        Ok(()) => {
+                            self.phase = P::HandedOff { holder: holder.clone(), at_ms: now_ms };
+                            return vec![E::CloseExport];
+                        }
+                        Err(why) => *verify_failed = Some(why.clone()),
+                    }
+                }
+                return vec![];
+            }
+            SourceEvent::Tick { draining, best_claimant, best_is_planned, holder, gc, verify } => {
+                (*draining, best_claimant, *best_is_planned, holder, *gc, *verify)
             }
         };
         match self.phase.clone() {
             P::Held => {
                 if draining {
                     self.epoch += 1;
+                    self.verify = verify;
                     self.phase = P::Offered { since_ms: now_ms };
                 }
                 vec![]
@@ -246,7 +293,7 @@ impl SourceVolume {
                     return vec![E::CloseExport, E::StartWorkload];
                 }
                 if ready {
-                    self.phase = P::CutOver { holder: h, at_ms: now_ms };
+                    self.phase = P::CutOver { holder: h, at_ms: now_ms, verifying: false, verify_failed: None };
                     vec![]
                 } else if lost {
                     self.epoch += 1;
@@ -256,13 +303,26 @@ impl SourceVolume {
                     vec![]
                 }
             }
-            P::CutOver { holder: h, .. } => {
-                if holder.as_ref().and_then(|s| s.done) == Some(self.epoch) {
+            P::CutOver { holder: h, verifying, verify_failed, at_ms } => {
+                let Some(sig) = holder.as_ref().filter(|s| s.done == Some(self.epoch)) else { return vec![] };
+                // A failed check is accepted only by a drain that no longer asks for it.
+                let accepted = verify_failed.is_some() && !verify;
+                if !self.verify || accepted {
                     self.phase = P::HandedOff { holder: h, at_ms: now_ms };
-                    vec![E::CloseExport]
-                } else {
-                    vec![]
+                    return vec![E::CloseExport];
                 }
+                if verifying || verify_failed.is_some() {
+                    return vec![];
+                }
+                let Some(digest) = sig.digest.clone() else {
+                    let why = format!(
+                        "{h} sent `done` without a digest (its clone engine, dm-clone, does not see the bytes it copies)"
+                    );
+                    self.phase = P::CutOver { holder: h, at_ms, verifying: false, verify_failed: Some(why) };
+                    return vec![];
+                };
+                self.phase = P::CutOver { holder: h, at_ms, verifying: true, verify_failed: None };
+                vec![E::VerifyCopy { epoch: self.epoch, digest }]
             }
             P::HandedOff { holder: h, at_ms } => {
                 if gc || now_ms.saturating_sub(at_ms) >= timing.retention_ms {

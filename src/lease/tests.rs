@@ -5,11 +5,18 @@ use super::*;
 const T: Timing = Timing { settle_ms: 100, ready_timeout_ms: 10_000, retention_ms: 1_000 };
 
 fn tick(draining: bool, best: Option<&str>, planned: bool, holder: Option<HolderSignal>) -> SourceEvent {
-    SourceEvent::Tick { draining, best_claimant: best.map(str::to_owned), best_is_planned: planned, holder, gc: false }
+    SourceEvent::Tick {
+        draining,
+        best_claimant: best.map(str::to_owned),
+        best_is_planned: planned,
+        holder,
+        gc: false,
+        verify: false,
+    }
 }
 
 fn sig(alive: bool, progress: Option<(u64, HolderPhase)>, done: Option<u64>) -> Option<HolderSignal> {
-    Some(HolderSignal { alive, progress, done })
+    Some(HolderSignal { alive, progress, done, digest: None })
 }
 
 #[test]
@@ -32,7 +39,7 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
     // Holder preparing: nothing. Ready: cut over.
     assert!(v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 200, &T).is_empty());
     v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 300, &T);
-    assert_eq!(v.phase, SourcePhase::CutOver { holder: "b".into(), at_ms: 300 });
+    assert_eq!(v.phase, SourcePhase::CutOver { holder: "b".into(), at_ms: 300, verifying: false, verify_failed: None });
     // A done for another epoch is not accepted.
     assert!(v.step(&tick(true, None, false, sig(true, None, Some(0))), 400, &T).is_empty());
     let fx = v.step(&tick(true, None, false, sig(true, None, Some(1))), 500, &T);
@@ -41,6 +48,92 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
     assert!(v.step(&tick(true, None, false, None), 1_400, &T).is_empty(), "retention not over");
     assert_eq!(v.step(&tick(true, None, false, None), 1_500, &T), vec![SourceEffect::DeleteData]);
     assert_eq!(v.phase, SourcePhase::Deleted { holder: "b".into() });
+}
+
+/// A volume offered by a `--verify` drain and cut over to `b` at epoch 1.
+fn cut_over_with_verify() -> SourceVolume {
+    let mut v = SourceVolume::new("v", 10);
+    let offer = SourceEvent::Tick {
+        draining: true,
+        best_claimant: None,
+        best_is_planned: false,
+        holder: None,
+        gc: false,
+        verify: true,
+    };
+    v.step(&offer, 0, &T);
+    assert!(v.verify, "the drain's --verify is fixed into the volume at the offer");
+    v.step(&tick(true, Some("b"), true, None), 1, &T);
+    v.step(&SourceEvent::ExportOpened { epoch: 1 }, 2, &T);
+    v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 3, &T);
+    assert!(matches!(v.phase, SourcePhase::CutOver { .. }));
+    v
+}
+
+fn done_with(digest: Option<&str>, verify: bool) -> SourceEvent {
+    let holder = Some(HolderSignal { alive: true, progress: None, done: Some(1), digest: digest.map(str::to_owned) });
+    SourceEvent::Tick { draining: true, best_claimant: None, best_is_planned: false, holder, gc: false, verify }
+}
+
+#[test]
+fn verify_hands_off_only_after_the_copy_here_matches() {
+    let mut v = cut_over_with_verify();
+    let fx = v.step(&done_with(Some("d1"), true), 10, &T);
+    assert_eq!(fx, vec![SourceEffect::VerifyCopy { epoch: 1, digest: "d1".into() }]);
+    // Further ticks while the check runs change nothing; a result for another epoch neither.
+    assert!(v.step(&done_with(Some("d1"), true), 11, &T).is_empty());
+    assert!(v.step(&SourceEvent::Verified { epoch: 0, result: Ok(()) }, 12, &T).is_empty());
+    assert!(v.pending());
+    let fx = v.step(&SourceEvent::Verified { epoch: 1, result: Ok(()) }, 13, &T);
+    assert_eq!(fx, vec![SourceEffect::CloseExport]);
+    assert_eq!(v.phase, SourcePhase::HandedOff { holder: "b".into(), at_ms: 13 });
+}
+
+#[test]
+fn a_failed_verify_keeps_the_copy_until_a_drain_without_verify_accepts_it() {
+    let mut v = cut_over_with_verify();
+    v.step(&done_with(Some("d1"), true), 10, &T);
+    assert!(v.step(&SourceEvent::Verified { epoch: 1, result: Err("differs".into()) }, 11, &T).is_empty());
+    assert!(matches!(&v.phase, SourcePhase::CutOver { verify_failed: Some(w), .. } if w == "differs"));
+    // Never deleted, never re-checked on its own, whatever the time and gc say.
+    for now in [100, 10_000, 1_000_000] {
+        assert!(v.step(&done_with(Some("d1"), true), now, &T).is_empty());
+        let gc = SourceEvent::Tick {
+            draining: true,
+            best_claimant: None,
+            best_is_planned: false,
+            holder: None,
+            gc: true,
+            verify: true,
+        };
+        assert!(v.step(&gc, now, &T).is_empty());
+    }
+    assert!(v.pending(), "the node cannot become drained");
+    // The operator accepts the holder's copy: a drain without --verify.
+    assert_eq!(v.step(&done_with(Some("d1"), false), 2_000_000, &T), vec![SourceEffect::CloseExport]);
+    assert!(matches!(v.phase, SourcePhase::HandedOff { .. }));
+}
+
+#[test]
+fn verify_without_a_digest_from_the_holder_fails_with_the_reason() {
+    let mut v = cut_over_with_verify();
+    assert!(v.step(&done_with(None, true), 10, &T).is_empty());
+    let SourcePhase::CutOver { verify_failed: Some(why), .. } = &v.phase else { panic!("{:?}", v.phase) };
+    assert!(why.contains("b sent `done` without a digest") && why.contains("dm-clone"), "{why}");
+}
+
+#[test]
+fn a_restarted_source_checks_again() {
+    let mut v = cut_over_with_verify();
+    v.step(&done_with(Some("d1"), true), 10, &T);
+    // `verifying` is not persisted: what a restarted agent loads asks for the check again.
+    let json = serde_json::to_string(&v).unwrap();
+    let mut back: SourceVolume = serde_json::from_str(&json).unwrap();
+    assert!(back.verify);
+    assert_eq!(
+        back.step(&done_with(Some("d1"), true), 20, &T),
+        vec![SourceEffect::VerifyCopy { epoch: 1, digest: "d1".into() }]
+    );
 }
 
 #[test]
@@ -135,7 +228,14 @@ fn gc_deletes_handed_off_copies_early() {
     let mut v = SourceVolume::new("v", 10);
     v.epoch = 3;
     v.phase = SourcePhase::HandedOff { holder: "a".into(), at_ms: 0 };
-    let gc = SourceEvent::Tick { draining: true, best_claimant: None, best_is_planned: false, holder: None, gc: true };
+    let gc = SourceEvent::Tick {
+        draining: true,
+        best_claimant: None,
+        best_is_planned: false,
+        holder: None,
+        gc: true,
+        verify: false,
+    };
     assert_eq!(v.step(&gc, 1, &T), vec![SourceEffect::DeleteData]);
 }
 
@@ -143,7 +243,7 @@ fn gc_deletes_handed_off_copies_early() {
 fn restart_reopens_exports_of_granted_and_cut_over_volumes() {
     let mut v = SourceVolume::new("v", 10);
     v.epoch = 4;
-    v.phase = SourcePhase::CutOver { holder: "a".into(), at_ms: 0 };
+    v.phase = SourcePhase::CutOver { holder: "a".into(), at_ms: 0, verifying: false, verify_failed: None };
     assert_eq!(v.on_restart(), vec![SourceEffect::OpenExport { holder: "a".into(), epoch: 4 }]);
     v.phase = SourcePhase::Held;
     assert!(v.on_restart().is_empty());
@@ -253,6 +353,7 @@ proptest! {
                         alive: alive[i],
                         progress: seen[i].as_ref().map(|v| (v.epoch, v.phase.clone())),
                         done: seen[i].as_ref().filter(|v| v.phase == HolderPhase::Complete).map(|v| v.epoch),
+                        digest: None,
                     });
                     let ev = SourceEvent::Tick {
                         draining,
@@ -260,6 +361,7 @@ proptest! {
                         best_is_planned: planned,
                         holder,
                         gc: false,
+                        verify: false,
                     };
                     for fx in src.step(&ev, now, &T) {
                         match fx {

@@ -20,6 +20,7 @@ use meshdrain_clone::{
 use meshdrain_iscsi::InitiatorConfig;
 use tracing::{debug, info, warn};
 
+use super::digest::VolumeDigest;
 use super::real::{CloneProgress, CloneService, CloneSpec};
 use super::remove_files;
 
@@ -49,6 +50,8 @@ impl Default for EngineTuning {
 
 struct Running {
     epoch: u64,
+    /// The source as the engine reads it (kept for the `--verify` digest's last reads).
+    source: Arc<ReconnectingSource>,
     engine: Arc<Engine>,
     exposed: Option<Exposed>,
     hydration: Option<UserspaceClone>,
@@ -104,8 +107,8 @@ impl EngineClones {
         self.run_dir.join("dev").join(volume)
     }
 
-    fn open_engine(&self, spec: &CloneSpec) -> Result<Arc<Engine>, String> {
-        let source = ReconnectingSource::connect(spec)?;
+    fn open_engine(&self, spec: &CloneSpec) -> Result<(Arc<Engine>, Arc<ReconnectingSource>), String> {
+        let source = Arc::new(ReconnectingSource::connect(spec, self.tuning.region_size)?);
         if source.size() < spec.size {
             return Err(format!("export {} is {} bytes, the lease says {}", spec.export.iqn, source.size(), spec.size));
         }
@@ -117,7 +120,8 @@ impl EngineClones {
             batch_regions: self.tuning.batch_regions,
             ..Default::default()
         };
-        let source: Arc<dyn BlockSource> = Arc::new(source);
+        let reading = source.clone();
+        let source: Arc<dyn BlockSource> = source;
         for attempt in 0..2 {
             if let Some(dir) = spec.dest.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -127,7 +131,7 @@ impl EngineClones {
             let meta =
                 FileMeta::open(&spec.metadata).map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
             match Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone()) {
-                Ok(engine) => return Ok(engine),
+                Ok(engine) => return Ok((engine, reading)),
                 Err(CloneError::ForeignMetadata { found_epoch, .. }) if attempt == 0 => {
                     // A partial clone of an older lease on this node: it was revoked, its
                     // bytes may be behind. Start over.
@@ -152,13 +156,15 @@ struct ReconnectingSource {
     size: u64,
     current: RwLock<Arc<IscsiSource>>,
     last_login: Mutex<Instant>,
+    /// With `--verify`: the digest of every byte read, as it passes.
+    digest: Option<Mutex<VolumeDigest>>,
 }
 
 /// Least time between two fresh logins of one clone.
 const RELOGIN_EVERY: Duration = Duration::from_secs(2);
 
 impl ReconnectingSource {
-    fn connect(spec: &CloneSpec) -> Result<Self, String> {
+    fn connect(spec: &CloneSpec, region_size: u64) -> Result<Self, String> {
         let url = format!("iscsi://{}/{}/1", spec.export.addr, spec.export.iqn);
         let mut config = InitiatorConfig::from_url(&url).map_err(|e| e.to_string())?;
         config = config.with_initiator_name(&spec.initiator_iqn);
@@ -175,7 +181,50 @@ impl ReconnectingSource {
             size,
             current: RwLock::new(Arc::new(first)),
             last_login: Mutex::new(Instant::now()),
+            digest: spec.verify.then(|| Mutex::new(VolumeDigest::new(spec.size, region_size))),
         })
+    }
+
+    fn tap(&self, offset: u64, pieces: &[&[u8]]) {
+        if let Some(d) = &self.digest {
+            let mut d = d.lock().expect("digest lock");
+            let mut at = offset;
+            for p in pieces {
+                d.feed(at, p);
+                at += p.len() as u64;
+            }
+        }
+    }
+
+    /// Completes the `--verify` digest: regions never read (overwritten whole by the
+    /// workload, or read before an agent restart) are read from the source now; those it
+    /// reports deallocated are zeros. `None` without `--verify`.
+    fn finish_digest(&self) -> Result<Option<String>, String> {
+        let Some(d) = &self.digest else { return Ok(None) };
+        let mut d = d.lock().expect("digest lock");
+        let missing = d.missing().len();
+        let deallocated = if missing > 0 {
+            self.session().deallocated().map_err(|e| format!("digest: deallocated ranges of the source: {e}"))?
+        } else {
+            None
+        };
+        let read = |offset: u64, buf: &mut [u8]| {
+            let mut last = None;
+            for _ in 0..5 {
+                match self.session().read_at(offset, buf) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = Some(e),
+                }
+                self.relogin();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(last.expect("an attempt failed"))
+        };
+        let digest = d
+            .complete(&deallocated.unwrap_or_default(), read)
+            .map_err(|e| format!("digest: reading the regions never fetched from the source: {e}"))?;
+        info!(url = %self.url, regions_not_seen = missing, regions_read_again = d.read_again(), "digest of the bytes read from the source complete");
+        Ok(Some(digest))
     }
 
     fn relogin(&self) {
@@ -218,8 +267,9 @@ impl BlockSource for ReconnectingSource {
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let result = self.session().read_at(offset, buf);
-        if result.is_err() {
-            self.relogin();
+        match &result {
+            Ok(()) => self.tap(offset, &[buf]),
+            Err(_) => self.relogin(),
         }
         result
     }
@@ -234,7 +284,15 @@ impl BlockSource for ReconnectingSource {
         runs: &[std::ops::Range<u64>],
         sink: &mut meshdrain_clone::io::RunSink<'_>,
     ) -> Vec<std::io::Result<()>> {
-        let results = self.session().read_runs(lane, runs, sink);
+        let results = if self.digest.is_some() {
+            let mut tapped = |offset: u64, pieces: &[&[u8]]| {
+                self.tap(offset, pieces);
+                sink(offset, pieces)
+            };
+            self.session().read_runs(lane, runs, &mut tapped)
+        } else {
+            self.session().read_runs(lane, runs, sink)
+        };
         if results.iter().any(Result::is_err) {
             self.relogin();
         }
@@ -283,14 +341,14 @@ impl CloneService for EngineClones {
         if let Some(old) = self.clones.lock().expect("clones lock").remove(&spec.volume) {
             old.shut();
         }
-        let engine = self.open_engine(spec)?;
+        let (engine, source) = self.open_engine(spec)?;
         std::thread::sleep(self.prepare_delay);
         let mountpoint = self.mountpoint(&spec.volume);
         clear_stale_mount(&mountpoint);
         let exposed =
             Exposed::start(engine.clone(), &mountpoint, Some(&self.link(&spec.volume))).map_err(|e| e.to_string())?;
         let device = exposed.device().to_owned();
-        let running = Running { epoch: spec.epoch, engine, exposed: Some(exposed), hydration: None };
+        let running = Running { epoch: spec.epoch, source, engine, exposed: Some(exposed), hydration: None };
         self.clones.lock().expect("clones lock").insert(spec.volume.clone(), running);
         Ok(device)
     }
@@ -323,18 +381,22 @@ impl CloneService for EngineClones {
         }
     }
 
-    fn finalize(&self, volume: &str) -> Result<(), String> {
-        let clones = self.clones.lock().expect("clones lock");
-        let Some(c) = clones.get(volume) else {
-            return Ok(()); // finalized before a restart
+    fn finalize(&self, volume: &str) -> Result<Option<String>, String> {
+        let source = {
+            let clones = self.clones.lock().expect("clones lock");
+            let Some(c) = clones.get(volume) else {
+                return Ok(None); // finalized before a restart
+            };
+            // The engine released the source at hand-off; from here the exposed device is
+            // a passthrough to the dest file, which is the volume now.
+            c.engine.flush().map_err(|e| e.to_string())?;
+            if !c.engine.try_handoff().map_err(|e| e.to_string())? {
+                return Err(format!("{volume} is not fully hydrated"));
+            }
+            c.source.clone()
         };
-        // The engine released the source at hand-off; from here the exposed device is a
-        // passthrough to the dest file, which is the volume now.
-        c.engine.flush().map_err(|e| e.to_string())?;
-        if !c.engine.try_handoff().map_err(|e| e.to_string())? {
-            return Err(format!("{volume} is not fully hydrated"));
-        }
-        Ok(())
+        // Outside the lock: it may read regions from the source again.
+        source.finish_digest()
     }
 
     fn shutdown(&self) {

@@ -113,6 +113,48 @@ impl DmClones {
         let last = CloneProgress { total: regions, ..Default::default() };
         Ok(Running { epoch: spec.epoch, clone: Some(clone), device, iface, metadata: spec.metadata.clone(), last })
     }
+
+    /// Waits for the poller's hand-off to linear and drops the clone's bookkeeping.
+    fn finalize_dm(&self, volume: &str) -> Result<(), String> {
+        // The poller reloads the table as linear once every region is there.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let clones = self.lock();
+            let Some(r) = clones.get(volume) else {
+                return Ok(()); // finalized before a restart
+            };
+            let Some(c) = &r.clone else { return Ok(()) };
+            let p = c.progress();
+            if p.phase == Phase::Complete {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{volume} is not handed off yet ({}/{} regions, {:?})",
+                    p.hydrated, p.total, p.phase
+                ));
+            }
+            drop(clones);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut clones = self.lock();
+        let Some(r) = clones.get_mut(volume) else { return Ok(()) };
+        std::fs::File::open(&r.device)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("flush {}: {e}", r.device.display()))?;
+        if let Some(c) = r.clone.take() {
+            c.stop();
+        }
+        logout(&r.iface);
+        if let Some(meta) = loop_of(&r.metadata) {
+            let _ = run("losetup", &["-d", &meta]);
+        }
+        remove_files(volume, &[&r.metadata, &epoch_path(&r.metadata)]);
+        r.last.hydrated = r.last.total;
+        r.last.stalled = false;
+        info!(%volume, device = %r.device.display(), "dm-clone handed off: linear on the dest, logged out");
+        Ok(())
+    }
 }
 
 impl Drop for DmClones {
@@ -180,45 +222,10 @@ impl CloneService for DmClones {
         }
     }
 
-    fn finalize(&self, volume: &str) -> Result<(), String> {
-        // The poller reloads the table as linear once every region is there.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let clones = self.lock();
-            let Some(r) = clones.get(volume) else {
-                return Ok(()); // finalized before a restart
-            };
-            let Some(c) = &r.clone else { return Ok(()) };
-            let p = c.progress();
-            if p.phase == Phase::Complete {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "{volume} is not handed off yet ({}/{} regions, {:?})",
-                    p.hydrated, p.total, p.phase
-                ));
-            }
-            drop(clones);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let mut clones = self.lock();
-        let Some(r) = clones.get_mut(volume) else { return Ok(()) };
-        std::fs::File::open(&r.device)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("flush {}: {e}", r.device.display()))?;
-        if let Some(c) = r.clone.take() {
-            c.stop();
-        }
-        logout(&r.iface);
-        if let Some(meta) = loop_of(&r.metadata) {
-            let _ = run("losetup", &["-d", &meta]);
-        }
-        remove_files(volume, &[&r.metadata, &epoch_path(&r.metadata)]);
-        r.last.hydrated = r.last.total;
-        r.last.stalled = false;
-        info!(%volume, device = %r.device.display(), "dm-clone handed off: linear on the dest, logged out");
-        Ok(())
+    fn finalize(&self, volume: &str) -> Result<Option<String>, String> {
+        // dm-clone copies inside the kernel: there is nothing to digest (`--verify` fails
+        // at the source with a message saying so).
+        self.finalize_dm(volume).map(|()| None)
     }
 
     fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {

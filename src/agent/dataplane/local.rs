@@ -252,17 +252,26 @@ impl CloneService for LocalClones {
         }
     }
 
-    fn finalize(&self, volume: &str) -> Result<(), String> {
+    fn finalize(&self, volume: &str) -> Result<Option<String>, String> {
         let Some(c) = self.clones.lock().expect("lock").remove(volume) else {
-            return Ok(()); // already finalized before a restart
+            return Ok(None); // already finalized before a restart
         };
         c.running.store(false, Ordering::SeqCst);
         if c.hydrated.load(Ordering::SeqCst) < c.bitmap.lock().expect("lock").len() as u64 {
             return Err(format!("{volume} is not fully hydrated"));
         }
         File::open(&c.spec.dest).and_then(|f| f.sync_all()).map_err(|e| e.to_string())?;
+        // No workload writes here while hydrating (see the module doc), so the dest holds
+        // exactly what was copied from the source: its digest is what was read.
+        let digest = if c.spec.verify {
+            let d = super::digest::digest_file(&c.spec.dest, c.spec.size, REGION)
+                .map_err(|e| format!("digest of {}: {e}", c.spec.dest.display()))?;
+            Some(d)
+        } else {
+            None
+        };
         let _ = std::fs::remove_file(&c.spec.metadata);
-        Ok(())
+        Ok(digest)
     }
 
     fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {

@@ -7,6 +7,7 @@ use tracing::warn;
 
 use super::core::{DataCommand, DataEvent};
 
+pub mod digest;
 pub mod engine;
 pub mod iscsi;
 pub mod kernel;

@@ -60,6 +60,8 @@ pub struct CloneSpec {
     pub metadata: PathBuf,
     /// Hydration bandwidth, bytes/s.
     pub rate_limit: Option<u64>,
+    /// Digest what is read from the source (`drain --verify`).
+    pub verify: bool,
 }
 
 /// Hydration progress of one clone.
@@ -91,8 +93,10 @@ pub trait CloneService: Send + Sync + 'static {
     fn progress(&self, volume: &str) -> Option<CloneProgress>;
     /// Changes the bandwidth of a running hydration.
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>);
-    /// Flushes, replaces the clone by the plain dest, logs out. Idempotent.
-    fn finalize(&self, volume: &str) -> Result<(), String>;
+    /// Flushes, replaces the clone by the plain dest, logs out. Idempotent. Returns the
+    /// digest of what was read from the source when the clone was prepared with `verify`
+    /// and the engine can tell (`None` otherwise).
+    fn finalize(&self, volume: &str) -> Result<Option<String>, String>;
     /// Removes a revoked partial clone: its dest and metadata, also when this process
     /// never prepared it (the holder restarted since).
     fn discard(&self, volume: &str, dest: &Path, metadata: &Path);
@@ -193,6 +197,7 @@ fn command_volume(cmd: &DataCommand) -> &str {
         | DataCommand::OpenExport { volume, .. }
         | DataCommand::CloseExport { volume }
         | DataCommand::DeleteData { volume }
+        | DataCommand::VerifyCopy { volume, .. }
         | DataCommand::PrepareClone { volume, .. }
         | DataCommand::StartHeldWorkload { volume, .. }
         | DataCommand::SetRateLimit { volume, .. }
@@ -271,6 +276,19 @@ impl Inner {
                 }
             }
             DataCommand::CloseExport { volume } => self.exports.close(&volume),
+            DataCommand::VerifyCopy { volume, epoch, digest } => {
+                let result = match self.local(&volume) {
+                    Some(path) => {
+                        let span = tracing::info_span!("verify", %volume, epoch);
+                        self.blocking(move || span.in_scope(|| super::digest::check_copy(&path, &digest))).await
+                    }
+                    None => Err(format!("volume {volume} has no local path on {} to verify against", self.node)),
+                };
+                if result.is_ok() {
+                    info!(%volume, epoch, "verified: the holder read exactly the bytes held here");
+                }
+                send(DataEvent::Verified { volume, epoch, result });
+            }
             DataCommand::DeleteData { volume } => {
                 let Some(path) = self.local(&volume) else { return };
                 self.volumes.lock().expect("volume table lock").remove(&volume);
@@ -283,7 +301,7 @@ impl Inner {
                     info!(%volume, path = %path.display(), "handed off; a device outside the pool is left to the operator");
                 }
             }
-            DataCommand::PrepareClone { volume, export, epoch, size, rate_limit, .. } => {
+            DataCommand::PrepareClone { volume, export, epoch, size, rate_limit, verify, .. } => {
                 let Some(export) = export else {
                     let reason = "the source published no export endpoint".to_owned();
                     return send(DataEvent::CloneFailed { volume, epoch, reason });
@@ -298,6 +316,7 @@ impl Inner {
                     dest,
                     metadata,
                     rate_limit,
+                    verify,
                 };
                 let clones = self.clones.clone();
                 match self.blocking(move || clones.prepare(&spec)).await {
@@ -329,9 +348,9 @@ impl Inner {
                 let clones = self.clones.clone();
                 let v = volume.clone();
                 match self.blocking(move || clones.finalize(&v)).await {
-                    Ok(()) => {
+                    Ok(digest) => {
                         self.devices.lock().expect("device map lock").remove(&volume);
-                        send(DataEvent::Finalized { volume: volume.clone() });
+                        send(DataEvent::Finalized { volume: volume.clone(), digest });
                         let (dest, _) = dest_paths(&self.pool, &volume);
                         if let Err(reason) = self.hook(HookKind::Done, done_hook, &volume, &dest).await {
                             warn!(%volume, "{reason}");

@@ -52,6 +52,10 @@ pub struct Args {
     /// addresses).
     #[arg(long)]
     pub no_mesh: bool,
+    /// Drain with `--verify`: the new node digests every byte it reads from node1, and
+    /// node1 checks the digest against its copy before it lets go of it.
+    #[arg(long)]
+    pub verify: bool,
     /// Leave the fleet running at the end and print how to reach each node's CLI.
     #[arg(long)]
     pub keep: bool,
@@ -148,9 +152,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let last = n - 1;
     let rate = (args.rate_limit > 0).then_some(args.rate_limit);
-    say(&args, &format!("node{} runs `meshdrain drain node1`", last + 1));
+    let flag = if args.verify { " --verify" } else { "" };
+    say(&args, &format!("node{} runs `meshdrain drain node1{flag}`", last + 1));
     let t0 = Instant::now();
-    let options = DrainOptions { rate_limit: rate, parallel: None, verify: false };
+    let options = DrainOptions { rate_limit: rate, parallel: None, verify: args.verify };
     let req = Request::NodeAction { node: "node1".into(), action: NodeAction::Drain, force: false, options };
     if let Response::Error { message } = fleet.call(last, &req).await? {
         anyhow::bail!("drain refused: {message}");

@@ -60,9 +60,9 @@ impl CloneService for FakeClones {
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
         self.calls.lock().unwrap().push(format!("rate {volume} {rate:?}"));
     }
-    fn finalize(&self, volume: &str) -> Result<(), String> {
+    fn finalize(&self, volume: &str) -> Result<Option<String>, String> {
         self.calls.lock().unwrap().push(format!("finalize {volume}"));
-        Ok(())
+        Ok(None)
     }
     fn discard(&self, volume: &str, _dest: &Path, _metadata: &Path) {
         self.calls.lock().unwrap().push(format!("discard {volume}"));
@@ -144,6 +144,7 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
             epoch: 4,
             size: 1 << 20,
             rate_limit: None,
+            verify: false,
         },
         DataCommand::StartHeldWorkload {
             volume: "db".into(),
@@ -170,7 +171,7 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
     }
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "/dev/loop9\n", "start hook sees the clone device");
     r.plane.execute(DataCommand::Finalize { volume: "db".into(), done_hook: None }, r.tx.clone());
-    assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".into() });
+    assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".into(), digest: None });
     let calls = r.clones.calls.lock().unwrap().clone();
     assert_eq!(
         calls,
@@ -190,6 +191,7 @@ async fn a_refused_login_is_reported_with_its_reason() {
             epoch: 2,
             size: 1,
             rate_limit: None,
+            verify: false,
         },
         r.tx.clone(),
     );
@@ -205,6 +207,7 @@ async fn a_refused_login_is_reported_with_its_reason() {
             epoch: 3,
             size: 1,
             rate_limit: None,
+            verify: false,
         },
         r.tx.clone(),
     );
