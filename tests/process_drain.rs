@@ -180,15 +180,22 @@ fn a_holder_killed_mid_hydration_resumes_and_completes() {
     std::thread::sleep(Duration::from_millis(500));
     agents[i].start();
 
-    let owner = wait_for_owner(&agents[0], "big");
+    let owner = arrived_intact(&agents, &agents[0], "big", &sum);
     assert_eq!(owner, holder, "cut over: the same holder resumes, never re-placed");
-    let path = agent(&agents, &owner).pool().join("big.img");
-    assert_eq!(sha_of(&path).as_deref(), Some(sum.as_str()));
+}
+
+/// Waits until `name` has a new owner holding exactly the bytes hashing to `sum` and
+/// node1 is drained, as `observer` sees it; returns the owner.
+fn arrived_intact(agents: &[AgentProc], observer: &AgentProc, name: &str, sum: &str) -> String {
+    let owner = wait_for_owner(observer, name);
+    let path = agent(agents, &owner).pool().join(format!("{name}.img"));
+    assert_eq!(sha_of(&path).as_deref(), Some(sum), "{name} on {owner}");
     wait_until(
-        Duration::from_secs(10),
-        || agents[0].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
-        || "node1 to be drained".to_owned(),
+        Duration::from_secs(15),
+        || observer.status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
+        || "node1 to finish its drain".to_owned(),
     );
+    owner
 }
 
 #[test]
@@ -261,13 +268,7 @@ fn a_source_killed_mid_hydration_stalls_its_holder_until_it_returns() {
     // Nothing was deleted while the source was down.
     assert_eq!(sha_of(&agents[0].pool().join("big.img")).as_deref(), Some(sum.as_str()));
     agents[0].start();
-    let owner = wait_for_owner(&agents[1], "big");
-    assert_eq!(sha_of(&agent(&agents, &owner).pool().join("big.img")).as_deref(), Some(sum.as_str()));
-    wait_until(
-        Duration::from_secs(15),
-        || agents[1].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
-        || "the restarted source to finish its drain".to_owned(),
-    );
+    arrived_intact(&agents, &agents[1], "big", &sum);
 }
 
 #[test]

@@ -15,6 +15,11 @@ fn tick(draining: bool, best: Option<&str>, planned: bool, holder: Option<Holder
     }
 }
 
+/// A tick of a draining node with no claimant: what matters after the grant.
+fn later(holder: Option<HolderSignal>, gc: bool, verify: bool) -> SourceEvent {
+    SourceEvent::Tick { draining: true, best_claimant: None, best_is_planned: false, holder, gc, verify }
+}
+
 fn sig(alive: bool, progress: Option<(u64, HolderPhase)>, done: Option<u64>) -> Option<HolderSignal> {
     Some(HolderSignal { alive, progress, done, digest: None })
 }
@@ -53,14 +58,7 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
 /// A volume offered by a `--verify` drain and cut over to `b` at epoch 1.
 fn cut_over_with_verify() -> SourceVolume {
     let mut v = SourceVolume::new("v", 10);
-    let offer = SourceEvent::Tick {
-        draining: true,
-        best_claimant: None,
-        best_is_planned: false,
-        holder: None,
-        gc: false,
-        verify: true,
-    };
+    let offer = later(None, false, true);
     v.step(&offer, 0, &T);
     assert!(v.verify, "the drain's --verify is fixed into the volume at the offer");
     v.step(&tick(true, Some("b"), true, None), 1, &T);
@@ -72,7 +70,7 @@ fn cut_over_with_verify() -> SourceVolume {
 
 fn done_with(digest: Option<&str>, verify: bool) -> SourceEvent {
     let holder = Some(HolderSignal { alive: true, progress: None, done: Some(1), digest: digest.map(str::to_owned) });
-    SourceEvent::Tick { draining: true, best_claimant: None, best_is_planned: false, holder, gc: false, verify }
+    later(holder, false, verify)
 }
 
 #[test]
@@ -98,14 +96,7 @@ fn a_failed_verify_keeps_the_copy_until_a_drain_without_verify_accepts_it() {
     // Never deleted, never re-checked on its own, whatever the time and gc say.
     for now in [100, 10_000, 1_000_000] {
         assert!(v.step(&done_with(Some("d1"), true), now, &T).is_empty());
-        let gc = SourceEvent::Tick {
-            draining: true,
-            best_claimant: None,
-            best_is_planned: false,
-            holder: None,
-            gc: true,
-            verify: true,
-        };
+        let gc = later(None, true, true);
         assert!(v.step(&gc, now, &T).is_empty());
     }
     assert!(v.pending(), "the node cannot become drained");
@@ -228,14 +219,7 @@ fn gc_deletes_handed_off_copies_early() {
     let mut v = SourceVolume::new("v", 10);
     v.epoch = 3;
     v.phase = SourcePhase::HandedOff { holder: "a".into(), at_ms: 0 };
-    let gc = SourceEvent::Tick {
-        draining: true,
-        best_claimant: None,
-        best_is_planned: false,
-        holder: None,
-        gc: true,
-        verify: false,
-    };
+    let gc = later(None, true, false);
     assert_eq!(v.step(&gc, 1, &T), vec![SourceEffect::DeleteData]);
 }
 

@@ -332,13 +332,18 @@ fn clear_stale_mount(mountpoint: &Path) {
 
 impl CloneService for EngineClones {
     fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
-        if let Some(c) = self.clones.lock().expect("clones lock").get(&spec.volume)
-            && c.epoch == spec.epoch
-            && let Some(x) = &c.exposed
-        {
-            return Ok(x.device().to_owned());
-        }
-        if let Some(old) = self.clones.lock().expect("clones lock").remove(&spec.volume) {
+        let old = {
+            let mut clones = self.clones.lock().expect("clones lock");
+            if let Some(c) = clones.get(&spec.volume)
+                && c.epoch == spec.epoch
+                && let Some(x) = &c.exposed
+            {
+                return Ok(x.device().to_owned());
+            }
+            clones.remove(&spec.volume)
+        };
+        // Outside the lock: tearing a device down waits for its FUSE server.
+        if let Some(old) = old {
             old.shut();
         }
         let (engine, source) = self.open_engine(spec)?;
