@@ -41,6 +41,7 @@ pub mod join;
 pub mod keys;
 pub mod peers;
 pub mod runtime;
+pub mod userspace;
 
 pub use address::FleetPrefix;
 pub use backend::{
