@@ -17,12 +17,22 @@ use meshdrain_testkit::netns::{Lan, Netns, require, require_tun, unique_name};
 const WG_PORT: u16 = 51820;
 
 struct Node {
+    name: String,
     key: NodeKey,
     address: Ipv6Addr,
     backend: Box<dyn WireguardBackend>,
 }
 
 fn bring_up(ns: &Netns, ca: &FleetCa, name: &str) -> Node {
+    bring_up_with(ns, ca, name, |spec| select_backend(BackendChoice::Userspace, &spec))
+}
+
+fn bring_up_with(
+    ns: &Netns,
+    ca: &FleetCa,
+    name: &str,
+    start: impl FnOnce(InterfaceSpec) -> Result<Box<dyn WireguardBackend>, meshdrain_mesh::BackendError> + Send + 'static,
+) -> Node {
     let key = NodeKey::generate();
     let req = SigningRequest { name: name.into(), public_key: key.public().to_base64() };
     let cert = ca.sign(&req, SystemTime::now() + Duration::from_secs(3600)).unwrap();
@@ -33,12 +43,11 @@ fn bring_up(ns: &Netns, ca: &FleetCa, name: &str) -> Node {
         listen_port: WG_PORT,
         mtu: meshdrain_mesh::backend::DEFAULT_MTU,
     };
-    let backend = ns
-        .run_in(move || select_backend(BackendChoice::Userspace, &spec))
-        .unwrap()
-        .unwrap_or_else(|e| panic!("userspace backend in {}: {e}", ns.name()));
+    let ifname = spec.name.clone();
+    let backend =
+        ns.run_in(move || start(spec)).unwrap().unwrap_or_else(|e| panic!("userspace backend in {}: {e}", ns.name()));
     assert_eq!(backend.kind(), BackendKind::Userspace);
-    Node { key, address: cert.body.address, backend }
+    Node { name: ifname, key, address: cert.body.address, backend }
 }
 
 fn peer_of(n: &Node, underlay: std::net::Ipv4Addr) -> PeerConfig {
@@ -107,6 +116,49 @@ fn netns_mesh_userspace_tunnel_carries_tcp() {
         .run_in(move || TcpStream::connect_timeout(&SocketAddr::from((addr, 7003)), Duration::from_secs(2)).is_err())
         .unwrap();
     assert!(cut, "no route to a removed peer");
+}
+
+/// This thread's blocked and the process's caught signals (`SigBlk`, `SigCgt`).
+fn signal_state() -> String {
+    let st = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+    st.lines().filter(|l| l.starts_with("SigBlk") || l.starts_with("SigCgt")).collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn netns_mesh_userspace_roams_falls_back_without_offloads_and_stops_cleanly() {
+    require(&[]).unwrap();
+    require_tun().unwrap();
+    let lan = Lan::new(2).unwrap();
+    let ca = FleetCa::generate();
+    let signals = signal_state();
+    // a runs the fallback path (no TUN offloads: plain batched packets), b the offloaded one.
+    let mut a = bring_up_with(&lan.nodes[0], &ca, "a", |spec| {
+        meshdrain_mesh::userspace::Userspace::start_with(&spec, false).map(|u| {
+            assert!(!u.offload());
+            Box::new(u) as Box<dyn WireguardBackend>
+        })
+    });
+    let mut b = bring_up(&lan.nodes[1], &ca, "b");
+    assert_eq!(signal_state(), signals, "the device leaves signal masks and handlers alone");
+    // b does not know where a is: it learns a's endpoint from a's authenticated packets.
+    a.backend.apply(&[PeerChange::Add(peer_of(&b, Lan::underlay(1)))]).unwrap();
+    b.backend.apply(&[PeerChange::Add(PeerConfig::host(a.key.public(), a.address, None))]).unwrap();
+    tcp_round_trip(&lan.nodes[0], &lan.nodes[1], b.address, 7011, 3 << 20);
+    tcp_round_trip(&lan.nodes[1], &lan.nodes[0], a.address, 7012, 3 << 20);
+    let roamed = b.backend.peers().unwrap();
+    assert_eq!(roamed[0].endpoint, Some(SocketAddr::from((Lan::underlay(0), WG_PORT))), "b follows a's packets");
+    let st = b.backend.status().unwrap();
+    assert!(st.peers[0].rx_bytes > 6 << 20 && st.peers[0].tx_bytes > 6 << 20, "counters: {:?}", st.peers[0]);
+
+    // Dropping the device stops its threads and removes the TUN within a second.
+    let shown = |ns: &Netns, name: &str| ns.ip(&["link", "show", name]).is_ok();
+    assert!(shown(&lan.nodes[0], &a.name));
+    let t0 = std::time::Instant::now();
+    drop(a.backend);
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(1), "drop took {took:?}");
+    assert!(!shown(&lan.nodes[0], &a.name), "{} removed", a.name);
+    assert_eq!(signal_state(), signals);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -35,14 +35,19 @@ pub struct Userspace {
 }
 
 impl Userspace {
-    /// Creates and configures the interface and starts the device.
+    /// Creates and configures the interface and starts the device, with TUN offloads unless
+    /// [`OFFLOAD_ENV`] is `0`.
     pub fn start(spec: &InterfaceSpec) -> Result<Self, BackendError> {
+        Self::start_with(spec, std::env::var(OFFLOAD_ENV).map(|v| v != "0").unwrap_or(true))
+    }
+
+    /// [`Userspace::start`] with offloads chosen by the caller (`false`: plain batched packets).
+    pub fn start_with(spec: &InterfaceSpec, offload: bool) -> Result<Self, BackendError> {
         let fail = |reason: String| BackendError::UserspaceUnavailable { interface: spec.name.clone(), reason };
         let raw = base64::engine::general_purpose::STANDARD
             .decode(spec.key.private_base64())
             .map_err(|e| fail(format!("private key: {e}")))?;
         let secret: [u8; 32] = raw.try_into().map_err(|_| fail("private key is not 32 bytes".into()))?;
-        let offload = std::env::var(OFFLOAD_ENV).map(|v| v != "0").unwrap_or(true);
         let dev = device::Device::start(
             &spec.name,
             secret,

@@ -140,6 +140,16 @@ impl Tun {
         };
         // SAFETY: on an AF_INET6 socket SIOCSIFADDR reads a `struct in6_ifreq`, laid out as `a`.
         cvt(unsafe { libc::ioctl(s6.as_raw_fd(), libc::SIOCSIFADDR, &mut a) })?;
+        // Callers bind the address right away: wait (bounded) until the kernel lets them.
+        let t0 = std::time::Instant::now();
+        loop {
+            match std::net::UdpSocket::bind((address, 0)) {
+                Ok(_) => break,
+                Err(e) if t0.elapsed() > Duration::from_secs(5) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        tracing::debug!(interface = %self.name, waited = ?t0.elapsed(), "mesh address usable");
         Ok(())
     }
 
