@@ -126,7 +126,7 @@ fn signal_state() -> String {
 
 #[test]
 fn netns_mesh_userspace_roams_falls_back_without_offloads_and_stops_cleanly() {
-    require(&[]).unwrap();
+    require(&["wg"]).unwrap();
     require_tun().unwrap();
     let lan = Lan::new(2).unwrap();
     let ca = FleetCa::generate();
@@ -150,6 +150,17 @@ fn netns_mesh_userspace_roams_falls_back_without_offloads_and_stops_cleanly() {
     let st = b.backend.status().unwrap();
     assert!(st.peers[0].rx_bytes > 6 << 20 && st.peers[0].tx_bytes > 6 << 20, "counters: {:?}", st.peers[0]);
 
+    // `wg show` reads the device through its read-only UAPI socket.
+    let out = lan.nodes[0].exec("wg", &["show", &a.name, "latest-handshakes"]).unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (key, at) = line.split_once('\t').unwrap_or_else(|| panic!("wg show: {line:?}"));
+    assert_eq!(key, b.key.public().to_base64());
+    assert!(at.parse::<u64>().unwrap() > 1_600_000_000, "handshake time {at}");
+    let set = lan.nodes[0].exec("wg", &["set", &a.name, "listen-port", "1"]);
+    assert!(set.is_err(), "the UAPI socket is read-only");
+    let sock = format!("/var/run/wireguard/{}.sock", a.name);
+    assert!(std::path::Path::new(&sock).exists());
+
     // Dropping the device stops its threads and removes the TUN within a second.
     let shown = |ns: &Netns, name: &str| ns.ip(&["link", "show", name]).is_ok();
     assert!(shown(&lan.nodes[0], &a.name));
@@ -158,6 +169,7 @@ fn netns_mesh_userspace_roams_falls_back_without_offloads_and_stops_cleanly() {
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(1), "drop took {took:?}");
     assert!(!shown(&lan.nodes[0], &a.name), "{} removed", a.name);
+    assert!(!std::path::Path::new(&sock).exists(), "{sock} removed");
     assert_eq!(signal_state(), signals);
 }
 

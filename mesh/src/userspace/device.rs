@@ -48,6 +48,7 @@ struct Shared {
     stop: AtomicBool,
     secret: StaticSecret,
     public: XPub,
+    listen_port: u16,
 }
 
 impl Shared {
@@ -100,8 +101,15 @@ impl Device {
             udp_gro = udp.gro,
             "userspace WireGuard device up"
         );
-        let shared =
-            Arc::new(Shared { tun, udp, peers: RwLock::default(), stop: AtomicBool::new(false), secret, public });
+        let shared = Arc::new(Shared {
+            tun,
+            udp,
+            peers: RwLock::default(),
+            stop: AtomicBool::new(false),
+            secret,
+            public,
+            listen_port,
+        });
         let mut threads = Vec::new();
         for (what, f) in [("tx", tx_loop as fn(&Shared)), ("rx", rx_loop), ("timers", timer_loop)] {
             let sh = shared.clone();
@@ -118,6 +126,18 @@ impl Device {
                     }
                     return Err(e);
                 }
+            }
+        }
+        if let Some((listener, path)) = super::uapi::bind(name) {
+            let sh = shared.clone();
+            let get = move || super::uapi::render(sh.listen_port, &peer_list(&sh), std::time::SystemTime::now());
+            let stop = shared.clone();
+            match std::thread::Builder::new()
+                .name("wg-uapi".into())
+                .spawn(move || super::uapi::serve(listener, path, &stop.stop, &get))
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => tracing::warn!(error = %e, "no UAPI thread: `wg show` will not see this interface"),
             }
         }
         Ok(Self { shared, threads })
@@ -150,14 +170,7 @@ impl Device {
 
     /// Every peer: configuration, time since its last handshake, tx and rx bytes.
     pub fn peers(&self) -> Vec<(PeerConfig, Option<Duration>, u64, u64)> {
-        let t = self.shared.table();
-        t.iter()
-            .map(|(p, allowed)| {
-                let (hs, tx, rx, _, _) = p.tunn().stats();
-                let c = PeerConfig { public_key: p.key, endpoint: p.endpoint(), allowed_ips: allowed.to_vec() };
-                (c, hs, tx as u64, rx as u64)
-            })
-            .collect()
+        peer_list(&self.shared)
     }
 
     /// Whether the TUN runs with GSO offloads (else plain packets).
@@ -174,6 +187,17 @@ impl Drop for Device {
         }
         tracing::info!(interface = self.shared.tun.name(), "userspace WireGuard device stopped");
     }
+}
+
+fn peer_list(sh: &Shared) -> Vec<(PeerConfig, Option<Duration>, u64, u64)> {
+    let t = sh.table();
+    t.iter()
+        .map(|(p, allowed)| {
+            let (hs, tx, rx, _, _) = p.tunn().stats();
+            let c = PeerConfig { public_key: p.key, endpoint: p.endpoint(), allowed_ips: allowed.to_vec() };
+            (c, hs, tx as u64, rx as u64)
+        })
+        .collect()
 }
 
 /// Logs an I/O failure of a data-path loop at most once per kind of failure and thread.

@@ -5,14 +5,14 @@
 //!
 //! Why not a ready-made device: defguard's boringtun fork (and upstream boringtun's `device`)
 //! do a syscall and a queue per packet and no offloads; on 2 cores they reach ~0.2-0.3 Gbit/s
-//! where the cipher alone could do ~13. There is no UAPI socket: the agent configures the
-//! device through [`WireguardBackend`] directly, so `wg show` only sees the kernel backend
-//! (`meshdrain mesh status` shows both).
+//! where the cipher alone could do ~13. The agent configures the device through
+//! [`WireguardBackend`] directly; a read-only UAPI socket ([`uapi`]) lets `wg show` see it.
 
 pub mod device;
 pub mod gso;
 pub mod table;
 pub mod tun;
+pub mod uapi;
 pub mod udp;
 
 use std::time::Duration;
