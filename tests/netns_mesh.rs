@@ -239,6 +239,59 @@ fn netns_mesh_userspace_data_path_does_not_allocate_per_packet() {
     assert!(st.peers[0].tx_bytes > 72 << 20, "counters: {:?}", st.peers[0]);
 }
 
+#[test]
+fn netns_mesh_userspace_interoperates_with_wireguard_go() {
+    // An independent implementation on the other side: its TUN has no offloads, so the
+    // kernel there checks every TCP checksum our segmentation wrote, and our coalescer
+    // merges its plain packets.
+    require(&["wg", "wireguard-go"]).unwrap();
+    require_tun().unwrap();
+    let lan = Lan::new(2).unwrap();
+    let ca = FleetCa::generate();
+    let mut a = bring_up(&lan.nodes[0], &ca, "a");
+    let go_key = NodeKey::generate();
+    let req = SigningRequest { name: "go".into(), public_key: go_key.public().to_base64() };
+    let go_addr = ca.sign(&req, SystemTime::now() + Duration::from_secs(3600)).unwrap().body.address;
+    let go_if = unique_name("mdg");
+    let go = &lan.nodes[1];
+    let mut cmd = go.command("wireguard-go");
+    cmd.args(["-f", &go_if]).env("WG_PROCESS_FOREGROUND", "1");
+    let pid = go.spawn(cmd).unwrap();
+    let sock = format!("/var/run/wireguard/{go_if}.sock");
+    for _ in 0..100 {
+        if std::path::Path::new(&sock).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("go.key");
+    std::fs::write(&key_file, go_key.private_base64()).unwrap();
+    let endpoint = format!("{}:{WG_PORT}", Lan::underlay(0));
+    let allowed = format!("{}/128", a.address);
+    let port = WG_PORT.to_string();
+    let a_pub = a.key.public().to_base64();
+    #[rustfmt::skip]
+    go.exec("wg", &["set", &go_if, "private-key", key_file.to_str().unwrap(), "listen-port", &port,
+        "peer", &a_pub, "endpoint", &endpoint, "allowed-ips", &allowed]).unwrap();
+    go.ip(&["addr", "add", &format!("{go_addr}/48"), "dev", &go_if]).unwrap();
+    go.ip(&["link", "set", &go_if, "mtu", "1420", "up"]).unwrap();
+    a.backend
+        .apply(&[PeerChange::Add(PeerConfig::host(
+            go_key.public(),
+            go_addr,
+            Some(SocketAddr::from((Lan::underlay(1), WG_PORT))),
+        ))])
+        .unwrap();
+
+    tcp_round_trip(&lan.nodes[0], go, go_addr, 7031, 8 << 20);
+    tcp_round_trip(go, &lan.nodes[0], a.address, 7032, 8 << 20);
+    let st = a.backend.status().unwrap();
+    assert!(st.peers[0].handshake_age_secs.is_some() && st.peers[0].rx_bytes > 16 << 20, "{:?}", st.peers[0]);
+    go.kill(pid);
+    let _ = std::fs::remove_file(&sock);
+}
+
 // ---------------------------------------------------------------------------------------
 // Agents: `meshdrain agent` processes, one per namespace, userspace backend, one seed each.
 

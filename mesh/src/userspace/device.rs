@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey as XPub, StaticSecret};
 
@@ -38,6 +39,9 @@ const TICK: Duration = Duration::from_millis(250);
 const RX_BATCH: usize = 32;
 /// Packets held by the coalescer before it writes.
 const MAX_ITEMS: usize = 64;
+/// Handshakes per second before peers must answer cookie challenges (boringtun's device
+/// value; each handshake is counted twice, by the device and by the peer's `Tunn`).
+const HANDSHAKE_RATE_LIMIT: u64 = 200;
 /// WireGuard data overhead plus AEAD padding.
 const WG_OVERHEAD: usize = 32 + 16;
 
@@ -49,6 +53,9 @@ struct Shared {
     secret: StaticSecret,
     public: XPub,
     listen_port: u16,
+    /// Shared by all peers: mac1 is checked (and cookies sent under load) before the
+    /// expensive X25519 of an incoming handshake.
+    limiter: Arc<RateLimiter>,
 }
 
 impl Shared {
@@ -109,6 +116,7 @@ impl Device {
             secret,
             public,
             listen_port,
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
         });
         let mut threads = Vec::new();
         for (what, f) in [("tx", tx_loop as fn(&Shared)), ("rx", rx_loop), ("timers", timer_loop)] {
@@ -158,7 +166,8 @@ impl Device {
             return;
         }
         let index = t.free_index();
-        let tunn = Tunn::new(self.shared.secret.clone(), XPub::from(p.public_key.0), None, None, index, None);
+        let limiter = Some(self.shared.limiter.clone());
+        let tunn = Tunn::new(self.shared.secret.clone(), XPub::from(p.public_key.0), None, None, index, limiter);
         let peer = Peer { key: p.public_key, index, tunn: Mutex::new(tunn), endpoint: Mutex::new(p.endpoint) };
         t.insert(Arc::new(peer), p.allowed_ips.clone());
     }
@@ -396,6 +405,7 @@ fn timer_loop(sh: &Shared) {
             continue;
         }
         since = Duration::ZERO;
+        sh.limiter.reset_count();
         let t = sh.table();
         for (p, _) in t.iter() {
             let endpoint = p.endpoint();
