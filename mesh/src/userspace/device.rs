@@ -7,6 +7,10 @@
 //!   write per flow run to the TUN; handshakes answered inline;
 //! - timers: `Tunn::update_timers` for every peer every 250 ms (rekey, keepalive, expiry).
 //!
+//! Locks: the peer table (a `RwLock`, taken briefly per super-packet or datagram) is never
+//! taken while a peer's `Tunn` lock is held, so appliers, data path and timers cannot deadlock
+//! on a writer-preferring `RwLock`.
+//!
 //! Buffers are allocated once per thread; nothing allocates per packet in steady state (boringtun
 //! itself only copies packets it must queue while a handshake is in flight). Every loop
 //! wakes at least every [`POLL`], so dropping the device stops it within ~0.1 s; the TUN goes
@@ -199,11 +203,12 @@ impl Drop for Device {
 }
 
 fn peer_list(sh: &Shared) -> Vec<(PeerConfig, Option<Duration>, u64, u64)> {
-    let t = sh.table();
-    t.iter()
+    let snapshot: Vec<super::table::Entry> = sh.table().iter().map(|(p, a)| (p.clone(), a.to_vec())).collect();
+    snapshot
+        .into_iter()
         .map(|(p, allowed)| {
             let (hs, tx, rx, _, _) = p.tunn().stats();
-            let c = PeerConfig { public_key: p.key, endpoint: p.endpoint(), allowed_ips: allowed.to_vec() };
+            let c = PeerConfig { public_key: p.key, endpoint: p.endpoint(), allowed_ips: allowed };
             (c, hs, tx as u64, rx as u64)
         })
         .collect()
@@ -365,8 +370,16 @@ fn receive(
                 }
             }
         }
-        TunnResult::WriteToTunnelV4(p, src) => deliver(sh, &peer, IpAddr::V4(src), p, from, co, write),
-        TunnResult::WriteToTunnelV6(p, src) => deliver(sh, &peer, IpAddr::V6(src), p, from, co, write),
+        // The plaintext lives in `scratch`, not in the `Tunn`: release the peer before the
+        // table lock and the TUN write (lock order: table, then a peer; never the reverse).
+        TunnResult::WriteToTunnelV4(p, src) => {
+            drop(tunn);
+            deliver(sh, &peer, IpAddr::V4(src), p, from, co, write)
+        }
+        TunnResult::WriteToTunnelV6(p, src) => {
+            drop(tunn);
+            deliver(sh, &peer, IpAddr::V6(src), p, from, co, write)
+        }
         TunnResult::Done => {
             if d.first() == Some(&4) || d.first() == Some(&2) {
                 peer.seen_at(from); // keepalive or handshake response
@@ -397,6 +410,7 @@ fn deliver(
 
 fn timer_loop(sh: &Shared) {
     let mut buf = vec![0u8; 256];
+    let mut peers: Vec<Arc<Peer>> = Vec::new();
     let mut since = Duration::ZERO;
     while !sh.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
@@ -406,8 +420,9 @@ fn timer_loop(sh: &Shared) {
         }
         since = Duration::ZERO;
         sh.limiter.reset_count();
-        let t = sh.table();
-        for (p, _) in t.iter() {
+        peers.clear();
+        peers.extend(sh.table().iter().map(|(p, _)| p.clone()));
+        for p in &peers {
             let endpoint = p.endpoint();
             let mut tunn = p.tunn();
             match tunn.update_timers(&mut buf) {
