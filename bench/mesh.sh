@@ -2,18 +2,21 @@
 # Mesh data-path benchmark: TCP throughput (iperf3, 1 and 4 streams, -t 5) and ping latency
 # between two network namespaces over: plain veth; our mesh (meshdrain userspace backend);
 # wireguard-go (Debian) and boringtun-cli (crates.io) configured by hand with `wg`.
-#   sudo bench/mesh.sh [path/to/meshdrain] [path/to/boringtun-cli]
+#   cargo build --release -p meshdrain && sudo bench/mesh.sh [path/to/meshdrain] [path/to/boringtun-cli]
+# Our row runs our own userspace device (mesh/src/userspace: TUN TSO/GRO, UDP GSO/GRO, a thread
+# per direction); the "no offload" row runs it with MESHDRAIN_WG_OFFLOAD=0 (plain batched packets).
+# A debug build measures the unoptimised packet code, not the design: bench a release build.
 # Needs root, iproute2, iperf3, wireguard-tools, wireguard-go, python3. Underlay 198.18.1.0/24,
 # mesh fd42::/16; everything lives in two namespaces removed on exit.
 set -euo pipefail
-MESHDRAIN=${1:-target/debug/meshdrain}
+MESHDRAIN=${1:-target/release/meshdrain}
 BORINGTUN=${2:-$(command -v boringtun-cli || echo /tmp/btcli/bin/boringtun-cli)}
 SECS=${SECS:-5}
 [ "$(id -u)" -eq 0 ] || { echo "bench/mesh.sh: must run as root (namespaces)" >&2; exit 2; }
 for t in ip iperf3 wg wireguard-go python3 ping; do
   command -v "$t" >/dev/null || { echo "bench/mesh.sh: missing $t: run scripts/install-deps test" >&2; exit 2; }
 done
-[ -x "$MESHDRAIN" ] || { echo "bench/mesh.sh: $MESHDRAIN not built: cargo build -p meshdrain" >&2; exit 2; }
+[ -x "$MESHDRAIN" ] || { echo "bench/mesh.sh: $MESHDRAIN not built: cargo build --release -p meshdrain" >&2; exit 2; }
 
 A=mdb$$a B=mdb$$b TMP=$(mktemp -d) PIDS=()
 cleanup() {
@@ -42,6 +45,7 @@ measure() { # label dst
   four=$(ip netns exec "$A" iperf3 -c "$2" -t "$SECS" -P 4 -J | gbps)
   lat=$(ip netns exec "$A" ping -q -c 200 -i 0.005 "$2" | awk -F/ '/^rtt/ {print $5}')
   printf '| %-22s | %8s | %8s | %8s |\n' "$1" "$one" "$four" "$lat"
+  echo "$1|$one|$four" >>"$TMP/rows"
 }
 wait_if() { # ns ifname
   for _ in $(seq 50); do ip -n "$1" link show "$2" >/dev/null 2>&1 && return 0; sleep 0.1; done
@@ -82,18 +86,23 @@ echo "|------------------------|----------|----------|----------|"
 measure "veth (no tunnel)" 198.18.1.2
 
 # Our mesh: meshdrain's userspace backend, one interface per namespace.
-ia=m$$a ib=m$$b
+ours() { # label [env assignments...]
+  local label=$1; shift
+  local ia=m$$a ib=m$$b
+  ip netns exec "$A" env "$@" "$MESHDRAIN" mesh up --interface "$ia" --state-dir "$TMP/a" --address fd42:3::1 --listen-port 51801 \
+    --peer "$pb,198.18.1.2:51802,fd42:3::2" >>"$TMP/ma.log" 2>&1 & PIDS+=($!)
+  ip netns exec "$B" env "$@" "$MESHDRAIN" mesh up --interface "$ib" --state-dir "$TMP/b" --address fd42:3::2 --listen-port 51802 \
+    --peer "$pa,198.18.1.1:51801,fd42:3::1" >>"$TMP/mb.log" 2>&1 & PIDS+=($!)
+  wait_if "$A" "$ia"; wait_if "$B" "$ib"; sleep 1
+  measure "$label" fd42:3::2
+  stop_all_wg
+}
 ip netns exec "$A" "$MESHDRAIN" mesh keygen --state-dir "$TMP/a" --name a >/dev/null 2>&1
 ip netns exec "$B" "$MESHDRAIN" mesh keygen --state-dir "$TMP/b" --name b >/dev/null 2>&1
 pa=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_key"])' "$TMP/a/node.csr.json")
 pb=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["public_key"])' "$TMP/b/node.csr.json")
-ip netns exec "$A" "$MESHDRAIN" mesh up --interface "$ia" --state-dir "$TMP/a" --address fd42:3::1 --listen-port 51801 \
-  --peer "$pb,198.18.1.2:51802,fd42:3::2" >"$TMP/ma.log" 2>&1 & PIDS+=($!)
-ip netns exec "$B" "$MESHDRAIN" mesh up --interface "$ib" --state-dir "$TMP/b" --address fd42:3::2 --listen-port 51802 \
-  --peer "$pa,198.18.1.1:51801,fd42:3::1" >"$TMP/mb.log" 2>&1 & PIDS+=($!)
-wait_if "$A" "$ia"; wait_if "$B" "$ib"; sleep 1
-measure "meshdrain userspace" fd42:3::2
-stop_all_wg
+ours "meshdrain userspace"
+ours "meshdrain (no offload)" MESHDRAIN_WG_OFFLOAD=0
 
 by_hand "wireguard-go" fd42:1 env WG_PROCESS_FOREGROUND=1 wireguard-go -f
 if [ -x "$BORINGTUN" ]; then
@@ -102,3 +111,14 @@ else
   printf '| %-22s | %8s | %8s | %8s |\n' "boringtun-cli" "n/a" "n/a" "n/a"
   echo "(boringtun-cli not found: cargo install boringtun-cli --root /tmp/btcli)"
 fi
+# The issue's goal: our mesh >= 2x the better reference, same run.
+python3 - "$TMP/rows" <<'PY'
+import sys
+rows = {l.split("|")[0]: [float(x) for x in l.strip().split("|")[1:]] for l in open(sys.argv[1])}
+ours = rows.get("meshdrain userspace")
+refs = [rows[k] for k in ("wireguard-go", "boringtun-cli") if k in rows]
+if ours and refs:
+    for i, what in enumerate(("1 stream", "4 streams")):
+        best = max(r[i] for r in refs)
+        print(f"ratio {what}: meshdrain / best reference = {ours[i]:.2f} / {best:.2f} = {ours[i] / best:.1f}x")
+PY

@@ -1,8 +1,8 @@
-//! WireGuard backends behind one trait. Both go through defguard_wireguard_rs's
-//! `WireguardInterfaceApi`: `WGApi<Kernel>` speaks netlink to the kernel module,
-//! `WGApi<Userspace>` runs a boringtun device in this process and speaks the cross-platform
-//! UAPI (`/var/run/wireguard/<if>.sock`) to it. One configuration path for both, and `wg show`
-//! works on either.
+//! WireGuard backends behind one trait, [`WireguardBackend`]: the kernel module through
+//! defguard_wireguard_rs's `WGApi<Kernel>` (netlink), and our own userspace device
+//! ([`crate::userspace`]: boringtun's `noise::Tunn` on a TUN with offloads and batched UDP).
+//! The agent configures both through the trait (peers, apply, status); only the kernel one is
+//! visible to `wg show`, there being no UAPI socket for the userspace device.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
@@ -11,7 +11,7 @@ use defguard_wireguard_rs::host::Host;
 use defguard_wireguard_rs::key::Key;
 use defguard_wireguard_rs::net::IpAddrMask;
 use defguard_wireguard_rs::peer::Peer;
-use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi};
+use defguard_wireguard_rs::{InterfaceConfiguration, Kernel, WGApi, WireguardInterfaceApi};
 use serde::{Deserialize, Serialize};
 
 use crate::address::FLEET_PREFIX_LEN;
@@ -106,68 +106,17 @@ pub trait WireguardBackend: Send {
 pub fn select_backend(choice: BackendChoice, spec: &InterfaceSpec) -> Result<Box<dyn WireguardBackend>, BackendError> {
     let b: Box<dyn WireguardBackend> = match choice {
         BackendChoice::Kernel => Box::new(Defguard::up::<Kernel>(spec, BackendKind::Kernel)?),
-        BackendChoice::Userspace => Box::new(userspace(spec)?),
+        BackendChoice::Userspace => Box::new(crate::userspace::Userspace::start(spec)?),
         BackendChoice::Auto => match Defguard::up::<Kernel>(spec, BackendKind::Kernel) {
             Ok(k) => Box::new(k),
             Err(e) => {
                 tracing::info!(interface = %spec.name, reason = %e, "kernel WireGuard unavailable, using userspace");
-                Box::new(userspace(spec)?)
+                Box::new(crate::userspace::Userspace::start(spec)?)
             }
         },
     };
     tracing::info!(interface = %spec.name, backend = ?b.kind(), address = %spec.address, port = spec.listen_port, "WireGuard mesh interface up");
     Ok(b)
-}
-
-/// Starts the userspace device and takes back SIGINT/SIGTERM from it (see [`signalfds`]).
-fn userspace(spec: &InterfaceSpec) -> Result<Defguard, BackendError> {
-    let before = signalfds();
-    let d = Defguard::up::<Userspace>(spec, BackendKind::Userspace)?;
-    for fd in signalfds().difference(&before) {
-        // Replace (not close) the fd: the device may close its number later, so the number
-        // must stay ours until then. Dropping the signalfd's last reference also removes it
-        // from the device's epoll set.
-        // SAFETY: `fd` is an open descriptor of this process; dup2 atomically replaces it.
-        unsafe {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if null >= 0 {
-                libc::dup2(null, *fd);
-                libc::close(null);
-            }
-        }
-    }
-    unblock_exit_signals();
-    Ok(d)
-}
-
-/// The process's signalfd descriptors. The userspace device (defguard's boringtun fork)
-/// reads SIGINT/SIGTERM from a signalfd and stops its event loop on them; a signalfd read
-/// dequeues a process-wide signal before the host's handler may run, so the agent would
-/// randomly miss its SIGTERM while the mesh died under it. The agent owns those signals.
-fn signalfds() -> std::collections::BTreeSet<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Default::default() };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let fd: i32 = e.file_name().to_str()?.parse().ok()?;
-        let target = std::fs::read_link(e.path()).ok()?;
-        (target.to_str()? == "anon_inode:[signalfd]").then_some(fd)
-    })
-    .collect()
-}
-
-/// The userspace device blocks SIGINT and SIGTERM in the thread that created it and reads
-/// them from a signalfd, exiting its event loop: the host process (the agent, whose own
-/// handlers run its clean shutdown) would never see them, and the mesh would stop under it.
-/// Unblocking them in this thread again leaves the signals to the process's handlers.
-fn unblock_exit_signals() {
-    // SAFETY: plain sigset manipulation on a zeroed set; pthread_sigmask affects this thread only.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-    }
 }
 
 struct Defguard {
@@ -284,11 +233,6 @@ impl WireguardBackend for Defguard {
 
 impl Drop for Defguard {
     fn drop(&mut self) {
-        // Userspace: dropping the device handle stops its threads and removes its UAPI socket
-        // and TUN. `remove_interface` would also rewrite the host's DNS config, which we never set.
-        if self.kind == BackendKind::Userspace {
-            return;
-        }
         if let Err(e) = self.api.remove_interface() {
             tracing::warn!(interface = %self.name, error = %e, "removing WireGuard interface");
         }

@@ -9,14 +9,14 @@
 //! - [`peers`]: the pure peer-set diff (gossip view + `now` → desired peers → changes).
 //! - [`backend`]: [`WireguardBackend`] applies changes to a kernel or userspace interface.
 //!
-//! # Why defguard_wireguard_rs for both backends
-//! `WGApi<Kernel>` (netlink) and `WGApi<Userspace>` (its boringtun fork's device, configured
-//! over the standard UAPI socket) implement the same `WireguardInterfaceApi`, so there is one
-//! configuration path: the same `configure_peer` / `remove_peer` / `read_interface_data` calls
-//! whichever backend runs, and `wg show` works on both. Upstream boringtun 0.7's `device` would
-//! need a second path (hand-written UAPI for userspace, netlink for kernel). The UAPI is also
-//! the seam for a faster data path of our own (boringtun `noise::Tunn` with batched
-//! syscalls): it only has to serve the same socket.
+//! # Backends
+//! The kernel backend goes through defguard_wireguard_rs's `WGApi<Kernel>` (netlink). The
+//! userspace backend is our own device ([`userspace`]): upstream boringtun's sans-IO
+//! `noise::Tunn` for the protocol, and a data path with TUN offloads (userspace TSO/GRO),
+//! UDP GSO/GRO and a thread per direction, because the ready-made devices (defguard's fork,
+//! boringtun's `device`) cap at a fraction of what the cipher allows. Both are driven through
+//! the same [`WireguardBackend`] calls; there is no UAPI socket, so `wg show` only sees the
+//! kernel backend (`meshdrain mesh status` shows either).
 //!
 //! # Joining through a seed
 //! WireGuard drops handshakes from unknown keys, so a seed cannot learn a newcomer from
@@ -41,6 +41,7 @@ pub mod join;
 pub mod keys;
 pub mod peers;
 pub mod runtime;
+pub mod userspace;
 
 pub use address::FleetPrefix;
 pub use backend::{

@@ -379,21 +379,6 @@ fn wait_usable(address: Ipv6Addr, interface: &str) -> Result<(), BackendError> {
     }
 }
 
-impl Drop for MeshRuntime {
-    fn drop(&mut self) {
-        if let Some(b) = self.backend.take() {
-            if b.kind() == BackendKind::Userspace {
-                // The userspace device's threads can block its drop; the TUN goes away with the
-                // process, so only the host-wide UAPI socket needs removing.
-                std::mem::forget(b);
-                let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.settings.interface));
-            } else {
-                drop(b);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 #[path = "runtime_tests.rs"]
 mod tests;
