@@ -6,6 +6,7 @@
 
 mod framer;
 mod login;
+mod pool;
 mod task;
 
 use std::future::Future;
