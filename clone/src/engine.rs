@@ -80,6 +80,9 @@ pub struct Engine {
     pub(crate) meter: Mutex<RateMeter>,
     pub(crate) progress_tx: watch::Sender<Progress>,
     pub(crate) span: tracing::Span,
+    /// Whether the source's deallocated ranges are known and claimed (or cannot be):
+    /// background hydration starts only then, so it never fetches what the scan skips.
+    scanned: AtomicBool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -98,7 +101,8 @@ impl Drop for Busy<'_> {
 impl Engine {
     /// Opens (or resumes) a clone of `source` onto `dest`, recording in `meta`.
     /// Refuses metadata of another source or epoch. Regions the source reports
-    /// deallocated are zeroed on the dest and never fetched.
+    /// deallocated are zeroed on the dest and never fetched; that scan runs in the
+    /// background (see [`Engine::wait_scanned`]), so the clone is usable on return.
     pub fn open(
         source: Arc<dyn BlockSource>,
         dest: Box<dyn Dest>,
@@ -148,12 +152,45 @@ impl Engine {
             meter: Mutex::new(RateMeter::default()),
             progress_tx,
             span,
+            scanned: AtomicBool::new(complete),
         });
         tracing::info!(parent: &engine.span, hydrated, regions, complete, "clone opened");
         if !complete {
-            engine.skip_unallocated()?;
+            engine.start_scan();
         }
         Ok(engine)
+    }
+
+    /// Asks the source for its deallocated ranges on a thread of its own, so the device
+    /// can be exposed at once (the scan is a round trip per GET LBA STATUS on the
+    /// drain's cut-over path). Until it ends, on-demand reads fetch as usual (a region
+    /// the scan has not claimed yet may be fetched) and background hydration waits.
+    fn start_scan(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let source = self.source_handle();
+        let spawned = std::thread::Builder::new().name("clone-scan".into()).spawn(move || {
+            let ranges = source.map(|s| s.deallocated());
+            // The engine may be gone or stopped by now: then the scan's claims do not
+            // matter (a resume scans again), and a stopped engine's dest is not touched.
+            if let Some(engine) = weak.upgrade() {
+                engine.skip_unallocated(ranges);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(parent: &self.span, error = %e, "no scan thread; scanning before the device is exposed");
+            let ranges = self.source_handle().map(|s| s.deallocated());
+            self.skip_unallocated(ranges);
+        }
+    }
+
+    /// Waits until the deallocated-range scan has ended (or the engine stops).
+    /// Background hydration calls it first; tests and benchmarks call it to measure.
+    pub fn wait_scanned(&self) {
+        let mut core = self.lock_core();
+        // Bounded: the scan ends (its source calls time out) or the engine stops.
+        while !self.scanned.load(Ordering::Acquire) && !self.stopped.load(Ordering::Relaxed) {
+            core = self.cv.wait_timeout(core, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner()).0;
+        }
     }
 
     /// Monotonic time since the engine opened (the only clock the core sees).
@@ -188,15 +225,17 @@ impl Engine {
         move |source| CloneError::Io { what, path: PathBuf::from("dest"), source }
     }
 
-    fn skip_unallocated(&self) -> Result<()> {
-        let Some(src) = self.source_handle() else { return Ok(()) };
-        let ranges = match src.deallocated() {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(e) => {
+    /// Claims the regions inside `ranges` (the source's deallocated byte ranges) and
+    /// zeroes them on the dest, one punch per contiguous run, so they are never fetched.
+    /// Any failure leaves them to be fetched (always safe). Ends the scan.
+    fn skip_unallocated(&self, ranges: Option<std::io::Result<Option<Vec<Range<u64>>>>>) {
+        let ranges = match ranges {
+            Some(Ok(Some(r))) => r,
+            Some(Err(e)) => {
                 tracing::warn!(parent: &self.span, error = %e, "source cannot report deallocated ranges; fetching all");
-                return Ok(());
+                Vec::new()
             }
+            Some(Ok(None)) | None => Vec::new(),
         };
         let rs = self.cfg.region_size;
         let whole = ranges.iter().flat_map(|r| {
@@ -204,17 +243,26 @@ impl Engine {
             let end = if r.end >= self.size { self.size.div_ceil(rs) } else { r.end / rs };
             first..end.max(first)
         });
-        let claimed = self.lock_core().claim_unallocated(whole);
-        let now = self.now();
-        for r in &claimed {
-            let range = self.region_range(*r);
-            let res = self.dest.punch(range.start, range.end - range.start);
-            self.lock_core().claim_done(*r, res.is_ok(), now);
-            res.map_err(Self::dest_err("zero dest"))?;
+        let claimed =
+            if self.stopped.load(Ordering::Relaxed) { Vec::new() } else { self.lock_core().claim_unallocated(whole) };
+        let mut skipped = 0usize;
+        for run in runs_of_regions(&claimed) {
+            let (lo, hi) = (self.region_range(run[0]).start, self.region_range(run[run.len() - 1]).end);
+            let res = self.dest.punch(lo, hi - lo);
+            if let Err(e) = &res {
+                tracing::warn!(parent: &self.span, error = %e, offset = lo, len = hi - lo, "cannot zero deallocated range on the dest; fetching it");
+            }
+            let now = self.now();
+            let mut core = self.lock_core();
+            for r in run {
+                core.claim_done(*r, res.is_ok(), now);
+            }
+            skipped += if res.is_ok() { run.len() } else { 0 };
         }
-        tracing::info!(parent: &self.span, regions = claimed.len(), "deallocated source regions skipped");
+        tracing::info!(parent: &self.span, regions = skipped, "deallocated source regions skipped");
+        self.scanned.store(true, Ordering::Release);
+        let _core = self.lock_core();
         self.cv.notify_all();
-        Ok(())
     }
 
     pub(crate) fn source_handle(&self) -> Option<Arc<dyn BlockSource>> {
@@ -224,13 +272,10 @@ impl Engine {
     /// Waits until region `r` may be used for `intent`; returns true when the caller
     /// holds a claim (and must call `claim_done`).
     fn ensure(&self, r: Region, intent: Intent) -> Result<bool> {
-        let deadline = self.now() + self.cfg.on_demand_timeout;
-        let mut backoff = Duration::from_millis(10);
+        let mut retry = self.on_demand_retry();
         let mut core = self.lock_core();
         loop {
-            if self.stopped.load(Ordering::Relaxed) {
-                return Err(CloneError::Stopped);
-            }
+            self.check_running()?;
             match core.acquire(r, intent) {
                 Step::Ready => return Ok(false),
                 Step::Claimed => return Ok(true),
@@ -239,26 +284,9 @@ impl Engine {
                 }
                 Step::Fetch => {
                     drop(core);
-                    let res =
-                        self.fetch_regions(crate::io::Lane::Foreground, &[r]).pop().map_or(Ok(()), |(_, res)| res);
-                    let now = self.now();
-                    core = self.lock_core();
-                    let failed = res.as_ref().err().cloned();
-                    core.fetch_done(r, res, now);
-                    self.cv.notify_all();
-                    if let Some(message) = failed {
-                        if now >= deadline {
-                            return Err(CloneError::Source {
-                                identity: self.identity.clone(),
-                                offset: self.region_range(r).start,
-                                message,
-                            });
-                        }
-                        drop(core);
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
-                        core = self.lock_core();
-                    }
+                    let results = self.fetch_regions(crate::io::Lane::Foreground, &[r]);
+                    let (guard, failed) = self.record_fetched(results);
+                    core = self.back_off_on_failure(guard, failed, &mut retry)?;
                 }
             }
         }
@@ -391,4 +419,9 @@ impl Engine {
     pub fn fetches(&self) -> u64 {
         self.lock_core().fetches()
     }
+}
+
+/// Splits ascending `regions` into runs of consecutive regions.
+pub(crate) fn runs_of_regions(regions: &[Region]) -> impl Iterator<Item = &[Region]> {
+    regions.chunk_by(|a, b| *b == *a + 1)
 }

@@ -3,10 +3,12 @@
 //! of written) and on-demand reads for the workload (on the foreground lane, the
 //! requested bytes first, answered before the rest of the region has arrived).
 use std::ops::Range;
+use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use crate::core::{Region, Step};
-use crate::engine::{Busy, Engine};
+use crate::core::{Core, Region, Step};
+use crate::engine::{Busy, Engine, runs_of_regions};
 use crate::error::{CloneError, Result};
 use crate::io::Lane;
 
@@ -15,6 +17,13 @@ pub(crate) fn is_zero(b: &[u8]) -> bool {
     let blocks = b.chunks_exact(64);
     let tail = blocks.remainder();
     blocks.into_iter().all(|c| c.iter().fold(0u8, |a, x| a | x) == 0) && tail.iter().all(|x| *x == 0)
+}
+
+/// When a workload request gives up on an unreachable source, and how long it waits
+/// before the next try.
+pub(crate) struct Retry {
+    deadline: Duration,
+    backoff: Duration,
 }
 
 /// Per-region outcome of a fetch.
@@ -27,15 +36,10 @@ impl Engine {
         let per_read = (self.cfg.max_read / self.cfg.region_size).max(1) as usize;
         let mut runs = Vec::new();
         let mut i = 0;
-        while i < regions.len() {
-            let mut j = i + 1;
-            while j < regions.len() && regions[j] == regions[j - 1] + 1 && j - i < per_read {
-                j += 1;
-            }
-            let start = self.region_range(regions[i]).start;
-            let end = self.region_range(regions[j - 1]).end;
-            runs.push((start..end, i..j));
-            i = j;
+        for piece in runs_of_regions(regions).flat_map(|run| run.chunks(per_read)) {
+            let bytes = self.region_range(piece[0]).start..self.region_range(piece[piece.len() - 1]).end;
+            runs.push((bytes, i..i + piece.len()));
+            i += piece.len();
         }
         runs
     }
@@ -72,11 +76,62 @@ impl Engine {
         out
     }
 
-    /// One background step: fetch up to `batch_regions` missing regions (contiguous
-    /// runs in reads of up to `max_read`, all in flight at once, paced by the rate
-    /// limit), then commit if a batch is due and no commit is running. Returns how many
-    /// regions were fetched, or the source error.
+    /// Reports each region's fetch result to the core (waking waiters); returns the core
+    /// still locked and the first failure, if any.
+    pub(crate) fn record_fetched(&self, results: Fetched) -> (MutexGuard<'_, Core>, Option<(Region, String)>) {
+        let now = self.now();
+        let mut core = self.lock_core();
+        let mut failed = None;
+        for (r, res) in results {
+            if let Err(e) = &res {
+                failed.get_or_insert((r, e.clone()));
+            }
+            core.fetch_done(r, res, now);
+        }
+        self.cv.notify_all();
+        (core, failed)
+    }
+
+    /// The retry state of one workload request: its deadline and current backoff.
+    pub(crate) fn on_demand_retry(&self) -> Retry {
+        Retry { deadline: self.now() + self.cfg.on_demand_timeout, backoff: Duration::from_millis(10) }
+    }
+
+    /// Fails a workload request once the engine is stopped.
+    pub(crate) fn check_running(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Relaxed) { Err(CloneError::Stopped) } else { Ok(()) }
+    }
+
+    /// After a failed on-demand fetch: past the request's deadline the workload gets
+    /// the source error; before it, sleeps the backoff (doubling it, up to 1 s) with
+    /// the core unlocked and locks it again for the next try.
+    pub(crate) fn back_off_on_failure<'a>(
+        &'a self,
+        core: MutexGuard<'a, Core>,
+        failed: Option<(Region, String)>,
+        retry: &mut Retry,
+    ) -> Result<MutexGuard<'a, Core>> {
+        let Some((r, message)) = failed else { return Ok(core) };
+        if self.now() >= retry.deadline {
+            return Err(CloneError::Source {
+                identity: self.identity.clone(),
+                offset: self.region_range(r).start,
+                message,
+            });
+        }
+        drop(core);
+        std::thread::sleep(retry.backoff);
+        retry.backoff = (retry.backoff * 2).min(Duration::from_secs(1));
+        Ok(self.lock_core())
+    }
+
+    /// One background step, once the deallocated-range scan has ended: fetch up to
+    /// `batch_regions` missing regions (contiguous runs in reads of up to `max_read`, all
+    /// in flight at once, paced by the rate limit), then commit if a batch is due and no
+    /// commit is running. Returns how many regions were fetched, or the source error.
     pub fn hydrate_step(&self) -> std::result::Result<usize, String> {
+        // Never fetch what the deallocated-range scan will skip.
+        self.wait_scanned();
         // Pace before claiming: a region claimed for the background must not keep a
         // workload read waiting while this thread sleeps off the rate limit.
         let budget = self.cfg.batch_regions as u64 * self.cfg.region_size;
@@ -145,13 +200,10 @@ impl Engine {
         self.workload_active.fetch_add(1, Ordering::Relaxed);
         let _busy = Busy(&self.workload_active);
         let span = self.regions_of(offset, buf.len() as u64);
-        let deadline = self.now() + self.cfg.on_demand_timeout;
-        let mut backoff = std::time::Duration::from_millis(10);
+        let mut retry = self.on_demand_retry();
         let mut core = self.lock_core();
         loop {
-            if self.stopped.load(Ordering::Relaxed) {
-                return Err(CloneError::Stopped);
-            }
+            self.check_running()?;
             let mut mine = Vec::new();
             let mut waiting = false;
             for r in span.clone() {
@@ -182,33 +234,12 @@ impl Engine {
                 }),
                 _ => self.fetch_regions(Lane::Foreground, &mine),
             };
-            let now = self.now();
-            core = self.lock_core();
-            let mut failed = None;
-            for (r, res) in results {
-                if let Err(e) = &res {
-                    failed.get_or_insert((r, e.clone()));
-                }
-                core.fetch_done(r, res, now);
-            }
-            self.cv.notify_all();
+            let (guard, failed) = self.record_fetched(results);
             if answered {
                 // The workload has its bytes; regions that failed are fetched again later.
                 return Ok(());
             }
-            if let Some((r, message)) = failed {
-                if now >= deadline {
-                    return Err(CloneError::Source {
-                        identity: self.identity.clone(),
-                        offset: self.region_range(r).start,
-                        message,
-                    });
-                }
-                drop(core);
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                core = self.lock_core();
-            }
+            core = self.back_off_on_failure(guard, failed, &mut retry)?;
         }
         drop(core);
         self.dest.read_at(offset, buf).map_err(Self::dest_err("read dest"))

@@ -136,16 +136,31 @@ impl<R: BlockReader> IscsiSource<R> {
     }
 
     fn block_on<T>(&self, f: impl Future<Output = T>) -> io::Result<T> {
-        self.block_on_lane(Lane::Background, f)
+        let rt = self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?;
+        self.block_on_rt(rt, f)
     }
 
-    fn block_on_lane<T>(&self, lane: Lane, f: impl Future<Output = T>) -> io::Result<T> {
-        let rt = match (&self.fg_rt, lane) {
-            (Some(fg), Lane::Foreground) if self.foreground.is_some() => &**fg,
-            _ => self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?,
-        };
+    fn block_on_rt<T>(&self, rt: &tokio::runtime::Runtime, f: impl Future<Output = T>) -> io::Result<T> {
         rt.block_on(async { tokio::time::timeout(self.timeout, f).await }).map_err(|_| {
             io::Error::new(io::ErrorKind::TimedOut, format!("iSCSI read timed out after {:?}", self.timeout))
+        })
+    }
+
+    /// The session a read on `lane` goes to, and the runtime that drives that session's
+    /// task. A session made on the foreground runtime only moves while some thread
+    /// blocks on that runtime, so every read sent to it (a fill without a session of
+    /// its own too) must block on that runtime, never on the bulk one.
+    fn route(&self, lane: Lane) -> io::Result<(&R, &tokio::runtime::Runtime)> {
+        let bulk = self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?;
+        let fg = match (&self.foreground, &self.fg_rt) {
+            (Some(s), Some(rt)) => (s, &**rt),
+            (Some(s), None) => (s, bulk),
+            (None, _) => (&self.reader, bulk),
+        };
+        Ok(match lane {
+            Lane::Foreground => fg,
+            Lane::Fill => self.fill.as_ref().map_or(fg, |s| (s, bulk)),
+            Lane::Background => (&self.reader, bulk),
         })
     }
 }
@@ -194,10 +209,9 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
 
     fn read_runs(&self, lane: Lane, runs: &[Range<u64>], sink: &mut RunSink<'_>) -> Vec<io::Result<()>> {
         let bs = self.reader.block_size() as u64;
-        let reader = match lane {
-            Lane::Foreground => self.foreground.as_ref().unwrap_or(&self.reader),
-            Lane::Fill => self.fill.as_ref().or(self.foreground.as_ref()).unwrap_or(&self.reader),
-            Lane::Background => &self.reader,
+        let (reader, rt) = match self.route(lane) {
+            Ok(r) => r,
+            Err(e) => return runs.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect(),
         };
         let mut errs: Vec<Option<io::Error>> = runs.iter().map(|_| None).collect();
         let mut left = vec![0usize; runs.len()];
@@ -247,7 +261,7 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
                 }
             }
         };
-        let timed_out = self.block_on_lane(lane, all).err();
+        let timed_out = self.block_on_rt(rt, all).err();
         errs.into_iter()
             .zip(left)
             .map(|(e, left)| match (e, left, &timed_out) {

@@ -259,6 +259,49 @@ fn deallocated_source_ranges_are_never_fetched() {
 }
 
 #[test]
+fn device_is_usable_before_the_deallocated_scan_ends_and_hydration_waits_for_it() {
+    let rs = 4096;
+    let mut data = pattern(9, 16 * rs as usize);
+    data[8 * rs as usize..].fill(0);
+    let mut src = FakeSource::new(data, rs);
+    Arc::get_mut(&mut src).unwrap().holes = Some(std::iter::once(8 * rs..16 * rs).collect());
+    src.scan_hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let faults = Faults::new(None);
+    let dest = Image::new(vec![0xFF; 16 * rs as usize], faults.clone());
+    let e = Engine::open(
+        src.clone(),
+        Box::new(FakeDest(dest.clone())),
+        Box::new(FakeMeta(Image::new(Vec::new(), faults))),
+        EngineConfig { region_size: rs, ..Default::default() },
+    )
+    .unwrap();
+    // The scan has not answered, yet the workload reads (and a region the scan will
+    // skip may be fetched meanwhile).
+    let mut buf = vec![0u8; 100];
+    e.read(2 * rs + 7, &mut buf).unwrap();
+    assert_eq!(buf, src.data[2 * rs as usize + 7..2 * rs as usize + 107]);
+    e.read(9 * rs, &mut buf).unwrap();
+    assert_eq!(buf, vec![0u8; 100]);
+    let step = std::thread::spawn({
+        let e = e.clone();
+        move || e.hydrate_step()
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(!step.is_finished(), "background hydration started before the scan ended");
+    src.scan_hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    step.join().unwrap().unwrap();
+    finish(&e);
+    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+    let reads = src.reads.lock().unwrap().clone();
+    assert_eq!(reads[9], 1, "the region read during the scan was fetched once: {reads:?}");
+    assert!(
+        reads[8..16].iter().enumerate().all(|(i, n)| *n == u32::from(i == 1)),
+        "scan-skipped regions fetched: {reads:?}"
+    );
+    assert!(reads[..8].iter().all(|n| *n == 1), "allocated regions fetched once: {reads:?}");
+}
+
+#[test]
 fn source_gone_stalls_then_completes_when_back() {
     let rs = 4096;
     let src = FakeSource::new(pattern(11, 32 * rs as usize), rs);

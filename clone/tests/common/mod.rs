@@ -21,6 +21,8 @@ pub struct FakeSource {
     /// Reads at this grain (not whole regions) are allowed; then every byte is counted.
     pub grain: Option<u64>,
     pub byte_reads: Mutex<Vec<u8>>,
+    /// While set, `deallocated` does not answer (a slow GET LBA STATUS scan).
+    pub scan_hold: AtomicBool,
 }
 
 impl FakeSource {
@@ -35,6 +37,7 @@ impl FakeSource {
             holes: None,
             grain: None,
             byte_reads: Mutex::new(vec![0; len]),
+            scan_hold: AtomicBool::new(false),
         })
     }
     /// A source that reads at `grain` (the on-demand early-answer path).
@@ -85,6 +88,13 @@ impl BlockSource for FakeSource {
         Ok(())
     }
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
+        // Bounded: a test releases the hold within seconds.
+        for _ in 0..10_000 {
+            if !self.scan_hold.load(Ordering::SeqCst) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(self.holes.clone())
     }
     fn read_granularity(&self) -> Option<u64> {

@@ -3,14 +3,30 @@
 //! copies the partial PDU it holds every time it must grow while earlier payloads are
 //! still referenced (they are: Data-In segments are handed on without a copy), which
 //! costs a memmove of up to a whole segment per PDU; this never copies a payload.
+//! Data-In payloads (without digests) go to page-aligned buffers from a per-connection
+//! [`Pool`], handed back by the last reader: no page faults or zeroing per PDU.
 //!
 //! Cancel-safe: all progress lives in the [`Framer`], so the session task may drop
 //! [`Framer::next`] in a `select!` and call it again.
 
-use bytes::{BufMut, BytesMut};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::pdu::{BHS_LEN, Codec, Pdu};
+use super::pool::{Filling, Pool};
+use crate::pdu::{BHS_LEN, Codec, Opcode, Pdu};
+
+/// A Data-In payload being received into a pooled buffer.
+struct Payload {
+    /// The PDU, its data still empty.
+    pdu: Pdu,
+    buf: Filling,
+    /// Payload bytes received so far.
+    got: usize,
+    /// Padding after the payload still to read (digests are off on this path).
+    pad: usize,
+}
 
 /// PDU framing state of one connection.
 pub(super) struct Framer {
@@ -18,18 +34,45 @@ pub(super) struct Framer {
     head: BytesMut,
     /// The PDU being received and its total length on the wire.
     frame: Option<(BytesMut, usize)>,
+    /// The Data-In payload being received.
+    payload: Option<Payload>,
+    pool: Arc<Pool>,
 }
 
 impl Framer {
     /// Starts with what login left in its buffer.
     pub(super) fn new(leftover: BytesMut) -> Self {
-        Self { head: leftover, frame: None }
+        Self { head: leftover, frame: None, payload: None, pool: Arc::default() }
     }
 
     /// The next whole PDU.
     pub(super) async fn next<R: AsyncRead + Unpin>(&mut self, rd: &mut R, codec: &Codec) -> Result<Pdu, String> {
         // Bounded: every turn either returns or reads at least one byte (0 is EOF).
         loop {
+            if let Some(p) = &mut self.payload {
+                let len = p.buf.bytes_mut().len();
+                if p.got == len && p.pad == 0 {
+                    let Payload { mut pdu, buf, .. } = self.payload.take().expect("present");
+                    pdu.data = buf.freeze();
+                    return Ok(pdu);
+                }
+                let n = if p.got < len {
+                    rd.read(&mut p.buf.bytes_mut()[p.got..]).await
+                } else {
+                    let mut pad = [0u8; 3];
+                    rd.read(&mut pad[..p.pad]).await
+                }
+                .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("target closed the connection mid-PDU".into());
+                }
+                if p.got < len {
+                    p.got += n;
+                } else {
+                    p.pad -= n;
+                }
+                continue;
+            }
             if let Some((frame, total)) = &mut self.frame {
                 let want = *total - frame.len();
                 if want == 0 {
@@ -48,6 +91,23 @@ impl Framer {
             }
             if self.head.len() >= BHS_LEN {
                 let (total, data_at) = wire_len(&self.head[..BHS_LEN], codec)?;
+                // A Data-In payload read whole from the socket (no login leftover behind
+                // its header, no digests to check over the frame) goes to a pooled buffer.
+                let data_len = u32::from_be_bytes([0, self.head[5], self.head[6], self.head[7]]) as usize;
+                if self.head[0] & 0x3f == Opcode::DataIn as u8
+                    && self.head.len() == BHS_LEN
+                    && data_at == BHS_LEN
+                    && data_len > 0
+                    && !codec.header_digest
+                    && !codec.data_digest
+                {
+                    let mut bhs = [0u8; BHS_LEN];
+                    bhs.copy_from_slice(&self.head.split_to(BHS_LEN));
+                    let pdu = Pdu { bhs, ahs: Bytes::new(), data: Bytes::new() };
+                    let buf = self.pool.take(data_len);
+                    self.payload = Some(Payload { pdu, buf, got: 0, pad: total - BHS_LEN - data_len });
+                    continue;
+                }
                 let mut frame = aligned_frame(total, data_at);
                 let take = self.head.len().min(total);
                 frame.extend_from_slice(&self.head.split_to(take));
@@ -149,5 +209,53 @@ mod tests {
             assert_eq!(a.data, b.data);
         }
         assert_eq!(got[1].data.as_ptr() as usize % DATA_ALIGN, 0, "large payloads land aligned");
+    }
+
+    #[tokio::test]
+    async fn data_in_payloads_come_in_pooled_aligned_buffers_split_anywhere() {
+        let codec = Codec { header_digest: false, data_digest: false, max_recv_data: 1 << 20 };
+        let sizes = [8192usize, 4096, 1002, 8192];
+        let payload: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 7 + 3) as u8).collect();
+        let mut wire = Vec::new();
+        let mut off = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            let data = Bytes::copy_from_slice(&payload[off..off + n]);
+            let p = Pdu::data_in(0, 1, i as u32, off as u32, data, i + 1 == sizes.len(), None);
+            let e = codec.encode_parts(&p);
+            wire.extend_from_slice(&e.head);
+            wire.extend_from_slice(&e.data);
+            wire.extend_from_slice(&e.tail);
+            off += n;
+            if i == 1 {
+                // Something else between Data-In PDUs.
+                let e = codec.encode_parts(&Pdu::nop_in(0, 9, 0xffff_ffff, Bytes::from_static(b"ping")));
+                wire.extend_from_slice(&e.head);
+                wire.extend_from_slice(&e.data);
+                wire.extend_from_slice(&e.tail);
+            }
+        }
+        let (mut tx, mut rx) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            for c in wire.chunks(37) {
+                tx.write_all(c).await.unwrap();
+            }
+        });
+        let mut f = Framer::new(BytesMut::new());
+        let mut got = Vec::new();
+        while got.len() < sizes.len() + 1 {
+            tokio::select! {
+                p = f.next(&mut rx, &codec) => got.push(p.unwrap()),
+                _ = tokio::task::yield_now() => {}
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got[2].opcode(), Some(Opcode::NopIn));
+        assert_eq!(&got[2].data[..], b"ping");
+        let data_ins: Vec<&Pdu> = got.iter().filter(|p| p.opcode() == Some(Opcode::DataIn)).collect();
+        let joined: Vec<u8> = data_ins.iter().flat_map(|p| p.data.iter().copied()).collect();
+        assert!(joined == payload, "payload bytes equal, padding dropped");
+        assert!(data_ins.iter().all(|p| (p.data.as_ptr() as usize).is_multiple_of(DATA_ALIGN)), "aligned payloads");
+        assert_eq!(data_ins.iter().map(|p| p.buffer_offset()).collect::<Vec<_>>(), [0, 8192, 12288, 13290]);
     }
 }

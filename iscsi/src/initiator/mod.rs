@@ -6,6 +6,7 @@
 
 mod framer;
 mod login;
+mod pool;
 mod task;
 
 use std::future::Future;
@@ -294,7 +295,9 @@ impl Session {
     /// GET LBA STATUS from `lba`. Targets without it (ILLEGAL REQUEST) are
     /// reported as fully allocated, which is always safe for a clone.
     pub async fn get_lba_status(&self, lba: u64) -> Result<Vec<Extent>, InitiatorError> {
-        let alloc: u32 = 8 + 16 * 64;
+        // Room for 1024 descriptors: fewer round trips over a fragmented volume (targets
+        // answer with as many as fit, SBC-3 §5.6).
+        let alloc: u32 = 8 + 16 * 1024;
         let mut cdb = [0u8; 16];
         cdb[0] = 0x9e;
         cdb[1] = 0x12;

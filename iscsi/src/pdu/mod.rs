@@ -309,25 +309,39 @@ impl Pdu {
         p
     }
 
-    /// NOP-Out (§11.18): a ping (`ttt` reserved) or the answer to a NOP-In.
-    pub fn nop_out(itt: u32, ttt: u32, cmd_sn: u32, exp_stat_sn: u32, data: Bytes) -> Pdu {
-        let mut p = Pdu::new(Opcode::NopOut);
+    /// An immediate initiator request: the opcode's flag byte, the task tag and both
+    /// sequence numbers, the part every such PDU shares (NOP-Out, TMF, login, text,
+    /// logout).
+    fn immediate_request(op: Opcode, flags: u8, itt: u32, cmd_sn: u32, exp_stat_sn: u32) -> Pdu {
+        let mut p = Pdu::new(op);
         p.set_immediate(true);
-        p.bhs[1] = 0x80;
+        p.bhs[1] = flags;
         p.set_itt(itt);
-        p.set_ttt(ttt);
         p.set_cmd_sn(cmd_sn);
         p.set_exp_stat_sn(exp_stat_sn);
+        p
+    }
+
+    /// A target response with the final bit set, answering task `itt`.
+    fn final_response(op: Opcode, itt: u32) -> Pdu {
+        let mut p = Pdu::new(op);
+        p.bhs[1] = 0x80;
+        p.set_itt(itt);
+        p
+    }
+
+    /// NOP-Out (§11.18): a ping (`ttt` reserved) or the answer to a NOP-In.
+    pub fn nop_out(itt: u32, ttt: u32, cmd_sn: u32, exp_stat_sn: u32, data: Bytes) -> Pdu {
+        let mut p = Pdu::immediate_request(Opcode::NopOut, 0x80, itt, cmd_sn, exp_stat_sn);
+        p.set_ttt(ttt);
         p.data = data;
         p
     }
 
     /// NOP-In (§11.19): answer to a ping (`itt` set) or a target ping (`ttt` set).
     pub fn nop_in(lun: u64, itt: u32, ttt: u32, data: Bytes) -> Pdu {
-        let mut p = Pdu::new(Opcode::NopIn);
-        p.bhs[1] = 0x80;
+        let mut p = Pdu::final_response(Opcode::NopIn, itt);
         p.set_lun(lun);
-        p.set_itt(itt);
         p.set_ttt(ttt);
         p.data = data;
         p
@@ -335,37 +349,26 @@ impl Pdu {
 
     /// Task Management Function Request (§11.5).
     pub fn tmf_request(function: u8, lun: u64, itt: u32, rtt: u32, cmd_sn: u32, exp_stat_sn: u32) -> Pdu {
-        let mut p = Pdu::new(Opcode::TaskMgmtRequest);
-        p.set_immediate(true);
-        p.bhs[1] = 0x80 | (function & 0x7f);
+        let mut p = Pdu::immediate_request(Opcode::TaskMgmtRequest, 0x80 | (function & 0x7f), itt, cmd_sn, exp_stat_sn);
         p.set_lun(lun);
-        p.set_itt(itt);
         p.set_ttt(rtt);
-        p.set_cmd_sn(cmd_sn);
-        p.set_exp_stat_sn(exp_stat_sn);
         p
     }
 
     /// Task Management Function Response (§11.6).
     pub fn tmf_response(itt: u32, response: u8) -> Pdu {
-        let mut p = Pdu::new(Opcode::TaskMgmtResponse);
-        p.bhs[1] = 0x80;
+        let mut p = Pdu::final_response(Opcode::TaskMgmtResponse, itt);
         p.bhs[2] = response;
-        p.set_itt(itt);
         p
     }
 
     /// Login Request (§11.12) from stage `csg` to `nsg` (transit if `transit`).
     #[allow(clippy::too_many_arguments)] // one parameter per BHS field of the PDU
     pub fn login_request(isid: [u8; 6], tsih: u16, itt: u32, cmd_sn: u32, exp_stat_sn: u32, csg: u8, nsg: u8, transit: bool, data: Bytes) -> Pdu {
-        let mut p = Pdu::new(Opcode::LoginRequest);
-        p.set_immediate(true);
-        p.bhs[1] = (if transit { 0x80 } else { 0 }) | ((csg & 3) << 2) | (nsg & 3);
+        let stages = (if transit { 0x80 } else { 0 }) | ((csg & 3) << 2) | (nsg & 3);
+        let mut p = Pdu::immediate_request(Opcode::LoginRequest, stages, itt, cmd_sn, exp_stat_sn);
         p.bhs[8..14].copy_from_slice(&isid);
         p.bhs[14..16].copy_from_slice(&tsih.to_be_bytes());
-        p.set_itt(itt);
-        p.set_cmd_sn(cmd_sn);
-        p.set_exp_stat_sn(exp_stat_sn);
         p.data = data;
         p
     }
@@ -386,22 +389,15 @@ impl Pdu {
 
     /// Text Request (§11.10).
     pub fn text_request(itt: u32, ttt: u32, cmd_sn: u32, exp_stat_sn: u32, data: Bytes) -> Pdu {
-        let mut p = Pdu::new(Opcode::TextRequest);
-        p.set_immediate(true);
-        p.bhs[1] = 0x80;
-        p.set_itt(itt);
+        let mut p = Pdu::immediate_request(Opcode::TextRequest, 0x80, itt, cmd_sn, exp_stat_sn);
         p.set_ttt(ttt);
-        p.set_cmd_sn(cmd_sn);
-        p.set_exp_stat_sn(exp_stat_sn);
         p.data = data;
         p
     }
 
     /// Text Response (§11.11), final (no continuation).
     pub fn text_response(itt: u32, data: Bytes) -> Pdu {
-        let mut p = Pdu::new(Opcode::TextResponse);
-        p.bhs[1] = 0x80;
-        p.set_itt(itt);
+        let mut p = Pdu::final_response(Opcode::TextResponse, itt);
         p.set_ttt(RESERVED_TAG);
         p.data = data;
         p
@@ -409,21 +405,13 @@ impl Pdu {
 
     /// Logout Request (§11.14); reason 0 closes the session.
     pub fn logout_request(itt: u32, reason: u8, cmd_sn: u32, exp_stat_sn: u32) -> Pdu {
-        let mut p = Pdu::new(Opcode::LogoutRequest);
-        p.set_immediate(true);
-        p.bhs[1] = 0x80 | (reason & 0x7f);
-        p.set_itt(itt);
-        p.set_cmd_sn(cmd_sn);
-        p.set_exp_stat_sn(exp_stat_sn);
-        p
+        Pdu::immediate_request(Opcode::LogoutRequest, 0x80 | (reason & 0x7f), itt, cmd_sn, exp_stat_sn)
     }
 
     /// Logout Response (§11.15).
     pub fn logout_response(itt: u32, response: u8) -> Pdu {
-        let mut p = Pdu::new(Opcode::LogoutResponse);
-        p.bhs[1] = 0x80;
+        let mut p = Pdu::final_response(Opcode::LogoutResponse, itt);
         p.bhs[2] = response;
-        p.set_itt(itt);
         p
     }
 

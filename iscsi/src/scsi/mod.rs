@@ -260,7 +260,9 @@ impl Lun {
             return Err(Sense::LBA_OUT_OF_RANGE.into());
         }
         let bs = BLOCK_SIZE as u64;
-        let max_desc = ((alloc.saturating_sub(8)) / 16).clamp(1, 64);
+        // Up to 1024 descriptors (16 KiB) per command: a fragmented volume's scan is one
+        // round trip per answer, and it sits on the drain's cut-over path.
+        let max_desc = ((alloc.saturating_sub(8)) / 16).clamp(1, 1024);
         let mut v = vec![0u8; 8];
         let mut pos = lba;
         let end = self.blocks();

@@ -124,6 +124,22 @@ impl Sink {
         }
     }
 
+    /// What a nonblocking send call's return value `r` means: `Some(bytes moved)`
+    /// (restarting the stall clock `since`), or `None` after waiting for room in the
+    /// socket or an interrupted call (call again); any other error ends the send.
+    fn sent(&self, r: isize, since: &mut Instant) -> io::Result<Option<usize>> {
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => self.wait_writable(*since).map(|()| None),
+                io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        *since = Instant::now();
+        Ok(Some(r as usize))
+    }
+
     /// Sends `pending` then `parts`; `more` tells TCP more follows at once.
     fn send(&mut self, parts: &[&[u8]], more: bool) -> io::Result<()> {
         let pending = std::mem::take(&mut self.pending);
@@ -152,17 +168,7 @@ impl Sink {
             let flags = libc::MSG_NOSIGNAL | if more || !last_call { libc::MSG_MORE } else { 0 };
             // SAFETY: msg describes readable memory that outlives the call.
             let r = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, flags) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => self.wait_writable(since)?,
-                    io::ErrorKind::Interrupted => {}
-                    _ => return Err(e),
-                }
-                continue;
-            }
-            since = Instant::now();
-            let mut n = r as usize;
+            let Some(mut n) = self.sent(r, &mut since)? else { continue };
             while n > 0 && idx < bufs.len() {
                 let left = bufs[idx].len() - off;
                 if n >= left {
@@ -188,23 +194,14 @@ impl Sink {
         while left > 0 {
             // SAFETY: both fds are open; `off` is a valid in/out offset.
             let r = unsafe { libc::sendfile(self.fd.as_raw_fd(), file.as_raw_fd(), &mut off, left) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::WouldBlock => self.wait_writable(since)?,
-                    io::ErrorKind::Interrupted => {}
-                    _ => return Err(e),
-                }
-                continue;
-            }
-            if r == 0 {
+            let Some(n) = self.sent(r, &mut since)? else { continue };
+            if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("backing store ended at byte {off} while sending a read"),
                 ));
             }
-            since = Instant::now();
-            left -= r as usize;
+            left -= n;
         }
         Ok(())
     }
@@ -336,17 +333,7 @@ impl Writer {
                 return self.queue(Pdu::scsi_response(itt, r.status, &r.sense, Residual::of(edtl, 0)), true);
             }
         }
-        let seg = self.params.max_xmit_data_segment_length.max(512) as usize;
-        let burst = self.params.max_burst_length.max(512) as usize;
-        let (mut o, mut sn, mut burst_left) = (0usize, 0u32, burst);
-        while o < total {
-            let n = seg.min(total - o).min(burst_left);
-            let last = o + n == total;
-            burst_left -= n;
-            let fin = last || burst_left == 0;
-            if burst_left == 0 {
-                burst_left = burst;
-            }
+        for Segment { off: o, len: n, sn, fin, last } in segments(&self.params, total) {
             let mut p = Pdu::data_in(lun, itt, sn, o as u32, Bytes::new(), fin, last.then_some((GOOD, residual)));
             self.stamp(&mut p, last);
             self.codec.encode_head_into(&p, n, &mut self.sink.pending);
@@ -359,15 +346,9 @@ impl Writer {
                     let data = &self.scratch[o..o + n];
                     let mut tail = Vec::with_capacity(8);
                     self.codec.encode_tail_into(data, &mut tail);
-                    let pending = std::mem::take(&mut self.sink.pending);
-                    let r = self.sink.send_all(&pending, &[data, &tail], true);
-                    self.sink.pending = pending;
-                    self.sink.pending.clear();
-                    r?;
+                    self.sink.send(&[data, &tail], true)?;
                 }
             }
-            o += n;
-            sn += 1;
         }
         Ok(())
     }
@@ -402,23 +383,45 @@ fn scsi_pdus(params: &SessionParams, itt: u32, lun: u64, edtl: u32, r: ScsiResul
     if r.status != GOOD || data.is_empty() {
         return vec![(Pdu::scsi_response(itt, r.status, &r.sense, residual), true)];
     }
+    segments(params, data.len())
+        .map(|Segment { off, len, sn, fin, last }| {
+            let status = last.then_some((GOOD, residual));
+            (Pdu::data_in(lun, itt, sn, off as u32, data.slice(off..off + len), fin, status), last)
+        })
+        .collect()
+}
+
+/// One Data-In PDU's share of a read: byte offset, length, DataSN, the F bit (end of
+/// a burst or of the data) and whether it is the last (it carries the status).
+struct Segment {
+    off: usize,
+    len: usize,
+    sn: u32,
+    fin: bool,
+    last: bool,
+}
+
+/// Splits `total` bytes into Data-In PDUs of at most MaxXmitDataSegmentLength each,
+/// with the F bit at every MaxBurstLength boundary (RFC 7143 §11.7.1): the one
+/// segmentation both the streamed and the buffered read paths use.
+fn segments(params: &SessionParams, total: usize) -> impl Iterator<Item = Segment> + use<> {
     let seg = params.max_xmit_data_segment_length.max(512) as usize;
     let burst = params.max_burst_length.max(512) as usize;
-    let mut out = Vec::with_capacity(data.len().div_ceil(seg));
-    let total = data.len();
     let (mut off, mut sn, mut burst_left) = (0usize, 0u32, burst);
-    while off < total {
-        let n = seg.min(total - off).min(burst_left);
-        let last = off + n == total;
-        burst_left -= n;
+    std::iter::from_fn(move || {
+        if off >= total {
+            return None;
+        }
+        let len = seg.min(total - off).min(burst_left);
+        let last = off + len == total;
+        burst_left -= len;
         let fin = last || burst_left == 0;
         if burst_left == 0 {
             burst_left = burst;
         }
-        let status = last.then_some((GOOD, residual));
-        out.push((Pdu::data_in(lun, itt, sn, off as u32, data.slice(off..off + n), fin, status), last));
-        off += n;
+        let s = Segment { off, len, sn, fin, last };
+        off += len;
         sn += 1;
-    }
-    out
+        Some(s)
+    })
 }
