@@ -272,3 +272,36 @@ fn coalescer_flushes_when_full() {
     }
     assert_eq!((early, c.pending()), (4, 1));
 }
+
+#[test]
+fn mutated_and_truncated_packets_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let bases = [
+        tcp_packet(false, 5, TCP_ACK, &[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 7], &payload_of(3000)),
+        tcp_packet(true, 5, TCP_ACK | TCP_PSH, &[], &payload_of(2000)),
+    ];
+    let mut out = Packets::default();
+    let mut co = Coalescer::new(true, 8);
+    let mut written = 0usize;
+    for i in 0..20_000 {
+        let mut p = bases[i % 2].clone();
+        for _ in 0..rng.random_range(0..4) {
+            let at = rng.random_range(0..60.min(p.len()));
+            p[at] = rng.random();
+        }
+        p.truncate(rng.random_range(0..=p.len()));
+        let hdr = VnetHdr {
+            flags: rng.random_range(0..2),
+            gso_type: [GSO_NONE, GSO_TCPV4, GSO_TCPV6, 5, 0x81][rng.random_range(0..5)],
+            hdr_len: rng.random_range(0..100),
+            gso_size: rng.random_range(0..1500),
+            csum_start: rng.random_range(0..80),
+            csum_offset: [6, 16, 200][rng.random_range(0..3)],
+        };
+        let _ = prepare(&hdr, &mut p.clone(), &mut out);
+        co.push(&p, &mut |b| written += b.len());
+    }
+    co.flush(&mut |b| written += b.len());
+    assert!(written > 0);
+}
