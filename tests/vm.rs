@@ -81,8 +81,9 @@ fn vm_wireguard_plumbing() {
     run("vm_wireguard_plumbing", "kernel_wireguard.sh", vec![], &[("VM_WG_MODE", "raw")], Duration::from_secs(300));
 }
 
-/// Scenario 3: our mesh backends (`meshdrain mesh up`): defguard's kernel backend in two
-/// namespaces, the userspace (boringtun) backend in a third; ping and TCP between every pair.
+/// Scenario 3: our mesh backends (`meshdrain mesh up`): the kernel backend (defguard over
+/// netlink) in two namespaces, our userspace device (boringtun's Noise on TUN offloads) in
+/// a third; ping and TCP between every pair.
 #[test]
 fn vm_kernel_wireguard() {
     let log = run(

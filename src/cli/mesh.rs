@@ -235,9 +235,8 @@ async fn up(
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    // Dropping the userspace device can block on its worker threads; the process is ending
-    // anyway (the TUN goes with it), so only the shared UAPI socket needs removing.
-    std::mem::forget(b);
-    let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", spec.name));
-    std::process::exit(0)
+    // Dropping the interface removes it (a kernel link; the userspace device's TUN and UAPI
+    // socket, its threads stopping within a second).
+    drop(b);
+    Ok(ExitCode::SUCCESS)
 }
