@@ -231,3 +231,36 @@ fn config_errors_exit_2_naming_the_key() {
     let out = meshdrain(&["agent", "--check", "--config", a.config.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn systemd_hears_ready_then_watchdog_pets_while_the_loop_answers() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = AgentProc::new(tmp.path(), "node1", free_udp_port(), &[], 100);
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["agent", "--config"])
+        .arg(&a.config)
+        .env("MESHDRAIN_LOG", "warn")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = [0u8; 512];
+    while std::time::Instant::now() < end {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready = got.iter().position(|m| m.contains("READY=1")).unwrap_or_else(|| panic!("no READY=1 in {got:?}"));
+    let pets = got[ready..].iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    // Every 200 ms for about 2.5 s after READY: allow for a slow start on a loaded machine.
+    assert!(pets >= 4, "watchdog petted {pets} times in 3 s: {got:?}");
+}

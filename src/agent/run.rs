@@ -227,7 +227,11 @@ pub async fn run_process(
         "agent running"
     );
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("gossiping")]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| tokio::spawn(watchdog(agent.handle.clone(), every)));
     shutdown.await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     info!("shutting down");
     notify(&[sd_notify::NotifyState::Stopping]);
     let _ = ctl_stop_tx.send(());
@@ -238,6 +242,20 @@ pub async fn run_process(
     agent.stop().await;
     let _ = std::fs::remove_file(&config.control.socket);
     Ok(())
+}
+
+/// Pets systemd's watchdog (`WatchdogSec=` in the unit) only while the owner loop answers:
+/// a wedged loop (a blocking call where none may be) gets the agent restarted rather than
+/// left gossiping as if it were making decisions.
+async fn watchdog(handle: crate::agent::AgentHandle, every: Duration) {
+    let period = every / 2;
+    loop {
+        tokio::time::sleep(period).await;
+        match tokio::time::timeout(period, handle.status()).await {
+            Ok(Some(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
+            _ => warn!(waited = ?period, "the owner loop did not answer; not petting the systemd watchdog"),
+        }
+    }
 }
 
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
