@@ -175,7 +175,7 @@ fn default_clone_parallelism() -> usize {
 }
 
 fn default_clone_in_flight() -> u64 {
-    1 << 20
+    4 << 20
 }
 
 fn default_progress_ms() -> u64 {
@@ -433,7 +433,7 @@ impl AgentConfig {
                 return Err(invalid(
                     "dataplane.clone_in_flight",
                     format!("{f} is outside one region ({rs}) ..= 1 GiB"),
-                    "use 1048576 (the default); raise it only where the source path is fast and not shared",
+                    "use 4194304 (the default); lower it where the path to sources is slow (a workload read waits behind up to this much)",
                 ));
             }
             if self.dataplane.clone_parallelism == 0 || self.dataplane.clone_parallelism > 64 {

@@ -65,6 +65,8 @@ impl DemoFleet {
             let mesh_section = mesh_section.unwrap_or_else(|| "[mesh]\nbackend = \"none\"\n".to_owned());
             let socket = home.join("control.sock");
             let config = home.join("agent.toml");
+            // Benchmarks tune the data path with extra `[dataplane]` keys (e.g. clone_in_flight).
+            let extra = std::env::var("MESHDRAIN_DEMO_DATAPLANE").unwrap_or_default();
             std::fs::write(
                 &config,
                 format!(
@@ -72,7 +74,7 @@ impl DemoFleet {
                      [gossip]\nlisten = \"{ip}:7946\"\nseeds = [{gossip_seeds}]\ninterval_ms = {interval_ms}\n\n\
                      [control]\nsocket = \"{sock}\"\n\n{mesh_section}\n\
                      [pool]\ncapacity_bytes = 68719476736\n\n\
-                     [dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n",
+                     [dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n{extra}\n",
                     state = home.join("state").display(),
                     sock = socket.display(),
                 ),
