@@ -9,11 +9,15 @@
 #  2. 4 KiB random O_DIRECT read latency through the exposed clone (FUSE + loop):
 #     unhydrated with hydration idle, unhydrated while hydration runs at HYD_RATE, and
 #     hydrated, vs a plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r);
-#  3. loop-over-FUSE overhead: hydrated reads vs a loop device on a plain file.
+#  3. loop-over-FUSE overhead: hydrated reads vs a loop device on a plain file;
+#  4. time from `clone run --expose` until the device exists (the drain's cut-over path)
+#     for a CUT_GIB (4) GiB volume 5 % used in 64 KiB extents spread over it (a GET LBA
+#     STATUS answer per 1024 extents, a dest on disk), against the same for a 64 MiB
+#     volume with everything allocated (nothing to skip: one answer).
 # Needs root, tgt, libiscsi-bin, python3. MESHDRAIN_BIN skips the build and uses that binary.
 # Sources and tmpfs dests live under TMPFS_DIR (default /dev/shm); the disk dest under DISK_DIR.
 # ROUNDS (3) hydration rounds; HYD_RATE (200M) for the busy latency row; REGION_SIZE (64K)
-# of the exposed clones.
+# of the exposed clones; CUT_GIB (4) the cut-over row's volume.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/clone.sh needs root (loop, FUSE, tgtd)" >&2; exit 2; }
@@ -57,6 +61,21 @@ iqn=iqn.2026-11.dev.meshdrain:clonebench
 tgtd -f --iscsi "portal=127.0.0.1:$port" -C "$ctl" >/dev/null 2>&1 & tgtd_pid=$!
 for _ in $(seq 50); do tgtadm -C "$ctl" --lld iscsi --op new --mode target --tid 1 -T "$iqn" 2>/dev/null && break; sleep 0.1; done
 tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$tmp/src.img"
+# LUN 2: CUT_GIB GiB, 5 % used in 64 KiB extents (every 20th); LUN 3: 64 MiB, all allocated
+cut_gib=${CUT_GIB:-4}
+python3 - "$tmp/cut.img" "$cut_gib" <<'PY'
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+size = int(sys.argv[2]) << 30
+os.ftruncate(fd, size)
+chunk = os.urandom(65536)
+for off in range(0, size, 20 * 65536):
+    os.pwrite(fd, chunk, off)
+os.close(fd)
+PY
+head -c 64M /dev/urandom >"$tmp/small.img"
+tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 2 -b "$tmp/cut.img"
+tgtadm -C "$ctl" --lld iscsi --op new --mode logicalunit --tid 1 --lun 3 -b "$tmp/small.img"
 tgtadm -C "$ctl" --lld iscsi --op bind --mode target --tid 1 -I ALL
 url="iscsi://127.0.0.1:$port/$iqn/1"
 
@@ -75,11 +94,16 @@ remote4k_us=$(python3 -c "print(round(1e6/max(${rnd_iops:-1},1)))")
 read -r eng_plain eng_un eng_whole eng_hy < <(timeout 120 "$ondemand" "$url" "$tmp" 300)
 rm -f "$tmp/lat.img" "$tmp/lat.meta"
 
-hydrate() { # dest-dir tag extra-args...; prints MB/s
+hydrate() { # dest-dir tag extra-args...; prints MB/s; the run's CPU seconds go to $tmp/$tag.cpu
   local dir=$1 tag=$2; shift 2
   local t0 t1
   t0=$(secs)
-  timeout 600 "$bin" clone run --backend userspace --source "$url" --dest "$dir/$tag.img" --metadata "$dir/$tag.meta" \
+  python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(f"{r.ru_utime + r.ru_stime:.3f}")
+sys.exit(rc)' "$tmp/$tag.cpu" \
+    timeout 600 "$bin" clone run --backend userspace --source "$url" --dest "$dir/$tag.img" --metadata "$dir/$tag.meta" \
     --json "$@" >"$tmp/$tag.json" 2>"$tmp/$tag.log" || { echo "clone run $tag failed: $(tail -3 "$tmp/$tag.log")" >&2; exit 1; }
   t1=$(secs)
   cmp "$tmp/src.img" "$dir/$tag.img" || { echo "$tag: dest differs from source" >&2; exit 1; }
@@ -89,13 +113,14 @@ hydrate() { # dest-dir tag extra-args...; prints MB/s
 median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 2))" "$@"; }
 # 1. hydration throughput (the CLI's defaults), in rounds: each round measures its own
 # references right before, so a neighbour's load hits both sides alike
-seq_all=(); own_all=(); hyd_all=(); ratio_all=()
+seq_all=(); own_all=(); hyd_all=(); ratio_all=(); cpu_all=()
 for _ in $(seq "$rounds"); do
   read -r _ seq64 < <(perf -m 32 -b 128 -t 3)
   read -r _ seq1m < <(perf -m 32 -b 2048 -t 3)
   best=$(( seq64 > seq1m ? seq64 : seq1m ))
   own=$(timeout 60 "$reader" "$url" 1 32 1048576 3 2>/dev/null || echo 0)
   h=$(hydrate "$tmp" hyd)
+  cpu_all+=("$(python3 -c "import sys; print(round(float(sys.argv[1]) * 1024 / float(sys.argv[2]), 3))" "$(cat "$tmp/hyd.cpu")" "$size_mib")")
   rm -f "$tmp/hyd.img" "$tmp/hyd.meta"
   seq_all+=("$best"); own_all+=("$own"); hyd_all+=("$h"); ratio_all+=("$(ratio "$h" "$best")")
 done
@@ -144,16 +169,35 @@ read -r busy_med busy_p99 < <(lat "$dev" 1 3 $(( size_mib * 16 / 2 )))
 sleep 1.1
 busy_at=$(tail -n1 "$tmp/busy.json" | python3 -c "import json,sys; p=json.loads(sys.stdin.read()); print(f\"{100*p['hydrated']/p['total']:.0f}% of the volume, {p['bytes_per_sec']/1e6:.0f} MB/s\")")
 plainloop=$(losetup --find --show --direct-io=on "$tmp/src.img")
+# 4. time until the device exists (login, open incl. what it does with the GET LBA STATUS
+# answers, FUSE mount, loop), dest on disk, median of 3
+until_device() { # lun tag -> seconds
+  local lun=$1 tag=$2 t0 t1 p
+  rm -f "$disk/$tag.img" "$disk/$tag.meta"
+  t0=$(secs)
+  "$bin" clone run --backend userspace --source "${url%/1}/$lun" --dest "$disk/$tag.img" --metadata "$disk/$tag.meta" \
+    --rate-limit 1K --expose "$tmp/dev/$tag" --hold --json >"$tmp/$tag.json" 2>"$tmp/$tag.log" & p=$!; pids+=("$p")
+  for _ in $(seq 600); do [ -L "$tmp/dev/$tag" ] && break; sleep 0.005; done
+  t1=$(secs)
+  [ -L "$tmp/dev/$tag" ] || { echo "exposure $tag failed: $(tail -3 "$tmp/$tag.log")" >&2; exit 1; }
+  kill "$p"; for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  rm -f "$disk/$tag.img" "$disk/$tag.meta"
+  python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 3))" "$t0" "$t1"
+}
+cut_all=(); small_all=()
+for i in 1 2 3; do cut_all+=("$(until_device 2 "cut$i")"); small_all+=("$(until_device 3 "small$i")"); done
 read -r pl_med pl_p99 < <(lat "$plainloop" 1 2)
 
 echo "| measure | value | reference (same run) | ratio | goal |"
 echo "|---|---:|---|---:|---|"
 echo "| hydration ${size_mib} MiB, tgtd -> our initiator -> clone, tmpfs dest (MB/s, median of $rounds) | $hyd_mbs | iscsi-perf seq read, qd 32, best of 64 KiB / 1 MiB: $seq_mbs | $(median "${ratio_all[@]}") (rounds: ${ratio_all[*]}) | >= 0.9 |"
 echo "| same hydration (MB/s) | $hyd_mbs | our initiator alone, seq read 1 MiB qd 32, no dest (iscsi_read): $own_mbs | $(ratio "$hyd_mbs" "$own_mbs") | cost of writing the dest |"
+echo "| CPU seconds of the hydrating process per GiB, tmpfs dest (median of $rounds; steadier than MB/s on a shared machine) | $(median "${cpu_all[@]}") (rounds: ${cpu_all[*]}) | | | lower is better |"
 echo "| hydration ${size_mib} MiB onto a disk dest (MB/s) | $hyd_disk_mbs | dd write + fdatasync there: $dd_mbs | $(ratio "$hyd_disk_mbs" "$(python3 -c "print(min($dd_mbs, $seq_mbs))")") | >= 0.9 of min(path, disk) |"
 echo "| 4 KiB on-demand read inside the engine, no FUSE/loop (median us: answered / region on dest; hydrated) | $eng_un / $eng_whole; $eng_hy | iscsi-perf 4 KiB: $remote4k_us; our initiator 4 KiB: $eng_plain | $(ratio "$eng_un" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, unhydrated, hydration idle (median / p99 us) | $un_med / $un_p99 | plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r): $remote4k_us | $(ratio "$un_med" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, unhydrated, hydration running at $hyd_rate (median / p99 us) | $busy_med / $busy_p99 | same: $remote4k_us (hydration at $busy_at when the reads ended) | $(ratio "$busy_med" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, hydrated (median / p99 us) | $hy_med / $hy_p99 | loop on a plain file, direct I/O: $pl_med / $pl_p99 | $(ratio "$hy_med" "$pl_med") | loop-over-FUSE overhead |"
+echo "| until the clone device exists, ${cut_gib} GiB 5 % used in 64 KiB extents, dest on disk (s, median of 3) | $(median "${cut_all[@]}") | same for a 64 MiB volume, all allocated: $(median "${small_all[@]}") | $(ratio "$(median "${cut_all[@]}")" "$(median "${small_all[@]}")") | cut-over cost of the scan |"
 echo
 echo "binary: $bin; region (latency rows through the device) $region, hydration rows 64K; exposed loop: $(grep -o 'direct I/O [a-z]*' "$tmp/idle.log" | head -1); cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"

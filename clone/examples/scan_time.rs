@@ -1,5 +1,6 @@
-//! What stands between a clone and its device on the drain's cut-over path, for
-//! bench/clone.sh: `scan_time <iscsi-url> <dest-dir>` prints the seconds of the GET LBA
+//! What stands between a clone and its device on the drain's cut-over path (a
+//! diagnostic; bench/clone.sh times the whole `clone run --expose`):
+//! `scan_time <iscsi-url> <dest-dir>` prints the seconds of the GET LBA
 //! STATUS scan alone, the number of deallocated ranges, the bytes they cover, and the
 //! seconds of `Engine::open` (which starts that scan and returns) onto a fresh dest in
 //! `dest-dir`, then of the scan's whole effect (until background hydration may start).

@@ -7,6 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::pattern;
 use meshdrain_clone::{BlockSource, Engine, EngineConfig, FileDest, FileMeta, IscsiSource};
 use meshdrain_iscsi::{Target, TargetConfig};
 use tokio::sync::oneshot;
@@ -36,22 +39,10 @@ fn stop(rt: &tokio::runtime::Runtime, tx: oneshot::Sender<()>, task: tokio::task
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), task).await }).expect("target stops").ok();
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[test]
 fn foreground_session_reconnects_after_the_target_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let data = pattern(64 * REGION as usize);
+    let data = pattern(3, 64 * REGION as usize);
     let src_path = dir.path().join("src.img");
     std::fs::write(&src_path, &data).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
