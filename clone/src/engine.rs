@@ -76,6 +76,11 @@ pub struct Engine {
     pub(crate) paused: AtomicBool,
     pub(crate) stopped: AtomicBool,
     pub(crate) workload_active: AtomicUsize,
+    /// When workload I/O last ended ([`Engine::now`] in µs): background hydration stays
+    /// narrow for [`WORKLOAD_QUIET`] after it, since a workload's reads come in dependent
+    /// bursts (a mount, a query) and each would otherwise queue behind a full window of
+    /// bulk reads on the shared path.
+    workload_seen_us: AtomicU64,
     pub(crate) fetched_bytes: AtomicU64,
     pub(crate) meter: Mutex<RateMeter>,
     pub(crate) progress_tx: watch::Sender<Progress>,
@@ -91,10 +96,15 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-pub(crate) struct Busy<'a>(pub(crate) &'a AtomicUsize);
+/// How long after workload I/O only one hydration worker runs.
+pub(crate) const WORKLOAD_QUIET: Duration = Duration::from_millis(20);
+
+/// Marks workload I/O in progress (see [`Engine::workload_busy`]).
+pub(crate) struct Busy<'a>(&'a Engine);
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.workload_seen_us.store(self.0.now().as_micros() as u64, Ordering::Relaxed);
+        self.0.workload_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -148,6 +158,7 @@ impl Engine {
             paused: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             workload_active: AtomicUsize::new(0),
+            workload_seen_us: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             meter: Mutex::new(RateMeter::default()),
             progress_tx,
@@ -196,6 +207,19 @@ impl Engine {
     /// Monotonic time since the engine opened (the only clock the core sees).
     pub(crate) fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Workload I/O starts; hydration yields until shortly after the guard drops.
+    pub(crate) fn workload_busy(&self) -> Busy<'_> {
+        self.workload_active.fetch_add(1, Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// Whether workload I/O runs now or ended less than [`WORKLOAD_QUIET`] ago.
+    pub(crate) fn workload_recent(&self) -> bool {
+        let seen = Duration::from_micros(self.workload_seen_us.load(Ordering::Relaxed));
+        self.workload_active.load(Ordering::Relaxed) > 0
+            || (seen > Duration::ZERO && self.now().saturating_sub(seen) < WORKLOAD_QUIET)
     }
 
     pub(crate) fn lock_core(&self) -> MutexGuard<'_, Core> {
@@ -307,8 +331,7 @@ impl Engine {
     /// write of a missing region fetches it first.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
-        self.workload_active.fetch_add(1, Ordering::Relaxed);
-        let _busy = Busy(&self.workload_active);
+        let _busy = self.workload_busy();
         for r in self.regions_of(offset, data.len() as u64) {
             let range = self.region_range(r);
             let lo = range.start.max(offset);

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::core::{Core, Region, Step};
-use crate::engine::{Busy, Engine, runs_of_regions};
+use crate::engine::{Engine, runs_of_regions};
 use crate::error::{CloneError, Result};
 use crate::io::Lane;
 
@@ -197,8 +197,7 @@ impl Engine {
     /// when it did not run, `buf` holds the data on `Ok`. Each region is fetched once.
     pub fn read_with(&self, offset: u64, buf: &mut [u8], early: &mut dyn FnMut(&[u8])) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        self.workload_active.fetch_add(1, Ordering::Relaxed);
-        let _busy = Busy(&self.workload_active);
+        let _busy = self.workload_busy();
         let span = self.regions_of(offset, buf.len() as u64);
         let mut retry = self.on_demand_retry();
         let mut core = self.lock_core();

@@ -112,8 +112,9 @@ fn worker_loop(e: &Engine, worker: usize) {
             e.sleep_bounded(Duration::from_millis(50));
             continue;
         }
-        // Yield to workload I/O: only worker 0 runs while the workload is busy.
-        if worker > 0 && e.workload_active.load(Ordering::Relaxed) > 0 {
+        // Yield to workload I/O: only worker 0 runs while the workload is busy or was a
+        // moment ago.
+        if worker > 0 && e.workload_recent() {
             e.sleep_bounded(Duration::from_millis(5));
             continue;
         }
