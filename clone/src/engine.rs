@@ -96,8 +96,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// How long after workload I/O only one hydration worker runs.
-pub(crate) const WORKLOAD_QUIET: Duration = Duration::from_millis(20);
+/// How long after workload I/O only one hydration worker runs: long enough to span the gaps
+/// in a burst of dependent reads (a mount, a query), short enough that a workload writing
+/// every few tens of ms leaves hydration mostly at full width (20 ms cost a third of it).
+pub(crate) const WORKLOAD_QUIET: Duration = Duration::from_millis(5);
 
 /// Marks workload I/O in progress (see [`Engine::workload_busy`]).
 pub(crate) struct Busy<'a>(&'a Engine);
