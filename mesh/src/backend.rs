@@ -165,6 +165,17 @@ impl Defguard {
     }
 }
 
+/// One log line per applied peer change, the same for every backend.
+pub(crate) fn log_change(interface: &str, c: &PeerChange) {
+    match c {
+        PeerChange::Add(p) | PeerChange::Update(p) => {
+            let change = if matches!(c, PeerChange::Add(_)) { "add" } else { "update" };
+            tracing::info!(interface, peer = %p.public_key, endpoint = ?p.endpoint, change, "WireGuard peer");
+        }
+        PeerChange::Remove(k) => tracing::info!(interface, peer = %k, change = "remove", "WireGuard peer"),
+    }
+}
+
 fn to_peer(p: &PeerConfig) -> Peer {
     let mut peer = Peer::new(Key::new(p.public_key.0));
     peer.endpoint = p.endpoint;
@@ -197,13 +208,12 @@ impl WireguardBackend for Defguard {
             match c {
                 PeerChange::Add(p) | PeerChange::Update(p) => {
                     self.api.configure_peer(&to_peer(p)).map_err(|e| self.err("configure peer", e))?;
-                    tracing::info!(interface = %self.name, peer = %p.public_key, endpoint = ?p.endpoint, change = if matches!(c, PeerChange::Add(_)) { "add" } else { "update" }, "WireGuard peer");
                 }
                 PeerChange::Remove(k) => {
                     self.api.remove_peer(&Key::new(k.0)).map_err(|e| self.err("remove peer", e))?;
-                    tracing::info!(interface = %self.name, peer = %k, change = "remove", "WireGuard peer");
                 }
             }
+            log_change(&self.name, c);
         }
         Ok(())
     }

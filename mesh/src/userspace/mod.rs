@@ -81,15 +81,12 @@ impl WireguardBackend for Userspace {
     fn apply(&mut self, changes: &[PeerChange]) -> Result<(), BackendError> {
         for c in changes {
             match c {
-                PeerChange::Add(p) | PeerChange::Update(p) => {
-                    self.dev.upsert(p);
-                    tracing::info!(interface = %self.name, peer = %p.public_key, endpoint = ?p.endpoint, change = if matches!(c, PeerChange::Add(_)) { "add" } else { "update" }, "WireGuard peer");
-                }
+                PeerChange::Add(p) | PeerChange::Update(p) => self.dev.upsert(p),
                 PeerChange::Remove(k) => {
                     self.dev.remove(k);
-                    tracing::info!(interface = %self.name, peer = %k, change = "remove", "WireGuard peer");
                 }
             }
+            crate::backend::log_change(&self.name, c);
         }
         Ok(())
     }
