@@ -23,7 +23,8 @@ impl Tgtd {
         let tgtd = require("tgtd", "tgt");
         let tgtadm = require("tgtadm", "tgt");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let control = 20000 + (std::process::id() % 20000) as u16;
+        // tgtd refuses a control port above 32767; 20000.. keeps clear of clone/tests/process.rs (10000..).
+        let control = 20000 + (std::process::id() % 12000) as u16;
         let child = Command::new(tgtd)
             .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control.to_string()])
             .stdout(Stdio::null())
@@ -34,7 +35,8 @@ impl Tgtd {
         let adm = |args: &[&str]| {
             // tgtd can take seconds to come up on a loaded machine.
             for _ in 0..300 {
-                let o = Command::new(&tgtadm).arg("-C").arg(control.to_string()).args(args).output().expect("run tgtadm");
+                let o =
+                    Command::new(&tgtadm).arg("-C").arg(control.to_string()).args(args).output().expect("run tgtadm");
                 if o.status.success() {
                     return;
                 }
@@ -43,7 +45,20 @@ impl Tgtd {
             panic!("tgtadm {args:?} kept failing; is tgtd able to start (root needed)?");
         };
         adm(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
-        adm(&["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", file.to_str().unwrap()]);
+        adm(&[
+            "--lld",
+            "iscsi",
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            file.to_str().unwrap(),
+        ]);
         adm(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
         t.port = port;
         t
@@ -92,7 +107,9 @@ async fn initiator_reads_256mib_through_tgtd_and_our_target() {
     let path = big_file(dir.path());
     let want = std::fs::read(&path).unwrap();
     let tgt = Tgtd::start(&path, "iqn.2026-11.dev.meshdrain:tgtd");
-    let cfg = InitiatorConfig::from_url(&format!("iscsi://127.0.0.1:{}/iqn.2026-11.dev.meshdrain:tgtd/1", tgt.port)).unwrap().with_digests(true);
+    let cfg = InitiatorConfig::from_url(&format!("iscsi://127.0.0.1:{}/iqn.2026-11.dev.meshdrain:tgtd/1", tgt.port))
+        .unwrap()
+        .with_digests(true);
     let s = Session::connect(cfg).await.expect("login to tgtd with digests");
     read_all_and_compare(&s, &want).await;
     drop(s);
@@ -123,7 +140,11 @@ async fn session_survives_target_restart() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (r2, _) = start(vec![TargetConfig::new(IQN, path)], port).await;
-    let got = tokio::time::timeout(Duration::from_secs(20), reader).await.expect("no hang").unwrap().expect("read after reconnect");
+    let got = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("no hang")
+        .unwrap()
+        .expect("read after reconnect");
     assert_eq!(&got[..], &want[16 * 512..24 * 512]);
     r2.stop().await;
 }
