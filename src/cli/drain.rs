@@ -72,10 +72,7 @@ pub async fn run(args: DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
 /// The epoch of each of `node`'s volumes that is failed now.
 async fn failed_epochs(node: &str, control: &ControlTarget) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    let volumes = match client.call(&Request::Volumes).await? {
-        Response::Volumes { volumes } => volumes,
-        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-    };
+    let volumes = client.volumes().await?;
     Ok(volumes.into_iter().filter(|v| v.owner == node && v.phase == "failed").map(|v| (v.id, v.epoch)).collect())
 }
 
@@ -125,10 +122,7 @@ async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<Str
         .progress_chars("=> ");
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
     loop {
-        let volumes = match client.call(&Request::Volumes).await? {
-            Response::Volumes { volumes } => volumes,
-            other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-        };
+        let volumes = client.volumes().await?;
         let status = match client.call(&Request::Status).await? {
             Response::Status(s) => s,
             other => anyhow::bail!("unexpected answer from the agent: {other:?}"),

@@ -76,10 +76,7 @@ pub async fn run(command: Command, control: &ControlTarget) -> anyhow::Result<Ex
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     let (id, size, path, common) = match command {
         Command::List { json } => {
-            let volumes = match client.call(&Request::Volumes).await? {
-                Response::Volumes { volumes } => volumes,
-                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-            };
+            let volumes = client.volumes().await?;
             if json {
                 println!("{}", serde_json::json!({ "volumes": volumes }));
             } else {

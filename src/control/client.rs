@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::protocol::{Request, Response};
+use super::protocol::{Request, Response, VolumeStatus};
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,16 @@ impl Client {
             Ok(Response::Error { message }) => Err(ClientError::Refused(message)),
             Ok(resp) => Ok(resp),
             Err(e) => Err(protocol(format!("unreadable answer: {e}"))),
+        }
+    }
+
+    /// Every volume of the fleet as this agent sees it (`volume list`, drain progress).
+    pub async fn volumes(&mut self) -> Result<Vec<VolumeStatus>, ClientError> {
+        match self.call(&Request::Volumes).await? {
+            Response::Volumes { volumes } => Ok(volumes),
+            other => {
+                Err(ClientError::Protocol { path: self.path.clone(), message: format!("unexpected answer: {other:?}") })
+            }
         }
     }
 }

@@ -122,10 +122,9 @@ impl DemoFleet {
 
     /// The fleet's volumes as node `i` sees them.
     pub async fn volumes(&self, i: usize) -> anyhow::Result<Vec<VolumeStatus>> {
-        match self.call(i, &Request::Volumes).await? {
-            Response::Volumes { volumes } => Ok(volumes),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        }
+        let node = &self.nodes[i];
+        let mut client = Client::connect(&node.socket).await.with_context(|| format!("reaching {}", node.name))?;
+        Ok(client.volumes().await?)
     }
 
     /// Waits until every agent answers and sees every node alive.
