@@ -172,8 +172,6 @@ pub struct Agent<G: Gossip> {
     pool_dir: PathBuf,
     events_tx: mpsc::UnboundedSender<DataEvent>,
     events_rx: mpsc::UnboundedReceiver<DataEvent>,
-    /// Set by gossip when another node's key changes: the loop ticks at once.
-    changed: Arc<tokio::sync::Notify>,
 }
 
 /// True when a `progress/` value changed only in its counters (hydrated, rate), not its
@@ -226,7 +224,6 @@ impl<G: Gossip> Agent<G> {
             pool_dir,
             events_tx,
             events_rx,
-            changed: Arc::new(tokio::sync::Notify::new()),
         };
         Ok((agent, AgentHandle { tx }, rx))
     }
@@ -248,8 +245,9 @@ impl<G: Gossip> Agent<G> {
         let out = self.core.restart();
         self.apply(out).await;
         self.publish().await;
-        self.gossip.watch_changes(self.changed.clone()).await;
-        let changed = self.changed.clone();
+        // Set by gossip when another node's key changes: the loop ticks at once.
+        let changed = Arc::new(tokio::sync::Notify::new());
+        self.gossip.watch_changes(changed.clone()).await;
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
