@@ -58,10 +58,6 @@ fn ifname(name: &str) -> io::Result<[u8; libc::IFNAMSIZ]> {
     Ok(n)
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
-}
-
 fn ctl_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments; the result is checked before wrapping.
     let fd = cvt(unsafe { libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
@@ -171,6 +167,11 @@ impl Tun {
         let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
+}
+
+/// A libc return value as a result: negative means `errno` (shared by the TUN and UDP code).
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
 /// poll(2) for input on one descriptor; `Ok(false)` on timeout or EINTR.
