@@ -173,7 +173,10 @@ impl Filesystem for VolumeFs {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.engine.flush() {
+        let t0 = Instant::now();
+        let res = self.engine.flush();
+        tracing::trace!(parent: &self.engine.span, took = ?t0.elapsed(), "fuse fsync");
+        match res {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }

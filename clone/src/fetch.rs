@@ -127,8 +127,9 @@ impl Engine {
 
     /// One background step, once the deallocated-range scan has ended: fetch up to
     /// `batch_regions` missing regions (contiguous runs in reads of up to `max_read`, all
-    /// in flight at once, paced by the rate limit), then commit if a batch is due and no
-    /// commit is running. Returns how many regions were fetched, or the source error.
+    /// in flight at once, paced by the rate limit). Commits are the ticker's: a worker
+    /// waiting out an fdatasync would leave its share of the path idle. Returns how
+    /// many regions were fetched, or the source error.
     pub fn hydrate_step(&self) -> std::result::Result<usize, String> {
         // Never fetch what the deallocated-range scan will skip.
         self.wait_scanned();
@@ -174,9 +175,6 @@ impl Engine {
             }
         }
         self.cv.notify_all();
-        if let Err(e) = self.commit_due() {
-            tracing::debug!(parent: &self.span, error = %e, "commit deferred");
-        }
         match first_err {
             Some(e) if done == 0 => Err(e),
             _ => Ok(done),
@@ -197,7 +195,7 @@ impl Engine {
     /// when it did not run, `buf` holds the data on `Ok`. Each region is fetched once.
     pub fn read_with(&self, offset: u64, buf: &mut [u8], early: &mut dyn FnMut(&[u8])) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
-        let _busy = self.workload_busy();
+        let mut busy = None;
         let span = self.regions_of(offset, buf.len() as u64);
         let mut retry = self.on_demand_retry();
         let mut core = self.lock_core();
@@ -211,6 +209,9 @@ impl Engine {
                     Step::Fetch => mine.push(r),
                     Step::Wait | Step::Claimed => waiting = true,
                 }
+            }
+            if !mine.is_empty() || waiting {
+                busy.get_or_insert_with(|| self.workload_busy());
             }
             if mine.is_empty() {
                 if !waiting {

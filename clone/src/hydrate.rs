@@ -120,7 +120,16 @@ fn worker_loop(e: &Engine, worker: usize) {
         }
         match e.hydrate_step() {
             Ok(0) => e.sleep_bounded(Duration::from_millis(10)),
-            Ok(_) => backoff = Duration::from_millis(50),
+            Ok(_) => {
+                backoff = Duration::from_millis(50);
+                let all_on_dest = {
+                    let core = e.lock_core();
+                    core.hydrated() == core.regions()
+                };
+                if all_on_dest {
+                    finish_now(e);
+                }
+            }
             Err(err) => {
                 tracing::debug!(error = %err, "hydration fetch failed; retrying");
                 e.sleep_bounded(backoff);
@@ -128,6 +137,18 @@ fn worker_loop(e: &Engine, worker: usize) {
             }
         }
     }
+}
+
+/// The last region is on the dest: commit, hand off and publish now, not at the
+/// ticker's next pass (up to 100 ms on the critical path of every move's end). A failure
+/// is left to the ticker, which retries.
+fn finish_now(e: &Engine) {
+    if let Err(err) = e.commit(true) {
+        tracing::debug!(error = %err, "final commit deferred to the ticker");
+        return;
+    }
+    let complete = e.try_handoff().unwrap_or(false);
+    publish(e, complete);
 }
 
 /// Publishes one progress snapshot (also used by tests driving the engine by hand).

@@ -332,3 +332,33 @@ fn source_gone_stalls_then_completes_when_back() {
     assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
     assert_eq!(*dest.durable.lock().unwrap(), src.data);
 }
+
+#[test]
+fn flush_syncs_only_when_the_workload_wrote_and_its_write_survives_a_crash() {
+    let src = FakeSource::new(pattern(11, SIZE as usize), RS);
+    let faults = Faults::new(None);
+    let dest = Image::new(vec![0x55; SIZE as usize], faults.clone());
+    let meta = Image::new(Vec::new(), faults.clone());
+    let e = open(&src, &dest, &meta).unwrap();
+    let ops = || faults.ops.load(std::sync::atomic::Ordering::SeqCst);
+    // An on-demand read fetches a region: nothing the workload could lose.
+    let mut buf = vec![0u8; 100];
+    e.read(RS + 7, &mut buf).unwrap();
+    let before = ops();
+    e.flush().unwrap();
+    assert_eq!(ops(), before, "a flush without a workload write must not sync the dest");
+    // A write, then a flush: durable (dest synced, bits written) and it survives a crash.
+    let data = pattern(3, 300);
+    e.write(2 * RS + 10, &data).unwrap();
+    let before = ops();
+    e.flush().unwrap();
+    assert!(ops() > before, "a flush after a workload write must commit");
+    let e2 = open(&src, &dest.after_crash(Faults::new(None)), &meta.after_crash(Faults::new(None))).unwrap();
+    let mut got = vec![0u8; 300];
+    e2.read(2 * RS + 10, &mut got).unwrap();
+    assert_eq!(got, data, "the flushed write was lost in a crash");
+    // The flag is spent: the next flush syncs nothing again.
+    let before = ops();
+    e.flush().unwrap();
+    assert_eq!(ops(), before);
+}

@@ -380,6 +380,10 @@ impl CloneService for EngineClones {
         })
     }
 
+    fn watch_progress(&self, volume: &str) -> Option<tokio::sync::watch::Receiver<meshdrain_clone::Progress>> {
+        Some(self.clones.lock().expect("clones lock").get(volume)?.hydration.as_ref()?.subscribe())
+    }
+
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
         if let Some(h) = self.clones.lock().expect("clones lock").get(volume).and_then(|c| c.hydration.as_ref()) {
             h.set_rate_limit(rate);
@@ -394,7 +398,7 @@ impl CloneService for EngineClones {
             };
             // The engine released the source at hand-off; from here the exposed device is
             // a passthrough to the dest file, which is the volume now.
-            c.engine.flush().map_err(|e| e.to_string())?;
+            c.engine.commit(true).map_err(|e| e.to_string())?;
             if !c.engine.try_handoff().map_err(|e| e.to_string())? {
                 return Err(format!("{volume} is not fully hydrated"));
             }

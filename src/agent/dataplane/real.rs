@@ -91,6 +91,12 @@ pub trait CloneService: Send + Sync + 'static {
     fn start_hydration(&self, volume: &str) -> Result<(), String>;
     /// Current progress (`None`: no such clone).
     fn progress(&self, volume: &str) -> Option<CloneProgress>;
+    /// Progress as the engine publishes it, for a reporter that wants the last region
+    /// the moment it lands rather than at its next poll (every poll interval at the
+    /// end of a move is time the source keeps serving). Default: none, poll only.
+    fn watch_progress(&self, _volume: &str) -> Option<tokio::sync::watch::Receiver<meshdrain_clone::Progress>> {
+        None
+    }
     /// Changes the bandwidth of a running hydration.
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>);
     /// Flushes, replaces the clone by the plain dest, logs out. Idempotent. Returns the
@@ -368,8 +374,10 @@ impl Inner {
         }
     }
 
-    /// Reports hydration progress until every region is on the dest.
+    /// Reports hydration progress until every region is on the dest: every poll
+    /// interval, and at once when the engine says the last region is in.
     async fn report_progress(&self, volume: String, events: mpsc::UnboundedSender<DataEvent>) {
+        let mut watch = self.clones.watch_progress(&volume);
         loop {
             let Some(p) = self.clones.progress(&volume) else { return };
             let done = p.total > 0 && p.hydrated >= p.total;
@@ -389,7 +397,16 @@ impl Inner {
                 let _ = events.send(DataEvent::Hydrated { volume });
                 return;
             }
-            tokio::time::sleep(self.poll).await;
+            match watch.as_mut() {
+                Some(rx) => {
+                    let all_in = rx.wait_for(|p| p.total > 0 && p.hydrated >= p.total);
+                    let gone = matches!(tokio::time::timeout(self.poll, all_in).await, Ok(Err(_)));
+                    if gone {
+                        watch = None; // the engine is gone: polling finds out
+                    }
+                }
+                None => tokio::time::sleep(self.poll).await,
+            }
         }
     }
 }

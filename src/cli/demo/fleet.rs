@@ -67,6 +67,8 @@ impl DemoFleet {
             let config = home.join("agent.toml");
             // Benchmarks tune the data path with extra `[dataplane]` keys (e.g. clone_in_flight).
             let extra = std::env::var("MESHDRAIN_DEMO_DATAPLANE").unwrap_or_default();
+            // And read the agents' logs finer (e.g. `info,meshdrain_clone=trace`).
+            let log_filter = std::env::var("MESHDRAIN_DEMO_LOG").unwrap_or_else(|_| "info".to_owned());
             std::fs::write(
                 &config,
                 format!(
@@ -87,7 +89,7 @@ impl DemoFleet {
                 .arg("agent")
                 .arg("--config")
                 .arg(&config)
-                .env("MESHDRAIN_LOG", "info")
+                .env("MESHDRAIN_LOG", &log_filter)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(stderr)

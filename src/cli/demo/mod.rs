@@ -72,6 +72,8 @@ struct Summary {
     volume_bytes: u64,
     bytes_copied: u64,
     cutover_s: f64,
+    /// Where the cut-over went, each since the drain was issued.
+    cutover_phases: CutoverPhases,
     hydration_s: f64,
     hydration_mb_per_s: f64,
     rate_limit_bytes_per_s: Option<u64>,
@@ -87,6 +89,21 @@ struct Summary {
     kept: Vec<KeptNode>,
     /// With `--keep`: the commands that tear the fleet down.
     cleanup: Vec<String>,
+}
+
+/// Cut-over milestones in seconds since the drain was issued: the share that is
+/// meshdrain's (request to stop hook, export to start hook) and the workload's own
+/// (quiesce and unmount on the source, mount and start on the target).
+#[derive(Debug, Default, serde::Serialize)]
+struct CutoverPhases {
+    /// The source's stop hook ran (lease granted, the source quiesces its workload).
+    stop_hook_s: f64,
+    /// The workload was stopped and its filesystem unmounted on the source.
+    source_unmounted_s: f64,
+    /// The target's start hook ran: the clone device exists.
+    start_hook_s: f64,
+    /// The filesystem was mounted on the clone device (the workload starts next).
+    mounted_s: f64,
 }
 
 /// A node left running by `--keep`, for scripts (the drain benchmark measures over it).
@@ -131,14 +148,23 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("creating the demo volume: {message}");
     }
     let image = fleet.nodes[0].pool.join(format!("{VOLUME}.img"));
-    let out = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image).output()?;
+    // Inode tables and journal written now, as on a volume in service for a while (lazy
+    // init would have the kernel zero them in the background during the drain).
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+        .arg(&image)
+        .output()?;
     anyhow::ensure!(out.status.success(), "mkfs.ext4: {}", String::from_utf8_lossy(&out.stderr));
     let ledger = Ledger::default();
     let seq = Arc::new(AtomicU64::new(0));
     let mnt1 = dir.join("mnt-node1");
-    let mounted1 = Mounted::new(&image, &mnt1)?;
     let files = ((args.size * u64::from(args.fill) / 100) >> 20).max(1) as usize;
+    let seeding = Mounted::new(&image, &mnt1)?;
     workload::seed_records(&mnt1, &ledger, files, 1 << 20)?;
+    seeding.unmount()?;
+    // Mounted again, so the volume starts at rest like one in service for a while: the
+    // seeding's journal is checkpointed now, not by the drain's unmount.
+    let mounted1 = Mounted::new(&image, &mnt1)?;
     let mut running = Some(Workload::start(&mnt1, ledger.clone(), "node1", seq.clone()));
     let mut mounted1 = Some(mounted1);
     say(
@@ -165,13 +191,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut counts = Counts::default();
     let (mut cutover, mut hydrated_at, mut owner, mut copied) = (None, None, String::new(), 0u64);
     let mut target: Option<(PathBuf, PathBuf, Mounted)> = None;
+    let mut near_end = false;
+    let mut phases = CutoverPhases::default();
     // The hook files are polled every 10 ms (they are on the cut-over path); the agents'
     // control sockets every 100 ms.
     for round in 0u64.. {
         if mounted1.is_some() && dir.join(format!("stop-{VOLUME}")).exists() {
+            phases.stop_hook_s = t0.elapsed().as_secs_f64();
             let c = running.take().expect("running").stop()?;
             add(&mut counts, c);
             mounted1.take().expect("mounted").unmount()?;
+            phases.source_unmounted_s = t0.elapsed().as_secs_f64();
             std::fs::write(dir.join(format!("stopped-{VOLUME}")), b"")?;
             note(
                 &args,
@@ -183,8 +213,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if target.is_none()
             && let Some((node, dev)) = started.trim().split_once(' ')
         {
+            phases.start_hook_s = t0.elapsed().as_secs_f64();
             let mnt = dir.join(format!("mnt-{node}"));
             let m = Mounted::new(Path::new(dev), &mnt).with_context(|| format!("mounting the clone device {dev}"))?;
+            phases.mounted_s = t0.elapsed().as_secs_f64();
             running = Some(Workload::start(&mnt, ledger.clone(), node, seq.clone()));
             let at = t0.elapsed();
             cutover = Some(at);
@@ -200,13 +232,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             owner = node.to_owned();
             target = Some((PathBuf::from(dev), mnt, m));
         }
-        if round % 10 != 0 {
+        // Near the end every 10 ms too: the hand-off time is the hydration rate's end.
+        if round % 10 != 0 && !near_end {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
         if let Some(v) = fleet.volumes(1).await?.into_iter().find(|v| v.id == VOLUME) {
             if let Some(pos) = (args.size * v.hydrated).checked_div(v.total) {
                 bar.set_position(pos);
+                near_end = v.hydrated * 10 >= v.total * 9;
             }
             if v.owner != "node1" && v.phase == "held" && hydrated_at.is_none() {
                 hydrated_at = Some(t0.elapsed());
@@ -256,6 +290,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         volume_bytes: args.size,
         bytes_copied: copied,
         cutover_s,
+        cutover_phases: phases,
         hydration_s,
         hydration_mb_per_s: copied as f64 / 1e6 / hydration_s,
         rate_limit_bytes_per_s: rate,

@@ -137,7 +137,8 @@ impl Workload {
                         _ => counts.corrupt += 1,
                     }
                 }
-                std::thread::sleep(Duration::from_millis(20));
+                // Woken early by `stop`: a quiesce should not wait out the pause.
+                std::thread::park_timeout(Duration::from_millis(20));
             }
             Ok(counts)
         });
@@ -147,8 +148,9 @@ impl Workload {
     /// Stops the loop, syncs and returns what it did.
     pub fn stop(mut self) -> anyhow::Result<Counts> {
         self.stop.store(true, Ordering::Relaxed);
-        let counts =
-            self.thread.take().expect("running").join().map_err(|_| anyhow::anyhow!("workload panicked"))??;
+        let thread = self.thread.take().expect("running");
+        thread.thread().unpark();
+        let counts = thread.join().map_err(|_| anyhow::anyhow!("workload panicked"))??;
         run(Command::new("sync").arg("-f").arg(&self.mount))?;
         Ok(counts)
     }
