@@ -3,7 +3,9 @@
 # is measured in the same run, on the same LUN:
 #  1. hydration of a SIZE_MIB (default 1024) MiB volume from tgtd through our initiator
 #     (meshdrain clone run, release build) onto a tmpfs dest vs iscsi-perf sequential read
-#     of the same LUN (the path's limit; best of 64 KiB and 1 MiB reads at queue depth 32);
+#     of the same LUN (the path's limit; best of 64 KiB and 1 MiB reads at queue depth 32)
+#     and vs a raw copy of the same LUN onto the same dest (qemu-img convert over libiscsi:
+#     the path plus the cost of writing the dest, which on 2 cores shares the CPU);
 #     and onto a dest on disk vs dd's write + fdatasync of the same size there (the dest's
 #     limit: every hydrated byte is made durable before its bit);
 #  2. 4 KiB random O_DIRECT read latency through the exposed clone (FUSE + loop):
@@ -21,7 +23,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench/clone.sh needs root (loop, FUSE, tgtd)" >&2; exit 2; }
-for b in tgtd tgtadm iscsi-perf python3 losetup; do command -v "$b" >/dev/null || { echo "missing $b (scripts/install-deps test)" >&2; exit 2; }; done
+for b in tgtd tgtadm iscsi-perf python3 losetup qemu-img; do command -v "$b" >/dev/null || { echo "missing $b (scripts/install-deps test)" >&2; exit 2; }; done
 if [ -z "${MESHDRAIN_BIN:-}" ]; then
   timeout 1800 cargo build --release --quiet -p meshdrain --bin meshdrain >&2
   timeout 1800 cargo build --release --quiet -p meshdrain-iscsi --example iscsi_read >&2
@@ -113,8 +115,10 @@ sys.exit(rc)' "$tmp/$tag.cpu" \
 median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 2))" "$@"; }
 # 1. hydration throughput (the CLI's defaults), in rounds: each round measures its own
 # references right before, so a neighbour's load hits both sides alike
-seq_all=(); own_all=(); hyd_all=(); ratio_all=(); cpu_all=()
+seq_all=(); own_all=(); hyd_all=(); ratio_all=(); cpu_all=(); raw_all=(); raw_ratio_all=()
 for _ in $(seq "$rounds"); do
+  t0=$(secs); timeout 600 qemu-img convert -O raw "$url" "$tmp/raw.img"; t1=$(secs)
+  raw=$(mbs "$t0" "$t1"); rm -f "$tmp/raw.img"
   read -r _ seq64 < <(perf -m 32 -b 128 -t 3)
   read -r _ seq1m < <(perf -m 32 -b 2048 -t 3)
   best=$(( seq64 > seq1m ? seq64 : seq1m ))
@@ -123,6 +127,7 @@ for _ in $(seq "$rounds"); do
   cpu_all+=("$(python3 -c "import sys; print(round(float(sys.argv[1]) * 1024 / float(sys.argv[2]), 3))" "$(cat "$tmp/hyd.cpu")" "$size_mib")")
   rm -f "$tmp/hyd.img" "$tmp/hyd.meta"
   seq_all+=("$best"); own_all+=("$own"); hyd_all+=("$h"); ratio_all+=("$(ratio "$h" "$best")")
+  raw_all+=("$raw"); raw_ratio_all+=("$(ratio "$h" "$raw")")
 done
 seq_mbs=$(median "${seq_all[@]}"); own_mbs=$(median "${own_all[@]}"); hyd_mbs=$(median "${hyd_all[@]}")
 t0=$(secs); dd if=/dev/zero of="$disk/dd.img" bs=1M count="$size_mib" conv=fdatasync status=none; t1=$(secs)
@@ -191,6 +196,7 @@ read -r pl_med pl_p99 < <(lat "$plainloop" 1 2)
 echo "| measure | value | reference (same run) | ratio | goal |"
 echo "|---|---:|---|---:|---|"
 echo "| hydration ${size_mib} MiB, tgtd -> our initiator -> clone, tmpfs dest (MB/s, median of $rounds) | $hyd_mbs | iscsi-perf seq read, qd 32, best of 64 KiB / 1 MiB: $seq_mbs | $(median "${ratio_all[@]}") (rounds: ${ratio_all[*]}) | >= 0.9 |"
+echo "| same hydration (MB/s) | $hyd_mbs | raw copy of the same LUN onto the same dest (qemu-img convert, libiscsi), median: $(median "${raw_all[@]}") | $(median "${raw_ratio_all[@]}") (rounds: ${raw_ratio_all[*]}) | the path plus the dest |"
 echo "| same hydration (MB/s) | $hyd_mbs | our initiator alone, seq read 1 MiB qd 32, no dest (iscsi_read): $own_mbs | $(ratio "$hyd_mbs" "$own_mbs") | cost of writing the dest |"
 echo "| CPU seconds of the hydrating process per GiB, tmpfs dest (median of $rounds; steadier than MB/s on a shared machine) | $(median "${cpu_all[@]}") (rounds: ${cpu_all[*]}) | | | lower is better |"
 echo "| hydration ${size_mib} MiB onto a disk dest (MB/s) | $hyd_disk_mbs | dd write + fdatasync there: $dd_mbs | $(ratio "$hyd_disk_mbs" "$(python3 -c "print(min($dd_mbs, $seq_mbs))")") | >= 0.9 of min(path, disk) |"
