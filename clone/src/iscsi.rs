@@ -53,10 +53,10 @@ impl<R: BlockReader> std::fmt::Debug for IscsiSource<R> {
 
 impl IscsiSource<Session> {
     /// Logs in to `url` (`iscsi://host:port/<iqn>/<lun>`) on a runtime of its own, with
-    /// a bulk session for hydration, a second for on-demand reads and a third for region
-    /// fills (the rest of a region after an early answer). If the target refuses one of
-    /// the extra sessions, those reads share: fills the on-demand session, on-demand
-    /// reads the bulk one.
+    /// a bulk session for hydration and a second for on-demand reads (if the target
+    /// refuses the second, those reads share the first). Region fills (only with
+    /// `EngineConfig::early_answer`) use the on-demand session unless
+    /// [`IscsiSource::with_fill`] gives them one.
     /// Call from a plain thread (or `spawn_blocking`), not from inside a runtime.
     pub fn connect(url: &str, timeout: Duration) -> io::Result<Self> {
         let config =
@@ -78,16 +78,6 @@ impl IscsiSource<Session> {
                 .map_err(|e| io::Error::other(e.to_string()))
         };
         let bulk = login(config.clone())?;
-        // Region fills get a session of their own on the bulk runtime: on the foreground
-        // session the rest of an early-answered region would sit on the wire in front of
-        // the workload's next read.
-        let fill = match login(config.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(source = identity, error = %e, "no session of its own for region fills; they share the on-demand session");
-                None
-            }
-        };
         let fg_rt = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build()?);
         let foreground = match fg_rt
             .block_on(async { tokio::time::timeout(timeout, Session::connect(config)).await })
@@ -114,7 +104,7 @@ impl IscsiSource<Session> {
         Ok(Self {
             reader: bulk,
             foreground,
-            fill,
+            fill: None,
             rt: Some(rt),
             fg_rt: Some(fg_rt),
             keeper: Some((stop, keeper)),
