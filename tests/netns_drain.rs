@@ -411,6 +411,14 @@ fn netns_demo_moves_a_live_ext4_volume_and_verifies_every_record() {
     for key in ["cutover_s", "hydration_mb_per_s"] {
         assert!(s[key].as_f64().is_some_and(|x| x > 0.0), "{key}: {s}");
     }
+    // The cut-over's milestones come in protocol order and end at the cut-over.
+    let p = &s["cutover_phases"];
+    let at: Vec<f64> = ["stop_hook_s", "source_unmounted_s", "start_hook_s", "mounted_s"]
+        .iter()
+        .map(|k| p[k].as_f64().unwrap_or_else(|| panic!("cutover_phases.{k}: {s}")))
+        .collect();
+    assert!(at[0] > 0.0 && at.windows(2).all(|w| w[0] <= w[1]), "milestones out of order: {p}");
+    assert!(at[3] <= s["cutover_s"].as_f64().unwrap(), "mounted after the cut-over: {s}");
     assert_ne!(s["new_owner"], "node1");
     let dir = s["dir"].as_str().unwrap();
     assert!(!Path::new(dir).exists(), "the demo removes its state dir");
