@@ -115,6 +115,9 @@ sys.exit(rc)' "$tmp/$tag.cpu" \
 median() { python3 -c "import statistics,sys; print(round(statistics.median(float(x) for x in sys.argv[1:]), 2))" "$@"; }
 # 1. hydration throughput (the CLI's defaults), in rounds: each round measures its own
 # references right before, so a neighbour's load hits both sides alike
+# An untimed copy first: the first write of a GiB into tmpfs after the LUNs were created
+# costs its writer 1.5-3x the CPU of later ones, whichever tool does it.
+timeout 600 qemu-img convert -O raw "$url" "$tmp/raw.img"; rm -f "$tmp/raw.img"
 seq_all=(); own_all=(); hyd_all=(); ratio_all=(); cpu_all=(); raw_all=(); raw_ratio_all=()
 for _ in $(seq "$rounds"); do
   t0=$(secs); timeout 600 qemu-img convert -O raw "$url" "$tmp/raw.img"; t1=$(secs)
