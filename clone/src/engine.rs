@@ -404,11 +404,7 @@ impl Engine {
     /// Commits a due batch (`force`: everything pending, and always syncs the dest):
     /// dest fdatasync, then bitmap write, then metadata sync. Commits are serialized.
     pub fn commit(&self, force: bool) -> Result<()> {
-        let meta = self.lock_meta();
-        self.commit_locked(meta, force)
-    }
-
-    fn commit_locked(&self, mut meta: MutexGuard<'_, Metadata>, force: bool) -> Result<()> {
+        let mut meta = self.lock_meta();
         let batch = self.lock_core().take_commit(self.now(), force);
         if batch.is_empty() {
             if force {

@@ -104,11 +104,7 @@ fn worker_loop(e: &Engine, worker: usize) {
     let _span = e.span.enter();
     let mut backoff = Duration::from_millis(50);
     while !e.stopped.load(Ordering::Relaxed) && e.progress_tx.borrow().phase != Phase::Complete {
-        let all_on_dest = {
-            let core = e.lock_core();
-            core.hydrated() == core.regions()
-        };
-        if e.paused.load(Ordering::Relaxed) || all_on_dest {
+        if e.paused.load(Ordering::Relaxed) || all_on_dest(e) {
             e.sleep_bounded(Duration::from_millis(50));
             continue;
         }
@@ -122,11 +118,7 @@ fn worker_loop(e: &Engine, worker: usize) {
             Ok(0) => e.sleep_bounded(Duration::from_millis(10)),
             Ok(_) => {
                 backoff = Duration::from_millis(50);
-                let all_on_dest = {
-                    let core = e.lock_core();
-                    core.hydrated() == core.regions()
-                };
-                if all_on_dest {
+                if all_on_dest(e) {
                     finish_now(e);
                 }
             }
@@ -137,6 +129,12 @@ fn worker_loop(e: &Engine, worker: usize) {
             }
         }
     }
+}
+
+/// Whether every region has been written to the dest (committed or not).
+fn all_on_dest(e: &Engine) -> bool {
+    let core = e.lock_core();
+    core.hydrated() == core.regions()
 }
 
 /// The last region is on the dest: commit, hand off and publish now, not at the

@@ -109,9 +109,13 @@ impl DemoFleet {
 
     /// Sends one request to node `i`'s agent.
     pub async fn call(&self, i: usize, req: &Request) -> anyhow::Result<Response> {
+        Ok(self.client(i).await?.call(req).await?)
+    }
+
+    /// A control connection to node `i`.
+    async fn client(&self, i: usize) -> anyhow::Result<Client> {
         let node = &self.nodes[i];
-        let mut client = Client::connect(&node.socket).await.with_context(|| format!("reaching {}", node.name))?;
-        Ok(client.call(req).await?)
+        Client::connect(&node.socket).await.with_context(|| format!("reaching {}", node.name))
     }
 
     /// Node `i`'s status.
@@ -124,9 +128,7 @@ impl DemoFleet {
 
     /// The fleet's volumes as node `i` sees them.
     pub async fn volumes(&self, i: usize) -> anyhow::Result<Vec<VolumeStatus>> {
-        let node = &self.nodes[i];
-        let mut client = Client::connect(&node.socket).await.with_context(|| format!("reaching {}", node.name))?;
-        Ok(client.volumes().await?)
+        Ok(self.client(i).await?.volumes().await?)
     }
 
     /// Waits until every agent answers and sees every node alive.
