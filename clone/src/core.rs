@@ -15,7 +15,8 @@ pub enum RegionState {
     /// May follow: `Fetching` (read or partial write), `Claimed` (whole write, discard).
     Missing,
     /// One fetch from the source is in flight; everybody else waits for it.
-    /// May follow: `Present` (fetched and written to the dest), `Missing` (failed).
+    /// May follow: `Present` (fetched and written to the dest), `Missing` (failed, or a
+    /// workload read answered from the source without copying the region).
     Fetching,
     /// The workload overwrites or discards the whole region; no fetch needed.
     /// May follow: `Present` (its I/O is done), `Missing` (its I/O failed).
@@ -60,6 +61,9 @@ pub enum Step {
     Wait,
 }
 
+/// Most regions remembered as wanted by passed-through reads (8 KiB of queue).
+const MAX_WANTED: usize = 1024;
+
 /// Batching and stall bounds of the core.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreConfig {
@@ -86,6 +90,8 @@ pub struct Core {
     pending: VecDeque<Region>,
     oldest_pending: Option<Duration>,
     cursor: Region,
+    /// Regions a workload read passed through to the source: hydrated before the cursor's.
+    wanted: VecDeque<Region>,
     cfg: CoreConfig,
     failing_since: Option<Duration>,
     last_error: Option<String>,
@@ -106,6 +112,7 @@ impl Core {
             pending: VecDeque::new(),
             oldest_pending: None,
             cursor: 0,
+            wanted: VecDeque::new(),
             cfg,
             failing_since: None,
             last_error: None,
@@ -174,9 +181,34 @@ impl Core {
         out
     }
 
-    /// Pick up to `max` missing regions for background hydration (now `Fetching`).
+    /// A workload read of `r` (acquired as [`Step::Fetch`]) was answered straight from
+    /// the source without copying the region, as dm-clone serves reads of regions not
+    /// yet hydrated: `r` is missing again, no fetch is counted, and it is first in line
+    /// for background hydration, since a workload that read it is likely to read it again.
+    pub fn read_through(&mut self, r: Region) {
+        debug_assert_eq!(self.states[r as usize], RegionState::Fetching);
+        self.states[r as usize] = RegionState::Missing;
+        self.fetches -= 1;
+        self.failing_since = None; // the source answered
+        // Bounded: past the cap the cursor reaches the region in its turn.
+        if self.wanted.len() < MAX_WANTED {
+            self.wanted.push_back(r);
+        }
+    }
+
+    /// Pick up to `max` missing regions for background hydration (now `Fetching`):
+    /// those workload reads passed through first, then onward from the cursor.
     pub fn next_hydration(&mut self, max: usize) -> Vec<Region> {
         let mut out = Vec::new();
+        while out.len() < max
+            && let Some(r) = self.wanted.pop_front()
+        {
+            if self.states[r as usize] == RegionState::Missing {
+                self.states[r as usize] = RegionState::Fetching;
+                self.fetches += 1;
+                out.push(r);
+            }
+        }
         let n = self.regions();
         let mut scanned = 0;
         while out.len() < max && scanned < n && self.hydrated < n {
@@ -189,6 +221,8 @@ impl Core {
                 out.push(r);
             }
         }
+        // Ascending: contiguous regions merge into one source read.
+        out.sort_unstable();
         out
     }
 
@@ -294,6 +328,24 @@ mod tests {
         assert!(c.next_hydration(10).iter().all(|r| *r != 1));
         c.fetch_done(1, Ok(()), Duration::ZERO);
         assert_eq!(c.acquire(1, Intent::Read), Step::Ready);
+    }
+
+    #[test]
+    fn a_read_through_region_is_missing_again_and_hydrated_first() {
+        let mut c = core(8);
+        assert_eq!(c.acquire(6, Intent::Read), Step::Fetch);
+        assert_eq!(c.acquire(6, Intent::Read), Step::Wait, "others wait while the read is out");
+        c.read_through(6);
+        assert_eq!(c.state(6), RegionState::Missing);
+        assert_eq!(c.fetches(), 0, "a passed-through read is not a region copy");
+        assert_eq!(c.hydrated(), 0);
+        assert_eq!(c.acquire(6, Intent::Read), Step::Fetch, "the next reader asks the source again");
+        c.read_through(6);
+        assert_eq!(c.acquire(3, Intent::Read), Step::Fetch);
+        c.read_through(3);
+        assert_eq!(c.next_hydration(3), vec![0, 3, 6], "wanted regions first (ascending), then the cursor");
+        assert_eq!(c.next_hydration(8), vec![1, 2, 4, 5, 7], "each region picked once");
+        assert_eq!(c.fetches(), 8);
     }
 
     #[test]

@@ -37,12 +37,11 @@ pub struct EngineConfig {
     pub core: CoreConfig,
     /// How long a workload read waits for an unreachable source before EIO.
     pub on_demand_timeout: Duration,
-    /// Answer an on-demand read as soon as its own bytes arrive and fetch the rest of
-    /// the region after (see [`Engine::read_with`]). It halves the answer inside the
-    /// engine, but through FUSE + loop on a CPU-starved machine the fill then competes
-    /// with the workload's next read and one whole-region read is faster (bench/clone.sh:
-    /// 267-335 us vs 370-535 us median), so it is off by default.
-    pub early_answer: bool,
+    /// Serve a workload read of regions not yet hydrated straight from the source
+    /// (its own bytes only) and leave copying the regions to hydration, which takes
+    /// them first (see [`Engine::read`]); off, such reads fetch whole regions. dm-clone
+    /// does the former.
+    pub read_through: bool,
 }
 
 impl Default for EngineConfig {
@@ -56,7 +55,7 @@ impl Default for EngineConfig {
             max_read: 1 << 20,
             core: CoreConfig::default(),
             on_demand_timeout: Duration::from_secs(60),
-            early_answer: false,
+            read_through: true,
         }
     }
 }

@@ -121,19 +121,9 @@ impl Filesystem for VolumeFs {
         reply: ReplyData,
     ) {
         let mut buf = vec![0u8; self.clip(offset, size as u64) as usize];
-        // An on-demand fetch answers as soon as the requested bytes are in, before the
-        // rest of their regions arrives.
-        let mut reply = Some(reply);
         let t0 = Instant::now();
-        let mut answered = None;
-        let res = self.engine.read_with(offset, &mut buf, &mut |data| {
-            if let Some(r) = reply.take() {
-                r.data(data);
-                answered = Some(t0.elapsed());
-            }
-        });
-        tracing::trace!(parent: &self.engine.span, offset, size, ?answered, total = ?t0.elapsed(), "fuse read");
-        let Some(reply) = reply else { return };
+        let res = self.engine.read(offset, &mut buf);
+        tracing::trace!(parent: &self.engine.span, offset, size, took = ?t0.elapsed(), "fuse read");
         match res {
             Ok(()) => reply.data(&buf),
             Err(e) => {

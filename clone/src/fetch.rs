@@ -181,19 +181,14 @@ impl Engine {
         }
     }
 
-    /// Workload read: missing regions are fetched first (once), then the dest serves.
+    /// Workload read. Hydrated regions come from the dest. When every region of the
+    /// read is missing and the read covers only part of them, the requested bytes (at
+    /// the source's grain) are read from the source and returned without copying the
+    /// regions, which go first in line for hydration: dm-clone's semantics, and the
+    /// workload waits for its own bytes only (a 64 KiB region cost it about twice a
+    /// 4 KiB read). Otherwise the missing regions are fetched whole (each once), then
+    /// the dest serves.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.read_with(offset, buf, &mut |_| {})
-    }
-
-    /// Workload read that may answer early: with `EngineConfig::early_answer`, when
-    /// every region of the request is missing and the source reads at a finer grain
-    /// than a region, the requested bytes are read first (on the foreground lane) and
-    /// handed to `early` as soon as they arrive, then the rest of those regions (fill
-    /// lane); the call returns once the regions are on the dest. Otherwise missing
-    /// regions are fetched whole in one foreground read. `early` runs at most once;
-    /// when it did not run, `buf` holds the data on `Ok`. Each region is fetched once.
-    pub fn read_with(&self, offset: u64, buf: &mut [u8], early: &mut dyn FnMut(&[u8])) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let mut busy = None;
         let span = self.regions_of(offset, buf.len() as u64);
@@ -226,87 +221,80 @@ impl Engine {
             }
             drop(core);
             let all_mine = mine.len() as u64 == span.end - span.start;
-            let mut answered = false;
-            let results = match self.source_handle().and_then(|s| s.read_granularity()) {
-                Some(g) if all_mine && self.cfg.early_answer => self.fetch_answering(offset, buf, &mine, g, &mut |d| {
-                    early(d);
-                    answered = true;
-                }),
-                _ => self.fetch_regions(Lane::Foreground, &mine),
+            let through = match self.source_handle().and_then(|s| s.read_granularity()) {
+                Some(g) if all_mine && self.cfg.read_through => self.through_range(offset, buf.len() as u64, &mine, g),
+                _ => None,
             };
-            let (guard, failed) = self.record_fetched(results);
-            if answered {
-                // The workload has its bytes; regions that failed are fetched again later.
-                return Ok(());
+            if let Some(asked) = through {
+                match self.read_through(offset, buf, &mine, asked) {
+                    Ok(()) => return Ok(()),
+                    Err(failed) => {
+                        let (guard, failed) = self.record_fetched(failed);
+                        core = self.back_off_on_failure(guard, failed, &mut retry)?;
+                        continue;
+                    }
+                }
             }
+            let results = self.fetch_regions(Lane::Foreground, &mine);
+            let (guard, failed) = self.record_fetched(results);
             core = self.back_off_on_failure(guard, failed, &mut retry)?;
         }
         drop(core);
         self.dest.read_at(offset, buf).map_err(Self::dest_err("read dest"))
     }
 
-    /// Fetches `regions` (every region of the read `[offset, offset+buf.len())`, all
-    /// claimed by the caller) as foreground reads: the requested bytes (widened to
-    /// `grain`) alone, then what precedes and follows them in those regions. The
-    /// requested bytes go to `answer` (through `buf`) as soon as they are in.
-    fn fetch_answering(
+    /// The source range a passed-through read of `[offset, offset+len)` asks for (widened
+    /// to `grain`), or `None` when that is all of `regions` anyway: then fetching them
+    /// costs the source nothing more and saves the hydration a second read.
+    fn through_range(&self, offset: u64, len: u64, regions: &[Region], grain: u64) -> Option<Range<u64>> {
+        let whole = self.region_range(regions[0]).start..self.region_range(regions[regions.len() - 1]).end;
+        let grain = grain.max(1);
+        let asked = (offset / grain * grain).max(whole.start)
+            ..(offset + len).div_ceil(grain).saturating_mul(grain).min(whole.end);
+        (asked != whole).then_some(asked)
+    }
+
+    /// Reads `asked` (which holds the workload's `[offset, offset+buf.len())`) from the
+    /// source on the foreground lane into `buf` and hands `regions` (claimed by the
+    /// caller, not copied) back to the core as wanted. On failure, the per-region
+    /// errors for [`Engine::record_fetched`].
+    fn read_through(
         &self,
         offset: u64,
         buf: &mut [u8],
         regions: &[Region],
-        grain: u64,
-        answer: &mut dyn FnMut(&[u8]),
-    ) -> Fetched {
+        asked: Range<u64>,
+    ) -> std::result::Result<(), Fetched> {
+        let failed = |e: String| regions.iter().map(|r| (*r, Err(e.clone()))).collect::<Fetched>();
         let Some(src) = self.source_handle() else {
-            return regions.iter().map(|r| (*r, Err("source released after handoff".to_string()))).collect();
+            return Err(failed("source released after handoff".to_string()));
         };
-        let whole = self.region_range(regions[0]).start..self.region_range(regions[regions.len() - 1]).end;
         let end = offset + buf.len() as u64;
-        let grain = grain.max(1);
-        let asked = (offset / grain * grain).max(whole.start)..end.div_ceil(grain).saturating_mul(grain).min(whole.end);
-        let mut rest = Vec::new();
-        if whole.start < asked.start {
-            rest.push(whole.start..asked.start);
-        }
-        if asked.end < whole.end {
-            rest.push(asked.end..whole.end);
-        }
-        let mut copied = 0u64;
-        let want = buf.len() as u64;
-        // The workload's bytes are copied out and answered before they go to the dest
-        // (a direct write to a disk would otherwise sit in front of the answer).
         let mut sink = |first: u64, pieces: &[&[u8]]| -> std::io::Result<()> {
             let mut at = first;
             for bytes in pieces {
                 let lo = at.max(offset);
                 let hi = (at + bytes.len() as u64).min(end);
-                if lo < hi && copied < want {
+                if lo < hi {
                     buf[(lo - offset) as usize..(hi - offset) as usize]
                         .copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize]);
-                    copied += hi - lo;
-                    if copied == want {
-                        answer(buf);
-                    }
                 }
                 at += bytes.len() as u64;
             }
-            self.dest.write_vectored_at(first, pieces)
+            Ok(())
         };
-        // The asked bytes alone first: issued together, the rest of the region would
-        // share the target's queue and the connection with them. The rest follows on
-        // the fill lane, out of the way of the next workload read.
-        let mut results = src.read_runs(Lane::Foreground, std::slice::from_ref(&asked), &mut sink);
-        if results.iter().all(|r| r.is_ok()) && !rest.is_empty() {
-            results = src.read_runs(Lane::Fill, &rest, &mut sink);
+        let results = src.read_runs(Lane::Foreground, std::slice::from_ref(&asked), &mut sink);
+        if let Some(e) = results.into_iter().find_map(|r| r.err()) {
+            return Err(failed(format!("read {}+{}: {e}", asked.start, asked.end - asked.start)));
         }
-        let res = match results.into_iter().find_map(|r| r.err()) {
-            None => {
-                self.fetched_bytes.fetch_add(whole.end - whole.start, Ordering::Relaxed);
-                Ok(())
+        {
+            let mut core = self.lock_core();
+            for r in regions {
+                core.read_through(*r);
             }
-            Some(e) => Err(format!("read {}+{}: {e}", whole.start, whole.end - whole.start)),
-        };
-        regions.iter().map(|r| (*r, res.clone())).collect()
+        }
+        self.cv.notify_all();
+        Ok(())
     }
 }
 

@@ -16,9 +16,6 @@ use std::path::{Path, PathBuf};
 pub enum Lane {
     /// On-demand fetches for workload I/O: latency matters.
     Foreground,
-    /// The rest of regions whose requested bytes were already answered: the workload
-    /// no longer waits for it, but the next on-demand read must not wait behind it.
-    Fill,
     /// Background hydration: throughput matters.
     Background,
 }

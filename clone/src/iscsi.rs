@@ -7,9 +7,7 @@
 //! is in flight at once (the session pipelines up to its queue depth) and the Data-In
 //! segments go to the dest without a copy; on-demand reads go to a second session of
 //! their own when there is one, so a workload read never waits behind megabytes of
-//! hydration on the same connection; the rest of a region after an answered on-demand
-//! read (early answer) may go to a third, so the next workload read does not wait
-//! behind it either.
+//! hydration on the same connection.
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
@@ -29,7 +27,6 @@ const MAX_READ: u64 = 1 << 20;
 pub struct IscsiSource<R: BlockReader = Session> {
     reader: R,
     foreground: Option<R>,
-    fill: Option<R>,
     rt: Option<tokio::runtime::Runtime>,
     /// The foreground session's own single-threaded runtime: the workload's thread
     /// drives it while it waits, so the command goes out and the answer comes in on
@@ -46,7 +43,6 @@ impl<R: BlockReader> std::fmt::Debug for IscsiSource<R> {
         f.debug_struct("IscsiSource")
             .field("identity", &self.identity)
             .field("foreground_session", &self.foreground.is_some())
-            .field("fill_session", &self.fill.is_some())
             .finish()
     }
 }
@@ -54,9 +50,7 @@ impl<R: BlockReader> std::fmt::Debug for IscsiSource<R> {
 impl IscsiSource<Session> {
     /// Logs in to `url` (`iscsi://host:port/<iqn>/<lun>`) on a runtime of its own, with
     /// a bulk session for hydration and a second for on-demand reads (if the target
-    /// refuses the second, those reads share the first). Region fills (only with
-    /// `EngineConfig::early_answer`) use the on-demand session unless
-    /// [`IscsiSource::with_fill`] gives them one.
+    /// refuses the second, those reads share the first).
     /// Call from a plain thread (or `spawn_blocking`), not from inside a runtime.
     pub fn connect(url: &str, timeout: Duration) -> io::Result<Self> {
         let config =
@@ -104,7 +98,6 @@ impl IscsiSource<Session> {
         Ok(Self {
             reader: bulk,
             foreground,
-            fill: None,
             rt: Some(rt),
             fg_rt: Some(fg_rt),
             keeper: Some((stop, keeper)),
@@ -119,19 +112,12 @@ impl<R: BlockReader> IscsiSource<R> {
     /// unless [`IscsiSource::with_foreground`] gives them their own.
     pub fn new(reader: R, identity: String, timeout: Duration) -> io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { reader, foreground: None, fill: None, rt: Some(rt), fg_rt: None, keeper: None, identity, timeout })
+        Ok(Self { reader, foreground: None, rt: Some(rt), fg_rt: None, keeper: None, identity, timeout })
     }
 
     /// Sends on-demand (foreground) reads to `reader`, a second session to the same LUN.
     pub fn with_foreground(mut self, reader: R) -> Self {
         self.foreground = Some(reader);
-        self
-    }
-
-    /// Sends region fills (the rest of a region after an early-answered on-demand read)
-    /// to `reader`, a third session to the same LUN.
-    pub fn with_fill(mut self, reader: R) -> Self {
-        self.fill = Some(reader);
         self
     }
 
@@ -148,8 +134,8 @@ impl<R: BlockReader> IscsiSource<R> {
 
     /// The session a read on `lane` goes to, and the runtime that drives that session's
     /// task. A session made on the foreground runtime only moves while some thread
-    /// blocks on that runtime, so every read sent to it (a fill without a session of
-    /// its own too) must block on that runtime, never on the bulk one.
+    /// blocks on that runtime, so every read sent to it must block on that runtime,
+    /// never on the bulk one.
     fn route(&self, lane: Lane) -> io::Result<(&R, &tokio::runtime::Runtime)> {
         let bulk = self.rt.as_ref().ok_or_else(|| io::Error::other("runtime gone"))?;
         let fg = match (&self.foreground, &self.fg_rt) {
@@ -159,7 +145,6 @@ impl<R: BlockReader> IscsiSource<R> {
         };
         Ok(match lane {
             Lane::Foreground => fg,
-            Lane::Fill => self.fill.as_ref().map_or(fg, |s| (s, bulk)),
             Lane::Background => (&self.reader, bulk),
         })
     }

@@ -47,7 +47,7 @@ fn cfg() -> EngineConfig {
             stall_after: Duration::from_secs(60),
         },
         on_demand_timeout: Duration::ZERO,
-        early_answer: true,
+        read_through: true,
         ..Default::default()
     }
 }
@@ -65,10 +65,8 @@ fn apply(e: &Engine, model: &mut [u8], op: &Op) -> Result<(), String> {
     match *op {
         Op::Read(o, l) => {
             let mut buf = vec![0u8; l as usize];
-            let mut early = None;
-            e.read_with(o, &mut buf, &mut |d| early = Some(d.to_vec())).map_err(|x| x.to_string())?;
-            let got = early.unwrap_or(buf);
-            assert_eq!(got, model[o as usize..(o + l) as usize], "stale read at {o}+{l}");
+            e.read(o, &mut buf).map_err(|x| x.to_string())?;
+            assert_eq!(buf, model[o as usize..(o + l) as usize], "stale read at {o}+{l}");
         }
         Op::Write(o, l, s) => {
             let data = pattern(s, l as usize);
@@ -114,8 +112,8 @@ proptest! {
 
     #[test]
     fn random_interleavings_match_model_and_fetch_each_region_once(ops in prop::collection::vec(op(), 1..40), fine in any::<bool>()) {
-        // `fine`: the source reads at 512 bytes, so reads of missing regions take the
-        // early-answer path (asked bytes first, then the rest): still each byte once.
+        // `fine`: the source reads at 512 bytes, so reads within missing regions pass
+        // through to the source (their bytes only); each region is still copied once.
         let src = if fine { FakeSource::new_fine(pattern(7, SIZE as usize), RS, 512) } else { FakeSource::new(pattern(7, SIZE as usize), RS) };
         let faults = Faults::new(None);
         let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
@@ -231,6 +229,37 @@ fn concurrent_workload_and_hydration_fetch_each_region_once() {
     assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
     assert_eq!(*dest.durable.lock().unwrap(), src.data);
     assert_eq!(src.max_reads(), 1, "every region fetched exactly once");
+}
+
+#[test]
+fn a_read_within_a_missing_region_passes_through_and_that_region_is_hydrated_first() {
+    let src = FakeSource::new_fine(pattern(9, SIZE as usize), RS, 512);
+    let faults = Faults::new(None);
+    let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
+    let meta = Image::new(Vec::new(), faults);
+    let e = open(&src, &dest, &meta).unwrap();
+    let partial = || src.partial_reads.load(std::sync::atomic::Ordering::SeqCst);
+    // 700 bytes inside region 7: the source is asked for those bytes (at its grain) only.
+    let mut buf = vec![0u8; 700];
+    e.read(7 * RS + 1000, &mut buf).unwrap();
+    assert_eq!(buf, src.data[(7 * RS + 1000) as usize..(7 * RS + 1700) as usize]);
+    assert_eq!((partial(), e.fetches()), (1, 0), "passed through, nothing copied");
+    // The next hydration batch (3 regions) starts with region 7, then the cursor's 0 and 1.
+    assert_eq!(e.hydrate_step().unwrap(), 3);
+    assert_eq!(src.reads.lock().unwrap()[..8], [1, 1, 0, 0, 0, 0, 0, 1]);
+    // Now served by the dest: the source is not asked again.
+    e.read(7 * RS + 1000, &mut buf).unwrap();
+    assert_eq!(buf, src.data[(7 * RS + 1000) as usize..(7 * RS + 1700) as usize]);
+    assert_eq!(partial(), 1);
+    // A read covering whole missing regions fetches them (the same bytes the source sends
+    // anyway), so hydration does not read them again.
+    let mut two = vec![0u8; 2 * RS as usize];
+    e.read(3 * RS, &mut two).unwrap();
+    assert_eq!(two, src.data[3 * RS as usize..5 * RS as usize]);
+    assert_eq!((partial(), src.reads.lock().unwrap()[3..5].to_vec()), (1, vec![1, 1]));
+    finish(&e);
+    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+    assert_eq!(src.max_reads(), 1, "each region copied once");
 }
 
 #[test]

@@ -18,9 +18,10 @@ pub struct FakeSource {
     pub reads: Mutex<Vec<u32>>,
     pub gone: AtomicBool,
     pub holes: Option<Vec<Range<u64>>>,
-    /// Reads at this grain (not whole regions) are allowed; then every byte is counted.
+    /// Reads at this grain (not whole regions) are allowed: workload reads passed
+    /// through to the source, counted apart from region copies.
     pub grain: Option<u64>,
-    pub byte_reads: Mutex<Vec<u8>>,
+    pub partial_reads: AtomicU64,
     /// While set, `deallocated` does not answer (a slow GET LBA STATUS scan).
     pub scan_hold: AtomicBool,
 }
@@ -28,7 +29,6 @@ pub struct FakeSource {
 impl FakeSource {
     pub fn new(data: Vec<u8>, region_size: u64) -> Arc<Self> {
         let n = (data.len() as u64).div_ceil(region_size) as usize;
-        let len = data.len();
         Arc::new(Self {
             data,
             region_size,
@@ -36,21 +36,19 @@ impl FakeSource {
             gone: AtomicBool::new(false),
             holes: None,
             grain: None,
-            byte_reads: Mutex::new(vec![0; len]),
+            partial_reads: AtomicU64::new(0),
             scan_hold: AtomicBool::new(false),
         })
     }
-    /// A source that reads at `grain` (the on-demand early-answer path).
+    /// A source that reads at `grain` (workload reads pass through).
     pub fn new_fine(data: Vec<u8>, region_size: u64, grain: u64) -> Arc<Self> {
         let mut s = Arc::into_inner(Self::new(data, region_size)).expect("fresh");
         s.grain = Some(grain);
         Arc::new(s)
     }
-    /// Most reads of one region (whole-region mode) or of one byte (fine mode).
+    /// Most copies of one region (whole-region reads; passed-through reads not counted).
     pub fn max_reads(&self) -> u32 {
-        let regions = self.reads.lock().unwrap().iter().copied().max().unwrap_or(0);
-        let bytes = self.byte_reads.lock().unwrap().iter().copied().max().unwrap_or(0) as u32;
-        regions.max(bytes)
+        self.reads.lock().unwrap().iter().copied().max().unwrap_or(0)
     }
 }
 
@@ -65,26 +63,25 @@ impl BlockSource for FakeSource {
         if self.gone.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "source gone"));
         }
+        let end = offset + buf.len() as u64;
+        let whole_regions = offset.is_multiple_of(self.region_size)
+            && (end.is_multiple_of(self.region_size) || end == self.data.len() as u64);
         if let Some(g) = self.grain {
-            let end = offset + buf.len() as u64;
             assert_eq!(offset % g, 0, "source reads are {g}-aligned");
             assert!(end.is_multiple_of(g) || end == self.data.len() as u64, "source reads end {g}-aligned");
-            let mut counts = self.byte_reads.lock().unwrap();
-            for c in &mut counts[offset as usize..end as usize] {
-                *c = c.saturating_add(1);
+            if !whole_regions {
+                self.partial_reads.fetch_add(1, Ordering::SeqCst);
+                buf.copy_from_slice(&self.data[offset as usize..end as usize]);
+                return Ok(());
             }
-            drop(counts);
-            buf.copy_from_slice(&self.data[offset as usize..end as usize]);
-            return Ok(());
         }
-        assert_eq!(offset % self.region_size, 0, "source reads are region-aligned");
+        assert!(whole_regions, "source reads are region-aligned");
         let mut reads = self.reads.lock().unwrap();
-        let first = offset / self.region_size;
-        for r in first..(offset + buf.len() as u64).div_ceil(self.region_size) {
+        for r in offset / self.region_size..end.div_ceil(self.region_size) {
             reads[r as usize] += 1;
         }
         drop(reads);
-        buf.copy_from_slice(&self.data[offset as usize..offset as usize + buf.len()]);
+        buf.copy_from_slice(&self.data[offset as usize..end as usize]);
         Ok(())
     }
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
