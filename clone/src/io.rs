@@ -199,6 +199,11 @@ pub struct FileDest {
     direct: Option<File>,
     block: bool,
     size: u64,
+    /// Serializes buffered writes to a regular file. The kernel takes the inode's lock
+    /// for each anyway, and hydration workers contending for it spun on it: 9 % of a
+    /// hydration's CPU to tmpfs went to the spin, and waiting here instead cut the CPU
+    /// per GiB 16 % (bench: 9 rounds, 0.96 vs 1.15 s median).
+    writing: std::sync::Mutex<()>,
 }
 
 /// Memory and offset alignment for O_DIRECT writes (a page: every logical block size).
@@ -214,7 +219,7 @@ impl FileDest {
             file.set_len(size)?;
         }
         let size = size_of(&file)?;
-        Ok(Self { file, direct: None, block, size })
+        Ok(Self { file, direct: None, block, size, writing: std::sync::Mutex::new(()) })
     }
 
     /// Sends hydration's page-aligned writes through O_DIRECT where the filesystem
@@ -261,6 +266,10 @@ impl Dest for FileDest {
                 other => return other,
             }
         }
+        if self.block {
+            return pwritev_all(&self.file, offset, pieces);
+        }
+        let _one_at_a_time = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         pwritev_all(&self.file, offset, pieces)
     }
     fn sync_data(&self) -> io::Result<()> {
