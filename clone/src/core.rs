@@ -196,6 +196,11 @@ impl Core {
         }
     }
 
+    /// Whether a workload read passed through `r` and hydration has not taken it yet.
+    pub fn wanted(&self, r: Region) -> bool {
+        self.wanted.contains(&r)
+    }
+
     /// Pick up to `max` missing regions for background hydration (now `Fetching`):
     /// those workload reads passed through first, then onward from the cursor.
     pub fn next_hydration(&mut self, max: usize) -> Vec<Region> {
@@ -341,9 +346,11 @@ mod tests {
         assert_eq!(c.hydrated(), 0);
         assert_eq!(c.acquire(6, Intent::Read), Step::Fetch, "the next reader asks the source again");
         c.read_through(6);
+        assert!(c.wanted(6) && !c.wanted(3));
         assert_eq!(c.acquire(3, Intent::Read), Step::Fetch);
         c.read_through(3);
         assert_eq!(c.next_hydration(3), vec![0, 3, 6], "wanted regions first (ascending), then the cursor");
+        assert!(!c.wanted(6), "taken by hydration");
         assert_eq!(c.next_hydration(8), vec![1, 2, 4, 5, 7], "each region picked once");
         assert_eq!(c.fetches(), 8);
     }

@@ -83,6 +83,9 @@ pub struct Engine {
     workload_seen_us: AtomicU64,
     /// Whether the workload wrote or discarded since its last flush (see [`Engine::flush`]).
     workload_wrote: AtomicBool,
+    /// Where the last workload read passed through to the source ended (`u64::MAX`:
+    /// none yet): a read starting there is a stream, and fetches whole regions.
+    pub(crate) last_through_end: AtomicU64,
     pub(crate) fetched_bytes: AtomicU64,
     pub(crate) meter: Mutex<RateMeter>,
     pub(crate) progress_tx: watch::Sender<Progress>,
@@ -164,6 +167,7 @@ impl Engine {
             workload_active: AtomicUsize::new(0),
             workload_seen_us: AtomicU64::new(0),
             workload_wrote: AtomicBool::new(false),
+            last_through_end: AtomicU64::new(u64::MAX),
             fetched_bytes: AtomicU64::new(0),
             meter: Mutex::new(RateMeter::default()),
             progress_tx,

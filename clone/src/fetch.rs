@@ -186,8 +186,9 @@ impl Engine {
     /// the source's grain) are read from the source and returned without copying the
     /// regions, which go first in line for hydration: dm-clone's semantics, and the
     /// workload waits for its own bytes only (a 64 KiB region cost it about twice a
-    /// 4 KiB read). Otherwise the missing regions are fetched whole (each once), then
-    /// the dest serves.
+    /// 4 KiB read). Otherwise, and when the read shows locality (its region was read
+    /// through before, or it starts where the last passed-through read ended), the
+    /// missing regions are fetched whole (each once), then the dest serves.
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         let mut busy = None;
@@ -219,10 +220,16 @@ impl Engine {
                     .0;
                 continue;
             }
+            // Locality says the rest of the region will be read too (a mount, a scan):
+            // a region read through before and not hydrated yet, or a read continuing
+            // where the last passed-through one ended. Then fetch whole regions.
+            let local = mine.iter().any(|r| core.wanted(*r)) || self.last_through_end.load(Ordering::Relaxed) == offset;
             drop(core);
             let all_mine = mine.len() as u64 == span.end - span.start;
             let through = match self.source_handle().and_then(|s| s.read_granularity()) {
-                Some(g) if all_mine && self.cfg.read_through => self.through_range(offset, buf.len() as u64, &mine, g),
+                Some(g) if all_mine && !local && self.cfg.read_through => {
+                    self.through_range(offset, buf.len() as u64, &mine, g)
+                }
                 _ => None,
             };
             if let Some(asked) = through {
@@ -287,6 +294,7 @@ impl Engine {
         if let Some(e) = results.into_iter().find_map(|r| r.err()) {
             return Err(failed(format!("read {}+{}: {e}", asked.start, asked.end - asked.start)));
         }
+        self.last_through_end.store(end, Ordering::Relaxed);
         {
             let mut core = self.lock_core();
             for r in regions {

@@ -232,31 +232,40 @@ fn concurrent_workload_and_hydration_fetch_each_region_once() {
 }
 
 #[test]
-fn a_read_within_a_missing_region_passes_through_and_that_region_is_hydrated_first() {
+fn a_read_within_a_missing_region_passes_through_unless_it_shows_locality() {
     let src = FakeSource::new_fine(pattern(9, SIZE as usize), RS, 512);
     let faults = Faults::new(None);
     let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
     let meta = Image::new(Vec::new(), faults);
     let e = open(&src, &dest, &meta).unwrap();
     let partial = || src.partial_reads.load(std::sync::atomic::Ordering::SeqCst);
+    let copies = |r: usize| src.reads.lock().unwrap()[r];
+    let check = |o: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        e.read(o, &mut buf).unwrap();
+        assert_eq!(buf, src.data[o as usize..o as usize + len], "read at {o}+{len}");
+    };
     // 700 bytes inside region 7: the source is asked for those bytes (at its grain) only.
-    let mut buf = vec![0u8; 700];
-    e.read(7 * RS + 1000, &mut buf).unwrap();
-    assert_eq!(buf, src.data[(7 * RS + 1000) as usize..(7 * RS + 1700) as usize]);
-    assert_eq!((partial(), e.fetches()), (1, 0), "passed through, nothing copied");
-    // The next hydration batch (3 regions) starts with region 7, then the cursor's 0 and 1.
+    check(7 * RS + 1000, 700);
+    assert_eq!((partial(), e.fetches(), copies(7)), (1, 0, 0), "passed through, nothing copied");
+    // Region 7 again before hydration reached it: locality, so the region is fetched.
+    check(7 * RS + 3000, 100);
+    assert_eq!((partial(), copies(7)), (1, 1));
+    // Region 10 passes through; a read starting where that one ended (region 11, the
+    // short last one) is a stream and fetches its region.
+    check(10 * RS + 3000, (RS - 3000) as usize);
+    check(11 * RS, 500);
+    assert_eq!((partial(), copies(10), copies(11)), (2, 0, 1));
+    // The next hydration batch (3 regions) takes the wanted region 10 before the cursor's.
     assert_eq!(e.hydrate_step().unwrap(), 3);
-    assert_eq!(src.reads.lock().unwrap()[..8], [1, 1, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(src.reads.lock().unwrap()[..], [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1]);
     // Now served by the dest: the source is not asked again.
-    e.read(7 * RS + 1000, &mut buf).unwrap();
-    assert_eq!(buf, src.data[(7 * RS + 1000) as usize..(7 * RS + 1700) as usize]);
-    assert_eq!(partial(), 1);
+    check(10 * RS + 3000, 50);
+    assert_eq!(partial(), 2);
     // A read covering whole missing regions fetches them (the same bytes the source sends
     // anyway), so hydration does not read them again.
-    let mut two = vec![0u8; 2 * RS as usize];
-    e.read(3 * RS, &mut two).unwrap();
-    assert_eq!(two, src.data[3 * RS as usize..5 * RS as usize]);
-    assert_eq!((partial(), src.reads.lock().unwrap()[3..5].to_vec()), (1, vec![1, 1]));
+    check(3 * RS, 2 * RS as usize);
+    assert_eq!((partial(), copies(3), copies(4)), (2, 1, 1));
     finish(&e);
     assert_eq!(*dest.durable.lock().unwrap(), src.data);
     assert_eq!(src.max_reads(), 1, "each region copied once");
