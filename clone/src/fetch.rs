@@ -7,7 +7,7 @@ use std::sync::MutexGuard;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::core::{Core, Region, Step};
+use crate::core::{Core, Region, RegionState, Step};
 use crate::engine::{Engine, runs_of_regions};
 use crate::error::{CloneError, Result};
 use crate::io::Lane;
@@ -195,24 +195,44 @@ impl Engine {
         let span = self.regions_of(offset, buf.len() as u64);
         let mut retry = self.on_demand_retry();
         let mut core = self.lock_core();
+        // After a failed pass-through this request waits and fetches the usual way, with
+        // the usual backoff (a failure with no region of its own would retry at once).
+        let mut pass = self.cfg.read_through;
         loop {
             self.check_running()?;
             let mut mine = Vec::new();
-            let mut waiting = false;
+            let (mut ready, mut in_flight, mut claimed) = (false, false, false);
             for r in span.clone() {
                 match core.acquire(r, crate::core::Intent::Read) {
-                    Step::Ready => {}
+                    Step::Ready => ready = true,
                     Step::Fetch => mine.push(r),
-                    Step::Wait | Step::Claimed => waiting = true,
+                    Step::Wait if core.state(r) == RegionState::Fetching => in_flight = true,
+                    Step::Wait | Step::Claimed => claimed = true,
                 }
             }
-            if !mine.is_empty() || waiting {
-                busy.get_or_insert_with(|| self.workload_busy());
+            if mine.is_empty() && !in_flight && !claimed {
+                break;
             }
-            if mine.is_empty() {
-                if !waiting {
-                    break;
+            busy.get_or_insert_with(|| self.workload_busy());
+            // Passing through needs every byte of the read to be the source's: no region
+            // on the dest (the workload may have written it) or claimed by a write.
+            let grain = self.source_handle().and_then(|s| s.read_granularity());
+            let through = match grain {
+                Some(g) if pass && !ready && !claimed => {
+                    let (asked, whole) = self.through_range(offset, buf.len() as u64, &span, g);
+                    // Locality says the rest of the region will be read too (a mount, a
+                    // scan): a region read through before and not hydrated yet, or a read
+                    // continuing where the last passed-through one ended.
+                    let local =
+                        mine.iter().any(|r| core.wanted(*r)) || self.last_through_end.load(Ordering::Relaxed) == offset;
+                    // A region some fetch already has in flight (a hydration batch of up
+                    // to megabytes) is never waited for; otherwise a read asking for all
+                    // of its regions, or showing locality, fetches them.
+                    (in_flight || (asked != whole && !local)).then_some(asked)
                 }
+                _ => None,
+            };
+            if through.is_none() && mine.is_empty() {
                 core = self
                     .cv
                     .wait_timeout(core, std::time::Duration::from_millis(100))
@@ -220,22 +240,12 @@ impl Engine {
                     .0;
                 continue;
             }
-            // Locality says the rest of the region will be read too (a mount, a scan):
-            // a region read through before and not hydrated yet, or a read continuing
-            // where the last passed-through one ended. Then fetch whole regions.
-            let local = mine.iter().any(|r| core.wanted(*r)) || self.last_through_end.load(Ordering::Relaxed) == offset;
             drop(core);
-            let all_mine = mine.len() as u64 == span.end - span.start;
-            let through = match self.source_handle().and_then(|s| s.read_granularity()) {
-                Some(g) if all_mine && !local && self.cfg.read_through => {
-                    self.through_range(offset, buf.len() as u64, &mine, g)
-                }
-                _ => None,
-            };
             if let Some(asked) = through {
                 match self.read_through(offset, buf, &mine, asked) {
                     Ok(()) => return Ok(()),
                     Err(failed) => {
+                        pass = false;
                         let (guard, failed) = self.record_fetched(failed);
                         core = self.back_off_on_failure(guard, failed, &mut retry)?;
                         continue;
@@ -251,14 +261,14 @@ impl Engine {
     }
 
     /// The source range a passed-through read of `[offset, offset+len)` asks for (widened
-    /// to `grain`), or `None` when that is all of `regions` anyway: then fetching them
-    /// costs the source nothing more and saves the hydration a second read.
-    fn through_range(&self, offset: u64, len: u64, regions: &[Region], grain: u64) -> Option<Range<u64>> {
-        let whole = self.region_range(regions[0]).start..self.region_range(regions[regions.len() - 1]).end;
+    /// to `grain`), and all of the read's regions `span` as bytes: when the two are equal,
+    /// fetching the regions costs the source nothing more and saves hydration a read.
+    fn through_range(&self, offset: u64, len: u64, span: &Range<Region>, grain: u64) -> (Range<u64>, Range<u64>) {
+        let whole = self.region_range(span.start).start..self.region_range(span.end - 1).end;
         let grain = grain.max(1);
         let asked = (offset / grain * grain).max(whole.start)
             ..(offset + len).div_ceil(grain).saturating_mul(grain).min(whole.end);
-        (asked != whole).then_some(asked)
+        (asked, whole)
     }
 
     /// Reads `asked` (which holds the workload's `[offset, offset+buf.len())`) from the

@@ -272,6 +272,40 @@ fn a_read_within_a_missing_region_passes_through_unless_it_shows_locality() {
 }
 
 #[test]
+fn a_read_of_a_region_in_a_hydration_batch_in_flight_does_not_wait_for_the_batch() {
+    let src = FakeSource::new_fine(pattern(4, SIZE as usize), RS, 512);
+    let faults = Faults::new(None);
+    let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
+    let meta = Image::new(Vec::new(), faults);
+    let cfg = EngineConfig { batch_regions: 12, ..cfg() };
+    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    let sc = std::sync::atomic::Ordering::SeqCst;
+    src.copy_hold.store(true, sc);
+    // One batch takes every region, in one source read that does not answer yet.
+    let batch = std::thread::spawn({
+        let e = e.clone();
+        move || e.hydrate_step()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !src.held.load(sc) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(src.held.load(sc), "the hydration batch never reached the source");
+    // Workload reads of regions in that batch answer from the source (one spans two).
+    for (o, len) in [(5 * RS + 100, 200), (9 * RS + 600, 2000), (2 * RS + 4000, 300)] {
+        let mut buf = vec![0u8; len as usize];
+        e.read(o, &mut buf).unwrap();
+        assert_eq!(buf, src.data[o as usize..(o + len) as usize], "read at {o}+{len}");
+    }
+    assert!(!batch.is_finished(), "the batch was still in flight while the reads answered");
+    assert_eq!(src.partial_reads.load(sc), 3, "each read passed through");
+    src.copy_hold.store(false, sc);
+    assert_eq!(batch.join().unwrap().unwrap(), 12);
+    finish(&e);
+    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+}
+
+#[test]
 fn deallocated_source_ranges_are_never_fetched() {
     let rs = 4096;
     let mut data = pattern(5, 16 * rs as usize);

@@ -24,6 +24,9 @@ pub struct FakeSource {
     pub partial_reads: AtomicU64,
     /// While set, `deallocated` does not answer (a slow GET LBA STATUS scan).
     pub scan_hold: AtomicBool,
+    /// While set, region copies (whole-region reads) do not answer; `held` says one waits.
+    pub copy_hold: AtomicBool,
+    pub held: AtomicBool,
 }
 
 impl FakeSource {
@@ -38,6 +41,8 @@ impl FakeSource {
             grain: None,
             partial_reads: AtomicU64::new(0),
             scan_hold: AtomicBool::new(false),
+            copy_hold: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         })
     }
     /// A source that reads at `grain` (workload reads pass through).
@@ -76,6 +81,14 @@ impl BlockSource for FakeSource {
             }
         }
         assert!(whole_regions, "source reads are region-aligned");
+        // Bounded: a test releases the hold within seconds.
+        for _ in 0..10_000 {
+            if !self.copy_hold.load(Ordering::SeqCst) {
+                break;
+            }
+            self.held.store(true, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let mut reads = self.reads.lock().unwrap();
         for r in offset / self.region_size..end.div_ceil(self.region_size) {
             reads[r as usize] += 1;
