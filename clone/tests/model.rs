@@ -231,12 +231,20 @@ fn concurrent_workload_and_hydration_fetch_each_region_once() {
     assert_eq!(src.max_reads(), 1, "every region fetched exactly once");
 }
 
+/// A source that reads at 512 bytes (so workload reads may pass through), an empty dest
+/// and empty metadata, none failing.
+fn fine_source_and_images(seed: u64) -> (Arc<FakeSource>, Arc<Image>, Arc<Image>) {
+    let faults = Faults::new(None);
+    (
+        FakeSource::new_fine(pattern(seed, SIZE as usize), RS, 512),
+        Image::new(vec![0xAA; SIZE as usize], faults.clone()),
+        Image::new(Vec::new(), faults),
+    )
+}
+
 #[test]
 fn a_read_within_a_missing_region_passes_through_unless_it_shows_locality() {
-    let src = FakeSource::new_fine(pattern(9, SIZE as usize), RS, 512);
-    let faults = Faults::new(None);
-    let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
-    let meta = Image::new(Vec::new(), faults);
+    let (src, dest, meta) = fine_source_and_images(9);
     let e = open(&src, &dest, &meta).unwrap();
     let partial = || src.partial_reads.load(std::sync::atomic::Ordering::SeqCst);
     let copies = |r: usize| src.reads.lock().unwrap()[r];
@@ -273,10 +281,7 @@ fn a_read_within_a_missing_region_passes_through_unless_it_shows_locality() {
 
 #[test]
 fn a_read_of_a_region_in_a_hydration_batch_in_flight_does_not_wait_for_the_batch() {
-    let src = FakeSource::new_fine(pattern(4, SIZE as usize), RS, 512);
-    let faults = Faults::new(None);
-    let dest = Image::new(vec![0xAA; SIZE as usize], faults.clone());
-    let meta = Image::new(Vec::new(), faults);
+    let (src, dest, meta) = fine_source_and_images(4);
     let cfg = EngineConfig { batch_regions: 12, ..cfg() };
     let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
     let sc = std::sync::atomic::Ordering::SeqCst;
