@@ -198,9 +198,21 @@ fn finish_or_crash(e: &Engine) {
 
 #[test]
 fn concurrent_workload_and_hydration_fetch_each_region_once() {
+    concurrent_workload_and_hydration(false);
+}
+
+#[test]
+fn concurrent_workload_reads_passing_through_and_hydration_copy_each_region_once() {
+    concurrent_workload_and_hydration(true);
+}
+
+/// Three reader threads against three hydration workers; `fine`: the source reads at
+/// 512 bytes, so reads pass through (also past batches in flight).
+fn concurrent_workload_and_hydration(fine: bool) {
     let rs = 4096;
     let size = 64 * rs;
-    let src = FakeSource::new(pattern(3, size as usize), rs);
+    let data = pattern(3, size as usize);
+    let src = if fine { FakeSource::new_fine(data, rs, 512) } else { FakeSource::new(data, rs) };
     let faults = Faults::new(None);
     let dest = Image::new(vec![0; size as usize], faults.clone());
     let meta = Image::new(Vec::new(), faults);
