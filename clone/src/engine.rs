@@ -87,6 +87,7 @@ pub struct Engine {
     /// none yet): a read starting there is a stream, and fetches whole regions.
     pub(crate) last_through_end: AtomicU64,
     pub(crate) fetched_bytes: AtomicU64,
+    pub(crate) read_through_bytes: AtomicU64,
     pub(crate) meter: Mutex<RateMeter>,
     pub(crate) progress_tx: watch::Sender<Progress>,
     pub(crate) span: tracing::Span,
@@ -169,6 +170,7 @@ impl Engine {
             workload_wrote: AtomicBool::new(false),
             last_through_end: AtomicU64::new(u64::MAX),
             fetched_bytes: AtomicU64::new(0),
+            read_through_bytes: AtomicU64::new(0),
             meter: Mutex::new(RateMeter::default()),
             progress_tx,
             span,

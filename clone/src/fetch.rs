@@ -305,6 +305,7 @@ impl Engine {
             return Err(failed(format!("read {}+{}: {e}", asked.start, asked.end - asked.start)));
         }
         self.last_through_end.store(end, Ordering::Relaxed);
+        self.read_through_bytes.fetch_add(asked.end - asked.start, Ordering::Relaxed);
         {
             let mut core = self.lock_core();
             for r in regions {

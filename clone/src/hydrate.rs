@@ -181,6 +181,7 @@ pub(crate) fn publish(e: &Engine, complete: bool) {
         bytes_per_sec: rate,
         eta_secs,
         fetched_bytes: e.fetched_bytes.load(Ordering::Relaxed),
+        read_through_bytes: e.read_through_bytes.load(Ordering::Relaxed),
         phase,
         last_error,
     };

@@ -31,8 +31,11 @@ pub struct Progress {
     pub bytes_per_sec: f64,
     /// Time left at the recent rate (`None` when unknown or stopped).
     pub eta_secs: Option<f64>,
-    /// Bytes read from the source since this run started.
+    /// Bytes of regions copied from the source since this run started.
     pub fetched_bytes: u64,
+    /// Bytes of workload reads served straight from the source since this run started
+    /// (not copies: their regions are copied by hydration).
+    pub read_through_bytes: u64,
     /// Current phase.
     pub phase: Phase,
     /// The last source error, kept for diagnostics after recovery.
@@ -48,6 +51,7 @@ impl Progress {
             bytes_per_sec: 0.0,
             eta_secs: if complete { Some(0.0) } else { None },
             fetched_bytes: 0,
+            read_through_bytes: 0,
             phase: if complete { Phase::Complete } else { Phase::Hydrating },
             last_error: None,
         }
