@@ -323,6 +323,53 @@ fn a_read_of_a_region_in_a_hydration_batch_in_flight_does_not_wait_for_the_batch
 }
 
 #[test]
+fn a_failed_pass_through_backs_off_and_the_read_is_answered_once_the_source_is_back() {
+    let (src, dest, meta) = fine_source_and_images(6);
+    let cfg = EngineConfig { batch_regions: 12, on_demand_timeout: Duration::from_secs(20), ..cfg() };
+    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    let sc = std::sync::atomic::Ordering::SeqCst;
+    let reader = |o: u64, len: u64| {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; len as usize];
+            e.read(o, &mut buf).map(|()| buf)
+        })
+    };
+    // A missing region: the pass-through fails, then whole-region fetches back off.
+    src.gone.store(true, sc);
+    let r = reader(7 * RS + 100, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!r.is_finished(), "answered while the source was gone");
+    let tries = src.failed_reads.load(sc);
+    assert!((2..=12).contains(&tries), "{tries} source reads in 300 ms: no backoff, or no retry");
+    src.gone.store(false, sc);
+    assert_eq!(r.join().unwrap().unwrap(), src.data[(7 * RS + 100) as usize..(7 * RS + 300) as usize]);
+    // A region in a batch in flight: after one failed pass-through the read waits for the
+    // batch (it has no region of its own to fetch) instead of asking the source again.
+    src.copy_hold.store(true, sc);
+    let batch = std::thread::spawn({
+        let e = e.clone();
+        move || e.hydrate_step()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !src.held.load(sc) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    src.gone.store(true, sc);
+    let before = src.failed_reads.load(sc);
+    let r = reader(2 * RS + 10, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!r.is_finished(), "answered while the source was gone and the batch held");
+    assert_eq!(src.failed_reads.load(sc) - before, 1, "the read kept asking the gone source");
+    src.gone.store(false, sc);
+    src.copy_hold.store(false, sc);
+    assert!(batch.join().unwrap().unwrap() > 0);
+    assert_eq!(r.join().unwrap().unwrap(), src.data[(2 * RS + 10) as usize..(2 * RS + 110) as usize]);
+    finish(&e);
+    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+}
+
+#[test]
 fn deallocated_source_ranges_are_never_fetched() {
     let rs = 4096;
     let mut data = pattern(5, 16 * rs as usize);

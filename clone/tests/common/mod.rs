@@ -17,6 +17,8 @@ pub struct FakeSource {
     pub region_size: u64,
     pub reads: Mutex<Vec<u32>>,
     pub gone: AtomicBool,
+    /// Reads refused while `gone`.
+    pub failed_reads: AtomicU64,
     pub holes: Option<Vec<Range<u64>>>,
     /// Reads at this grain (not whole regions) are allowed: workload reads passed
     /// through to the source, counted apart from region copies.
@@ -37,6 +39,7 @@ impl FakeSource {
             region_size,
             reads: Mutex::new(vec![0; n]),
             gone: AtomicBool::new(false),
+            failed_reads: AtomicU64::new(0),
             holes: None,
             grain: None,
             partial_reads: AtomicU64::new(0),
@@ -65,12 +68,23 @@ impl BlockSource for FakeSource {
         "fake:source".into()
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if self.gone.load(Ordering::SeqCst) {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "source gone"));
-        }
         let end = offset + buf.len() as u64;
         let whole_regions = offset.is_multiple_of(self.region_size)
             && (end.is_multiple_of(self.region_size) || end == self.data.len() as u64);
+        if whole_regions {
+            // Bounded: a test releases the hold within seconds.
+            for _ in 0..10_000 {
+                if !self.copy_hold.load(Ordering::SeqCst) {
+                    break;
+                }
+                self.held.store(true, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        if self.gone.load(Ordering::SeqCst) {
+            self.failed_reads.fetch_add(1, Ordering::SeqCst);
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "source gone"));
+        }
         if let Some(g) = self.grain {
             assert_eq!(offset % g, 0, "source reads are {g}-aligned");
             assert!(end.is_multiple_of(g) || end == self.data.len() as u64, "source reads end {g}-aligned");
@@ -81,14 +95,6 @@ impl BlockSource for FakeSource {
             }
         }
         assert!(whole_regions, "source reads are region-aligned");
-        // Bounded: a test releases the hold within seconds.
-        for _ in 0..10_000 {
-            if !self.copy_hold.load(Ordering::SeqCst) {
-                break;
-            }
-            self.held.store(true, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         let mut reads = self.reads.lock().unwrap();
         for r in offset / self.region_size..end.div_ceil(self.region_size) {
             reads[r as usize] += 1;
