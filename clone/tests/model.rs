@@ -291,23 +291,31 @@ fn a_read_within_a_missing_region_passes_through_unless_it_shows_locality() {
     assert_eq!(src.max_reads(), 1, "each region copied once");
 }
 
+/// Holds the source's region copies and starts one hydration step, returning once its
+/// batch is waiting at the source (the caller clears `copy_hold` to let it finish).
+fn start_held_batch(e: &Arc<Engine>, src: &FakeSource) -> std::thread::JoinHandle<Result<usize, String>> {
+    let sc = std::sync::atomic::Ordering::SeqCst;
+    src.copy_hold.store(true, sc);
+    let batch = std::thread::spawn({
+        let e = e.clone();
+        move || e.hydrate_step()
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !src.held.swap(false, sc) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(!batch.is_finished(), "the hydration batch never waited at the source");
+    batch
+}
+
 #[test]
 fn a_read_of_a_region_in_a_hydration_batch_in_flight_does_not_wait_for_the_batch() {
     let (src, dest, meta) = fine_source_and_images(4);
     let cfg = EngineConfig { batch_regions: 12, ..cfg() };
     let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
     let sc = std::sync::atomic::Ordering::SeqCst;
-    src.copy_hold.store(true, sc);
     // One batch takes every region, in one source read that does not answer yet.
-    let batch = std::thread::spawn({
-        let e = e.clone();
-        move || e.hydrate_step()
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !src.held.load(sc) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(src.held.load(sc), "the hydration batch never reached the source");
+    let batch = start_held_batch(&e, &src);
     // Workload reads of regions in that batch answer from the source (one spans two).
     for (o, len) in [(5 * RS + 100, 200), (9 * RS + 600, 2000), (2 * RS + 4000, 300)] {
         let mut buf = vec![0u8; len as usize];
@@ -346,15 +354,7 @@ fn a_failed_pass_through_backs_off_and_the_read_is_answered_once_the_source_is_b
     assert_eq!(r.join().unwrap().unwrap(), src.data[(7 * RS + 100) as usize..(7 * RS + 300) as usize]);
     // A region in a batch in flight: after one failed pass-through the read waits for the
     // batch (it has no region of its own to fetch) instead of asking the source again.
-    src.copy_hold.store(true, sc);
-    let batch = std::thread::spawn({
-        let e = e.clone();
-        move || e.hydrate_step()
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !src.held.load(sc) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let batch = start_held_batch(&e, &src);
     src.gone.store(true, sc);
     let before = src.failed_reads.load(sc);
     let r = reader(2 * RS + 10, 100);
