@@ -11,7 +11,9 @@
 #  2. 4 KiB random O_DIRECT read latency through the exposed clone (FUSE + loop):
 #     unhydrated with hydration idle, unhydrated while hydration runs at HYD_RATE, and
 #     hydrated, vs a plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r);
-#  3. loop-over-FUSE overhead: hydrated reads vs a loop device on a plain file;
+#  3. loop-over-FUSE overhead: hydrated reads vs a loop device on a plain file; the floor
+#     that overhead puts under an unhydrated read (hydrated read + plain remote read); and
+#     where an unhydrated read's time goes, phase by phase (bench/ondemand_phases.py, ftrace);
 #  4. time from `clone run --expose` until the device exists (the drain's cut-over path)
 #     for a CUT_GIB (4) GiB volume 5 % used in 64 KiB extents spread over it (a GET LBA
 #     STATUS answer per 1024 extents, a dest on disk), against the same for a 64 MiB
@@ -173,6 +175,8 @@ expose() { # tag rate; sets $dev (the clone run stays in the background; not in 
 # hydration held at 1 KiB/s: every first read hits an unhydrated region
 expose idle 1K
 read -r un_med un_p99 < <(lat "$dev" 1 1)
+# the same kind of reads again (other regions) with ftrace on: where the time goes
+phases=$(timeout 120 python3 bench/ondemand_phases.py "$dev" 300 7 tgtd 2>&1) || phases="not traced: $phases"
 # the same offsets on a clone hydrated to the end first (a read within a missing region
 # passes through to the source and leaves the region to hydration, so reading the idle
 # clone again would measure the source again)
@@ -216,8 +220,15 @@ echo "| CPU seconds of the hydrating process per GiB, tmpfs dest (median of $rou
 echo "| hydration ${size_mib} MiB onto a disk dest (MB/s) | $hyd_disk_mbs | dd write + fdatasync there: $dd_mbs | $(ratio "$hyd_disk_mbs" "$(python3 -c "print(min($dd_mbs, $seq_mbs))")") | >= 0.9 of min(path, disk) |"
 echo "| 4 KiB read within an unhydrated region inside the engine, no FUSE/loop (median us: passed through (default) / whole region fetched first; hydrated) | $eng_un / $eng_whole; $eng_hy | iscsi-perf 4 KiB: $remote4k_us; our initiator 4 KiB: $eng_plain | $(ratio "$eng_un" "$remote4k_us") (vs our initiator: $(ratio "$eng_un" "$eng_plain")) | <= 1.5 |"
 echo "| 4 KiB random read, unhydrated, hydration idle (median / p99 us) | $un_med / $un_p99 | plain remote 4 KiB read (iscsi-perf -m 1 -b 8 -r): $remote4k_us | $(ratio "$un_med" "$remote4k_us") | <= 1.5 |"
+echo "| floor of the row above for any engine behind loop + FUSE: a hydrated read through them plus a plain remote read (us) | $(python3 -c "print(round($hy_med + $remote4k_us))") | plain remote 4 KiB read: $remote4k_us | $(ratio "$(python3 -c "print($hy_med + $remote4k_us)")" "$remote4k_us") | why the row above misses 1.5 here |"
 echo "| 4 KiB random read, unhydrated, hydration running at $hyd_rate (median / p99 us) | $busy_med / $busy_p99 | same: $remote4k_us (hydration at $busy_at when the reads ended) | $(ratio "$busy_med" "$remote4k_us") | <= 1.5 |"
 echo "| 4 KiB random read, hydrated (median / p99 us) | $hy_med / $hy_p99 | loop on a plain file, direct I/O: $pl_med / $pl_p99 | $(ratio "$hy_med" "$pl_med") | loop-over-FUSE overhead |"
 echo "| until the clone device exists, ${cut_gib} GiB 5 % used in 64 KiB extents, dest on disk (s, median of 3) | $(median "${cut_all[@]}") | same for a 64 MiB volume, all allocated: $(median "${small_all[@]}") | $(ratio "$(median "${cut_all[@]}")" "$(median "${small_all[@]}")") | cut-over cost of the scan |"
+echo
+echo "Where an unhydrated read's time goes (bench/ondemand_phases.py: ftrace, median us per phase, tracing adds ~1 us per event):"
+echo
+echo "| phase | us |"
+echo "|---|---:|"
+printf '%s\n' "$phases" | awk -F'\t' 'NF == 2 { print "| " $1 " | " $2 " |" } NF != 2 { print "| " $0 " | |" }'
 echo
 echo "binary: $bin; region (latency rows through the device) $region, hydration rows 64K; exposed loop: $(grep -o 'direct I/O [a-z]*' "$tmp/idle.log" | head -1); cores: $(nproc), load: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -145,6 +145,12 @@ pub struct DataplaneConfig {
     /// right after workload I/O only one batch runs (see the clone's quiet window).
     #[serde(default = "default_clone_in_flight")]
     pub clone_in_flight: u64,
+    /// With `iscsi` and the userspace engine: the first workload read within a region not
+    /// yet copied takes just its bytes from the source and puts the region first in line
+    /// for hydration (dm-clone's behaviour, and the lower first-read latency; a second
+    /// read there fetches the region). `false` fetches whole regions at the first read.
+    #[serde(default = "default_clone_read_through")]
+    pub clone_read_through: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -160,6 +166,7 @@ impl Default for DataplaneConfig {
             region_size: default_region_size(),
             clone_parallelism: default_clone_parallelism(),
             clone_in_flight: default_clone_in_flight(),
+            clone_read_through: default_clone_read_through(),
         }
     }
 }
@@ -178,6 +185,10 @@ fn default_clone_parallelism() -> usize {
 
 fn default_clone_in_flight() -> u64 {
     8 << 20
+}
+
+fn default_clone_read_through() -> bool {
+    true
 }
 
 fn default_progress_ms() -> u64 {

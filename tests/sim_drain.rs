@@ -386,6 +386,7 @@ impl World {
                     total: REGIONS as u64,
                     bytes_per_s: 0,
                     fetched_bytes: 0,
+                    read_through_bytes: 0,
                     stalled,
                     error: None,
                 });

@@ -185,6 +185,7 @@ pub enum DataEvent {
         total: u64,
         bytes_per_s: u64,
         fetched_bytes: u64,
+        read_through_bytes: u64,
         stalled: bool,
         error: Option<String>,
     },
@@ -212,6 +213,7 @@ struct Progress {
     total: u64,
     bytes_per_s: u64,
     fetched_bytes: u64,
+    read_through_bytes: u64,
     error: Option<String>,
 }
 
@@ -617,8 +619,18 @@ impl Core {
                 self.progress.entry(volume.clone()).or_default().error = Some(reason.clone());
                 self.holder_step(&volume, &HolderEvent::CloneFailed(reason), &mut out);
             }
-            DataEvent::Progress { volume, hydrated, total, bytes_per_s, fetched_bytes, stalled, error } => {
-                self.progress.insert(volume.clone(), Progress { hydrated, total, bytes_per_s, fetched_bytes, error });
+            DataEvent::Progress {
+                volume,
+                hydrated,
+                total,
+                bytes_per_s,
+                fetched_bytes,
+                read_through_bytes,
+                stalled,
+                error,
+            } => {
+                let p = Progress { hydrated, total, bytes_per_s, fetched_bytes, read_through_bytes, error };
+                self.progress.insert(volume.clone(), p);
                 if matches!(self.state.holding.get(&volume).map(|h| &h.phase), Some(HolderPhase::Running { stalled: s }) if *s != stalled)
                 {
                     self.holder_step(&volume, &HolderEvent::Stalled(stalled), &mut out);
@@ -731,6 +743,7 @@ impl Core {
                 total: p.total,
                 bytes_per_s: p.bytes_per_s,
                 fetched_bytes: p.fetched_bytes,
+                read_through_bytes: p.read_through_bytes,
                 error: p.error,
             };
             keys.insert(Key::Progress(id.clone()).render(), schema::encode(&rec));

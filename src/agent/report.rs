@@ -120,6 +120,7 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
                 .map(|p| p.fetched_bytes)
                 .or(rec.arrived.as_ref().map(|a| a.fetched_bytes))
                 .unwrap_or(0),
+            read_through_bytes: progress.map_or(0, |p| p.read_through_bytes),
             arrived_from: rec.arrived.as_ref().map(|a| a.from.clone()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress.is_some_and(|p| matches!(p.phase, crate::lease::HolderPhase::Running { stalled: true })),

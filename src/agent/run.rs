@@ -136,6 +136,7 @@ async fn build_dataplane(
                         region_size: d.region_size,
                         parallelism: d.clone_parallelism,
                         batch_regions: per_read.max(1) as usize,
+                        read_through: d.clone_read_through,
                     };
                     Arc::new(
                         EngineClones::new(&config.run_dir(), tuning)

@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// Regions per background batch, read in pieces of up to 1 MiB all at once (userspace).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
+    /// Fetch a missing region whole before answering the first read within it
+    /// (userspace). By default that read takes just its bytes from the source and puts
+    /// the region first in line for hydration, as dm-clone does (a second read there, or
+    /// a sequential one, fetches whole regions): the lower first-read latency.
+    #[arg(long)]
+    pub no_read_through: bool,
     /// Report `stalled` after the source fails for this many seconds.
     #[arg(long, default_value_t = 10)]
     pub stall_after: u64,
@@ -161,6 +167,7 @@ async fn run_userspace(
         rate_limit: rate,
         parallelism: args.parallel,
         batch_regions: args.batch,
+        read_through: !args.no_read_through,
         core: meshdrain_clone::core::CoreConfig { stall_after, ..Default::default() },
         ..Default::default()
     };

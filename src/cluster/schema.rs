@@ -241,6 +241,9 @@ pub struct ProgressRecord {
     /// Bytes read from the source so far.
     #[serde(default)]
     pub fetched_bytes: u64,
+    /// Bytes the workload's reads took straight from the source (regions not yet copied).
+    #[serde(default)]
+    pub read_through_bytes: u64,
     /// The last error, when stalled or failed.
     #[serde(default)]
     pub error: Option<String>,

@@ -31,6 +31,7 @@ pub struct Metrics {
     hydrated_ratio: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     hydration_rate: Family<Labels, Gauge>,
     fetched_bytes: Family<Labels, Gauge>,
+    read_through_bytes: Family<Labels, Gauge>,
     stalled: Family<Labels, Gauge>,
     stranded: Family<Labels, Gauge>,
     /// Node requests this agent applied or refused.
@@ -57,6 +58,7 @@ impl Metrics {
         let hydrated_ratio = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let hydration_rate = Family::<Labels, Gauge>::default();
         let fetched_bytes = Family::<Labels, Gauge>::default();
+        let read_through_bytes = Family::<Labels, Gauge>::default();
         let stalled = Family::<Labels, Gauge>::default();
         let stranded = Family::<Labels, Gauge>::default();
         registry.register(
@@ -73,6 +75,11 @@ impl Metrics {
             "volume_fetched_bytes",
             "Bytes a moving volume's holder has read from its source",
             fetched_bytes.clone(),
+        );
+        registry.register(
+            "volume_read_through_bytes",
+            "Bytes a moving volume's workload read straight from its source, within regions not yet copied",
+            read_through_bytes.clone(),
         );
         registry.register(
             "volume_stalled",
@@ -110,6 +117,7 @@ impl Metrics {
             hydrated_ratio,
             hydration_rate,
             fetched_bytes,
+            read_through_bytes,
             stalled,
             stranded,
             requests_handled,
@@ -142,7 +150,9 @@ impl Metrics {
                 .iter()
                 .map(|p| ((*p).to_owned(), 0))
                 .collect();
-        for family in [&self.hydration_rate, &self.fetched_bytes, &self.stalled, &self.stranded] {
+        for family in
+            [&self.hydration_rate, &self.fetched_bytes, &self.read_through_bytes, &self.stalled, &self.stranded]
+        {
             family.clear();
         }
         self.hydrated_ratio.clear();
@@ -153,6 +163,7 @@ impl Metrics {
                 self.hydrated_ratio.get_or_create(&labels).set(ratio);
                 self.hydration_rate.get_or_create(&labels).set(v.bytes_per_s as i64);
                 self.fetched_bytes.get_or_create(&labels).set(v.fetched_bytes as i64);
+                self.read_through_bytes.get_or_create(&labels).set(v.read_through_bytes as i64);
                 self.stalled.get_or_create(&labels).set(i64::from(v.stalled));
                 self.stranded.get_or_create(&labels).set(i64::from(v.stranded));
             }
@@ -224,5 +235,34 @@ mod tests {
         assert!(text.contains("# TYPE meshdrain_nodes gauge"), "{text}");
         assert!(text.contains("meshdrain_nodes{state=\"draining\",alive=\"true\"} 0"), "{text}");
         assert!(text.contains("meshdrain_peers_alive 0"), "{text}");
+    }
+
+    #[test]
+    fn moving_volume_reports_copied_and_read_through_bytes_apart() {
+        use crate::cluster::view::{RawNode, RawSnapshot};
+        let node = |name: &str, key: &str, value: &str| RawNode {
+            name: name.into(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:1".parse().unwrap(),
+            alive: true,
+            heartbeat: 3,
+            entries: vec![(key.into(), value.into())],
+        };
+        let raw = RawSnapshot {
+            self_name: "a".into(),
+            nodes: vec![
+                node("a", "vol/db", r#"{"v":1,"size":1048576,"epoch":2,"phase":"cut_over","holder":"b","at_ms":5}"#),
+                node(
+                    "b",
+                    "progress/db",
+                    r#"{"v":1,"source":"a","epoch":2,"phase":"running","stalled":false,"hydrated":4,"total":16,"bytes_per_s":9,"fetched_bytes":262144,"read_through_bytes":8192}"#,
+                ),
+            ],
+        };
+        let m = Metrics::new();
+        m.observe(&ClusterView::from_raw(&raw));
+        let text = m.render();
+        assert!(text.contains("meshdrain_volume_fetched_bytes{volume=\"db\",holder=\"b\"} 262144"), "{text}");
+        assert!(text.contains("meshdrain_volume_read_through_bytes{volume=\"db\",holder=\"b\"} 8192"), "{text}");
     }
 }

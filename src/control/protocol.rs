@@ -182,6 +182,10 @@ pub struct VolumeStatus {
     /// Bytes read from the source by the move under way, or by the last move.
     #[serde(default)]
     pub fetched_bytes: u64,
+    /// Bytes the workload's reads took straight from the source during the move under
+    /// way (within regions not yet copied; on top of `fetched_bytes`).
+    #[serde(default)]
+    pub read_through_bytes: u64,
     /// The node the last move came from, once it has arrived.
     #[serde(default)]
     pub arrived_from: Option<String>,

@@ -40,11 +40,14 @@ pub struct EngineTuning {
     pub parallelism: usize,
     /// Regions per background fetch.
     pub batch_regions: usize,
+    /// Workload reads within missing regions go to the source for just their bytes
+    /// ([`EngineConfig::read_through`]).
+    pub read_through: bool,
 }
 
 impl Default for EngineTuning {
     fn default() -> Self {
-        Self { region_size: 64 * 1024, parallelism: 4, batch_regions: 64 }
+        Self { region_size: 64 * 1024, parallelism: 4, batch_regions: 64, read_through: true }
     }
 }
 
@@ -118,6 +121,7 @@ impl EngineClones {
             rate_limit: spec.rate_limit,
             parallelism: self.tuning.parallelism,
             batch_regions: self.tuning.batch_regions,
+            read_through: self.tuning.read_through,
             ..Default::default()
         };
         let reading = source.clone();
@@ -375,6 +379,7 @@ impl CloneService for EngineClones {
             total: p.total,
             bytes_per_s: p.bytes_per_sec as u64,
             fetched_bytes: p.fetched_bytes,
+            read_through_bytes: p.read_through_bytes,
             stalled: p.phase == Phase::Stalled,
             error: p.last_error,
         })

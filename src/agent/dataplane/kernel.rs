@@ -207,6 +207,8 @@ impl CloneService for DmClones {
                 bytes_per_s: p.bytes_per_sec as u64,
                 // The kernel does not count source reads: regions copied is the estimate.
                 fetched_bytes: p.hydrated * p.region_size,
+                // dm-clone passes such reads to the source without counting them.
+                read_through_bytes: 0,
                 stalled: p.phase == Phase::Stalled,
                 error: p.last_error,
             };

@@ -241,6 +241,7 @@ impl CloneService for LocalClones {
             total: c.bitmap.lock().expect("lock").len() as u64,
             bytes_per_s: c.bytes_per_s.load(Ordering::SeqCst),
             fetched_bytes: c.fetched.load(Ordering::SeqCst),
+            read_through_bytes: 0,
             stalled: c.stalled.load(Ordering::SeqCst),
             error: c.error.lock().expect("lock").clone(),
         })

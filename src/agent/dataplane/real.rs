@@ -76,6 +76,9 @@ pub struct CloneProgress {
     /// Bytes read from the source so far (what the network carried; regions the workload
     /// overwrote or the source reported unallocated are not fetched).
     pub fetched_bytes: u64,
+    /// Bytes the workload's reads took straight from the source, within regions not yet
+    /// copied (they leave the regions to hydration; on top of `fetched_bytes`).
+    pub read_through_bytes: u64,
     /// The source does not answer.
     pub stalled: bool,
     /// Last error.
@@ -387,6 +390,7 @@ impl Inner {
                 total: p.total,
                 bytes_per_s: p.bytes_per_s,
                 fetched_bytes: p.fetched_bytes,
+                read_through_bytes: p.read_through_bytes,
                 stalled: p.stalled,
                 error: p.error,
             };

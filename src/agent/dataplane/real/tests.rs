@@ -53,6 +53,7 @@ impl CloneService for FakeClones {
             total: 3,
             bytes_per_s: 10,
             fetched_bytes: *h * 10,
+            read_through_bytes: 0,
             stalled: false,
             error: None,
         })
