@@ -3,56 +3,16 @@
 //! Needs root, /dev/net/tun, iproute2 and ss; fails (never skips silently) without them.
 
 mod common;
+#[path = "common/mesh_node.rs"]
+mod mesh_node;
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, SystemTime};
 
-use meshdrain_mesh::{
-    BackendChoice, BackendKind, FleetCa, InterfaceSpec, NodeKey, PeerChange, PeerConfig, SigningRequest,
-    WireguardBackend, select_backend,
-};
+use mesh_node::{WG_PORT, bring_up, bring_up_with, peer_of};
+use meshdrain_mesh::{FleetCa, NodeKey, PeerChange, PeerConfig, SigningRequest, WireguardBackend};
 use meshdrain_testkit::netns::{Lan, Netns, require, require_tun, unique_name};
-
-const WG_PORT: u16 = 51820;
-
-struct Node {
-    name: String,
-    key: NodeKey,
-    address: Ipv6Addr,
-    backend: Box<dyn WireguardBackend>,
-}
-
-fn bring_up(ns: &Netns, ca: &FleetCa, name: &str) -> Node {
-    bring_up_with(ns, ca, name, |spec| select_backend(BackendChoice::Userspace, &spec))
-}
-
-fn bring_up_with(
-    ns: &Netns,
-    ca: &FleetCa,
-    name: &str,
-    start: impl FnOnce(InterfaceSpec) -> Result<Box<dyn WireguardBackend>, meshdrain_mesh::BackendError> + Send + 'static,
-) -> Node {
-    let key = NodeKey::generate();
-    let req = SigningRequest { name: name.into(), public_key: key.public().to_base64() };
-    let cert = ca.sign(&req, SystemTime::now() + Duration::from_secs(3600)).unwrap();
-    let spec = InterfaceSpec {
-        name: unique_name("mdw"),
-        key: key.clone(),
-        address: cert.body.address,
-        listen_port: WG_PORT,
-        mtu: meshdrain_mesh::backend::DEFAULT_MTU,
-    };
-    let ifname = spec.name.clone();
-    let backend =
-        ns.run_in(move || start(spec)).unwrap().unwrap_or_else(|e| panic!("userspace backend in {}: {e}", ns.name()));
-    assert_eq!(backend.kind(), BackendKind::Userspace);
-    Node { name: ifname, key, address: cert.body.address, backend }
-}
-
-fn peer_of(n: &Node, underlay: std::net::Ipv4Addr) -> PeerConfig {
-    PeerConfig::host(n.key.public(), n.address, Some(SocketAddr::from((underlay, WG_PORT))))
-}
 
 /// Sends `len` bytes from `from` to a listener in `to_ns` on `to_addr` and checks the echo.
 fn tcp_round_trip(from: &Netns, to_ns: &Netns, to_addr: Ipv6Addr, port: u16, len: usize) {

@@ -152,12 +152,7 @@ fn wait_for_owner(observer: &AgentProc, name: &str) -> String {
 #[test]
 fn a_holder_killed_mid_hydration_resumes_and_completes() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut agents = fleet(tmp.path(), 3);
-    joined(&agents);
-    let sum = volume_with_data(&agents[0], "big", 16);
-    // 16 MiB at 4 MiB/s: about four seconds of hydration to interrupt.
-    let out = agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (mut agents, sum) = draining_big_volume(tmp.path());
 
     let mut holder = String::new();
     wait_until(
@@ -243,14 +238,22 @@ fn volume(a: &AgentProc, id: &str) -> Option<serde_json::Value> {
     volumes(a).into_iter().find(|v| v["id"] == id)
 }
 
-#[test]
-fn a_source_killed_mid_hydration_stalls_its_holder_until_it_returns() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut agents = fleet(tmp.path(), 3);
+/// Three joined agents, node1 draining a 16 MiB volume `big` at 4 MiB/s: about four
+/// seconds of hydration for a fault to interrupt. Returns the agents and the volume's
+/// sha256.
+fn draining_big_volume(dir: &Path) -> (Vec<AgentProc>, String) {
+    let agents = fleet(dir, 3);
     joined(&agents);
     let sum = volume_with_data(&agents[0], "big", 16);
     let out = agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (agents, sum)
+}
+
+#[test]
+fn a_source_killed_mid_hydration_stalls_its_holder_until_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut agents, sum) = draining_big_volume(tmp.path());
     wait_until(
         Duration::from_secs(20),
         || {

@@ -3,15 +3,13 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use meshdrain_mesh::{
-    BackendChoice, FleetCa, InterfaceSpec, NodeKey, PeerChange, PeerConfig, SigningRequest, WireguardBackend,
-    select_backend,
-};
-use meshdrain_testkit::netns::{Lan, Netns, require, require_tun, unique_name};
-
-const WG_PORT: u16 = 51820;
+use meshdrain_mesh::{FleetCa, PeerChange};
+use meshdrain_testkit::netns::{Lan, Netns, require, require_tun};
+#[path = "../../tests/common/mesh_node.rs"]
+mod mesh_node;
+use mesh_node::{bring_up, peer_of};
 
 /// Counts heap allocations of the whole process (the data path must not allocate per packet).
 struct Counting;
@@ -77,29 +75,4 @@ fn netns_mesh_userspace_data_path_does_not_allocate_per_packet() {
     assert!(allocs < 500, "{allocs} allocations while 64 MiB crossed the tunnel");
     let st = a.backend.status().unwrap();
     assert!(st.peers[0].tx_bytes > 72 << 20, "counters: {:?}", st.peers[0]);
-}
-
-struct Node {
-    key: NodeKey,
-    address: Ipv6Addr,
-    backend: Box<dyn WireguardBackend>,
-}
-
-fn bring_up(ns: &Netns, ca: &FleetCa, name: &str) -> Node {
-    let key = NodeKey::generate();
-    let req = SigningRequest { name: name.into(), public_key: key.public().to_base64() };
-    let address = ca.sign(&req, SystemTime::now() + Duration::from_secs(3600)).unwrap().body.address;
-    let spec = InterfaceSpec {
-        name: unique_name("mdx"),
-        key: key.clone(),
-        address,
-        listen_port: WG_PORT,
-        mtu: meshdrain_mesh::backend::DEFAULT_MTU,
-    };
-    let backend = ns.run_in(move || select_backend(BackendChoice::Userspace, &spec)).unwrap().unwrap();
-    Node { key, address, backend }
-}
-
-fn peer_of(n: &Node, underlay: std::net::Ipv4Addr) -> PeerConfig {
-    PeerConfig::host(n.key.public(), n.address, Some(SocketAddr::from((underlay, WG_PORT))))
 }
