@@ -82,6 +82,17 @@ pub enum CloneError {
         /// The error text.
         message: String,
     },
+    /// Hydrated bytes could not be written to the dest (after retries): a full filesystem
+    /// most often.
+    #[error(
+        "dest unwritable for the region at byte {offset}: {message} (free space on the dest's filesystem or fix its device; the engine retries)"
+    )]
+    Dest {
+        /// First byte of the region.
+        offset: u64,
+        /// The error text.
+        message: String,
+    },
     /// An access past the end of the volume.
     #[error("access at {offset}+{len} is past the end of the {size}-byte volume")]
     OutOfRange {

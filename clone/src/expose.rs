@@ -30,6 +30,8 @@ struct VolumeFs {
 fn errno(e: &CloneError) -> Errno {
     match e {
         CloneError::OutOfRange { .. } => Errno::EINVAL,
+        // loop passes ENOSPC up as BLK_STS_NOSPC: the filesystem reports a full disk, not EIO
+        CloneError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Errno::ENOSPC,
         _ => Errno::EIO,
     }
 }

@@ -10,7 +10,11 @@ use std::time::Duration;
 use crate::core::{Core, Region, RegionState, Step};
 use crate::engine::{Engine, runs_of_regions};
 use crate::error::{CloneError, Result};
-use crate::io::Lane;
+use crate::io::{DestWriteFailed, Lane};
+
+/// How a fetch result names a dest failure (the core keeps errors as text): the engine
+/// reports it as the dest's, never the source's.
+pub(crate) const DEST_FAILED: &str = "dest unwritable: ";
 
 /// Whether `b` is all zeros (64-byte blocks, which the compiler vectorizes).
 pub(crate) fn is_zero(b: &[u8]) -> bool {
@@ -60,6 +64,7 @@ impl Engine {
             } else {
                 self.dest.write_vectored_at(offset, pieces)
             }
+            .map_err(|e| DestWriteFailed::wrap(offset, e))
         };
         let results = src.read_runs(lane, &ranges, &mut sink);
         let mut out = Vec::with_capacity(regions.len());
@@ -69,6 +74,10 @@ impl Engine {
                     self.fetched_bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
                     Ok(())
                 }
+                Err(e) if DestWriteFailed::is(&e) => Err(match self.dest.path() {
+                    Some(path) => format!("{DEST_FAILED}{}: {e}", path.display()),
+                    None => format!("{DEST_FAILED}{e}"),
+                }),
                 Err(e) => Err(format!("read {}+{}: {e}", range.start, range.end - range.start)),
             };
             out.extend(regions[idx].iter().map(|r| (*r, res.clone())));
@@ -113,6 +122,9 @@ impl Engine {
     ) -> Result<MutexGuard<'a, Core>> {
         let Some((r, message)) = failed else { return Ok(core) };
         if self.now() >= retry.deadline {
+            if let Some(why) = message.strip_prefix(DEST_FAILED) {
+                return Err(CloneError::Dest { offset: self.region_range(r).start, message: why.to_owned() });
+            }
             return Err(CloneError::Source {
                 identity: self.identity.clone(),
                 offset: self.region_range(r).start,

@@ -211,9 +211,9 @@ fn ticker_loop(e: &Engine) {
         if stalled != was_stalled {
             let err = e.progress_tx.borrow().last_error.clone();
             if stalled {
-                tracing::warn!(error = ?err, "clone stalled: source unreadable");
+                tracing::warn!(error = ?err, "clone stalled: hydration cannot progress");
             } else {
-                tracing::info!("source answers again; hydration resumed");
+                tracing::info!("hydration resumed");
             }
             was_stalled = stalled;
         }

@@ -76,6 +76,32 @@ pub trait BlockSource: Send + Sync {
     }
 }
 
+/// A dest write that failed inside a source read's sink: carried through
+/// [`BlockSource::read_runs`] as the run's error, so the engine (and a source that
+/// reconnects on errors) can tell a full or broken dest from a source that does not
+/// answer.
+#[derive(Debug, thiserror::Error)]
+#[error("write at byte {offset}: {source}")]
+pub struct DestWriteFailed {
+    /// First byte of the failed write.
+    pub offset: u64,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+impl DestWriteFailed {
+    /// Wraps a dest error for a sink's return value (same kind, so retry logic sees it).
+    pub fn wrap(offset: u64, source: io::Error) -> io::Error {
+        io::Error::new(source.kind(), DestWriteFailed { offset, source })
+    }
+
+    /// Whether `e` is a dest failure rather than the source's.
+    pub fn is(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<DestWriteFailed>())
+    }
+}
+
 /// Where hydrated regions land: a file or block device at least the source's size.
 pub trait Dest: Send + Sync {
     /// Size in bytes (must be at least the source's).
@@ -97,6 +123,10 @@ pub trait Dest: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     /// Make `[offset, offset+len)` read as zeros, freeing space where possible.
     fn punch(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Where it lives, for error messages (`None`: not a file).
+    fn path(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The metadata file's storage.
@@ -194,6 +224,7 @@ impl BlockSource for FileSource {
 #[derive(Debug)]
 pub struct FileDest {
     file: File,
+    path: PathBuf,
     /// The same file opened with O_DIRECT, if asked for ([`FileDest::with_direct_io`]):
     /// hydration's page-aligned vectored writes go there, skipping the page cache copy.
     direct: Option<File>,
@@ -220,7 +251,7 @@ impl FileDest {
             file.set_len(size)?;
         }
         let size = size_of(&file)?;
-        Ok(Self { file, direct: None, block, size, writing: std::sync::Mutex::new(()) })
+        Ok(Self { file, path: path.to_path_buf(), direct: None, block, size, writing: std::sync::Mutex::new(()) })
     }
 
     /// Sends hydration's page-aligned writes through O_DIRECT where the filesystem
@@ -254,6 +285,9 @@ impl FileDest {
 impl Dest for FileDest {
     fn size(&self) -> io::Result<u64> {
         Ok(self.size)
+    }
+    fn path(&self) -> Option<PathBuf> {
+        Some(self.path.clone())
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)

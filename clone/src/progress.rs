@@ -10,8 +10,9 @@ pub enum Phase {
     Hydrating,
     /// Hydration paused by the agent; workload reads still fetch on demand.
     Paused,
-    /// The source failed for longer than the stall bound; retries go on and the
-    /// phase returns to `Hydrating` by itself when the source answers again.
+    /// Fetches failed for longer than the stall bound; retries go on and the
+    /// phase returns to `Hydrating` by itself when the source answers again (or the dest
+    /// takes writes again: a full dest stalls too, and `last_error` says which).
     Stalled,
     /// Handoff done: every region is on the dest, flushed, metadata marked complete;
     /// the source is no longer read.

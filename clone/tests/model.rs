@@ -470,6 +470,46 @@ fn source_gone_stalls_then_completes_when_back() {
 }
 
 #[test]
+fn full_dest_stalls_naming_the_dest_and_completes_once_space_returns() {
+    let rs = 4096;
+    let src = FakeSource::new(pattern(12, 32 * rs as usize), rs);
+    let faults = Faults::new(None);
+    let dest = Image::new(vec![0; 32 * rs as usize], faults.clone());
+    dest.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let meta = Image::new(Vec::new(), faults);
+    let cfg = EngineConfig {
+        region_size: rs,
+        on_demand_timeout: Duration::from_millis(200),
+        core: CoreConfig { stall_after: Duration::from_millis(300), ..Default::default() },
+        ..Default::default()
+    };
+    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    // A workload read that must fetch whole regions gets the dest's error, not the source's.
+    let mut buf = vec![0u8; 2 * rs as usize];
+    let err = e.read(0, &mut buf).unwrap_err().to_string();
+    assert!(err.starts_with("dest unwritable for the region at byte 0:"), "{err}");
+    assert!(err.contains("No space left on device") && err.contains("free space"), "{err}");
+    let clone = meshdrain_clone::UserspaceClone::start(e);
+    let mut stalled = None;
+    for _ in 0..100 {
+        let p = clone.progress();
+        if p.phase == meshdrain_clone::Phase::Stalled {
+            stalled = Some(p);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let p = stalled.expect("a full dest never reported stalled");
+    let why = p.last_error.clone().unwrap_or_default();
+    assert!(why.starts_with("dest unwritable: write at byte"), "{p:?}");
+    assert!(why.contains("No space left on device") && !why.contains("read "), "{p:?}");
+    dest.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    let p = clone.wait_complete(Duration::from_secs(30));
+    assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
+    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+}
+
+#[test]
 fn flush_syncs_only_when_the_workload_wrote_and_its_write_survives_a_crash() {
     let src = FakeSource::new(pattern(11, SIZE as usize), RS);
     let faults = Faults::new(None);

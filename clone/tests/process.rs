@@ -2,7 +2,8 @@
 //! - kill -9 of a hydrating process (this test binary re-executed as the child),
 //!   then resume from the metadata: bytes equal, nothing durable refetched;
 //! - `root_*`: ext4 on a 256 MiB source served by tgtd (an independent target),
-//!   read through our initiator into the clone exposed via FUSE + loop.
+//!   read through our initiator into the clone exposed via FUSE + loop; a dest on a
+//!   filesystem that fills up (stalled, naming the dest) and then grows (completes).
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -20,7 +21,8 @@ fn open_files(src: &Path, dest: &Path, meta: &Path, rate: Option<u64>) -> Arc<En
     let source = Arc::new(FileSource::open(src).unwrap());
     let size = meshdrain_clone::BlockSource::size(&*source);
     let cfg = EngineConfig { rate_limit: rate, ..Default::default() };
-    Engine::open(source, Box::new(FileDest::open(dest, size).unwrap()), Box::new(FileMeta::open(meta).unwrap()), cfg).unwrap()
+    Engine::open(source, Box::new(FileDest::open(dest, size).unwrap()), Box::new(FileMeta::open(meta).unwrap()), cfg)
+        .unwrap()
 }
 
 /// The child half of the kill -9 test: hydrates slowly until killed.
@@ -77,7 +79,12 @@ fn require_root(what: &str) {
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e} (is it installed?)"));
-    assert!(o.status.success(), "{cmd} {args:?}: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -103,7 +110,20 @@ impl Tgtd {
             panic!("tgtadm {args:?} kept failing");
         };
         adm(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
-        adm(&["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", file.to_str().unwrap()]);
+        adm(&[
+            "--lld",
+            "iscsi",
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "-b",
+            file.to_str().unwrap(),
+        ]);
         adm(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
         Self(child, port)
     }
@@ -156,7 +176,13 @@ fn root_ext4_over_tgtd_through_initiator_fuse_loop() {
     let cfg = EngineConfig { rate_limit: Some(48 << 20), ..Default::default() };
     let size = meshdrain_clone::BlockSource::size(&*source);
     assert_eq!(size, 256 << 20);
-    let e = Engine::open(source, Box::new(FileDest::open(&dest, size).unwrap()), Box::new(FileMeta::open(&meta).unwrap()), cfg).unwrap();
+    let e = Engine::open(
+        source,
+        Box::new(FileDest::open(&dest, size).unwrap()),
+        Box::new(FileMeta::open(&meta).unwrap()),
+        cfg,
+    )
+    .unwrap();
     let link = d.join("state/dev/vol");
     let exposed = Exposed::start(e.clone(), &d.join("fuse"), Some(&link)).expect("expose");
     assert_eq!(std::fs::read_link(&link).unwrap(), exposed.device());
@@ -192,4 +218,46 @@ fn root_ext4_over_tgtd_through_initiator_fuse_loop() {
     for (name, want) in old.iter().chain(new.iter()) {
         assert_eq!(&sha(&vmnt.join(name)), want, "{name} differs on the dest");
     }
+}
+
+#[test]
+fn root_full_dest_filesystem_stalls_naming_the_dest_then_completes_when_space_returns() {
+    require_root("root_full_dest_filesystem_stalls_naming_the_dest_then_completes_when_space_returns");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = common::pattern(29, 16 << 20);
+    std::fs::write(d.join("src"), &data).unwrap();
+    // The dest lives on a 4 MiB tmpfs: a quarter of the volume fits.
+    let small = d.join("small");
+    std::fs::create_dir(&small).unwrap();
+    run("mount", &["-t", "tmpfs", "-o", "size=4M", "tmpfs", small.to_str().unwrap()]);
+    let _mounted = Mount(small.clone());
+    let dest = small.join("dest");
+    let source = Arc::new(FileSource::open(&d.join("src")).unwrap());
+    let cfg = EngineConfig {
+        core: meshdrain_clone::core::CoreConfig { stall_after: Duration::from_millis(500), ..Default::default() },
+        ..Default::default()
+    };
+    let dest_file = FileDest::open(&dest, 16 << 20).unwrap();
+    let e = Engine::open(source, Box::new(dest_file), Box::new(FileMeta::open(&d.join("meta")).unwrap()), cfg).unwrap();
+    let clone = UserspaceClone::start(e);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let p = loop {
+        let p = clone.progress();
+        if p.phase == Phase::Stalled || Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(p.phase, Phase::Stalled, "{p:?}");
+    let why = p.last_error.clone().unwrap_or_default();
+    let named = format!("dest unwritable: {}: write at byte", dest.display());
+    assert!(why.starts_with(&named) && why.contains("No space left on device"), "{why}");
+    assert!(p.hydrated < p.total, "{p:?}");
+    // Space comes back: hydration resumes by itself and every byte arrives.
+    run("mount", &["-o", "remount,size=64M", small.to_str().unwrap()]);
+    let p = clone.wait_complete(Duration::from_secs(60));
+    assert_eq!(p.phase, Phase::Complete, "{p:?}");
+    clone.stop().unwrap();
+    assert!(std::fs::read(&dest).unwrap() == data, "dest differs from source after the dest had been full");
 }

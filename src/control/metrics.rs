@@ -83,7 +83,7 @@ impl Metrics {
         );
         registry.register(
             "volume_stalled",
-            "1 while a holder cannot read its source (alert when it lasts)",
+            "1 while a holder's hydration cannot progress: source unreachable or dest full (alert when it lasts)",
             stalled.clone(),
         );
         registry.register(

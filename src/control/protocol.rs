@@ -191,7 +191,8 @@ pub struct VolumeStatus {
     pub arrived_from: Option<String>,
     /// Cut over to a holder that is now dead: the source keeps its copy.
     pub stranded: bool,
-    /// The holder cannot reach the source.
+    /// The holder's hydration cannot progress: the source does not answer, or the dest
+    /// is full (`error` says which).
     pub stalled: bool,
     /// The last error, if any.
     pub error: Option<String>,

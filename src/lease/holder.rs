@@ -24,7 +24,8 @@ pub enum HolderPhase {
     Ready,
     /// The workload runs on the clone; hydration copies the rest. May become `finishing`.
     Running {
-        /// The source does not answer; reads of missing regions and hydration wait.
+        /// Hydration cannot progress (the source does not answer, or the dest is full);
+        /// reads of missing regions and hydration wait.
         stalled: bool,
     },
     /// Every region is here: flushing and replacing the clone by the plain device.

@@ -149,13 +149,23 @@ pub struct Image {
     pub volatile: Mutex<Vec<u8>>,
     pub durable: Mutex<Vec<u8>>,
     pub faults: Arc<Faults>,
+    /// While set, writes fail as on a full filesystem (ENOSPC).
+    pub full: AtomicBool,
 }
 
 impl Image {
     pub fn new(bytes: Vec<u8>, faults: Arc<Faults>) -> Arc<Self> {
-        Arc::new(Self { volatile: Mutex::new(bytes.clone()), durable: Mutex::new(bytes), faults })
+        Arc::new(Self {
+            volatile: Mutex::new(bytes.clone()),
+            durable: Mutex::new(bytes),
+            faults,
+            full: AtomicBool::new(false),
+        })
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         self.faults.step()?;
         let mut v = self.volatile.lock().unwrap();
         let end = offset as usize + data.len();

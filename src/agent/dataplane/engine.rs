@@ -297,7 +297,8 @@ impl BlockSource for ReconnectingSource {
         } else {
             self.session().read_runs(lane, runs, sink)
         };
-        if results.iter().any(Result::is_err) {
+        // A dest that cannot take the bytes (full disk) is no reason to log in again.
+        if results.iter().any(|r| r.as_ref().is_err_and(|e| !meshdrain_clone::io::DestWriteFailed::is(e))) {
             self.relogin();
         }
         results
