@@ -75,7 +75,7 @@ pub struct RunArgs {
     /// a sequential one, fetches whole regions): the lower first-read latency.
     #[arg(long)]
     pub no_read_through: bool,
-    /// Report `stalled` after the source fails for this many seconds.
+    /// Report `stalled` after fetches fail this many seconds (source unreachable, dest full).
     #[arg(long, default_value_t = 10)]
     pub stall_after: u64,
     /// dm device name for `--backend dm` [default: meshdrain-clone-<dest file name>].
