@@ -82,8 +82,8 @@ pub enum CloneError {
         /// The error text.
         message: String,
     },
-    /// Hydrated bytes could not be written to the dest (after retries): a full filesystem
-    /// most often.
+    /// Fetched bytes could not be written to the dest: a full filesystem most often.
+    /// Hydration retries; a workload request hears at once.
     #[error(
         "dest unwritable for the region at byte {offset}: {message} (free space on the dest's filesystem or fix its device; the engine retries)"
     )]
@@ -92,6 +92,8 @@ pub enum CloneError {
         offset: u64,
         /// The error text.
         message: String,
+        /// The dest's filesystem is full (the workload hears ENOSPC, not EIO).
+        no_space: bool,
     },
     /// An access past the end of the volume.
     #[error("access at {offset}+{len} is past the end of the {size}-byte volume")]

@@ -32,6 +32,7 @@ fn errno(e: &CloneError) -> Errno {
         CloneError::OutOfRange { .. } => Errno::EINVAL,
         // loop passes ENOSPC up as BLK_STS_NOSPC: the filesystem reports a full disk, not EIO
         CloneError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Errno::ENOSPC,
+        CloneError::Dest { no_space: true, .. } => Errno::ENOSPC,
         _ => Errno::EIO,
     }
 }

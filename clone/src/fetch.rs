@@ -111,9 +111,10 @@ impl Engine {
         if self.stopped.load(Ordering::Relaxed) { Err(CloneError::Stopped) } else { Ok(()) }
     }
 
-    /// After a failed on-demand fetch: past the request's deadline the workload gets
-    /// the source error; before it, sleeps the backoff (doubling it, up to 1 s) with
-    /// the core unlocked and locks it again for the next try.
+    /// After a failed on-demand fetch: a dest failure ends the request; past the
+    /// request's deadline the workload gets the source error; before it, sleeps the
+    /// backoff (doubling it, up to 1 s) with the core unlocked and locks it again for the
+    /// next try.
     pub(crate) fn back_off_on_failure<'a>(
         &'a self,
         core: MutexGuard<'a, Core>,
@@ -121,10 +122,13 @@ impl Engine {
         retry: &mut Retry,
     ) -> Result<MutexGuard<'a, Core>> {
         let Some((r, message)) = failed else { return Ok(core) };
+        // A dest that cannot take the region (full, failing) will not within a workload
+        // request's patience: the workload hears at once (ENOSPC for a full one).
+        if let Some(why) = message.strip_prefix(DEST_FAILED) {
+            let no_space = why.ends_with(&std::io::Error::from_raw_os_error(libc::ENOSPC).to_string());
+            return Err(CloneError::Dest { offset: self.region_range(r).start, message: why.to_owned(), no_space });
+        }
         if self.now() >= retry.deadline {
-            if let Some(why) = message.strip_prefix(DEST_FAILED) {
-                return Err(CloneError::Dest { offset: self.region_range(r).start, message: why.to_owned() });
-            }
             return Err(CloneError::Source {
                 identity: self.identity.clone(),
                 offset: self.region_range(r).start,
@@ -210,6 +214,10 @@ impl Engine {
         // After a failed pass-through this request waits and fetches the usual way, with
         // the usual backoff (a failure with no region of its own would retry at once).
         let mut pass = self.cfg.read_through;
+        // Set when the dest could not take this read's regions (a full disk): the read is
+        // then served from the source alone, which writes nothing.
+        let mut dest_failed = false;
+        let grain = self.source_handle().and_then(|s| s.read_granularity());
         loop {
             self.check_running()?;
             let mut mine = Vec::new();
@@ -228,9 +236,8 @@ impl Engine {
             busy.get_or_insert_with(|| self.workload_busy());
             // Passing through needs every byte of the read to be the source's: no region
             // on the dest (the workload may have written it) or claimed by a write.
-            let grain = self.source_handle().and_then(|s| s.read_granularity());
             let through = match grain {
-                Some(g) if pass && !ready && !claimed => {
+                Some(g) if (pass || dest_failed) && !ready && !claimed => {
                     let (asked, whole) = self.through_range(offset, buf.len() as u64, &span, g);
                     // Locality says the rest of the region will be read too (a mount, a
                     // scan): a region read through before and not hydrated yet, or a read
@@ -240,7 +247,7 @@ impl Engine {
                     // A region some fetch already has in flight (a hydration batch of up
                     // to megabytes) is never waited for; otherwise a read asking for all
                     // of its regions, or showing locality, fetches them.
-                    (in_flight || (asked != whole && !local)).then_some(asked)
+                    (dest_failed || in_flight || (asked != whole && !local)).then_some(asked)
                 }
                 _ => None,
             };
@@ -266,6 +273,11 @@ impl Engine {
             }
             let results = self.fetch_regions(Lane::Foreground, &mine);
             let (guard, failed) = self.record_fetched(results);
+            if grain.is_some() && !dest_failed && failed.as_ref().is_some_and(|(_, m)| m.starts_with(DEST_FAILED)) {
+                dest_failed = true;
+                core = guard;
+                continue;
+            }
             core = self.back_off_on_failure(guard, failed, &mut retry)?;
         }
         drop(core);

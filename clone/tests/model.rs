@@ -484,9 +484,12 @@ fn full_dest_stalls_naming_the_dest_and_completes_once_space_returns() {
         ..Default::default()
     };
     let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
-    // A workload read that must fetch whole regions gets the dest's error, not the source's.
+    // A workload read that must fetch whole regions (this source reads only whole
+    // regions) gets the dest's error at once, not the source's after the timeout.
     let mut buf = vec![0u8; 2 * rs as usize];
-    let err = e.read(0, &mut buf).unwrap_err().to_string();
+    let err = e.read(0, &mut buf).unwrap_err();
+    assert!(matches!(err, meshdrain_clone::CloneError::Dest { no_space: true, .. }), "{err:?}");
+    let err = err.to_string();
     assert!(err.starts_with("dest unwritable for the region at byte 0:"), "{err}");
     assert!(err.contains("No space left on device") && err.contains("free space"), "{err}");
     let clone = meshdrain_clone::UserspaceClone::start(e);
@@ -507,6 +510,30 @@ fn full_dest_stalls_naming_the_dest_and_completes_once_space_returns() {
     let p = clone.wait_complete(Duration::from_secs(30));
     assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
     assert_eq!(*dest.durable.lock().unwrap(), src.data);
+}
+
+#[test]
+fn on_a_full_dest_reads_come_from_the_source_and_partial_writes_get_no_space() {
+    let (src, dest, meta) = fine_source_and_images(13);
+    dest.full.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = open(&src, &dest, &meta).unwrap();
+    // Two whole regions: normally fetched (and written to the dest) before the answer.
+    let mut buf = vec![0u8; 2 * RS as usize];
+    e.read(RS, &mut buf).unwrap();
+    assert_eq!(buf, src.data[RS as usize..3 * RS as usize]);
+    // A write into part of a missing region needs the region first: ENOSPC, at once.
+    let t = std::time::Instant::now();
+    let err = e.write(5 * RS + 512, &[7u8; 512]).unwrap_err();
+    assert!(matches!(err, meshdrain_clone::CloneError::Dest { no_space: true, .. }), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
+    // Space back: the same calls work the usual way and nothing was lost.
+    dest.full.store(false, std::sync::atomic::Ordering::SeqCst);
+    e.write(5 * RS + 512, &[7u8; 512]).unwrap();
+    let mut want = src.data[5 * RS as usize..6 * RS as usize].to_vec();
+    want[512..1024].fill(7);
+    let mut got = vec![0u8; RS as usize];
+    e.read(5 * RS, &mut got).unwrap();
+    assert_eq!(got, want);
 }
 
 #[test]
