@@ -96,7 +96,8 @@ pub enum DataplaneBackend {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CloneEngineChoice {
-    /// dm-clone when the kernel has it (and the kernel initiator), else userspace.
+    /// dm-clone when the node has the whole kernel path (dm-clone and iscsi_tcp loaded,
+    /// device-mapper, open-iscsi's iscsiadm), else userspace.
     #[default]
     Auto,
     /// Our userspace engine exposed as a loop device over FUSE (any kernel).

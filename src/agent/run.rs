@@ -156,18 +156,57 @@ async fn build_dataplane(
     })
 }
 
-/// Resolves `auto`: dm-clone when the kernel has it and open-iscsi is installed.
+/// Picks the clone engine for `choice` on this node: an explicit `dm` first asks the
+/// kernel for its modules, then any missing piece is an error naming it.
 fn pick_clone_engine(choice: CloneEngineChoice) -> anyhow::Result<CloneEngineChoice> {
-    let kernel = std::path::Path::new("/sys/module/dm_clone").exists()
-        && std::path::Path::new("/sys/module/iscsi_tcp").exists()
-        && std::path::Path::new("/dev/mapper/control").exists();
-    let picked = match choice {
-        CloneEngineChoice::Auto if kernel => CloneEngineChoice::Dm,
-        CloneEngineChoice::Auto => CloneEngineChoice::Userspace,
-        c => c,
-    };
+    if choice == CloneEngineChoice::Dm {
+        // Best effort: loaded modules show under /sys/module, which is what counts.
+        let _ = std::process::Command::new("modprobe")
+            .args(["-q", "-a", "dm-clone", "iscsi_tcp"])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let picked = resolve_clone_engine(choice, &kernel_clone_missing()).map_err(anyhow::Error::msg)?;
     info!(?choice, ?picked, "clone engine");
     Ok(picked)
+}
+
+/// What the kernel clone path (open-iscsi + dm-clone) needs that this node lacks.
+fn kernel_clone_missing() -> Vec<&'static str> {
+    let has = |p: &str| std::path::Path::new(p).exists();
+    let on_path = |tool: &str| {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(tool).is_file())
+    };
+    let mut missing = Vec::new();
+    if !has("/sys/module/dm_clone") {
+        missing.push("the dm-clone module (modprobe dm-clone)");
+    }
+    if !has("/sys/module/iscsi_tcp") {
+        missing.push("the iscsi_tcp module (modprobe iscsi_tcp)");
+    }
+    if !has("/dev/mapper/control") {
+        missing.push("device-mapper (/dev/mapper/control)");
+    }
+    if !on_path("iscsiadm") {
+        missing.push("open-iscsi's iscsiadm (apt-get install open-iscsi)");
+    }
+    missing
+}
+
+/// `auto` takes dm-clone only when nothing of the kernel path is `missing`, else our
+/// userspace engine; `dm` with something missing is refused, naming it, rather than
+/// failing at the first move.
+fn resolve_clone_engine(choice: CloneEngineChoice, missing: &[&str]) -> Result<CloneEngineChoice, String> {
+    match choice {
+        CloneEngineChoice::Auto if missing.is_empty() => Ok(CloneEngineChoice::Dm),
+        CloneEngineChoice::Auto => Ok(CloneEngineChoice::Userspace),
+        CloneEngineChoice::Dm if !missing.is_empty() => Err(format!(
+            "config key `dataplane.clone` is \"dm\" but this node lacks {}: provide them, or set clone = \"auto\" (dm-clone where the node has it, else the userspace engine)",
+            missing.join(", ")
+        )),
+        c => Ok(c),
+    }
 }
 
 /// Runs `meshdrain agent` until `shutdown` resolves.
@@ -264,5 +303,26 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
         && let Err(e) = sd_notify::notify(states)
     {
         warn!("cannot notify systemd: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_dm_clone_only_with_the_whole_kernel_path_and_dm_names_what_is_missing() {
+        let all: &[&str] = &[];
+        let no_iscsiadm = &["open-iscsi's iscsiadm (apt-get install open-iscsi)"];
+        assert_eq!(resolve_clone_engine(CloneEngineChoice::Auto, all), Ok(CloneEngineChoice::Dm));
+        assert_eq!(resolve_clone_engine(CloneEngineChoice::Auto, no_iscsiadm), Ok(CloneEngineChoice::Userspace));
+        assert_eq!(resolve_clone_engine(CloneEngineChoice::Userspace, all), Ok(CloneEngineChoice::Userspace));
+        assert_eq!(resolve_clone_engine(CloneEngineChoice::Dm, all), Ok(CloneEngineChoice::Dm));
+        let err = resolve_clone_engine(CloneEngineChoice::Dm, no_iscsiadm).unwrap_err();
+        assert!(
+            err.starts_with("config key `dataplane.clone` is \"dm\" but this node lacks open-iscsi's iscsiadm"),
+            "{err}"
+        );
+        assert!(err.contains("set clone = \"auto\""), "{err}");
     }
 }
