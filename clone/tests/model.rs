@@ -437,31 +437,43 @@ fn device_is_usable_before_the_deallocated_scan_ends_and_hydration_waits_for_it(
     assert!(reads[..8].iter().all(|n| *n == 1), "allocated regions fetched once: {reads:?}");
 }
 
-#[test]
-fn source_gone_stalls_then_completes_when_back() {
-    let rs = 4096;
-    let src = FakeSource::new(pattern(11, 32 * rs as usize), rs);
-    src.gone.store(true, std::sync::atomic::Ordering::SeqCst);
-    let faults = Faults::new(None);
-    let dest = Image::new(vec![0; 32 * rs as usize], faults.clone());
-    let meta = Image::new(Vec::new(), faults);
+/// A 32-region source (whole-region reads) and its dest image, for the stall tests.
+fn stall_fixture(seed: u64) -> (Arc<FakeSource>, Arc<Image>) {
+    let size = 32 * RS as usize;
+    (FakeSource::new(pattern(seed, size), RS), Image::new(vec![0; size], Faults::new(None)))
+}
+
+/// An engine over [`stall_fixture`]'s parts that reports `stalled` after 300 ms of
+/// failed fetches and gives a workload request 200 ms.
+fn stalling_engine(src: &Arc<FakeSource>, dest: &Arc<Image>) -> Arc<Engine> {
     let cfg = EngineConfig {
-        region_size: rs,
+        region_size: RS,
+        on_demand_timeout: Duration::from_millis(200),
         core: CoreConfig { stall_after: Duration::from_millis(300), ..Default::default() },
         ..Default::default()
     };
-    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
-    let clone = meshdrain_clone::UserspaceClone::start(e);
-    let mut stalled = None;
+    let meta = Image::new(Vec::new(), Faults::new(None));
+    Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap()
+}
+
+/// The clone's progress once it reports `stalled` (within 5 s).
+fn wait_stalled(clone: &meshdrain_clone::UserspaceClone) -> meshdrain_clone::Progress {
     for _ in 0..100 {
         let p = clone.progress();
         if p.phase == meshdrain_clone::Phase::Stalled {
-            stalled = Some(p);
-            break;
+            return p;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let p = stalled.expect("engine never reported stalled");
+    panic!("the clone never reported stalled: {:?}", clone.progress());
+}
+
+#[test]
+fn source_gone_stalls_then_completes_when_back() {
+    let (src, dest) = stall_fixture(11);
+    src.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    let clone = meshdrain_clone::UserspaceClone::start(stalling_engine(&src, &dest));
+    let p = wait_stalled(&clone);
     assert!(p.last_error.as_deref().unwrap_or("").contains("source gone"), "{p:?}");
     src.gone.store(false, std::sync::atomic::Ordering::SeqCst);
     let p = clone.wait_complete(Duration::from_secs(30));
@@ -471,38 +483,19 @@ fn source_gone_stalls_then_completes_when_back() {
 
 #[test]
 fn full_dest_stalls_naming_the_dest_and_completes_once_space_returns() {
-    let rs = 4096;
-    let src = FakeSource::new(pattern(12, 32 * rs as usize), rs);
-    let faults = Faults::new(None);
-    let dest = Image::new(vec![0; 32 * rs as usize], faults.clone());
+    let (src, dest) = stall_fixture(12);
     dest.full.store(true, std::sync::atomic::Ordering::SeqCst);
-    let meta = Image::new(Vec::new(), faults);
-    let cfg = EngineConfig {
-        region_size: rs,
-        on_demand_timeout: Duration::from_millis(200),
-        core: CoreConfig { stall_after: Duration::from_millis(300), ..Default::default() },
-        ..Default::default()
-    };
-    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    let e = stalling_engine(&src, &dest);
     // A workload read that must fetch whole regions (this source reads only whole
     // regions) gets the dest's error at once, not the source's after the timeout.
-    let mut buf = vec![0u8; 2 * rs as usize];
+    let mut buf = vec![0u8; 2 * RS as usize];
     let err = e.read(0, &mut buf).unwrap_err();
     assert!(matches!(err, meshdrain_clone::CloneError::Dest { no_space: true, .. }), "{err:?}");
     let err = err.to_string();
     assert!(err.starts_with("dest unwritable for the region at byte 0:"), "{err}");
     assert!(err.contains("No space left on device") && err.contains("free space"), "{err}");
     let clone = meshdrain_clone::UserspaceClone::start(e);
-    let mut stalled = None;
-    for _ in 0..100 {
-        let p = clone.progress();
-        if p.phase == meshdrain_clone::Phase::Stalled {
-            stalled = Some(p);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let p = stalled.expect("a full dest never reported stalled");
+    let p = wait_stalled(&clone);
     let why = p.last_error.clone().unwrap_or_default();
     assert!(why.starts_with("dest unwritable: write at byte"), "{p:?}");
     assert!(why.contains("No space left on device") && !why.contains("read "), "{p:?}");

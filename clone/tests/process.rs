@@ -7,12 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshdrain_clone::expose::Exposed;
 use meshdrain_clone::{Engine, EngineConfig, FileDest, FileMeta, FileSource, IscsiSource, Phase, UserspaceClone};
+use meshdrain_testkit::tgtd::Tgtd;
 use sha2::{Digest, Sha256};
 
 const CHILD_ENV: &str = "MESHDRAIN_CLONE_KILL9_CHILD";
@@ -88,53 +89,6 @@ fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-struct Tgtd(Child, u16);
-impl Tgtd {
-    fn start(file: &Path, iqn: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let control = (10000 + std::process::id() % 10000).to_string();
-        let child = Command::new("tgtd")
-            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tgtd (apt-get install tgt)");
-        let adm = |args: &[&str]| {
-            // tgtd can take seconds to come up on a loaded machine.
-            for _ in 0..300 {
-                if Command::new("tgtadm").args(["-C", &control]).args(args).output().is_ok_and(|o| o.status.success()) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            panic!("tgtadm {args:?} kept failing");
-        };
-        adm(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
-        adm(&[
-            "--lld",
-            "iscsi",
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            file.to_str().unwrap(),
-        ]);
-        adm(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
-        Self(child, port)
-    }
-}
-impl Drop for Tgtd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn sha(p: &Path) -> String {
     let mut h = Sha256::new();
     h.update(std::fs::read(p).unwrap());
@@ -169,7 +123,7 @@ fn root_ext4_over_tgtd_through_initiator_fuse_loop() {
 
     let iqn = "iqn.2026-11.dev.meshdrain:clonetest";
     let tgt = Tgtd::start(&src, iqn);
-    let url = format!("iscsi://127.0.0.1:{}/{iqn}/1", tgt.1);
+    let url = tgt.url();
     let source = Arc::new(IscsiSource::connect(&url, Duration::from_secs(10)).expect("log in to tgtd"));
     let dest = d.join("dest.img");
     let meta = d.join("meta");

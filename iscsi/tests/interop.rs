@@ -6,71 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{IQN, require, start};
+use common::{IQN, start};
 use meshdrain_iscsi::{BlockReader, InitiatorConfig, Session, TargetConfig};
-
-/// A tgtd on a free port with one LUN; killed and reaped on drop.
-struct Tgtd {
-    child: Child,
-    port: u16,
-}
-
-impl Tgtd {
-    fn start(file: &Path, iqn: &str) -> Tgtd {
-        let tgtd = require("tgtd", "tgt");
-        let tgtadm = require("tgtadm", "tgt");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        // tgtd refuses a control port above 32767; 20000.. keeps clear of clone/tests/process.rs (10000..).
-        let control = 20000 + (std::process::id() % 12000) as u16;
-        let child = Command::new(tgtd)
-            .args(["-f", "--iscsi", &format!("portal=127.0.0.1:{port}"), "-C", &control.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tgtd");
-        let mut t = Tgtd { child, port };
-        let adm = |args: &[&str]| {
-            // tgtd can take seconds to come up on a loaded machine.
-            for _ in 0..300 {
-                let o =
-                    Command::new(&tgtadm).arg("-C").arg(control.to_string()).args(args).output().expect("run tgtadm");
-                if o.status.success() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            panic!("tgtadm {args:?} kept failing; is tgtd able to start (root needed)?");
-        };
-        adm(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", iqn]);
-        adm(&[
-            "--lld",
-            "iscsi",
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "-b",
-            file.to_str().unwrap(),
-        ]);
-        adm(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
-        t.port = port;
-        t
-    }
-}
-
-impl Drop for Tgtd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use meshdrain_testkit::tgtd::Tgtd;
 
 const SIZE: usize = 256 << 20;
 
@@ -107,9 +47,7 @@ async fn initiator_reads_256mib_through_tgtd_and_our_target() {
     let path = big_file(dir.path());
     let want = std::fs::read(&path).unwrap();
     let tgt = Tgtd::start(&path, "iqn.2026-11.dev.meshdrain:tgtd");
-    let cfg = InitiatorConfig::from_url(&format!("iscsi://127.0.0.1:{}/iqn.2026-11.dev.meshdrain:tgtd/1", tgt.port))
-        .unwrap()
-        .with_digests(true);
+    let cfg = InitiatorConfig::from_url(&tgt.url()).unwrap().with_digests(true);
     let s = Session::connect(cfg).await.expect("login to tgtd with digests");
     read_all_and_compare(&s, &want).await;
     drop(s);

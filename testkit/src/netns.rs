@@ -48,9 +48,8 @@ pub fn require(tools: &[&str]) -> Result<(), NetnsError> {
         return Err(NetnsError::Prerequisite("must run as root (network namespaces need CAP_SYS_ADMIN)".into()));
     }
     for t in std::iter::once(&"ip").chain(tools) {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file()))
-            .unwrap_or(false);
+        let found =
+            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file())).unwrap_or(false);
         if !found {
             return Err(NetnsError::Prerequisite(format!("`{t}` not found in PATH: run `scripts/install-deps test`")));
         }
@@ -157,7 +156,10 @@ impl Netns {
             // SAFETY: setns only changes this thread's network namespace; the fd is valid.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             if rc != 0 {
-                return Err(NetnsError::Command { command: "setns".into(), detail: std::io::Error::last_os_error().to_string() });
+                return Err(NetnsError::Command {
+                    command: "setns".into(),
+                    detail: std::io::Error::last_os_error().to_string(),
+                });
             }
             Ok(f())
         })
@@ -199,7 +201,20 @@ impl Lan {
         for i in 0..n {
             let ns = Netns::new(&format!("n{i}"))?;
             let port = format!("p{i}");
-            ip(&["link", "add", "eth0", "netns", ns.name(), "type", "veth", "peer", "name", &port, "netns", hub.name()])?;
+            ip(&[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                hub.name(),
+            ])?;
             hub.ip(&["link", "set", &port, "master", "br0", "up"])?;
             let addr = format!("{}/24", Self::underlay(i));
             ns.ip(&["addr", "add", &addr, "dev", "eth0"])?;

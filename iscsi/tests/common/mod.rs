@@ -80,7 +80,9 @@ pub fn require(bin: &str, package: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("{bin} is not installed: this test needs it. Install it with `apt-get install {package}` (or `scripts/install-deps test`).");
+    panic!(
+        "{bin} is not installed: this test needs it. Install it with `apt-get install {package}` (or `scripts/install-deps test`)."
+    );
 }
 
 pub const IQN: &str = "iqn.2026-11.dev.meshdrain:test";
@@ -105,7 +107,8 @@ pub async fn raw_login(addr: SocketAddr, iqn: &str, digests: bool) -> Raw {
     let mut buf = BytesMut::new();
     let c0 = Codec::default();
     let d = if digests { "CRC32C" } else { "None" };
-    let keys = format!("InitiatorName=iqn.2026-11.dev.meshdrain:raw\0TargetName={iqn}\0SessionType=Normal\0AuthMethod=None\0");
+    let keys =
+        format!("InitiatorName=iqn.2026-11.dev.meshdrain:raw\0TargetName={iqn}\0SessionType=Normal\0AuthMethod=None\0");
     let req = Pdu::login_request([0x80, 0, 0, 0, 1, 0], 0, 1, 1, 0, 0, 1, true, Bytes::from(keys));
     write_pdus(&mut sock, &c0, &[req]).await.unwrap();
     let rsp = read_pdu(&mut sock, &mut buf, &c0).await.unwrap();
@@ -127,7 +130,12 @@ impl Raw {
     }
     /// Next PDU within `ms`, `None` on timeout; panics if the connection drops.
     pub async fn recv(&mut self, ms: u64) -> Option<Pdu> {
-        match tokio::time::timeout(std::time::Duration::from_millis(ms), read_pdu(&mut self.sock, &mut self.buf, &self.codec)).await {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(ms),
+            read_pdu(&mut self.sock, &mut self.buf, &self.codec),
+        )
+        .await
+        {
             Ok(r) => Some(r.expect("connection still up")),
             Err(_) => None,
         }
