@@ -12,9 +12,24 @@ use crate::engine::{Engine, runs_of_regions};
 use crate::error::{CloneError, Result};
 use crate::io::{DestWriteFailed, Lane};
 
-/// How a fetch result names a dest failure (the core keeps errors as text): the engine
-/// reports it as the dest's, never the source's.
-pub(crate) const DEST_FAILED: &str = "dest unwritable: ";
+/// Why a region's fetch failed: the source did not deliver, or the dest could not take
+/// the bytes. The engine reports each as its own (the core keeps either as text).
+#[derive(Clone, Debug)]
+pub(crate) enum FetchError {
+    /// The source read failed (or the source is gone).
+    Source(String),
+    /// The dest write failed; `no_space` when its filesystem is full.
+    Dest { message: String, no_space: bool },
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Source(message) => f.write_str(message),
+            FetchError::Dest { message, .. } => write!(f, "dest unwritable: {message}"),
+        }
+    }
+}
 
 /// Whether `b` is all zeros (64-byte blocks, which the compiler vectorizes).
 pub(crate) fn is_zero(b: &[u8]) -> bool {
@@ -31,7 +46,7 @@ pub(crate) struct Retry {
 }
 
 /// Per-region outcome of a fetch.
-pub(crate) type Fetched = Vec<(Region, std::result::Result<(), String>)>;
+pub(crate) type Fetched = Vec<(Region, std::result::Result<(), FetchError>)>;
 
 impl Engine {
     /// Byte runs for `regions` (ascending): contiguous regions merge into one run of at
@@ -54,7 +69,10 @@ impl Engine {
     /// core: the caller reports each result with `fetch_done`.
     pub(crate) fn fetch_regions(&self, lane: Lane, regions: &[Region]) -> Fetched {
         let Some(src) = self.source_handle() else {
-            return regions.iter().map(|r| (*r, Err("source released after handoff".to_string()))).collect();
+            return regions
+                .iter()
+                .map(|r| (*r, Err(FetchError::Source("source released after handoff".into()))))
+                .collect();
         };
         let runs = self.runs_of(regions);
         let ranges: Vec<Range<u64>> = runs.iter().map(|(r, _)| r.clone()).collect();
@@ -74,11 +92,14 @@ impl Engine {
                     self.fetched_bytes.fetch_add(range.end - range.start, Ordering::Relaxed);
                     Ok(())
                 }
-                Err(e) if DestWriteFailed::is(&e) => Err(match self.dest.path() {
-                    Some(path) => format!("{DEST_FAILED}{}: {e}", path.display()),
-                    None => format!("{DEST_FAILED}{e}"),
+                Err(e) if DestWriteFailed::is(&e) => Err(FetchError::Dest {
+                    message: match self.dest.path() {
+                        Some(path) => format!("{}: {e}", path.display()),
+                        None => e.to_string(),
+                    },
+                    no_space: e.kind() == std::io::ErrorKind::StorageFull,
                 }),
-                Err(e) => Err(format!("read {}+{}: {e}", range.start, range.end - range.start)),
+                Err(e) => Err(FetchError::Source(format!("read {}+{}: {e}", range.start, range.end - range.start))),
             };
             out.extend(regions[idx].iter().map(|r| (*r, res.clone())));
         }
@@ -87,7 +108,7 @@ impl Engine {
 
     /// Reports each region's fetch result to the core (waking waiters); returns the core
     /// still locked and the first failure, if any.
-    pub(crate) fn record_fetched(&self, results: Fetched) -> (MutexGuard<'_, Core>, Option<(Region, String)>) {
+    pub(crate) fn record_fetched(&self, results: Fetched) -> (MutexGuard<'_, Core>, Option<(Region, FetchError)>) {
         let now = self.now();
         let mut core = self.lock_core();
         let mut failed = None;
@@ -95,7 +116,7 @@ impl Engine {
             if let Err(e) = &res {
                 failed.get_or_insert((r, e.clone()));
             }
-            core.fetch_done(r, res, now);
+            core.fetch_done(r, res.map_err(|e| e.to_string()), now);
         }
         self.cv.notify_all();
         (core, failed)
@@ -118,16 +139,18 @@ impl Engine {
     pub(crate) fn back_off_on_failure<'a>(
         &'a self,
         core: MutexGuard<'a, Core>,
-        failed: Option<(Region, String)>,
+        failed: Option<(Region, FetchError)>,
         retry: &mut Retry,
     ) -> Result<MutexGuard<'a, Core>> {
-        let Some((r, message)) = failed else { return Ok(core) };
-        // A dest that cannot take the region (full, failing) will not within a workload
-        // request's patience: the workload hears at once (ENOSPC for a full one).
-        if let Some(why) = message.strip_prefix(DEST_FAILED) {
-            let no_space = why.ends_with(&std::io::Error::from_raw_os_error(libc::ENOSPC).to_string());
-            return Err(CloneError::Dest { offset: self.region_range(r).start, message: why.to_owned(), no_space });
-        }
+        let (r, message) = match failed {
+            None => return Ok(core),
+            // A dest that cannot take the region (full, failing) will not within a
+            // workload request's patience: the workload hears at once (ENOSPC for a full one).
+            Some((r, FetchError::Dest { message, no_space })) => {
+                return Err(CloneError::Dest { offset: self.region_range(r).start, message, no_space });
+            }
+            Some((r, FetchError::Source(message))) => (r, message),
+        };
         if self.now() >= retry.deadline {
             return Err(CloneError::Source {
                 identity: self.identity.clone(),
@@ -175,24 +198,11 @@ impl Engine {
             return Ok(0);
         }
         let results = self.fetch_regions(Lane::Background, &picked);
-        let now = self.now();
-        let mut done = 0;
-        let mut first_err = None;
-        {
-            let mut core = self.lock_core();
-            for (r, res) in results {
-                match &res {
-                    Ok(()) => done += 1,
-                    Err(e) => {
-                        first_err.get_or_insert_with(|| e.clone());
-                    }
-                }
-                core.fetch_done(r, res, now);
-            }
-        }
-        self.cv.notify_all();
-        match first_err {
-            Some(e) if done == 0 => Err(e),
+        let done = results.iter().filter(|(_, res)| res.is_ok()).count();
+        let (core, failed) = self.record_fetched(results);
+        drop(core);
+        match failed {
+            Some((_, e)) if done == 0 => Err(e.to_string()),
             _ => Ok(done),
         }
     }
@@ -273,7 +283,7 @@ impl Engine {
             }
             let results = self.fetch_regions(Lane::Foreground, &mine);
             let (guard, failed) = self.record_fetched(results);
-            if grain.is_some() && !dest_failed && failed.as_ref().is_some_and(|(_, m)| m.starts_with(DEST_FAILED)) {
+            if grain.is_some() && !dest_failed && matches!(failed, Some((_, FetchError::Dest { .. }))) {
                 dest_failed = true;
                 core = guard;
                 continue;
@@ -306,7 +316,7 @@ impl Engine {
         regions: &[Region],
         asked: Range<u64>,
     ) -> std::result::Result<(), Fetched> {
-        let failed = |e: String| regions.iter().map(|r| (*r, Err(e.clone()))).collect::<Fetched>();
+        let failed = |e: String| regions.iter().map(|r| (*r, Err(FetchError::Source(e.clone())))).collect::<Fetched>();
         let Some(src) = self.source_handle() else {
             return Err(failed("source released after handoff".to_string()));
         };
