@@ -11,5 +11,6 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod host;
 pub mod lease;
 pub mod store;

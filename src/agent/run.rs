@@ -174,10 +174,6 @@ fn pick_clone_engine(choice: CloneEngineChoice) -> anyhow::Result<CloneEngineCho
 /// What the kernel clone path (open-iscsi + dm-clone) needs that this node lacks.
 fn kernel_clone_missing() -> Vec<&'static str> {
     let has = |p: &str| std::path::Path::new(p).exists();
-    let on_path = |tool: &str| {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(tool).is_file())
-    };
     let mut missing = Vec::new();
     if !has("/sys/module/dm_clone") {
         missing.push("the dm-clone module (modprobe dm-clone)");
@@ -188,7 +184,7 @@ fn kernel_clone_missing() -> Vec<&'static str> {
     if !has("/dev/mapper/control") {
         missing.push("device-mapper (/dev/mapper/control)");
     }
-    if !on_path("iscsiadm") {
+    if crate::host::find_program("iscsiadm").is_none() {
         missing.push("open-iscsi's iscsiadm (apt-get install open-iscsi)");
     }
     missing

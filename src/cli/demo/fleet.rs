@@ -41,7 +41,7 @@ impl DemoFleet {
     /// enrols every node and all agent traffic rides the userspace WireGuard mesh.
     pub fn start(dir: &Path, n: usize, interval_ms: u64, mesh: bool) -> anyhow::Result<Self> {
         for tool in ["ip", "nsenter", "mkfs.ext4", "losetup", "mount", "fsck.ext4"] {
-            which(tool).with_context(|| {
+            crate::host::find_program(tool).with_context(|| {
                 format!("the demo needs `{tool}`: run scripts/demo (it installs what the demo needs) or apt-get install iproute2 util-linux e2fsprogs")
             })?;
         }
@@ -253,13 +253,4 @@ pub fn enrol(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
             )
         })
         .collect())
-}
-
-fn which(tool: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("{tool} not found"))
 }
