@@ -36,8 +36,9 @@ mod common;
 
 use std::process::Command;
 
-use common::{IQN, require, start};
+use common::{IQN, start};
 use meshdrain_iscsi::TargetConfig;
+use meshdrain_testkit::require_program as require;
 
 /// The read subset the issue requires to pass 100 %.
 const READ_SUBSET: &[&str] = &[

@@ -17,8 +17,8 @@ impl Tgtd {
     /// Serves `file` as LUN 1 of target `iqn` on 127.0.0.1 at a free port, any initiator
     /// admitted. Panics naming the package when tgt is not installed.
     pub fn start(file: &Path, iqn: &str) -> Tgtd {
-        let tgtd = require("tgtd");
-        let tgtadm = require("tgtadm");
+        let tgtd = crate::require_program("tgtd", "tgt");
+        let tgtadm = crate::require_program("tgtadm", "tgt");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         // tgtd's control port names its IPC socket and must stay below 32768; the pid keeps
         // concurrent test binaries apart (bench/clone.sh uses 10000..19999).
@@ -64,12 +64,4 @@ impl Drop for Tgtd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn require(bin: &str) -> std::path::PathBuf {
-    ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/sbin", "/bin"]
-        .iter()
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("{bin} is not installed: this test needs it. Install it with `apt-get install tgt` (or `scripts/install-deps test`)."))
 }

@@ -1,5 +1,5 @@
 //! Helpers shared by the iSCSI integration tests: an in-process target on
-//! 127.0.0.1:0, test images, and finding required external binaries.
+//! 127.0.0.1:0 and test images.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -70,19 +70,6 @@ pub fn pattern_file(dir: &Path, name: &str, len: usize) -> PathBuf {
     }
     std::fs::write(&p, &v).unwrap();
     p
-}
-
-/// Path of a required external binary; panics with the package to install.
-pub fn require(bin: &str, package: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/bin", "/sbin"] {
-        let p = Path::new(dir).join(bin);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!(
-        "{bin} is not installed: this test needs it. Install it with `apt-get install {package}` (or `scripts/install-deps test`)."
-    );
 }
 
 pub const IQN: &str = "iqn.2026-11.dev.meshdrain:test";
