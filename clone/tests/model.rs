@@ -468,6 +468,13 @@ fn wait_stalled(clone: &meshdrain_clone::UserspaceClone) -> meshdrain_clone::Pro
     panic!("the clone never reported stalled: {:?}", clone.progress());
 }
 
+/// Once the fault is gone the clone completes by itself, every byte the source's.
+fn assert_completes_with_source_bytes(clone: &meshdrain_clone::UserspaceClone, src: &FakeSource, dest: &Image) {
+    let p = clone.wait_complete(Duration::from_secs(30));
+    assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
+    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+}
+
 #[test]
 fn source_gone_stalls_then_completes_when_back() {
     let (src, dest) = stall_fixture(11);
@@ -476,9 +483,7 @@ fn source_gone_stalls_then_completes_when_back() {
     let p = wait_stalled(&clone);
     assert!(p.last_error.as_deref().unwrap_or("").contains("source gone"), "{p:?}");
     src.gone.store(false, std::sync::atomic::Ordering::SeqCst);
-    let p = clone.wait_complete(Duration::from_secs(30));
-    assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
-    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+    assert_completes_with_source_bytes(&clone, &src, &dest);
 }
 
 #[test]
@@ -500,9 +505,7 @@ fn full_dest_stalls_naming_the_dest_and_completes_once_space_returns() {
     assert!(why.starts_with("dest unwritable: write at byte"), "{p:?}");
     assert!(why.contains("No space left on device") && !why.contains("read "), "{p:?}");
     dest.full.store(false, std::sync::atomic::Ordering::SeqCst);
-    let p = clone.wait_complete(Duration::from_secs(30));
-    assert_eq!(p.phase, meshdrain_clone::Phase::Complete, "{p:?}");
-    assert_eq!(*dest.durable.lock().unwrap(), src.data);
+    assert_completes_with_source_bytes(&clone, &src, &dest);
 }
 
 #[test]
