@@ -18,10 +18,9 @@ use sha2::{Digest, Sha256};
 
 const CHILD_ENV: &str = "MESHDRAIN_CLONE_KILL9_CHILD";
 
-fn open_files(src: &Path, dest: &Path, meta: &Path, rate: Option<u64>) -> Arc<Engine> {
+fn open_files(src: &Path, dest: &Path, meta: &Path, cfg: EngineConfig) -> Arc<Engine> {
     let source = Arc::new(FileSource::open(src).unwrap());
     let size = meshdrain_clone::BlockSource::size(&*source);
-    let cfg = EngineConfig { rate_limit: rate, ..Default::default() };
     Engine::open(source, Box::new(FileDest::open(dest, size).unwrap()), Box::new(FileMeta::open(meta).unwrap()), cfg)
         .unwrap()
 }
@@ -31,7 +30,12 @@ fn open_files(src: &Path, dest: &Path, meta: &Path, rate: Option<u64>) -> Arc<En
 fn child_hydrate_for_kill9() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let dir = PathBuf::from(dir);
-    let e = open_files(&dir.join("src"), &dir.join("dest"), &dir.join("meta"), Some(4 << 20));
+    let e = open_files(
+        &dir.join("src"),
+        &dir.join("dest"),
+        &dir.join("meta"),
+        EngineConfig { rate_limit: Some(4 << 20), ..Default::default() },
+    );
     let clone = UserspaceClone::start(e);
     let _ = clone.wait_complete(Duration::from_secs(60));
 }
@@ -62,7 +66,7 @@ fn kill9_mid_hydration_then_resume_bytes_equal() {
     child.wait().unwrap();
     let durable = bits_set(&meta);
     assert!(durable < 256, "child finished before the kill ({durable} regions)");
-    let e = open_files(&dir.path().join("src"), &dir.path().join("dest"), &meta, None);
+    let e = open_files(&dir.path().join("src"), &dir.path().join("dest"), &meta, EngineConfig::default());
     let clone = UserspaceClone::start(e.clone());
     let p = clone.wait_complete(Duration::from_secs(60));
     assert_eq!(p.phase, Phase::Complete, "{p:?}");
@@ -187,14 +191,11 @@ fn root_full_dest_filesystem_stalls_naming_the_dest_then_completes_when_space_re
     run("mount", &["-t", "tmpfs", "-o", "size=4M", "tmpfs", small.to_str().unwrap()]);
     let _mounted = Mount(small.clone());
     let dest = small.join("dest");
-    let source = Arc::new(FileSource::open(&d.join("src")).unwrap());
     let cfg = EngineConfig {
         core: meshdrain_clone::core::CoreConfig { stall_after: Duration::from_millis(500), ..Default::default() },
         ..Default::default()
     };
-    let dest_file = FileDest::open(&dest, 16 << 20).unwrap();
-    let e = Engine::open(source, Box::new(dest_file), Box::new(FileMeta::open(&d.join("meta")).unwrap()), cfg).unwrap();
-    let clone = UserspaceClone::start(e);
+    let clone = UserspaceClone::start(open_files(&d.join("src"), &dest, &d.join("meta"), cfg));
     let deadline = Instant::now() + Duration::from_secs(30);
     let p = loop {
         let p = clone.progress();
