@@ -40,13 +40,17 @@ pub fn to_hex(b: &[u8]) -> String {
     s
 }
 
-/// Decodes a `0x...` hex (or `0b...` base64 is not supported) CHAP value.
+/// Decodes a `0x...` hex CHAP value (`0b...` base64 is not supported).
+/// Anything but an even number of ASCII hex digits is `None`, never a panic:
+/// the value comes from an unauthenticated peer, so a multi-byte character
+/// must never reach a string slice.
 pub fn from_hex(v: &str) -> Option<Vec<u8>> {
-    let h = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X"))?;
+    let h = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X"))?.as_bytes();
     if h.len() % 2 != 0 || h.is_empty() {
         return None;
     }
-    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok()).collect()
+    let nibble = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    h.chunks_exact(2).map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?)).collect()
 }
 
 #[cfg(test)]
@@ -60,5 +64,13 @@ mod tests {
         assert_eq!(response(7, b"secret", &c), response(7, b"secret", &c));
         assert_ne!(response(7, b"secret", &c), response(8, b"secret", &c));
         assert!(from_hex("0xabc").is_none());
+    }
+
+    #[test]
+    fn non_ascii_odd_or_non_hex_values_are_none_not_a_panic() {
+        for bad in ["0x0\u{e9}0", "0x\u{e9}", "0x\u{e9}\u{e9}", "0x0", "0x", "0xzz", "abcd", "0x+1", "0x 1"] {
+            assert_eq!(from_hex(bad), None, "{bad:?}");
+        }
+        assert_eq!(from_hex("0XaBcD"), Some(vec![0xab, 0xcd]));
     }
 }

@@ -10,6 +10,14 @@ use crate::negotiate::{self, Answer, Offer, SessionParams, SessionType};
 use crate::pdu::{Opcode, Pdu};
 use crate::text;
 
+/// MaxRecvDataSegmentLength a discovery session gets at most (the RFC default).
+pub const DISCOVERY_MAX_RECV: u32 = 8192;
+
+/// Most login text (all continued PDUs of one step together) a target accepts
+/// from a peer not yet admitted: a real login is under 2 KiB, a 1024-byte CHAP
+/// challenge in hex 2 KiB more.
+pub const MAX_LOGIN_TEXT: usize = 16 * 1024;
+
 /// Login stage numbers (CSG/NSG).
 pub mod stage {
     /// Security negotiation.
@@ -37,6 +45,8 @@ pub enum Refusal {
     MissingParameter,
     /// Export is closing or shutting down (0x0301).
     ServiceUnavailable,
+    /// A connection cap is full (0x0302, "out of resources").
+    OutOfResources,
 }
 
 impl Refusal {
@@ -50,6 +60,7 @@ impl Refusal {
             Refusal::UnsupportedVersion => (2, 5),
             Refusal::MissingParameter => (2, 7),
             Refusal::ServiceUnavailable => (3, 1),
+            Refusal::OutOfResources => (3, 2),
         }
     }
 }
@@ -130,8 +141,8 @@ impl LoginMachine {
         if req.bhs[3] > 0 {
             return refuse(self, Refusal::UnsupportedVersion, format!("version-min {} > 0", req.bhs[3]));
         }
-        if self.pending.len() + req.data.len() > text::MAX_TEXT_LEN {
-            return refuse(self, Refusal::InitiatorError, "login text longer than 64 KiB".into());
+        if self.pending.len() + req.data.len() > MAX_LOGIN_TEXT {
+            return refuse(self, Refusal::InitiatorError, format!("login text longer than {MAX_LOGIN_TEXT} bytes"));
         }
         self.pending.extend_from_slice(&req.data);
         if cont {
@@ -153,7 +164,11 @@ impl LoginMachine {
             self.named = true;
         }
         if csg == stage::OPERATIONAL && self.policy.chap.is_some() && self.auth != Auth::Done {
-            return refuse(self, Refusal::AuthenticationFailed, "CHAP is required but the initiator skipped security negotiation".into());
+            return refuse(
+                self,
+                Refusal::AuthenticationFailed,
+                "CHAP is required but the initiator skipped security negotiation".into(),
+            );
         }
         for (k, v) in &pairs {
             match k.as_str() {
@@ -179,12 +194,21 @@ impl LoginMachine {
         }
         let can_transit = transit && (csg != stage::SECURITY || self.auth == Auth::Done);
         if self.policy.chap.is_some() && csg == stage::SECURITY && transit && self.auth == Auth::NotStarted {
-            return refuse(self, Refusal::AuthenticationFailed, "CHAP is required but the initiator offered no AuthMethod".into());
+            return refuse(
+                self,
+                Refusal::AuthenticationFailed,
+                "CHAP is required but the initiator offered no AuthMethod".into(),
+            );
         }
         let done = can_transit && nsg == stage::FULL_FEATURE;
         if (done || (can_transit && nsg == stage::OPERATIONAL)) && !self.declared_mrdsl {
             self.declared_mrdsl = true;
-            self.params.max_recv_data_segment_length = self.policy.offer.max_recv_data_segment_length;
+            let ours = self.policy.offer.max_recv_data_segment_length;
+            self.params.max_recv_data_segment_length = match self.params.session_type {
+                // SendTargets needs no more than the RFC default; echoes stay small.
+                SessionType::Discovery => ours.min(DISCOVERY_MAX_RECV),
+                SessionType::Normal => ours,
+            };
             out.push(("MaxRecvDataSegmentLength".into(), self.params.max_recv_data_segment_length.to_string()));
         }
         let tsih = if done { self.policy.tsih } else { 0 };
@@ -200,7 +224,11 @@ impl LoginMachine {
         }
     }
 
-    fn check_names(&mut self, pairs: &[(String, String)], out: &mut Vec<(String, String)>) -> Result<(), (Refusal, String)> {
+    fn check_names(
+        &mut self,
+        pairs: &[(String, String)],
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), (Refusal, String)> {
         let initiator = text::get(pairs, "InitiatorName")
             .ok_or((Refusal::MissingParameter, "first login PDU has no InitiatorName".to_string()))?;
         self.params.initiator_name = initiator.to_string();
@@ -209,22 +237,37 @@ impl LoginMachine {
             "Discovery" => SessionType::Discovery,
             other => return Err((Refusal::InitiatorError, format!("unknown SessionType {other}"))),
         };
-        if !(self.policy.authorize)(initiator) {
-            return Err((Refusal::NotAuthorized, format!("initiator {initiator} is not in the export's ACL (or is fenced)")));
-        }
         if self.params.session_type == SessionType::Normal {
             let t = text::get(pairs, "TargetName")
                 .ok_or((Refusal::MissingParameter, "normal session login has no TargetName".to_string()))?;
-            if t != self.policy.target_name {
-                return Err((Refusal::TargetNotFound, format!("initiator asked for target {t}, this export is {}", self.policy.target_name)));
+            // An empty name, or no export behind the policy, is never a match: a
+            // normal session exists only for an export (the target module docs).
+            if t.is_empty() || t != self.policy.target_name {
+                return Err((
+                    Refusal::TargetNotFound,
+                    format!("initiator asked for target {t:?}, which is not open here"),
+                ));
             }
             self.params.target_name = t.to_string();
             out.push(("TargetPortalGroupTag".into(), "1".into()));
         }
+        // For a discovery session, `authorize` answers whether any export admits the initiator.
+        if !(self.policy.authorize)(initiator) {
+            return Err((
+                Refusal::NotAuthorized,
+                format!("initiator {initiator} is not in the export's ACL (or is fenced)"),
+            ));
+        }
         Ok(())
     }
 
-    fn security_key(&mut self, k: &str, v: &str, pairs: &[(String, String)], out: &mut Vec<(String, String)>) -> Result<(), String> {
+    fn security_key(
+        &mut self,
+        k: &str,
+        v: &str,
+        pairs: &[(String, String)],
+        out: &mut Vec<(String, String)>,
+    ) -> Result<(), String> {
         match k {
             "AuthMethod" => {
                 let offered: Vec<&str> = v.split(',').collect();

@@ -9,6 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::pdu::{Codec, Pdu, PduError};
 
+/// Bytes [`read_pdu`] asks the socket for at a time (and the least a buffer grows by).
+pub const READ_CHUNK: usize = 16 * 1024;
+
 /// Why reading a PDU failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -29,12 +32,18 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, buf: &mut BytesMut, codec
         if let Some(p) = codec.decode(buf)? {
             return Ok(p);
         }
-        if buf.capacity() - buf.len() < 64 * 1024 {
-            buf.reserve(256 * 1024);
+        // Small steps: the codec reserves a large PDU's exact size itself, so a
+        // connection's buffer is bounded by the data segment length it negotiated.
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
         }
         let n = r.read_buf(buf).await?;
         if n == 0 {
-            return Err(if buf.is_empty() { WireError::Closed } else { WireError::Io(io::ErrorKind::UnexpectedEof.into()) });
+            return Err(if buf.is_empty() {
+                WireError::Closed
+            } else {
+                WireError::Io(io::ErrorKind::UnexpectedEof.into())
+            });
         }
     }
 }

@@ -28,6 +28,7 @@ fn meaning(class: u8, detail: u8) -> &'static str {
         (2, 3) => "target not found",
         (2, 7) => "missing parameter",
         (2, _) => "initiator error",
+        (3, 2) => "out of resources (a connection cap on the target is full)",
         (3, _) => "target error or service unavailable",
         _ => "unknown",
     }
@@ -120,9 +121,14 @@ pub(super) async fn login(
                 let id: u8 = text::get(&pairs, "CHAP_I")
                     .and_then(|v| v.parse().ok())
                     .ok_or_else(|| proto("target sent no CHAP_I".into()))?;
-                let c = text::get(&pairs, "CHAP_C")
-                    .and_then(chap::from_hex)
-                    .ok_or_else(|| proto("target sent no CHAP_C".into()))?;
+                let c = text::get(&pairs, "CHAP_C").ok_or_else(|| proto("target sent no CHAP_C".into()))?;
+                // A hostile target's challenge is an authentication failure, never a panic.
+                let c = chap::from_hex(c).ok_or_else(|| {
+                    proto(format!(
+                        "CHAP authentication failed: the target's CHAP_C {:?} is not an even number of hex digits",
+                        c.chars().take(40).collect::<String>()
+                    ))
+                })?;
                 keys.push(("CHAP_N".into(), creds.user.clone()));
                 keys.push(("CHAP_R".into(), chap::to_hex(&chap::response(id, creds.secret.as_bytes(), &c))));
                 chap_state = 2;

@@ -146,6 +146,31 @@ pub struct Capacity {
     pub block_size: u32,
 }
 
+/// Largest logical block size we accept from a target (SBC devices use 512 to 4096;
+/// 64 KiB leaves room and keeps one block inside one read buffer).
+pub const MAX_BLOCK_SIZE: u32 = 64 * 1024;
+
+impl Capacity {
+    /// The capacity a READ CAPACITY(16) answer describes, if it can be true: a hostile
+    /// or broken target must not make a clone of zero-sized blocks, blocks that do not
+    /// tile a page, or a size that wraps, look like a success.
+    pub fn checked(last_lba: u64, block_size: u32) -> Result<Capacity, String> {
+        if !(512..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two() {
+            return Err(format!(
+                "READ CAPACITY(16) reported a block size of {block_size} bytes; expected a power of two from 512 to \
+                 {MAX_BLOCK_SIZE}: the target is broken or hostile"
+            ));
+        }
+        let blocks = last_lba.checked_add(1).filter(|b| b.checked_mul(block_size as u64).is_some()).ok_or_else(|| {
+            format!(
+                "READ CAPACITY(16) reported last LBA {last_lba} with {block_size}-byte blocks, a size past 2^64 bytes: \
+                 the target is broken or hostile"
+            )
+        })?;
+        Ok(Capacity { blocks, block_size })
+    }
+}
+
 /// A run of blocks with one provisioning status (GET LBA STATUS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
@@ -272,10 +297,10 @@ impl Session {
                 why: "READ CAPACITY(16) returned under 12 bytes".into(),
             });
         }
-        Ok(Capacity {
-            blocks: u64::from_be_bytes(d[0..8].try_into().expect("8")) + 1,
-            block_size: u32::from_be_bytes(d[8..12].try_into().expect("4")),
-        })
+        let last_lba = u64::from_be_bytes(d[0..8].try_into().expect("8"));
+        let block_size = u32::from_be_bytes(d[8..12].try_into().expect("4"));
+        Capacity::checked(last_lba, block_size)
+            .map_err(|why| InitiatorError::Protocol { target: self.target.clone(), why })
     }
 
     /// READ(16) of `blocks` blocks at `lba`.

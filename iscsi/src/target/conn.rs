@@ -11,21 +11,21 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::Instrument;
 
+use super::limits::{Held, Taken, charge};
 use super::window::{Admit, CmdWindow, QUEUE_DEPTH};
-use super::writer::{Out, Shared, Writer};
+use super::writer::{Out, Shared, SlowFloor, Writer};
 use super::{Export, Target};
-use crate::login::{LoginEvent, LoginMachine, LoginPolicy};
+use crate::login::{LoginEvent, LoginMachine, LoginPolicy, Refusal};
 use crate::negotiate::{Offer, SessionParams, SessionType};
 use crate::pdu::{Codec, Opcode, Pdu, PduError, RESERVED_TAG, RejectReason};
 use crate::text;
-use crate::wire::{WireError, read_pdu, write_pdus};
+use crate::wire::{READ_CHUNK, WireError, read_pdu, write_pdus};
 
 /// LUN 1 in SAM single-level peripheral addressing.
 pub(crate) const LUN1: u64 = 1 << 48;
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub(super) async fn run(
     sock: TcpStream,
@@ -33,10 +33,11 @@ pub(super) async fn run(
     local: SocketAddr,
     target: Arc<Target>,
     stop: watch::Receiver<bool>,
+    pending: Taken,
 ) {
     let span = tracing::info_span!("iscsi_conn", %peer);
     async move {
-        match serve_conn(sock, peer, local, target, stop).await {
+        match serve_conn(sock, peer, local, target, stop, pending).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) => tracing::info!(error = %e, "connection dropped"),
         }
@@ -45,19 +46,47 @@ pub(super) async fn run(
     .await
 }
 
+/// Reads one login PDU before the login's deadline.
+async fn login_pdu(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+    held: &mut Held,
+    deadline: tokio::time::Instant,
+) -> Result<Pdu, WireError> {
+    let r = tokio::time::timeout_at(deadline, read_pdu(rd, buf, &Codec::default())).await;
+    held.set(buf.capacity());
+    r.map_err(|_| WireError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "login did not finish in time")))?
+}
+
+/// Gives a PDU allocations of its own, so parking or echoing it never pins the
+/// connection's read buffer; a SCSI command loses its data segment (write data,
+/// which this read-only target never takes).
+fn detach(mut p: Pdu) -> Pdu {
+    if !p.ahs.is_empty() {
+        p.ahs = Bytes::copy_from_slice(&p.ahs);
+    }
+    p.data = match p.opcode() {
+        _ if p.data.is_empty() => Bytes::new(),
+        Some(Opcode::ScsiCommand) => Bytes::new(),
+        _ => Bytes::copy_from_slice(&p.data),
+    };
+    p
+}
+
 async fn serve_conn(
     sock: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     target: Arc<Target>,
     stop: watch::Receiver<bool>,
+    pending: Taken,
 ) -> Result<(), WireError> {
     let (mut rd, mut wr) = sock.into_split();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut held = Held::new(&target.counters);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let login_codec = Codec::default();
-    let first = tokio::time::timeout(LOGIN_TIMEOUT, read_pdu(&mut rd, &mut buf, &login_codec))
-        .await
-        .map_err(|_| WireError::Io(std::io::ErrorKind::TimedOut.into()))??;
+    let deadline = tokio::time::Instant::now() + target.limits.login_timeout;
+    let first = login_pdu(&mut rd, &mut buf, &mut held, deadline).await?;
     if first.opcode() != Some(Opcode::LoginRequest) {
         tracing::warn!(opcode = ?first.opcode(), "first PDU is not a login request; dropping");
         return Ok(());
@@ -67,21 +96,46 @@ async fn serve_conn(
     let export = if discovery { None } else { text::get(&pairs, "TargetName").and_then(|n| target.export(n)) };
     let tsih = target.next_tsih.fetch_add(1, Ordering::Relaxed).max(1);
     let policy = {
-        let e = export.clone();
+        let (e, t) = (export.clone(), Arc::clone(&target));
         let addr = peer.ip();
         LoginPolicy {
             target_name: export.as_ref().map(|e| e.iqn.clone()).unwrap_or_default(),
             chap: export.as_ref().and_then(|e| e.chap()),
-            offer: Offer::default(),
+            offer: Offer {
+                max_recv_data_segment_length: target.limits.max_recv_data_segment_length,
+                ..Offer::default()
+            },
             tsih,
-            authorize: Box::new(move |iqn| e.as_ref().is_none_or(|e| e.admits(addr, iqn))),
+            // Normal: this export admits the initiator. Discovery (no export): some export does.
+            authorize: Box::new(move |iqn| match &e {
+                Some(e) => e.admits(addr, iqn),
+                None => t.admits_any(addr, iqn),
+            }),
         }
     };
     let mut machine = LoginMachine::new(policy);
     let mut stat_sn = first.exp_stat_sn();
     let mut req = first;
+    let mut slots = Vec::new();
     let params: SessionParams = loop {
         let (mut rsp, ev) = machine.step(&req);
+        let ev = match ev {
+            LoginEvent::FullFeature(p) => {
+                match target.take_slots(export.as_ref(), p.session_type == SessionType::Discovery) {
+                    Ok(s) => {
+                        slots = s;
+                        LoginEvent::FullFeature(p)
+                    }
+                    Err(why) => {
+                        let (_, _, csg, nsg) = req.login_stages();
+                        let (class, detail) = Refusal::OutOfResources.status();
+                        rsp = Pdu::login_response(&req, 0, csg, nsg, false, class, detail, Bytes::new());
+                        LoginEvent::Refused(Refusal::OutOfResources, format!("connection cap reached: {why}"))
+                    }
+                }
+            }
+            other => other,
+        };
         rsp.stamp(stat_sn, req.cmd_sn(), req.cmd_sn().wrapping_add(QUEUE_DEPTH - 1));
         stat_sn = stat_sn.wrapping_add(1);
         write_pdus(&mut wr, &login_codec, &[rsp]).await?;
@@ -93,10 +147,11 @@ async fn serve_conn(
                 return Ok(());
             }
         }
-        req = tokio::time::timeout(LOGIN_TIMEOUT, read_pdu(&mut rd, &mut buf, &login_codec))
-            .await
-            .map_err(|_| WireError::Io(std::io::ErrorKind::TimedOut.into()))??;
+        req = login_pdu(&mut rd, &mut buf, &mut held, deadline).await?;
     };
+    drop(pending);
+    let discovery = params.session_type == SessionType::Discovery;
+    let export = if discovery { None } else { export };
     let login_cmd_sn = req.cmd_sn();
     tracing::info!(initiator = %params.initiator_name, target = %params.target_name, discovery, header_digest = params.header_digest,
         data_digest = params.data_digest, mrdsl = params.max_xmit_data_segment_length, "login complete");
@@ -106,30 +161,51 @@ async fn serve_conn(
     if let Some(e) = &export {
         kill = e.register(session_id, peer.ip(), &params.initiator_name);
     }
-    let result =
-        full_feature(rd, wr, buf, peer, local, &target, export.as_ref(), params, stat_sn, login_cmd_sn, kill, stop)
-            .await;
+    let conn = Conn { peer, local, target: &target, export: export.as_ref(), held };
+    let result = full_feature(conn, rd, wr, buf, params, stat_sn, login_cmd_sn, kill, stop).await;
     if let Some(e) = &export {
         e.unregister(session_id);
     }
+    drop(slots);
     result
+}
+
+/// What a full-feature connection knows of where it is.
+struct Conn<'a> {
+    peer: SocketAddr,
+    local: SocketAddr,
+    target: &'a Arc<Target>,
+    export: Option<&'a Arc<Export>>,
+    /// Bytes of the read buffer and parked commands, in the portal's total.
+    held: Held,
+}
+
+/// The reply budget: replies queued for the writer and not yet sent.
+struct Replies {
+    budget: Arc<Semaphore>,
+    cap: usize,
+}
+
+/// Opcodes a discovery session answers (RFC 7143 §4.3: SendTargets only).
+fn discovery_allows(op: Option<Opcode>) -> bool {
+    matches!(op, Some(Opcode::TextRequest | Opcode::NopOut | Opcode::LogoutRequest))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn full_feature(
+    mut c: Conn<'_>,
     mut rd: tokio::net::tcp::OwnedReadHalf,
     wr: OwnedWriteHalf,
     mut buf: BytesMut,
-    peer: SocketAddr,
-    local: SocketAddr,
-    target: &Arc<Target>,
-    export: Option<&Arc<Export>>,
     params: SessionParams,
     stat_sn: u32,
     login_cmd_sn: u32,
     mut kill: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WireError> {
+    let target = c.target;
+    let limits = &target.limits;
+    let discovery = params.session_type == SessionType::Discovery;
     let codec = Codec {
         header_digest: params.header_digest,
         data_digest: params.data_digest,
@@ -137,38 +213,50 @@ async fn full_feature(
     };
     let shared = Arc::new(Shared::new(login_cmd_sn));
     // Commands queue here until the writer runs them; the CmdSN window
-    // (QUEUE_DEPTH) bounds them, the slack covers pings and rejects.
+    // (QUEUE_DEPTH) bounds them, the slack covers pings and rejects. Replies
+    // with data are also bounded in bytes (`Limits::reply_bytes`).
     let (tx, rx) = mpsc::channel::<Out>(QUEUE_DEPTH as usize * 2 + 64);
+    let replies = Replies { budget: Arc::new(Semaphore::new(limits.reply_bytes)), cap: limits.reply_bytes };
     let params = Arc::new(params);
     let sock_fd = wr.as_ref().as_raw_fd();
     let fd = wr.as_ref().as_fd().try_clone_to_owned().map_err(WireError::Io)?;
-    let w =
-        Writer::new(fd, codec, Arc::clone(&params), Arc::clone(&shared), export.map(|e| Arc::clone(&e.lun)), stat_sn);
+    let floor = SlowFloor {
+        bytes_per_sec: limits.slow_reader_floor,
+        window: limits.slow_reader_window,
+        counters: Arc::clone(&target.counters),
+    };
+    let lun = c.export.map(|e| Arc::clone(&e.lun));
+    let w = Writer::new(fd, codec, Arc::clone(&params), Arc::clone(&shared), lun, stat_sn, floor);
     // A plain thread, not spawn_blocking: it lives as long as the
     // connection, and the blocking pool's cap would leave connection 513
-    // without a writer.
+    // without a writer. It never recurses: a small stack is plenty.
     let span = tracing::Span::current();
     let (done_tx, mut writer) = tokio::sync::oneshot::channel::<()>();
+    let budget = Arc::clone(&replies.budget);
     std::thread::Builder::new()
         .name("iscsi-tx".into())
+        .stack_size(256 * 1024)
         .spawn(move || {
             let _g = span.enter();
             if let Err(e) = w.run(rx) {
                 tracing::info!(error = %e, "writer stopped");
             }
+            // A reader waiting for reply room must not wait for a writer that is gone.
+            budget.close();
             let _ = done_tx.send(());
         })
         .map_err(WireError::Io)?;
-    let mut window = CmdWindow::new(login_cmd_sn);
+    let mut window = CmdWindow::with_budget(login_cmd_sn, limits.held_bytes);
     let mut ping: Option<(u32, u32)> = None; // (ttt, intervals waited)
     let mut ping_ttt = 1u32;
     let mut graceful = false;
     let mut writer_done = false;
-    let outcome: Result<(), WireError> = loop {
+    let outcome: Result<(), WireError> = 'conn: loop {
+        c.held.set(buf.capacity() + window.held_bytes());
         tokio::select! {
             r = kill.changed() => {
                 if r.is_ok() && *kill.borrow() {
-                    tracing::warn!(%peer, initiator = %params.initiator_name, "session fenced or export closed; dropping connection");
+                    tracing::warn!(peer = %c.peer, initiator = %params.initiator_name, "session fenced or export closed; dropping connection");
                 }
                 break Ok(());
             }
@@ -200,6 +288,13 @@ async fn full_feature(
                 Ok(Err(e)) => break Err(e),
                 Ok(Ok(pdu)) => {
                     ping = None;
+                    let pdu = detach(pdu);
+                    if discovery && !discovery_allows(pdu.opcode()) {
+                        tracing::warn!(opcode = ?pdu.opcode(), "discovery session sent a PDU other than SendTargets, NOP-Out or Logout; rejecting and dropping");
+                        let _ = tx.send(Out::Pdu(Pdu::reject(RejectReason::ProtocolError, &pdu.bhs), true)).await;
+                        graceful = true;
+                        break Ok(());
+                    }
                     let runnable = match pdu.opcode() {
                         Some(Opcode::DataOut) => {
                             tracing::debug!(itt = pdu.itt(), "ignoring Data-Out: this export never solicits write data");
@@ -214,6 +309,11 @@ async fn full_feature(
                             match window.admit(pdu, shared.in_flight.load(Ordering::Acquire)) {
                                 Admit::Run(v) => v,
                                 Admit::Held => continue,
+                                Admit::OverBudget { bytes } => {
+                                    tracing::warn!(bytes, held_bytes = limits.held_bytes,
+                                        "out-of-order commands would hold more than held_bytes; dropping the connection");
+                                    break Ok(());
+                                }
                                 Admit::Dropped { cmd_sn, exp } => {
                                     tracing::warn!(cmd_sn, exp, "command outside the CmdSN window; ignored");
                                     continue;
@@ -228,9 +328,19 @@ async fn full_feature(
                         }
                     };
                     shared.exp_cmd_sn.store(window.exp(), Ordering::Release);
+                    c.held.set(buf.capacity() + window.held_bytes());
                     let mut logout = false;
                     for p in runnable {
-                        logout |= dispatch(p, &tx, &shared, export, target, &params, peer, local).await;
+                        // Waiting for reply room must not outlast a fence, a shutdown or the writer.
+                        tokio::select! {
+                            l = dispatch(p, &tx, &shared, &c, &replies, &params) => logout |= l,
+                            _ = kill.changed() => break 'conn Ok(()),
+                            _ = stop.changed() => break 'conn Ok(()),
+                            _ = &mut writer => {
+                                writer_done = true;
+                                break 'conn Ok(());
+                            }
+                        }
                     }
                     if logout {
                         graceful = true;
@@ -256,21 +366,27 @@ async fn full_feature(
     outcome
 }
 
+/// Queues a reply with data once the reply budget has room for it; false if
+/// the writer is gone.
+async fn reply(tx: &mpsc::Sender<Out>, c: &Conn<'_>, replies: &Replies, p: Pdu) -> bool {
+    let Some(charge) = charge(&replies.budget, replies.cap, &c.target.counters, p.data.len()).await else {
+        return false;
+    };
+    tx.send(Out::Reply(p, charge)).await.is_ok()
+}
+
 /// Handles one admitted request; returns true after a logout.
-#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     p: Pdu,
     tx: &mpsc::Sender<Out>,
     shared: &Arc<Shared>,
-    export: Option<&Arc<Export>>,
-    target: &Target,
+    c: &Conn<'_>,
+    replies: &Replies,
     params: &SessionParams,
-    peer: SocketAddr,
-    local: SocketAddr,
 ) -> bool {
     match p.opcode() {
         Some(Opcode::ScsiCommand) => {
-            if export.is_none() {
+            if c.export.is_none() {
                 let _ = tx.send(Out::Pdu(Pdu::reject(RejectReason::ProtocolError, &p.bhs), true)).await;
                 return false;
             }
@@ -281,7 +397,7 @@ async fn dispatch(
             let _ = tx.send(Out::Exec { itt, lun, edtl, cdb }).await;
         }
         Some(Opcode::NopOut) => {
-            let _ = tx.send(Out::Pdu(Pdu::nop_in(p.lun(), p.itt(), RESERVED_TAG, p.data.clone()), true)).await;
+            reply(tx, c, replies, Pdu::nop_in(p.lun(), p.itt(), RESERVED_TAG, p.data.clone())).await;
         }
         Some(Opcode::TaskMgmtRequest) => {
             let function = p.flags() & 0x7f;
@@ -310,11 +426,11 @@ async fn dispatch(
             for (k, v) in &pairs {
                 if k == "SendTargets" {
                     let names = if params.session_type == SessionType::Discovery || v == "All" {
-                        target.visible_to(peer.ip(), &params.initiator_name)
+                        c.target.visible_to(c.peer.ip(), &params.initiator_name)
                     } else {
                         vec![params.target_name.clone()]
                     };
-                    let addr = match local {
+                    let addr = match c.local {
                         SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
                         SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
                     };
@@ -326,7 +442,7 @@ async fn dispatch(
                     out.push((k.clone(), "NotUnderstood".into()));
                 }
             }
-            let _ = tx.send(Out::Pdu(Pdu::text_response(p.itt(), text::encode(&out)), true)).await;
+            reply(tx, c, replies, Pdu::text_response(p.itt(), text::encode(&out))).await;
         }
         Some(Opcode::LogoutRequest) => {
             let reason = p.flags() & 0x7f;

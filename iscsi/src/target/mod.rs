@@ -3,6 +3,29 @@
 //! volume with an ACL naming the lease holder, fences an initiator when a
 //! lease is revoked, and closes the export after hand-off.
 //!
+//! Nothing before admission costs memory, and nothing after it costs more than
+//! [`Limits`] allows: a normal session needs an export the initiator is admitted
+//! to (ACL, fences, CHAP); a discovery session needs at least one, and answers
+//! only SendTargets (listing those), NOP-Out and Logout. Connection caps refuse
+//! the excess login with status 0x0302 (out of resources) and a log line naming
+//! the cap; per connection, the read buffer is bounded by the data segment
+//! length we declare, parked out-of-order commands by [`Limits::held_bytes`],
+//! unread replies by [`Limits::reply_bytes`]; an initiator reading below
+//! [`Limits::slow_reader_floor`] is dropped. [`Target::stats`] shows the bytes
+//! held. Defaults:
+//!
+//! | setting | default |
+//! |---|---|
+//! | [`Limits::max_connections`] (portal) | 256 |
+//! | [`Limits::max_connections_per_export`] ([`TargetConfig::with_max_connections`] overrides) | 32 |
+//! | [`Limits::max_discovery_sessions`] | 16 |
+//! | [`Limits::max_pending_logins`] | 256 |
+//! | [`Limits::login_timeout`] (whole login) | 10 s |
+//! | [`Limits::max_recv_data_segment_length`] (discovery: 8 KiB) | 256 KiB |
+//! | [`Limits::held_bytes`] | 256 KiB |
+//! | [`Limits::reply_bytes`] | 512 KiB |
+//! | [`Limits::slow_reader_floor`] over [`Limits::slow_reader_window`] | 256 KiB/s over 10 s |
+//!
 //! ```no_run
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
@@ -18,14 +41,17 @@
 //! ```
 
 mod conn;
-mod writer;
+pub mod limits;
 pub mod window;
+mod writer;
+
+pub use limits::{Limits, TargetStats};
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, AtomicU64};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,12 +148,15 @@ pub struct TargetConfig {
     pub chap: Option<ChapCredentials>,
     /// Lease epoch this export was opened for.
     pub epoch: u64,
+    /// Connections in full feature phase this export takes; `None`: the
+    /// portal's [`Limits::max_connections_per_export`].
+    pub max_connections: Option<usize>,
 }
 
 impl TargetConfig {
     /// An export open to anyone, without CHAP, epoch 0.
     pub fn new(iqn: &str, path: PathBuf) -> TargetConfig {
-        TargetConfig { iqn: iqn.to_string(), path, acl: Acl::default(), chap: None, epoch: 0 }
+        TargetConfig { iqn: iqn.to_string(), path, acl: Acl::default(), chap: None, epoch: 0, max_connections: None }
     }
     /// Sets the ACL.
     pub fn with_acl(mut self, acl: Acl) -> Self {
@@ -142,6 +171,11 @@ impl TargetConfig {
     /// Records the lease epoch.
     pub fn with_epoch(mut self, epoch: u64) -> Self {
         self.epoch = epoch;
+        self
+    }
+    /// Caps this export's connections (the login past it gets status 0x0302).
+    pub fn with_max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
         self
     }
 }
@@ -168,6 +202,7 @@ pub struct Export {
     fenced: Mutex<Vec<Initiator>>,
     sessions: Mutex<Vec<SessionEntry>>,
     closed: watch::Sender<bool>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Export {
@@ -224,6 +259,9 @@ impl Export {
             && self.config.lock().expect("export lock").acl.allows(addr, iqn)
             && !self.fenced.lock().expect("fence lock").iter().any(|f| f.matches(addr, iqn))
     }
+    fn max_connections(&self) -> Option<usize> {
+        self.config.lock().expect("export lock").max_connections
+    }
     fn chap(&self) -> Option<ChapCredentials> {
         self.config.lock().expect("export lock").chap.clone()
     }
@@ -244,6 +282,9 @@ pub struct Target {
     next_tsih: AtomicU16,
     /// Idle time after which the target pings an initiator with NOP-In.
     pub nop_interval: Duration,
+    /// Caps and budgets (see the module docs).
+    pub limits: Limits,
+    counters: Arc<limits::Counters>,
 }
 
 impl std::fmt::Debug for Target {
@@ -262,17 +303,31 @@ impl Target {
     /// A portal that pings an idle initiator after `nop_interval` and drops
     /// it after three unanswered intervals (dead peers free their sessions).
     pub fn with_nop_interval(nop_interval: Duration) -> Arc<Target> {
+        Target::with_limits(nop_interval, Limits::default())
+    }
+
+    /// A portal with its own caps and budgets (the agent's config, `export
+    /// serve --max-connections`, tests).
+    pub fn with_limits(nop_interval: Duration, limits: Limits) -> Arc<Target> {
         Arc::new(Target {
             exports: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             next_tsih: AtomicU16::new(1),
             nop_interval,
+            limits,
+            counters: Arc::default(),
         })
+    }
+
+    /// Connections, bytes held and refusals now.
+    pub fn stats(&self) -> TargetStats {
+        self.counters.snapshot()
     }
 
     /// Opens a file or block device as an export (LUN 1, read-only).
     pub fn open_export(&self, config: TargetConfig) -> Result<Arc<Export>, TargetError> {
-        let store = FileStore::open(&config.path).map_err(|source| TargetError::Open { path: config.path.clone(), source })?;
+        let store =
+            FileStore::open(&config.path).map_err(|source| TargetError::Open { path: config.path.clone(), source })?;
         self.open_store(config, Arc::new(store))
     }
 
@@ -294,7 +349,8 @@ impl Target {
         naa[0..4].copy_from_slice(&digest.to_be_bytes());
         naa[4..8].copy_from_slice(&digest2.to_be_bytes());
         naa[8..16].copy_from_slice(&config.epoch.to_be_bytes());
-        let lun = Lun { store, serial: format!("{digest:08x}{digest2:08x}"), naa, max_transfer_blocks: MAX_TRANSFER_BLOCKS };
+        let lun =
+            Lun { store, serial: format!("{digest:08x}{digest2:08x}"), naa, max_transfer_blocks: MAX_TRANSFER_BLOCKS };
         let (closed, _) = watch::channel(false);
         tracing::info!(iqn = %config.iqn, path = %config.path.display(), epoch = config.epoch, acl = ?config.acl, "export opened");
         let export = Arc::new(Export {
@@ -304,6 +360,7 @@ impl Target {
             fenced: Mutex::new(Vec::new()),
             sessions: Mutex::new(Vec::new()),
             closed,
+            connections: Arc::new(AtomicUsize::new(0)),
         });
         exports.insert(export.iqn.clone(), Arc::clone(&export));
         Ok(export)
@@ -326,10 +383,48 @@ impl Target {
         self.exports.lock().expect("exports lock").get(iqn).cloned()
     }
 
+    /// Takes the full-feature slots a new connection needs (portal, discovery or
+    /// export), or says which cap is full and how to raise it.
+    fn take_slots(&self, export: Option<&Arc<Export>>, discovery: bool) -> Result<Vec<limits::Taken>, String> {
+        let l = &self.limits;
+        let full = |what: String| {
+            self.counters.refused_cap.fetch_add(1, Ordering::Relaxed);
+            what
+        };
+        let mut slots = Vec::with_capacity(2);
+        slots.push(limits::take(&self.counters.connections, l.max_connections).ok_or_else(|| {
+            full(format!("the portal has max_connections = {} connections in full feature phase", l.max_connections))
+        })?);
+        if discovery {
+            slots.push(limits::take(&self.counters.discovery, l.max_discovery_sessions).ok_or_else(|| {
+                full(format!("max_discovery_sessions = {} discovery sessions are open", l.max_discovery_sessions))
+            })?);
+        }
+        if let Some(e) = export {
+            let cap = e.max_connections().unwrap_or(l.max_connections_per_export);
+            slots.push(
+                limits::take(&e.connections, cap)
+                    .ok_or_else(|| full(format!("export {} has its max_connections = {cap} connections", e.iqn)))?,
+            );
+        }
+        Ok(slots)
+    }
+
+    /// Whether this peer is admitted to any export (may hold a discovery session).
+    fn admits_any(&self, addr: IpAddr, iqn: &str) -> bool {
+        self.exports.lock().expect("exports lock").values().any(|e| e.admits(addr, iqn))
+    }
+
     /// IQNs this peer may see in SendTargets.
     fn visible_to(&self, addr: IpAddr, iqn: &str) -> Vec<String> {
-        let mut v: Vec<String> =
-            self.exports.lock().expect("exports lock").values().filter(|e| e.admits(addr, iqn)).map(|e| e.iqn.clone()).collect();
+        let mut v: Vec<String> = self
+            .exports
+            .lock()
+            .expect("exports lock")
+            .values()
+            .filter(|e| e.admits(addr, iqn))
+            .map(|e| e.iqn.clone())
+            .collect();
         v.sort();
         v
     }
@@ -341,8 +436,9 @@ pub async fn serve(listener: TcpListener, target: Arc<Target>, shutdown: impl Fu
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let local = listener.local_addr()?;
-    tracing::info!(%local, "iSCSI target listening");
+    tracing::info!(%local, limits = ?target.limits, "iSCSI target listening");
     tokio::pin!(shutdown);
+    let (mut turned_away, mut warned_at) = (0u64, None::<std::time::Instant>);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -355,10 +451,21 @@ pub async fn serve(listener: TcpListener, target: Arc<Target>, shutdown: impl Fu
                         continue;
                     }
                 };
+                let Some(pending) = limits::take(&target.counters.pending, target.limits.max_pending_logins) else {
+                    // Closed before a byte is read: a flood of idle connections costs nothing.
+                    drop(sock);
+                    turned_away += 1;
+                    if warned_at.is_none_or(|t: std::time::Instant| t.elapsed() > Duration::from_secs(5)) {
+                        tracing::warn!(%peer, turned_away, cap = target.limits.max_pending_logins,
+                            "connection closed unread: max_pending_logins connections are already logging in");
+                        warned_at = Some(std::time::Instant::now());
+                    }
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let t = Arc::clone(&target);
                 let stop = stop_rx.clone();
-                tasks.spawn(conn::run(sock, peer, local, t, stop));
+                tasks.spawn(conn::run(sock, peer, local, t, stop, pending));
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }

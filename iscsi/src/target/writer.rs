@@ -12,6 +12,7 @@
 //! Digests, or a store without a file, fall back to pread into one reused
 //! buffer per connection.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -23,6 +24,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::conn::LUN1;
+use super::limits::{Charge, Counters};
 use super::window::QUEUE_DEPTH;
 use crate::negotiate::SessionParams;
 use crate::pdu::codec::pad_len;
@@ -34,11 +36,29 @@ use crate::scsi::{GOOD, Lun, ScsiError, ScsiResult, Sense};
 pub(super) const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Poll slice while blocked, so a stop request is seen promptly.
 const POLL_MS: libc::c_int = 200;
+/// Largest Data-In segment we send, whatever the initiator declared it takes
+/// (the reads of a store without a file, or with digests, go through a buffer
+/// of this size: the connection's memory does not follow its MaxRecvDataSegmentLength).
+pub(super) const MAX_SEGMENT: usize = 256 * 1024;
+
+/// The slow-reader floor ([`super::Limits::slow_reader_floor`]): while our sends
+/// are blocked, the initiator must read `bytes_per_sec` over each `window`.
+pub(super) struct SlowFloor {
+    /// Least bytes per second.
+    pub bytes_per_sec: u64,
+    /// Window it is measured over.
+    pub window: Duration,
+    /// Where drops are counted.
+    pub counters: Arc<Counters>,
+}
 
 /// What the reader hands the writer, in the order it must go out.
 pub(super) enum Out {
     /// A response PDU; `advance` if it consumes a StatSN.
     Pdu(Pdu, bool),
+    /// A response with data (NOP-In echo, text), its bytes charged to the
+    /// connection's reply budget until it is sent. Always advances StatSN.
+    Reply(Pdu, Charge),
     /// An admitted SCSI command: the writer runs it and sends its data and status.
     Exec {
         /// Initiator task tag.
@@ -91,6 +111,10 @@ struct Sink {
     fd: OwnedFd,
     pending: Vec<u8>,
     shared: Arc<Shared>,
+    floor: SlowFloor,
+    /// Since when our sends have been blocked on the initiator, and the bytes it
+    /// took since then (reset every floor window it keeps up; `None` when idle).
+    backlog: Cell<Option<(Instant, u64)>>,
 }
 
 fn closing() -> io::Error {
@@ -98,11 +122,41 @@ fn closing() -> io::Error {
 }
 
 impl Sink {
+    /// Checks the slow-reader floor while blocked: a window without the floor's
+    /// worth of bytes read ends the connection.
+    fn check_floor(&self) -> io::Result<()> {
+        let now = Instant::now();
+        let Some((start, moved)) = self.backlog.get() else {
+            self.backlog.set(Some((now, 0)));
+            return Ok(());
+        };
+        let elapsed = now.duration_since(start);
+        if elapsed < self.floor.window {
+            return Ok(());
+        }
+        let rate = (moved as f64 / elapsed.as_secs_f64()) as u64;
+        if rate < self.floor.bytes_per_sec {
+            self.floor.counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(rate, floor = self.floor.bytes_per_sec, window = ?self.floor.window,
+                "initiator reads slower than slow_reader_floor; dropping the connection");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "initiator read {rate} B/s over {elapsed:?}, below the slow-reader floor of {} B/s",
+                    self.floor.bytes_per_sec
+                ),
+            ));
+        }
+        self.backlog.set(Some((now, 0)));
+        Ok(())
+    }
+
     fn wait_writable(&self, since: Instant) -> io::Result<()> {
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 return Err(closing());
             }
+            self.check_floor()?;
             let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
             // SAFETY: one valid pollfd for the duration of the call.
             let r = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
@@ -137,6 +191,9 @@ impl Sink {
             };
         }
         *since = Instant::now();
+        if let Some((start, moved)) = self.backlog.get() {
+            self.backlog.set(Some((start, moved + r as u64)));
+        }
         Ok(Some(r as usize))
     }
 
@@ -226,9 +283,10 @@ impl Writer {
         shared: Arc<Shared>,
         lun: Option<Arc<Lun>>,
         stat_sn: u32,
+        floor: SlowFloor,
     ) -> Writer {
         Writer {
-            sink: Sink { fd, pending: Vec::with_capacity(4096), shared },
+            sink: Sink { fd, pending: Vec::with_capacity(4096), shared, floor, backlog: Cell::new(None) },
             codec,
             params,
             lun,
@@ -245,6 +303,8 @@ impl Writer {
                 Ok(m) => m,
                 Err(TryRecvError::Empty) => {
                     self.sink.send(&[], false)?;
+                    // Everything asked for is with the kernel: the initiator is not behind.
+                    self.sink.backlog.set(None);
                     match rx.blocking_recv() {
                         Some(m) => m,
                         None => return Ok(()),
@@ -257,6 +317,10 @@ impl Writer {
             }
             match m {
                 Out::Pdu(p, advance) => self.queue(p, advance)?,
+                Out::Reply(p, charge) => {
+                    self.queue(p, true)?;
+                    drop(charge);
+                }
                 Out::Close => {
                     self.sink.send(&[], false)?;
                     // SAFETY: shutdown on our own open socket fd.
@@ -323,17 +387,18 @@ impl Writer {
         let residual = Residual::of(edtl, len);
         let total = len.min(edtl as u64) as usize;
         let file = if self.codec.data_digest { None } else { l.store.file_fd() };
-        if file.is_none() {
-            if self.scratch.len() < total {
-                self.scratch.resize(total, 0);
-            }
-            if let Err(e) = l.store.read_exact_at(&mut self.scratch[..total], off) {
-                tracing::error!(offset = off, len = total, error = %e, "read of the backing store failed");
-                let r = ScsiResult::check(Sense::READ_ERROR);
-                return self.queue(Pdu::scsi_response(itt, r.status, &r.sense, Residual::of(edtl, 0)), true);
-            }
-        }
         for Segment { off: o, len: n, sn, fin, last } in segments(&self.params, total) {
+            if file.is_none() {
+                // One segment at a time through a buffer of at most MAX_SEGMENT bytes.
+                if self.scratch.len() < n {
+                    self.scratch.resize(n, 0);
+                }
+                if let Err(e) = l.store.read_exact_at(&mut self.scratch[..n], off + o as u64) {
+                    tracing::error!(offset = off + o as u64, len = n, error = %e, "read of the backing store failed");
+                    let r = ScsiResult::check(Sense::READ_ERROR);
+                    return self.queue(Pdu::scsi_response(itt, r.status, &r.sense, Residual::of(edtl, 0)), true);
+                }
+            }
             let mut p = Pdu::data_in(lun, itt, sn, o as u32, Bytes::new(), fin, last.then_some((GOOD, residual)));
             self.stamp(&mut p, last);
             self.codec.encode_head_into(&p, n, &mut self.sink.pending);
@@ -343,7 +408,7 @@ impl Writer {
                     self.sink.pending.extend_from_slice(&[0u8; 3][..pad_len(n)]);
                 }
                 None => {
-                    let data = &self.scratch[o..o + n];
+                    let data = &self.scratch[..n];
                     let mut tail = Vec::with_capacity(8);
                     self.codec.encode_tail_into(data, &mut tail);
                     self.sink.send(&[data, &tail], true)?;
@@ -405,7 +470,7 @@ struct Segment {
 /// with the F bit at every MaxBurstLength boundary (RFC 7143 §11.7.1): the one
 /// segmentation both the streamed and the buffered read paths use.
 fn segments(params: &SessionParams, total: usize) -> impl Iterator<Item = Segment> + use<> {
-    let seg = params.max_xmit_data_segment_length.max(512) as usize;
+    let seg = (params.max_xmit_data_segment_length.max(512) as usize).min(MAX_SEGMENT);
     let burst = params.max_burst_length.max(512) as usize;
     let (mut off, mut sn, mut burst_left) = (0usize, 0u32, burst);
     std::iter::from_fn(move || {
