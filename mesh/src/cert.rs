@@ -14,9 +14,25 @@ use serde::{Deserialize, Serialize};
 use crate::address::FleetPrefix;
 use crate::error::{AdmissionError, IdentityError};
 use crate::keys::{PublicKey, decode32};
+use crate::refusals::clip;
 
 /// Certificate format version; bumped on incompatible change.
 pub const CERT_VERSION: u32 = 1;
+/// Longest node name the CA signs: names travel in every join datagram and gossip record.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks a node name before signing: 1 to [`MAX_NAME_LEN`] letters, digits, `.`, `-`, `_`
+/// (it shows up in logs and status, and must keep a join datagram small).
+pub fn check_name(name: &str) -> Result<(), IdentityError> {
+    let bad = |reason: &str| IdentityError::BadName { name: clip(name, MAX_NAME_LEN), reason: reason.to_owned() };
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(bad(&format!("{} bytes, not 1 to {MAX_NAME_LEN}", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))) {
+        return Err(bad(&format!("character {c:?} is not a letter, digit, '.', '-' or '_'")));
+    }
+    Ok(())
+}
 
 /// The fleet CA's secret key. Kept off the nodes in real use: it only signs.
 pub struct FleetCa {
@@ -94,6 +110,7 @@ impl FleetCa {
     /// Issues a certificate for `request`, valid until `not_after`. The address is always
     /// derived here, never taken from the request.
     pub fn sign(&self, request: &SigningRequest, not_after: SystemTime) -> Result<Certificate, IdentityError> {
+        check_name(&request.name)?;
         let node = PublicKey::from_base64(&request.public_key)?;
         let ca = self.public();
         let body = CertificateBody {
@@ -184,11 +201,13 @@ impl Certificate {
         now: SystemTime,
     ) -> Result<Admitted, AdmissionError> {
         let b = &self.body;
-        let forged = |reason: String| AdmissionError::Forged { name: b.name.clone(), reason };
+        // Until the signature verifies, every field is the sender's text: clip it for errors.
+        let name = clip(&b.name, MAX_NAME_LEN);
+        let forged = |reason: String| AdmissionError::Forged { name: name.clone(), reason };
         if b.fleet != ca.fleet_id() {
             return Err(AdmissionError::OtherFleet {
-                name: b.name.clone(),
-                fleet: b.fleet.clone(),
+                name: name.clone(),
+                fleet: clip(&b.fleet, 64),
                 ours: ca.fleet_id(),
             });
         }
@@ -201,10 +220,10 @@ impl Certificate {
             return Err(forged(format!("address {} is not derived from the key", b.address)));
         }
         if unix(now) >= b.not_after {
-            return Err(AdmissionError::Expired { name: b.name.clone(), expired_at: b.not_after });
+            return Err(AdmissionError::Expired { name, expired_at: b.not_after });
         }
         if revoked.is_revoked(&b.public_key) {
-            return Err(AdmissionError::Revoked { name: b.name.clone(), public_key: b.public_key.clone() });
+            return Err(AdmissionError::Revoked { name, public_key: b.public_key.clone() });
         }
         Ok(Admitted { name: b.name.clone(), public_key: key, address: b.address })
     }

@@ -35,6 +35,14 @@ pub enum IdentityError {
         /// Its mode bits.
         mode: u32,
     },
+    /// A node name the CA will not sign.
+    #[error("node name {name:?} refused: {reason} (pick another `--name` at `meshdrain mesh keygen`)")]
+    BadName {
+        /// The name (clipped).
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A base64 key string is malformed.
     #[error("bad key {what}: {reason} (expected 32 bytes in base64, as printed by `meshdrain mesh keygen`)")]
     BadKey {

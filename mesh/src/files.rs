@@ -9,7 +9,11 @@ use serde::de::DeserializeOwned;
 
 use crate::cert::{CaPublicKey, FleetCa};
 use crate::error::IdentityError;
-use crate::keys::{read_secret_file, write_secret_file};
+use crate::keys::{MAX_KEY_FILE, read_bounded, read_secret_file, write_secret_file};
+
+/// Largest JSON file read (certificate, signing request, revocation list): a revocation list
+/// of ~20,000 keys fits; a certificate is under 1 KiB.
+pub const MAX_JSON_FILE: u64 = 1 << 20;
 
 /// File name of the CA secret made by `meshdrain mesh init` (keep it off the nodes).
 pub const CA_KEY_FILE: &str = "fleet-ca.key";
@@ -39,13 +43,13 @@ pub fn load_ca(path: &Path) -> Result<FleetCa, IdentityError> {
 
 /// Loads the CA public key file.
 pub fn load_ca_public(path: &Path) -> Result<CaPublicKey, IdentityError> {
-    let text = fs::read_to_string(path).map_err(|source| IdentityError::Io { path: path.to_owned(), source })?;
+    let text = read_bounded(path, MAX_KEY_FILE)?;
     CaPublicKey::try_from(text).map_err(|e| IdentityError::Corrupt { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Reads a JSON file (certificate, signing request, revocation list).
 pub fn load_json<T: DeserializeOwned>(path: &Path) -> Result<T, IdentityError> {
-    let text = fs::read_to_string(path).map_err(|source| IdentityError::Io { path: path.to_owned(), source })?;
+    let text = read_bounded(path, MAX_JSON_FILE)?;
     serde_json::from_str(&text).map_err(|e| IdentityError::Corrupt { path: path.to_owned(), reason: e.to_string() })
 }
 

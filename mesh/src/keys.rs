@@ -109,6 +109,10 @@ impl NodeKey {
 }
 
 pub(crate) fn decode32(s: &str, what: &str) -> Result<[u8; 32], IdentityError> {
+    // 32 bytes are 44 base64 characters; a longer string is not a key and is not decoded.
+    if s.len() > 64 {
+        return Err(IdentityError::BadKey { what: what.to_owned(), reason: format!("{} characters", s.len()) });
+    }
     let bytes = B64.decode(s).map_err(|e| IdentityError::BadKey { what: what.to_owned(), reason: e.to_string() })?;
     bytes
         .try_into()
@@ -127,6 +131,28 @@ pub fn write_secret_file(path: &Path, contents: &str) -> Result<(), IdentityErro
     fs::rename(&tmp, path).map_err(io)
 }
 
+/// Largest key file read (a key is 45 bytes; anything near this is not one).
+pub const MAX_KEY_FILE: u64 = 4096;
+
+/// Reads a text file of at most `max` bytes: a file that is not what we expect must give a
+/// clear error, not an allocation of its size.
+pub fn read_bounded(path: &Path, max: u64) -> Result<String, IdentityError> {
+    use std::io::Read as _;
+    let io = |source| IdentityError::Io { path: path.to_owned(), source };
+    let mut text = String::new();
+    let read = fs::File::open(path).map_err(io)?.take(max + 1).read_to_string(&mut text);
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(IdentityError::Corrupt { path: path.to_owned(), reason: "not UTF-8 text".into() });
+        }
+        r => r.map_err(io)?,
+    };
+    if text.len() as u64 > max {
+        return Err(IdentityError::Corrupt { path: path.to_owned(), reason: format!("larger than {max} bytes") });
+    }
+    Ok(text)
+}
+
 /// Reads a secret file, refusing one that group or others can read.
 pub fn read_secret_file(path: &Path) -> Result<String, IdentityError> {
     let io = |source| IdentityError::Io { path: path.to_owned(), source };
@@ -135,7 +161,7 @@ pub fn read_secret_file(path: &Path) -> Result<String, IdentityError> {
     if mode & 0o077 != 0 {
         return Err(IdentityError::Permissions { path: path.to_owned(), mode });
     }
-    fs::read_to_string(path).map_err(io)
+    read_bounded(path, MAX_KEY_FILE)
 }
 
 #[cfg(test)]

@@ -22,15 +22,18 @@
 //! WireGuard drops handshakes from unknown keys, so a seed cannot learn a newcomer from
 //! gossip that has to cross WireGuard first. [`join`]: the newcomer sends each seed a
 //! datagram (WireGuard port + 1) with its certificate and an HMAC keyed by their X25519
-//! shared secret; the seed checks it like any advert and adds the peer for [`runtime::JOIN_TTL`].
+//! shared secret, binding the IP it sends from; the seed checks it like any advert and adds
+//! the peer for [`runtime::JOIN_TTL`]. A copy sent from elsewhere never sets or moves an
+//! endpoint; old-format (v1) joins are admitted without one (see [`join`]).
 //!
 //! # Agent wiring
 //! The agent (src/agent/mesh.rs) loads key, certificate and CA, starts a [`MeshRuntime`]
 //! (interface up with the mesh address, join socket), binds gossip on the mesh address and
 //! each tick calls [`MeshRuntime::converge`] with the `node` records' adverts (certificate,
 //! endpoints, liveness from the failure detector, revocation list). Converge adopts newer
-//! revocation lists, reads joins, runs [`desired_peers`] (refusals logged once per peer) and
-//! [`diff`], and applies the changes.
+//! revocation lists, reads joins, runs [`desired_peers`] and [`diff`], and applies the
+//! changes. Refusals are kept in a bounded list with counters and logged at most once per
+//! kind per minute plus a summary ([`refusals`]).
 
 pub mod address;
 pub mod backend;
@@ -40,6 +43,7 @@ pub mod files;
 pub mod join;
 pub mod keys;
 pub mod peers;
+pub mod refusals;
 pub mod runtime;
 pub mod userspace;
 
@@ -52,4 +56,5 @@ pub use error::{AdmissionError, BackendError, IdentityError};
 pub use join::{JoinError, JoinRequest};
 pub use keys::{NodeKey, PublicKey};
 pub use peers::{Admission, PeerAdvert, PeerChange, PeerConfig, Refusal, Seed, desired_peers, diff};
-pub use runtime::{GossipAdvert, MeshRuntime, MeshSettings, RefusedPeer};
+pub use refusals::{RefusalTotals, RefusedPeer};
+pub use runtime::{GossipAdvert, MeshRuntime, MeshSettings};

@@ -8,15 +8,14 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
-
 use crate::backend::{BackendChoice, BackendKind, InterfaceSpec, MeshStatus, WireguardBackend, select_backend};
 use crate::cert::{CaPublicKey, Certificate, RevocationList};
 use crate::error::{AdmissionError, BackendError};
 use crate::files::{load_json, save_json};
-use crate::join::{JOIN_PORT_OFFSET, JoinRequest};
+use crate::join::{JOIN_PORT_OFFSET, JoinReplayGuard, JoinRequest, MAX_JOIN_DATAGRAM};
 use crate::keys::{NodeKey, PublicKey};
 use crate::peers::{Admission, PeerAdvert, Seed, desired_peers, diff};
+use crate::refusals::{RefusalKind, RefusalTotals, Refusals, RefusedPeer};
 
 /// A joiner stays a peer this long after its last join datagram (gossip normally takes over
 /// within a few rounds).
@@ -65,18 +64,10 @@ pub struct GossipAdvert {
     pub revocations: Option<serde_json::Value>,
 }
 
-/// A refusal as shown by `meshdrain mesh status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RefusedPeer {
-    /// The public key claimed, or `join from <ip>` for a refused join datagram.
-    pub peer: String,
-    /// Why.
-    pub reason: String,
-}
-
 struct Join {
     certificate: Certificate,
-    endpoint: SocketAddr,
+    /// Set only by a join whose HMAC covers its source IP (see [`crate::join`]).
+    endpoint: Option<SocketAddr>,
     at: Instant,
 }
 
@@ -89,7 +80,12 @@ pub struct MeshRuntime {
     joins: BTreeMap<PublicKey, Join>,
     revoked: RevocationList,
     revocations_mtime: Option<SystemTime>,
-    refused: BTreeMap<String, String>,
+    /// Gossip adverts refused (keyed by claimed key), apart from joins so a join flood
+    /// cannot push them out of `meshdrain mesh status`.
+    refused_peers: Refusals,
+    /// Join datagrams refused (keyed by source IP: spoofable, hence bounded).
+    refused_joins: Refusals,
+    replay: JoinReplayGuard,
     applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
     last_join_sent: Option<Instant>,
     last_error: Option<String>,
@@ -132,7 +128,9 @@ impl MeshRuntime {
             joins: BTreeMap::new(),
             revoked: RevocationList::default(),
             revocations_mtime: None,
-            refused: BTreeMap::new(),
+            refused_peers: Refusals::default(),
+            refused_joins: Refusals::default(),
+            replay: JoinReplayGuard::default(),
             applied_endpoints: BTreeMap::new(),
             last_join_sent: None,
             last_error: None,
@@ -194,23 +192,51 @@ impl MeshRuntime {
         }
     }
 
-    /// Reads pending join datagrams (bounded) and remembers the admitted joiners.
+    /// Reads pending join datagrams (bounded, one fixed buffer) and remembers the admitted
+    /// joiners. A copy of a join cannot move an endpoint (see [`crate::join`]).
     fn read_joins(&mut self, now: SystemTime) {
-        let mut buf = [0u8; 4096];
+        // One byte more than the limit, so an oversized datagram is seen as such (the
+        // kernel truncates it to the buffer) rather than as broken JSON.
+        let mut buf = [0u8; MAX_JOIN_DATAGRAM + 1];
+        self.replay.prune(now);
         for _ in 0..MAX_JOINS_PER_TICK {
             let Ok((n, from)) = self.join_socket.recv_from(&mut buf) else { break };
-            match JoinRequest::verify(&buf[..n], from, &self.settings.key, &self.settings.ca, &self.revoked, now) {
+            let checked =
+                JoinRequest::verify(&buf[..n], from, &self.settings.key, &self.settings.ca, &self.revoked, now)
+                    .and_then(|j| self.replay.admit(&j).map(|()| j));
+            match checked {
                 Ok(j) => {
-                    if !self.joins.contains_key(&j.admitted.public_key) {
-                        tracing::info!(node = %j.admitted.name, peer = %j.admitted.public_key, endpoint = %j.endpoint, "join request accepted");
+                    let old = self.joins.get(&j.admitted.public_key).and_then(|o| o.endpoint);
+                    if old.is_none() {
+                        let endpoint = j.endpoint.map_or_else(|| "from its handshake".to_owned(), |e| e.to_string());
+                        tracing::info!(node = %j.admitted.name, peer = %j.admitted.public_key, %endpoint, "join request accepted");
                     }
-                    let join = Join { certificate: j.certificate, endpoint: j.endpoint, at: Instant::now() };
+                    // A join without a bound endpoint never erases one an earlier join set.
+                    let join = Join { certificate: j.certificate, endpoint: j.endpoint.or(old), at: Instant::now() };
                     self.joins.insert(j.admitted.public_key, join);
                 }
-                Err(e) => self.refuse_once(&format!("join from {}", from.ip().to_canonical()), &e.to_string()),
+                Err(e) => {
+                    let source = format!("join from {}", from.ip().to_canonical());
+                    self.refused_joins.record(e.kind(), &source, &e.to_string(), Instant::now());
+                }
             }
         }
         self.joins.retain(|_, j| j.at.elapsed() < JOIN_TTL);
+    }
+
+    /// The underlay IP our join to `seed` leaves from, bound into its HMAC: the configured
+    /// endpoint of the seed's family (the address peers should use, e.g. behind 1:1 NAT),
+    /// else the source the kernel picks on the route to the seed.
+    fn claimed_ip(&self, seed: SocketAddr) -> Option<IpAddr> {
+        let v4 = seed.ip().to_canonical().is_ipv4();
+        let configured = self.settings.endpoints.iter().map(|e| e.ip().to_canonical()).find(|ip| ip.is_ipv4() == v4);
+        configured.or_else(|| {
+            let any: SocketAddr =
+                if v4 { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+            let probe = UdpSocket::bind(any).ok()?;
+            probe.connect(SocketAddr::new(seed.ip().to_canonical(), seed.port())).ok()?;
+            probe.local_addr().ok().map(|a| a.ip().to_canonical()).filter(|ip| !ip.is_unspecified())
+        })
     }
 
     /// Sends a join to every seed not seen alive in gossip, at most every [`JOIN_RESEND`].
@@ -224,11 +250,12 @@ impl MeshRuntime {
             if alive.contains(&seed.public_key) || seed.public_key == self.settings.key.public() {
                 continue;
             }
-            let Some(req) = JoinRequest::new(
+            let Some(req) = JoinRequest::claiming(
                 &self.settings.key,
                 &self.settings.certificate,
                 &seed.public_key,
                 self.settings.listen_port,
+                self.claimed_ip(seed.endpoint),
                 now,
             ) else {
                 continue;
@@ -243,15 +270,21 @@ impl MeshRuntime {
         }
     }
 
-    fn refuse_once(&mut self, who: &str, reason: &str) {
-        if self.refused.get(who).map(String::as_str) != Some(reason) {
-            tracing::warn!(peer = who, "mesh peer refused: {reason}");
-            self.refused.insert(who.to_owned(), reason.to_owned());
+    /// Counters of refusals since start (the list in [`Self::status`] is bounded).
+    pub fn refusal_totals(&self) -> RefusalTotals {
+        let (p, j) = (self.refused_peers.totals(), self.refused_joins.totals());
+        RefusalTotals {
+            refusals: p.refusals.saturating_add(j.refusals),
+            new_refusals: p.new_refusals.saturating_add(j.new_refusals),
+            evicted: p.evicted.saturating_add(j.evicted),
+            log_lines: p.log_lines.saturating_add(j.log_lines),
         }
     }
 
     /// One convergence step: revocations, joins, admission, diff, apply.
     pub fn converge(&mut self, gossip: &[GossipAdvert], now: SystemTime) {
+        self.refused_peers.tick(Instant::now());
+        self.refused_joins.tick(Instant::now());
         self.reload_revocations();
         for g in gossip {
             if let Some(list) = g.revocations.clone().and_then(|v| serde_json::from_value::<RevocationList>(v).ok()) {
@@ -268,7 +301,7 @@ impl MeshRuntime {
                 Ok(c) => c,
                 Err(e) => {
                     let reason = AdmissionError::Forged { name: g.name.clone(), reason: format!("malformed: {e}") };
-                    refusals.push((g.name.clone(), reason.to_string()));
+                    refusals.push((admission_kind(&reason), g.name.clone(), reason.to_string()));
                     continue;
                 }
             };
@@ -288,7 +321,8 @@ impl MeshRuntime {
         // Once gossip shows a joiner alive, gossip decides (and a later death removes it).
         self.joins.retain(|k, _| !alive_keys.contains(k));
         for j in self.joins.values() {
-            adverts.push(PeerAdvert { certificate: j.certificate.clone(), endpoints: vec![j.endpoint], alive: true });
+            let endpoints = j.endpoint.into_iter().collect();
+            adverts.push(PeerAdvert { certificate: j.certificate.clone(), endpoints, alive: true });
         }
         let admission = Admission {
             ca: self.settings.ca,
@@ -297,9 +331,10 @@ impl MeshRuntime {
             seeds: self.settings.seeds.clone(),
         };
         let (mut desired, refused) = desired_peers(&admission, &adverts, now);
-        refusals.extend(refused.into_iter().map(|r| (r.public_key, r.reason.to_string())));
-        for (who, why) in refusals {
-            self.refuse_once(&who, &why);
+        refusals.extend(refused.into_iter().map(|r| (admission_kind(&r.reason), r.public_key, r.reason.to_string())));
+        let at = Instant::now();
+        for (kind, who, why) in refusals {
+            self.refused_peers.record(kind, &who, &why, at);
         }
         self.send_joins(&alive_keys, now);
         let Some(backend) = self.backend.as_mut() else { return };
@@ -349,15 +384,30 @@ impl MeshRuntime {
         }
     }
 
-    /// Peers, handshake ages and counters of the interface, plus refusals.
+    /// Peers, handshake ages and counters of the interface, plus the latest refusals (at most
+    /// [`crate::refusals::MAX_REFUSALS_SHOWN`] gossip adverts, then as many join sources;
+    /// [`Self::refusal_totals`] counts them all).
     pub fn status(&self) -> Result<(MeshStatus, Vec<RefusedPeer>), BackendError> {
         let st = self.backend.as_ref().map(|b| b.status()).transpose()?.ok_or_else(|| BackendError::Configure {
             interface: self.settings.interface.clone(),
             action: "status".into(),
             reason: "interface stopped".into(),
         })?;
-        let refused = self.refused.iter().map(|(k, r)| RefusedPeer { peer: k.clone(), reason: r.clone() }).collect();
+        let now = Instant::now();
+        let mut refused = self.refused_peers.list(now);
+        refused.extend(self.refused_joins.list(now));
         Ok((st, refused))
+    }
+}
+
+/// The log rate-limit kind of a refused gossip advert.
+fn admission_kind(e: &AdmissionError) -> RefusalKind {
+    match e {
+        AdmissionError::OtherFleet { .. } => "peer from another fleet",
+        AdmissionError::Forged { .. } => "peer forged",
+        AdmissionError::Expired { .. } => "peer expired",
+        AdmissionError::Revoked { .. } => "peer revoked",
+        AdmissionError::AddressCollision { .. } => "peer address collision",
     }
 }
 

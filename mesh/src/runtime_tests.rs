@@ -185,7 +185,8 @@ fn a_join_datagram_makes_a_peer_until_gossip_takes_over() {
     let mut r = rig(&ca, &me, vec![]);
     let to = r.rt.join_socket.local_addr().unwrap();
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let req = JoinRequest::new(&j.key, &j.cert, &me.key.public(), 51999, SystemTime::now()).unwrap();
+    let ip = Some("127.0.0.1".parse().unwrap());
+    let req = JoinRequest::claiming(&j.key, &j.cert, &me.key.public(), 51999, ip, SystemTime::now()).unwrap();
     sender.send_to(&req.encode(), to).unwrap();
     // A stolen certificate sent without its key is refused.
     let thief = JoinRequest::new(&NodeKey::generate(), &j.cert, &me.key.public(), 51998, SystemTime::now()).unwrap();

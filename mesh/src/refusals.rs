@@ -1,0 +1,197 @@
+//! Bounded bookkeeping of refused peers and join datagrams, and the rate limit on their log
+//! lines (README "Trust": everything from the network is hostile until authenticated).
+//!
+//! A refused join is keyed by its source IP, which anyone can spoof, so nothing here may grow
+//! with the number of sources: at most [`MAX_REFUSALS_SHOWN`] recent entries are kept (the
+//! least recently refused is evicted) with every string clipped, and the totals are counters.
+//! Logging: the first new refusal of a kind (see [`RefusalKind`]) in a
+//! [`REFUSAL_LOG_INTERVAL`] is logged at WARN with its source and reason; further new ones in
+//! that interval are only counted, and one summary line reports them when it ends. A refusal
+//! repeating the same source and reason is never logged again while it stays listed (as
+//! before: "logged once").
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// How many refused sources `meshdrain mesh status` lists (the most recent).
+pub const MAX_REFUSALS_SHOWN: usize = 64;
+/// At most one WARN line per kind of refusal per interval, plus one summary line.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest source (peer key or `join from <ip>`) kept, in characters.
+pub const MAX_SOURCE_CHARS: usize = 64;
+/// Longest reason kept, in characters (reasons quote peer-supplied text).
+pub const MAX_REASON_CHARS: usize = 240;
+
+/// What kind of refusal: the unit of the log rate limit (a fixed, small set).
+pub type RefusalKind = &'static str;
+
+/// A refusal as shown by `meshdrain mesh status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefusedPeer {
+    /// The public key claimed, or `join from <ip>` for a refused join datagram.
+    pub peer: String,
+    /// Why (the latest reason).
+    pub reason: String,
+    /// How many times this source was refused while listed.
+    pub count: u64,
+    /// Seconds since its latest refusal.
+    pub last_secs_ago: u64,
+}
+
+/// Totals since start, for `meshdrain mesh status` next to the bounded list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RefusalTotals {
+    /// Every refusal (joins and gossip adverts), repeats included.
+    pub refusals: u64,
+    /// Refusals of a source not listed at the time (new source or new reason).
+    pub new_refusals: u64,
+    /// Sources dropped from the list to keep it at [`MAX_REFUSALS_SHOWN`].
+    pub evicted: u64,
+    /// WARN lines written about refusals (first lines plus summaries).
+    pub log_lines: u64,
+}
+
+struct Entry {
+    reason: String,
+    count: u64,
+    last: Instant,
+}
+
+/// One kind's log interval.
+struct Window {
+    started: Instant,
+    /// Whether this interval's one full line was written.
+    logged: bool,
+    /// New refusals counted but not logged in this interval.
+    suppressed: u64,
+    /// All refusals of this kind in this interval, repeats included.
+    refusals: u64,
+}
+
+/// The bounded list of recent refusals with its counters and log rate limit.
+#[derive(Default)]
+pub struct Refusals {
+    recent: BTreeMap<String, Entry>,
+    windows: BTreeMap<RefusalKind, Window>,
+    totals: RefusalTotals,
+}
+
+/// `s` cut to at most `max` characters, control characters escaped (peer text in logs).
+pub fn clip(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max + 3));
+    for (i, c) in s.chars().enumerate() {
+        if i >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Refusals {
+    /// Records one refusal of `source` for `reason`, logging it if the rate limit allows.
+    pub fn record(&mut self, kind: RefusalKind, source: &str, reason: &str, now: Instant) {
+        self.totals.refusals = self.totals.refusals.saturating_add(1);
+        let source = clip(source, MAX_SOURCE_CHARS);
+        let reason = clip(reason, MAX_REASON_CHARS);
+        self.roll(kind, now);
+        let window =
+            self.windows.entry(kind).or_insert(Window { started: now, logged: false, suppressed: 0, refusals: 0 });
+        window.refusals += 1;
+        if let Some(e) = self.recent.get_mut(&source) {
+            e.count = e.count.saturating_add(1);
+            e.last = now;
+            if e.reason == reason {
+                return;
+            }
+            e.reason.clone_from(&reason);
+        } else {
+            if self.recent.len() >= MAX_REFUSALS_SHOWN {
+                let oldest = self.recent.iter().min_by_key(|(_, e)| e.last).map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    self.recent.remove(&k);
+                    self.totals.evicted += 1;
+                }
+            }
+            self.recent.insert(source.clone(), Entry { reason: reason.clone(), count: 1, last: now });
+        }
+        self.totals.new_refusals += 1;
+        if window.logged {
+            window.suppressed += 1;
+            return;
+        }
+        window.logged = true;
+        tracing::warn!(peer = %source, kind, "mesh peer refused: {reason}");
+        self.totals.log_lines += 1;
+    }
+
+    /// Ends the log intervals that are over, writing their summary lines. Called every tick so
+    /// a summary appears even when the refusals stop.
+    pub fn tick(&mut self, now: Instant) {
+        let over: Vec<RefusalKind> = self
+            .windows
+            .iter()
+            .filter(|(_, w)| now.saturating_duration_since(w.started) >= REFUSAL_LOG_INTERVAL)
+            .map(|(k, _)| *k)
+            .collect();
+        for kind in over {
+            self.roll(kind, now);
+        }
+    }
+
+    /// Closes `kind`'s interval if it is over (summary line if anything was suppressed).
+    fn roll(&mut self, kind: RefusalKind, now: Instant) {
+        let Some(w) = self.windows.get(kind) else { return };
+        if now.saturating_duration_since(w.started) < REFUSAL_LOG_INTERVAL {
+            return;
+        }
+        if w.suppressed > 0 {
+            tracing::warn!(
+                kind,
+                "mesh: {} more peers refused ({kind}) in the last {} s, {} refusals in all; \
+                 `meshdrain mesh status` lists the latest {MAX_REFUSALS_SHOWN}",
+                w.suppressed,
+                REFUSAL_LOG_INTERVAL.as_secs(),
+                w.refusals
+            );
+            self.totals.log_lines += 1;
+        }
+        self.windows.remove(kind);
+    }
+
+    /// The listed refusals, most recent first.
+    pub fn list(&self, now: Instant) -> Vec<RefusedPeer> {
+        let mut v: Vec<(&String, &Entry)> = self.recent.iter().collect();
+        v.sort_by_key(|(_, e)| std::cmp::Reverse(e.last));
+        v.into_iter()
+            .map(|(k, e)| RefusedPeer {
+                peer: k.clone(),
+                reason: e.reason.clone(),
+                count: e.count,
+                last_secs_ago: now.saturating_duration_since(e.last).as_secs(),
+            })
+            .collect()
+    }
+
+    /// The counters since start.
+    pub fn totals(&self) -> RefusalTotals {
+        self.totals
+    }
+
+    /// How many sources are listed (at most [`MAX_REFUSALS_SHOWN`]).
+    pub fn len(&self) -> usize {
+        self.recent.len()
+    }
+
+    /// Whether nothing was refused (or everything listed was evicted, which cannot happen).
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty()
+    }
+}
