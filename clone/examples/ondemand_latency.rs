@@ -47,9 +47,10 @@ fn main() -> Result<(), Error> {
     // One clone per policy, each on its own dest; hydration stays held at 1 KiB/s.
     let clone = |name: &str, read_through: bool| -> Result<Probe, Error> {
         let dest = FileDest::open(&dir.join(format!("{name}.img")), size)?;
-        let meta = FileMeta::open(&dir.join(format!("{name}.meta")))?;
+        // A fresh clone per run: every region starts missing.
+        let meta = FileMeta::create(&dir.join(format!("{name}.meta")))?;
         let cfg = EngineConfig { read_through, ..defaults.clone() };
-        let engine = Engine::open(src.clone(), Box::new(dest), Box::new(meta), cfg)?;
+        let engine = Engine::create(src.clone(), Box::new(dest), Box::new(meta), cfg)?;
         let exposed = if through_loop {
             Some(Exposed::start(engine.clone(), &dir.join(format!("{name}.fuse")), None)?)
         } else {

@@ -2,7 +2,7 @@
 //! diagnostic; bench/clone.sh times the whole `clone run --expose`):
 //! `scan_time <iscsi-url> <dest-dir>` prints the seconds of the GET LBA
 //! STATUS scan alone, the number of deallocated ranges, the bytes they cover, and the
-//! seconds of `Engine::open` (which starts that scan and returns) onto a fresh dest in
+//! seconds of `Engine::create` (which starts that scan and returns) onto a fresh dest in
 //! `dest-dir`, then of the scan's whole effect (until background hydration may start).
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _ = (std::fs::remove_file(&img), std::fs::remove_file(&meta));
     let t = Instant::now();
     let dest = FileDest::open(&img, src.size())?;
-    let engine = Engine::open(src, Box::new(dest), Box::new(FileMeta::open(&meta)?), EngineConfig::default())?;
+    let engine = Engine::create(src, Box::new(dest), Box::new(FileMeta::create(&meta)?), EngineConfig::default())?;
     let open = t.elapsed().as_secs_f64();
     engine.wait_scanned();
     let scanned = t.elapsed().as_secs_f64();

@@ -117,23 +117,47 @@ impl Drop for Busy<'_> {
 }
 
 impl Engine {
-    /// Opens (or resumes) a clone of `source` onto `dest`, recording in `meta`.
-    /// Refuses metadata of another source or epoch. Regions the source reports
-    /// deallocated are zeroed on the dest and never fetched; that scan runs in the
-    /// background (see [`Engine::wait_scanned`]), so the clone is usable on return.
+    /// Resumes the clone of `source` onto `dest` recorded in `meta`. Refuses, without
+    /// touching the dest, metadata it cannot trust: empty, zeroed, damaged, or of
+    /// another source, epoch, geometry or dest (see [`crate::metadata`]); the only way
+    /// past a refusal is [`Engine::create`]. Regions the source reports deallocated are
+    /// zeroed on the dest and never fetched; that scan runs in the background (see
+    /// [`Engine::wait_scanned`]), so the clone is usable on return.
     pub fn open(
         source: Arc<dyn BlockSource>,
         dest: Box<dyn Dest>,
         meta: Box<dyn MetaStore>,
         cfg: EngineConfig,
     ) -> Result<Arc<Self>> {
-        let size = source.size();
-        let identity = source.identity();
-        let dest_size =
-            dest.size().map_err(|e| CloneError::Io { what: "size dest", path: PathBuf::from("dest"), source: e })?;
-        if dest_size < size {
-            return Err(CloneError::DestTooSmall { path: PathBuf::from("dest"), dest_size, source_size: size });
-        }
+        let want = Self::check(&*source, &cfg)?;
+        let meta = Metadata::open(meta, &want, &*dest)?;
+        Self::check_dest_size(&*dest, want.size)?;
+        Self::start(source, dest, meta, want, cfg)
+    }
+
+    /// Starts a fresh clone of `source` onto `dest`: a new clone id marks the dest and
+    /// new metadata replaces whatever `meta` held, so every region is copied again.
+    /// For a new clone (no metadata yet) or an explicit start-over
+    /// (`meshdrain clone run --start-over`); never a fallback for refused metadata.
+    pub fn create(
+        source: Arc<dyn BlockSource>,
+        dest: Box<dyn Dest>,
+        meta: Box<dyn MetaStore>,
+        cfg: EngineConfig,
+    ) -> Result<Arc<Self>> {
+        let want = Self::check(&*source, &cfg)?;
+        Self::check_dest_size(&*dest, want.size)?;
+        let id = crate::identity::new_clone_id().map_err(|e| CloneError::Io {
+            what: "draw a clone id",
+            path: PathBuf::from("getrandom"),
+            source: e,
+        })?;
+        let meta = Metadata::create(meta, &want, &*dest, id)?;
+        Self::start(source, dest, meta, want, cfg)
+    }
+
+    /// The configuration checks and the header a clone of `source` must carry.
+    fn check(source: &dyn BlockSource, cfg: &EngineConfig) -> Result<Header> {
         if cfg.parallelism == 0 || cfg.batch_regions == 0 {
             return Err(CloneError::Config("parallelism and batch size must be at least 1".into()));
         }
@@ -143,9 +167,32 @@ impl Engine {
                 cfg.max_read, cfg.region_size
             )));
         }
-        let want =
-            Header { region_size: cfg.region_size, size, source: identity.clone(), epoch: cfg.epoch, complete: false };
-        let meta = Metadata::open(meta, &want)?;
+        Ok(Header {
+            region_size: cfg.region_size,
+            size: source.size(),
+            source: source.identity(),
+            epoch: cfg.epoch,
+            complete: false,
+        })
+    }
+
+    fn check_dest_size(dest: &dyn Dest, size: u64) -> Result<()> {
+        let path = dest.path().unwrap_or_else(|| PathBuf::from("dest"));
+        let dest_size = dest.size().map_err(|e| CloneError::Io { what: "size dest", path: path.clone(), source: e })?;
+        if dest_size < size {
+            return Err(CloneError::DestTooSmall { path, dest_size, source_size: size });
+        }
+        Ok(())
+    }
+
+    fn start(
+        source: Arc<dyn BlockSource>,
+        dest: Box<dyn Dest>,
+        meta: Metadata,
+        want: Header,
+        cfg: EngineConfig,
+    ) -> Result<Arc<Self>> {
+        let (size, identity) = (want.size, want.source.clone());
         let complete = meta.header().complete;
         let core = Core::new(want.regions(), cfg.core, |r| complete || meta.is_set(r));
         let span = tracing::info_span!("clone", source = %identity, epoch = cfg.epoch);

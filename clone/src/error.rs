@@ -8,7 +8,7 @@ pub enum CloneError {
     /// The metadata belongs to another source or lease epoch: resuming would serve
     /// data of another volume, so the engine refuses.
     #[error(
-        "metadata {path} belongs to source {found_source} epoch {found_epoch}, not {want_source} epoch {want_epoch}: remove it (and the dest) to start over"
+        "metadata {path} belongs to source {found_source} epoch {found_epoch}, not {want_source} epoch {want_epoch}; the dest was not touched: {START_OVER}"
     )]
     ForeignMetadata {
         /// Metadata path.
@@ -24,7 +24,7 @@ pub enum CloneError {
     },
     /// The metadata's geometry disagrees with the volume being cloned.
     #[error(
-        "metadata {path} describes {found_size} bytes in {found_region}-byte regions, not {want_size} in {want_region}: remove it to start over"
+        "metadata {path} describes {found_size} bytes in {found_region}-byte regions, not {want_size} in {want_region}; the dest was not touched: {START_OVER}"
     )]
     GeometryMismatch {
         /// Metadata path.
@@ -38,12 +38,27 @@ pub enum CloneError {
         /// Region size asked for.
         want_region: u64,
     },
-    /// The metadata file is not ours or is damaged.
-    #[error("metadata {path} is not valid clone metadata ({reason}): remove it to start over")]
+    /// The metadata cannot be trusted: empty, zeroed, truncated, not ours, or a
+    /// checksum fails. It is never taken for a new clone (nothing on disk is
+    /// trusted without a checksum; docs/threat-model.md).
+    #[error("metadata {path} cannot be resumed: {reason}; the dest was not touched: {START_OVER}")]
     BadMetadata {
         /// Metadata path.
         path: PathBuf,
         /// What is wrong.
+        reason: String,
+    },
+    /// The metadata records progress on another dest (or this path recreated): its
+    /// bits would vouch for bytes this dest does not hold.
+    #[error(
+        "metadata {path} records progress on another dest than {dest}: {reason}; the dest was not touched: {START_OVER}"
+    )]
+    DestMismatch {
+        /// Metadata path.
+        path: PathBuf,
+        /// The dest given now.
+        dest: PathBuf,
+        /// What did not match.
         reason: String,
     },
     /// The dest is smaller than the source.
@@ -125,6 +140,9 @@ pub enum CloneError {
         reason: String,
     },
 }
+
+/// The fix every metadata refusal names: the only way to discard a progress record.
+pub const START_OVER: &str = "run again with --start-over to recopy from the source; the dest will be overwritten";
 
 /// Result alias of the clone layer.
 pub type Result<T, E = CloneError> = std::result::Result<T, E>;

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
+use crate::identity::{CLONE_ID_LEN, DestIdentity};
+
 /// Which queue a source read joins. A workload waits on `Foreground` reads, so a source
 /// with more than one connection keeps them off the connection that carries the
 /// `Background` hydration batches (where they would wait behind megabytes of reads).
@@ -127,6 +129,22 @@ pub trait Dest: Send + Sync {
     fn path(&self) -> Option<PathBuf> {
         None
     }
+    /// Who the dest is, as found when opened (before any extension): recorded in the
+    /// metadata so a resume onto another or a recreated dest is refused. `None`: the
+    /// dest cannot tell (then only its size binds it).
+    fn identity(&self) -> Option<DestIdentity> {
+        None
+    }
+    /// Writes the clone id onto the dest as a marker a resume checks (an xattr on a
+    /// file), durably; `Ok(false)` where the dest cannot hold one.
+    fn set_marker(&self, id: &[u8; CLONE_ID_LEN]) -> io::Result<bool> {
+        let _ = id;
+        Ok(false)
+    }
+    /// The marker [`Dest::set_marker`] wrote, if any.
+    fn marker(&self) -> io::Result<Option<[u8; CLONE_ID_LEN]>> {
+        Ok(None)
+    }
 }
 
 /// The metadata file's storage.
@@ -145,6 +163,12 @@ pub trait MetaStore: Send + Sync {
     fn sync(&self) -> io::Result<()>;
     /// Where it lives, for error messages.
     fn path(&self) -> PathBuf;
+    /// Makes freshly written (and synced) metadata the store's content in one step:
+    /// [`FileMeta::create`] renames its new file over the old one, so a crash while a
+    /// clone is created leaves the old metadata or none, never a half-written file.
+    fn publish(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn size_of(file: &File) -> io::Result<u64> {
@@ -230,6 +254,8 @@ pub struct FileDest {
     direct: Option<File>,
     block: bool,
     size: u64,
+    /// Who the dest was when opened (size before extension).
+    identity: DestIdentity,
     /// Serializes buffered writes to a regular file (hydration's and the workload's).
     /// The kernel takes the inode's lock
     /// for each anyway, and hydration workers contending for it spun on it: 9 % of a
@@ -242,16 +268,33 @@ pub struct FileDest {
 const DIRECT_ALIGN: usize = 4096;
 
 impl FileDest {
-    /// Opens (creating a sparse file of `size` bytes if missing) a dest for `size` bytes.
+    /// Opens (creating a sparse file of `size` bytes if missing) a dest for `size` bytes:
+    /// for a fresh clone.
     pub fn open(path: &Path, size: u64) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        Self::with_file(file, path, Some(size))
+    }
+
+    /// Opens an existing dest as it is (never created, never extended): for a resume,
+    /// which must find the dest its metadata describes and leaves it untouched if not.
+    pub fn open_existing(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Self::with_file(file, path, None)
+    }
+
+    fn with_file(file: File, path: &Path, grow_to: Option<u64>) -> io::Result<Self> {
         let block = file.metadata()?.file_type().is_block_device();
         let have = size_of(&file)?;
-        if !block && have < size {
+        let identity = DestIdentity::of(&file, have)?;
+        if let Some(size) = grow_to
+            && !block
+            && have < size
+        {
             file.set_len(size)?;
         }
         let size = size_of(&file)?;
-        Ok(Self { file, path: path.to_path_buf(), direct: None, block, size, writing: std::sync::Mutex::new(()) })
+        let writing = std::sync::Mutex::new(());
+        Ok(Self { file, path: path.to_path_buf(), direct: None, block, size, identity, writing })
     }
 
     /// Sends hydration's page-aligned writes through O_DIRECT where the filesystem
@@ -288,6 +331,17 @@ impl Dest for FileDest {
     }
     fn path(&self) -> Option<PathBuf> {
         Some(self.path.clone())
+    }
+    fn identity(&self) -> Option<DestIdentity> {
+        Some(self.identity)
+    }
+    fn set_marker(&self, id: &[u8; CLONE_ID_LEN]) -> io::Result<bool> {
+        // A device node's xattrs live on /dev, not on the device: block devices are
+        // bound by device number and size alone.
+        if self.block { Ok(false) } else { crate::identity::set_marker(&self.file, id) }
+    }
+    fn marker(&self) -> io::Result<Option<[u8; CLONE_ID_LEN]>> {
+        if self.block { Ok(None) } else { crate::identity::marker(&self.file) }
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
@@ -363,13 +417,30 @@ fn pwritev_all(file: &File, offset: u64, pieces: &[&[u8]]) -> io::Result<()> {
 pub struct FileMeta {
     file: File,
     path: PathBuf,
+    /// While a fresh file is written beside `path` ([`FileMeta::create`]): its name,
+    /// renamed over `path` by [`MetaStore::publish`].
+    pending: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl FileMeta {
-    /// Opens or creates the metadata file.
+    /// Opens existing metadata to resume from (`NotFound` if there is none).
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        Ok(Self { file, path: path.to_path_buf() })
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Self { file, path: path.to_path_buf(), pending: std::sync::Mutex::new(None) })
+    }
+
+    /// A store for fresh metadata at `path`. A file is written as `<path>.new` and
+    /// renamed over `path` once complete and synced, so until then any old metadata
+    /// stays as it was; a block device is written in place.
+    pub fn create(path: &Path) -> io::Result<Self> {
+        if std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Self::open(path);
+        }
+        let mut name = path.as_os_str().to_owned();
+        name.push(".new");
+        let tmp = PathBuf::from(name);
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp)?;
+        Ok(Self { file, path: path.to_path_buf(), pending: std::sync::Mutex::new(Some(tmp)) })
     }
 }
 
@@ -388,5 +459,16 @@ impl MetaStore for FileMeta {
     }
     fn path(&self) -> PathBuf {
         self.path.clone()
+    }
+    fn publish(&self) -> io::Result<()> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tmp) = pending.as_ref() else { return Ok(()) };
+        self.file.sync_all()?;
+        std::fs::rename(tmp, &self.path)?;
+        // The rename is durable once the directory is.
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        File::open(dir)?.sync_all()?;
+        *pending = None;
+        Ok(())
     }
 }

@@ -15,9 +15,18 @@
 //! let cfg = EngineConfig { epoch: 7, rate_limit: Some(200 << 20), ..Default::default() };
 //! let dest = FileDest::open(Path::new("/var/lib/meshdrain/vol/v1.img"), source.size())
 //!     .map_err(|e| meshdrain_clone::CloneError::Io { what: "open dest", path: "v1.img".into(), source: e })?;
-//! let meta = FileMeta::open(Path::new("/var/lib/meshdrain/vol/v1.meta"))
-//!     .map_err(|e| meshdrain_clone::CloneError::Io { what: "open metadata", path: "v1.meta".into(), source: e })?;
-//! let engine = Engine::open(source, Box::new(dest), Box::new(meta), cfg)?; // resumes if metadata exists
+//! let meta_path = Path::new("/var/lib/meshdrain/vol/v1.meta");
+//! let engine = if meta_path.exists() {
+//!     // Resume: refused (dest untouched) unless the metadata is intact and bound to this source and dest.
+//!     let meta = FileMeta::open(meta_path)
+//!         .map_err(|e| meshdrain_clone::CloneError::Io { what: "open metadata", path: "v1.meta".into(), source: e })?;
+//!     Engine::open(source, Box::new(dest), Box::new(meta), cfg)?
+//! } else {
+//!     // A new clone: fresh metadata, published by rename once written.
+//!     let meta = FileMeta::create(meta_path)
+//!         .map_err(|e| meshdrain_clone::CloneError::Io { what: "create metadata", path: "v1.meta".into(), source: e })?;
+//!     Engine::create(source, Box::new(dest), Box::new(meta), cfg)?
+//! };
 //! let exposed = expose::Exposed::start(engine.clone(), Path::new("/run/meshdrain/fuse/v1"),
 //!     Some(Path::new("/var/lib/meshdrain/dev/v1")))?;                    // /dev/loopN for the workload
 //! let clone = UserspaceClone::start(engine);                              // background hydration
@@ -39,6 +48,7 @@ pub mod error;
 pub mod expose;
 mod fetch;
 pub mod hydrate;
+pub mod identity;
 pub mod io;
 pub mod iscsi;
 pub mod metadata;
@@ -48,8 +58,9 @@ pub mod ratelimit;
 use std::path::PathBuf;
 
 pub use engine::{Engine, EngineConfig};
-pub use error::{CloneError, Result};
+pub use error::{CloneError, Result, START_OVER};
 pub use hydrate::UserspaceClone;
+pub use identity::DestIdentity;
 pub use io::{BlockSource, Dest, FileDest, FileMeta, FileSource, Lane, MetaStore, RunSink};
 pub use iscsi::IscsiSource;
 pub use progress::{Phase, Progress};

@@ -51,10 +51,10 @@ fn foreground_session_reconnects_after_the_target_restarts() {
     let source = Arc::new(IscsiSource::connect(&url, Duration::from_secs(20)).expect("login"));
     let size = source.size();
     let dest = FileDest::open(&dir.path().join("dest.img"), size).unwrap();
-    let meta = FileMeta::open(&dir.path().join("dest.meta")).unwrap();
+    let meta = FileMeta::create(&dir.path().join("dest.meta")).unwrap();
     // No background hydration: every read below is an on-demand fetch on the foreground lane.
     let cfg = EngineConfig { rate_limit: Some(1024), ..Default::default() };
-    let engine = Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg).unwrap();
+    let engine = Engine::create(source.clone(), Box::new(dest), Box::new(meta), cfg).unwrap();
     let read = |e: &Engine, at: u64| {
         let mut buf = vec![0u8; 4096];
         e.read(at, &mut buf).map(|()| buf)

@@ -52,12 +52,17 @@ fn cfg() -> EngineConfig {
     }
 }
 
+/// Resumes the clone recorded in `meta`, or creates one where `meta` holds nothing: the
+/// fake's empty image stands for a metadata file that does not exist yet (a crash
+/// before a fresh clone's metadata was synced and published leaves none).
 fn open(
     src: &Arc<FakeSource>,
     dest: &Arc<Image>,
     meta: &Arc<Image>,
 ) -> Result<Arc<Engine>, meshdrain_clone::CloneError> {
-    Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta.clone())), cfg())
+    let fresh = meta.volatile.lock().unwrap().is_empty();
+    let (d, m) = (Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta.clone())));
+    if fresh { Engine::create(src.clone(), d, m, cfg()) } else { Engine::open(src.clone(), d, m, cfg()) }
 }
 
 /// Applies one op to engine and model; Err when the engine failed (crash injected).
@@ -217,7 +222,7 @@ fn concurrent_workload_and_hydration(fine: bool) {
     let dest = Image::new(vec![0; size as usize], faults.clone());
     let meta = Image::new(Vec::new(), faults);
     let cfg = EngineConfig { region_size: rs, parallelism: 3, batch_regions: 2, ..Default::default() };
-    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    let e = Engine::create(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
     let clone = meshdrain_clone::UserspaceClone::start(e.clone());
     let readers: Vec<_> = (0..3u64)
         .map(|t| {
@@ -312,7 +317,7 @@ fn start_held_batch(e: &Arc<Engine>, src: &FakeSource) -> std::thread::JoinHandl
 fn a_read_of_a_region_in_a_hydration_batch_in_flight_does_not_wait_for_the_batch() {
     let (src, dest, meta) = fine_source_and_images(4);
     let cfg = EngineConfig { batch_regions: 12, ..cfg() };
-    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    let e = Engine::create(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
     let sc = std::sync::atomic::Ordering::SeqCst;
     // One batch takes every region, in one source read that does not answer yet.
     let batch = start_held_batch(&e, &src);
@@ -334,7 +339,7 @@ fn a_read_of_a_region_in_a_hydration_batch_in_flight_does_not_wait_for_the_batch
 fn a_failed_pass_through_backs_off_and_the_read_is_answered_once_the_source_is_back() {
     let (src, dest, meta) = fine_source_and_images(6);
     let cfg = EngineConfig { batch_regions: 12, on_demand_timeout: Duration::from_secs(20), ..cfg() };
-    let e = Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
+    let e = Engine::create(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap();
     let sc = std::sync::atomic::Ordering::SeqCst;
     let reader = |o: u64, len: u64| {
         let e = e.clone();
@@ -380,7 +385,7 @@ fn deallocated_source_ranges_are_never_fetched() {
     let faults = Faults::new(None);
     let dest = Image::new(vec![0xFF; 16 * rs as usize], faults.clone());
     let meta = Image::new(Vec::new(), faults);
-    let e = Engine::open(
+    let e = Engine::create(
         src.clone(),
         Box::new(FakeDest(dest.clone())),
         Box::new(FakeMeta(meta)),
@@ -404,7 +409,7 @@ fn device_is_usable_before_the_deallocated_scan_ends_and_hydration_waits_for_it(
     src.scan_hold.store(true, std::sync::atomic::Ordering::SeqCst);
     let faults = Faults::new(None);
     let dest = Image::new(vec![0xFF; 16 * rs as usize], faults.clone());
-    let e = Engine::open(
+    let e = Engine::create(
         src.clone(),
         Box::new(FakeDest(dest.clone())),
         Box::new(FakeMeta(Image::new(Vec::new(), faults))),
@@ -453,7 +458,7 @@ fn stalling_engine(src: &Arc<FakeSource>, dest: &Arc<Image>) -> Arc<Engine> {
         ..Default::default()
     };
     let meta = Image::new(Vec::new(), Faults::new(None));
-    Engine::open(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap()
+    Engine::create(src.clone(), Box::new(FakeDest(dest.clone())), Box::new(FakeMeta(meta)), cfg).unwrap()
 }
 
 /// The clone's progress once it reports `stalled` (within 5 s).

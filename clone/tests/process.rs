@@ -18,11 +18,18 @@ use sha2::{Digest, Sha256};
 
 const CHILD_ENV: &str = "MESHDRAIN_CLONE_KILL9_CHILD";
 
+/// Resumes the clone recorded at `meta`, or starts one where there is no metadata yet
+/// (as `meshdrain clone run` does).
 fn open_files(src: &Path, dest: &Path, meta: &Path, cfg: EngineConfig) -> Arc<Engine> {
     let source = Arc::new(FileSource::open(src).unwrap());
     let size = meshdrain_clone::BlockSource::size(&*source);
-    Engine::open(source, Box::new(FileDest::open(dest, size).unwrap()), Box::new(FileMeta::open(meta).unwrap()), cfg)
-        .unwrap()
+    if meta.exists() {
+        let (d, m) = (FileDest::open_existing(dest).unwrap(), FileMeta::open(meta).unwrap());
+        Engine::open(source, Box::new(d), Box::new(m), cfg).unwrap()
+    } else {
+        let (d, m) = (FileDest::open(dest, size).unwrap(), FileMeta::create(meta).unwrap());
+        Engine::create(source, Box::new(d), Box::new(m), cfg).unwrap()
+    }
 }
 
 /// The child half of the kill -9 test: hydrates slowly until killed.
@@ -40,8 +47,12 @@ fn child_hydrate_for_kill9() {
     let _ = clone.wait_complete(Duration::from_secs(60));
 }
 
+/// Bits set in the metadata's bitmap blocks (each: checksum, index, then the bits).
 fn bits_set(meta: &Path) -> u32 {
-    std::fs::read(meta).map(|b| b.iter().skip(4096).map(|x| x.count_ones()).sum()).unwrap_or(0)
+    use meshdrain_clone::metadata::{BLOCK_LEN, HEADER_LEN};
+    let bytes = std::fs::read(meta).unwrap_or_default();
+    let blocks = bytes.get(HEADER_LEN as usize..).unwrap_or_default().chunks(BLOCK_LEN);
+    blocks.map(|b| b.iter().skip(8).map(|x| x.count_ones()).sum::<u32>()).sum()
 }
 
 #[test]
@@ -134,10 +145,10 @@ fn root_ext4_over_tgtd_through_initiator_fuse_loop() {
     let cfg = EngineConfig { rate_limit: Some(48 << 20), ..Default::default() };
     let size = meshdrain_clone::BlockSource::size(&*source);
     assert_eq!(size, 256 << 20);
-    let e = Engine::open(
+    let e = Engine::create(
         source,
         Box::new(FileDest::open(&dest, size).unwrap()),
-        Box::new(FileMeta::open(&meta).unwrap()),
+        Box::new(FileMeta::create(&meta).unwrap()),
         cfg,
     )
     .unwrap();

@@ -1,6 +1,7 @@
 //! `meshdrain clone run`: post-copy clone one volume from an iSCSI URL or a path onto
 //! a dest, with a progress bar (or `--json` lines), resuming from the metadata if it
-//! exists; exits 0 once every region is on the dest. Operators use it for one-off
+//! exists (refusing, exit 2, metadata it cannot trust: see meshdrain_clone::metadata;
+//! `--start-over` recopies); exits 0 once every region is on the dest. Operators use it for one-off
 //! moves; tests and benchmarks use it too. `--backend dm` drives the kernel's
 //! dm-clone instead (block devices only).
 use std::path::{Path, PathBuf};
@@ -11,9 +12,11 @@ use anyhow::Context;
 use meshdrain_clone::dm::{DmClone, DmConfig};
 use meshdrain_clone::expose::Exposed;
 use meshdrain_clone::{
-    BlockSource, CloneBackend, Engine, EngineConfig, FileDest, FileMeta, FileSource, IscsiSource, Phase, Progress,
-    UserspaceClone, parse_rate,
+    BlockSource, CloneBackend, CloneError, Engine, EngineConfig, FileDest, FileMeta, FileSource, IscsiSource, Phase,
+    Progress, START_OVER, UserspaceClone, parse_rate,
 };
+
+use super::exit::{Exit, USAGE};
 
 /// Subcommands of `meshdrain clone`.
 #[derive(Debug, clap::Subcommand)]
@@ -42,9 +45,14 @@ pub struct RunArgs {
     /// Dest file (created sparse if missing) or block device, at least the source's size.
     #[arg(long)]
     pub dest: PathBuf,
-    /// Metadata file or device (created if missing; resumed if it matches).
+    /// Metadata file or device: created if missing, else resumed, and refused (nothing
+    /// touched) when empty, damaged or recorded for another source, epoch or dest.
     #[arg(long)]
     pub metadata: PathBuf,
+    /// Discard the progress record in METADATA and recopy everything from the source;
+    /// the dest is overwritten (userspace). The only way past refused metadata.
+    #[arg(long)]
+    pub start_over: bool,
     /// Background bandwidth limit in bytes/s, e.g. 200M (default: unlimited).
     #[arg(long, value_name = "RATE")]
     pub rate_limit: Option<String>,
@@ -127,6 +135,11 @@ async fn run_clone(args: RunArgs) -> anyhow::Result<ExitCode> {
     match pick_backend(&args) {
         Backend::Dm => {
             anyhow::ensure!(args.expose.is_none(), "--expose is for the userspace backend; dm-clone is its own device");
+            if args.start_over {
+                return Err(anyhow::Error::new(Exit(USAGE)).context(
+                    "--start-over discards the userspace engine's metadata; dm-clone keeps its own (zero the metadata device to start over, or pass --backend userspace)",
+                ));
+            }
             let name = args.name.clone().unwrap_or_else(|| {
                 format!(
                     "meshdrain-clone-{}",
@@ -171,8 +184,8 @@ async fn run_userspace(
         core: meshdrain_clone::core::CoreConfig { stall_after, ..Default::default() },
         ..Default::default()
     };
-    let (source_arg, dest, metadata, expose) =
-        (args.source.clone(), args.dest.clone(), args.metadata.clone(), args.expose.clone());
+    let (source_arg, dest, metadata, expose, start_over) =
+        (args.source.clone(), args.dest.clone(), args.metadata.clone(), args.expose.clone(), args.start_over);
     let (clone, exposed) = tokio::task::spawn_blocking(move || -> anyhow::Result<(UserspaceClone, Option<Exposed>)> {
         let source: std::sync::Arc<dyn BlockSource> = if source_arg.starts_with("iscsi://") {
             std::sync::Arc::new(
@@ -184,9 +197,7 @@ async fn run_userspace(
                 FileSource::open(Path::new(&source_arg)).with_context(|| format!("open source {source_arg}"))?,
             )
         };
-        let d = FileDest::open(&dest, source.size()).with_context(|| format!("open dest {}", dest.display()))?;
-        let m = FileMeta::open(&metadata).with_context(|| format!("open metadata {}", metadata.display()))?;
-        let engine = Engine::open(source, Box::new(d), Box::new(m), cfg)?;
+        let engine = open_engine(source, &dest, &metadata, start_over, cfg)?;
         let exposed = match &expose {
             Some(link) => {
                 let mnt = link.with_extension("fuse");
@@ -215,6 +226,50 @@ async fn run_userspace(
     })
     .await??;
     Ok(code)
+}
+
+/// A new clone where there is no metadata yet or `--start-over` asks for one, else the
+/// resume of the recorded one: onto the dest as it is (never created or extended), so a
+/// refusal leaves it untouched. A refusal exits [`USAGE`]: the operator decides.
+fn open_engine(
+    source: std::sync::Arc<dyn BlockSource>,
+    dest: &Path,
+    metadata: &Path,
+    start_over: bool,
+    cfg: EngineConfig,
+) -> anyhow::Result<std::sync::Arc<Engine>> {
+    let refused = |e: CloneError| match e {
+        CloneError::BadMetadata { .. }
+        | CloneError::DestMismatch { .. }
+        | CloneError::ForeignMetadata { .. }
+        | CloneError::GeometryMismatch { .. } => anyhow::Error::new(Exit(USAGE)).context(e),
+        e => anyhow::Error::new(e),
+    };
+    if start_over || !metadata.exists() {
+        if start_over {
+            eprintln!(
+                "--start-over: discarding {} and recopying every region onto {}",
+                metadata.display(),
+                dest.display()
+            );
+        }
+        let d = FileDest::open(dest, source.size()).with_context(|| format!("open dest {}", dest.display()))?;
+        let m = FileMeta::create(metadata).with_context(|| format!("create metadata {}", metadata.display()))?;
+        return Engine::create(source, Box::new(d), Box::new(m), cfg).map_err(refused);
+    }
+    let d = match FileDest::open_existing(dest) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(anyhow::Error::new(Exit(USAGE)).context(format!(
+                "metadata {} records progress on dest {}, which does not exist: {START_OVER}",
+                metadata.display(),
+                dest.display()
+            )));
+        }
+        Err(e) => return Err(e).with_context(|| format!("open dest {}", dest.display())),
+    };
+    let m = FileMeta::open(metadata).with_context(|| format!("open metadata {}", metadata.display()))?;
+    Engine::open(source, Box::new(d), Box::new(m), cfg).map_err(refused)
 }
 
 fn json_line(p: &Progress) -> String {

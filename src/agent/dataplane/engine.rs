@@ -132,9 +132,19 @@ impl EngineClones {
             }
             let dest =
                 FileDest::open(&spec.dest, spec.size).map_err(|e| format!("dest {}: {e}", spec.dest.display()))?;
-            let meta =
-                FileMeta::open(&spec.metadata).map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
-            match Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone()) {
+            // No metadata yet: this lease's clone starts here, deliberately. Metadata that
+            // exists is resumed or refused (never taken for a new clone: the workload may
+            // have written to the dest), see meshdrain_clone::metadata.
+            let opened = if spec.metadata.exists() {
+                let meta =
+                    FileMeta::open(&spec.metadata).map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
+                Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone())
+            } else {
+                let meta = FileMeta::create(&spec.metadata)
+                    .map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
+                Engine::create(source.clone(), Box::new(dest), Box::new(meta), cfg.clone())
+            };
+            match opened {
                 Ok(engine) => return Ok((engine, reading)),
                 Err(CloneError::ForeignMetadata { found_epoch, .. }) if attempt == 0 => {
                     // A partial clone of an older lease on this node: it was revoked, its
