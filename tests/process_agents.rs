@@ -13,7 +13,9 @@ fn fleet(root: &std::path::Path, n: usize) -> Vec<AgentProc> {
         .map(|i| {
             // Each node knows only node1 as a seed (node1 knows node2): the rest is gossip.
             let seed = if i == 0 { ports[1] } else { ports[0] };
-            AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100)
+            let a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
+            a.local_dataplane(&root.join("exports"), "");
+            a
         })
         .collect()
 }
@@ -161,6 +163,7 @@ fn metrics_endpoint_serves_prometheus_text() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_udp_port();
     let mut a = AgentProc::new(tmp.path(), "solo", port, &[], 100);
+    a.local_dataplane(&tmp.path().join("exports"), "");
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut text = std::fs::read_to_string(&a.config).unwrap();
     text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"));

@@ -22,10 +22,7 @@ fn fleet_with(root: &Path, n: usize, extra: &str) -> Vec<AgentProc> {
         .map(|i| {
             let seed = if i == 0 { ports[1] } else { ports[0] };
             let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
-            a.append_config(&format!(
-                "\n[dataplane]\nbackend = \"local\"\nexports_dir = \"{}\"\nprogress_ms = 100\n{extra}\n",
-                exports.display()
-            ));
+            a.local_dataplane(&exports, extra);
             a.start();
             a
         })

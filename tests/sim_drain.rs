@@ -87,6 +87,7 @@ fn config(name: &str) -> CoreConfig {
         name: name.into(),
         labels: BTreeMap::new(),
         free_bytes: 1 << 30,
+        data_plane: true,
         gossip_addr: "127.0.0.1:1".parse().unwrap(),
         mesh_addr: Some(format!("fd00::{}", name.trim_start_matches('n'))),
         mesh_backend: None,

@@ -27,8 +27,11 @@ pub struct CoreConfig {
     pub name: String,
     /// Labels offered to placement.
     pub labels: BTreeMap<String, String>,
-    /// Capacity advertised for incoming volumes.
+    /// Capacity advertised for incoming volumes (the agent re-reads it as the pool fills).
     pub free_bytes: u64,
+    /// It runs a data plane: without one it neither takes volumes nor gives them up, and
+    /// refuses to create them (nothing could ever move them).
+    pub data_plane: bool,
     /// Gossip address advertised.
     pub gossip_addr: std::net::SocketAddr,
     /// Mesh address, when a mesh carries traffic.
@@ -245,6 +248,11 @@ pub enum VolumeError {
     /// Already elsewhere in the fleet.
     #[error("volume {0} already exists on node {1}; volume ids are fleet-wide")]
     ExistsElsewhere(String, String),
+    /// This node gossips only: a volume here could never move.
+    #[error(
+        "this node has no data plane (dataplane.backend = \"none\"), so volume {0} could never move: set [dataplane] backend = \"iscsi\" and restart the agent"
+    )]
+    NoDataPlane(String),
 }
 
 impl Core {
@@ -297,6 +305,9 @@ impl Core {
         }
         if self.state.volumes.contains_key(id) {
             return Err(VolumeError::Exists(id.to_owned()));
+        }
+        if !self.config.data_plane {
+            return Err(VolumeError::NoDataPlane(id.to_owned()));
         }
         if let Some(owner) = owner_in_view(view, id).filter(|o| *o != self.config.name) {
             return Err(VolumeError::ExistsElsewhere(id.to_owned(), owner.to_owned()));
@@ -418,7 +429,9 @@ impl Core {
     }
 
     fn tick_sources(&mut self, view: &ClusterView, now_ms: u64, out: &mut Output) {
-        let draining = self.state.node_state == NodeState::Draining;
+        // Without a data plane no export can open: offering would stop the workload for a
+        // move that cannot happen, so such a node's volumes stay held (status says why).
+        let draining = self.state.node_state == NodeState::Draining && self.config.data_plane;
         let me = self.config.name.clone();
         let all = candidates(view);
         let mut order: Vec<(u64, String)> =
@@ -665,7 +678,7 @@ impl Core {
 
     fn update_claims(&mut self, view: &ClusterView) {
         self.claims.clear();
-        if !self.state.node_state.accepts_volumes() {
+        if !self.state.node_state.accepts_volumes() || !self.config.data_plane {
             return;
         }
         let incoming: u64 = self.state.holding.values().filter(|h| h.active()).map(|h| h.size).sum();
@@ -695,6 +708,7 @@ impl Core {
             volumes: self.state.volumes.len() as u32,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             last_request: self.state.last_request.clone(),
+            no_data_plane: !self.config.data_plane,
         };
         keys.insert(Key::Node.render(), schema::encode(&record));
         for (node, req) in &self.state.issued {
@@ -769,7 +783,8 @@ fn spec(id: &str, v: &OwnedVolume) -> VolumeSpec {
     VolumeSpec { id: id.to_owned(), size: v.lease.size, requires: v.requires.clone() }
 }
 
-fn candidates(view: &ClusterView) -> Vec<Candidate> {
+/// Every node of the view as placement sees it (the drain itself and `--dry-run` alike).
+pub fn candidates(view: &ClusterView) -> Vec<Candidate> {
     view.nodes
         .values()
         .filter_map(|n| {
@@ -780,6 +795,7 @@ fn candidates(view: &ClusterView) -> Vec<Candidate> {
                 state: r.state,
                 free_bytes: r.free_bytes,
                 labels: r.labels.clone(),
+                data_plane: !r.no_data_plane,
             })
         })
         .collect()

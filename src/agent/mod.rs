@@ -21,6 +21,7 @@ use crate::drain::request::DrainOptions;
 use crate::store::volumes::{self, LocalVolume, VolumeTable};
 use crate::store::{StateDir, StoreError};
 
+pub mod capacity;
 pub mod core;
 pub mod dataplane;
 pub mod hooks;
@@ -153,6 +154,8 @@ pub struct AgentSetup {
     pub shared_volumes: SharedVolumes,
     /// The WireGuard mesh (or none).
     pub mesh: Box<dyn MeshPort>,
+    /// What bounds the room for incoming volumes (re-read every tick).
+    pub capacity: capacity::Capacity,
 }
 
 /// The owner loop's state.
@@ -172,7 +175,27 @@ pub struct Agent<G: Gossip> {
     pool_dir: PathBuf,
     events_tx: mpsc::UnboundedSender<DataEvent>,
     events_rx: mpsc::UnboundedReceiver<DataEvent>,
+    capacity: capacity::Capacity,
+    /// Why the state dir last refused a write, while it does (logged once per reason).
+    persist_error: Option<String>,
+    /// Inputs whose decisions could not be persisted, fed again on the next tick: the core
+    /// was rolled back, so nothing they caused has happened yet.
+    retry: Retry,
 }
+
+/// What a failed persist left to do again.
+#[derive(Debug, Default)]
+struct Retry {
+    /// The restart's re-establishing work (exports, clones, workloads).
+    restart: bool,
+    /// Data-plane events, oldest first (progress counts are not kept: the next one comes).
+    events: std::collections::VecDeque<DataEvent>,
+}
+
+/// At most this many data-plane events wait for a writable state dir; older ones are
+/// dropped with a warning (each volume has a handful of phase events, so this is room for
+/// hundreds of moving volumes).
+const MAX_RETRY_EVENTS: usize = 1024;
 
 /// True when a `progress/` value changed only in its counters (hydrated, rate), not its
 /// phase: nobody waits on those, so they ride the normal rounds.
@@ -197,7 +220,7 @@ impl<G: Gossip> Agent<G> {
         store: StateDir,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, AgentHandle, mpsc::Receiver<Command>), StoreError> {
-        let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes, mesh } = setup;
+        let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes, mesh, capacity } = setup;
         let state = store.load::<CoreState>(STATE_FILE)?.unwrap_or_default();
         let volumes = VolumeTable::load(&store)?;
         shared_volumes
@@ -224,6 +247,9 @@ impl<G: Gossip> Agent<G> {
             pool_dir,
             events_tx,
             events_rx,
+            capacity,
+            persist_error: None,
+            retry: Retry::default(),
         };
         Ok((agent, AgentHandle { tx }, rx))
     }
@@ -242,9 +268,7 @@ impl<G: Gossip> Agent<G> {
     }
 
     async fn run_inner(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
-        let out = self.core.restart();
-        self.apply(out).await;
-        self.publish().await;
+        self.restart().await;
         // Set by gossip when another node's key changes: the loop ticks at once.
         let changed = Arc::new(tokio::sync::Notify::new());
         self.gossip.watch_changes(changed.clone()).await;
@@ -257,11 +281,7 @@ impl<G: Gossip> Agent<G> {
                 _ = tick.tick() => self.on_tick().await,
                 _ = changed.notified() => self.on_tick().await,
                 Some(ev) = self.events_rx.recv() => {
-                    if let DataEvent::Finalized { volume, .. } = &ev {
-                        self.register_arrived(volume);
-                    }
-                    let out = self.core.data_event(ev, now_ms());
-                    self.apply(out).await;
+                    self.data_event(ev).await;
                     self.publish().await;
                 }
                 cmd = commands.recv() => match cmd {
@@ -273,7 +293,40 @@ impl<G: Gossip> Agent<G> {
         info!("agent stopped");
     }
 
+    /// Re-establishes the data-plane work of the durable state (once, or again on the next
+    /// tick if its decisions could not be persisted).
+    async fn restart(&mut self) {
+        let before = self.core.state.clone();
+        let out = self.core.restart();
+        self.retry.restart = self.apply(before, out).await.is_err();
+        self.publish().await;
+    }
+
+    /// Feeds one data-plane event to the core; kept for the next tick if the state dir
+    /// refuses the decision it led to.
+    async fn data_event(&mut self, ev: DataEvent) {
+        if let DataEvent::Finalized { volume, .. } = &ev {
+            self.register_arrived(volume);
+        }
+        let before = self.core.state.clone();
+        let out = self.core.data_event(ev.clone(), now_ms());
+        if self.apply(before, out).await.is_err() && !matches!(ev, DataEvent::Progress { .. }) {
+            if self.retry.events.len() == MAX_RETRY_EVENTS {
+                warn!("more than {MAX_RETRY_EVENTS} data-plane events wait for the state dir; dropping the oldest");
+                self.retry.events.pop_front();
+            }
+            self.retry.events.push_back(ev);
+        }
+    }
+
     async fn on_tick(&mut self) {
+        if self.retry.restart {
+            self.restart().await;
+        }
+        for ev in std::mem::take(&mut self.retry.events) {
+            self.data_event(ev).await;
+        }
+        self.core.config.free_bytes = self.capacity.free_for_incoming(&self.volumes);
         let raw = self.gossip.snapshot().await;
         self.view = ClusterView::from_raw(&raw);
         let now = Instant::now();
@@ -285,9 +338,15 @@ impl<G: Gossip> Agent<G> {
         }
         self.mesh.converge(&self.view);
         self.core.config.wireguard = self.mesh.advert();
-        let before = self.core.state.last_request.clone();
+        let before = self.core.state.clone();
         let out = self.core.tick(&self.view, now_ms());
-        if self.core.state.last_request != before {
+        let last_request_before = before.last_request.clone();
+        if self.apply(before, out).await.is_err() {
+            // Rolled back: the next tick decides the same again.
+            self.publish().await;
+            return;
+        }
+        if self.core.state.last_request != last_request_before {
             self.metrics.requests_handled.inc();
             if let Some(l) = &self.core.state.last_request {
                 match &l.rejected {
@@ -298,21 +357,28 @@ impl<G: Gossip> Agent<G> {
                 }
             }
         }
-        self.apply(out).await;
         self.publish().await;
         self.metrics.observe(&self.view);
     }
 
-    /// Persists first (decisions survive a crash before their effects), then acts.
-    async fn apply(&mut self, out: Output) {
+    /// Persists first (decisions survive a crash before their effects), then acts. A
+    /// decision the state dir refuses is undone (the core goes back to `before`, which is
+    /// what the disk holds): it is neither acted on nor published, so a restart can never
+    /// contradict something the fleet already saw. The error names the path.
+    async fn apply(&mut self, before: CoreState, out: Output) -> Result<(), StoreError> {
         if out.persist
             && let Err(e) = self.store.save(STATE_FILE, &self.core.state)
         {
-            // Acting on a decision that is not durable could contradict it after a restart,
-            // so the commands are dropped. Dropping is the safe side: nothing is deleted or
-            // started; a holder that cannot log in fails and the source re-offers.
-            warn!("cannot persist agent state, dropping {} data-plane commands: {e}", out.commands.len());
-            return;
+            self.core.state = before;
+            let message = e.to_string();
+            if self.persist_error.as_ref() != Some(&message) {
+                tracing::error!("cannot persist agent state, so no decision is acted on or published: {message}");
+                self.persist_error = Some(message);
+            }
+            return Err(e);
+        }
+        if out.persist && self.persist_error.take().is_some() {
+            info!("agent state persisted again: decisions resume");
         }
         for cmd in out.commands {
             info!(?cmd, "data plane");
@@ -324,6 +390,7 @@ impl<G: Gossip> Agent<G> {
             }
             self.dataplane.execute(cmd, self.events_tx.clone());
         }
+        Ok(())
     }
 
     /// Converges this node's gossip keys to what the core wants published.
@@ -353,7 +420,9 @@ impl<G: Gossip> Agent<G> {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Status(reply) => {
-                let _ = reply.send(report::status(&self.core, &self.view, &self.heartbeats));
+                let mut status = report::status(&self.core, &self.view, &self.heartbeats);
+                status.gossip = self.gossip.health();
+                let _ = reply.send(status);
             }
             Command::NodeAction { node, action, force, options, reply } => {
                 let result = self.node_action(&node, action, force, options).await;
@@ -405,15 +474,32 @@ impl<G: Gossip> Agent<G> {
             (None, Some(size)) => (self.pool_dir.join(format!("{id}.img")), size, true),
             (None, None) => return Err("give --size for a new volume, or --path for an existing one".to_owned()),
         };
+        // Every step is undone if a later one fails: a volume exists only once its file, its
+        // table entry and the core's durable record all do.
+        let before = self.core.state.clone();
         let out = self.core.add_volume(id, size, requires, hooks, &self.view).map_err(|e| e.to_string())?;
-        if created {
-            volumes::create_sparse(&path, size)
-                .map_err(|e| format!("cannot create {}: {e} (check pool.dir)", path.display()))?;
+        let undo = |agent: &mut Self, file: bool| {
+            agent.core.state = before.clone();
+            agent.volumes.volumes.remove(id);
+            if file {
+                let _ = std::fs::remove_file(&path);
+            }
+        };
+        if created && let Err(e) = volumes::create_sparse(&path, size) {
+            undo(self, false);
+            return Err(format!("cannot create {}: {e} (check pool.dir)", path.display()));
         }
         self.volumes.volumes.insert(id.to_owned(), LocalVolume { path: path.clone(), created });
+        if let Err(e) = self.volumes.save(&self.store) {
+            undo(self, created);
+            return Err(format!("volume {id} was not added: {e}"));
+        }
+        if let Err(e) = self.apply(before.clone(), out).await {
+            undo(self, created);
+            let _ = self.volumes.save(&self.store);
+            return Err(format!("volume {id} was not added: {e}"));
+        }
         self.shared_volumes.lock().expect("volume table lock").insert(id.to_owned(), path.clone());
-        self.volumes.save(&self.store).map_err(|e| e.to_string())?;
-        self.apply(out).await;
         self.publish().await;
         info!(volume = id, path = %path.display(), size, "volume added");
         Ok(format!("volume {id}: {size} bytes at {}", path.display()))
@@ -438,6 +524,7 @@ impl<G: Gossip> Agent<G> {
             ));
         }
         let nonce = format!("{:016x}", rand::random::<u64>());
+        let before = self.core.state.clone();
         let req = self.core.issue_request(node, action, options, nonce, now_ms(), &self.view);
         let mut report = ActionReport {
             node: node.to_owned(),
@@ -464,7 +551,10 @@ impl<G: Gossip> Agent<G> {
         } else {
             info!(target_node = node, %action, nonce = %req.nonce, "publishing node request");
         }
-        self.apply(Output { commands: vec![], persist: true }).await;
+        if let Err(e) = self.apply(before, Output { commands: vec![], persist: true }).await {
+            // Neither applied nor published: acknowledging it would be undone by a restart.
+            return Err(format!("{action} {node} was not applied: {e}"));
+        }
         self.publish().await;
         Ok(report)
     }

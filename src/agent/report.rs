@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::core::{Core, owner_in_view};
 use crate::cluster::view::ClusterView;
 use crate::control::protocol::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeStatus};
-use crate::drain::placement::{self, Candidate, VolumeSpec};
+use crate::drain::placement::{self, VolumeSpec};
 use crate::lease::SourcePhase;
 
 /// Every node known, sorted by name (this node included even before its first tick).
@@ -69,7 +69,7 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
         });
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    StatusReport { self_name: me.clone(), nodes }
+    StatusReport { self_name: me.clone(), nodes, gossip: Default::default() }
 }
 
 /// How a failed `--verify` check starts in a volume's `error` (the drain waiter looks for it).
@@ -143,20 +143,7 @@ pub fn plan(view: &ClusterView, node: &str) -> Vec<PlanLine> {
         .filter(|(id, _)| owner_in_view(view, id) == Some(node))
         .map(|(id, r)| VolumeSpec { id: id.clone(), size: r.size, requires: r.requires.clone() })
         .collect();
-    let candidates: Vec<Candidate> = view
-        .nodes
-        .values()
-        .filter_map(|c| {
-            let r = c.record.as_ref()?;
-            Some(Candidate {
-                name: c.name.clone(),
-                alive: c.alive,
-                state: r.state,
-                free_bytes: r.free_bytes,
-                labels: r.labels.clone(),
-            })
-        })
-        .collect();
+    let candidates = super::core::candidates(view);
     placement::plan(node, &specs, &candidates, &[])
         .into_iter()
         .map(|p| PlanLine {

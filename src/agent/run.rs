@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use chitchat::transport::{Transport, UdpTransport};
+use chitchat::transport::Transport;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use super::capacity::Capacity;
 use super::core::CoreConfig;
 use super::dataplane::engine::{EngineClones, EngineTuning};
 use super::dataplane::iscsi::IscsiExports;
@@ -21,7 +22,10 @@ use super::dataplane::local::{LocalClones, LocalExports};
 use super::dataplane::real::{CloneService, RealDataPlane, SharedVolumes};
 use super::dataplane::{DataPlane, NoDataPlane};
 use super::{Agent, AgentHandle, AgentSetup};
-use crate::cluster::gossip::{ChitchatGossip, GossipSettings};
+use crate::cluster::auth::{GossipKeys, Secret};
+use crate::cluster::gossip::{ChitchatGossip, GossipGuard, GossipSettings, HealthHandle};
+use crate::cluster::identity::{GossipMode, NameConflict};
+use crate::cluster::transport::{GossipStats, GuardedTransport};
 use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
 use crate::control::metrics::Metrics;
 use crate::lease::Timing;
@@ -33,6 +37,8 @@ pub struct RunningAgent {
     pub handle: AgentHandle,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// Its gossip trust state (mode, dropped datagrams, name conflicts).
+    pub gossip: HealthHandle,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -59,8 +65,20 @@ pub async fn spawn(
     state_dir: &Path,
     transport: &dyn Transport,
 ) -> anyhow::Result<RunningAgent> {
+    spawn_guarded(settings, setup, state_dir, transport, GossipGuard::default()).await
+}
+
+/// [`spawn`] with a [`GossipGuard`] (mode and counters for `status`, the mesh name check).
+pub async fn spawn_guarded(
+    settings: &GossipSettings,
+    setup: AgentSetup,
+    state_dir: &Path,
+    transport: &dyn Transport,
+    guard: GossipGuard,
+) -> anyhow::Result<RunningAgent> {
     let store = StateDir::open(state_dir)?;
-    let gossip = ChitchatGossip::start(settings, transport, Vec::new()).await?;
+    let gossip = ChitchatGossip::start_guarded(settings, transport, Vec::new(), guard).await?;
+    let health = gossip.health_handle();
     let metrics = Arc::new(Metrics::new());
     let (agent, handle, commands) = Agent::new(setup, gossip, store, metrics.clone())?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -71,7 +89,7 @@ pub async fn spawn(
             })
             .await;
     });
-    Ok(RunningAgent { handle, metrics, stop: Some(stop_tx), task })
+    Ok(RunningAgent { handle, metrics, gossip: health, stop: Some(stop_tx), task })
 }
 
 /// Gossip settings from a validated config.
@@ -89,14 +107,10 @@ pub fn gossip_settings(config: &AgentConfig, addrs: &ResolvedAddrs) -> GossipSet
     }
 }
 
-/// Bytes free for incoming volumes: the configured capacity, else the pool's free space.
-fn free_bytes(config: &AgentConfig) -> u64 {
-    if let Some(cap) = config.pool.capacity_bytes {
-        return cap;
-    }
-    let dir = config.pool_dir();
-    let _ = std::fs::create_dir_all(&dir);
-    nix::sys::statvfs::statvfs(&dir).map_or(0, |s| s.blocks_available() * s.fragment_size())
+/// What bounds the room for incoming volumes: the configured capacity, else the pool's
+/// filesystem (both re-read every tick, less the pool's own volumes).
+fn capacity(config: &AgentConfig) -> Capacity {
+    config.pool.capacity_bytes.map_or_else(|| Capacity::Filesystem(config.pool_dir()), Capacity::Fixed)
 }
 
 /// The data plane the config asks for. `export_addr` is where this node's iSCSI portal
@@ -211,13 +225,29 @@ pub async fn run_process(
     addrs: ResolvedAddrs,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // The secret first: a bad one stops the agent before it touches anything.
+    let keys = gossip_keys(&config)?;
     // The mesh comes first: gossip and the export bind the mesh address it brings up.
     let mesh = super::mesh::start(&config, &addrs)?;
+    let mode = gossip_mode(mesh.mesh_addr.is_some(), keys.is_some(), &addrs);
+    if mode == GossipMode::Insecure {
+        warn!(
+            advertise = %addrs.gossip_advertise,
+            "gossip is NOT authenticated (gossip.insecure = true): anyone who can reach this address can drain nodes; \
+             set gossip.secret_file or run a mesh"
+        );
+    } else {
+        info!(?mode, "gossip protection");
+    }
+    let stats = Arc::new(GossipStats::default());
+    let transport = GuardedTransport::new(keys, stats.clone());
+    let guard = GossipGuard { mode, stats, name_check: mesh.name_check.clone() };
     let addrs = mesh.addrs.clone();
     let core_config = CoreConfig {
         name: config.name.clone(),
         labels: config.labels.clone(),
-        free_bytes: free_bytes(&config),
+        free_bytes: 0,
+        data_plane: config.dataplane.backend != DataplaneBackend::None,
         gossip_addr: addrs.gossip_advertise,
         mesh_addr: mesh.mesh_addr.map(|a| a.to_string()),
         mesh_backend: Some(mesh.backend.clone()),
@@ -238,8 +268,9 @@ pub async fn run_process(
         dataplane,
         shared_volumes,
         mesh: mesh.port,
+        capacity: capacity(&config),
     };
-    let agent = spawn(&settings, setup, &config.state_dir, &UdpTransport)
+    let agent = spawn_guarded(&settings, setup, &config.state_dir, &transport, guard)
         .await
         .with_context(|| format!("starting agent {}", config.name))?;
     let metrics_task = match addrs.metrics_listen {
@@ -264,7 +295,10 @@ pub async fn run_process(
     );
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("gossiping")]);
     let watchdog = sd_notify::watchdog_enabled().map(|every| tokio::spawn(watchdog(agent.handle.clone(), every)));
-    shutdown.await;
+    let newcomer = tokio::select! {
+        _ = shutdown => None,
+        c = newcomer_conflict(agent.gossip.clone(), settings.interval) => Some(c),
+    };
     if let Some(w) = watchdog {
         w.abort();
     }
@@ -277,7 +311,52 @@ pub async fn run_process(
     }
     agent.stop().await;
     let _ = std::fs::remove_file(&config.control.socket);
-    Ok(())
+    match newcomer {
+        None => Ok(()),
+        Some(c) => Err(anyhow::anyhow!(
+            "another live agent named {} runs at {} (generation {}); this agent started later and refuses to run \
+             as the same node: give one of them another `name` in its config",
+            c.name,
+            c.gossip_addr,
+            c.generation
+        )),
+    }
+}
+
+/// The fleet secret(s) from `[gossip]`, or none.
+fn gossip_keys(config: &AgentConfig) -> anyhow::Result<Option<GossipKeys>> {
+    let Some(path) = &config.gossip.secret_file else { return Ok(None) };
+    let current = Secret::load(path).context("config key `gossip.secret_file`")?;
+    let previous = match &config.gossip.secret_file_previous {
+        Some(p) => Some(Secret::load(p).context("config key `gossip.secret_file_previous`")?),
+        None => None,
+    };
+    Ok(Some(GossipKeys::new(current, previous, &config.cluster_id)))
+}
+
+/// How gossip is protected, from what runs (config validation refused the unprotected
+/// cases that are not `insecure = true`).
+fn gossip_mode(mesh: bool, secret: bool, addrs: &ResolvedAddrs) -> GossipMode {
+    match (mesh, secret) {
+        (true, true) => GossipMode::MeshHmac,
+        (true, false) => GossipMode::Mesh,
+        (false, true) => GossipMode::Hmac,
+        (false, false) if addrs.gossip_listen.ip().is_loopback() && addrs.gossip_advertise.ip().is_loopback() => {
+            GossipMode::Loopback
+        }
+        (false, false) => GossipMode::Insecure,
+    }
+}
+
+/// Resolves once gossip shows a live agent with this node's name elsewhere that started
+/// before this one (src/cluster/identity.rs): this agent is the newcomer and must stop.
+async fn newcomer_conflict(health: HealthHandle, every: Duration) -> NameConflict {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Some(c) = health.health().conflicts.into_iter().find(|c| c.we_are_newcomer) {
+            return c;
+        }
+    }
 }
 
 /// Pets systemd's watchdog (`WatchdogSec=` in the unit) only while the owner loop answers:

@@ -169,6 +169,10 @@ pub struct NodeRecord {
     /// The last node request it applied (or refused), so issuers see theirs adopted.
     #[serde(default)]
     pub last_request: Option<AppliedRequest>,
+    /// It runs no data plane (gossip only): placement never sends it a volume. Absent in
+    /// records of agents that predate the field, which all had one when they held volumes.
+    #[serde(default)]
+    pub no_data_plane: bool,
 }
 
 /// Where a holder logs in to read a volume: the source's export.
@@ -286,6 +290,7 @@ mod tests {
             volumes: 2,
             agent_version: "0.1.0".into(),
             last_request: None,
+            no_data_plane: false,
         }
     }
 

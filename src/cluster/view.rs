@@ -214,6 +214,7 @@ mod tests {
                 volumes: 0,
                 agent_version: String::new(),
                 last_request: None,
+                no_data_plane: false,
             })
         };
         let raw = RawSnapshot {

@@ -27,6 +27,8 @@ pub struct Candidate {
     pub free_bytes: u64,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
+    /// It runs a data plane (a node with `dataplane.backend = "none"` gossips only).
+    pub data_plane: bool,
 }
 
 /// A volume to place.
@@ -52,6 +54,9 @@ pub enum Ineligible {
     /// Not active.
     #[error("is {0}")]
     NotActive(NodeState),
+    /// Gossips only: it cannot receive a volume's bytes.
+    #[error("has no data plane (dataplane.backend = \"none\")")]
+    NoDataPlane,
     /// Too little room left (after what this plan already put there).
     #[error("has {free} bytes free, needs {need}")]
     NoRoom {
@@ -101,6 +106,9 @@ pub fn check(c: &Candidate, source: &str, v: &VolumeSpec, free_left: u64) -> Res
     }
     if !c.state.accepts_volumes() {
         return Err(Ineligible::NotActive(c.state));
+    }
+    if !c.data_plane {
+        return Err(Ineligible::NoDataPlane);
     }
     for (key, value) in &v.requires {
         if c.labels.get(key) != Some(value) {
@@ -178,6 +186,7 @@ mod tests {
             state: NodeState::Active,
             free_bytes: free,
             labels: BTreeMap::new(),
+            data_plane: true,
         }
     }
     fn vol(id: &str, size: u64) -> VolumeSpec {
@@ -185,11 +194,19 @@ mod tests {
     }
 
     #[test]
-    fn never_the_source_a_dead_or_a_non_active_node() {
-        let mut nodes = vec![node("src", 100), node("dead", 100), node("cord", 100), node("drn", 100), node("ok", 100)];
+    fn never_the_source_a_dead_a_non_active_or_a_gossip_only_node() {
+        let mut nodes = vec![
+            node("src", 100),
+            node("dead", 100),
+            node("cord", 100),
+            node("drn", 100),
+            node("gossip-only", 1000),
+            node("ok", 100),
+        ];
         nodes[1].alive = false;
         nodes[2].state = NodeState::Cordoned;
         nodes[3].state = NodeState::Draining;
+        nodes[4].data_plane = false;
         let p = plan("src", &[vol("v", 10)], &nodes, &[]);
         assert_eq!(p[0].target.as_deref(), Some("ok"));
         let why: BTreeMap<_, _> = p[0].rejected.iter().map(|(n, w)| (n.as_str(), w.to_string())).collect();
@@ -197,6 +214,7 @@ mod tests {
         assert_eq!(why["dead"], "is dead");
         assert_eq!(why["cord"], "is cordoned");
         assert_eq!(why["drn"], "is draining");
+        assert_eq!(why["gossip-only"], "has no data plane (dataplane.backend = \"none\")");
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum StoreError {
     },
 }
 
+/// Written and removed at open: a state dir that cannot take a write fails there.
+const PROBE_FILE: &str = ".write-probe.json";
+
 /// A directory of atomically written JSON documents.
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -41,15 +44,18 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating, mode 0700) the directory.
+    /// Opens (creating) the directory, makes it private (0700: it holds the node's keys
+    /// and its decisions), and proves it writable with a durable probe write, so an agent
+    /// that could not persist its decisions refuses to start instead of acting on them.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|source| StoreError::Io {
-            op: "create",
-            path: root.to_owned(),
-            source,
-        })?;
-        Ok(Self { root: root.to_owned() })
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |op, source| StoreError::Io { op, path: root.to_owned(), source };
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(|e| io("create", e))?;
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(|e| io("chmod 0700", e))?;
+        let dir = Self { root: root.to_owned() };
+        dir.save(PROBE_FILE, &"meshdrain checks that its state dir is writable")?;
+        fs::remove_file(root.join(PROBE_FILE)).map_err(|e| io("remove probe in", e))?;
+        Ok(dir)
     }
 
     /// The directory.
@@ -68,8 +74,9 @@ impl StateDir {
         serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt { path, message: e.to_string() })
     }
 
-    /// Writes a document atomically and durably.
+    /// Writes a document atomically and durably, readable by root only (0600).
     pub fn save<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.root.join(name);
         let tmp = self.root.join(format!(".{name}.tmp"));
         let io = |op, p: &Path| {
@@ -77,8 +84,13 @@ impl StateDir {
             move |source| StoreError::Io { op, path: p, source }
         };
         let bytes = serde_json::to_vec_pretty(value).expect("state documents serialize");
-        let mut f =
-            OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io("create", &tmp))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
         f.write_all(&bytes).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
         drop(f);
@@ -102,6 +114,31 @@ mod tests {
         assert_eq!(s.load::<Vec<u32>>("doc.json").unwrap(), Some(vec![3]));
         let names: Vec<_> = fs::read_dir(s.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("doc.json")]);
+    }
+
+    #[test]
+    fn the_dir_is_made_private_and_documents_are_root_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let s = StateDir::open(&root).unwrap();
+        s.save("agent.json", &1u32).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&root.join("agent.json")), 0o600);
+        assert!(!root.join(PROBE_FILE).exists());
+    }
+
+    #[test]
+    fn an_unwritable_dir_is_refused_at_open_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file where a directory component should be: no user, root included, can write there.
+        fs::write(dir.path().join("file"), b"").unwrap();
+        let root = dir.path().join("file").join("state");
+        let err = StateDir::open(&root).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("state dir: create {}: ", root.display())), "{err}");
     }
 
     #[test]

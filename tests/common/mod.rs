@@ -67,6 +67,16 @@ impl AgentProc {
         a
     }
 
+    /// Gives the agent the local development data plane (exports as ACL files in `exports`,
+    /// shared by the fleet), with `extra` keys in its `[dataplane]` section: a node without
+    /// a data plane refuses to create volumes.
+    pub fn local_dataplane(&self, exports: &Path, extra: &str) {
+        self.append_config(&format!(
+            "\n[dataplane]\nbackend = \"local\"\nexports_dir = \"{}\"\nprogress_ms = 100\n{extra}\n",
+            exports.display()
+        ));
+    }
+
     /// Appends TOML to the config (extra sections).
     pub fn append_config(&self, text: &str) {
         let mut cfg = std::fs::read_to_string(&self.config).unwrap();

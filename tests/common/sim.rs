@@ -60,6 +60,7 @@ impl SimFleet {
                 mesh_addr: None,
                 mesh_backend: None,
                 free_bytes: 1 << 30,
+                data_plane: true,
                 export_addr: String::new(),
                 timing: Timing::for_interval(interval.as_millis() as u64),
                 wireguard: None,
@@ -147,11 +148,12 @@ pub fn converged(statuses: &[(usize, StatusReport)], n: usize) -> bool {
 
 fn setup(config: CoreConfig, interval: std::time::Duration, dir: &std::path::Path) -> AgentSetup {
     AgentSetup {
-        config,
         interval,
         pool_dir: dir.join("pool"),
         dataplane: Box::new(NoDataPlane),
         shared_volumes: Default::default(),
         mesh: Box::new(meshdrain::agent::meshport::NoMesh),
+        capacity: meshdrain::agent::capacity::Capacity::Fixed(config.free_bytes),
+        config,
     }
 }
