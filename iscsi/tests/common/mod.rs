@@ -2,6 +2,8 @@
 //! 127.0.0.1:0 and test images.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,4 +145,42 @@ impl Raw {
         self.cmd_sn += 1;
         p
     }
+}
+
+/// Logs in with these security-stage keys (transit to operational), then one
+/// operational round declaring a 1 MiB MaxRecvDataSegmentLength. The refusal
+/// status of either step is the error; on success, the keys the target
+/// answered in both.
+pub async fn login_with(addr: SocketAddr, security: &str) -> Result<(Raw, Vec<(String, String)>), (u8, u8)> {
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    let mut buf = BytesMut::new();
+    let c0 = Codec::default();
+    let req = Pdu::login_request([0x80, 0, 0, 0, 2, 0], 0, 1, 1, 0, 0, 1, true, Bytes::from(security.to_string()));
+    write_pdus(&mut sock, &c0, &[req]).await.unwrap();
+    let rsp = read_pdu(&mut sock, &mut buf, &c0).await.unwrap();
+    if rsp.login_status() != (0, 0) {
+        return Err(rsp.login_status());
+    }
+    let mut pairs = meshdrain_iscsi::text::parse(&rsp.data).unwrap();
+    let keys = "HeaderDigest=None\0DataDigest=None\0MaxRecvDataSegmentLength=1048576\0";
+    let req = Pdu::login_request([0x80, 0, 0, 0, 2, 0], 0, 1, 1, rsp.stat_sn() + 1, 1, 3, true, Bytes::from(keys));
+    write_pdus(&mut sock, &c0, &[req]).await.unwrap();
+    let rsp = read_pdu(&mut sock, &mut buf, &c0).await.unwrap();
+    if rsp.login_status() != (0, 0) {
+        return Err(rsp.login_status());
+    }
+    assert!(rsp.login_stages().0, "transit to full feature");
+    pairs.extend(meshdrain_iscsi::text::parse(&rsp.data).unwrap());
+    let codec = Codec { header_digest: false, data_digest: false, max_recv_data: 1 << 20 };
+    Ok((Raw { sock, buf, codec, cmd_sn: rsp.exp_cmd_sn(), exp_stat_sn: rsp.stat_sn() + 1 }, pairs))
+}
+
+/// Security keys of a normal session from `initiator` to `target`.
+pub fn normal(initiator: &str, target: &str) -> String {
+    format!("InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0")
+}
+
+/// Security keys of a discovery session from `initiator`.
+pub fn discovery(initiator: &str) -> String {
+    format!("InitiatorName={initiator}\0SessionType=Discovery\0AuthMethod=None\0")
 }
