@@ -227,3 +227,53 @@ fn root_full_dest_filesystem_stalls_naming_the_dest_then_completes_when_space_re
     clone.stop().unwrap();
     assert!(std::fs::read(&dest).unwrap() == data, "dest differs from source after the dest had been full");
 }
+
+/// The Trust issue's first scenario through the exposed device: a partial clone exposed
+/// via FUSE + loop, the workload writes 64 KiB at 40 MiB and fsyncs, the clone stops,
+/// its metadata is emptied (`truncate -s 0`). The resume is refused naming the file and
+/// `--start-over`, and the workload's write is still on the dest.
+#[test]
+fn root_exposed_write_survives_emptied_metadata() {
+    use std::os::unix::fs::FileExt;
+    require_root("root_exposed_write_survives_emptied_metadata");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = common::pattern(41, 48 << 20);
+    std::fs::write(d.join("src"), &data).unwrap();
+    let (dest, meta) = (d.join("dest"), d.join("meta"));
+    // Hydration held at 1 KiB/s: the clone stays partial.
+    let slow = EngineConfig { rate_limit: Some(1024), ..Default::default() };
+    let e = open_files(&d.join("src"), &dest, &meta, slow.clone());
+    let clone = UserspaceClone::start(e.clone());
+    let exposed = Exposed::start(e.clone(), &d.join("fuse"), None).expect("expose");
+    let write = common::pattern(77, 64 << 10);
+    let dev = std::fs::OpenOptions::new().write(true).open(exposed.device()).unwrap();
+    dev.write_all_at(&write, 40 << 20).unwrap();
+    dev.sync_all().unwrap();
+    drop(dev);
+    exposed.stop().unwrap();
+    clone.stop().unwrap();
+    drop(e);
+    let before = std::fs::read(&dest).unwrap();
+    assert!(before[40 << 20..][..write.len()] == write[..], "the workload's write is not on the dest");
+    assert!(before != data, "the clone was not partial");
+    std::fs::File::options().write(true).open(&meta).unwrap().set_len(0).unwrap();
+
+    let source = Arc::new(FileSource::open(&d.join("src")).unwrap());
+    let err = Engine::open(
+        source,
+        Box::new(FileDest::open_existing(&dest).unwrap()),
+        Box::new(FileMeta::open(&meta).unwrap()),
+        slow,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "metadata {} cannot be resumed: the file is empty (0 bytes); the dest was not touched: {}",
+            meta.display(),
+            meshdrain_clone::START_OVER
+        )
+    );
+    assert!(std::fs::read(&dest).unwrap() == before, "the refused resume changed the dest");
+}
