@@ -222,6 +222,18 @@ pub struct GossipConfig {
     /// How long a dead node's state is kept before it is forgotten, in seconds.
     #[serde(default = "default_dead_grace_s")]
     pub dead_node_grace_s: u64,
+    /// The fleet secret (32+ bytes, mode 0600, the same file on every node): every gossip
+    /// datagram carries its HMAC and datagrams without it are dropped unread. Required
+    /// without a mesh on a non-loopback address unless `insecure = true`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// A second secret accepted for verifying only (never for sending): key rotation.
+    #[serde(default)]
+    pub secret_file_previous: Option<PathBuf>,
+    /// Gossip without a secret on a reachable address without a mesh: anyone who can send
+    /// it a datagram can drain nodes. Logged at start and shown by `meshdrain status`.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_interval_ms() -> u64 {
@@ -410,6 +422,27 @@ impl AgentConfig {
                 "gossip.interval_ms",
                 format!("{} ms is out of range", self.gossip.interval_ms),
                 "use 10 to 60000 (default 500)",
+            ));
+        }
+        if self.gossip.secret_file_previous.is_some() && self.gossip.secret_file.is_none() {
+            return Err(invalid(
+                "gossip.secret_file_previous",
+                "is set without gossip.secret_file".to_owned(),
+                "set secret_file to the secret to send with; secret_file_previous is only also accepted",
+            ));
+        }
+        if self.mesh.backend == MeshBackendChoice::None
+            && self.gossip.secret_file.is_none()
+            && !self.gossip.insecure
+            && !(gossip_listen.ip().is_loopback() && gossip_advertise.ip().is_loopback())
+        {
+            return Err(invalid(
+                "gossip.secret_file",
+                format!(
+                    "is required: gossip on {gossip_advertise} without a mesh would let anyone who can reach it drain nodes"
+                ),
+                "create a fleet secret (head -c 32 /dev/urandom > /etc/meshdrain/gossip.key && chmod 600 /etc/meshdrain/gossip.key), \
+                 copy it to every node and set secret_file to it; or run a mesh (mesh.backend); or set insecure = true",
             ));
         }
         if !(self.gossip.phi_threshold > 0.0 && self.gossip.phi_threshold < 100.0) {
@@ -618,6 +651,28 @@ backend = "none"
         assert!(err.to_string().contains("key `mesh.seeds[0].public_key`"), "{err}");
         let key = meshdrain_mesh::NodeKey::generate().public().to_base64();
         load(&mesh(&seed.replace("nope", &key))).expect("complete mesh section");
+    }
+
+    #[test]
+    fn reachable_gossip_without_mesh_needs_a_secret_or_insecure() {
+        let public = GOOD.replace("127.0.0.1:7946", "198.18.0.1:7946");
+        assert_eq!(
+            load(&public).unwrap_err().to_string(),
+            "config /etc/meshdrain/agent.toml: key `gossip.secret_file`: is required: gossip on 198.18.0.1:7946 \
+             without a mesh would let anyone who can reach it drain nodes (fix: create a fleet secret \
+             (head -c 32 /dev/urandom > /etc/meshdrain/gossip.key && chmod 600 /etc/meshdrain/gossip.key), \
+             copy it to every node and set secret_file to it; or run a mesh (mesh.backend); or set insecure = true)"
+        );
+        // Advertising a reachable address counts even when binding loopback.
+        let advertised = GOOD.replace("interval_ms = 200", "interval_ms = 200\nadvertise = \"198.18.0.1:7946\"");
+        assert!(load(&advertised).unwrap_err().to_string().contains("key `gossip.secret_file`"));
+        let with = |extra: &str| public.replace("interval_ms = 200", &format!("interval_ms = 200\n{extra}"));
+        load(&with("secret_file = \"/etc/meshdrain/gossip.key\"")).expect("with a secret");
+        load(&with("insecure = true")).expect("insecure, on purpose");
+        let err = load(&with("secret_file_previous = \"/k\"")).unwrap_err().to_string();
+        assert!(err.contains("key `gossip.secret_file_previous`: is set without gossip.secret_file"), "{err}");
+        // Loopback stays allowed without a secret (development, the process tests).
+        load(GOOD).expect("loopback");
     }
 
     #[test]

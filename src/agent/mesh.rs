@@ -15,8 +15,9 @@ use meshdrain_mesh::{
 use tracing::{info, warn};
 
 use super::meshport::{MeshPort, NoMesh};
-use crate::cluster::schema::WireguardAdvert;
-use crate::cluster::view::ClusterView;
+use crate::cluster::identity::NameCheck;
+use crate::cluster::schema::{self, Key, NodeRecord, WireguardAdvert};
+use crate::cluster::view::{ClusterView, RawNode};
 use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
 
 /// Default interface name when `mesh.interface` is not set.
@@ -38,6 +39,38 @@ pub struct MeshSetup {
     pub addrs: ResolvedAddrs,
     /// Extra chitchat seeds: the mesh seeds' mesh addresses with the gossip port.
     pub gossip_seeds: Vec<String>,
+    /// With a mesh: drops gossip records whose name is not certified for their address.
+    pub name_check: Option<std::sync::Arc<dyn NameCheck>>,
+}
+
+/// Mesh address → certified name, from the certificates nodes publish in their `node`
+/// records (each signed by the fleet CA, so it does not matter who relayed it). A node's
+/// mesh address derives from its WireGuard key (mesh/src/address.rs), and its certificate
+/// binds that key to its name (mesh/src/cert.rs).
+pub struct CertifiedNames {
+    ca: meshdrain_mesh::CaPublicKey,
+}
+
+impl CertifiedNames {
+    /// Checks certificates against the fleet CA `ca`.
+    pub fn new(ca: meshdrain_mesh::CaPublicKey) -> Self {
+        Self { ca }
+    }
+}
+
+impl NameCheck for CertifiedNames {
+    fn certified(&self, nodes: &[RawNode]) -> std::collections::HashMap<std::net::IpAddr, String> {
+        let now = SystemTime::now();
+        nodes
+            .iter()
+            .flat_map(|n| n.entries.iter())
+            .filter(|(k, _)| Key::parse(k) == Key::Node)
+            .filter_map(|(_, v)| schema::decode::<NodeRecord>(v).ok()?.wireguard?.certificate)
+            .filter_map(|c| serde_json::from_value::<Certificate>(c).ok())
+            .filter_map(|c| c.verify(&self.ca, &RevocationList::default(), now).ok())
+            .map(|a| (std::net::IpAddr::V6(a.address), a.name))
+            .collect()
+    }
 }
 
 /// Starts the mesh the config asks for, or [`NoMesh`] for `mesh.backend = "none"`.
@@ -50,6 +83,7 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
                 backend: "none".to_owned(),
                 addrs: addrs.clone(),
                 gossip_seeds: Vec::new(),
+                name_check: None,
             });
         }
         MeshBackendChoice::Auto => BackendChoice::Auto,
@@ -57,6 +91,7 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
         MeshBackendChoice::Userspace => BackendChoice::Userspace,
     };
     let settings = settings(config, choice)?;
+    let name_check: std::sync::Arc<dyn NameCheck> = std::sync::Arc::new(CertifiedNames::new(settings.ca.clone()));
     let prefix = settings.ca.prefix();
     let gossip_port = addrs.gossip_listen.port();
     let gossip_seeds = settings
@@ -75,6 +110,7 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
         backend,
         addrs: ResolvedAddrs { gossip_listen: gossip, gossip_advertise: gossip, metrics_listen: addrs.metrics_listen },
         gossip_seeds,
+        name_check: Some(name_check),
     })
 }
 

@@ -72,11 +72,14 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Builds the typed view; a name seen in several generations keeps the newest.
+    /// Builds the typed view. A name seen in several records keeps a live one over a dead
+    /// one; of two live ones at different addresses the older generation (the incumbent,
+    /// src/cluster/identity.rs), else the newest (a restart): a namesake that came and went
+    /// never hides the live node (README.md, "Trust").
     pub fn from_raw(raw: &RawSnapshot) -> ClusterView {
         let mut nodes: BTreeMap<String, NodeView> = BTreeMap::new();
         for n in &raw.nodes {
-            if nodes.get(&n.name).is_some_and(|old| old.generation > n.generation) {
+            if nodes.get(&n.name).is_some_and(|old| !replaces(n, old)) {
                 continue;
             }
             nodes.insert(n.name.clone(), NodeView::from_raw(n));
@@ -105,6 +108,17 @@ impl ClusterView {
     pub fn local(&self) -> Option<&NodeView> {
         self.nodes.get(&self.self_name)
     }
+}
+
+/// Whether record `new` should replace `old` for their shared name.
+fn replaces(new: &RawNode, old: &NodeView) -> bool {
+    if new.alive != old.alive {
+        return new.alive;
+    }
+    if new.alive && new.gossip_addr != old.gossip_addr {
+        return new.generation < old.generation;
+    }
+    new.generation > old.generation
 }
 
 impl NodeView {
@@ -226,5 +240,22 @@ mod tests {
         };
         let view = ClusterView::from_raw(&raw);
         assert_eq!(view.nodes["a"].record.as_ref().unwrap().state, NodeState::Draining);
+    }
+
+    #[test]
+    fn a_live_record_wins_over_a_newer_dead_namesake() {
+        let mut gone = raw_node("a", 9, vec![]);
+        gone.alive = false;
+        let raw = RawSnapshot { self_name: "b".into(), nodes: vec![raw_node("a", 2, vec![]), gone] };
+        let view = ClusterView::from_raw(&raw);
+        assert_eq!((view.nodes["a"].generation, view.nodes["a"].alive), (2, true));
+        // Two live ones: at another address the incumbent stays, at the same a restart wins.
+        let mut elsewhere = raw_node("a", 9, vec![]);
+        elsewhere.gossip_addr = "127.0.0.1:9".parse().unwrap();
+        let raw = RawSnapshot { self_name: "b".into(), nodes: vec![raw_node("a", 2, vec![]), elsewhere] };
+        assert_eq!(ClusterView::from_raw(&raw).nodes["a"].generation, 2);
+        let raw =
+            RawSnapshot { self_name: "b".into(), nodes: vec![raw_node("a", 2, vec![]), raw_node("a", 9, vec![])] };
+        assert_eq!(ClusterView::from_raw(&raw).nodes["a"].generation, 9);
     }
 }

@@ -84,6 +84,9 @@ pub struct StatusReport {
     pub self_name: String,
     /// Every known node, sorted by name.
     pub nodes: Vec<NodeStatus>,
+    /// How gossip is protected, what it dropped, and names claimed twice (README.md, "Trust").
+    #[serde(default)]
+    pub gossip: crate::cluster::identity::GossipHealth,
 }
 
 /// One node's line in `meshdrain status`.
