@@ -358,4 +358,73 @@ mod tests {
         let ca = FleetCa::generate();
         assert_eq!(FleetCa::from_base64(&ca.secret_base64()).unwrap().public(), ca.public());
     }
+
+    #[test]
+    fn the_ca_signs_only_plain_bounded_names() {
+        let ca = FleetCa::generate();
+        let key = NodeKey::generate().public().to_base64();
+        let sign = |name: &str| {
+            let req = SigningRequest { name: name.into(), public_key: key.clone() };
+            ca.sign(&req, SystemTime::now()).map(|c| c.body.name).map_err(|e| e.to_string())
+        };
+        assert_eq!(sign("node-1.rack_2"), Ok("node-1.rack_2".into()));
+        assert_eq!(
+            sign(""),
+            Err("node name \"\" refused: 0 bytes, not 1 to 64 (pick another `--name` at `meshdrain mesh keygen`)"
+                .into())
+        );
+        assert_eq!(
+            sign(&"n".repeat(65)),
+            Err(format!(
+                "node name \"{}…\" refused: 65 bytes, not 1 to 64 (pick another `--name` at `meshdrain mesh keygen`)",
+                "n".repeat(64)
+            ))
+        );
+        assert_eq!(
+            sign("a\nb"),
+            Err("node name \"a\\\\nb\" refused: character '\\n' is not a letter, digit, '.', '-' or '_' \
+                 (pick another `--name` at `meshdrain mesh keygen`)"
+                .into())
+        );
+    }
+
+    #[test]
+    fn malformed_certificates_and_requests_get_clear_errors() {
+        let (ca, _, cert, now) = setup();
+        let json = serde_json::to_string(&cert).unwrap();
+        let parse = |s: &str| serde_json::from_str::<Certificate>(s).map_err(|e| e.to_string());
+        let cut = json.len() - 1;
+        assert_eq!(parse(&json[..cut]), Err(format!("EOF while parsing an object at line 1 column {cut}")));
+        assert_eq!(parse("[]"), Err("invalid type: sequence, expected struct Certificate at line 1 column 0".into()));
+        // Bad base64 and wrong lengths in signature and key: refused, never a panic.
+        let none = RevocationList::default();
+        let mut c = cert.clone();
+        c.signature = "QUJD".into();
+        assert_eq!(
+            c.verify(&ca.public(), &none, now).unwrap_err().to_string(),
+            "certificate of node n1 is forged or corrupt (bad signature: signature error): refuse it and check who publishes it"
+        );
+        c.signature = "A".repeat(100_000);
+        assert!(c.verify(&ca.public(), &none, now).unwrap_err().to_string().contains("is forged or corrupt"));
+        // A CSR whose key is not a key.
+        let req = |k: &str| SigningRequest { name: "n1".into(), public_key: k.into() };
+        assert_eq!(
+            ca.sign(&req("not base64!"), now).unwrap_err().to_string(),
+            "bad key public key: Invalid symbol 32, offset 3. (expected 32 bytes in base64, as printed by `meshdrain mesh keygen`)"
+        );
+        assert_eq!(
+            ca.sign(&req("QUJD"), now).unwrap_err().to_string(),
+            "bad key public key: 3 bytes (expected 32 bytes in base64, as printed by `meshdrain mesh keygen`)"
+        );
+        assert_eq!(
+            ca.sign(&req(&"A".repeat(1 << 20)), now).unwrap_err().to_string(),
+            "bad key public key: 1048576 characters (expected 32 bytes in base64, as printed by `meshdrain mesh keygen`)"
+        );
+        assert!(
+            serde_json::from_str::<SigningRequest>("{\"name\":\"n\",\"public_key\":\"k\",\"x\":1}")
+                .unwrap_err()
+                .to_string()
+                .starts_with("unknown field `x`")
+        );
+    }
 }

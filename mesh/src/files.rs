@@ -74,4 +74,29 @@ mod tests {
         assert_eq!(load_ca_public(&public).unwrap(), ca.public());
         assert!(create_ca(dir.path()).is_err());
     }
+
+    #[test]
+    fn oversized_binary_or_broken_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.cert.json");
+        let load = |bytes: &[u8]| {
+            fs::write(&p, bytes).unwrap();
+            load_json::<crate::cert::Certificate>(&p).unwrap_err().to_string()
+        };
+        let shown = p.display();
+        let hint = "(restore it from backup or recreate it with `meshdrain mesh keygen`/`init`)";
+        assert_eq!(
+            load(&vec![b' '; (MAX_JSON_FILE + 1) as usize]),
+            format!("{shown}: larger than 1048576 bytes {hint}")
+        );
+        assert_eq!(load(&[0xff, 0xfe, b'{']), format!("{shown}: not UTF-8 text {hint}"));
+        assert_eq!(
+            load(b"{\"version\": 1"),
+            format!("{shown}: EOF while parsing an object at line 1 column 13 {hint}")
+        );
+        fs::write(&p, "A".repeat(5000)).unwrap();
+        assert_eq!(load_ca_public(&p).unwrap_err().to_string(), format!("{shown}: larger than 4096 bytes {hint}"));
+        fs::write(&p, "QUJD\n").unwrap();
+        assert!(load_ca_public(&p).unwrap_err().to_string().contains("3 bytes"));
+    }
 }

@@ -78,19 +78,20 @@ pub struct Refusals {
     totals: RefusalTotals,
 }
 
-/// `s` cut to at most `max` characters, control characters escaped (peer text in logs).
+/// `s` with control characters escaped (peer text goes to logs), cut to `max` characters
+/// plus a `…` when longer.
 pub fn clip(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max + 3));
-    for (i, c) in s.chars().enumerate() {
-        if i >= max {
+    let mut len = 0;
+    for c in s.chars() {
+        let piece: String = if c.is_control() { c.escape_default().collect() } else { c.into() };
+        let n = piece.chars().count();
+        if len + n > max {
             out.push('…');
             break;
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+        out.push_str(&piece);
+        len += n;
     }
     out
 }
@@ -193,5 +194,69 @@ impl Refusals {
     /// Whether nothing was refused (or everything listed was evicted, which cannot happen).
     pub fn is_empty(&self) -> bool {
         self.recent.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_logs_one_line_and_one_summary_per_kind_and_interval() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        // Ten minutes of 100 new sources a second, two kinds.
+        for s in 0..600u64 {
+            let now = t0 + Duration::from_secs(s);
+            r.tick(now);
+            for i in 0..100u64 {
+                let kind = if i % 2 == 0 { "join malformed" } else { "join stale" };
+                r.record(kind, &format!("join from 10.{}.{}.{}", s % 256, i / 256, i % 256), "bad", now);
+            }
+        }
+        r.tick(t0 + Duration::from_secs(600));
+        let t = r.totals();
+        assert_eq!(r.len(), MAX_REFUSALS_SHOWN);
+        assert_eq!((t.refusals, t.new_refusals, t.evicted), (60_000, 60_000, 60_000 - 64));
+        // Per kind: a first line and a summary for each of the 10 intervals.
+        assert_eq!(t.log_lines, 2 * 10 * 2);
+    }
+
+    #[test]
+    fn repeats_are_silent_new_reasons_count_and_the_oldest_is_evicted() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        r.record("peer expired", "KEY1", "expired", t0);
+        for s in 1..100 {
+            r.record("peer expired", "KEY1", "expired", t0 + Duration::from_secs(s));
+        }
+        assert_eq!(r.totals().log_lines, 1, "the same refusal every tick is logged once");
+        assert_eq!(r.totals().new_refusals, 1);
+        let now = t0 + Duration::from_secs(100);
+        r.record("peer revoked", "KEY1", "revoked", now);
+        assert_eq!((r.totals().new_refusals, r.totals().log_lines), (2, 2));
+        assert_eq!(
+            r.list(now),
+            vec![RefusedPeer { peer: "KEY1".into(), reason: "revoked".into(), count: 101, last_secs_ago: 0 }]
+        );
+        for i in 0..MAX_REFUSALS_SHOWN {
+            r.record("peer forged", &format!("K{i}"), "forged", now + Duration::from_secs(1 + i as u64));
+        }
+        let list = r.list(now + Duration::from_secs(100));
+        assert_eq!(list.len(), MAX_REFUSALS_SHOWN);
+        assert!(list.iter().all(|p| p.peer != "KEY1"), "the least recent went first");
+        assert_eq!(list[0].peer, format!("K{}", MAX_REFUSALS_SHOWN - 1));
+        assert_eq!(r.totals().evicted, 1);
+    }
+
+    #[test]
+    fn peer_text_is_clipped_and_escaped() {
+        let mut r = Refusals::default();
+        let now = Instant::now();
+        r.record("join malformed", &"s".repeat(500), &format!("a\nb\u{1b}[31m{}", "r".repeat(5000)), now);
+        let p = &r.list(now)[0];
+        assert_eq!(p.peer, format!("{}…", "s".repeat(MAX_SOURCE_CHARS)));
+        assert!(p.reason.starts_with("a\\nb\\u{1b}[31mrrr"), "{}", p.reason);
+        assert_eq!(p.reason.chars().count(), MAX_REASON_CHARS + 1);
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::*;
 use crate::backend::PeerStatus;
 use crate::cert::{FleetCa, SigningRequest};
+use crate::join::MAX_JOIN_DATAGRAM;
 use crate::peers::{PeerChange, PeerConfig};
 
 #[derive(Clone, Default)]
@@ -200,4 +201,97 @@ fn a_join_datagram_makes_a_peer_until_gossip_takes_over() {
     r.rt.converge(&[advert(&j, "127.0.0.1:51999", true)], SystemTime::now());
     r.rt.converge(&[advert(&j, "127.0.0.1:51999", false)], SystemTime::now());
     assert!(endpoints(&r.fake).is_empty());
+}
+
+#[test]
+fn ten_thousand_spoofed_joins_keep_the_refusal_list_bounded_and_the_log_quiet() {
+    let ca = FleetCa::generate();
+    let me = enrol(&ca, "me", Duration::from_secs(60));
+    let mut r = rig(&ca, &me, vec![]);
+    let to = r.rt.join_socket.local_addr().unwrap();
+    let junk = [&b"nonsense"[..], b"{\"v\":2}", b"{}", &[b'x'; MAX_JOIN_DATAGRAM + 100]];
+    // 10,000 distinct sources (all of 127/8 is local), sent a tick's worth at a time.
+    let mut sent = 0;
+    while sent < 10_000 {
+        for _ in 0..MAX_JOINS_PER_TICK.min(10_000 - sent) {
+            let src = std::net::Ipv4Addr::new(127, 1 + (sent >> 16) as u8, (sent >> 8) as u8, sent as u8);
+            let s = UdpSocket::bind((src, 0)).unwrap();
+            s.send_to(junk[sent % junk.len()], to).unwrap();
+            sent += 1;
+        }
+        r.rt.converge(&[], SystemTime::now());
+    }
+    let (_, refused) = r.rt.status().unwrap();
+    assert_eq!(refused.len(), crate::refusals::MAX_REFUSALS_SHOWN);
+    assert!(
+        refused.iter().all(|x| x.peer.starts_with("join from 127.")
+            && (x.reason.starts_with("malformed join request") || x.reason.contains("over the 4096-byte limit"))),
+        "{refused:?}"
+    );
+    assert_eq!(refused[0].peer, "join from 127.1.39.15", "most recent first");
+    let t = r.rt.refusal_totals();
+    assert_eq!((t.refusals, t.new_refusals, t.evicted), (10_000, 10_000, 10_000 - 64));
+    // One kind ("join malformed"), no interval over yet: one line, not 10,000.
+    assert_eq!(t.log_lines, 1);
+    assert!(endpoints(&r.fake).is_empty());
+}
+
+#[test]
+fn a_replayed_join_from_another_ip_never_moves_the_endpoint() {
+    let ca = FleetCa::generate();
+    let (me, j) = (enrol(&ca, "me", Duration::from_secs(60)), enrol(&ca, "joiner", Duration::from_secs(60)));
+    let mut r = rig(&ca, &me, vec![]);
+    let to = r.rt.join_socket.local_addr().unwrap();
+    let (real, copier) = (UdpSocket::bind("127.0.0.2:0").unwrap(), UdpSocket::bind("127.0.0.3:0").unwrap());
+    let now = SystemTime::now();
+    let dg = JoinRequest::claiming(&j.key, &j.cert, &me.key.public(), 51999, Some("127.0.0.2".parse().unwrap()), now)
+        .unwrap()
+        .encode();
+    real.send_to(&dg, to).unwrap();
+    r.rt.converge(&[], now);
+    let want = vec![(j.key.public(), Some("127.0.0.2:51999".parse().unwrap()))];
+    assert_eq!(endpoints(&r.fake), want);
+    // The same datagram from another IP, within its window: refused, endpoint unchanged.
+    copier.send_to(&dg, to).unwrap();
+    r.rt.converge(&[], now);
+    assert_eq!(endpoints(&r.fake), want);
+    let (_, refused) = r.rt.status().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].peer, "join from 127.0.0.3");
+    assert!(refused[0].reason.contains("is a replay"), "{refused:?}");
+    // A newer join from the real node (e.g. the next resend) is accepted as before.
+    let later = now + Duration::from_secs(2);
+    let dg2 =
+        JoinRequest::claiming(&j.key, &j.cert, &me.key.public(), 51999, Some("127.0.0.2".parse().unwrap()), later)
+            .unwrap()
+            .encode();
+    // Its copy arriving first from elsewhere admits nothing new and moves nothing...
+    copier.send_to(&dg2, to).unwrap();
+    r.rt.converge(&[], later);
+    assert_eq!(endpoints(&r.fake), want);
+    // ...and the original still counts afterwards.
+    real.send_to(&dg2, to).unwrap();
+    r.rt.converge(&[], later);
+    assert_eq!(endpoints(&r.fake), want);
+    assert_eq!(r.rt.status().unwrap().1.len(), 1, "nothing more refused");
+}
+
+#[test]
+fn a_first_join_copied_from_elsewhere_leaves_the_endpoint_to_the_handshake() {
+    let ca = FleetCa::generate();
+    let (me, j) = (enrol(&ca, "me", Duration::from_secs(60)), enrol(&ca, "joiner", Duration::from_secs(60)));
+    let mut r = rig(&ca, &me, vec![]);
+    let to = r.rt.join_socket.local_addr().unwrap();
+    let now = SystemTime::now();
+    let dg = JoinRequest::claiming(&j.key, &j.cert, &me.key.public(), 51999, Some("127.0.0.2".parse().unwrap()), now)
+        .unwrap()
+        .encode();
+    // The copy wins the race: the peer is added with no endpoint (WireGuard learns it).
+    UdpSocket::bind("127.0.0.3:0").unwrap().send_to(&dg, to).unwrap();
+    r.rt.converge(&[], now);
+    assert_eq!(endpoints(&r.fake), vec![(j.key.public(), None)]);
+    // The original then sets the endpoint it proves.
+    UdpSocket::bind("127.0.0.2:0").unwrap().send_to(&dg, to).unwrap();
+    r.rt.converge(&[], now);
+    assert_eq!(endpoints(&r.fake), vec![(j.key.public(), Some("127.0.0.2:51999".parse().unwrap()))]);
 }
