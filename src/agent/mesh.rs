@@ -91,7 +91,7 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
         MeshBackendChoice::Userspace => BackendChoice::Userspace,
     };
     let settings = settings(config, choice)?;
-    let name_check: std::sync::Arc<dyn NameCheck> = std::sync::Arc::new(CertifiedNames::new(settings.ca.clone()));
+    let name_check: std::sync::Arc<dyn NameCheck> = std::sync::Arc::new(CertifiedNames::new(settings.ca));
     let prefix = settings.ca.prefix();
     let gossip_port = addrs.gossip_listen.port();
     let gossip_seeds = settings

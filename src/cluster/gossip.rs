@@ -129,7 +129,7 @@ impl HealthHandle {
         let s = &self.0;
         GossipHealth {
             mode: s.guard.mode,
-            counters: s.guard.stats.counters(),
+            counters: Box::new(s.guard.stats.counters()),
             conflicts: s.conflicts.lock().expect("conflicts lock").clone(),
             name_mismatch_ignored: s.mismatched.load(Relaxed),
         }

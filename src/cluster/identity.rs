@@ -56,8 +56,9 @@ pub struct NameConflict {
 pub struct GossipHealth {
     /// How gossip is protected.
     pub mode: GossipMode,
-    /// Datagrams admitted and dropped before chitchat.
-    pub counters: GossipCounters,
+    /// Datagrams admitted and dropped before chitchat (boxed: keeps the control API's
+    /// response small).
+    pub counters: Box<GossipCounters>,
     /// Names claimed by more than one live record.
     pub conflicts: Vec<NameConflict>,
     /// Records ignored because their name is not the one certified for their mesh address

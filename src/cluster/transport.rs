@@ -441,7 +441,7 @@ mod tests {
             "{c:?}"
         );
         // What the bomb would have inflated to in chitchat, for the record.
-        eprintln!("refused a {}-byte datagram declaring {} MiB", bomb.len(), blocks * 65_535 >> 20);
+        eprintln!("refused a {}-byte datagram declaring {} MiB", bomb.len(), (blocks * 65_535) >> 20);
     }
 
     #[tokio::test]

@@ -137,7 +137,7 @@ pub(crate) mod tests {
         out.extend_from_slice(&CHITCHAT_MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 2]);
         let mut blocks = 0;
-        while out.len() + 3 + frame.len() + 1 <= max_len {
+        while out.len() + 3 + frame.len() < max_len {
             out.push(1);
             out.extend_from_slice(&(frame.len() as u16).to_le_bytes());
             out.extend_from_slice(&frame);
