@@ -292,3 +292,36 @@ fn remove_xattr(p: &Path) {
     let rc = unsafe { libc::removexattr(path.as_ptr(), c"user.meshdrain.clone-id".as_ptr()) };
     assert_eq!(rc, 0, "removexattr {}", std::io::Error::last_os_error());
 }
+
+/// A bitmap of several blocks: bits land in the right block, reopen intact, and damage
+/// in the second block is refused naming it and its regions.
+#[test]
+fn a_multi_block_bitmap_round_trips_and_names_a_damaged_block() {
+    use common::{FakeDest, FakeMeta, Faults, Image};
+    use meshdrain_clone::metadata::{BLOCK_BITS, Header, Metadata};
+    let regions = 40_000u64; // 5000 bytes of bits: two blocks
+    let want = Header { region_size: 512, size: regions * 512, source: "s".into(), epoch: 1, complete: false };
+    let dest = Image::new(vec![0; (regions * 512) as usize], Faults::new(None));
+    let meta = Image::new(Vec::new(), Faults::new(None));
+    let mut m = Metadata::create(Box::new(FakeMeta(meta.clone())), &want, &FakeDest(dest.clone()), [9; 16]).unwrap();
+    let last_of_first = (BLOCK_BITS * 8 - 1) as u64;
+    m.persist(&[0, last_of_first, last_of_first + 1, regions - 1]).unwrap();
+    drop(m);
+    let m = Metadata::open(Box::new(FakeMeta(meta.clone())), &want, &FakeDest(dest.clone())).unwrap();
+    let set: Vec<u64> = (0..regions).filter(|r| m.is_set(*r)).collect();
+    assert_eq!(set, vec![0, last_of_first, last_of_first + 1, regions - 1]);
+    assert_eq!(m.version(), 2);
+    drop(m);
+    meta.volatile.lock().unwrap()[HEADER_LEN as usize + BLOCK_LEN + 100] ^= 1;
+    let err = Metadata::open(Box::new(FakeMeta(meta)), &want, &FakeDest(dest)).unwrap_err();
+    assert_refused(&err, Path::new("fake-meta"), "bitmap block 1 (regions 32704..40000) fails its checksum");
+}
+
+/// Another region size or volume size is refused naming both geometries.
+#[test]
+fn another_geometry_is_refused_naming_both() {
+    let f = files(MIB);
+    drop(create(&f, slow()));
+    let err = resume(&f, EngineConfig { region_size: 128 * 1024, ..slow() }).unwrap_err();
+    assert_refused(&err, &f.meta, &format!("describes {MIB} bytes in 65536-byte regions, not {MIB} in 131072"));
+}
