@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use meshdrain_iscsi::chap::ChapCredentials;
+use meshdrain_iscsi::target::Limits;
 use meshdrain_iscsi::{Acl, Target, TargetConfig};
 
 /// Subcommands of `meshdrain export`.
@@ -35,6 +36,10 @@ pub struct ServeArgs {
     /// Require CHAP with this user (secret from MESHDRAIN_CHAP_SECRET).
     #[arg(long = "chap-user")]
     pub chap_user: Option<String>,
+    /// Most connections logged in to this export at once; the login past it is
+    /// refused with status 0x0302 (out of resources) and a log line [default: 32].
+    #[arg(long = "max-connections", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub max_connections: Option<u32>,
     /// File or block device to export.
     pub path: PathBuf,
 }
@@ -55,9 +60,16 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let target = Target::new();
+    let mut limits = Limits::default();
     let mut config = TargetConfig::new(&a.iqn, a.path.clone())
         .with_acl(Acl { addresses: a.allow_address, initiators: a.allow_initiator });
+    if let Some(n) = a.max_connections {
+        // One export: the portal's own cap must leave room for it and for discovery.
+        limits.max_connections_per_export = n as usize;
+        limits.max_connections = limits.max_connections.max(n as usize + limits.max_discovery_sessions);
+        config = config.with_max_connections(n as usize);
+    }
+    let target = Target::with_limits(std::time::Duration::from_secs(10), limits);
     config.chap = chap;
     target.open_export(config)?;
     let listener = tokio::net::TcpListener::bind(a.listen)

@@ -353,8 +353,21 @@ async fn full_feature(
     drop(tx);
     if !graceful {
         shared.stop.store(true, Ordering::Release);
-        // SAFETY: shutdown on the connection's socket, still open (we hold `wr`).
-        unsafe { libc::shutdown(sock_fd, libc::SHUT_RDWR) };
+        // Unsent bytes are thrown away (RST at close): a dropped slow or silent
+        // reader does not keep megabytes of socket buffer behind it either.
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt and shutdown on the connection's socket, still open (we
+        // hold `wr`); `linger` outlives the call and its size is passed.
+        unsafe {
+            libc::setsockopt(
+                sock_fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+            libc::shutdown(sock_fd, libc::SHUT_RDWR)
+        };
     }
     if !writer_done && tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
         tracing::warn!("writer did not stop within 5 s; closing the socket under it");
