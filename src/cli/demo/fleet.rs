@@ -36,6 +36,23 @@ pub struct DemoFleet {
     lan: Option<Lan>,
 }
 
+/// Writes a fresh 32-byte fleet secret (0600) for a demo fleet without a mesh.
+fn fleet_secret(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("fleet.secret");
+    let secret: [u8; 32] = rand::random();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&secret))
+        .with_context(|| format!("writing the demo's fleet secret {}", path.display()))?;
+    Ok(path)
+}
+
 impl DemoFleet {
     /// Builds the namespaces and starts `n` agents under `dir`; with `mesh`, a fleet CA
     /// enrols every node and all agent traffic rides the userspace WireGuard mesh.
@@ -53,6 +70,9 @@ impl DemoFleet {
         let exe = std::env::current_exe().context("finding the meshdrain binary")?;
         let mesh_sections: Vec<Option<String>> =
             if mesh { enrol(dir, n)?.into_iter().map(Some).collect() } else { vec![None; n] };
+        // Without a mesh the agents gossip on the demo LAN, which an agent accepts only with a
+        // fleet secret (docs/threat-model.md): one for the whole demo fleet.
+        let secret_line = if mesh { String::new() } else { format!("secret_file = \"{}\"\n", fleet_secret(dir)?.display()) };
         let mut nodes = Vec::with_capacity(n);
         for (i, mesh_section) in mesh_sections.into_iter().enumerate() {
             let name = format!("node{}", i + 1);
@@ -73,7 +93,7 @@ impl DemoFleet {
                 &config,
                 format!(
                     "name = \"{name}\"\nstate_dir = \"{state}\"\ncluster_id = \"demo\"\n\n\
-                     [gossip]\nlisten = \"{ip}:7946\"\nseeds = [{gossip_seeds}]\ninterval_ms = {interval_ms}\n\n\
+                     [gossip]\nlisten = \"{ip}:7946\"\nseeds = [{gossip_seeds}]\ninterval_ms = {interval_ms}\n{secret_line}\n\
                      [control]\nsocket = \"{sock}\"\n\n{mesh_section}\n\
                      [pool]\ncapacity_bytes = 68719476736\n\n\
                      [dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n{extra}\n",
