@@ -229,7 +229,8 @@ impl MeshRuntime {
     /// else the source the kernel picks on the route to the seed.
     fn claimed_ip(&self, seed: SocketAddr) -> Option<IpAddr> {
         let v4 = seed.ip().to_canonical().is_ipv4();
-        let configured = self.settings.endpoints.iter().map(|e| e.ip().to_canonical()).find(|ip| ip.is_ipv4() == v4);
+        let configured = (self.settings.endpoints.iter().map(|e| e.ip().to_canonical()))
+            .find(|ip| ip.is_ipv4() == v4 && !ip.is_unspecified());
         configured.or_else(|| {
             let any: SocketAddr =
                 if v4 { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };

@@ -295,3 +295,15 @@ fn a_first_join_copied_from_elsewhere_leaves_the_endpoint_to_the_handshake() {
     r.rt.converge(&[], now);
     assert_eq!(endpoints(&r.fake), vec![(j.key.public(), Some("127.0.0.2:51999".parse().unwrap()))]);
 }
+
+#[test]
+fn joins_claim_the_configured_endpoint_else_the_routed_source() {
+    let ca = FleetCa::generate();
+    let me = enrol(&ca, "me", Duration::from_secs(60));
+    let mut r = rig(&ca, &me, vec![]);
+    let seed: SocketAddr = "127.0.0.1:51820".parse().unwrap();
+    assert_eq!(r.rt.claimed_ip(seed), Some("127.0.0.1".parse().unwrap()), "routed source");
+    r.rt.settings.endpoints = vec!["0.0.0.0:51820".parse().unwrap(), "198.18.0.9:51820".parse().unwrap()];
+    assert_eq!(r.rt.claimed_ip(seed), Some("198.18.0.9".parse().unwrap()), "configured, unspecified skipped");
+    assert_eq!(r.rt.claimed_ip("[::ffff:127.0.0.1]:51820".parse().unwrap()), Some("198.18.0.9".parse().unwrap()));
+}
