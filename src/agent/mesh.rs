@@ -265,6 +265,7 @@ fn status_json(runtime: &MeshRuntime) -> serde_json::Value {
         Ok((st, refused)) => {
             let mut v = serde_json::to_value(st).unwrap_or_default();
             v["refused"] = serde_json::to_value(refused).unwrap_or_default();
+            v["refusals"] = serde_json::to_value(runtime.refusal_totals()).unwrap_or_default();
             v
         }
         Err(e) => {

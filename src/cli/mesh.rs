@@ -205,6 +205,15 @@ fn status_table(mesh: &serde_json::Value) -> String {
     for r in mesh["refused"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "refused {}: {}", s(&r["peer"]), s(&r["reason"]));
     }
+    let totals = &mesh["refusals"];
+    if let Some(n @ 1..) = totals["refusals"].as_u64() {
+        let _ = writeln!(
+            out,
+            "refusals since start: {n} ({} new sources or reasons, {} no longer listed)",
+            totals["new_refusals"].as_u64().unwrap_or(0),
+            totals["evicted"].as_u64().unwrap_or(0)
+        );
+    }
     out
 }
 

@@ -79,6 +79,10 @@ case $MESH in
     for _ in $(seq 50); do in_ns src ping -6 -c 1 -W 1 ${addr[tgt]} >/dev/null 2>&1 && break; done
     in_ns src ping -6 -c 1 -W 5 ${addr[tgt]} >/dev/null || fail "src cannot reach tgt over the kernel mesh"
     mesh_toml() { printf '[mesh]\nbackend = "none"\n'; }
+    # The agents cannot tell this sidecar mesh's addresses from any other network, so their
+    # gossip is authenticated by a fleet secret like any gossip outside an agent-run mesh.
+    head -c 32 /dev/urandom >$W/gossip.key && chmod 600 $W/gossip.key
+    gossip_auth() { echo "secret_file = \"$W/gossip.key\""; }
     gossip_listen() { echo "[${addr[$1]}]:7946"; }
     gossip_seeds() { echo "\"[${addr[$2]}]:7946\""; }
     ;;
@@ -97,6 +101,7 @@ case $MESH in
     # The agent binds gossip to its mesh address (this port) and seeds it from mesh.seeds.
     gossip_listen() { echo "${under[$1]}:7946"; }
     gossip_seeds() { :; }
+    gossip_auth() { :; }
     ;;
   *) fail "VM_MESH=$MESH: want agent or sidecar" ;;
 esac
@@ -113,6 +118,7 @@ state_dir = "$W/$n/state"
 listen = "$(gossip_listen $n)"
 seeds = [$(gossip_seeds $n $p)]
 interval_ms = 200
+$(gossip_auth)
 
 [control]
 socket = "$W/$n/control.sock"
