@@ -152,6 +152,14 @@ pub struct DataplaneConfig {
     /// read there fetches the region). `false` fetches whole regions at the first read.
     #[serde(default = "default_clone_read_through")]
     pub clone_read_through: bool,
+    /// With `iscsi`: connections the portal serves at once, all exports together; the
+    /// login past it is refused ("out of resources") and logged naming this key. Default
+    /// 256 (the iSCSI crate's `Limits`).
+    #[serde(default)]
+    pub export_max_connections: Option<usize>,
+    /// With `iscsi`: connections per exported volume (a holder uses one or two). Default 32.
+    #[serde(default)]
+    pub export_max_connections_per_volume: Option<usize>,
 }
 
 impl Default for DataplaneConfig {
@@ -168,6 +176,8 @@ impl Default for DataplaneConfig {
             clone_parallelism: default_clone_parallelism(),
             clone_in_flight: default_clone_in_flight(),
             clone_read_through: default_clone_read_through(),
+            export_max_connections: None,
+            export_max_connections_per_volume: None,
         }
     }
 }
@@ -490,6 +500,18 @@ impl AgentConfig {
                     "use 4 (the default)",
                 ));
             }
+            for (key, value) in [
+                ("dataplane.export_max_connections", self.dataplane.export_max_connections),
+                ("dataplane.export_max_connections_per_volume", self.dataplane.export_max_connections_per_volume),
+            ] {
+                if value.is_some_and(|n| !(1..=65_536).contains(&n)) {
+                    return Err(invalid(
+                        key,
+                        format!("{} is outside 1..=65536", value.unwrap_or_default()),
+                        "leave it out for the default (256 on the portal, 32 per volume)",
+                    ));
+                }
+            }
         }
         if self.mesh.backend != MeshBackendChoice::None {
             if let Some(ep) = &self.mesh.endpoint {
@@ -673,6 +695,20 @@ backend = "none"
         assert!(err.contains("key `gossip.secret_file_previous`: is set without gossip.secret_file"), "{err}");
         // Loopback stays allowed without a secret (development, the process tests).
         load(GOOD).expect("loopback");
+    }
+
+    #[test]
+    fn the_example_config_moves_data_and_export_caps_are_checked() {
+        let example = include_str!("../systemd/agent.example.toml");
+        load(example).expect("the example config is valid");
+        let p = Path::new("/etc/meshdrain/agent.toml");
+        assert_eq!(AgentConfig::parse(p, example).unwrap().dataplane.backend, DataplaneBackend::Iscsi);
+        let capped = GOOD.to_owned() + "\n[dataplane]\nbackend = \"iscsi\"\nexport_max_connections = 0\n";
+        assert_eq!(
+            load(&capped).unwrap_err().to_string(),
+            "config /etc/meshdrain/agent.toml: key `dataplane.export_max_connections`: 0 is outside 1..=65536 \
+             (fix: leave it out for the default (256 on the portal, 32 per volume))"
+        );
     }
 
     #[test]

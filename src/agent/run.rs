@@ -113,6 +113,18 @@ fn capacity(config: &AgentConfig) -> Capacity {
     config.pool.capacity_bytes.map_or_else(|| Capacity::Filesystem(config.pool_dir()), Capacity::Fixed)
 }
 
+/// The iSCSI portal's caps: the crate's defaults unless `[dataplane]` sets them.
+fn export_limits(config: &AgentConfig) -> meshdrain_iscsi::target::Limits {
+    let mut limits = meshdrain_iscsi::target::Limits::default();
+    if let Some(n) = config.dataplane.export_max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(n) = config.dataplane.export_max_connections_per_volume {
+        limits.max_connections_per_export = n;
+    }
+    limits
+}
+
 /// The data plane the config asks for. `export_addr` is where this node's iSCSI portal
 /// listens (its mesh address when a mesh runs).
 async fn build_dataplane(
@@ -140,7 +152,9 @@ async fn build_dataplane(
         DataplaneBackend::Iscsi => {
             let listen: std::net::SocketAddr =
                 export_addr.parse().with_context(|| format!("export address {export_addr:?} is not ip:port"))?;
-            let exports = IscsiExports::bind(listen).await.context("config key `dataplane.export_port`")?;
+            let exports = IscsiExports::bind(listen, export_limits(config))
+                .await
+                .context("config key `dataplane.export_port`")?;
             let clones: Arc<dyn CloneService> = match pick_clone_engine(config.dataplane.clone)? {
                 CloneEngineChoice::Dm => Arc::new(DmClones::new(config.dataplane.region_size)),
                 _ => {

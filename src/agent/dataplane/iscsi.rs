@@ -31,7 +31,7 @@ impl std::fmt::Debug for IscsiExports {
 impl IscsiExports {
     /// Binds the portal on `listen` (this node's mesh address) and serves it until dropped.
     /// Must run inside the agent's runtime.
-    pub async fn bind(listen: SocketAddr) -> std::io::Result<Self> {
+    pub async fn bind(listen: SocketAddr, limits: meshdrain_iscsi::target::Limits) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -41,7 +41,7 @@ impl IscsiExports {
             )
         })?;
         let listen = listener.local_addr()?;
-        let target = Target::new();
+        let target = Target::with_limits(std::time::Duration::from_secs(10), limits);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let served = target.clone();
         tokio::spawn(async move {
