@@ -4,13 +4,19 @@
 //! (src/cluster/wire.rs). Refused datagrams are counted ([`GossipStats`], shown by
 //! `meshdrain status`) and logged at most once per [`LOG_EVERY`].
 //!
-//! chitchat 0.13 keeps its message (de)serialization crate-private; the only public codec
-//! is its own `UdpSocket`. So each socket keeps two of those on 127.0.0.1 as a codec: the
-//! encoder serializes an envelope to our tap socket, which hands the bytes to the real
-//! socket; admitted bytes go from the tap to the decoder, which parses them. The decoder
-//! only accepts what comes from the tap's address (anything else is counted as
-//! `dropped_local`). docs/upstream/chitchat-decompression.md proposes the upstream change
-//! that would remove this relay.
+//! chitchat 0.13.0 keeps the envelope codec crate-private (`ChitchatEnvelope::serialize`
+//! and `deserialize` are `pub(crate)`, and so is `Digest`'s; only `Delta` implements the
+//! public `Serializable`/`Deserializable`), and its one public bytes-to-envelope path is its
+//! own `UdpSocket`. So each guarded socket keeps a codec relay on 127.0.0.1: an encoder
+//! (chitchat's socket) serializes an envelope to our encoder tap, which hands the bytes to
+//! the real socket; admitted bytes go from our decoder tap to the decoder (chitchat's
+//! socket), which parses them. Every relay socket is pinned to its one peer with connect(2)
+//! ([`pin`]) and drained of what arrived before, so the kernel refuses datagrams from any
+//! other local process: only bytes that passed the gate reach chitchat's parser.
+//! docs/upstream/chitchat-decompression.md asks upstream for the public codec that would
+//! remove the relay.
+
+mod pin;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -68,7 +74,8 @@ pub struct GossipCounters {
     pub dropped_oversize: u64,
     /// Dropped: authenticated but not a message chitchat accepts.
     pub dropped_malformed: u64,
-    /// Dropped: a local process wrote to the codec relay's loopback sockets.
+    /// Dropped: a local process wrote to the codec relay's loopback sockets before they were
+    /// pinned to their peers (after that the kernel refuses such datagrams).
     pub dropped_local: u64,
     /// Messages that could not be sent (codec relay failure).
     pub send_failed: u64,
@@ -94,6 +101,11 @@ impl GossipStats {
     /// Counts one refusal and logs a summary if none was logged for [`LOG_EVERY`].
     fn refuse(&self, counter: &AtomicU64, from: SocketAddr, why: &dyn std::fmt::Display) {
         counter.fetch_add(1, Relaxed);
+        self.log(from, why);
+    }
+
+    /// Logs a summary of the counts if none was logged for [`LOG_EVERY`].
+    fn log(&self, from: SocketAddr, why: &dyn std::fmt::Display) {
         let mut last = self.last_log.lock().expect("gossip log lock");
         if last.is_some_and(|at| at.elapsed() < LOG_EVERY) {
             return;
@@ -132,7 +144,7 @@ impl GuardedTransport {
         self
     }
 
-    async fn open_socket(&self, listen: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
+    async fn open_socket(&self, listen: SocketAddr) -> anyhow::Result<GuardedSocket> {
         let net = tokio::net::UdpSocket::bind(listen)
             .await
             .with_context(|| format!("failed to bind to {listen}/UDP for gossip"))?;
@@ -140,16 +152,28 @@ impl GuardedTransport {
         let lo = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let encoder = CodecSocket::open(lo).await?;
         let decoder = CodecSocket::open(lo).await?;
-        let tap = tokio::net::UdpSocket::bind(lo).await.context("binding the gossip codec relay on 127.0.0.1")?;
-        Ok(Box::new(GuardedSocket {
+        let bind_tap =
+            || async { tokio::net::UdpSocket::bind(lo).await.context("binding the gossip codec relay on 127.0.0.1") };
+        let (encoder_tap, decoder_tap) = (bind_tap().await?, bind_tap().await?);
+        let (encoder_addr, decoder_addr) = (encoder.local_addr()?, decoder.local_addr()?);
+        let (encoder_tap_addr, decoder_tap_addr) = (encoder_tap.local_addr()?, decoder_tap.local_addr()?);
+        let mut stale = 0;
+        for (a, b) in [(encoder_addr, encoder_tap_addr), (decoder_addr, decoder_tap_addr)] {
+            stale += pin::pin_to_peer(a, b)? + pin::pin_to_peer(b, a)?;
+        }
+        if stale > 0 {
+            self.stats.dropped_local.fetch_add(stale as u64, Relaxed);
+            self.stats.log(lo, &format_args!("{stale} datagrams written to the codec relay before it was pinned"));
+        }
+        Ok(GuardedSocket {
             local,
-            encoder_addr: encoder.local_addr()?,
-            decoder_addr: decoder.local_addr()?,
-            tap_addr: tap.local_addr()?,
+            encoder_tap_addr,
+            decoder_tap_addr,
             net,
             encoder,
             decoder,
-            tap,
+            encoder_tap,
+            decoder_tap,
             keys: self.keys.clone(),
             stats: self.stats.clone(),
             cap: self.cap,
@@ -159,7 +183,7 @@ impl GuardedTransport {
             frame: Vec::new(),
             partials: VecDeque::new(),
             next_id: rand::random(),
-        }))
+        })
     }
 }
 
@@ -172,7 +196,7 @@ impl Transport for GuardedTransport {
         'a: 'b,
         Self: 'b,
     {
-        Box::pin(self.open_socket(listen))
+        Box::pin(async move { Ok(Box::new(self.open_socket(listen).await?) as Box<dyn Socket>) })
     }
 }
 
@@ -186,12 +210,16 @@ struct Partial {
 struct GuardedSocket {
     local: SocketAddr,
     net: tokio::net::UdpSocket,
+    /// chitchat's socket serializing envelopes, pinned to `encoder_tap`.
     encoder: CodecSocket,
-    encoder_addr: SocketAddr,
+    /// chitchat's socket parsing admitted bytes, pinned to `decoder_tap`.
     decoder: CodecSocket,
-    decoder_addr: SocketAddr,
-    tap: tokio::net::UdpSocket,
-    tap_addr: SocketAddr,
+    /// Ours: hears the encoder only.
+    encoder_tap: tokio::net::UdpSocket,
+    /// Ours: writes to the decoder only.
+    decoder_tap: tokio::net::UdpSocket,
+    encoder_tap_addr: SocketAddr,
+    decoder_tap_addr: SocketAddr,
     keys: Option<Arc<GossipKeys>>,
     stats: Arc<GossipStats>,
     cap: u64,
@@ -207,15 +235,11 @@ struct GuardedSocket {
 impl GuardedSocket {
     /// Serializes `envelope` through the encoder; the bytes land in `tap_buf[..n]`.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Option<usize>> {
-        self.encoder.send(self.tap_addr, envelope).await?;
-        let deadline = tokio::time::Instant::now() + RELAY_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.tap.recv_from(&mut self.tap_buf)).await {
-                Ok(Ok((n, src))) if src == self.encoder_addr => return Ok(Some(n)),
-                Ok(Ok((_, src))) => self.stats.refuse(&self.stats.dropped_local, src, &"write to the codec relay"),
-                Ok(Err(e)) => return Err(e).context("gossip codec relay"),
-                Err(_) => return Ok(None),
-            }
+        self.encoder.send(self.encoder_tap_addr, envelope).await?;
+        match tokio::time::timeout(RELAY_WAIT, self.encoder_tap.recv(&mut self.tap_buf)).await {
+            Ok(Ok(n)) => Ok(Some(n)),
+            Ok(Err(e)) => Err(e).context("gossip codec relay"),
+            Err(_) => Ok(None),
         }
     }
 
@@ -328,7 +352,7 @@ impl GuardedSocket {
         loop {
             if let Some((from, len)) = self.pending {
                 match tokio::time::timeout(RELAY_WAIT, self.decoder.recv()).await {
-                    Ok(Ok(out)) if out.from_addr == self.tap_addr => {
+                    Ok(Ok(out)) if out.from_addr == self.decoder_tap_addr => {
                         self.pending = None;
                         self.stats.accepted.fetch_add(1, Relaxed);
                         return Ok(RecvOutcome { from_addr: from, envelope: out.envelope, num_bytes_received: len });
@@ -360,7 +384,7 @@ impl GuardedSocket {
             if !self.admit(n, from) {
                 continue;
             }
-            self.tap.send_to(&self.frame, self.decoder_addr).await.context("gossip codec relay")?;
+            self.decoder_tap.send(&self.frame).await.context("gossip codec relay")?;
             self.pending = Some((from, n));
         }
     }
@@ -473,5 +497,52 @@ mod tests {
         let got = tokio::time::timeout(Duration::from_secs(5), s.recv()).await.unwrap().unwrap();
         assert_eq!((got.from_addr, got.envelope), (raw.local_addr().unwrap(), envelope()));
         assert_eq!(stats.counters().accepted, 2, "{:?}", stats.counters());
+    }
+
+    #[tokio::test]
+    async fn local_processes_cannot_write_past_the_gate_to_the_codec_relay() {
+        let stats = Arc::new(GossipStats::default());
+        let transport = GuardedTransport::new(Some(keys()), stats.clone());
+        let mut socket = transport.open_socket("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let relay = [
+            socket.encoder.local_addr().unwrap(),
+            socket.decoder.local_addr().unwrap(),
+            socket.encoder_tap_addr,
+            socket.decoder_tap_addr,
+        ];
+        let (bomb, _) = zstd_bomb(60_000);
+        // A local process writing to any relay socket is refused by the kernel: no socket
+        // of ours takes the datagram, so chitchat's parser never sees it.
+        for addr in relay {
+            let rogue = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            rogue.connect(addr).await.unwrap();
+            rogue.send(&BAD_CLUSTER).await.unwrap();
+            let refused = tokio::time::timeout(Duration::from_secs(5), rogue.recv(&mut [0; 8])).await.unwrap();
+            assert_eq!(refused.unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused, "relay socket {addr}");
+            rogue.send(&bomb).await.unwrap();
+        }
+        // Unauthenticated datagrams to the gossip port itself are dropped by the gate.
+        let rogue = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        rogue.send_to(&BAD_CLUSTER, socket.local).await.unwrap();
+        rogue.send_to(&bomb, socket.local).await.unwrap();
+        let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut sealed = Vec::new();
+        keys().seal_into(None, &BAD_CLUSTER, &mut sealed);
+        peer.send_to(&sealed, socket.local).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), socket.recv()).await.unwrap().unwrap();
+        assert_eq!((got.from_addr, got.envelope.message), (peer.local_addr().unwrap(), ChitchatMessage::BadCluster));
+        // Sending still works: the encoder tap heard nothing but the encoder.
+        let envelope =
+            ChitchatEnvelope { version: chitchat::ProtocolVersion::V1, message: ChitchatMessage::BadCluster };
+        socket.send(peer.local_addr().unwrap(), envelope).await.unwrap();
+        let mut buf = vec![0; 65_536];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf)).await.unwrap().unwrap();
+        assert_eq!((from, keys().open(&buf[..n])), (socket.local, (Verdict::Current, None, &BAD_CLUSTER[..])));
+        let c = stats.counters();
+        assert_eq!(
+            (c.dropped_local, c.dropped_unauthenticated, c.accepted, c.send_failed, c.dropped_malformed),
+            (0, 2, 1, 0, 0),
+            "{c:?}"
+        );
     }
 }
