@@ -4,7 +4,6 @@
 //! `/dev/loopN` for the workload. The workload never sees the engine's API.
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -326,16 +325,8 @@ impl Exposed {
             let _ = std::fs::remove_file(link);
         }
         if !self.device.as_os_str().is_empty() {
-            let out = Command::new("losetup").arg("-d").arg(&self.device).output();
-            match out {
-                Ok(o) if o.status.success() => {}
-                Ok(o) => {
-                    first = Some(expose_err(
-                        &self.device,
-                        format!("losetup -d: {}", String::from_utf8_lossy(&o.stderr).trim()),
-                    ))
-                }
-                Err(e) => first = Some(expose_err(&self.device, format!("losetup: {e}"))),
+            if let Err(e) = crate::loopdev::detach(&self.device) {
+                first = Some(expose_err(&self.device, e.to_string()));
             }
             self.device = PathBuf::new();
         }
@@ -358,25 +349,6 @@ impl Drop for Exposed {
 
 /// Attaches `file` to a free loop device, trying direct I/O first.
 fn attach_loop(file: &Path) -> Result<(PathBuf, bool)> {
-    let mut last = String::new();
-    for direct in [true, false] {
-        let mut cmd = Command::new("losetup");
-        cmd.arg("--find").arg("--show");
-        if direct {
-            cmd.arg("--direct-io=on");
-        }
-        let out =
-            cmd.arg(file).output().map_err(|e| expose_err(file, format!("run losetup: {e} (install util-linux)")))?;
-        if out.status.success() {
-            let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            // losetup may attach but silently keep buffered I/O; read back what it did.
-            let name = dev.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let dio = std::fs::read_to_string(format!("/sys/block/{name}/loop/dio"))
-                .map(|s| s.trim() == "1")
-                .unwrap_or(false);
-            return Ok((dev, dio));
-        }
-        last = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    }
-    Err(expose_err(file, format!("losetup failed: {last} (root needed; are loop devices available?)")))
+    let a = crate::loopdev::attach(file, true).map_err(|e| expose_err(file, e.to_string()))?;
+    Ok((a.device, a.direct_io))
 }

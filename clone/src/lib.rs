@@ -51,6 +51,7 @@ pub mod hydrate;
 pub mod identity;
 pub mod io;
 pub mod iscsi;
+pub mod loopdev;
 pub mod metadata;
 pub mod progress;
 pub mod ratelimit;

@@ -328,19 +328,9 @@ impl Drop for EngineClones {
 /// Clears what a killed agent left at `mountpoint`: loop devices over its FUSE file and
 /// the dead mount itself (lazily, so a workload still holding it does not block us).
 fn clear_stale_mount(mountpoint: &Path) {
-    if let Ok(entries) = std::fs::read_dir("/sys/block") {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("loop") {
-                continue;
-            }
-            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
-            if Path::new(backing.trim()).starts_with(mountpoint) {
-                let dev = format!("/dev/{name}");
-                let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
-                info!(%dev, "detached a loop device left by an earlier run");
-            }
-        }
+    for dev in meshdrain_clone::loopdev::backed_under(mountpoint) {
+        let _ = meshdrain_clone::loopdev::detach(&dev);
+        info!(dev = %dev.display(), "detached a loop device left by an earlier run");
     }
     let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
 }

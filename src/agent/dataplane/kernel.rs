@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use meshdrain_clone::dm::{DmClone, DmConfig};
+use meshdrain_clone::loopdev;
 use meshdrain_clone::{CloneBackend, Phase};
 use tracing::{info, warn};
 
@@ -147,7 +148,7 @@ impl DmClones {
         }
         logout(&r.iface);
         if let Some(meta) = loop_of(&r.metadata) {
-            let _ = run("losetup", &["-d", &meta]);
+            let _ = loopdev::detach(&meta);
         }
         remove_files(volume, &[&r.metadata, &epoch_path(&r.metadata)]);
         r.last.hydrated = r.last.total;
@@ -252,8 +253,8 @@ fn teardown(volume: &str, dest: &Path, metadata: &Path) {
     logout(&iface_name(volume));
     for f in [dest, metadata] {
         while let Some(dev) = loop_of(f) {
-            if let Err(e) = run("losetup", &["-d", &dev]) {
-                warn!(%volume, "cannot detach {dev}: {e}");
+            if let Err(e) = loopdev::detach(&dev) {
+                warn!(%volume, "cannot detach {}: {e}", dev.display());
                 break;
             }
         }
@@ -328,18 +329,16 @@ fn sized_file(path: &Path, size: u64) -> Result<(), String> {
 }
 
 /// The loop device already over `file`, if any.
-fn loop_of(file: &Path) -> Option<String> {
-    let out = run("losetup", &["-j", &file.display().to_string()]).ok()?;
-    out.lines().next().and_then(|l| l.split(':').next()).map(str::to_owned).filter(|d| d.starts_with("/dev/loop"))
+fn loop_of(file: &Path) -> Option<PathBuf> {
+    loopdev::backed_by(file).into_iter().next()
 }
 
 /// The loop device over `file`, attaching one when there is none (adopted on restart).
 fn loop_device(file: &Path) -> Result<PathBuf, String> {
     if let Some(dev) = loop_of(file) {
-        return Ok(PathBuf::from(dev));
+        return Ok(dev);
     }
-    let out = run("losetup", &["--find", "--show", &file.display().to_string()])?;
-    Ok(PathBuf::from(out.trim()))
+    loopdev::attach(file, false).map(|a| a.device).map_err(|e| e.to_string())
 }
 
 fn block_size(dev: &Path) -> Result<u64, String> {
