@@ -14,7 +14,7 @@ mod sim;
 
 use std::time::{Duration, Instant};
 
-use meshdrain::drain::node::{NodeAction, NodeState};
+use meshdrain::decide::node::{NodeAction, NodeState};
 use sim::{SimFleet, converged, seen};
 
 struct Row {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshdrain::agent::AgentSetup;
-use meshdrain::agent::core::CoreConfig;
 use meshdrain::agent::dataplane::NoDataPlane;
 use meshdrain::agent::run::{RunningAgent, spawn_guarded};
 use meshdrain::cluster::auth::{GossipKeys, Secret};
@@ -15,8 +14,9 @@ use meshdrain::cluster::gossip::{GossipGuard, GossipSettings};
 use meshdrain::cluster::identity::GossipMode;
 use meshdrain::cluster::transport::{GossipStats, GuardedTransport};
 use meshdrain::control::protocol::StatusReport;
-use meshdrain::drain::node::{NodeAction, NodeState};
-use meshdrain::lease::Timing;
+use meshdrain::decide::core::CoreConfig;
+use meshdrain::decide::lease::Timing;
+use meshdrain::decide::node::{NodeAction, NodeState};
 
 const INTERVAL: Duration = Duration::from_millis(50);
 

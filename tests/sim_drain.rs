@@ -12,10 +12,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meshdrain::agent::core::{Core, CoreConfig, CoreState, DataCommand, DataEvent, Output};
 use meshdrain::cluster::view::{ClusterView, RawNode, RawSnapshot};
-use meshdrain::drain::node::{NodeAction, NodeState};
-use meshdrain::lease::Timing;
+use meshdrain::decide::core::{Core, CoreConfig, CoreState, DataCommand, DataEvent, Output};
+use meshdrain::decide::lease::Timing;
+use meshdrain::decide::node::{NodeAction, NodeState};
 
 const TICK_MS: u64 = 100;
 const DEAD_AFTER: u64 = 8;
@@ -344,7 +344,7 @@ impl World {
                 let reachable = self.nodes[s].up && self.linked(i, s);
                 let allowed = self.nodes[s].exports.get(&id) == Some(&(me.clone(), epoch));
                 let holder_phase_ready = self.nodes[i].core.state.holding.get(&id).map(|h| h.phase.clone());
-                if matches!(holder_phase_ready, Some(meshdrain::lease::HolderPhase::Preparing)) && reachable {
+                if matches!(holder_phase_ready, Some(meshdrain::decide::lease::HolderPhase::Preparing)) && reachable {
                     self.nodes[i].events.push(if allowed {
                         DataEvent::CloneReady { volume: id.clone(), epoch }
                     } else {
@@ -428,7 +428,7 @@ impl World {
         n.version = 0;
         n.core = Core::new(config(&n.name), n.durable.clone());
         for (id, v) in &n.core.state.volumes {
-            if v.lease.phase == meshdrain::lease::SourcePhase::Held && n.copies.contains_key(id) {
+            if v.lease.phase == meshdrain::decide::lease::SourcePhase::Held && n.copies.contains_key(id) {
                 n.source_running.insert(id.clone());
             }
         }
@@ -539,7 +539,7 @@ fn run(seed: u64) {
                 .state
                 .volumes
                 .values()
-                .any(|v| matches!(v.lease.phase, meshdrain::lease::SourcePhase::Failed { .. }))
+                .any(|v| matches!(v.lease.phase, meshdrain::decide::lease::SourcePhase::Failed { .. }))
         {
             // The operator fixed the hook and drains again.
             let view = w.view(3);

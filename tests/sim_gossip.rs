@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::sim::{SimFleet, converged, seen};
 use meshdrain::control::protocol::NewVolume;
-use meshdrain::drain::node::{NodeAction, NodeState};
+use meshdrain::decide::node::{NodeAction, NodeState};
 
 const N: usize = 50;
 

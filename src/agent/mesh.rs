@@ -16,9 +16,10 @@ use tracing::{info, warn};
 
 use super::meshport::{MeshPort, NoMesh};
 use crate::cluster::identity::NameCheck;
-use crate::cluster::schema::{self, Key, NodeRecord, WireguardAdvert};
+use crate::cluster::schema::{self, Key, NodeRecord};
 use crate::cluster::view::{ClusterView, RawNode};
 use crate::config::{AgentConfig, MeshBackendChoice, ResolvedAddrs};
+use crate::decide::model::WireguardAdvert;
 
 /// Default interface name when `mesh.interface` is not set.
 pub const DEFAULT_INTERFACE: &str = "meshdrain0";

@@ -3,8 +3,8 @@
 //! what to advertise in this node's record (key, endpoints, certificate). The mesh crate
 //! provides the implementation; `NoMesh` is for `mesh.backend = "none"`.
 
-use crate::cluster::schema::WireguardAdvert;
 use crate::cluster::view::ClusterView;
+use crate::decide::model::WireguardAdvert;
 
 /// What the agent needs from the mesh.
 pub trait MeshPort: Send + 'static {

@@ -1,5 +1,5 @@
 //! The agent's one owner loop (crucible's upstairs pattern): a single task owns the
-//! [`core::Core`]; gossip ticks, control requests and data-plane events come in as
+//! [`Core`](crate::decide::core::Core); gossip ticks, control requests and data-plane events come in as
 //! messages; the core decides; this loop persists, publishes and hands work to the data
 //! plane. Nothing else writes gossip keys or the state dir.
 
@@ -16,13 +16,12 @@ use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
 use crate::control::metrics::Metrics;
 use crate::control::protocol::{ActionReport, NewVolume, PlanLine, StatusReport, VolumeStatus};
-use crate::drain::node::{NodeAction, NodeState};
-use crate::drain::request::DrainOptions;
+use crate::decide::node::{NodeAction, NodeState};
+use crate::decide::request::DrainOptions;
 use crate::store::volumes::{self, LocalVolume, VolumeTable};
 use crate::store::{StateDir, StoreError};
 
 pub mod capacity;
-pub mod core;
 pub mod dataplane;
 pub mod hooks;
 pub mod mesh;
@@ -30,10 +29,10 @@ pub mod meshport;
 pub mod report;
 pub mod run;
 
-use self::core::{Core, CoreConfig, CoreState, DataEvent, Output};
 use self::dataplane::DataPlane;
 use self::dataplane::real::SharedVolumes;
 use self::meshport::MeshPort;
+use crate::decide::core::{Core, CoreConfig, CoreState, DataEvent, Output};
 
 /// File name of the agent's durable document in the state dir.
 pub const STATE_FILE: &str = "agent.json";
@@ -382,7 +381,7 @@ impl<G: Gossip> Agent<G> {
         }
         for cmd in out.commands {
             info!(?cmd, "data plane");
-            if let self::core::DataCommand::DeleteData { volume } = &cmd {
+            if let crate::decide::core::DataCommand::DeleteData { volume } = &cmd {
                 self.volumes.volumes.remove(volume);
                 if let Err(e) = self.volumes.save(&self.store) {
                     warn!("cannot save the volume table: {e}");

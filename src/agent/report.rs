@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::core::{Core, owner_in_view};
 use crate::cluster::view::ClusterView;
 use crate::control::protocol::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeStatus};
-use crate::drain::placement::{self, VolumeSpec};
-use crate::lease::SourcePhase;
+use crate::decide::core::{Core, owner_in_view};
+use crate::decide::lease::SourcePhase;
+use crate::decide::placement::{self, VolumeSpec};
 
 /// Every node known, sorted by name (this node included even before its first tick).
 pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64, Instant)>) -> StatusReport {
@@ -123,7 +123,8 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             read_through_bytes: progress.map_or(0, |p| p.read_through_bytes),
             arrived_from: rec.arrived.as_ref().map(|a| a.from.clone()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
-            stalled: progress.is_some_and(|p| matches!(p.phase, crate::lease::HolderPhase::Running { stalled: true })),
+            stalled: progress
+                .is_some_and(|p| matches!(p.phase, crate::decide::lease::HolderPhase::Running { stalled: true })),
             error: verify_failed.or(progress.and_then(|p| p.error.clone())).or(match &rec.phase {
                 SourcePhase::Failed { reason } => Some(reason.clone()),
                 _ => None,
@@ -143,7 +144,7 @@ pub fn plan(view: &ClusterView, node: &str) -> Vec<PlanLine> {
         .filter(|(id, _)| owner_in_view(view, id) == Some(node))
         .map(|(id, r)| VolumeSpec { id: id.clone(), size: r.size, requires: r.requires.clone() })
         .collect();
-    let candidates = super::core::candidates(view);
+    let candidates = crate::decide::core::candidates(view);
     placement::plan(node, &specs, &candidates, &[])
         .into_iter()
         .map(|p| PlanLine {

@@ -14,7 +14,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::capacity::Capacity;
-use super::core::CoreConfig;
 use super::dataplane::engine::{EngineClones, EngineTuning};
 use super::dataplane::iscsi::IscsiExports;
 use super::dataplane::kernel::DmClones;
@@ -28,7 +27,8 @@ use crate::cluster::identity::{GossipMode, NameConflict};
 use crate::cluster::transport::{GossipStats, GuardedTransport};
 use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
 use crate::control::metrics::Metrics;
-use crate::lease::Timing;
+use crate::decide::core::CoreConfig;
+use crate::decide::lease::Timing;
 use crate::store::StateDir;
 
 /// An agent running as tasks in this process.

@@ -12,8 +12,8 @@ use super::units::{format_bytes, parse_bytes};
 use crate::agent::report::VERIFY_FAILED;
 use crate::control::client::Client;
 use crate::control::protocol::{PlanLine, Request, Response, VolumeStatus};
-use crate::drain::node::{NodeAction, NodeState};
-use crate::drain::request::DrainOptions;
+use crate::decide::node::{NodeAction, NodeState};
+use crate::decide::request::DrainOptions;
 
 /// Cordon a node and move every volume off it; run on any node of the fleet.
 ///

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{AgentConfig, DEFAULT_CONTROL_SOCKET};
-use crate::drain::node::NodeAction;
+use crate::decide::node::NodeAction;
 
 pub mod agent;
 pub mod clone;

@@ -9,8 +9,8 @@ use super::ControlTarget;
 use super::exit::FAILURE;
 use crate::control::client::Client;
 use crate::control::protocol::{ActionReport, Request, Response, StatusReport};
-use crate::drain::node::{NodeAction, NodeState};
-use crate::drain::request::DrainOptions;
+use crate::decide::node::{NodeAction, NodeState};
+use crate::decide::request::DrainOptions;
 
 /// Arguments shared by the node actions.
 #[derive(Debug, clap::Args)]

@@ -8,7 +8,7 @@ use super::ControlTarget;
 use super::units::{format_bytes, parse_bytes};
 use crate::control::client::Client;
 use crate::control::protocol::{NewVolume, Request, Response, VolumeStatus};
-use crate::store::volumes::Hooks;
+use crate::decide::model::Hooks;
 
 /// Volume commands.
 #[derive(Debug, clap::Subcommand)]

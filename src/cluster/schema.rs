@@ -12,9 +12,10 @@ use std::net::SocketAddr;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::drain::node::NodeState;
-use crate::drain::request::{AppliedRequest, NodeRequest};
-use crate::lease::{HolderPhase, SourcePhase};
+use crate::decide::lease::{HolderPhase, SourcePhase};
+use crate::decide::model::{Arrival, ExportEndpoint, Hooks, WireguardAdvert};
+use crate::decide::node::NodeState;
+use crate::decide::request::{AppliedRequest, NodeRequest};
 
 /// The schema version this agent writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -121,21 +122,6 @@ pub fn decode<T: DeserializeOwned>(raw: &str) -> Result<T, Ignored> {
     serde_json::from_value(json).map_err(|e| Ignored::Malformed(e.to_string()))
 }
 
-/// The WireGuard identity a node advertises so others can add it as a peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireguardAdvert {
-    /// Base64 public key (the node's identity).
-    pub public_key: String,
-    /// Underlay endpoints (`ip:port`) where its WireGuard listens.
-    pub endpoints: Vec<String>,
-    /// The node certificate signed by the fleet CA (opaque here; the mesh crate checks it).
-    #[serde(default)]
-    pub certificate: Option<serde_json::Value>,
-    /// The newest fleet revocation list this node knows (CA-signed, so anyone may republish).
-    #[serde(default)]
-    pub revocations: Option<serde_json::Value>,
-}
-
 /// The `node` key: everything others need to know about a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -175,15 +161,6 @@ pub struct NodeRecord {
     pub no_data_plane: bool,
 }
 
-/// Where a holder logs in to read a volume: the source's export.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportEndpoint {
-    /// `ip:port` of the source's iSCSI target (its mesh address when a mesh runs).
-    pub addr: String,
-    /// Target name.
-    pub iqn: String,
-}
-
 /// The `vol/<id>` key, published by the volume's owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -206,10 +183,10 @@ pub struct VolumeRecord {
     /// Hooks around the volume's moves: they travel with it, so its next holder runs the
     /// same commands. (Only CA-admitted nodes gossip; hooks run as the agent's user.)
     #[serde(default)]
-    pub hooks: crate::store::volumes::Hooks,
+    pub hooks: Hooks,
     /// How the volume's last move went (published by its new owner).
     #[serde(default)]
-    pub arrived: Option<crate::agent::core::Arrival>,
+    pub arrived: Option<Arrival>,
     /// The drain asked for `--verify`: the holder digests what it reads and sends the
     /// digest with `done`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -275,7 +252,7 @@ pub fn decode_request(raw: &str) -> Result<NodeRequest, Ignored> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::node::NodeAction;
+    use crate::decide::node::NodeAction;
 
     fn record() -> NodeRecord {
         NodeRecord {

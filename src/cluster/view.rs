@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::schema::{self, ClaimRecord, DoneRecord, Ignored, Key, NodeRecord, ProgressRecord, VolumeRecord};
-use crate::drain::request::NodeRequest;
+use crate::decide::request::NodeRequest;
 
 /// One node as the gossip layer reports it, keys and values untyped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +168,7 @@ impl NodeView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drain::node::{NodeAction, NodeState};
+    use crate::decide::node::{NodeAction, NodeState};
 
     fn raw_node(name: &str, generation: u64, entries: Vec<(&str, String)>) -> RawNode {
         RawNode {

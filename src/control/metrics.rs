@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::cluster::view::ClusterView;
-use crate::drain::node::NodeState;
+use crate::decide::node::NodeState;
 
 type Labels = Vec<(String, String)>;
 

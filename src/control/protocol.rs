@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::drain::node::{NodeAction, NodeState};
-use crate::drain::request::AppliedRequest;
+use crate::decide::node::{NodeAction, NodeState};
+use crate::decide::request::AppliedRequest;
 
 /// A request to the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,7 +24,7 @@ pub enum Request {
         force: bool,
         /// How to drain (with `drain`).
         #[serde(default)]
-        options: crate::drain::request::DrainOptions,
+        options: crate::decide::request::DrainOptions,
     },
     /// The placement a drain of `node` would get now; changes nothing.
     Plan {
@@ -142,7 +142,7 @@ pub struct NewVolume {
     pub requires: std::collections::BTreeMap<String, String>,
     /// Hooks around its moves.
     #[serde(default)]
-    pub hooks: crate::store::volumes::Hooks,
+    pub hooks: crate::decide::model::Hooks,
 }
 
 /// One line of `drain --dry-run`: where a volume would go, and why other nodes would not

@@ -1,6 +1,5 @@
-//! Where each local volume's bytes live, and the hooks a volume carries. The table is
-//! kept beside the agent state (the pure core knows ids, sizes, labels and hooks, not
-//! paths).
+//! Where each local volume's bytes live. The table is kept beside the agent state (the
+//! pure core knows ids, sizes, labels and hooks, not paths).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,22 +10,6 @@ use super::{StateDir, StoreError};
 
 /// Document name in the state dir.
 pub const VOLUMES_FILE: &str = "volumes.json";
-
-/// Commands run around a volume's move, with `MESHDRAIN_VOLUME`, `MESHDRAIN_DEVICE` and
-/// `MESHDRAIN_NODE` in their environment. A failing hook stops that volume's move.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hooks {
-    /// On the source, before the export opens (quiesce the workload).
-    #[serde(default)]
-    pub stop: Option<String>,
-    /// On the target once the clone device exists (start the workload on it); also on
-    /// the source when a move is cancelled before cut-over.
-    #[serde(default)]
-    pub start: Option<String>,
-    /// On the target after hand-off.
-    #[serde(default)]
-    pub done: Option<String>,
-}
 
 /// One local volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

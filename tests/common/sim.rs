@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chitchat::transport::ChannelTransport;
 use meshdrain::agent::AgentSetup;
-use meshdrain::agent::core::CoreConfig;
 use meshdrain::agent::dataplane::NoDataPlane;
 use meshdrain::agent::run::{RunningAgent, spawn};
 use meshdrain::cluster::gossip::GossipSettings;
 use meshdrain::control::protocol::StatusReport;
-use meshdrain::drain::node::NodeState;
-use meshdrain::lease::Timing;
+use meshdrain::decide::core::CoreConfig;
+use meshdrain::decide::lease::Timing;
+use meshdrain::decide::node::NodeState;
 
 /// One simulated agent.
 pub struct SimAgent {

@@ -5,7 +5,7 @@
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::core::{DataCommand, DataEvent};
+use crate::decide::core::{DataCommand, DataEvent};
 
 pub mod digest;
 pub mod engine;

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::DataPlane;
-use crate::agent::core::{DataCommand, DataEvent};
 use crate::agent::hooks::{HookKind, run_hook};
-use crate::cluster::schema::ExportEndpoint;
+use crate::decide::core::{DataCommand, DataEvent};
+use crate::decide::model::ExportEndpoint;
 
 /// One lease's export: who may read which volume, for which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +266,7 @@ impl Inner {
                     return send(DataEvent::HookFailed { volume, reason });
                 };
                 let grant = ExportGrant {
-                    iqn: crate::agent::core::export_iqn(&self.node, &volume),
+                    iqn: crate::decide::core::export_iqn(&self.node, &volume),
                     initiator_iqn: initiator_iqn(&holder, &volume, epoch),
                     volume: volume.clone(),
                     path,

@@ -20,9 +20,9 @@ use anyhow::Context;
 
 use super::units::{format_bytes, parse_bytes};
 use crate::control::protocol::{NewVolume, Request, Response};
-use crate::drain::node::{NodeAction, NodeState};
-use crate::drain::request::DrainOptions;
-use crate::store::volumes::Hooks;
+use crate::decide::model::Hooks;
+use crate::decide::node::{NodeAction, NodeState};
+use crate::decide::request::DrainOptions;
 use fleet::DemoFleet;
 use workload::{Counts, Ledger, Mounted, Workload};
 

@@ -163,7 +163,7 @@ pub enum SourceEffect {
     VerifyCopy {
         /// The epoch of the holder's `done`.
         epoch: u64,
-        /// What the holder read, as [`crate::agent::dataplane::digest`] renders it.
+        /// What the holder read, as the data plane's digest module renders it.
         digest: String,
     },
 }

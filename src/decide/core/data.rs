@@ -1,0 +1,73 @@
+//! The seam to the data plane: the commands the core emits and the events it is fed.
+
+use crate::decide::model::ExportEndpoint;
+
+/// What the data plane must do (export, clone, hooks, deletion). Fields are the volume
+/// and what its variant's doc names.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataCommand {
+    /// Source: run the `stop` hook (quiesce before export).
+    StopWorkload { volume: String, hook: Option<String> },
+    /// Source: run the `start` hook here again (move cancelled before cut-over).
+    StartWorkload { volume: String, hook: Option<String> },
+    /// Source: open the read-only export to `holder_addr` for `epoch`.
+    OpenExport { volume: String, holder: String, holder_addr: String, epoch: u64 },
+    /// Source: close the export (fences everyone).
+    CloseExport { volume: String },
+    /// Source: delete the local copy (only after the holder's `done`).
+    DeleteData { volume: String },
+    /// Source: digest the local copy and compare it with the holder's (`--verify`).
+    VerifyCopy { volume: String, epoch: u64, digest: String },
+    /// Holder: log in to the export and create the clone, workload not started.
+    PrepareClone {
+        volume: String,
+        source: String,
+        export: Option<ExportEndpoint>,
+        epoch: u64,
+        size: u64,
+        rate_limit: Option<u64>,
+        /// Digest what is read from the source (`--verify`).
+        verify: bool,
+    },
+    /// Holder: change the hydration bandwidth of a clone under way.
+    SetRateLimit { volume: String, rate_limit: Option<u64> },
+    /// Holder: start the workload on the clone (`start` hook) and hydrate in the background.
+    StartHeldWorkload { volume: String, hook: Option<String> },
+    /// Holder: flush, replace the clone by the plain device, log out; then the `done` hook.
+    Finalize { volume: String, done_hook: Option<String> },
+    /// Holder: remove a revoked partial clone.
+    DiscardClone { volume: String },
+}
+
+/// What the data plane reports back. Fields are the volume and what its variant's doc names.
+#[allow(missing_docs)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataEvent {
+    /// Source: a hook for this volume failed.
+    HookFailed { volume: String, reason: String },
+    /// Source: the export for `epoch` is open.
+    ExportOpened { volume: String, epoch: u64 },
+    /// Holder: the clone for `epoch` exists.
+    CloneReady { volume: String, epoch: u64 },
+    /// Holder: preparing the clone for `epoch` failed.
+    CloneFailed { volume: String, epoch: u64, reason: String },
+    /// Holder: hydration progress.
+    Progress {
+        volume: String,
+        hydrated: u64,
+        total: u64,
+        bytes_per_s: u64,
+        fetched_bytes: u64,
+        read_through_bytes: u64,
+        stalled: bool,
+        error: Option<String>,
+    },
+    /// Holder: every region is on the dest.
+    Hydrated { volume: String },
+    /// Holder: flushed and swapped; the volume lives here. `digest` of what was read from
+    /// the source when the move asked for one.
+    Finalized { volume: String, digest: Option<String> },
+    /// Source: the holder's digest compared with the local copy.
+    Verified { volume: String, epoch: u64, result: Result<(), String> },
+}

@@ -1,0 +1,20 @@
+//! The decision core: everything an agent decides, as pure code. No I/O, no clocks, no
+//! tokio: a [`ClusterView`](crate::cluster::view::ClusterView), `now` and data-plane
+//! events in; gossip keys, durable state and data-plane commands out. The owner loop
+//! (`agent`) and the deterministic simulation (tests/sim_drain.rs) drive the same code.
+//!
+//! - [`model`]: the types the core, the gossip schema and the control API share.
+//! - [`node`], [`request`]: the node lifecycle and node requests from anywhere.
+//! - [`placement`]: which node takes which volume.
+//! - [`lease`]: one volume's move, source side and holder side.
+//! - [`core`]: the agent's state machine that joins them.
+//!
+//! It imports nothing from `agent`, `control`, `cli`, `store` or the data plane; the
+//! gossip schema (`cluster::schema`) imports its types, not the agent's.
+
+pub mod core;
+pub mod lease;
+pub mod model;
+pub mod node;
+pub mod placement;
+pub mod request;
