@@ -23,6 +23,7 @@ const LOOP_SET_DIRECT_IO: libc::c_ulong = 0x4C08;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
 
@@ -96,16 +97,27 @@ pub struct Attached {
 /// direct I/O when `direct_io` is asked for and the kernel and file allow it (else
 /// buffered, as `losetup --direct-io=on` falls back).
 pub fn attach(file: &Path, direct_io: bool) -> Result<Attached, LoopError> {
+    attach_flags(file, direct_io, 0).map(|(a, _)| a)
+}
+
+/// Binds `file` (buffered) to a free loop device that the kernel unbinds by itself once
+/// nothing holds it open, as `mount -o loop` does: the returned handle holds it until a
+/// mount (or another opener) takes over, so drop it only after mounting.
+pub fn attach_autoclear(file: &Path) -> Result<(Attached, File), LoopError> {
+    attach_flags(file, false, LO_FLAGS_AUTOCLEAR)
+}
+
+fn attach_flags(file: &Path, direct_io: bool, extra: u32) -> Result<(Attached, File), LoopError> {
     let mut last = None;
     for direct in [true, false] {
         if direct && !direct_io {
             continue;
         }
-        match attach_once(file, direct) {
-            Ok(device) => {
+        match attach_once(file, direct, extra) {
+            Ok((device, handle)) => {
                 let direct_io = sys_loop_attr(&device, "dio").is_some_and(|s| s == "1");
                 tracing::debug!(device = %device.display(), file = %file.display(), direct_io, "loop device bound");
-                return Ok(Attached { device, direct_io });
+                return Ok((Attached { device, direct_io }, handle));
             }
             Err(e) => last = Some(e),
         }
@@ -129,14 +141,14 @@ fn open_backing(file: &Path, direct: bool) -> Result<(File, bool), LoopError> {
     }
 }
 
-fn attach_once(file: &Path, direct: bool) -> Result<PathBuf, LoopError> {
+fn attach_once(file: &Path, direct: bool, extra: u32) -> Result<(PathBuf, File), LoopError> {
     let (backing, read_only) = open_backing(file, direct)?;
     let control = OpenOptions::new()
         .read(true)
         .write(true)
         .open(LOOP_CONTROL)
         .map_err(|e| err("open", Path::new(LOOP_CONTROL), e))?;
-    let mut flags = if direct { LO_FLAGS_DIRECT_IO } else { 0 };
+    let mut flags = extra | if direct { LO_FLAGS_DIRECT_IO } else { 0 };
     if read_only {
         flags |= LO_FLAGS_READ_ONLY;
     }
@@ -149,8 +161,8 @@ fn attach_once(file: &Path, direct: bool) -> Result<PathBuf, LoopError> {
         }
         let device = PathBuf::from(format!("/dev/loop{n}"));
         let dev = OpenOptions::new().read(true).write(!read_only).open(&device).map_err(|e| err("open", &device, e))?;
-        match bind(&dev, &backing, flags) {
-            Ok(()) => return Ok(device),
+        match bind(&dev, &backing, file, flags) {
+            Ok(()) => return Ok((device, dev)),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => busy = Some(err("bind", &device, e)),
             Err(e) => {
                 return Err(LoopError {
@@ -165,11 +177,15 @@ fn attach_once(file: &Path, direct: bool) -> Result<PathBuf, LoopError> {
 }
 
 /// Binds `backing` to the open loop device `dev`: LOOP_CONFIGURE, or the older pair.
-fn bind(dev: &File, backing: &File, flags: u32) -> std::io::Result<()> {
+fn bind(dev: &File, backing: &File, name: &Path, flags: u32) -> std::io::Result<()> {
     let fd = dev.as_raw_fd();
     // SAFETY: both structs are plain integers and byte arrays, valid all-zero.
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
     info.lo_flags = flags;
+    // The name `losetup -l` shows (informational; at most 63 bytes and a NUL).
+    let name = name.as_os_str().as_encoded_bytes();
+    let n = name.len().min(LO_NAME_SIZE - 1);
+    info.lo_file_name[..n].copy_from_slice(&name[..n]);
     let config = LoopConfig { fd: backing.as_raw_fd() as u32, block_size: 0, info, reserved: [0; 8] };
     // SAFETY: LOOP_CONFIGURE reads one `struct loop_config` that outlives the call.
     if unsafe { libc::ioctl(fd, LOOP_CONFIGURE, &config as *const LoopConfig) } == 0 {

@@ -45,3 +45,25 @@ fn root_detach_of_a_missing_device_names_it() {
         "open /dev/loop-meshdrain-none: No such file or directory (os error 2) (no such loop device: is loop support loaded (`modprobe loop`)?)"
     );
 }
+
+#[test]
+fn root_autoclear_device_unbinds_when_the_last_holder_closes() {
+    require_root("root_autoclear_device_unbinds_when_the_last_holder_closes");
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("img");
+    std::fs::write(&f, vec![3u8; 1 << 20]).unwrap();
+    let (a, handle) = loopdev::attach_autoclear(&f).unwrap();
+    assert!(!a.direct_io, "{a:?}");
+    assert_eq!(loopdev::backed_by(&f), vec![a.device.clone()]);
+    drop(handle);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !loopdev::backed_by(&f).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        loopdev::backed_by(&f),
+        Vec::<PathBuf>::new(),
+        "{} still bound after the last close",
+        a.device.display()
+    );
+}

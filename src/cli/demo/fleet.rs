@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use meshdrain_testkit::netns::Lan;
+use meshdrain_netns::Lan;
 
 use crate::control::client::Client;
 use crate::control::protocol::{Request, Response, StatusReport, VolumeStatus};
@@ -57,7 +57,7 @@ impl DemoFleet {
     /// Builds the namespaces and starts `n` agents under `dir`; with `mesh`, a fleet CA
     /// enrols every node and all agent traffic rides the userspace WireGuard mesh.
     pub fn start(dir: &Path, n: usize, interval_ms: u64, mesh: bool) -> anyhow::Result<Self> {
-        for tool in ["ip", "nsenter", "mkfs.ext4", "losetup", "mount", "fsck.ext4"] {
+        for tool in ["ip", "nsenter", "mkfs.ext4", "fsck.ext4"] {
             crate::host::find_program(tool).with_context(|| {
                 format!("the demo needs `{tool}`: run scripts/demo (it installs what the demo needs) or apt-get install iproute2 util-linux e2fsprogs")
             })?;
@@ -191,7 +191,7 @@ impl DemoFleet {
             for n in &self.nodes {
                 cleanup.push(format!("ip netns del {}", n.netns));
             }
-            // The bridge's namespace: named by this process like the nodes' (testkit's Lan).
+            // The bridge's namespace: named by this process like the nodes' (meshdrain-netns's Lan).
             cleanup.push(format!(
                 "ip netns list | grep -o '^md{}-[0-9]*-hub' | xargs -r -n1 ip netns del",
                 std::process::id()

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -61,25 +60,28 @@ pub fn sha(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    anyhow::ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    Ok(())
-}
+/// The file system the demo makes on its volume (`mkfs.ext4` in the demo's setup).
+const FS_TYPE: &str = "ext4";
 
 /// Mounts `device` (a file is mounted through a loop device) at `dir`.
 pub fn mount(device: &Path, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut cmd = Command::new("mount");
-    if device.is_file() {
-        cmd.args(["-o", "loop"]);
-    }
-    run(cmd.arg(device).arg(dir))
+    // A file goes through a loop device the kernel unbinds at unmount (as `mount -o
+    // loop`); the handle holds it until the mount does, and unbinds it if the mount fails.
+    let (source, _held) = if device.is_file() {
+        let (a, held) = meshdrain_clone::loopdev::attach_autoclear(device)?;
+        (a.device, Some(held))
+    } else {
+        (device.to_owned(), None)
+    };
+    nix::mount::mount(Some(&source), dir, Some(FS_TYPE), nix::mount::MsFlags::empty(), None::<&str>).with_context(
+        || format!("mount {} ({FS_TYPE}) at {}: is it formatted, and are we root?", source.display(), dir.display()),
+    )
 }
 
 /// Unmounts `dir`.
 pub fn umount(dir: &Path) -> anyhow::Result<()> {
-    run(Command::new("umount").arg(dir))
+    nix::mount::umount(dir).with_context(|| format!("unmount {}: is something still using it?", dir.display()))
 }
 
 /// Writes `count` records of `size` bytes into `dir` and the ledger (the initial data).
@@ -91,7 +93,8 @@ pub fn seed_records(dir: &Path, ledger: &Ledger, count: usize, size: usize) -> a
         std::fs::write(dir.join(&name), &data)?;
         ledger.lock().expect("ledger lock").insert(name, sha(&data));
     }
-    run(&mut Command::new("sync"))
+    nix::unistd::sync();
+    Ok(())
 }
 
 /// Reads every record of the ledger from `dir`; returns (intact, differing) names.
@@ -151,7 +154,8 @@ impl Workload {
         let thread = self.thread.take().expect("running");
         thread.thread().unpark();
         let counts = thread.join().map_err(|_| anyhow::anyhow!("workload panicked"))??;
-        run(Command::new("sync").arg("-f").arg(&self.mount))?;
+        let fs = std::fs::File::open(&self.mount).with_context(|| format!("open {}", self.mount.display()))?;
+        nix::unistd::syncfs(&fs).with_context(|| format!("syncfs {}", self.mount.display()))?;
         Ok(counts)
     }
 }
@@ -217,7 +221,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if !self.0.as_os_str().is_empty() {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
