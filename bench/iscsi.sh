@@ -18,7 +18,15 @@
 # The CPU columns are each target's own CPU time (user+system, all threads,
 # from /proc/PID/stat) per GiB it served in that run: a machine shared with
 # other work moves the MB/s a lot, this much less.
-# Env: SECONDS_PER_RUN (default 8), LUN_MB (default 1024).
+# Then, in the same run, abuse: a fresh `export serve` (default caps), one
+# iscsi-perf session (1 MiB reads) alone, then again while iscsi/examples/
+# iscsi_abuse.rs opens ABUSE_COUNT connections of each kind (discovery + NOP
+# flood, normal NOP flood, out-of-order commands with 256 KiB data, ~200 KB/s
+# slow reader, pre-login junk) against it. Second table: iscsi-perf MB/s with and
+# without (goal >= 0.8), the target's VmHWM/VmRSS from /proc (goal: under
+# 64 MiB + 2 MiB per admitted session), what the abusers were let in to.
+# Env: SECONDS_PER_RUN (default 8), LUN_MB (default 1024), ABUSE_COUNT (default
+# 500 per kind), ABUSE_SECONDS (default 30).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER_RUN:-8}
@@ -27,9 +35,13 @@ for b in iscsi-perf tgtd tgtadm; do
   command -v "$b" >/dev/null || { echo "bench/iscsi.sh: $b missing; run scripts/install-deps test" >&2; exit 2; }
 done
 cargo build --release --bin meshdrain >&2
-cargo build --release -p meshdrain-iscsi --example iscsi_read >&2
+cargo build --release -p meshdrain-iscsi --example iscsi_read --example iscsi_abuse >&2
 bin=target/release/meshdrain
 reader=target/release/examples/iscsi_read
+abuser=target/release/examples/iscsi_abuse
+abuse_count=${ABUSE_COUNT:-500}
+abuse_secs=${ABUSE_SECONDS:-30}
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 tmp=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
@@ -98,3 +110,46 @@ for sessions in 1 8; do
 done
 echo
 echo "LUN ${lun_mb} MiB, queue depth 32, ${secs} s per run, $(nproc) CPUs, $(uname -r), $(date -u +%FT%TZ)"
+
+# Abuse: a fresh target, so its high-water mark is this section's.
+kill "$our_pid" 2>/dev/null || true
+"$bin" export serve --listen 127.0.0.1:0 --iqn iqn.2026-11.dev.meshdrain:abuse "$tmp/lun.img" >"$tmp/url2" 2>"$tmp/serve2.log" & pids+=($!)
+abuse_pid=$!
+for _ in $(seq 50); do [ -s "$tmp/url2" ] && break; sleep 0.1; done
+abuse_url=$(head -n1 "$tmp/url2")
+abuse_port=$(echo "$abuse_url" | sed -E 's#iscsi://127.0.0.1:([0-9]+)/.*#\1#')
+mem() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }   # kB
+perf_for() { # seconds -> MB/s of one iscsi-perf session, 1 MiB reads
+  timeout -s INT -k 20 "$1" iscsi-perf -i iqn.2026-11.dev.meshdrain:perf-1 -m 32 -b 2048 "$abuse_url" >"$tmp/perf.1" 2>&1 || true
+  tr '\r' '\n' <"$tmp/perf.1" | grep -o 'iops average [0-9]* ([0-9]* MB/s)' | tail -n1 | grep -o '([0-9]*' | tr -d '(' || echo 0
+}
+alone=$(perf_for "$abuse_secs")
+hwm_alone=$(mem "$abuse_pid" VmHWM)
+perf_for "$abuse_secs" >"$tmp/loaded" &
+perf_bg=$!
+sleep 1
+"$abuser" "127.0.0.1:$abuse_port" iqn.2026-11.dev.meshdrain:abuse "$abuse_count" $((abuse_secs - 3)) >"$tmp/abuse.out" 2>"$tmp/abuse.err" &
+abuse_bg=$!
+peak_rss=0
+while kill -0 "$abuse_bg" 2>/dev/null; do
+  r=$(mem "$abuse_pid" VmRSS); [ "${r:-0}" -gt "$peak_rss" ] && peak_rss=$r
+  sleep 0.5
+done
+wait "$abuse_bg" || true
+wait "$perf_bg" || true
+loaded=$(cat "$tmp/loaded")
+hwm=$(mem "$abuse_pid" VmHWM); rss_end=$(mem "$abuse_pid" VmRSS)
+admitted=$(grep -o 'admitted_total=[0-9]*' "$tmp/abuse.out" | cut -d= -f2)
+admitted=${admitted:-0}
+bound_kb=$(( (64 + 2 * (admitted + 1)) * 1024 ))
+echo
+printf '| under abuse (%s connections of each of 5 kinds, %s s) | value | goal | met |\n|---|---|---|---|\n' "$abuse_count" "$abuse_secs"
+printf '| iscsi-perf 1 session 1 MiB alone, MB/s | %s | | |\n' "$alone"
+printf '| iscsi-perf 1 session 1 MiB under abuse, MB/s | %s | | |\n' "$loaded"
+printf '| ratio | %s | >= 0.8 | %s |\n' "$(python3 -c "print(f'{$loaded/max($alone,1):.2f}')")" "$(python3 -c "print('yes' if $loaded >= 0.8*$alone else 'NO')")"
+printf '| target VmHWM alone, MiB | %s | | |\n' "$((hwm_alone / 1024))"
+printf '| target VmHWM under abuse, MiB | %s | < %s (64 + 2 x %s sessions) | %s |\n' "$((hwm / 1024))" "$((bound_kb / 1024))" "$((admitted + 1))" "$([ "$hwm" -lt "$bound_kb" ] && echo yes || echo NO)"
+printf '| target VmRSS peak (0.5 s samples) / at the end, MiB | %s / %s | | |\n' "$((peak_rss / 1024))" "$((rss_end / 1024))"
+echo
+sed 's/^/    /' "$tmp/abuse.out"
+echo "    target log: $(grep -c 'connection cap reached' "$tmp/serve2.log" || true) logins refused at a cap, $(grep -c 'slower than slow_reader_floor' "$tmp/serve2.log" || true) slow readers dropped"

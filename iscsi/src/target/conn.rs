@@ -62,9 +62,8 @@ async fn login_pdu(
 /// connection's read buffer; a SCSI command loses its data segment (write data,
 /// which this read-only target never takes).
 fn detach(mut p: Pdu) -> Pdu {
-    if !p.ahs.is_empty() {
-        p.ahs = Bytes::copy_from_slice(&p.ahs);
-    }
+    // Even an empty slice of the buffer keeps the whole allocation alive.
+    p.ahs = if p.ahs.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&p.ahs) };
     p.data = match p.opcode() {
         _ if p.data.is_empty() => Bytes::new(),
         Some(Opcode::ScsiCommand) => Bytes::new(),
@@ -468,4 +467,30 @@ async fn dispatch(
         _ => {}
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parked or echoed PDU must not keep the read buffer's allocation alive
+    /// (63 parked commands once pinned 16 MiB of buffers per connection).
+    #[test]
+    fn detached_pdus_leave_the_read_buffer_unshared() {
+        let codec = Codec { max_recv_data: 1 << 20, ..Codec::default() };
+        for op in [Opcode::ScsiCommand, Opcode::NopOut] {
+            let mut p = match op {
+                Opcode::ScsiCommand => Pdu::scsi_command(LUN1, 1, 2, 0, &[0; 6], 0, false),
+                _ => Pdu::nop_out(1, RESERVED_TAG, 2, 0, Bytes::new()),
+            };
+            p.data = Bytes::from(vec![9u8; 64 * 1024]);
+            let mut buf = BytesMut::new();
+            codec.encode(&p, &mut buf);
+            let cap = buf.capacity();
+            let d = detach(codec.decode(&mut buf).unwrap().unwrap());
+            assert!(buf.try_reclaim(cap), "{op:?}: the buffer is still shared");
+            let want = if op == Opcode::ScsiCommand { 0 } else { 64 * 1024 };
+            assert_eq!(d.data.len(), want);
+        }
+    }
 }
