@@ -19,6 +19,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use meshdrain_iscsi::pdu::{Codec, Pdu};
 use meshdrain_iscsi::wire::{read_pdu, write_pdus};
+use std::io::Write;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -223,10 +225,12 @@ async fn main() {
     }
     while tasks.join_next().await.is_some() {}
     let mut admitted = 0;
+    let mut out = std::io::stdout().lock();
     for (kind, t) in KINDS.iter().zip(tallies.iter()) {
         let g = |a: &AtomicUsize| a.load(Ordering::Relaxed);
         admitted += g(&t.admitted);
-        println!(
+        let _ = writeln!(
+            out,
             "kind={kind} attempted={} admitted={} refused_0x0302={} refused_other={} failed={} closed_by_target={}",
             g(&t.attempted),
             g(&t.admitted),
@@ -236,5 +240,5 @@ async fn main() {
             g(&t.closed_by_target)
         );
     }
-    println!("admitted_total={admitted}");
+    let _ = writeln!(out, "admitted_total={admitted}");
 }
