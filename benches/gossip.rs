@@ -32,7 +32,14 @@ async fn one(n: usize, interval: Duration) -> Row {
     let limit = interval * 600;
     let join = fleet.until(limit, "convergence", |s| converged(s, n)).await;
     let target = format!("node{}", n / 2);
-    fleet.agents[1].agent.as_ref().unwrap().handle.node_action(&target, NodeAction::Drain, false).await.unwrap();
+    fleet.agents[1]
+        .agent
+        .as_ref()
+        .unwrap()
+        .handle
+        .node_action(&target.parse().unwrap(), NodeAction::Drain, false)
+        .await
+        .unwrap();
     let flag = fleet
         .until(limit, "flag everywhere", |s| {
             // A node with no volumes is drained a moment after it drains: either state

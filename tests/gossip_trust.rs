@@ -45,7 +45,7 @@ async fn agent(
         dead_node_grace: Duration::from_secs(3600),
     };
     let config = CoreConfig {
-        name: name.into(),
+        name: name.parse().unwrap(),
         gossip_addr: addr,
         labels: Default::default(),
         mesh_addr: None,
@@ -104,7 +104,7 @@ async fn a_rogue_without_the_secret_cannot_drain_a_node() {
     let rogue = agent(dir.path(), "rogue", 1, pr, &[p2], None).await;
     until(&node1, Duration::from_secs(10), "node1 to see node2", |s| node(s, "node2").is_some_and(|n| n.alive)).await;
 
-    let published = rogue.handle.node_action("node2", NodeAction::Drain, true).await.unwrap();
+    let published = rogue.handle.node_action(&"node2".parse().unwrap(), NodeAction::Drain, true).await.unwrap();
     assert!(!published.applied);
     tokio::time::sleep(INTERVAL * 30).await;
     let s2 = status(&node2).await;
@@ -115,7 +115,7 @@ async fn a_rogue_without_the_secret_cannot_drain_a_node() {
     assert!(node(&status(&node1).await, "rogue").is_none());
 
     // The same request from a node with the secret is adopted.
-    node1.handle.node_action("node2", NodeAction::Drain, false).await.unwrap();
+    node1.handle.node_action(&"node2".parse().unwrap(), NodeAction::Drain, false).await.unwrap();
     until(&node2, Duration::from_secs(10), "node2 to adopt node1's drain", |s| {
         node(s, "node2").is_some_and(|n| n.state != Some(NodeState::Active))
     })

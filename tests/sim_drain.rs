@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshdrain::cluster::view::{ClusterView, RawNode, RawSnapshot};
 use meshdrain::decide::core::{Core, CoreConfig, CoreState, DataCommand, DataEvent, Output};
 use meshdrain::decide::lease::Timing;
+use meshdrain::decide::model::{NodeName, VolumeId};
 use meshdrain::decide::node::{NodeAction, NodeState};
 
 const TICK_MS: u64 = 100;
@@ -49,14 +50,14 @@ struct Known {
 
 struct Clone_ {
     epoch: u64,
-    source: String,
+    source: NodeName,
     dest: Vec<Option<u32>>,
     fetched: BTreeSet<usize>,
     running: bool,
 }
 
 struct Node {
-    name: String,
+    name: NodeName,
     up: bool,
     generation: u64,
     version: u64,
@@ -66,10 +67,10 @@ struct Node {
     known: BTreeMap<String, Known>,
     /// When this node last saw each other node's heartbeat grow.
     heard: BTreeMap<String, (u64, u64)>,
-    copies: BTreeMap<String, Vec<u32>>,
-    exports: BTreeMap<String, (String, u64)>,
-    clones: BTreeMap<String, Clone_>,
-    source_running: BTreeSet<String>,
+    copies: BTreeMap<VolumeId, Vec<u32>>,
+    exports: BTreeMap<VolumeId, (NodeName, u64)>,
+    clones: BTreeMap<VolumeId, Clone_>,
+    source_running: BTreeSet<VolumeId>,
     events: Vec<DataEvent>,
 }
 
@@ -78,13 +79,17 @@ struct World {
     tick: u64,
     nodes: Vec<Node>,
     cut: BTreeSet<(usize, usize)>,
-    expected: BTreeMap<String, Vec<u32>>,
+    expected: BTreeMap<VolumeId, Vec<u32>>,
     seed: u64,
+}
+
+fn n0() -> NodeName {
+    "n0".parse().unwrap()
 }
 
 fn config(name: &str) -> CoreConfig {
     CoreConfig {
-        name: name.into(),
+        name: name.parse().unwrap(),
         labels: BTreeMap::new(),
         free_bytes: 1 << 30,
         data_plane: true,
@@ -102,7 +107,7 @@ impl World {
         let mut rng = Rng(seed);
         let mut nodes: Vec<Node> = (0..n)
             .map(|i| {
-                let name = format!("n{i}");
+                let name: NodeName = format!("n{i}").parse().unwrap();
                 let core = Core::new(config(&name), CoreState::default());
                 Node {
                     name,
@@ -124,7 +129,7 @@ impl World {
             .collect();
         let mut expected = BTreeMap::new();
         for v in 0..volumes {
-            let id = format!("vol{v}");
+            let id: VolumeId = format!("vol{v}").parse().unwrap();
             let data: Vec<u32> = (0..REGIONS).map(|_| rng.next() as u32).collect();
             let empty = ClusterView::default();
             nodes[0].core.add_volume(&id, 1 << 20, BTreeMap::new(), Default::default(), &empty).unwrap();
@@ -147,7 +152,7 @@ impl World {
     fn view(&self, i: usize) -> ClusterView {
         let me = &self.nodes[i];
         let mut nodes = vec![RawNode {
-            name: me.name.clone(),
+            name: me.name.to_string(),
             generation: me.generation,
             gossip_addr: "127.0.0.1:1".parse().unwrap(),
             alive: true,
@@ -165,7 +170,7 @@ impl World {
                 entries: k.keys.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
             });
         }
-        ClusterView::from_raw(&RawSnapshot { self_name: me.name.clone(), nodes })
+        ClusterView::from_raw(&RawSnapshot { self_name: me.name.to_string(), nodes })
     }
 
     fn gossip(&mut self) {
@@ -180,7 +185,7 @@ impl World {
                     self.nodes[b].known.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                 let nb = &self.nodes[b];
                 told.push((
-                    nb.name.clone(),
+                    nb.name.to_string(),
                     Known {
                         generation: nb.generation,
                         version: nb.version,
@@ -333,7 +338,7 @@ impl World {
             if !self.nodes[i].up {
                 continue;
             }
-            let ids: Vec<String> = self.nodes[i].clones.keys().cloned().collect();
+            let ids: Vec<VolumeId> = self.nodes[i].clones.keys().cloned().collect();
             for id in ids {
                 let (epoch, source) = {
                     let c = &self.nodes[i].clones[&id];
@@ -396,7 +401,7 @@ impl World {
                 }
             }
             // The source's own workload writes while it runs there.
-            let running: Vec<String> = self.nodes[i].source_running.iter().cloned().collect();
+            let running: Vec<VolumeId> = self.nodes[i].source_running.iter().cloned().collect();
             for id in running {
                 if self.rng.chance(20)
                     && let Some(copy) = self.nodes[i].copies.get_mut(&id)
@@ -473,7 +478,7 @@ fn run(seed: u64) {
     let view = w.view(issuer);
     let now = w.now();
     let req = w.nodes[issuer].core.issue_request(
-        "n0",
+        &n0(),
         NodeAction::Drain,
         Default::default(),
         format!("{seed:x}"),
@@ -510,7 +515,7 @@ fn run(seed: u64) {
                 let view = w.view(1);
                 let now = w.now();
                 w.nodes[1].core.issue_request(
-                    "n0",
+                    &n0(),
                     NodeAction::Undrain,
                     Default::default(),
                     format!("u{seed:x}"),
@@ -523,7 +528,7 @@ fn run(seed: u64) {
                 let view = w.view(2);
                 let now = w.now();
                 w.nodes[2].core.issue_request(
-                    "n0",
+                    &n0(),
                     NodeAction::Drain,
                     Default::default(),
                     format!("d{seed:x}"),
@@ -544,7 +549,7 @@ fn run(seed: u64) {
             // The operator fixed the hook and drains again.
             let view = w.view(3);
             let now = w.now();
-            w.nodes[3].core.issue_request("n0", NodeAction::Drain, Default::default(), format!("r{t}"), now, &view);
+            w.nodes[3].core.issue_request(&n0(), NodeAction::Drain, Default::default(), format!("r{t}"), now, &view);
             w.nodes[3].durable = w.nodes[3].core.state.clone();
         }
         if !faulty {

@@ -17,7 +17,13 @@ const N: usize = 50;
 async fn pin_volume(fleet: &SimFleet, i: usize) {
     let requires = [("zone".to_owned(), "nowhere".to_owned())].into_iter().collect();
     let handle = &fleet.agents[i].agent.as_ref().unwrap().handle;
-    let new = NewVolume { id: "pinned".into(), size: Some(1 << 20), path: None, requires, hooks: Default::default() };
+    let new = NewVolume {
+        id: "pinned".parse().unwrap(),
+        size: Some(1 << 20),
+        path: None,
+        requires,
+        hooks: Default::default(),
+    };
     handle.add_volume(new).await.unwrap();
 }
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -29,8 +35,14 @@ async fn a_drain_flag_set_on_one_of_50_is_seen_by_all() {
     eprintln!("50 agents converged in {joined:?} of virtual time");
 
     pin_volume(&fleet, 17).await;
-    let report =
-        fleet.agents[3].agent.as_ref().unwrap().handle.node_action("node17", NodeAction::Drain, false).await.unwrap();
+    let report = fleet.agents[3]
+        .agent
+        .as_ref()
+        .unwrap()
+        .handle
+        .node_action(&"node17".parse().unwrap(), NodeAction::Drain, false)
+        .await
+        .unwrap();
     assert!(!report.applied, "a request for another node is published, not applied locally");
     let spread = fleet
         .until(Duration::from_secs(30), "every agent to see node17 draining", |s| {
@@ -68,7 +80,14 @@ async fn a_partition_hides_the_flag_and_healing_converges() {
     eprintln!("partition detected on both sides after {split:?}");
 
     pin_volume(&fleet, 5).await;
-    fleet.agents[0].agent.as_ref().unwrap().handle.node_action("node5", NodeAction::Drain, false).await.unwrap();
+    fleet.agents[0]
+        .agent
+        .as_ref()
+        .unwrap()
+        .handle
+        .node_action(&"node5".parse().unwrap(), NodeAction::Drain, false)
+        .await
+        .unwrap();
     fleet
         .until(Duration::from_secs(30), "the left side to see node5 draining", |s| {
             s.iter().filter(|(i, _)| *i < N / 2).all(|(_, r)| seen(r, "node5").unwrap().0 == Some(NodeState::Draining))

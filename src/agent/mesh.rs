@@ -307,7 +307,7 @@ impl MeshPort for WireguardMesh {
             .filter_map(|n| {
                 let wg = n.record.as_ref()?.wireguard.as_ref()?;
                 Some(GossipAdvert {
-                    name: n.name.clone(),
+                    name: n.name.to_string(),
                     certificate: wg.certificate.clone(),
                     endpoints: wg.endpoints.clone(),
                     alive: n.alive,

@@ -16,6 +16,7 @@ use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
 use crate::control::metrics::Metrics;
 use crate::control::protocol::{ActionReport, NewVolume, PlanLine, StatusReport, VolumeStatus};
+use crate::decide::model::NodeName;
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
 use crate::store::volumes::{self, LocalVolume, VolumeTable};
@@ -45,7 +46,7 @@ pub enum Command {
     /// Apply or publish a node action.
     NodeAction {
         /// Target node.
-        node: String,
+        node: NodeName,
         /// Action.
         action: NodeAction,
         /// Publish even for a node gossip does not know.
@@ -58,7 +59,7 @@ pub enum Command {
     /// The placement a drain of `node` would get now (`drain --dry-run`).
     Plan {
         /// The node to drain.
-        node: String,
+        node: NodeName,
         /// Where the answer goes.
         reply: oneshot::Sender<Vec<PlanLine>>,
     },
@@ -91,19 +92,19 @@ impl AgentHandle {
     }
 
     /// Requests a node action.
-    pub async fn node_action(&self, node: &str, action: NodeAction, force: bool) -> Result<ActionReport, String> {
+    pub async fn node_action(&self, node: &NodeName, action: NodeAction, force: bool) -> Result<ActionReport, String> {
         self.node_action_with(node, action, force, DrainOptions::default()).await
     }
 
     /// Requests a node action with drain options.
     pub async fn node_action_with(
         &self,
-        node: &str,
+        node: &NodeName,
         action: NodeAction,
         force: bool,
         options: DrainOptions,
     ) -> Result<ActionReport, String> {
-        let node = node.to_owned();
+        let node = node.clone();
         self.ask(|reply| Command::NodeAction { node, action, force, options, reply })
             .await
             .unwrap_or_else(|| Err("the agent is shutting down".to_owned()))
@@ -118,8 +119,8 @@ impl AgentHandle {
     }
 
     /// The placement a drain of `node` would get now.
-    pub async fn plan(&self, node: &str) -> Option<Vec<PlanLine>> {
-        let node = node.to_owned();
+    pub async fn plan(&self, node: &NodeName) -> Option<Vec<PlanLine>> {
+        let node = node.clone();
         self.ask(|reply| Command::Plan { node, reply }).await
     }
 
@@ -229,7 +230,7 @@ impl<G: Gossip> Agent<G> {
         info!(node = %config.name, state = %state.node_state, volumes = state.volumes.len(), moving_here = state.holding.len(), "agent state restored");
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let view = ClusterView { self_name: config.name.clone(), nodes: Default::default() };
+        let view = ClusterView { self_name: config.name.to_string(), nodes: Default::default() };
         let agent = Self {
             core: Core::new(config, state),
             gossip,
@@ -330,7 +331,7 @@ impl<G: Gossip> Agent<G> {
         self.view = ClusterView::from_raw(&raw);
         let now = Instant::now();
         for n in self.view.nodes.values() {
-            let entry = self.heartbeats.entry(n.name.clone()).or_insert((n.heartbeat, now));
+            let entry = self.heartbeats.entry(n.name.to_string()).or_insert((n.heartbeat, now));
             if entry.0 != n.heartbeat {
                 *entry = (n.heartbeat, now);
             }
@@ -382,7 +383,7 @@ impl<G: Gossip> Agent<G> {
         for cmd in out.commands {
             info!(?cmd, "data plane");
             if let crate::decide::core::DataCommand::DeleteData { volume } = &cmd {
-                self.volumes.volumes.remove(volume);
+                self.volumes.volumes.remove(volume.as_str());
                 if let Err(e) = self.volumes.save(&self.store) {
                     warn!("cannot save the volume table: {e}");
                 }
@@ -459,8 +460,8 @@ impl<G: Gossip> Agent<G> {
     }
 
     async fn add_volume(&mut self, new: NewVolume) -> Result<String, String> {
-        let NewVolume { id, size, path, requires, hooks } = new;
-        let id = id.as_str();
+        let NewVolume { id: volume_id, size, path, requires, hooks } = new;
+        let id = volume_id.as_str();
         if self.volumes.volumes.contains_key(id) {
             return Err(format!("volume {id} already exists on this node"));
         }
@@ -476,7 +477,7 @@ impl<G: Gossip> Agent<G> {
         // Every step is undone if a later one fails: a volume exists only once its file, its
         // table entry and the core's durable record all do.
         let before = self.core.state.clone();
-        let out = self.core.add_volume(id, size, requires, hooks, &self.view).map_err(|e| e.to_string())?;
+        let out = self.core.add_volume(&volume_id, size, requires, hooks, &self.view).map_err(|e| e.to_string())?;
         let undo = |agent: &mut Self, file: bool| {
             agent.core.state = before.clone();
             agent.volumes.volumes.remove(id);
@@ -506,17 +507,14 @@ impl<G: Gossip> Agent<G> {
 
     async fn node_action(
         &mut self,
-        node: &str,
+        node: &NodeName,
         action: NodeAction,
         force: bool,
         options: DrainOptions,
     ) -> Result<ActionReport, String> {
-        if !crate::config::valid_node_name(node) {
-            return Err(format!("{node:?} is not a valid node name"));
-        }
         let me = self.core.config.name.clone();
-        if node != me && !force && !self.view.nodes.contains_key(node) {
-            let known: Vec<&str> = self.view.nodes.keys().map(String::as_str).collect();
+        if *node != me && !force && !self.view.nodes.contains_key(node) {
+            let known: Vec<&str> = self.view.nodes.keys().map(NodeName::as_str).collect();
             return Err(format!(
                 "no node named {node:?} in the fleet (known: {}); pass --force to publish the request anyway",
                 known.join(", ")
@@ -526,7 +524,7 @@ impl<G: Gossip> Agent<G> {
         let before = self.core.state.clone();
         let req = self.core.issue_request(node, action, options, nonce, now_ms(), &self.view);
         let mut report = ActionReport {
-            node: node.to_owned(),
+            node: node.to_string(),
             action,
             nonce: req.nonce.clone(),
             seq: req.seq,
@@ -534,7 +532,7 @@ impl<G: Gossip> Agent<G> {
             state: None,
             rejected: None,
         };
-        if node == me {
+        if *node == me {
             report.applied = true;
             self.metrics.requests_handled.inc();
             match self.core.apply_request(&req) {
@@ -548,7 +546,7 @@ impl<G: Gossip> Agent<G> {
                 }
             }
         } else {
-            info!(target_node = node, %action, nonce = %req.nonce, "publishing node request");
+            info!(target_node = %node, %action, nonce = %req.nonce, "publishing node request");
         }
         if let Err(e) = self.apply(before, Output { commands: vec![], persist: true }).await {
             // Neither applied nor published: acknowledging it would be undone by a restart.

@@ -7,6 +7,7 @@ use crate::cluster::view::ClusterView;
 use crate::control::protocol::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeStatus};
 use crate::decide::core::{Core, owner_in_view};
 use crate::decide::lease::SourcePhase;
+use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::placement::{self, VolumeSpec};
 
 /// Every node known, sorted by name (this node included even before its first tick).
@@ -19,13 +20,15 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
         .map(|n| {
             let r = n.record.as_ref();
             NodeStatus {
-                name: n.name.clone(),
+                name: n.name.to_string(),
                 state: if &n.name == me { Some(core.state.node_state) } else { r.map(|r| r.state) },
                 alive: n.alive,
                 gossip_addr: n.gossip_addr.to_string(),
                 mesh_addr: r.and_then(|r| r.mesh_addr.clone()),
                 mesh_backend: r.and_then(|r| r.mesh_backend.clone()),
-                heartbeat_age_ms: heartbeats.get(&n.name).map(|(_, at)| now.duration_since(*at).as_millis() as u64),
+                heartbeat_age_ms: heartbeats
+                    .get(n.name.as_str())
+                    .map(|(_, at)| now.duration_since(*at).as_millis() as u64),
                 heartbeat: n.heartbeat,
                 generation: n.generation,
                 free_bytes: r.map(|r| r.free_bytes),
@@ -40,7 +43,7 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
                     .requests
                     .iter()
                     .map(|(node, req)| PendingRequest {
-                        node: node.clone(),
+                        node: node.to_string(),
                         action: req.action,
                         nonce: req.nonce.clone(),
                     })
@@ -49,9 +52,9 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
             }
         })
         .collect();
-    if !nodes.iter().any(|n| &n.name == me) {
+    if !nodes.iter().any(|n| n.name == *me) {
         nodes.push(NodeStatus {
-            name: me.clone(),
+            name: me.to_string(),
             state: Some(core.state.node_state),
             alive: true,
             gossip_addr: core.config.gossip_addr.to_string(),
@@ -69,7 +72,7 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
         });
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    StatusReport { self_name: me.clone(), nodes, gossip: Default::default() }
+    StatusReport { self_name: me.to_string(), nodes, gossip: Default::default() }
 }
 
 /// How a failed `--verify` check starts in a volume's `error` (the drain waiter looks for it).
@@ -77,7 +80,7 @@ pub const VERIFY_FAILED: &str = "verify failed";
 
 /// Every volume of the fleet: its owner's record, joined with its holder's progress.
 pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
-    let mut ids: Vec<&String> = view.nodes.values().flat_map(|n| n.volumes.keys()).collect();
+    let mut ids: Vec<&VolumeId> = view.nodes.values().flat_map(|n| n.volumes.keys()).collect();
     ids.sort();
     ids.dedup();
     let mut out = Vec::new();
@@ -85,10 +88,10 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
         let Some(owner) = owner_in_view(view, id) else { continue };
         let rec = &view.nodes[owner].volumes[id];
         let holder = match &rec.phase {
-            SourcePhase::Granted { holder, .. } | SourcePhase::CutOver { holder, .. } => Some(holder.clone()),
+            SourcePhase::Granted { holder, .. } | SourcePhase::CutOver { holder, .. } => Some(holder),
             _ => None,
         };
-        let h = holder.as_ref().and_then(|h| view.nodes.get(h));
+        let h = holder.and_then(|h| view.nodes.get(h));
         let progress = h.and_then(|h| h.progress.get(id)).filter(|p| p.epoch == rec.epoch);
         let holder_alive = h.is_some_and(|h| h.alive);
         // A source whose `--verify` check failed keeps its copy (and its record) while the
@@ -104,12 +107,12 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             .and_then(|v| v["phase"].as_str().map(str::to_owned))
             .unwrap_or_default();
         out.push(VolumeStatus {
-            id: id.clone(),
-            owner: owner.to_owned(),
+            id: id.to_string(),
+            owner: owner.to_string(),
             size: rec.size,
             epoch: rec.epoch,
             phase,
-            holder,
+            holder: holder.map(NodeName::to_string),
             holder_phase: progress
                 .and_then(|p| serde_json::to_value(&p.phase).ok())
                 .and_then(|v| v["phase"].as_str().map(str::to_owned)),
@@ -121,7 +124,7 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
                 .or(rec.arrived.as_ref().map(|a| a.fetched_bytes))
                 .unwrap_or(0),
             read_through_bytes: progress.map_or(0, |p| p.read_through_bytes),
-            arrived_from: rec.arrived.as_ref().map(|a| a.from.clone()),
+            arrived_from: rec.arrived.as_ref().map(|a| a.from.to_string()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress
                 .is_some_and(|p| matches!(p.phase, crate::decide::lease::HolderPhase::Running { stalled: true })),
@@ -136,7 +139,7 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
 
 /// The placement a drain of `node` would get from this view: the same pure function the
 /// source uses, over every eligible node (the source additionally needs their claims).
-pub fn plan(view: &ClusterView, node: &str) -> Vec<PlanLine> {
+pub fn plan(view: &ClusterView, node: &NodeName) -> Vec<PlanLine> {
     let Some(n) = view.nodes.get(node) else { return vec![] };
     let specs: Vec<VolumeSpec> = n
         .volumes
@@ -149,9 +152,14 @@ pub fn plan(view: &ClusterView, node: &str) -> Vec<PlanLine> {
         .into_iter()
         .map(|p| PlanLine {
             size: specs.iter().find(|s| s.id == p.volume).map_or(0, |s| s.size),
-            volume: p.volume,
-            target: p.target,
-            rejected: p.rejected.into_iter().filter(|(n, _)| n != node).map(|(n, why)| (n, why.to_string())).collect(),
+            volume: p.volume.to_string(),
+            target: p.target.map(String::from),
+            rejected: p
+                .rejected
+                .into_iter()
+                .filter(|(n, _)| n != node)
+                .map(|(n, why)| (n.to_string(), why.to_string()))
+                .collect(),
         })
         .collect()
 }

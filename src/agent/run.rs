@@ -95,7 +95,7 @@ pub async fn spawn_guarded(
 /// Gossip settings from a validated config.
 pub fn gossip_settings(config: &AgentConfig, addrs: &ResolvedAddrs) -> GossipSettings {
     GossipSettings {
-        name: config.name.clone(),
+        name: config.name.to_string(),
         generation: SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_millis() as u64),
         cluster_id: config.cluster_id.clone(),
         listen: addrs.gossip_listen,

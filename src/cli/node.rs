@@ -9,6 +9,7 @@ use super::ControlTarget;
 use super::exit::FAILURE;
 use crate::control::client::Client;
 use crate::control::protocol::{ActionReport, Request, Response, StatusReport};
+use crate::decide::model::NodeName;
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
 
@@ -16,7 +17,7 @@ use crate::decide::request::DrainOptions;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The node to act on (its configured name; see `meshdrain status`).
-    pub node: String,
+    pub node: NodeName,
     /// Publish the request even if gossip does not know the node yet.
     #[arg(long)]
     pub force: bool,

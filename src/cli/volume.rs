@@ -8,7 +8,7 @@ use super::ControlTarget;
 use super::units::{format_bytes, parse_bytes};
 use crate::control::client::Client;
 use crate::control::protocol::{NewVolume, Request, Response, VolumeStatus};
-use crate::decide::model::Hooks;
+use crate::decide::model::{Hooks, VolumeId};
 
 /// Volume commands.
 #[derive(Debug, clap::Subcommand)]
@@ -16,7 +16,7 @@ pub enum Command {
     /// Create a new volume on this node: a sparse file in the pool directory.
     Create {
         /// Volume id, unique in the fleet.
-        name: String,
+        name: VolumeId,
         /// Size (bytes, or with a unit: 512M, 1G, 4GiB).
         #[arg(long, value_parser = parse_bytes)]
         size: u64,
@@ -27,7 +27,7 @@ pub enum Command {
     /// Register an existing file or block device on this node as a volume.
     Add {
         /// Volume id, unique in the fleet.
-        name: String,
+        name: VolumeId,
         /// The file or block device holding the volume's bytes.
         #[arg(long)]
         path: PathBuf,

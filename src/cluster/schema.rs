@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::lease::{HolderPhase, SourcePhase};
-use crate::decide::model::{Arrival, ExportEndpoint, Hooks, WireguardAdvert};
+use crate::decide::model::{Arrival, ExportEndpoint, Hooks, NodeName, VolumeId, WireguardAdvert};
 use crate::decide::node::NodeState;
 use crate::decide::request::{AppliedRequest, NodeRequest};
 
@@ -26,50 +26,48 @@ pub enum Key {
     /// `node`: the owner's node record.
     Node,
     /// `req/drain/<node>`: a request that `<node>` change state.
-    NodeRequest(String),
+    NodeRequest(NodeName),
     /// `vol/<id>`: a volume as its owner (source) publishes it.
-    Volume(String),
+    Volume(VolumeId),
     /// `claim/<source>/<id>`: a candidate's claim for an offered volume.
     Claim {
         /// The source node.
-        source: String,
+        source: NodeName,
         /// The volume.
-        volume: String,
+        volume: VolumeId,
     },
     /// `progress/<id>`: the holder's progress on a volume moving to it.
-    Progress(String),
+    Progress(VolumeId),
     /// `done/<id>`: the holder has every region of the volume.
-    Done(String),
+    Done(VolumeId),
     /// Any other key: kept raw so newer agents' keys don't break older ones.
     Other(String),
 }
 
 impl Key {
-    /// Parses a key string.
+    /// Parses a key string. A name or id in it that is not plain makes it `Other`.
     pub fn parse(key: &str) -> Key {
         if key == "node" {
             return Key::Node;
         }
-        let name = crate::config::valid_node_name;
-        if let Some(node) = key.strip_prefix("req/drain/")
-            && name(node)
+        let node = |s: &str| s.parse::<NodeName>().ok();
+        let volume = |s: &str| s.parse::<VolumeId>().ok();
+        if let Some(node) = key.strip_prefix("req/drain/").and_then(node) {
+            return Key::NodeRequest(node);
+        }
+        if let Some(id) = key.strip_prefix("vol/").and_then(volume) {
+            return Key::Volume(id);
+        }
+        if let Some(id) = key.strip_prefix("progress/").and_then(volume) {
+            return Key::Progress(id);
+        }
+        if let Some(id) = key.strip_prefix("done/").and_then(volume) {
+            return Key::Done(id);
+        }
+        if let Some((s, v)) = key.strip_prefix("claim/").and_then(|r| r.split_once('/'))
+            && let (Some(source), Some(volume)) = (node(s), volume(v))
         {
-            return Key::NodeRequest(node.to_owned());
-        }
-        if let Some(id) = key.strip_prefix("vol/").filter(|id| name(id)) {
-            return Key::Volume(id.to_owned());
-        }
-        if let Some(id) = key.strip_prefix("progress/").filter(|id| name(id)) {
-            return Key::Progress(id.to_owned());
-        }
-        if let Some(id) = key.strip_prefix("done/").filter(|id| name(id)) {
-            return Key::Done(id.to_owned());
-        }
-        if let Some((source, volume)) = key.strip_prefix("claim/").and_then(|r| r.split_once('/'))
-            && name(source)
-            && name(volume)
-        {
-            return Key::Claim { source: source.to_owned(), volume: volume.to_owned() };
+            return Key::Claim { source, volume };
         }
         Key::Other(key.to_owned())
     }
@@ -126,7 +124,7 @@ pub fn decode<T: DeserializeOwned>(raw: &str) -> Result<T, Ignored> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeRecord {
     /// Node name (also its chitchat node id).
-    pub name: String,
+    pub name: NodeName,
     /// Lifecycle state.
     pub state: NodeState,
     /// Where it gossips.
@@ -204,7 +202,7 @@ pub struct ClaimRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgressRecord {
     /// The source.
-    pub source: String,
+    pub source: NodeName,
     /// The epoch this holder was granted.
     pub epoch: u64,
     /// Holder phase.
@@ -234,7 +232,7 @@ pub struct ProgressRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DoneRecord {
     /// The source it came from.
-    pub source: String,
+    pub source: NodeName,
     /// The epoch.
     pub epoch: u64,
     /// Size in bytes.
@@ -256,7 +254,7 @@ mod tests {
 
     fn record() -> NodeRecord {
         NodeRecord {
-            name: "node1".into(),
+            name: "node1".parse().unwrap(),
             state: NodeState::Draining,
             gossip_addr: "127.0.0.1:7946".parse().unwrap(),
             mesh_addr: None,
@@ -285,9 +283,12 @@ mod tests {
         ] {
             assert_eq!(Key::parse(k).render(), k);
         }
-        assert_eq!(Key::parse("req/drain/node3"), Key::NodeRequest("node3".into()));
+        assert_eq!(Key::parse("req/drain/node3"), Key::NodeRequest("node3".parse().unwrap()));
         assert!(matches!(Key::parse("req/drain/../x"), Key::Other(_)));
-        assert_eq!(Key::parse("claim/n1/v1"), Key::Claim { source: "n1".into(), volume: "v1".into() });
+        assert_eq!(
+            Key::parse("claim/n1/v1"),
+            Key::Claim { source: "n1".parse().unwrap(), volume: "v1".parse().unwrap() }
+        );
         assert!(matches!(Key::parse("claim/x"), Key::Other(_)));
         assert!(matches!(Key::parse("vol/a/b"), Key::Other(_)));
     }
@@ -301,7 +302,7 @@ mod tests {
             seq: 5,
             nonce: "n".into(),
             action: NodeAction::Drain,
-            issued_by: "node1".into(),
+            issued_by: "node1".parse().unwrap(),
             options: Default::default(),
         };
         assert_eq!(decode_request(&encode(&req)).unwrap(), req);

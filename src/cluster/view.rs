@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::schema::{self, ClaimRecord, DoneRecord, Ignored, Key, NodeRecord, ProgressRecord, VolumeRecord};
+use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::request::NodeRequest;
 
 /// One node as the gossip layer reports it, keys and values untyped.
@@ -37,7 +38,7 @@ pub struct RawSnapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
     /// Name.
-    pub name: String,
+    pub name: NodeName,
     /// Incarnation.
     pub generation: u64,
     /// Gossip address.
@@ -49,15 +50,15 @@ pub struct NodeView {
     /// Its `node` record, if published and valid.
     pub record: Option<NodeRecord>,
     /// Requests it has published, by the node they name.
-    pub requests: BTreeMap<String, NodeRequest>,
+    pub requests: BTreeMap<NodeName, NodeRequest>,
     /// Volumes it owns, by id.
-    pub volumes: BTreeMap<String, VolumeRecord>,
+    pub volumes: BTreeMap<VolumeId, VolumeRecord>,
     /// Its claims, by (source, volume).
-    pub claims: BTreeMap<(String, String), ClaimRecord>,
+    pub claims: BTreeMap<(NodeName, VolumeId), ClaimRecord>,
     /// Its progress on volumes moving to it, by id.
-    pub progress: BTreeMap<String, ProgressRecord>,
+    pub progress: BTreeMap<VolumeId, ProgressRecord>,
     /// Volumes it has completed, by id.
-    pub done: BTreeMap<String, DoneRecord>,
+    pub done: BTreeMap<VolumeId, DoneRecord>,
     /// Values skipped, with the reason.
     pub ignored: Vec<(String, Ignored)>,
 }
@@ -67,8 +68,9 @@ pub struct NodeView {
 pub struct ClusterView {
     /// The local node's name.
     pub self_name: String,
-    /// Nodes by name (the newest generation of each).
-    pub nodes: BTreeMap<String, NodeView>,
+    /// Nodes by name (the newest generation of each). A chitchat id that is not a valid
+    /// node name is left out: no agent can be configured with one.
+    pub nodes: BTreeMap<NodeName, NodeView>,
 }
 
 impl ClusterView {
@@ -77,12 +79,13 @@ impl ClusterView {
     /// src/cluster/identity.rs), else the newest (a restart): a namesake that came and went
     /// never hides the live node (README.md, "Trust").
     pub fn from_raw(raw: &RawSnapshot) -> ClusterView {
-        let mut nodes: BTreeMap<String, NodeView> = BTreeMap::new();
+        let mut nodes: BTreeMap<NodeName, NodeView> = BTreeMap::new();
         for n in &raw.nodes {
-            if nodes.get(&n.name).is_some_and(|old| !replaces(n, old)) {
+            let Ok(name) = NodeName::try_from(n.name.as_str()) else { continue };
+            if nodes.get(&name).is_some_and(|old| !replaces(n, old)) {
                 continue;
             }
-            nodes.insert(n.name.clone(), NodeView::from_raw(n));
+            nodes.insert(name.clone(), NodeView::from_raw(name, n));
         }
         ClusterView { self_name: raw.self_name.clone(), nodes }
     }
@@ -106,7 +109,7 @@ impl ClusterView {
 
     /// The local node.
     pub fn local(&self) -> Option<&NodeView> {
-        self.nodes.get(&self.self_name)
+        self.nodes.get(self.self_name.as_str())
     }
 }
 
@@ -122,9 +125,9 @@ fn replaces(new: &RawNode, old: &NodeView) -> bool {
 }
 
 impl NodeView {
-    fn from_raw(n: &RawNode) -> NodeView {
+    fn from_raw(name: NodeName, n: &RawNode) -> NodeView {
         let mut view = NodeView {
-            name: n.name.clone(),
+            name,
             generation: n.generation,
             gossip_addr: n.gossip_addr,
             alive: n.alive,
@@ -187,7 +190,7 @@ mod tests {
             seq: 9,
             nonce: "x".into(),
             action: NodeAction::Drain,
-            issued_by: "a".into(),
+            issued_by: "a".parse().unwrap(),
             options: Default::default(),
         };
         let raw = RawSnapshot {
@@ -217,7 +220,7 @@ mod tests {
     fn newest_generation_wins() {
         let rec = |state| {
             schema::encode(&NodeRecord {
-                name: "a".into(),
+                name: "a".parse().unwrap(),
                 state,
                 gossip_addr: "127.0.0.1:1".parse().unwrap(),
                 mesh_addr: None,

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::AppliedRequest;
 
@@ -15,8 +16,8 @@ pub enum Request {
     Status,
     /// Cordon, uncordon, drain or undrain a node (this one or any other).
     NodeAction {
-        /// The node to act on.
-        node: String,
+        /// The node to act on (a request naming an invalid one does not parse).
+        node: NodeName,
         /// What to do.
         action: NodeAction,
         /// Publish even if the node is not (yet) known to gossip.
@@ -29,7 +30,7 @@ pub enum Request {
     /// The placement a drain of `node` would get now; changes nothing.
     Plan {
         /// The node to drain.
-        node: String,
+        node: NodeName,
     },
     /// Register a volume owned by this node.
     VolumeAdd(NewVolume),
@@ -129,8 +130,8 @@ pub struct NodeStatus {
 /// or block device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewVolume {
-    /// Volume id (fleet-wide).
-    pub id: String,
+    /// Volume id (fleet-wide; a request with an invalid one does not parse).
+    pub id: VolumeId,
     /// Size in bytes for a new volume; ignored for an existing path.
     #[serde(default)]
     pub size: Option<u64>,

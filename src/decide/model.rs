@@ -1,9 +1,186 @@
 //! The types the decision core shares with the gossip schema, the control API and the
 //! data plane: defined once here so that none of them imports another for a type.
+//!
+//! Node names and volume ids are newtypes checked once, where they enter (config, gossip
+//! decode, control requests, CLI arguments): past that boundary a [`NodeName`] or a
+//! [`VolumeId`] is known to be plain enough for gossip keys (`req/drain/<node>`,
+//! `vol/<id>`), iSCSI names and file names. Both serialize as plain strings, so the
+//! gossip values and state files are the same bytes as with plain `String`s.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// 1-63 of `a-z A-Z 0-9 - _ .`, starting with a letter or digit.
+fn plain(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A name or id that was refused where it entered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Not a node name.
+    #[error(
+        "{0:?} is not a valid node name (use 1-63 characters from a-z, A-Z, 0-9, '-', '_', '.', starting with a letter or digit)"
+    )]
+    Node(String),
+    /// Not a volume id.
+    #[error("{0:?} is not a valid volume id (1-63 of a-z A-Z 0-9 - _ ., starting alphanumeric)")]
+    Volume(String),
+}
+
+/// A string newtype checked once by `$valid`; everything else reads it as a `str`.
+macro_rules! checked_name {
+    ($(#[$doc:meta])* $name:ident, $valid:path, $error:path) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                if $valid(&s) { Ok(Self(s)) } else { Err($error(s)) }
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = NameError;
+            fn try_from(s: &str) -> Result<Self, NameError> {
+                Self::try_from(s.to_owned())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                Self::try_from(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        /// Shown like the string (logs and messages read the same as before the newtype).
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for str {
+            fn eq(&self, other: &$name) -> bool {
+                self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+    };
+}
+
+checked_name!(
+    /// A node's name: its chitchat id, its gossip keys, its iSCSI names. Checked in the
+    /// config, in gossip keys and records, in control requests and on the command line.
+    NodeName,
+    NodeName::valid,
+    NameError::Node
+);
+
+checked_name!(
+    /// A volume's fleet-wide id: its gossip keys, its export's target name, its file in
+    /// the pool (`<id>.img`). Checked where a volume is created and where gossip names one.
+    VolumeId,
+    VolumeId::valid,
+    NameError::Volume
+);
+
+impl NodeName {
+    /// Whether `s` may name a node: it travels in gossip keys (`req/drain/<node>`),
+    /// iSCSI names and file names, so it stays plain.
+    pub fn valid(s: &str) -> bool {
+        plain(s)
+    }
+}
+
+impl VolumeId {
+    /// Whether `s` may be a volume id: it travels in gossip keys (`vol/<id>`), iSCSI
+    /// names and pool file names. The same characters as node names, so no id an earlier
+    /// agent accepted is refused.
+    pub fn valid(s: &str) -> bool {
+        plain(s)
+    }
+}
 
 /// Commands run around a volume's move, with `MESHDRAIN_VOLUME`, `MESHDRAIN_DEVICE` and
 /// `MESHDRAIN_NODE` in their environment. A failing hook stops that volume's move.
@@ -49,7 +226,7 @@ pub struct WireguardAdvert {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Arrival {
     /// The node it came from.
-    pub from: String,
+    pub from: NodeName,
     /// The lease epoch of the move.
     pub epoch: u64,
     /// Bytes read from the source (the rest was written by the workload or unallocated).
@@ -71,4 +248,42 @@ pub struct Incoming {
     /// The source asked for a digest of what is read (`--verify`).
     #[serde(default)]
     pub verify: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn names_are_plain_and_checked_once() {
+        assert_eq!("node-1.rack_2".parse::<NodeName>().unwrap().as_str(), "node-1.rack_2");
+        for bad in ["", "-x", "a/b", "a b", &"x".repeat(64), "é"] {
+            assert_eq!(bad.parse::<NodeName>().unwrap_err(), NameError::Node(bad.to_owned()), "{bad:?}");
+            assert_eq!(bad.parse::<VolumeId>().unwrap_err(), NameError::Volume(bad.to_owned()), "{bad:?}");
+        }
+        assert_eq!(
+            "a/b".parse::<NodeName>().unwrap_err().to_string(),
+            "\"a/b\" is not a valid node name (use 1-63 characters from a-z, A-Z, 0-9, '-', '_', '.', starting with a letter or digit)"
+        );
+        assert_eq!(
+            "a b".parse::<VolumeId>().unwrap_err().to_string(),
+            "\"a b\" is not a valid volume id (1-63 of a-z A-Z 0-9 - _ ., starting alphanumeric)"
+        );
+    }
+
+    #[test]
+    fn names_serialize_as_plain_strings_and_refuse_bad_ones() {
+        let id: VolumeId = "db.1".parse().unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"db.1\"");
+        assert_eq!(serde_json::from_str::<VolumeId>("\"db.1\"").unwrap(), id);
+        let err = serde_json::from_str::<NodeName>("\"../x\"").unwrap_err().to_string();
+        assert!(err.starts_with("\"../x\" is not a valid node name"), "{err}");
+        // Maps keyed by names are looked up by `&str` and read the same in JSON.
+        let map: BTreeMap<NodeName, u32> = [("n1".parse().unwrap(), 1)].into();
+        assert_eq!(map.get("n1"), Some(&1));
+        assert_eq!(serde_json::to_string(&map).unwrap(), "{\"n1\":1}");
+        assert_eq!(format!("{:?}", id), "\"db.1\"");
+    }
 }

@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use super::model::{NodeName, VolumeId};
 use super::node::NodeState;
 
 /// A node as placement sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     /// Node name.
-    pub name: String,
+    pub name: NodeName,
     /// Alive per the failure detector.
     pub alive: bool,
     /// Lifecycle state.
@@ -35,7 +36,7 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
     /// Volume id.
-    pub id: String,
+    pub id: VolumeId,
     /// Size in bytes (what the target must have free).
     pub size: u64,
     /// Labels a target must carry (`zone = "a"`).
@@ -79,11 +80,11 @@ pub enum Ineligible {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
     /// The volume.
-    pub volume: String,
+    pub volume: VolumeId,
     /// The chosen node, or `None` if no node can take it.
-    pub target: Option<String>,
+    pub target: Option<NodeName>,
     /// Why each rejected node was rejected.
-    pub rejected: Vec<(String, Ineligible)>,
+    pub rejected: Vec<(NodeName, Ineligible)>,
 }
 
 /// Rendezvous (highest-random-weight) score: stable across versions and platforms.
@@ -127,7 +128,7 @@ pub fn plan(
     source: &str,
     volumes: &[VolumeSpec],
     candidates: &[Candidate],
-    fixed: &[(String, String)],
+    fixed: &[(VolumeId, NodeName)],
 ) -> Vec<Placement> {
     let mut free: BTreeMap<&str, u64> = candidates.iter().map(|c| (c.name.as_str(), c.free_bytes)).collect();
     let mut assigned: BTreeMap<&str, usize> = BTreeMap::new();
@@ -181,7 +182,7 @@ mod tests {
 
     fn node(name: &str, free: u64) -> Candidate {
         Candidate {
-            name: name.into(),
+            name: name.parse().unwrap(),
             alive: true,
             state: NodeState::Active,
             free_bytes: free,
@@ -190,7 +191,7 @@ mod tests {
         }
     }
     fn vol(id: &str, size: u64) -> VolumeSpec {
-        VolumeSpec { id: id.into(), size, requires: BTreeMap::new() }
+        VolumeSpec { id: id.parse().unwrap(), size, requires: BTreeMap::new() }
     }
 
     #[test]
@@ -236,7 +237,7 @@ mod tests {
         let nodes = vec![node("a", 1000), node("b", 1000), node("c", 1000)];
         let vols: Vec<_> = (0..6).map(|i| vol(&format!("v{i}"), 10)).collect();
         let p = plan("src", &vols, &nodes, &[]);
-        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        let mut count: BTreeMap<NodeName, usize> = BTreeMap::new();
         for x in &p {
             *count.entry(x.target.clone().unwrap()).or_default() += 1;
         }
@@ -246,7 +247,7 @@ mod tests {
     #[test]
     fn fixed_grants_keep_their_node_and_use_its_room() {
         let nodes = vec![node("a", 100), node("b", 100)];
-        let p = plan("src", &[vol("x", 80), vol("y", 50)], &nodes, &[("x".into(), "a".into())]);
+        let p = plan("src", &[vol("x", 80), vol("y", 50)], &nodes, &[("x".parse().unwrap(), "a".parse().unwrap())]);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].target.as_deref(), Some("b"));
     }

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::model::NodeName;
 use super::node::NodeAction;
 
 /// A request that a node change state, as published by the issuer.
@@ -21,7 +22,7 @@ pub struct NodeRequest {
     /// What to do.
     pub action: NodeAction,
     /// The node that issued it (for logs and status).
-    pub issued_by: String,
+    pub issued_by: NodeName,
     /// How to drain (with `drain`; ignored otherwise).
     #[serde(default)]
     pub options: DrainOptions,
@@ -91,7 +92,13 @@ mod tests {
     use super::*;
 
     fn r(seq: u64, nonce: &str, action: NodeAction) -> NodeRequest {
-        NodeRequest { seq, nonce: nonce.into(), action, issued_by: "n1".into(), options: DrainOptions::default() }
+        NodeRequest {
+            seq,
+            nonce: nonce.into(),
+            action,
+            issued_by: "n1".parse().unwrap(),
+            options: DrainOptions::default(),
+        }
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl SimFleet {
                 dead_node_grace: Duration::from_secs(3600),
             };
             let identity = CoreConfig {
-                name: name.clone(),
+                name: name.parse().unwrap(),
                 gossip_addr: addr(i),
                 labels: Default::default(),
                 mesh_addr: None,

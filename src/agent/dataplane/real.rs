@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::DataPlane;
 use crate::agent::hooks::{HookKind, run_hook};
 use crate::decide::core::{DataCommand, DataEvent};
-use crate::decide::model::ExportEndpoint;
+use crate::decide::model::{ExportEndpoint, VolumeId};
 
 /// One lease's export: who may read which volume, for which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,11 +242,11 @@ impl Inner {
                 let mut unquiesced = self.unquiesced.lock().expect("lock");
                 match result {
                     Ok(()) => {
-                        unquiesced.remove(&volume);
+                        unquiesced.remove(volume.as_str());
                     }
                     Err(reason) => {
                         warn!(%volume, "{reason}");
-                        unquiesced.insert(volume.clone());
+                        unquiesced.insert(volume.to_string());
                         send(DataEvent::HookFailed { volume, reason });
                     }
                 }
@@ -258,7 +258,7 @@ impl Inner {
                 }
             }
             DataCommand::OpenExport { volume, holder, holder_addr, epoch } => {
-                if self.unquiesced.lock().expect("lock").contains(&volume) {
+                if self.unquiesced.lock().expect("lock").contains(volume.as_str()) {
                     return warn!(%volume, "not exporting: its stop hook failed");
                 }
                 let Some(path) = self.local(&volume) else {
@@ -268,7 +268,7 @@ impl Inner {
                 let grant = ExportGrant {
                     iqn: crate::decide::core::export_iqn(&self.node, &volume),
                     initiator_iqn: initiator_iqn(&holder, &volume, epoch),
-                    volume: volume.clone(),
+                    volume: volume.to_string(),
                     path,
                     holder_addr,
                     epoch,
@@ -300,7 +300,7 @@ impl Inner {
             }
             DataCommand::DeleteData { volume } => {
                 let Some(path) = self.local(&volume) else { return };
-                self.volumes.lock().expect("volume table lock").remove(&volume);
+                self.volumes.lock().expect("volume table lock").remove(volume.as_str());
                 if path.starts_with(&self.pool) {
                     match std::fs::remove_file(&path) {
                         Ok(()) => info!(%volume, path = %path.display(), "handed-off copy deleted"),
@@ -318,7 +318,7 @@ impl Inner {
                 let (dest, metadata) = dest_paths(&self.pool, &volume);
                 let spec = CloneSpec {
                     initiator_iqn: initiator_iqn(&self.node, &volume, epoch),
-                    volume: volume.clone(),
+                    volume: volume.to_string(),
                     export,
                     epoch,
                     size,
@@ -331,14 +331,14 @@ impl Inner {
                 match self.blocking(move || clones.prepare(&spec)).await {
                     Ok(device) => {
                         info!(%volume, device = %device.display(), "clone ready");
-                        self.devices.lock().expect("device map lock").insert(volume.clone(), device);
+                        self.devices.lock().expect("device map lock").insert(volume.to_string(), device);
                         send(DataEvent::CloneReady { volume, epoch });
                     }
                     Err(reason) => send(DataEvent::CloneFailed { volume, epoch, reason }),
                 }
             }
             DataCommand::StartHeldWorkload { volume, hook } => {
-                let device = self.devices.lock().expect("device map lock").get(&volume).cloned();
+                let device = self.devices.lock().expect("device map lock").get(volume.as_str()).cloned();
                 let Some(device) = device else {
                     warn!(%volume, "no clone device to start the workload on");
                     return;
@@ -358,7 +358,7 @@ impl Inner {
                 let v = volume.clone();
                 match self.blocking(move || clones.finalize(&v)).await {
                     Ok(digest) => {
-                        self.devices.lock().expect("device map lock").remove(&volume);
+                        self.devices.lock().expect("device map lock").remove(volume.as_str());
                         send(DataEvent::Finalized { volume: volume.clone(), digest });
                         let (dest, _) = dest_paths(&self.pool, &volume);
                         if let Err(reason) = self.hook(HookKind::Done, done_hook, &volume, &dest).await {
@@ -369,7 +369,7 @@ impl Inner {
                 }
             }
             DataCommand::DiscardClone { volume } => {
-                self.devices.lock().expect("device map lock").remove(&volume);
+                self.devices.lock().expect("device map lock").remove(volume.as_str());
                 let (dest, metadata) = dest_paths(&self.pool, &volume);
                 self.clones.discard(&volume, &dest, &metadata);
                 info!(%volume, "revoked partial clone discarded");
@@ -379,7 +379,7 @@ impl Inner {
 
     /// Reports hydration progress until every region is on the dest: every poll
     /// interval, and at once when the engine says the last region is in.
-    async fn report_progress(&self, volume: String, events: mpsc::UnboundedSender<DataEvent>) {
+    async fn report_progress(&self, volume: VolumeId, events: mpsc::UnboundedSender<DataEvent>) {
         let mut watch = self.clones.watch_progress(&volume);
         loop {
             let Some(p) = self.clones.progress(&volume) else { return };

@@ -138,7 +138,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let (stop_hook, start_hook) = workload::write_hooks(&dir)?;
     let volume = NewVolume {
-        id: VOLUME.into(),
+        id: VOLUME.parse().expect("the demo volume id is plain"),
         size: Some(args.size),
         path: None,
         requires: Default::default(),
@@ -182,7 +182,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     say(&args, &format!("node{} runs `meshdrain drain node1{flag}`", last + 1));
     let t0 = Instant::now();
     let options = DrainOptions { rate_limit: rate, parallel: None, verify: args.verify };
-    let req = Request::NodeAction { node: "node1".into(), action: NodeAction::Drain, force: false, options };
+    let req = Request::NodeAction {
+        node: "node1".parse().expect("a plain node name"),
+        action: NodeAction::Drain,
+        force: false,
+        options,
+    };
     if let Response::Error { message } = fleet.call(last, &req).await? {
         anyhow::bail!("drain refused: {message}");
     }

@@ -1,6 +1,6 @@
 //! The seam to the data plane: the commands the core emits and the events it is fed.
 
-use crate::decide::model::ExportEndpoint;
+use crate::decide::model::{ExportEndpoint, NodeName, VolumeId};
 
 /// What the data plane must do (export, clone, hooks, deletion). Fields are the volume
 /// and what its variant's doc names.
@@ -8,21 +8,21 @@ use crate::decide::model::ExportEndpoint;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataCommand {
     /// Source: run the `stop` hook (quiesce before export).
-    StopWorkload { volume: String, hook: Option<String> },
+    StopWorkload { volume: VolumeId, hook: Option<String> },
     /// Source: run the `start` hook here again (move cancelled before cut-over).
-    StartWorkload { volume: String, hook: Option<String> },
+    StartWorkload { volume: VolumeId, hook: Option<String> },
     /// Source: open the read-only export to `holder_addr` for `epoch`.
-    OpenExport { volume: String, holder: String, holder_addr: String, epoch: u64 },
+    OpenExport { volume: VolumeId, holder: NodeName, holder_addr: String, epoch: u64 },
     /// Source: close the export (fences everyone).
-    CloseExport { volume: String },
+    CloseExport { volume: VolumeId },
     /// Source: delete the local copy (only after the holder's `done`).
-    DeleteData { volume: String },
+    DeleteData { volume: VolumeId },
     /// Source: digest the local copy and compare it with the holder's (`--verify`).
-    VerifyCopy { volume: String, epoch: u64, digest: String },
+    VerifyCopy { volume: VolumeId, epoch: u64, digest: String },
     /// Holder: log in to the export and create the clone, workload not started.
     PrepareClone {
-        volume: String,
-        source: String,
+        volume: VolumeId,
+        source: NodeName,
         export: Option<ExportEndpoint>,
         epoch: u64,
         size: u64,
@@ -31,13 +31,13 @@ pub enum DataCommand {
         verify: bool,
     },
     /// Holder: change the hydration bandwidth of a clone under way.
-    SetRateLimit { volume: String, rate_limit: Option<u64> },
+    SetRateLimit { volume: VolumeId, rate_limit: Option<u64> },
     /// Holder: start the workload on the clone (`start` hook) and hydrate in the background.
-    StartHeldWorkload { volume: String, hook: Option<String> },
+    StartHeldWorkload { volume: VolumeId, hook: Option<String> },
     /// Holder: flush, replace the clone by the plain device, log out; then the `done` hook.
-    Finalize { volume: String, done_hook: Option<String> },
+    Finalize { volume: VolumeId, done_hook: Option<String> },
     /// Holder: remove a revoked partial clone.
-    DiscardClone { volume: String },
+    DiscardClone { volume: VolumeId },
 }
 
 /// What the data plane reports back. Fields are the volume and what its variant's doc names.
@@ -45,16 +45,16 @@ pub enum DataCommand {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataEvent {
     /// Source: a hook for this volume failed.
-    HookFailed { volume: String, reason: String },
+    HookFailed { volume: VolumeId, reason: String },
     /// Source: the export for `epoch` is open.
-    ExportOpened { volume: String, epoch: u64 },
+    ExportOpened { volume: VolumeId, epoch: u64 },
     /// Holder: the clone for `epoch` exists.
-    CloneReady { volume: String, epoch: u64 },
+    CloneReady { volume: VolumeId, epoch: u64 },
     /// Holder: preparing the clone for `epoch` failed.
-    CloneFailed { volume: String, epoch: u64, reason: String },
+    CloneFailed { volume: VolumeId, epoch: u64, reason: String },
     /// Holder: hydration progress.
     Progress {
-        volume: String,
+        volume: VolumeId,
         hydrated: u64,
         total: u64,
         bytes_per_s: u64,
@@ -64,10 +64,10 @@ pub enum DataEvent {
         error: Option<String>,
     },
     /// Holder: every region is on the dest.
-    Hydrated { volume: String },
+    Hydrated { volume: VolumeId },
     /// Holder: flushed and swapped; the volume lives here. `digest` of what was read from
     /// the source when the move asked for one.
-    Finalized { volume: String, digest: Option<String> },
+    Finalized { volume: VolumeId, digest: Option<String> },
     /// Source: the holder's digest compared with the local copy.
-    Verified { volume: String, epoch: u64, result: Result<(), String> },
+    Verified { volume: VolumeId, epoch: u64, result: Result<(), String> },
 }

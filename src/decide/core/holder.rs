@@ -6,7 +6,7 @@ use crate::cluster::view::ClusterView;
 use crate::decide::lease::{
     HolderEffect, HolderEvent, HolderPhase, HolderVolume, SourcePhase, SourceSignal, SourceVolume,
 };
-use crate::decide::model::Incoming;
+use crate::decide::model::{Incoming, VolumeId};
 
 impl Core {
     pub(super) fn tick_holders(&mut self, view: &ClusterView, out: &mut Output) {
@@ -34,7 +34,7 @@ impl Core {
                 }
             }
         }
-        let ids: Vec<String> = self.state.holding.keys().cloned().collect();
+        let ids: Vec<VolumeId> = self.state.holding.keys().cloned().collect();
         for id in ids {
             let h = &self.state.holding[&id];
             let rec = view.nodes.get(&h.source).and_then(|n| n.volumes.get(&id));
@@ -70,7 +70,7 @@ impl Core {
         }
     }
 
-    pub(super) fn holder_step(&mut self, id: &str, event: &HolderEvent, out: &mut Output) {
+    pub(super) fn holder_step(&mut self, id: &VolumeId, event: &HolderEvent, out: &mut Output) {
         let Some(h) = self.state.holding.get_mut(id) else { return };
         let before = h.clone();
         let fx = h.step(event);
@@ -84,15 +84,15 @@ impl Core {
             let (requires, hooks) = meta.map(|m| (m.requires, m.hooks)).unwrap_or_default();
             let fetched_bytes = self.progress.get(id).map_or(0, |p| p.fetched_bytes);
             let arrived = Some(Arrival { from: h.source.clone(), epoch, fetched_bytes });
-            self.state.volumes.insert(id.to_owned(), OwnedVolume { lease, requires, hooks, arrived });
+            self.state.volumes.insert(id.clone(), OwnedVolume { lease, requires, hooks, arrived });
         }
         for f in fx {
             self.holder_command(id, f, out);
         }
     }
 
-    pub(super) fn holder_command(&self, id: &str, fx: HolderEffect, out: &mut Output) {
-        let volume = id.to_owned();
+    pub(super) fn holder_command(&self, id: &VolumeId, fx: HolderEffect, out: &mut Output) {
+        let volume = id.clone();
         let Some(h) = self.state.holding.get(id) else { return };
         let meta = self.state.incoming.get(id);
         let hooks = meta.map(|m| m.hooks.clone()).unwrap_or_default();

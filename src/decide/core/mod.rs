@@ -11,7 +11,7 @@ use crate::cluster::view::ClusterView;
 use crate::decide::lease::{
     HolderEvent, HolderPhase, HolderVolume, SourceEffect, SourceEvent, SourcePhase, SourceVolume, Timing,
 };
-use crate::decide::model::{Arrival, Hooks, Incoming, WireguardAdvert};
+use crate::decide::model::{Arrival, Hooks, Incoming, NodeName, VolumeId, WireguardAdvert};
 use crate::decide::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::decide::placement::Candidate;
 use crate::decide::request::{self, AppliedRequest, DrainOptions, NodeRequest};
@@ -28,7 +28,7 @@ pub use keys::export_iqn;
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
     /// Node name.
-    pub name: String,
+    pub name: NodeName,
     /// Labels offered to placement.
     pub labels: BTreeMap<String, String>,
     /// Capacity advertised for incoming volumes (the agent re-reads it as the pool fills).
@@ -77,19 +77,19 @@ pub struct CoreState {
     pub last_request: Option<AppliedRequest>,
     /// Requests this node issued for others, until they adopt them.
     #[serde(default)]
-    pub issued: BTreeMap<String, NodeRequest>,
+    pub issued: BTreeMap<NodeName, NodeRequest>,
     /// Volumes owned here.
     #[serde(default)]
-    pub volumes: BTreeMap<String, OwnedVolume>,
+    pub volumes: BTreeMap<VolumeId, OwnedVolume>,
     /// Volumes moving here.
     #[serde(default)]
-    pub holding: BTreeMap<String, HolderVolume>,
+    pub holding: BTreeMap<VolumeId, HolderVolume>,
     /// Options of the drain under way (from the last `drain` request applied).
     #[serde(default)]
     pub drain_options: DrainOptions,
     /// Export, labels and hooks of each volume in `holding`.
     #[serde(default)]
-    pub incoming: BTreeMap<String, Incoming>,
+    pub incoming: BTreeMap<VolumeId, Incoming>,
 }
 
 impl Default for CoreState {
@@ -133,32 +133,29 @@ pub struct Core {
     pub config: CoreConfig,
     /// Durable state.
     pub state: CoreState,
-    claims: BTreeMap<(String, String), u64>,
-    progress: BTreeMap<String, Progress>,
+    claims: BTreeMap<(NodeName, VolumeId), u64>,
+    progress: BTreeMap<VolumeId, Progress>,
     gc_requested: bool,
     /// Exports to open once the holder's address is known (after a restart the view is
     /// empty, and an ACL without the holder's address would let nobody in): volume →
     /// (holder, epoch).
-    unaddressed_exports: BTreeMap<String, (String, u64)>,
+    unaddressed_exports: BTreeMap<VolumeId, (NodeName, u64)>,
 }
 
 /// Why a volume cannot be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VolumeError {
-    /// Bad id.
-    #[error("{0:?} is not a valid volume id (1-63 of a-z A-Z 0-9 - _ ., starting alphanumeric)")]
-    BadId(String),
     /// Already here.
     #[error("volume {0} already exists on this node")]
-    Exists(String),
+    Exists(VolumeId),
     /// Already elsewhere in the fleet.
     #[error("volume {0} already exists on node {1}; volume ids are fleet-wide")]
-    ExistsElsewhere(String, String),
+    ExistsElsewhere(VolumeId, NodeName),
     /// This node gossips only: a volume here could never move.
     #[error(
         "this node has no data plane (dataplane.backend = \"none\"), so volume {0} could never move: set [dataplane] backend = \"iscsi\" and restart the agent"
     )]
-    NoDataPlane(String),
+    NoDataPlane(VolumeId),
 }
 
 impl Core {
@@ -177,7 +174,7 @@ impl Core {
     /// Data-plane work to re-establish after a restart (exports, clones, workloads).
     pub fn restart(&mut self) -> Output {
         let mut out = Output::default();
-        let effects: Vec<(String, SourceEffect)> = self
+        let effects: Vec<(VolumeId, SourceEffect)> = self
             .state
             .volumes
             .iter()
@@ -186,7 +183,7 @@ impl Core {
         for (id, fx) in effects {
             self.source_command(&id, fx, None, &mut out);
         }
-        let ids: Vec<String> = self.state.holding.keys().cloned().collect();
+        let ids: Vec<VolumeId> = self.state.holding.keys().cloned().collect();
         for id in ids {
             let fx = self.state.holding.get_mut(&id).map(HolderVolume::on_restart).unwrap_or_default();
             out.persist |= !fx.is_empty();
@@ -200,27 +197,24 @@ impl Core {
     /// Adds a volume owned here.
     pub fn add_volume(
         &mut self,
-        id: &str,
+        id: &VolumeId,
         size: u64,
         requires: BTreeMap<String, String>,
         hooks: Hooks,
         view: &ClusterView,
     ) -> Result<Output, VolumeError> {
-        if !crate::config::valid_node_name(id) {
-            return Err(VolumeError::BadId(id.to_owned()));
-        }
         if self.state.volumes.contains_key(id) {
-            return Err(VolumeError::Exists(id.to_owned()));
+            return Err(VolumeError::Exists(id.clone()));
         }
         if !self.config.data_plane {
-            return Err(VolumeError::NoDataPlane(id.to_owned()));
+            return Err(VolumeError::NoDataPlane(id.clone()));
         }
-        if let Some(owner) = owner_in_view(view, id).filter(|o| *o != self.config.name) {
-            return Err(VolumeError::ExistsElsewhere(id.to_owned(), owner.to_owned()));
+        if let Some(owner) = owner_in_view(view, id).filter(|o| **o != self.config.name) {
+            return Err(VolumeError::ExistsElsewhere(id.clone(), owner.clone()));
         }
         self.state
             .volumes
-            .insert(id.to_owned(), OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks, arrived: None });
+            .insert(id.clone(), OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks, arrived: None });
         Ok(Output { commands: vec![], persist: true })
     }
 
@@ -261,7 +255,7 @@ impl Core {
     /// Issues a request for another node: published until that node adopts it.
     pub fn issue_request(
         &mut self,
-        node: &str,
+        node: &NodeName,
         action: NodeAction,
         options: DrainOptions,
         nonce: String,
@@ -275,8 +269,8 @@ impl Core {
             issued_by: self.config.name.clone(),
             options,
         };
-        if node != self.config.name {
-            self.state.issued.insert(node.to_owned(), req.clone());
+        if *node != self.config.name {
+            self.state.issued.insert(node.clone(), req.clone());
         }
         req
     }
@@ -390,10 +384,10 @@ pub fn candidates(view: &ClusterView) -> Vec<Candidate> {
 
 /// The node that owns volume `id` according to the view: the highest epoch wins; at the
 /// same epoch, the new owner (its record is `held`) wins over the source that moved it.
-pub fn owner_in_view<'a>(view: &'a ClusterView, id: &str) -> Option<&'a str> {
+pub fn owner_in_view<'a>(view: &'a ClusterView, id: &str) -> Option<&'a NodeName> {
     view.nodes
         .values()
-        .filter_map(|n| n.volumes.get(id).map(|r| (n.name.as_str(), r)))
+        .filter_map(|n| n.volumes.get(id).map(|r| (&n.name, r)))
         .filter(|(_, r)| !matches!(r.phase, SourcePhase::Deleted { .. }))
         .max_by_key(|(name, r)| {
             (

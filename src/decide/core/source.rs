@@ -4,6 +4,7 @@
 use super::{Core, DataCommand, Output, OwnedVolume, candidates};
 use crate::cluster::view::ClusterView;
 use crate::decide::lease::{HolderSignal, SourceEffect, SourceEvent, SourcePhase};
+use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::node::NodeState;
 use crate::decide::placement::{self, Candidate, VolumeSpec};
 
@@ -15,7 +16,7 @@ impl Core {
         for (id, (holder, epoch)) in waiting {
             let wanted = self.state.volumes.get(&id).is_some_and(|v| {
                 v.lease.epoch == epoch
-                    && v.lease.holder() == Some(holder.as_str())
+                    && v.lease.holder() == Some(&holder)
                     && matches!(v.lease.phase, SourcePhase::Granted { .. } | SourcePhase::CutOver { .. })
             });
             if wanted {
@@ -30,16 +31,16 @@ impl Core {
         let draining = self.state.node_state == NodeState::Draining && self.config.data_plane;
         let me = self.config.name.clone();
         let all = candidates(view);
-        let mut order: Vec<(u64, String)> =
+        let mut order: Vec<(u64, VolumeId)> =
             self.state.volumes.iter().map(|(id, v)| (v.lease.size, id.clone())).collect();
         order.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
         for (_, id) in order {
-            let fixed: Vec<(String, String)> = self
+            let fixed: Vec<(VolumeId, NodeName)> = self
                 .state
                 .volumes
                 .iter()
                 .filter(|(_, v)| matches!(v.lease.phase, SourcePhase::Granted { .. } | SourcePhase::CutOver { .. }))
-                .filter_map(|(vid, v)| v.lease.holder().map(|h| (vid.clone(), h.to_owned())))
+                .filter_map(|(vid, v)| v.lease.holder().map(|h| (vid.clone(), h.clone())))
                 .collect();
             let specs: Vec<VolumeSpec> = self.state.volumes.iter().map(|(vid, v)| spec(vid, v)).collect();
             let vol = &self.state.volumes[&id];
@@ -84,8 +85,14 @@ impl Core {
         }
     }
 
-    pub(super) fn source_command(&mut self, id: &str, fx: SourceEffect, view: Option<&ClusterView>, out: &mut Output) {
-        let volume = id.to_owned();
+    pub(super) fn source_command(
+        &mut self,
+        id: &VolumeId,
+        fx: SourceEffect,
+        view: Option<&ClusterView>,
+        out: &mut Output,
+    ) {
+        let volume = id.clone();
         if let SourceEffect::OpenExport { holder, epoch } = &fx {
             let addr = view.map(|v| node_addr(v, holder)).unwrap_or_default();
             if addr.is_empty() {
@@ -108,7 +115,7 @@ impl Core {
         });
     }
 
-    pub(super) fn source_event(&mut self, volume: &str, event: &SourceEvent, now_ms: u64, out: &mut Output) {
+    pub(super) fn source_event(&mut self, volume: &VolumeId, event: &SourceEvent, now_ms: u64, out: &mut Output) {
         let Some(v) = self.state.volumes.get_mut(volume) else { return };
         let before = v.lease.clone();
         let fx = v.lease.step(event, now_ms, &self.config.timing);
@@ -127,8 +134,8 @@ fn node_addr(view: &ClusterView, node: &str) -> String {
         .unwrap_or_default()
 }
 
-fn spec(id: &str, v: &OwnedVolume) -> VolumeSpec {
-    VolumeSpec { id: id.to_owned(), size: v.lease.size, requires: v.requires.clone() }
+fn spec(id: &VolumeId, v: &OwnedVolume) -> VolumeSpec {
+    VolumeSpec { id: id.clone(), size: v.lease.size, requires: v.requires.clone() }
 }
 
 fn holder_signal(view: &ClusterView, holder: &str, id: &str) -> HolderSignal {

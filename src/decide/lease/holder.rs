@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::decide::model::{NodeName, VolumeId};
+
 /// Where the holder is. Published in `progress/<id>` with the epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
@@ -46,9 +48,9 @@ pub enum HolderPhase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderVolume {
     /// Volume id.
-    pub id: String,
+    pub id: VolumeId,
     /// The node it comes from.
-    pub source: String,
+    pub source: NodeName,
     /// The lease epoch this holder was granted.
     pub epoch: u64,
     /// Size in bytes.
@@ -106,10 +108,10 @@ pub enum HolderEffect {
 
 impl HolderVolume {
     /// A new grant seen in gossip.
-    pub fn granted(id: &str, source: &str, epoch: u64, size: u64) -> (Self, Vec<HolderEffect>) {
+    pub fn granted(id: &VolumeId, source: &NodeName, epoch: u64, size: u64) -> (Self, Vec<HolderEffect>) {
         let v = Self {
-            id: id.to_owned(),
-            source: source.to_owned(),
+            id: id.clone(),
+            source: source.clone(),
             epoch,
             size,
             phase: HolderPhase::Preparing,

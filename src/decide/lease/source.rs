@@ -15,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{HolderPhase, Timing};
+use crate::decide::model::{NodeName, VolumeId};
 
 /// Where the source is in a volume's move. Persisted; published in `vol/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ pub enum SourcePhase {
     /// clone. May become `cut_over`, or `offered`/`held` with a new epoch (revoked).
     Granted {
         /// The lease holder.
-        holder: String,
+        holder: NodeName,
         /// When it was granted, or when the export opened.
         at_ms: u64,
         /// The export is open (after the `stop` hook); only then is it advertised, so the
@@ -42,7 +43,7 @@ pub enum SourcePhase {
     /// The holder may run the workload. Never revoked. May become `handed_off`.
     CutOver {
         /// The lease holder.
-        holder: String,
+        holder: NodeName,
         /// When the source committed the cut-over.
         at_ms: u64,
         /// With `--verify`: the holder's digest is being checked against this copy. Not
@@ -58,14 +59,14 @@ pub enum SourcePhase {
     /// retention window. May become `deleted`.
     HandedOff {
         /// The new owner.
-        holder: String,
+        holder: NodeName,
         /// When `done` was accepted.
         at_ms: u64,
     },
     /// The copy here is deleted. Terminal.
     Deleted {
         /// The new owner.
-        holder: String,
+        holder: NodeName,
     },
     /// A hook failed; the move stopped and nothing was deleted. May become `held` (undrain)
     /// or `offered` (drain again).
@@ -79,7 +80,7 @@ pub enum SourcePhase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceVolume {
     /// Volume id.
-    pub id: String,
+    pub id: VolumeId,
     /// Size in bytes.
     pub size: u64,
     /// Lease epoch: grows with every offer; fences stale holders.
@@ -113,7 +114,7 @@ pub enum SourceEvent {
         /// Whether this node is draining.
         draining: bool,
         /// The node placement would choose among claimants for the current epoch, if any.
-        best_claimant: Option<String>,
+        best_claimant: Option<NodeName>,
         /// Whether that claimant is the one placement chose among all eligible nodes
         /// (then there is no point waiting for the settle window).
         best_is_planned: bool,
@@ -151,7 +152,7 @@ pub enum SourceEffect {
     /// Open the read-only export to `holder` for `epoch` (ACL = holder's mesh address + epoch).
     OpenExport {
         /// The lease holder.
-        holder: String,
+        holder: NodeName,
         /// The epoch its initiator name carries.
         epoch: u64,
     },
@@ -170,8 +171,8 @@ pub enum SourceEffect {
 
 impl SourceVolume {
     /// A volume that lives here.
-    pub fn new(id: &str, size: u64) -> Self {
-        Self { id: id.to_owned(), size, epoch: 0, phase: SourcePhase::Held, verify: false }
+    pub fn new(id: &VolumeId, size: u64) -> Self {
+        Self { id: id.clone(), size, epoch: 0, phase: SourcePhase::Held, verify: false }
     }
 
     /// Whether this volume still keeps its node from being `drained`.
@@ -180,7 +181,7 @@ impl SourceVolume {
     }
 
     /// The current holder, if granted or later.
-    pub fn holder(&self) -> Option<&str> {
+    pub fn holder(&self) -> Option<&NodeName> {
         match &self.phase {
             SourcePhase::Granted { holder, .. }
             | SourcePhase::CutOver { holder, .. }

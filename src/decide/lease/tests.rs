@@ -1,13 +1,22 @@
 use proptest::prelude::*;
 
 use super::*;
+use crate::decide::model::{NodeName, VolumeId};
+
+fn vid(s: &str) -> VolumeId {
+    s.parse().unwrap()
+}
+
+fn node(s: &str) -> NodeName {
+    s.parse().unwrap()
+}
 
 const T: Timing = Timing { settle_ms: 100, ready_timeout_ms: 10_000, retention_ms: 1_000 };
 
 fn tick(draining: bool, best: Option<&str>, planned: bool, holder: Option<HolderSignal>) -> SourceEvent {
     SourceEvent::Tick {
         draining,
-        best_claimant: best.map(str::to_owned),
+        best_claimant: best.map(node),
         best_is_planned: planned,
         holder,
         gc: false,
@@ -26,7 +35,7 @@ fn sig(alive: bool, progress: Option<(u64, HolderPhase)>, done: Option<u64>) -> 
 
 #[test]
 fn source_happy_path_deletes_only_after_done_and_retention() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     assert!(v.step(&tick(false, None, false, None), 0, &T).is_empty());
     assert_eq!(v.phase, SourcePhase::Held);
     v.step(&tick(true, None, false, None), 0, &T);
@@ -34,17 +43,17 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
     // A claimant that is not the planned node waits for the settle window.
     assert!(v.step(&tick(true, Some("b"), false, None), 50, &T).is_empty());
     let fx = v.step(&tick(true, Some("b"), false, None), 100, &T);
-    assert_eq!(fx, vec![SourceEffect::StopWorkload, SourceEffect::OpenExport { holder: "b".into(), epoch: 1 }]);
+    assert_eq!(fx, vec![SourceEffect::StopWorkload, SourceEffect::OpenExport { holder: node("b"), epoch: 1 }]);
     assert!(matches!(v.phase, SourcePhase::Granted { exported: false, .. }));
     // A stale confirmation (another epoch) changes nothing; the right one marks it exported.
     v.step(&SourceEvent::ExportOpened { epoch: 0 }, 150, &T);
     assert!(matches!(v.phase, SourcePhase::Granted { exported: false, .. }));
     v.step(&SourceEvent::ExportOpened { epoch: 1 }, 150, &T);
-    assert_eq!(v.phase, SourcePhase::Granted { holder: "b".into(), at_ms: 150, exported: true });
+    assert_eq!(v.phase, SourcePhase::Granted { holder: node("b"), at_ms: 150, exported: true });
     // Holder preparing: nothing. Ready: cut over.
     assert!(v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 200, &T).is_empty());
     v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 300, &T);
-    assert_eq!(v.phase, SourcePhase::CutOver { holder: "b".into(), at_ms: 300, verifying: false, verify_failed: None });
+    assert_eq!(v.phase, SourcePhase::CutOver { holder: node("b"), at_ms: 300, verifying: false, verify_failed: None });
     // A done for another epoch is not accepted.
     assert!(v.step(&tick(true, None, false, sig(true, None, Some(0))), 400, &T).is_empty());
     let fx = v.step(&tick(true, None, false, sig(true, None, Some(1))), 500, &T);
@@ -52,12 +61,12 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
     assert!(!v.pending());
     assert!(v.step(&tick(true, None, false, None), 1_400, &T).is_empty(), "retention not over");
     assert_eq!(v.step(&tick(true, None, false, None), 1_500, &T), vec![SourceEffect::DeleteData]);
-    assert_eq!(v.phase, SourcePhase::Deleted { holder: "b".into() });
+    assert_eq!(v.phase, SourcePhase::Deleted { holder: node("b") });
 }
 
 /// A volume offered by a `--verify` drain and cut over to `b` at epoch 1.
 fn cut_over_with_verify() -> SourceVolume {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     let offer = later(None, false, true);
     v.step(&offer, 0, &T);
     assert!(v.verify, "the drain's --verify is fixed into the volume at the offer");
@@ -84,7 +93,7 @@ fn verify_hands_off_only_after_the_copy_here_matches() {
     assert!(v.pending());
     let fx = v.step(&SourceEvent::Verified { epoch: 1, result: Ok(()) }, 13, &T);
     assert_eq!(fx, vec![SourceEffect::CloseExport]);
-    assert_eq!(v.phase, SourcePhase::HandedOff { holder: "b".into(), at_ms: 13 });
+    assert_eq!(v.phase, SourcePhase::HandedOff { holder: node("b"), at_ms: 13 });
 }
 
 #[test]
@@ -129,7 +138,7 @@ fn a_restarted_source_checks_again() {
 
 #[test]
 fn planned_claimant_is_granted_without_waiting() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     let fx = v.step(&tick(true, Some("a"), true, None), 1, &T);
     assert_eq!(fx.len(), 2);
@@ -137,7 +146,7 @@ fn planned_claimant_is_granted_without_waiting() {
 
 #[test]
 fn holder_lost_before_cut_over_is_revoked_with_a_new_epoch() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     v.step(&tick(true, Some("a"), true, None), 0, &T);
     let fx = v.step(&tick(true, None, false, sig(false, Some((1, HolderPhase::Preparing)), None)), 10, &T);
@@ -147,7 +156,7 @@ fn holder_lost_before_cut_over_is_revoked_with_a_new_epoch() {
 
 #[test]
 fn a_slow_stop_hook_is_not_a_timeout() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     v.step(&tick(true, Some("a"), true, None), 0, &T);
     // The export is not open yet (the stop hook runs): no timeout however long it takes.
@@ -160,7 +169,7 @@ fn holder_failure_or_timeout_revokes() {
     for signal in
         [sig(true, Some((1, HolderPhase::Failed { reason: "disk full".into() })), None), sig(true, None, None)]
     {
-        let mut v = SourceVolume::new("v", 10);
+        let mut v = SourceVolume::new(&vid("v"), 10);
         v.step(&tick(true, None, false, None), 0, &T);
         v.step(&tick(true, Some("a"), true, None), 0, &T);
         v.step(&SourceEvent::ExportOpened { epoch: 1 }, 0, &T);
@@ -172,7 +181,7 @@ fn holder_failure_or_timeout_revokes() {
 
 #[test]
 fn holder_lost_after_cut_over_is_stranded_never_revoked() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     v.step(&tick(true, Some("a"), true, None), 0, &T);
     v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 1, &T);
@@ -188,14 +197,14 @@ fn holder_lost_after_cut_over_is_stranded_never_revoked() {
 
 #[test]
 fn undrain_before_cut_over_restarts_the_workload_here() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     v.step(&tick(true, Some("a"), true, None), 0, &T);
     let fx = v.step(&tick(false, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 5, &T);
     assert_eq!(fx, vec![SourceEffect::CloseExport, SourceEffect::StartWorkload]);
     assert_eq!((v.epoch, &v.phase), (2, &SourcePhase::Held));
     // An offer that was never granted just returns.
-    let mut w = SourceVolume::new("w", 10);
+    let mut w = SourceVolume::new(&vid("w"), 10);
     w.step(&tick(true, None, false, None), 0, &T);
     assert!(w.step(&tick(false, None, false, None), 1, &T).is_empty());
     assert_eq!(w.phase, SourcePhase::Held);
@@ -203,7 +212,7 @@ fn undrain_before_cut_over_restarts_the_workload_here() {
 
 #[test]
 fn a_failed_hook_stops_the_move_and_deletes_nothing() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     v.step(&tick(true, Some("a"), true, None), 0, &T);
     let fx = v.step(&SourceEvent::HookFailed("stop hook exited 3".into()), 1, &T);
@@ -216,26 +225,26 @@ fn a_failed_hook_stops_the_move_and_deletes_nothing() {
 
 #[test]
 fn gc_deletes_handed_off_copies_early() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.epoch = 3;
-    v.phase = SourcePhase::HandedOff { holder: "a".into(), at_ms: 0 };
+    v.phase = SourcePhase::HandedOff { holder: node("a"), at_ms: 0 };
     let gc = later(None, true, false);
     assert_eq!(v.step(&gc, 1, &T), vec![SourceEffect::DeleteData]);
 }
 
 #[test]
 fn restart_reopens_exports_of_granted_and_cut_over_volumes() {
-    let mut v = SourceVolume::new("v", 10);
+    let mut v = SourceVolume::new(&vid("v"), 10);
     v.epoch = 4;
-    v.phase = SourcePhase::CutOver { holder: "a".into(), at_ms: 0, verifying: false, verify_failed: None };
-    assert_eq!(v.on_restart(), vec![SourceEffect::OpenExport { holder: "a".into(), epoch: 4 }]);
+    v.phase = SourcePhase::CutOver { holder: node("a"), at_ms: 0, verifying: false, verify_failed: None };
+    assert_eq!(v.on_restart(), vec![SourceEffect::OpenExport { holder: node("a"), epoch: 4 }]);
     v.phase = SourcePhase::Held;
     assert!(v.on_restart().is_empty());
 }
 
 #[test]
 fn holder_happy_path() {
-    let (mut h, fx) = HolderVolume::granted("v", "src", 2, 10);
+    let (mut h, fx) = HolderVolume::granted(&vid("v"), &node("src"), 2, 10);
     assert_eq!(fx, vec![HolderEffect::PrepareClone]);
     assert!(
         h.step(&HolderEvent::Tick(Some(SourceSignal { epoch: 2, cut_over_to_me: true }))).is_empty(),
@@ -263,7 +272,7 @@ fn holder_happy_path() {
 #[test]
 fn revoked_holder_discards_its_partial_clone() {
     for ready in [false, true] {
-        let (mut h, _) = HolderVolume::granted("v", "src", 2, 10);
+        let (mut h, _) = HolderVolume::granted(&vid("v"), &node("src"), 2, 10);
         if ready {
             h.step(&HolderEvent::CloneReady);
         }
@@ -281,7 +290,7 @@ fn revoked_holder_discards_its_partial_clone() {
 
 #[test]
 fn holder_restart_resumes_or_starts_over() {
-    let (mut h, _) = HolderVolume::granted("v", "src", 2, 10);
+    let (mut h, _) = HolderVolume::granted(&vid("v"), &node("src"), 2, 10);
     h.phase = HolderPhase::Ready;
     assert_eq!(h.on_restart(), vec![HolderEffect::PrepareClone]);
     assert_eq!(h.phase, HolderPhase::Preparing);
@@ -323,7 +332,7 @@ proptest! {
     #[test]
     fn safety_holds_under_any_interleaving(ops in proptest::collection::vec(op(), 1..120)) {
         let names = ["h0", "h1", "h2"];
-        let mut src = SourceVolume::new("v", 10);
+        let mut src = SourceVolume::new(&vid("v"), 10);
         let mut holders: [Option<HolderVolume>; 3] = [None, None, None];
         let mut src_history: Vec<SourceVolume> = vec![src.clone()];
         let mut holder_history: Vec<[Option<HolderVolume>; 3]> = vec![holders.clone()];
@@ -341,7 +350,7 @@ proptest! {
                     });
                     let ev = SourceEvent::Tick {
                         draining,
-                        best_claimant: Some(names[claimant].to_owned()),
+                        best_claimant: Some(node(names[claimant])),
                         best_is_planned: planned,
                         holder,
                         gc: false,
@@ -364,7 +373,7 @@ proptest! {
                     if let SourcePhase::Granted { holder, .. } = &src.phase {
                         let i = names.iter().position(|n| n == holder).unwrap();
                         if holders[i].as_ref().is_none_or(|v| v.epoch < src.epoch && !v.workload_may_run()) {
-                            holders[i] = Some(HolderVolume::granted("v", "src", src.epoch, 10).0);
+                            holders[i] = Some(HolderVolume::granted(&vid("v"), &node("src"), src.epoch, 10).0);
                         }
                     }
                     src_history.push(src.clone());
@@ -398,7 +407,7 @@ proptest! {
             prop_assert!(running.len() <= 1, "two holders run the workload: {:?}", running);
             if let Some(r) = running.first() {
                 prop_assert!(!source_running, "source and holder both run the workload");
-                prop_assert_eq!(src.holder(), Some(names.iter().find(|n| **n == names[holders.iter().position(|x| x.as_ref() == Some(*r)).unwrap()]).copied().unwrap()));
+                prop_assert_eq!(src.holder().map(NodeName::as_str), Some(names.iter().find(|n| **n == names[holders.iter().position(|x| x.as_ref() == Some(*r)).unwrap()]).copied().unwrap()));
                 prop_assert_eq!(r.epoch, src.epoch);
             }
         }

@@ -99,11 +99,16 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
 async fn a_failed_stop_hook_keeps_the_volume_unexported() {
     let mut r = rig(false);
     r.plane.execute(
-        DataCommand::StopWorkload { volume: "db".into(), hook: Some("echo busy >&2; exit 2".into()) },
+        DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("echo busy >&2; exit 2".into()) },
         r.tx.clone(),
     );
     r.plane.execute(
-        DataCommand::OpenExport { volume: "db".into(), holder: "n2".into(), holder_addr: "fd00::2".into(), epoch: 3 },
+        DataCommand::OpenExport {
+            volume: "db".parse().unwrap(),
+            holder: "n2".parse().unwrap(),
+            holder_addr: "fd00::2".into(),
+            epoch: 3,
+        },
         r.tx.clone(),
     );
     match next(&mut r.rx).await {
@@ -118,9 +123,15 @@ async fn a_failed_stop_hook_keeps_the_volume_unexported() {
     assert!(r.exports.calls.lock().unwrap().is_empty(), "exported an unquiesced volume");
 
     // The next grant's stop succeeds: the export opens, ACL'd to the holder and its epoch.
-    r.plane.execute(DataCommand::StopWorkload { volume: "db".into(), hook: Some("true".into()) }, r.tx.clone());
+    r.plane
+        .execute(DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("true".into()) }, r.tx.clone());
     r.plane.execute(
-        DataCommand::OpenExport { volume: "db".into(), holder: "n2".into(), holder_addr: "fd00::2".into(), epoch: 4 },
+        DataCommand::OpenExport {
+            volume: "db".parse().unwrap(),
+            holder: "n2".parse().unwrap(),
+            holder_addr: "fd00::2".into(),
+            epoch: 4,
+        },
         r.tx.clone(),
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -139,8 +150,8 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
     let cmds = [
         DataCommand::PrepareClone {
-            volume: "db".into(),
-            source: "n1".into(),
+            volume: "db".parse().unwrap(),
+            source: "n1".parse().unwrap(),
             export: Some(export),
             epoch: 4,
             size: 1 << 20,
@@ -148,14 +159,14 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
             verify: false,
         },
         DataCommand::StartHeldWorkload {
-            volume: "db".into(),
+            volume: "db".parse().unwrap(),
             hook: Some(format!("echo $MESHDRAIN_DEVICE > {}", marker.display())),
         },
     ];
     for c in cmds {
         r.plane.execute(c, r.tx.clone());
     }
-    assert_eq!(next(&mut r.rx).await, DataEvent::CloneReady { volume: "db".into(), epoch: 4 });
+    assert_eq!(next(&mut r.rx).await, DataEvent::CloneReady { volume: "db".parse().unwrap(), epoch: 4 });
     let mut last = 0;
     loop {
         match next(&mut r.rx).await {
@@ -171,8 +182,8 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
         }
     }
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "/dev/loop9\n", "start hook sees the clone device");
-    r.plane.execute(DataCommand::Finalize { volume: "db".into(), done_hook: None }, r.tx.clone());
-    assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".into(), digest: None });
+    r.plane.execute(DataCommand::Finalize { volume: "db".parse().unwrap(), done_hook: None }, r.tx.clone());
+    assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".parse().unwrap(), digest: None });
     let calls = r.clones.calls.lock().unwrap().clone();
     assert_eq!(
         calls,
@@ -186,8 +197,8 @@ async fn a_refused_login_is_reported_with_its_reason() {
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
     r.plane.execute(
         DataCommand::PrepareClone {
-            volume: "db".into(),
-            source: "n1".into(),
+            volume: "db".parse().unwrap(),
+            source: "n1".parse().unwrap(),
             export: Some(export),
             epoch: 2,
             size: 1,
@@ -198,12 +209,16 @@ async fn a_refused_login_is_reported_with_its_reason() {
     );
     assert_eq!(
         next(&mut r.rx).await,
-        DataEvent::CloneFailed { volume: "db".into(), epoch: 2, reason: "login refused by the target (ACL)".into() }
+        DataEvent::CloneFailed {
+            volume: "db".parse().unwrap(),
+            epoch: 2,
+            reason: "login refused by the target (ACL)".into()
+        }
     );
     r.plane.execute(
         DataCommand::PrepareClone {
-            volume: "db".into(),
-            source: "n1".into(),
+            volume: "db".parse().unwrap(),
+            source: "n1".parse().unwrap(),
             export: None,
             epoch: 3,
             size: 1,
@@ -226,8 +241,8 @@ async fn only_pool_files_are_deleted_after_hand_off() {
     r.plane.inner.volumes.lock().unwrap().insert("ext".into(), device.clone());
     let mut plane = r.plane;
     std::fs::write(r.dir.path().join("db.img"), b"data").unwrap();
-    plane.execute(DataCommand::DeleteData { volume: "db".into() }, r.tx.clone());
-    plane.execute(DataCommand::DeleteData { volume: "ext".into() }, r.tx.clone());
+    plane.execute(DataCommand::DeleteData { volume: "db".parse().unwrap() }, r.tx.clone());
+    plane.execute(DataCommand::DeleteData { volume: "ext".parse().unwrap() }, r.tx.clone());
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!r.dir.path().join("db.img").exists());
     assert!(device.exists(), "a device outside the pool is never deleted");
