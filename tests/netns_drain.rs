@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::{AgentProc, state_seen, wait_until};
 use meshdrain::cli::demo::workload::{Mounted, pseudo_random, sha};
+use meshdrain::config::{CloneEngineChoice, DataplaneBackend, DataplaneConfig};
 use meshdrain_testkit::netns::Lan;
 
 struct Fleet {
@@ -22,11 +23,11 @@ struct Fleet {
 
 impl Fleet {
     fn new(root: &Path, n: usize) -> Self {
-        Self::with(root, n, "")
+        Self::with(root, n, |_| {})
     }
 
-    /// A fleet whose agents get `extra` appended to their `[dataplane]` section.
-    fn with(root: &Path, n: usize, extra: &str) -> Self {
+    /// A fleet whose agents' `[dataplane]` section is changed by `edit`.
+    fn with(root: &Path, n: usize, edit: impl Fn(&mut DataplaneConfig)) -> Self {
         let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
         // Every node enrolled by one fleet CA; all agent traffic rides the userspace mesh.
         let mesh = meshdrain::cli::demo::fleet::enrol(root, n).expect("enrolling the fleet");
@@ -36,11 +37,15 @@ impl Fleet {
             .map(|(i, section)| {
                 let ip = Lan::underlay(i).to_string();
                 let mut a = AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[], 100);
-                let cfg = std::fs::read_to_string(&a.config).unwrap().replace("[mesh]\nbackend = \"none\"\n", section);
-                std::fs::write(&a.config, cfg).unwrap();
-                a.append_config(&format!(
-                    "\n[dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n{extra}\n"
-                ));
+                a.cfg.mesh = section.clone();
+                a.cfg.dataplane = DataplaneConfig {
+                    backend: DataplaneBackend::Iscsi,
+                    clone: CloneEngineChoice::Userspace,
+                    progress_ms: 200,
+                    ..DataplaneConfig::default()
+                };
+                edit(&mut a.cfg.dataplane);
+                a.write_config();
                 a.start();
                 a
             })
@@ -354,7 +359,7 @@ fn netns_drain_partition_between_source_and_holder_heals_and_hydration_resumes()
 fn netns_drain_holder_lost_before_cut_over_is_replaced_and_discards_its_clone_on_return() {
     let tmp = tempfile::tempdir().unwrap();
     // Every clone setup takes 3 s: time to kill the first holder while it prepares.
-    let mut f = Fleet::with(tmp.path(), 4, "test_prepare_delay_ms = 3000");
+    let mut f = Fleet::with(tmp.path(), 4, |d| d.test_prepare_delay_ms = 3000);
     let want = raw_volume(&f, "v", 8);
     let out = f.agents[0].cli(&["drain", "node1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -207,6 +207,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::{AgentProc, wait_until};
+use meshdrain::config::{MeshBackendChoice, MeshConfig, MeshSeed};
 use meshdrain_mesh::files::{create_ca, save_json};
 
 /// A fleet CA on disk and the namespaces its agents run in.
@@ -239,22 +240,23 @@ impl Fleet {
     fn agent(&self, i: usize, name: &str, ca: &FleetCa, ca_pub: &Path, valid: Duration) -> MeshAgent {
         let ns = &self.lan.nodes[i];
         let ip = Lan::underlay(i).to_string();
-        let proc_ = AgentProc::in_netns(self.root.path(), name, ns.name(), &ip, &[], 200);
+        let mut proc_ = AgentProc::in_netns(self.root.path(), name, ns.name(), &ip, &[], 200);
         let state = proc_.dir.join("state");
         let key = NodeKey::load_or_create(&state).unwrap();
         let req = SigningRequest { name: name.into(), public_key: key.public().to_base64() };
         let cert = ca.sign(&req, SystemTime::now() + valid).unwrap();
         let cert_path = proc_.dir.join("node.cert.json");
         save_json(&cert_path, &cert).unwrap();
-        let mesh = format!(
-            "[mesh]\nbackend = \"userspace\"\ninterface = \"{}\"\nlisten_port = {WG_PORT}\nendpoint = \"{ip}:{WG_PORT}\"\n\
-             certificate = \"{}\"\nfleet_ca = \"{}\"\nseeds = []\n",
-            unique_name("mda"),
-            cert_path.display(),
-            ca_pub.display()
-        );
-        let cfg = std::fs::read_to_string(&proc_.config).unwrap().replace("[mesh]\nbackend = \"none\"\n", &mesh);
-        std::fs::write(&proc_.config, cfg).unwrap();
+        proc_.cfg.mesh = MeshConfig {
+            backend: MeshBackendChoice::Userspace,
+            interface: Some(unique_name("mda")),
+            listen_port: Some(WG_PORT),
+            endpoint: Some(format!("{ip}:{WG_PORT}")),
+            certificate: Some(cert_path),
+            fleet_ca: Some(ca_pub.to_owned()),
+            ..MeshConfig::default()
+        };
+        proc_.write_config();
         MeshAgent { proc_, key: key.public().to_base64(), address: cert.body.address, index: i }
     }
 
@@ -274,13 +276,13 @@ impl MeshAgent {
     }
 
     /// Makes `seed` this agent's only mesh seed.
-    fn seed_with(&self, seed: &MeshAgent) {
-        let entry =
-            format!("{{ public_key = \"{}\", endpoint = \"{}:{WG_PORT}\" }}", seed.key, Lan::underlay(seed.index));
-        let cfg = std::fs::read_to_string(&self.proc_.config).unwrap();
-        assert!(cfg.contains("\nseeds = []\n\n[pool]"), "mesh seeds set twice");
-        let cfg = cfg.replace("\nseeds = []\n\n[pool]", &format!("\nseeds = [{entry}]\n\n[pool]"));
-        std::fs::write(&self.proc_.config, cfg).unwrap();
+    fn seed_with(&mut self, seed: &MeshAgent) {
+        assert!(self.proc_.cfg.mesh.seeds.is_empty(), "mesh seeds set twice");
+        self.proc_.cfg.mesh.seeds = vec![MeshSeed {
+            public_key: seed.key.clone(),
+            endpoint: format!("{}:{WG_PORT}", Lan::underlay(seed.index)),
+        }];
+        self.proc_.write_config();
     }
 
     fn mesh_status(&self) -> Option<serde_json::Value> {
@@ -460,7 +462,7 @@ fn netns_mesh_refuses_foreign_expired_and_revoked_nodes() {
     let mut d = fleet.agent(3, "foreign", &other_ca, &other_pub, Duration::from_secs(3600));
     let mut e = fleet.agent(4, "expired", &fleet.ca, &fleet.ca_pub, Duration::ZERO);
     a.seed_with(&b);
-    for n in [&b, &c, &d, &e] {
+    for n in [&mut b, &mut c, &mut d, &mut e] {
         n.seed_with(&a);
     }
     for n in [&mut a, &mut b, &mut c, &mut d, &mut e] {

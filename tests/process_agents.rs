@@ -13,8 +13,8 @@ fn fleet(root: &std::path::Path, n: usize) -> Vec<AgentProc> {
         .map(|i| {
             // Each node knows only node1 as a seed (node1 knows node2): the rest is gossip.
             let seed = if i == 0 { ports[1] } else { ports[0] };
-            let a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
-            a.local_dataplane(&root.join("exports"), "");
+            let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
+            a.local_dataplane(&root.join("exports"));
             a
         })
         .collect()
@@ -163,11 +163,10 @@ fn metrics_endpoint_serves_prometheus_text() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_udp_port();
     let mut a = AgentProc::new(tmp.path(), "solo", port, &[], 100);
-    a.local_dataplane(&tmp.path().join("exports"), "");
+    a.local_dataplane(&tmp.path().join("exports"));
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut text = std::fs::read_to_string(&a.config).unwrap();
-    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"));
-    std::fs::write(&a.config, text).unwrap();
+    a.cfg.metrics.listen = Some(format!("127.0.0.1:{metrics_port}"));
+    a.write_config();
     a.start();
     let out = a.cli(&["volume", "create", "v1", "--size", "1M"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -221,7 +220,7 @@ fn config_errors_exit_2_naming_the_key() {
     let cases = [
         (good.replace("interval_ms = 200", "interval_ms = 200\nfanout = 3"), "unknown field `fanout`"),
         (good.replace("127.0.0.1:7946", "not-an-address"), "key `gossip.listen`"),
-        (good.replace("[pool]", "[metrics]\nlisten = \"nowhere\"\n[pool]"), "key `metrics.listen`"),
+        (good.replace("[metrics]", "[metrics]\nlisten = \"nowhere\""), "key `metrics.listen`"),
     ];
     for (text, want) in cases {
         std::fs::write(&a.config, text).unwrap();

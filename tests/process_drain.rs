@@ -8,21 +8,24 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{AgentProc, free_udp_port, state_seen, wait_until};
+use meshdrain::config::DataplaneConfig;
 use sha2::{Digest, Sha256};
 
 fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
-    fleet_with(root, n, "")
+    fleet_with(root, n, |_| {})
 }
 
-/// A fleet whose agents get `extra` appended to their `[dataplane]` section.
-fn fleet_with(root: &Path, n: usize, extra: &str) -> Vec<AgentProc> {
+/// A fleet whose agents' `[dataplane]` section is changed by `edit`.
+fn fleet_with(root: &Path, n: usize, edit: impl Fn(&mut DataplaneConfig)) -> Vec<AgentProc> {
     let exports = root.join("exports");
     let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
     (0..n)
         .map(|i| {
             let seed = if i == 0 { ports[1] } else { ports[0] };
             let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
-            a.local_dataplane(&exports, extra);
+            a.local_dataplane(&exports);
+            edit(&mut a.cfg.dataplane);
+            a.write_config();
             a.start();
             a
         })
@@ -275,7 +278,7 @@ fn a_source_killed_mid_hydration_stalls_its_holder_until_it_returns() {
 fn a_holder_lost_before_cut_over_is_replaced_and_discards_its_clone_on_return() {
     let tmp = tempfile::tempdir().unwrap();
     // Every login takes 3 s: time to kill the first holder while it prepares.
-    let mut agents = fleet_with(tmp.path(), 4, "test_prepare_delay_ms = 3000");
+    let mut agents = fleet_with(tmp.path(), 4, |d| d.test_prepare_delay_ms = 3000);
     joined(&agents);
     let sum = volume_with_data(&agents[0], "v", 2);
     let out = agents[0].cli(&["drain", "node1"]);

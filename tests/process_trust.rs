@@ -11,9 +11,9 @@ use std::time::Duration;
 use common::{AgentProc, free_udp_port, meshdrain, state_seen, wait_until};
 
 fn solo(root: &std::path::Path, data_plane: bool) -> AgentProc {
-    let a = AgentProc::new(root, "node1", free_udp_port(), &[], 100);
+    let mut a = AgentProc::new(root, "node1", free_udp_port(), &[], 100);
     if data_plane {
-        a.local_dataplane(&root.join("exports"), "");
+        a.local_dataplane(&root.join("exports"));
     }
     a
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use meshdrain::config::{AgentConfig, DataplaneBackend, DataplaneConfig};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshdrain");
 
 /// A UDP port free right now on 127.0.0.1 (the OS picks it).
@@ -24,7 +26,10 @@ pub fn meshdrain(args: &[&str]) -> Output {
 pub struct AgentProc {
     pub name: String,
     pub dir: PathBuf,
+    /// Where [`AgentProc::write_config`] writes `cfg`.
     pub config: PathBuf,
+    /// The agent's config: edit it, then [`AgentProc::write_config`] (before `start`).
+    pub cfg: AgentConfig,
     pub socket: PathBuf,
     pub port: u16,
     /// Network namespace the agent runs in (entered with nsenter, so mounts stay shared).
@@ -37,51 +42,50 @@ impl AgentProc {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("control.sock");
-        let seeds: Vec<String> = seeds.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
-        let config = dir.join("agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "name = \"{name}\"\nstate_dir = \"{state}\"\n\n[gossip]\nlisten = \"127.0.0.1:{port}\"\n\
-                 seeds = [{seeds}]\ninterval_ms = {interval_ms}\n\n[control]\nsocket = \"{sock}\"\n\n\
-                 [mesh]\nbackend = \"none\"\n\n[pool]\ncapacity_bytes = 1073741824\n",
-                state = dir.join("state").display(),
-                seeds = seeds.join(", "),
-                sock = socket.display(),
-            ),
-        )
-        .unwrap();
-        Self { name: name.to_owned(), dir, config, socket, port, netns: None, child: None }
+        let mut cfg = AgentConfig::new(name.parse().unwrap(), dir.join("state"), format!("127.0.0.1:{port}"));
+        cfg.gossip.seeds = seeds.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        cfg.gossip.interval_ms = interval_ms;
+        cfg.control.socket = socket.clone();
+        cfg.pool.capacity_bytes = Some(1 << 30);
+        let a = Self {
+            name: name.to_owned(),
+            config: dir.join("agent.toml"),
+            dir,
+            cfg,
+            socket,
+            port,
+            netns: None,
+            child: None,
+        };
+        a.write_config();
+        a
     }
 
     /// An agent inside network namespace `ns`, gossiping on `ip:7946` with `seeds` (ips).
     pub fn in_netns(root: &Path, name: &str, ns: &str, ip: &str, seeds: &[String], interval_ms: u64) -> Self {
         let mut a = Self::new(root, name, 7946, &[], interval_ms);
-        let seeds: Vec<String> = seeds.iter().map(|s| format!("\"{s}:7946\"")).collect();
-        let cfg = std::fs::read_to_string(&a.config)
-            .unwrap()
-            .replace("listen = \"127.0.0.1:7946\"", &format!("listen = \"{ip}:7946\""))
-            .replace("seeds = []", &format!("seeds = [{}]", seeds.join(", ")));
-        std::fs::write(&a.config, cfg).unwrap();
+        a.cfg.gossip.listen = format!("{ip}:7946");
+        a.cfg.gossip.seeds = seeds.iter().map(|s| format!("{s}:7946")).collect();
+        a.write_config();
         a.netns = Some(ns.to_owned());
         a
     }
 
     /// Gives the agent the local development data plane (exports as ACL files in `exports`,
-    /// shared by the fleet), with `extra` keys in its `[dataplane]` section: a node without
-    /// a data plane refuses to create volumes.
-    pub fn local_dataplane(&self, exports: &Path, extra: &str) {
-        self.append_config(&format!(
-            "\n[dataplane]\nbackend = \"local\"\nexports_dir = \"{}\"\nprogress_ms = 100\n{extra}\n",
-            exports.display()
-        ));
+    /// shared by the fleet): a node without a data plane refuses to create volumes.
+    pub fn local_dataplane(&mut self, exports: &Path) {
+        self.cfg.dataplane = DataplaneConfig {
+            backend: DataplaneBackend::Local,
+            exports_dir: Some(exports.to_owned()),
+            progress_ms: 100,
+            ..DataplaneConfig::default()
+        };
+        self.write_config();
     }
 
-    /// Appends TOML to the config (extra sections).
-    pub fn append_config(&self, text: &str) {
-        let mut cfg = std::fs::read_to_string(&self.config).unwrap();
-        cfg.push_str(text);
-        std::fs::write(&self.config, cfg).unwrap();
+    /// Writes `cfg` to the config file, serialized (never by hand).
+    pub fn write_config(&self) {
+        std::fs::write(&self.config, self.cfg.to_toml().expect("serializing the agent config")).unwrap();
     }
 
     /// The pool directory (default: under the state dir).

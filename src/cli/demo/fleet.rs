@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meshdrain_netns::Lan;
 
+use crate::config::{
+    AgentConfig, CloneEngineChoice, DataplaneBackend, DataplaneConfig, MeshBackendChoice, MeshConfig, MeshSeed,
+};
 use crate::control::client::Client;
 use crate::control::protocol::{Request, Response, StatusReport, VolumeStatus};
 
@@ -53,6 +56,18 @@ fn fleet_secret(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// `dataplane` with the keys of `extra` (TOML, e.g. `clone_in_flight = 16777216`) set on
+/// top; an unknown key or a bad value is refused naming it.
+fn with_keys(dataplane: DataplaneConfig, extra: &str) -> anyhow::Result<DataplaneConfig> {
+    if extra.trim().is_empty() {
+        return Ok(dataplane);
+    }
+    let mut table = toml::Table::try_from(&dataplane).context("the demo's [dataplane] section")?;
+    let keys: toml::Table = toml::from_str(extra).context("MESHDRAIN_DEMO_DATAPLANE is not TOML keys")?;
+    table.extend(keys);
+    table.try_into().context("MESHDRAIN_DEMO_DATAPLANE holds a key or value [dataplane] does not take")
+}
+
 impl DemoFleet {
     /// Builds the namespaces and starts `n` agents under `dir`; with `mesh`, a fleet CA
     /// enrols every node and all agent traffic rides the userspace WireGuard mesh.
@@ -68,39 +83,44 @@ impl DemoFleet {
         );
         let lan = Lan::new(n).context("building the demo network (network namespaces on a bridge)")?;
         let exe = std::env::current_exe().context("finding the meshdrain binary")?;
-        let mesh_sections: Vec<Option<String>> =
+        let meshes: Vec<Option<MeshConfig>> =
             if mesh { enrol(dir, n)?.into_iter().map(Some).collect() } else { vec![None; n] };
         // Without a mesh the agents gossip on the demo LAN, which an agent accepts only with a
         // fleet secret (docs/threat-model.md): one for the whole demo fleet.
-        let secret_line = if mesh { String::new() } else { format!("secret_file = \"{}\"\n", fleet_secret(dir)?.display()) };
+        let secret = if mesh { None } else { Some(fleet_secret(dir)?) };
+        // Benchmarks tune the data path with extra `[dataplane]` keys (e.g. clone_in_flight).
+        let extra = std::env::var("MESHDRAIN_DEMO_DATAPLANE").unwrap_or_default();
+        // And read the agents' logs finer (e.g. `info,meshdrain_clone=trace`).
+        let log_filter = std::env::var("MESHDRAIN_DEMO_LOG").unwrap_or_else(|_| "info".to_owned());
         let mut nodes = Vec::with_capacity(n);
-        for (i, mesh_section) in mesh_sections.into_iter().enumerate() {
+        for (i, mesh_section) in meshes.into_iter().enumerate() {
             let name = format!("node{}", i + 1);
             let home = dir.join(&name);
             std::fs::create_dir_all(&home)?;
             let ip = Lan::underlay(i);
             let seed = Lan::underlay(if i == 0 { 1 } else { 0 });
-            // With a mesh, gossip seeds come from the mesh seeds (their mesh addresses).
-            let gossip_seeds = if mesh_section.is_some() { String::new() } else { format!("\"{seed}:7946\"") };
-            let mesh_section = mesh_section.unwrap_or_else(|| "[mesh]\nbackend = \"none\"\n".to_owned());
             let socket = home.join("control.sock");
             let config = home.join("agent.toml");
-            // Benchmarks tune the data path with extra `[dataplane]` keys (e.g. clone_in_flight).
-            let extra = std::env::var("MESHDRAIN_DEMO_DATAPLANE").unwrap_or_default();
-            // And read the agents' logs finer (e.g. `info,meshdrain_clone=trace`).
-            let log_filter = std::env::var("MESHDRAIN_DEMO_LOG").unwrap_or_else(|_| "info".to_owned());
-            std::fs::write(
-                &config,
-                format!(
-                    "name = \"{name}\"\nstate_dir = \"{state}\"\ncluster_id = \"demo\"\n\n\
-                     [gossip]\nlisten = \"{ip}:7946\"\nseeds = [{gossip_seeds}]\ninterval_ms = {interval_ms}\n{secret_line}\n\
-                     [control]\nsocket = \"{sock}\"\n\n{mesh_section}\n\
-                     [pool]\ncapacity_bytes = 68719476736\n\n\
-                     [dataplane]\nbackend = \"iscsi\"\nclone = \"userspace\"\nprogress_ms = 200\n{extra}\n",
-                    state = home.join("state").display(),
-                    sock = socket.display(),
-                ),
-            )?;
+            let mut cfg = AgentConfig::new(name.parse()?, home.join("state"), format!("{ip}:7946"));
+            cfg.cluster_id = "demo".to_owned();
+            // With a mesh, gossip seeds come from the mesh seeds (their mesh addresses).
+            if mesh_section.is_none() {
+                cfg.gossip.seeds = vec![format!("{seed}:7946")];
+            }
+            cfg.gossip.interval_ms = interval_ms;
+            cfg.gossip.secret_file = secret.clone();
+            cfg.control.socket = socket.clone();
+            cfg.mesh = mesh_section.unwrap_or_default();
+            cfg.pool.capacity_bytes = Some(64 << 30);
+            let dataplane = DataplaneConfig {
+                backend: DataplaneBackend::Iscsi,
+                clone: CloneEngineChoice::Userspace,
+                progress_ms: 200,
+                ..DataplaneConfig::default()
+            };
+            cfg.dataplane = with_keys(dataplane, &extra)?;
+            std::fs::write(&config, cfg.to_toml().context("writing the demo agent's config")?)
+                .with_context(|| format!("writing {}", config.display()))?;
             let log = home.join("agent.log");
             let stderr = std::fs::File::create(&log)?;
             let child = Command::new("nsenter")
@@ -238,7 +258,7 @@ const WG_PORT: u16 = 51820;
 /// node, and returns each node's `[mesh]` section: userspace backend, node `i` on the
 /// demo LAN's underlay address, node 1 seeding every other node and node 2 seeding node 1.
 /// The netns tests enrol their fleets with it too.
-pub fn enrol(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
+pub fn enrol(dir: &Path, n: usize) -> anyhow::Result<Vec<MeshConfig>> {
     use meshdrain_mesh::SigningRequest;
     use meshdrain_mesh::files::{create_ca, save_json};
     use meshdrain_mesh::keys::NodeKey;
@@ -261,16 +281,19 @@ pub fn enrol(dir: &Path, n: usize) -> anyhow::Result<Vec<String>> {
     Ok((0..n)
         .map(|i| {
             let seed = if i == 0 { 1 } else { 0 };
-            format!(
-                "[mesh]\nbackend = \"userspace\"\ninterface = \"mdd{tag}n{i}\"\nlisten_port = {WG_PORT}\n\
-                 endpoint = \"{ip}:{WG_PORT}\"\ncertificate = \"{cert}\"\nfleet_ca = \"{ca}\"\n\
-                 seeds = [{{ public_key = \"{key}\", endpoint = \"{seed_ip}:{WG_PORT}\" }}]\n",
-                ip = Lan::underlay(i),
-                cert = dir.join(format!("node{}", i + 1)).join("node.cert.json").display(),
-                ca = ca_pub.display(),
-                key = keys[seed],
-                seed_ip = Lan::underlay(seed),
-            )
+            MeshConfig {
+                backend: MeshBackendChoice::Userspace,
+                interface: Some(format!("mdd{tag}n{i}")),
+                listen_port: Some(WG_PORT),
+                endpoint: Some(format!("{}:{WG_PORT}", Lan::underlay(i))),
+                certificate: Some(dir.join(format!("node{}", i + 1)).join("node.cert.json")),
+                fleet_ca: Some(ca_pub.clone()),
+                seeds: vec![MeshSeed {
+                    public_key: keys[seed].clone(),
+                    endpoint: format!("{}:{WG_PORT}", Lan::underlay(seed)),
+                }],
+                revocations: None,
+            }
         })
         .collect())
 }
