@@ -142,3 +142,27 @@ write("gossip_values", "request", js(5, {
     "v": 1, "seq": 5, "nonce": "n", "action": "drain", "issued_by": "node1",
     "options": {"rate_limit": 100, "parallel": 2, "verify": True}}))
 write("gossip_values", "key", b"\6claim/node1/vol-7")
+
+# clone_metadata: [mode][region sel][size u32 LE][epoch][persist count] + raw store or patches
+def meta(mode, rsel, size, epoch, count, rest=b""):
+    return bytes([mode, rsel]) + struct.pack("<I", size) + bytes([epoch, count]) + rest
+
+MIB = 1 << 20
+write("clone_metadata", "created", meta(1, 7, MIB, 4, 5))
+write("clone_metadata", "complete-named", meta(1 | 2 | 8, 7, MIB + 100, 4, 9))
+write("clone_metadata", "bitmap-flip", meta(1 | 8, 0, 3 * MIB, 7, 3, struct.pack("<HB", 4096 + 9, 1)))
+write("clone_metadata", "reserved-flip", meta(1, 1, MIB, 1, 2, struct.pack("<HB", 1000, 0x80)))
+write("clone_metadata", "truncated", meta(1 | 4, 7, MIB, 4, 5, struct.pack("<HB", 4200, 0)))
+write("clone_metadata", "other-dest", meta(1 | 8 | 16, 7, MIB, 4, 1))
+write("clone_metadata", "zeroed", meta(0, 7, MIB, 4, 0, bytes(4096 + 4096)))
+# A version 1 file (header checksum, raw bitmap): region 4096 (sel 7), 1 MiB, source
+# "iqn.fuzz:src1", epoch 1 (the target's epoch byte 4 gives src1 epoch 1).
+src = b"iqn.fuzz:src1"
+h = bytearray(512)
+h[0:8] = b"MDCLONE\0"
+h[8:12] = struct.pack("<I", 1)
+h[16:40] = struct.pack("<QQQ", 4096, MIB, 1)
+h[40:42] = struct.pack("<H", len(src))
+h[42:42 + len(src)] = src
+h[508:512] = struct.pack("<I", crc32c(bytes(h[:508])))
+write("clone_metadata", "v1", meta(0, 7, MIB, 4, 0, bytes(h) + bytes(4096 - 512) + b"\x05" + bytes(31)))
