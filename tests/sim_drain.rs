@@ -7,6 +7,8 @@
 //! - the source deletes its copy only when the holder has every region (never the last copy);
 //! - a revoked partial clone is never one the workload runs on;
 //! - each region is fetched from the source at most once per clone;
+//! - a volume is exported only for an epoch whose `WorkloadStopped` the source's core was
+//!   fed (never after a failed stop hook: the lease decides, the data plane only reports);
 //! - at the end the source is drained and the new owner's bytes equal the expected bytes
 //!   (the source's data overlaid with every write the workload made on the way).
 
@@ -72,6 +74,9 @@ struct Node {
     clones: BTreeMap<VolumeId, Clone_>,
     source_running: BTreeSet<VolumeId>,
     events: Vec<DataEvent>,
+    /// Every (volume, epoch) whose `WorkloadStopped` this node's core was fed (history:
+    /// kept across crashes).
+    stopped: BTreeSet<(VolumeId, u64)>,
 }
 
 struct World {
@@ -124,6 +129,7 @@ impl World {
                     clones: BTreeMap::new(),
                     source_running: BTreeSet::new(),
                     events: vec![],
+                    stopped: BTreeSet::new(),
                 }
             })
             .collect();
@@ -217,7 +223,10 @@ impl World {
         let events = std::mem::take(&mut self.nodes[i].events);
         let mut outs = vec![];
         for ev in events {
-            outs.push(self.nodes[i].core.data_event(ev, now));
+            if let DataEvent::WorkloadStopped { volume, epoch } = &ev {
+                self.nodes[i].stopped.insert((volume.clone(), *epoch));
+            }
+            outs.push(self.nodes[i].core.data_event(ev, &view, now));
         }
         outs.push(self.nodes[i].core.tick(&view, now));
         for out in outs {
@@ -243,26 +252,25 @@ impl World {
         let seed = self.seed;
         let name = self.nodes[i].name.clone();
         match cmd {
-            DataCommand::StopWorkload { volume, .. } => {
+            DataCommand::StopWorkload { volume, epoch, .. } => {
                 if self.rng.chance(3) {
                     self.nodes[i].events.push(DataEvent::HookFailed { volume, reason: "stop hook exited 1".into() });
                 } else {
                     self.nodes[i].source_running.remove(&volume);
+                    self.nodes[i].events.push(DataEvent::WorkloadStopped { volume, epoch });
                 }
             }
             DataCommand::StartWorkload { volume, .. } => {
                 self.nodes[i].source_running.insert(volume);
             }
             DataCommand::OpenExport { volume, holder, epoch, .. } => {
-                // Unless the stop hook failed just before (the real data plane skips it).
-                let stop_failed = self.nodes[i]
-                    .events
-                    .iter()
-                    .any(|e| matches!(e, DataEvent::HookFailed { volume: v, .. } if *v == volume));
-                if !stop_failed {
-                    self.nodes[i].exports.insert(volume.clone(), (holder, epoch));
-                    self.nodes[i].events.push(DataEvent::ExportOpened { volume, epoch });
-                }
+                assert!(
+                    self.nodes[i].stopped.contains(&(volume.clone(), epoch)),
+                    "seed {seed}: {name} exports {volume} for epoch {epoch} before its WorkloadStopped"
+                );
+                assert!(!self.nodes[i].source_running.contains(&volume), "seed {seed}: exporting a running volume");
+                self.nodes[i].exports.insert(volume.clone(), (holder, epoch));
+                self.nodes[i].events.push(DataEvent::ExportOpened { volume, epoch });
             }
             DataCommand::CloseExport { volume } => {
                 self.nodes[i].exports.remove(&volume);

@@ -1,10 +1,13 @@
 //! The agent's one owner loop (crucible's upstairs pattern): a single task owns the
-//! [`Core`](crate::decide::core::Core); gossip ticks, control requests and data-plane events come in as
-//! messages; the core decides; this loop persists, publishes and hands work to the data
-//! plane. Nothing else writes gossip keys or the state dir.
+//! [`Core`](crate::decide::core::Core). Its `select!` turns whatever arrives (a tick, a
+//! gossip change, a data-plane event, an API request, shutdown) into one [`Input`], and
+//! [`Agent::apply_input`] applies it in one place (crucible's select/apply); the core
+//! decides; this loop persists, publishes and hands work to the data plane. Nothing else
+//! writes gossip keys or the state dir.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,10 +15,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::api::{ActionReport, Answer, Api, ApiError, NewVolume, Outcome, Request, StatusReport};
 use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
-use crate::control::metrics::Metrics;
-use crate::control::protocol::{ActionReport, NewVolume, PlanLine, StatusReport, VolumeStatus};
 use crate::decide::model::NodeName;
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
@@ -27,117 +29,77 @@ pub mod dataplane;
 pub mod hooks;
 pub mod mesh;
 pub mod meshport;
+pub mod metrics;
 pub mod report;
 pub mod run;
 
 use self::dataplane::DataPlane;
 use self::dataplane::real::SharedVolumes;
 use self::meshport::MeshPort;
-use crate::decide::core::{Core, CoreConfig, CoreState, DataEvent, Output};
+use self::metrics::Metrics;
+use crate::decide::core::{Core, CoreConfig, CoreState, DataEvent, Output, VolumeError};
 
 /// File name of the agent's durable document in the state dir.
 pub const STATE_FILE: &str = "agent.json";
 
-/// Messages to the owner loop.
-#[derive(Debug)]
-pub enum Command {
-    /// Report every node known.
-    Status(oneshot::Sender<StatusReport>),
-    /// Apply or publish a node action.
-    NodeAction {
-        /// Target node.
-        node: NodeName,
-        /// Action.
-        action: NodeAction,
-        /// Publish even for a node gossip does not know.
-        force: bool,
-        /// How to drain (with `drain`).
-        options: DrainOptions,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<ActionReport, String>>,
-    },
-    /// The placement a drain of `node` would get now (`drain --dry-run`).
-    Plan {
-        /// The node to drain.
-        node: NodeName,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Vec<PlanLine>>,
-    },
-    /// Register a volume owned by this node (a new sparse file, or an existing path).
-    AddVolume(NewVolume, oneshot::Sender<Result<String, String>>),
-    /// Every volume of the fleet.
-    Volumes(oneshot::Sender<Vec<VolumeStatus>>),
-    /// Delete handed-off copies now.
-    Gc(oneshot::Sender<()>),
-    /// The mesh's peers (JSON from the mesh backend).
-    MeshStatus(oneshot::Sender<serde_json::Value>),
-}
+/// One API request on its way to the owner loop, and where its answer goes.
+pub type Call = (Request, oneshot::Sender<Result<Outcome, ApiError>>);
 
-/// A cheap, cloneable way to talk to the owner loop.
+/// A cheap, cloneable way to talk to the owner loop: the [`Api`] in process.
 #[derive(Debug, Clone)]
 pub struct AgentHandle {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Call>,
 }
 
 impl AgentHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.ok()?;
-        rx.await.ok()
+    /// Has the owner loop answer one request.
+    pub async fn ask(&self, request: Request) -> Result<Outcome, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((request, reply)).await.map_err(|_| ApiError::ShuttingDown)?;
+        answer.await.unwrap_or(Err(ApiError::ShuttingDown))
     }
 
-    /// Asks for a status report; `None` if the agent stopped.
-    pub async fn status(&self) -> Option<StatusReport> {
-        self.ask(Command::Status).await
+    /// The fleet as this agent sees it (the systemd watchdog's and the tests' probe).
+    pub async fn status(&self) -> Result<StatusReport, ApiError> {
+        self.get(Request::Status).await
     }
 
-    /// Requests a node action.
-    pub async fn node_action(&self, node: &NodeName, action: NodeAction, force: bool) -> Result<ActionReport, String> {
-        self.node_action_with(node, action, force, DrainOptions::default()).await
-    }
-
-    /// Requests a node action with drain options.
-    pub async fn node_action_with(
+    /// Cordons, uncordons, drains (with default options) or undrains `node`.
+    pub async fn node_action(
         &self,
         node: &NodeName,
         action: NodeAction,
         force: bool,
-        options: DrainOptions,
-    ) -> Result<ActionReport, String> {
-        let node = node.clone();
-        self.ask(|reply| Command::NodeAction { node, action, force, options, reply })
-            .await
-            .unwrap_or_else(|| Err("the agent is shutting down".to_owned()))
+    ) -> Result<ActionReport, ApiError> {
+        self.get(Request::NodeAction { node: node.clone(), action, force, options: DrainOptions::default() }).await
     }
 
-    /// Registers a volume owned by this node: a new sparse file of `size` bytes in the
-    /// pool, or the existing `path`.
-    pub async fn add_volume(&self, new: NewVolume) -> Result<String, String> {
-        self.ask(|reply| Command::AddVolume(new, reply))
-            .await
-            .unwrap_or_else(|| Err("the agent is shutting down".to_owned()))
+    async fn get<T: Answer>(&self, request: Request) -> Result<T, ApiError> {
+        let outcome = self.ask(request).await?;
+        // The owner loop answers each request with its own outcome (`Agent::answer`).
+        Ok(T::from_outcome(outcome).unwrap_or_else(|other| panic!("the owner loop answered {other:?}")))
     }
+}
 
-    /// The placement a drain of `node` would get now.
-    pub async fn plan(&self, node: &NodeName) -> Option<Vec<PlanLine>> {
-        let node = node.clone();
-        self.ask(|reply| Command::Plan { node, reply }).await
+impl Api for AgentHandle {
+    fn ask(&self, request: Request) -> impl Future<Output = Result<Outcome, ApiError>> + Send {
+        AgentHandle::ask(self, request)
     }
+}
 
-    /// Every volume of the fleet as gossip shows it.
-    pub async fn volumes(&self) -> Option<Vec<VolumeStatus>> {
-        self.ask(Command::Volumes).await
-    }
-
-    /// The mesh's view of its peers.
-    pub async fn mesh_status(&self) -> Option<serde_json::Value> {
-        self.ask(Command::MeshStatus).await
-    }
-
-    /// Deletes handed-off copies on this node now.
-    pub async fn gc(&self) -> Option<()> {
-        self.ask(Command::Gc).await
-    }
+/// One thing the owner loop reacts to, as its `select!` received it.
+#[derive(Debug)]
+enum Input {
+    /// The gossip interval passed.
+    Tick,
+    /// Another node's gossip key changed: tick now rather than at the interval.
+    GossipChanged,
+    /// The data plane reports.
+    Data(DataEvent),
+    /// An API request.
+    Request(Request, oneshot::Sender<Result<Outcome, ApiError>>),
+    /// Stop: asked to, or every handle is gone.
+    Shutdown,
 }
 
 /// What an agent is made of besides its gossip and state dir.
@@ -219,7 +181,7 @@ impl<G: Gossip> Agent<G> {
         gossip: G,
         store: StateDir,
         metrics: Arc<Metrics>,
-    ) -> Result<(Self, AgentHandle, mpsc::Receiver<Command>), StoreError> {
+    ) -> Result<(Self, AgentHandle, mpsc::Receiver<Call>), StoreError> {
         let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes, mesh, capacity } = setup;
         let state = store.load::<CoreState>(STATE_FILE)?.unwrap_or_default();
         let volumes = VolumeTable::load(&store)?;
@@ -260,14 +222,14 @@ impl<G: Gossip> Agent<G> {
     }
 
     /// Runs until `shutdown` resolves or every handle is dropped.
-    pub async fn run(self, commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(self, requests: mpsc::Receiver<Call>, shutdown: impl Future<Output = ()>) {
         use tracing::Instrument;
         // `instrument`, not `enter`: a span entered across `.await` leaks into other tasks.
         let span = tracing::info_span!("agent", node = %self.core.config.name);
-        self.run_inner(commands, shutdown).instrument(span).await;
+        self.run_inner(requests, shutdown).instrument(span).await;
     }
 
-    async fn run_inner(mut self, mut commands: mpsc::Receiver<Command>, shutdown: impl Future<Output = ()>) {
+    async fn run_inner(mut self, mut requests: mpsc::Receiver<Call>, shutdown: impl Future<Output = ()>) {
         self.restart().await;
         // Set by gossip when another node's key changes: the loop ticks at once.
         let changed = Arc::new(tokio::sync::Notify::new());
@@ -276,21 +238,39 @@ impl<G: Gossip> Agent<G> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = tick.tick() => self.on_tick().await,
-                _ = changed.notified() => self.on_tick().await,
-                Some(ev) = self.events_rx.recv() => {
-                    self.data_event(ev).await;
-                    self.publish().await;
-                }
-                cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
-                    None => break,
+            let input = tokio::select! {
+                _ = &mut shutdown => Input::Shutdown,
+                _ = tick.tick() => Input::Tick,
+                _ = changed.notified() => Input::GossipChanged,
+                Some(ev) = self.events_rx.recv() => Input::Data(ev),
+                call = requests.recv() => match call {
+                    Some((request, reply)) => Input::Request(request, reply),
+                    None => Input::Shutdown,
                 },
+            };
+            if self.apply_input(input).await.is_break() {
+                break;
             }
         }
         info!("agent stopped");
+    }
+
+    /// Applies one input: the one place the loop acts.
+    async fn apply_input(&mut self, input: Input) -> ControlFlow<()> {
+        match input {
+            Input::Shutdown => return ControlFlow::Break(()),
+            Input::Tick | Input::GossipChanged => self.on_tick().await,
+            Input::Data(ev) => {
+                self.data_event(ev).await;
+                self.publish().await;
+            }
+            Input::Request(request, reply) => {
+                let answer = self.answer(request).await;
+                // A caller that went away does not need its answer.
+                let _ = reply.send(answer);
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// Re-establishes the data-plane work of the durable state (once, or again on the next
@@ -309,7 +289,7 @@ impl<G: Gossip> Agent<G> {
             self.register_arrived(volume);
         }
         let before = self.core.state.clone();
-        let out = self.core.data_event(ev.clone(), now_ms());
+        let out = self.core.data_event(ev.clone(), &self.view, now_ms());
         if self.apply(before, out).await.is_err() && !matches!(ev, DataEvent::Progress { .. }) {
             if self.retry.events.len() == MAX_RETRY_EVENTS {
                 warn!("more than {MAX_RETRY_EVENTS} data-plane events wait for the state dir; dropping the oldest");
@@ -417,36 +397,27 @@ impl<G: Gossip> Agent<G> {
         }
     }
 
-    async fn on_command(&mut self, cmd: Command) {
-        match cmd {
-            Command::Status(reply) => {
+    /// Answers one API request.
+    async fn answer(&mut self, request: Request) -> Result<Outcome, ApiError> {
+        Ok(match request {
+            Request::Status => {
                 let mut status = report::status(&self.core, &self.view, &self.heartbeats);
                 status.gossip = self.gossip.health();
-                let _ = reply.send(status);
+                Outcome::Status(status)
             }
-            Command::NodeAction { node, action, force, options, reply } => {
-                let result = self.node_action(&node, action, force, options).await;
-                let _ = reply.send(result);
+            Request::NodeAction { node, action, force, options } => {
+                Outcome::NodeAction(self.node_action(&node, action, force, options).await?)
             }
-            Command::AddVolume(new, reply) => {
-                let result = self.add_volume(new).await;
-                let _ = reply.send(result);
-            }
-            Command::Plan { node, reply } => {
-                let _ = reply.send(report::plan(&self.view, &node));
-            }
-            Command::Volumes(reply) => {
-                let _ = reply.send(report::volumes(&self.view));
-            }
-            Command::MeshStatus(reply) => {
-                let _ = reply.send(self.mesh.status());
-            }
-            Command::Gc(reply) => {
+            Request::Plan { node } => Outcome::Plan { plan: report::plan(&self.view, &node) },
+            Request::VolumeAdd(new) => Outcome::Done { message: self.add_volume(new).await? },
+            Request::Volumes => Outcome::Volumes { volumes: report::volumes(&self.view) },
+            Request::Gc => {
                 self.core.request_gc();
                 self.on_tick().await;
-                let _ = reply.send(());
+                Outcome::Done { message: "handed-off copies deleted".to_owned() }
             }
-        }
+            Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
+        })
     }
 
     /// A volume that moved here is a local volume now: its dest file in the pool.
@@ -459,25 +430,24 @@ impl<G: Gossip> Agent<G> {
         }
     }
 
-    async fn add_volume(&mut self, new: NewVolume) -> Result<String, String> {
+    async fn add_volume(&mut self, new: NewVolume) -> Result<String, ApiError> {
         let NewVolume { id: volume_id, size, path, requires, hooks } = new;
         let id = volume_id.as_str();
         if self.volumes.volumes.contains_key(id) {
-            return Err(format!("volume {id} already exists on this node"));
+            return Err(VolumeError::Exists(volume_id).into());
         }
         let (path, size, created) = match (path, size) {
-            (Some(p), _) => {
-                let size = volumes::size_of(&p)
-                    .map_err(|e| format!("cannot open {}: {e} (give an existing file or block device)", p.display()))?;
-                (p, size, false)
-            }
+            (Some(p), _) => match volumes::size_of(&p) {
+                Ok(size) => (p, size, false),
+                Err(e) => return Err(ApiError::CannotOpen { path: p, reason: e.to_string() }),
+            },
             (None, Some(size)) => (self.pool_dir.join(format!("{id}.img")), size, true),
-            (None, None) => return Err("give --size for a new volume, or --path for an existing one".to_owned()),
+            (None, None) => return Err(ApiError::SizeOrPath),
         };
         // Every step is undone if a later one fails: a volume exists only once its file, its
         // table entry and the core's durable record all do.
         let before = self.core.state.clone();
-        let out = self.core.add_volume(&volume_id, size, requires, hooks, &self.view).map_err(|e| e.to_string())?;
+        let out = self.core.add_volume(&volume_id, size, requires, hooks, &self.view)?;
         let undo = |agent: &mut Self, file: bool| {
             agent.core.state = before.clone();
             agent.volumes.volumes.remove(id);
@@ -487,17 +457,18 @@ impl<G: Gossip> Agent<G> {
         };
         if created && let Err(e) = volumes::create_sparse(&path, size) {
             undo(self, false);
-            return Err(format!("cannot create {}: {e} (check pool.dir)", path.display()));
+            return Err(ApiError::CannotCreate { path, reason: e.to_string() });
         }
         self.volumes.volumes.insert(id.to_owned(), LocalVolume { path: path.clone(), created });
+        let not_added = |e: StoreError| ApiError::VolumeNotAdded { volume: volume_id.clone(), reason: e.to_string() };
         if let Err(e) = self.volumes.save(&self.store) {
             undo(self, created);
-            return Err(format!("volume {id} was not added: {e}"));
+            return Err(not_added(e));
         }
         if let Err(e) = self.apply(before.clone(), out).await {
             undo(self, created);
             let _ = self.volumes.save(&self.store);
-            return Err(format!("volume {id} was not added: {e}"));
+            return Err(not_added(e));
         }
         self.shared_volumes.lock().expect("volume table lock").insert(id.to_owned(), path.clone());
         self.publish().await;
@@ -511,14 +482,10 @@ impl<G: Gossip> Agent<G> {
         action: NodeAction,
         force: bool,
         options: DrainOptions,
-    ) -> Result<ActionReport, String> {
+    ) -> Result<ActionReport, ApiError> {
         let me = self.core.config.name.clone();
         if *node != me && !force && !self.view.nodes.contains_key(node) {
-            let known: Vec<&str> = self.view.nodes.keys().map(NodeName::as_str).collect();
-            return Err(format!(
-                "no node named {node:?} in the fleet (known: {}); pass --force to publish the request anyway",
-                known.join(", ")
-            ));
+            return Err(ApiError::UnknownNode { node: node.clone(), known: self.view.nodes.keys().cloned().collect() });
         }
         let nonce = format!("{:016x}", rand::random::<u64>());
         let before = self.core.state.clone();
@@ -550,7 +517,7 @@ impl<G: Gossip> Agent<G> {
         }
         if let Err(e) = self.apply(before, Output { commands: vec![], persist: true }).await {
             // Neither applied nor published: acknowledging it would be undone by a restart.
-            return Err(format!("{action} {node} was not applied: {e}"));
+            return Err(ApiError::NotApplied { action, node: node.clone(), reason: e.to_string() });
         }
         self.publish().await;
         Ok(report)

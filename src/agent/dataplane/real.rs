@@ -141,8 +141,6 @@ struct Inner {
     exports: Arc<dyn ExportService>,
     clones: Arc<dyn CloneService>,
     devices: Mutex<BTreeMap<String, PathBuf>>,
-    /// Volumes whose last `stop` hook failed: never export a volume that is not quiesced.
-    unquiesced: Mutex<std::collections::BTreeSet<String>>,
     hook_timeout: Duration,
     poll: Duration,
 }
@@ -164,7 +162,6 @@ impl RealDataPlane {
             exports,
             clones,
             devices: Mutex::new(BTreeMap::new()),
-            unquiesced: Mutex::new(Default::default()),
             hook_timeout: Duration::from_secs(300),
             poll,
         };
@@ -236,17 +233,14 @@ impl Inner {
             let _ = events.send(ev);
         };
         match cmd {
-            DataCommand::StopWorkload { volume, hook } => {
+            // The lease asks for the export only after `WorkloadStopped` of its epoch
+            // (src/decide/lease/source.rs), so a failed hook never leads to an export.
+            DataCommand::StopWorkload { volume, hook, epoch } => {
                 let path = self.local(&volume).unwrap_or_default();
-                let result = self.hook(HookKind::Stop, hook, &volume, &path).await;
-                let mut unquiesced = self.unquiesced.lock().expect("lock");
-                match result {
-                    Ok(()) => {
-                        unquiesced.remove(volume.as_str());
-                    }
+                match self.hook(HookKind::Stop, hook, &volume, &path).await {
+                    Ok(()) => send(DataEvent::WorkloadStopped { volume, epoch }),
                     Err(reason) => {
                         warn!(%volume, "{reason}");
-                        unquiesced.insert(volume.to_string());
                         send(DataEvent::HookFailed { volume, reason });
                     }
                 }
@@ -258,9 +252,6 @@ impl Inner {
                 }
             }
             DataCommand::OpenExport { volume, holder, holder_addr, epoch } => {
-                if self.unquiesced.lock().expect("lock").contains(volume.as_str()) {
-                    return warn!(%volume, "not exporting: its stop hook failed");
-                }
                 let Some(path) = self.local(&volume) else {
                     let reason = format!("volume {volume} has no local path on {}", self.node);
                     return send(DataEvent::HookFailed { volume, reason });

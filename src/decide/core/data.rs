@@ -7,8 +7,9 @@ use crate::decide::model::{ExportEndpoint, NodeName, VolumeId};
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataCommand {
-    /// Source: run the `stop` hook (quiesce before export).
-    StopWorkload { volume: VolumeId, hook: Option<String> },
+    /// Source: run the `stop` hook (quiesce before export), then report
+    /// [`DataEvent::WorkloadStopped`] for `epoch`, or [`DataEvent::HookFailed`].
+    StopWorkload { volume: VolumeId, hook: Option<String>, epoch: u64 },
     /// Source: run the `start` hook here again (move cancelled before cut-over).
     StartWorkload { volume: VolumeId, hook: Option<String> },
     /// Source: open the read-only export to `holder_addr` for `epoch`.
@@ -46,6 +47,8 @@ pub enum DataCommand {
 pub enum DataEvent {
     /// Source: a hook for this volume failed.
     HookFailed { volume: VolumeId, reason: String },
+    /// Source: the `stop` hook asked for at `epoch` succeeded (the export may open).
+    WorkloadStopped { volume: VolumeId, epoch: u64 },
     /// Source: the export for `epoch` is open.
     ExportOpened { volume: VolumeId, epoch: u64 },
     /// Holder: the clone for `epoch` exists.

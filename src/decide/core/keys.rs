@@ -38,10 +38,16 @@ impl Core {
                 iqn: export_iqn(&self.config.name, id),
             });
             let rate_limit = export.as_ref().and(self.state.drain_options.rate_limit);
+            let mut phase = v.lease.phase.clone();
+            if let SourcePhase::Granted { stopped, .. } = &mut phase {
+                // Local progress toward the export, not published (the record stays what
+                // agents of the previous version write).
+                *stopped = false;
+            }
             let rec = VolumeRecord {
                 size: v.lease.size,
                 epoch: v.lease.epoch,
-                phase: v.lease.phase.clone(),
+                phase,
                 requires: v.requires.clone(),
                 export,
                 rate_limit,

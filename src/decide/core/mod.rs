@@ -312,15 +312,19 @@ impl Core {
         out
     }
 
-    /// Feeds a data-plane event in.
-    pub fn data_event(&mut self, event: DataEvent, now_ms: u64) -> Output {
+    /// Feeds a data-plane event in. `view` is the latest look at the cluster (an export the
+    /// event lets open is addressed to the holder's address in it).
+    pub fn data_event(&mut self, event: DataEvent, view: &ClusterView, now_ms: u64) -> Output {
         let mut out = Output::default();
         match event {
             DataEvent::HookFailed { volume, reason } => {
-                self.source_event(&volume, &SourceEvent::HookFailed(reason), now_ms, &mut out)
+                self.source_event(&volume, &SourceEvent::HookFailed(reason), view, now_ms, &mut out)
+            }
+            DataEvent::WorkloadStopped { volume, epoch } => {
+                self.source_event(&volume, &SourceEvent::WorkloadStopped { epoch }, view, now_ms, &mut out)
             }
             DataEvent::ExportOpened { volume, epoch } => {
-                self.source_event(&volume, &SourceEvent::ExportOpened { epoch }, now_ms, &mut out)
+                self.source_event(&volume, &SourceEvent::ExportOpened { epoch }, view, now_ms, &mut out)
             }
             DataEvent::CloneReady { volume, epoch } | DataEvent::CloneFailed { volume, epoch, .. }
                 if self.state.holding.get(&volume).is_none_or(|h| h.epoch != epoch) => {}
@@ -357,7 +361,7 @@ impl Core {
                 if let Err(why) = &result {
                     tracing::error!(%volume, epoch, "verify failed: {why}; the copy here is kept");
                 }
-                self.source_event(&volume, &SourceEvent::Verified { epoch, result }, now_ms, &mut out)
+                self.source_event(&volume, &SourceEvent::Verified { epoch, result }, view, now_ms, &mut out)
             }
         }
         out
@@ -398,3 +402,6 @@ pub fn owner_in_view<'a>(view: &'a ClusterView, id: &str) -> Option<&'a NodeName
         })
         .map(|(name, _)| name)
 }
+
+#[cfg(test)]
+mod tests;

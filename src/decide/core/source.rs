@@ -103,7 +103,7 @@ impl Core {
         }
         let hooks = self.state.volumes.get(id).map(|v| v.hooks.clone()).unwrap_or_default();
         out.commands.push(match fx {
-            SourceEffect::StopWorkload => DataCommand::StopWorkload { volume, hook: hooks.stop },
+            SourceEffect::StopWorkload { epoch } => DataCommand::StopWorkload { volume, hook: hooks.stop, epoch },
             SourceEffect::StartWorkload => DataCommand::StartWorkload { volume, hook: hooks.start },
             SourceEffect::CloseExport => DataCommand::CloseExport { volume },
             SourceEffect::DeleteData => DataCommand::DeleteData { volume },
@@ -115,13 +115,20 @@ impl Core {
         });
     }
 
-    pub(super) fn source_event(&mut self, volume: &VolumeId, event: &SourceEvent, now_ms: u64, out: &mut Output) {
+    pub(super) fn source_event(
+        &mut self,
+        volume: &VolumeId,
+        event: &SourceEvent,
+        view: &ClusterView,
+        now_ms: u64,
+        out: &mut Output,
+    ) {
         let Some(v) = self.state.volumes.get_mut(volume) else { return };
         let before = v.lease.clone();
         let fx = v.lease.step(event, now_ms, &self.config.timing);
         out.persist |= before != v.lease;
         for f in fx {
-            self.source_command(volume, f, None, out);
+            self.source_command(volume, f, Some(view), out);
         }
     }
 }

@@ -8,9 +8,12 @@
 //!   │◀──undrain (restart workload here)──────┘
 //! ```
 //!
-//! The safety rule: after `cut_over` the holder may run the workload, so the source never
+//! The safety rules: after `cut_over` the holder may run the workload, so the source never
 //! revokes it; before `cut_over` the holder must not run it, so revoking is safe. Data is
 //! deleted only in `handed_off`, which requires the holder's `done` for the current epoch.
+//! A volume is exported only once its workload is stopped: a grant asks for the `stop`
+//! hook, and the export opens on the data plane's `WorkloadStopped` for that same epoch (a
+//! failed hook is `HookFailed`: the move stops, nothing is exported).
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +42,11 @@ pub enum SourcePhase {
         /// holder never tries to log in during a long quiesce.
         #[serde(default)]
         exported: bool,
+        /// The `stop` hook succeeded for this epoch, so the export may open. Kept in the
+        /// state file (a restart does not run the hook again) but never published: the
+        /// `vol/<id>` record stays what agents of the previous version read and write.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stopped: bool,
     },
     /// The holder may run the workload. Never revoked. May become `handed_off`.
     CutOver {
@@ -128,6 +136,11 @@ pub enum SourceEvent {
     },
     /// A workload hook on this node failed.
     HookFailed(String),
+    /// The data plane ran the `stop` hook asked for at this epoch, and it succeeded.
+    WorkloadStopped {
+        /// The epoch whose grant asked for it (a stale one changes nothing).
+        epoch: u64,
+    },
     /// The data plane opened the export for this epoch.
     ExportOpened {
         /// The epoch it was opened for.
@@ -145,8 +158,12 @@ pub enum SourceEvent {
 /// Side effects for the owner loop, executed in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceEffect {
-    /// Run the `stop` hook: the export is of a quiesced volume.
-    StopWorkload,
+    /// Run the `stop` hook, then report [`SourceEvent::WorkloadStopped`] for `epoch`: the
+    /// export is opened only after that, so it is always of a quiesced volume.
+    StopWorkload {
+        /// The epoch of the grant.
+        epoch: u64,
+    },
     /// Undo a stop: the move was cancelled before cut-over; run the `start` hook here.
     StartWorkload,
     /// Open the read-only export to `holder` for `epoch` (ACL = holder's mesh address + epoch).
@@ -191,10 +208,15 @@ impl SourceVolume {
         }
     }
 
-    /// Effects to re-establish after a restart (the export of a granted or cut-over
-    /// volume must come back for its holder).
+    /// Effects to re-establish after a restart: the export of a granted or cut-over volume
+    /// must come back for its holder. The `stop` hook is not run again once it succeeded
+    /// (or the export opened, which only follows it); a grant whose hook never reported
+    /// back (the agent stopped while it ran) runs it again before exporting.
     pub fn on_restart(&self) -> Vec<SourceEffect> {
         match &self.phase {
+            SourcePhase::Granted { exported: false, stopped: false, .. } => {
+                vec![SourceEffect::StopWorkload { epoch: self.epoch }]
+            }
             SourcePhase::Granted { holder, .. } | SourcePhase::CutOver { holder, .. } => {
                 vec![SourceEffect::OpenExport { holder: holder.clone(), epoch: self.epoch }]
             }
@@ -216,6 +238,15 @@ impl SourceVolume {
                     }
                     _ => vec![],
                 };
+            }
+            SourceEvent::WorkloadStopped { epoch } => {
+                if let P::Granted { holder, stopped: stopped @ false, .. } = &mut self.phase
+                    && *epoch == self.epoch
+                {
+                    *stopped = true;
+                    return vec![E::OpenExport { holder: holder.clone(), epoch: self.epoch }];
+                }
+                return vec![];
             }
             SourceEvent::ExportOpened { epoch } => {
                 if let P::Granted { exported, at_ms, .. } = &mut self.phase
@@ -271,13 +302,13 @@ impl SourceVolume {
                 let settled = best_is_planned || now_ms.saturating_sub(since_ms) >= timing.settle_ms;
                 match best {
                     Some(h) if settled => {
-                        self.phase = P::Granted { holder: h.clone(), at_ms: now_ms, exported: false };
-                        vec![E::StopWorkload, E::OpenExport { holder: h.clone(), epoch: self.epoch }]
+                        self.phase = P::Granted { holder: h.clone(), at_ms: now_ms, exported: false, stopped: false };
+                        vec![E::StopWorkload { epoch: self.epoch }]
                     }
                     _ => vec![],
                 }
             }
-            P::Granted { holder: h, at_ms, exported } => {
+            P::Granted { holder: h, at_ms, exported, .. } => {
                 let sig = holder.as_ref();
                 let ready = sig.is_some_and(|s| {
                     s.alive && matches!(s.progress, Some((e, HolderPhase::Ready | HolderPhase::Running { .. })) if e == self.epoch)

@@ -42,14 +42,21 @@ fn source_happy_path_deletes_only_after_done_and_retention() {
     assert_eq!((v.epoch, &v.phase), (1, &SourcePhase::Offered { since_ms: 0 }));
     // A claimant that is not the planned node waits for the settle window.
     assert!(v.step(&tick(true, Some("b"), false, None), 50, &T).is_empty());
+    // The grant asks for the stop hook only: the export waits for its outcome.
     let fx = v.step(&tick(true, Some("b"), false, None), 100, &T);
-    assert_eq!(fx, vec![SourceEffect::StopWorkload, SourceEffect::OpenExport { holder: node("b"), epoch: 1 }]);
-    assert!(matches!(v.phase, SourcePhase::Granted { exported: false, .. }));
+    assert_eq!(fx, vec![SourceEffect::StopWorkload { epoch: 1 }]);
+    assert!(matches!(v.phase, SourcePhase::Granted { exported: false, stopped: false, .. }));
+    // A stale `stopped` (another epoch) opens nothing; the right one opens the export, once.
+    assert!(v.step(&SourceEvent::WorkloadStopped { epoch: 0 }, 120, &T).is_empty());
+    let fx = v.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 120, &T);
+    assert_eq!(fx, vec![SourceEffect::OpenExport { holder: node("b"), epoch: 1 }]);
+    assert!(v.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 130, &T).is_empty(), "asked twice");
+    assert!(matches!(v.phase, SourcePhase::Granted { exported: false, stopped: true, .. }));
     // A stale confirmation (another epoch) changes nothing; the right one marks it exported.
     v.step(&SourceEvent::ExportOpened { epoch: 0 }, 150, &T);
     assert!(matches!(v.phase, SourcePhase::Granted { exported: false, .. }));
     v.step(&SourceEvent::ExportOpened { epoch: 1 }, 150, &T);
-    assert_eq!(v.phase, SourcePhase::Granted { holder: node("b"), at_ms: 150, exported: true });
+    assert_eq!(v.phase, SourcePhase::Granted { holder: node("b"), at_ms: 150, exported: true, stopped: true });
     // Holder preparing: nothing. Ready: cut over.
     assert!(v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Preparing)), None)), 200, &T).is_empty());
     v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 300, &T);
@@ -71,6 +78,7 @@ fn cut_over_with_verify() -> SourceVolume {
     v.step(&offer, 0, &T);
     assert!(v.verify, "the drain's --verify is fixed into the volume at the offer");
     v.step(&tick(true, Some("b"), true, None), 1, &T);
+    v.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 2, &T);
     v.step(&SourceEvent::ExportOpened { epoch: 1 }, 2, &T);
     v.step(&tick(true, None, false, sig(true, Some((1, HolderPhase::Ready)), None)), 3, &T);
     assert!(matches!(v.phase, SourcePhase::CutOver { .. }));
@@ -141,7 +149,48 @@ fn planned_claimant_is_granted_without_waiting() {
     let mut v = SourceVolume::new(&vid("v"), 10);
     v.step(&tick(true, None, false, None), 0, &T);
     let fx = v.step(&tick(true, Some("a"), true, None), 1, &T);
-    assert_eq!(fx.len(), 2);
+    assert_eq!(fx, vec![SourceEffect::StopWorkload { epoch: 1 }]);
+}
+
+#[test]
+fn nothing_is_exported_without_the_workload_stopped_of_its_epoch() {
+    let mut v = SourceVolume::new(&vid("v"), 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    assert_eq!(v.step(&tick(true, Some("a"), true, None), 1, &T), vec![SourceEffect::StopWorkload { epoch: 1 }]);
+    // The stop hook fails: the move stops; its late or repeated reports open nothing.
+    assert_eq!(v.step(&SourceEvent::HookFailed("stop hook exited 1".into()), 2, &T), vec![SourceEffect::CloseExport]);
+    assert!(v.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 3, &T).is_empty());
+    assert!(v.step(&SourceEvent::WorkloadStopped { epoch: 2 }, 3, &T).is_empty());
+    // Retried (the operator drains again): a new epoch, a new stop; only its report counts.
+    v.phase = SourcePhase::Held;
+    v.step(&tick(true, None, false, None), 4, &T);
+    assert_eq!(v.step(&tick(true, Some("a"), true, None), 5, &T), vec![SourceEffect::StopWorkload { epoch: 3 }]);
+    assert!(v.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 6, &T).is_empty(), "a stale stop");
+    assert_eq!(
+        v.step(&SourceEvent::WorkloadStopped { epoch: 3 }, 7, &T),
+        vec![SourceEffect::OpenExport { holder: node("a"), epoch: 3 }]
+    );
+    // A grant revoked while its hook ran (the holder was lost): its stop opens nothing later.
+    let mut w = SourceVolume::new(&vid("w"), 10);
+    w.step(&tick(true, None, false, None), 0, &T);
+    w.step(&tick(true, Some("a"), true, None), 1, &T);
+    assert_eq!(w.step(&tick(true, None, false, sig(false, None, None)), 2, &T), vec![SourceEffect::CloseExport]);
+    assert!(w.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 3, &T).is_empty());
+    assert_eq!(w.phase, SourcePhase::Offered { since_ms: 2 });
+}
+
+#[test]
+fn the_stop_outcome_is_kept_in_the_state_file_only_when_it_happened() {
+    let mut v = SourceVolume::new(&vid("v"), 10);
+    v.step(&tick(true, None, false, None), 0, &T);
+    v.step(&tick(true, Some("a"), true, None), 1, &T);
+    // Before the hook reports, the document is what the previous version wrote.
+    let json = serde_json::to_string(&v.phase).unwrap();
+    assert_eq!(json, r#"{"phase":"granted","holder":"a","at_ms":1,"exported":false}"#);
+    v.step(&SourceEvent::WorkloadStopped { epoch: 1 }, 2, &T);
+    let json = serde_json::to_string(&v.phase).unwrap();
+    assert_eq!(json, r#"{"phase":"granted","holder":"a","at_ms":1,"exported":false,"stopped":true}"#);
+    assert_eq!(serde_json::from_str::<SourcePhase>(&json).unwrap(), v.phase);
 }
 
 #[test]
@@ -240,6 +289,20 @@ fn restart_reopens_exports_of_granted_and_cut_over_volumes() {
     assert_eq!(v.on_restart(), vec![SourceEffect::OpenExport { holder: node("a"), epoch: 4 }]);
     v.phase = SourcePhase::Held;
     assert!(v.on_restart().is_empty());
+    // Granted: the export comes back without running the stop hook again once it succeeded
+    // (or the export opened, which only follows it; state files of the previous version
+    // have no `stopped`)...
+    for (exported, stopped) in [(false, true), (true, true), (true, false)] {
+        v.phase = SourcePhase::Granted { holder: node("a"), at_ms: 0, exported, stopped };
+        assert_eq!(v.on_restart(), vec![SourceEffect::OpenExport { holder: node("a"), epoch: 4 }]);
+    }
+    // ...and a hook that never reported back (the agent stopped while it ran) runs again.
+    v.phase = SourcePhase::Granted { holder: node("a"), at_ms: 0, exported: false, stopped: false };
+    assert_eq!(v.on_restart(), vec![SourceEffect::StopWorkload { epoch: 4 }]);
+    assert_eq!(
+        v.step(&SourceEvent::WorkloadStopped { epoch: 4 }, 1, &T),
+        vec![SourceEffect::OpenExport { holder: node("a"), epoch: 4 }]
+    );
 }
 
 #[test]
@@ -308,18 +371,28 @@ enum Op {
     HolderTick { h: usize, stale: usize },
     /// Holder `h` gets a data-plane event.
     Data { h: usize, kind: u8 },
+    /// The source's data plane reports: its next report in order (`kind` 0: the stop hook
+    /// succeeded, or the export opened), every report it owes, also those that follow from
+    /// them (1: a fast data plane), that stop hook failed instead (2), or a stale stop of
+    /// the epoch asked `stale` stops ago (3).
+    SourceData { kind: u8, stale: usize },
+    /// The source agent restarts from its state file (what it persisted) and
+    /// re-establishes what its lease says.
+    SourceRestart,
     /// Time passes.
     Wait(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (any::<bool>(), 0usize..3, any::<bool>(), any::<[bool; 3]>(), 0usize..4).prop_map(|(d, c, p, a, s)| {
+        3 => (any::<bool>(), 0usize..3, any::<bool>(), any::<[bool; 3]>(), 0usize..4).prop_map(|(d, c, p, a, s)| {
             Op::Source { draining: d || c == 0, claimant: c, planned: p, alive: a, stale: s }
         }),
-        (0usize..3, 0usize..4).prop_map(|(h, s)| Op::HolderTick { h, stale: s }),
-        (0usize..3, 0u8..5).prop_map(|(h, k)| Op::Data { h, kind: k }),
-        (1u64..5_000).prop_map(Op::Wait),
+        2 => (0usize..3, 0usize..4).prop_map(|(h, s)| Op::HolderTick { h, stale: s }),
+        3 => (0usize..3, 0u8..5).prop_map(|(h, k)| Op::Data { h, kind: k }),
+        3 => (0u8..4, 0usize..3).prop_map(|(kind, stale)| Op::SourceData { kind, stale }),
+        1 => Just(Op::SourceRestart),
+        1 => (1u64..5_000).prop_map(Op::Wait),
     ]
 }
 
@@ -327,8 +400,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
     /// Whatever the interleaving and however stale each side's view: at most one holder
     /// ever runs the workload, it is the one the source cut over to at its epoch, the
-    /// source never runs the workload while a holder may, and the source deletes only
-    /// after that holder is complete.
+    /// source never runs the workload while a holder may, the source deletes only after
+    /// that holder is complete, and no export is asked for an epoch before the
+    /// `WorkloadStopped` of that epoch (restarts included).
     #[test]
     fn safety_holds_under_any_interleaving(ops in proptest::collection::vec(op(), 1..120)) {
         let names = ["h0", "h1", "h2"];
@@ -337,8 +411,16 @@ proptest! {
         let mut src_history: Vec<SourceVolume> = vec![src.clone()];
         let mut holder_history: Vec<[Option<HolderVolume>; 3]> = vec![holders.clone()];
         let mut source_running = true;
+        // Epochs the source asked to stop, those whose stop was reported, and the reports
+        // its data plane still owes, in order.
+        let mut stops_asked: Vec<u64> = vec![];
+        let mut stopped: std::collections::BTreeSet<u64> = Default::default();
+        let mut owed: std::collections::VecDeque<SourceEvent> = Default::default();
         let mut now = 0u64;
-        for op in ops {
+        let mut ops: std::collections::VecDeque<Op> = ops.into();
+        while let Some(op) = ops.pop_front() {
+            let mut effects = vec![];
+            let mut again = None;
             match op {
                 Op::Source { draining, claimant, planned, alive, stale } => {
                     let seen = &holder_history[holder_history.len().saturating_sub(1 + stale)];
@@ -356,26 +438,7 @@ proptest! {
                         gc: false,
                         verify: false,
                     };
-                    for fx in src.step(&ev, now, &T) {
-                        match fx {
-                            SourceEffect::StopWorkload => source_running = false,
-                            SourceEffect::StartWorkload => source_running = true,
-                            SourceEffect::DeleteData => {
-                                let h = src.holder().and_then(|h| names.iter().position(|n| *n == h)).unwrap();
-                                let hv = holders[h].as_ref().expect("deleting with no holder");
-                                prop_assert_eq!(&hv.phase, &HolderPhase::Complete);
-                                prop_assert_eq!(hv.epoch, src.epoch);
-                            }
-                            _ => {}
-                        }
-                    }
-                    // A new grant is seen by its holder at once (the others see it later or never).
-                    if let SourcePhase::Granted { holder, .. } = &src.phase {
-                        let i = names.iter().position(|n| n == holder).unwrap();
-                        if holders[i].as_ref().is_none_or(|v| v.epoch < src.epoch && !v.workload_may_run()) {
-                            holders[i] = Some(HolderVolume::granted(&vid("v"), &node("src"), src.epoch, 10).0);
-                        }
-                    }
+                    effects = src.step(&ev, now, &T);
                     src_history.push(src.clone());
                 }
                 Op::HolderTick { h, stale } => {
@@ -400,7 +463,71 @@ proptest! {
                         v.step(&ev);
                     }
                 }
+                Op::SourceData { kind, stale } => {
+                    let ev = match kind {
+                        0 => owed.pop_front(),
+                        1 => {
+                            again = Some(Op::SourceData { kind, stale });
+                            owed.pop_front()
+                        }
+                        2 => owed.pop_front().map(|ev| match ev {
+                            SourceEvent::WorkloadStopped { .. } => SourceEvent::HookFailed("stop hook exited 1".into()),
+                            other => other,
+                        }),
+                        _ => stops_asked
+                            .len()
+                            .checked_sub(1 + stale)
+                            .map(|i| SourceEvent::WorkloadStopped { epoch: stops_asked[i] }),
+                    };
+                    if let Some(SourceEvent::WorkloadStopped { epoch }) = &ev {
+                        stopped.insert(*epoch);
+                    }
+                    if let Some(ev) = ev {
+                        effects = src.step(&ev, now, &T);
+                    }
+                    src_history.push(src.clone());
+                }
+                Op::SourceRestart => {
+                    // What the data plane was doing is lost with the process.
+                    owed.clear();
+                    src = serde_json::from_str(&serde_json::to_string(&src).unwrap()).unwrap();
+                    effects = src.on_restart();
+                    src_history.push(src.clone());
+                }
                 Op::Wait(ms) => now += ms,
+            }
+            for fx in effects {
+                match fx {
+                    SourceEffect::StopWorkload { epoch } => {
+                        source_running = false;
+                        stops_asked.push(epoch);
+                        owed.push_back(SourceEvent::WorkloadStopped { epoch });
+                    }
+                    SourceEffect::StartWorkload => source_running = true,
+                    SourceEffect::OpenExport { epoch, .. } => {
+                        prop_assert!(stopped.contains(&epoch), "export of epoch {} asked before its WorkloadStopped", epoch);
+                        prop_assert_eq!(epoch, src.epoch);
+                        owed.push_back(SourceEvent::ExportOpened { epoch });
+                    }
+                    SourceEffect::DeleteData => {
+                        let h = src.holder().and_then(|h| names.iter().position(|n| *n == h)).unwrap();
+                        let hv = holders[h].as_ref().expect("deleting with no holder");
+                        prop_assert_eq!(&hv.phase, &HolderPhase::Complete);
+                        prop_assert_eq!(hv.epoch, src.epoch);
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(op) = again.filter(|_| !owed.is_empty()) {
+                ops.push_front(op);
+            }
+            // A grant is acted on by its holder once its export is open (advertised,
+            // as the core does), at once; the others see it later or never.
+            if let SourcePhase::Granted { holder, exported: true, .. } = &src.phase {
+                let i = names.iter().position(|n| n == holder).unwrap();
+                if holders[i].as_ref().is_none_or(|v| v.epoch < src.epoch && !v.workload_may_run()) {
+                    holders[i] = Some(HolderVolume::granted(&vid("v"), &node("src"), src.epoch, 10).0);
+                }
             }
             holder_history.push(holders.clone());
             let running: Vec<&HolderVolume> = holders.iter().flatten().filter(|v| v.workload_may_run()).collect();

@@ -95,18 +95,15 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an event within 5 s").expect("channel open")
 }
 
+/// The stop hook's outcome is reported for its epoch; the export waits for the lease to
+/// ask (after `WorkloadStopped`, src/decide/lease/source.rs), so a failed hook exports nothing.
 #[tokio::test]
-async fn a_failed_stop_hook_keeps_the_volume_unexported() {
+async fn a_stop_hook_reports_stopped_or_failed_and_exports_nothing_by_itself() {
     let mut r = rig(false);
     r.plane.execute(
-        DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("echo busy >&2; exit 2".into()) },
-        r.tx.clone(),
-    );
-    r.plane.execute(
-        DataCommand::OpenExport {
+        DataCommand::StopWorkload {
             volume: "db".parse().unwrap(),
-            holder: "n2".parse().unwrap(),
-            holder_addr: "fd00::2".into(),
+            hook: Some("echo busy >&2; exit 2".into()),
             epoch: 3,
         },
         r.tx.clone(),
@@ -120,11 +117,17 @@ async fn a_failed_stop_hook_keeps_the_volume_unexported() {
         other => panic!("{other:?}"),
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(r.rx.try_recv().is_err(), "a failed stop hook reported something more");
     assert!(r.exports.calls.lock().unwrap().is_empty(), "exported an unquiesced volume");
 
-    // The next grant's stop succeeds: the export opens, ACL'd to the holder and its epoch.
-    r.plane
-        .execute(DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("true".into()) }, r.tx.clone());
+    // The next grant's stop succeeds and says so for its epoch; the lease then asks for the
+    // export, which opens ACL'd to the holder and its epoch.
+    r.plane.execute(
+        DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("true".into()), epoch: 4 },
+        r.tx.clone(),
+    );
+    assert_eq!(next(&mut r.rx).await, DataEvent::WorkloadStopped { volume: "db".parse().unwrap(), epoch: 4 });
+    assert!(r.exports.calls.lock().unwrap().is_empty(), "exported before the lease asked");
     r.plane.execute(
         DataCommand::OpenExport {
             volume: "db".parse().unwrap(),
@@ -134,7 +137,7 @@ async fn a_failed_stop_hook_keeps_the_volume_unexported() {
         },
         r.tx.clone(),
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(next(&mut r.rx).await, DataEvent::ExportOpened { volume: "db".parse().unwrap(), epoch: 4 });
     let calls = r.exports.calls.lock().unwrap().clone();
     let want = format!(
         "open db {} iqn.2026-11.dev.meshdrain:n1.db fd00::2 iqn.2026-11.dev.meshdrain:n2.db.e4",
