@@ -9,11 +9,11 @@ use std::time::Duration;
 use meshdrain::agent::AgentSetup;
 use meshdrain::agent::dataplane::NoDataPlane;
 use meshdrain::agent::run::{RunningAgent, spawn_guarded};
+use meshdrain::api::StatusReport;
 use meshdrain::cluster::auth::{GossipKeys, Secret};
 use meshdrain::cluster::gossip::{GossipGuard, GossipSettings};
 use meshdrain::cluster::identity::GossipMode;
 use meshdrain::cluster::transport::{GossipStats, GuardedTransport};
-use meshdrain::control::protocol::StatusReport;
 use meshdrain::decide::core::CoreConfig;
 use meshdrain::decide::lease::Timing;
 use meshdrain::decide::node::{NodeAction, NodeState};
@@ -90,7 +90,7 @@ async fn until(a: &RunningAgent, limit: Duration, what: &str, cond: impl Fn(&Sta
     }
 }
 
-fn node<'a>(s: &'a StatusReport, name: &str) -> Option<&'a meshdrain::control::protocol::NodeStatus> {
+fn node<'a>(s: &'a StatusReport, name: &str) -> Option<&'a meshdrain::api::NodeStatus> {
     s.nodes.iter().find(|n| n.name == name)
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{SimFleet, converged, seen};
-use meshdrain::control::protocol::NewVolume;
+use meshdrain::api::{NewVolume, Request};
 use meshdrain::decide::node::{NodeAction, NodeState};
 
 const N: usize = 50;
@@ -24,7 +24,7 @@ async fn pin_volume(fleet: &SimFleet, i: usize) {
         requires,
         hooks: Default::default(),
     };
-    handle.add_volume(new).await.unwrap();
+    handle.ask(Request::VolumeAdd(new)).await.unwrap();
 }
 const INTERVAL: Duration = Duration::from_millis(100);
 

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use crate::api::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeFault, VolumeStatus};
 use crate::cluster::view::ClusterView;
-use crate::control::protocol::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeStatus};
 use crate::decide::core::{Core, owner_in_view};
 use crate::decide::lease::SourcePhase;
 use crate::decide::model::{NodeName, VolumeId};
@@ -75,9 +75,6 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
     StatusReport { self_name: me.to_string(), nodes, gossip: Default::default() }
 }
 
-/// How a failed `--verify` check starts in a volume's `error` (the drain waiter looks for it).
-pub const VERIFY_FAILED: &str = "verify failed";
-
 /// Every volume of the fleet: its owner's record, joined with its holder's progress.
 pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
     let mut ids: Vec<&VolumeId> = view.nodes.values().flat_map(|n| n.volumes.keys()).collect();
@@ -98,7 +95,7 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
         // holder already owns the volume: its reason belongs on the volume's line.
         let verify_failed = view.nodes.values().find_map(|n| match n.volumes.get(id).map(|r| (r.epoch, &r.phase)) {
             Some((e, SourcePhase::CutOver { verify_failed: Some(why), .. })) if e == rec.epoch => {
-                Some(format!("{VERIFY_FAILED} on {}: {why}", n.name))
+                Some(VolumeFault::VerifyFailed { on: n.name.clone(), reason: why.clone() })
             }
             _ => None,
         });
@@ -128,10 +125,12 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress
                 .is_some_and(|p| matches!(p.phase, crate::decide::lease::HolderPhase::Running { stalled: true })),
-            error: verify_failed.or(progress.and_then(|p| p.error.clone())).or(match &rec.phase {
-                SourcePhase::Failed { reason } => Some(reason.clone()),
-                _ => None,
-            }),
+            error: verify_failed.or(progress.and_then(|p| p.error.clone()).map(VolumeFault::Other)).or(
+                match &rec.phase {
+                    SourcePhase::Failed { reason } => Some(VolumeFault::Other(reason.clone())),
+                    _ => None,
+                },
+            ),
         });
     }
     out

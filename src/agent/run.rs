@@ -20,13 +20,13 @@ use super::dataplane::kernel::DmClones;
 use super::dataplane::local::{LocalClones, LocalExports};
 use super::dataplane::real::{CloneService, RealDataPlane, SharedVolumes};
 use super::dataplane::{DataPlane, NoDataPlane};
+use super::metrics::Metrics;
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::auth::{GossipKeys, Secret};
 use crate::cluster::gossip::{ChitchatGossip, GossipGuard, GossipSettings, HealthHandle};
 use crate::cluster::identity::{GossipMode, NameConflict};
 use crate::cluster::transport::{GossipStats, GuardedTransport};
 use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
-use crate::control::metrics::Metrics;
 use crate::decide::core::CoreConfig;
 use crate::decide::lease::Timing;
 use crate::store::StateDir;
@@ -289,11 +289,11 @@ pub async fn run_process(
         .with_context(|| format!("starting agent {}", config.name))?;
     let metrics_task = match addrs.metrics_listen {
         Some(addr) => {
-            let l = crate::control::metrics::bind(addr)
+            let l = super::metrics::bind(addr)
                 .await
                 .with_context(|| format!("config key `metrics.listen`: cannot bind {addr}"))?;
             info!(%addr, "metrics at http://{addr}/metrics");
-            Some(tokio::spawn(crate::control::metrics::serve(l, agent.metrics.clone())))
+            Some(tokio::spawn(super::metrics::serve(l, agent.metrics.clone())))
         }
         None => None,
     };
@@ -381,7 +381,7 @@ async fn watchdog(handle: crate::agent::AgentHandle, every: Duration) {
     loop {
         tokio::time::sleep(period).await;
         match tokio::time::timeout(period, handle.status()).await {
-            Ok(Some(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
+            Ok(Ok(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
             _ => warn!(waited = ?period, "the owner loop did not answer; not petting the systemd watchdog"),
         }
     }

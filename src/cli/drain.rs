@@ -9,9 +9,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::ControlTarget;
 use super::exit::{DEADLINE, FAILURE};
 use super::units::{format_bytes, parse_bytes};
-use crate::agent::report::VERIFY_FAILED;
+use crate::api::{PlanLine, Request, StatusReport, VolumeFault, VolumeStatus};
 use crate::control::client::Client;
-use crate::control::protocol::{PlanLine, Request, Response, VolumeStatus};
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
 
@@ -72,16 +71,13 @@ pub async fn run(args: DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
 /// The epoch of each of `node`'s volumes that is failed now.
 async fn failed_epochs(node: &str, control: &ControlTarget) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    let volumes = client.volumes().await?;
+    let volumes: Vec<VolumeStatus> = client.get(&Request::Volumes).await?;
     Ok(volumes.into_iter().filter(|v| v.owner == node && v.phase == "failed").map(|v| (v.id, v.epoch)).collect())
 }
 
 async fn dry_run(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    let plan = match client.call(&Request::Plan { node: args.common.node.clone() }).await? {
-        Response::Plan { plan } => plan,
-        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-    };
+    let plan: Vec<PlanLine> = client.get(&Request::Plan { node: args.common.node.clone() }).await?;
     if args.common.json {
         println!("{}", serde_json::json!({ "node": args.common.node, "plan": plan }));
     } else {
@@ -122,11 +118,8 @@ async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<Str
         .progress_chars("=> ");
     let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
     loop {
-        let volumes = client.volumes().await?;
-        let status = match client.call(&Request::Status).await? {
-            Response::Status(s) => s,
-            other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-        };
+        let volumes: Vec<VolumeStatus> = client.get(&Request::Volumes).await?;
+        let status: StatusReport = client.get(&Request::Status).await?;
         let state = status.nodes.iter().find(|n| &n.name == node).and_then(|n| n.state);
         let mine: Vec<&VolumeStatus> = volumes.iter().filter(|v| &v.owner == node).collect();
         for v in &mine {
@@ -157,21 +150,21 @@ async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<Str
             eprintln!(
                 "{node}: volume {} failed: {} (fix it, then run `meshdrain drain {node}` again to retry)",
                 failed.id,
-                failed.error.as_deref().unwrap_or("no reason given")
+                failed.error.as_ref().map_or_else(|| "no reason given".to_owned(), VolumeFault::to_string)
             );
             return Ok(ExitCode::from(FAILURE));
         }
         // After `done` the holder owns the volume; a failed check shows on its line.
         let verify_failed = |v: &&VolumeStatus| {
             v.arrived_from.as_deref() == Some(node.as_str())
-                && v.error.as_deref().is_some_and(|e| e.starts_with(VERIFY_FAILED))
+                && matches!(v.error, Some(VolumeFault::VerifyFailed { .. }))
         };
         if let Some(bad) = volumes.iter().find(verify_failed) {
             eprintln!(
                 "{node}: volume {} runs on {} but the copy on {node} is kept: {}",
                 bad.id,
                 bad.owner,
-                bad.error.as_deref().unwrap_or_default()
+                bad.error.as_ref().map(VolumeFault::to_string).unwrap_or_default()
             );
             return Ok(ExitCode::from(FAILURE));
         }

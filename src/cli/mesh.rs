@@ -155,13 +155,13 @@ pub async fn run(command: Command, control: &super::ControlTarget) -> anyhow::Re
             return up(interface, state_dir, address, listen_port, &backend, &peer).await;
         }
         Command::Status { socket, json } => {
-            use crate::control::protocol::{Request, Response};
             let socket = socket.unwrap_or_else(|| control.socket.clone());
             let mut client = crate::control::client::Client::connect(&socket).await.map_err(super::unreachable)?;
-            match client.call(&Request::MeshStatus).await? {
-                Response::Mesh { mesh } if json => println!("{}", serde_json::to_string_pretty(&mesh)?),
-                Response::Mesh { mesh } => print!("{}", status_table(&mesh)),
-                other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
+            let mesh: serde_json::Value = client.get(&crate::api::Request::MeshStatus).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&mesh)?);
+            } else {
+                print!("{}", status_table(&mesh));
             }
         }
     }

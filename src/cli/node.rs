@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::ControlTarget;
 use super::exit::FAILURE;
+use crate::api::{ActionReport, Request, StatusReport};
 use crate::control::client::Client;
-use crate::control::protocol::{ActionReport, Request, Response, StatusReport};
 use crate::decide::model::NodeName;
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
@@ -59,10 +59,7 @@ pub async fn request(
 ) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     let req = Request::NodeAction { node: args.node.clone(), action, force: args.force, options };
-    let report: ActionReport = match client.call(&req).await? {
-        Response::NodeAction(r) => r,
-        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-    };
+    let report: ActionReport = client.get(&req).await?;
     let mut outcome = Outcome {
         node: &report.node,
         action,
@@ -77,7 +74,7 @@ pub async fn request(
         let started = Instant::now();
         let deadline = started + args.timeout;
         loop {
-            let status = status(&mut client).await?;
+            let status: StatusReport = client.get(&Request::Status).await?;
             let node = status.nodes.iter().find(|n| n.name == args.node);
             outcome.node_alive = node.map(|n| n.alive);
             if let Some(n) = node {
@@ -113,13 +110,6 @@ pub async fn request(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-async fn status(client: &mut Client) -> anyhow::Result<StatusReport> {
-    match client.call(&Request::Status).await? {
-        Response::Status(s) => Ok(s),
-        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-    }
 }
 
 fn describe(o: &Outcome<'_>, args: &Args) -> String {

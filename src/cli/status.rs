@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::ControlTarget;
+use crate::api::{Request, StatusReport};
 use crate::cluster::identity::{GossipHealth, GossipMode};
 use crate::control::client::Client;
-use crate::control::protocol::{Request, Response, StatusReport};
 
 /// Show every node of the fleet as the local agent sees it.
 #[derive(Debug, clap::Args)]
@@ -24,10 +24,7 @@ pub struct Args {
 pub async fn run(args: Args, control: &ControlTarget) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     loop {
-        let report = match client.call(&Request::Status).await? {
-            Response::Status(r) => r,
-            other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-        };
+        let report: StatusReport = client.get(&Request::Status).await?;
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {

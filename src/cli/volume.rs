@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use super::ControlTarget;
 use super::units::{format_bytes, parse_bytes};
+use crate::api::{NewVolume, Request, VolumeFault, VolumeStatus};
 use crate::control::client::Client;
-use crate::control::protocol::{NewVolume, Request, Response, VolumeStatus};
 use crate::decide::model::{Hooks, VolumeId};
 
 /// Volume commands.
@@ -76,7 +76,7 @@ pub async fn run(command: Command, control: &ControlTarget) -> anyhow::Result<Ex
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     let (id, size, path, common) = match command {
         Command::List { json } => {
-            let volumes = client.volumes().await?;
+            let volumes: Vec<VolumeStatus> = client.get(&Request::Volumes).await?;
             if json {
                 println!("{}", serde_json::json!({ "volumes": volumes }));
             } else {
@@ -94,20 +94,16 @@ pub async fn run(command: Command, control: &ControlTarget) -> anyhow::Result<Ex
         requires: common.requires.into_iter().collect::<BTreeMap<_, _>>(),
         hooks: Hooks { stop: common.hook_stop, start: common.hook_start, done: common.hook_done },
     });
-    match client.call(&req).await? {
-        Response::Ok { message } => println!("{message}"),
-        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-    }
+    let message: String = client.get(&req).await?;
+    println!("{message}");
     Ok(ExitCode::SUCCESS)
 }
 
 /// `meshdrain gc`: delete handed-off copies on this node now.
 pub async fn gc(control: &ControlTarget) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    match client.call(&Request::Gc).await? {
-        Response::Ok { message } => println!("{message}"),
-        other => anyhow::bail!("unexpected answer from the agent: {other:?}"),
-    }
+    let message: String = client.get(&Request::Gc).await?;
+    println!("{message}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -126,7 +122,7 @@ pub fn render(volumes: &[VolumeStatus]) -> String {
         } else if v.stalled {
             "stalled (source unreachable)".to_owned()
         } else {
-            v.error.clone().unwrap_or_default()
+            v.error.as_ref().map(VolumeFault::to_string).unwrap_or_default()
         };
         let holder = match (&v.holder, &v.holder_phase) {
             (Some(h), Some(p)) => format!("{h} ({p})"),

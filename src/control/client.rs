@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::protocol::{Request, Response, VolumeStatus};
+use crate::api::{Answer, ApiError, Outcome, Request, wire};
 
 /// Why a control call failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +29,9 @@ pub enum ClientError {
         /// What went wrong.
         message: String,
     },
-    /// The agent refused the request.
-    #[error("{0}")]
-    Refused(String),
+    /// The agent refused the request; callers branch on the kind of refusal.
+    #[error(transparent)]
+    Refused(#[from] ApiError),
 }
 
 /// A connection to the local agent; several calls may share it (`--watch`).
@@ -50,7 +50,7 @@ impl Client {
     }
 
     /// Sends one request and returns the answer; an agent-side refusal is an error.
-    pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+    pub async fn call(&mut self, req: &Request) -> Result<Outcome, ClientError> {
         let protocol = |message: String| ClientError::Protocol { path: self.path.clone(), message };
         let mut line = serde_json::to_string(req).expect("requests serialize");
         line.push('\n');
@@ -60,20 +60,14 @@ impl Client {
         if n == 0 {
             return Err(protocol("the agent closed the connection".to_owned()));
         }
-        match serde_json::from_str::<Response>(&answer) {
-            Ok(Response::Error { message }) => Err(ClientError::Refused(message)),
-            Ok(resp) => Ok(resp),
-            Err(e) => Err(protocol(format!("unreadable answer: {e}"))),
-        }
+        Ok(wire::decode(&answer).map_err(|e| protocol(format!("unreadable answer: {e}")))??)
     }
 
-    /// Every volume of the fleet as this agent sees it (`volume list`, drain progress).
-    pub async fn volumes(&mut self) -> Result<Vec<VolumeStatus>, ClientError> {
-        match self.call(&Request::Volumes).await? {
-            Response::Volumes { volumes } => Ok(volumes),
-            other => {
-                Err(ClientError::Protocol { path: self.path.clone(), message: format!("unexpected answer: {other:?}") })
-            }
-        }
+    /// Sends one request whose answer's payload the caller knows: `get::<StatusReport>(&Request::Status)`.
+    pub async fn get<T: Answer>(&mut self, req: &Request) -> Result<T, ClientError> {
+        T::from_outcome(self.call(req).await?).map_err(|other| ClientError::Protocol {
+            path: self.path.clone(),
+            message: format!("unexpected answer: {other:?}"),
+        })
     }
 }

@@ -1,7 +1,6 @@
-//! The local control API: the CLI talks to its node's agent over a Unix socket (mode
-//! 0600, so only root can drain), and operators scrape metrics over HTTP.
+//! The control socket: the CLI talks to its node's agent over a Unix socket (mode 0600, so
+//! only root can drain), one JSON line each way ([`crate::api::wire`]). It carries
+//! [`crate::api`] and knows nothing of the agent behind it.
 
 pub mod client;
-pub mod metrics;
-pub mod protocol;
 pub mod server;

@@ -1,5 +1,6 @@
-//! Serves the control API on a Unix socket: newline-delimited JSON requests, one JSON
-//! response line each, answered by the agent's owner loop through an [`AgentHandle`].
+//! Serves the API on a Unix socket: each line is decoded into a [`Request`], answered by
+//! whatever implements [`Api`] (the agent's handle), and the answer encoded as one line
+//! ([`crate::api::wire`]).
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -9,8 +10,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use super::protocol::{Request, Response};
-use crate::agent::AgentHandle;
+use crate::api::{Api, ApiError, Request, wire};
 
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -63,14 +63,14 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Answers requests until `shutdown` resolves.
-pub async fn serve(listener: UnixListener, agent: AgentHandle, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: UnixListener, api: impl Api, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(connection(stream, agent.clone()));
+                    tokio::spawn(connection(stream, api.clone()));
                 }
                 Err(e) => {
                     warn!("control accept failed: {e}");
@@ -122,60 +122,30 @@ async fn read_line(reader: &mut (impl AsyncBufRead + Unpin), max: usize) -> std:
     }
 }
 
-/// Parses one request line into a request, or the error reply naming what is wrong.
-fn parse_request(line: Line) -> Result<Request, Response> {
+/// Parses one request line into a request, or the refusal naming what is wrong.
+fn parse_request(line: Line) -> Result<Request, ApiError> {
     let bytes = match line {
         Line::Text(bytes) => bytes,
-        Line::TooLong => {
-            return Err(Response::Error {
-                message: format!("control request longer than {MAX_REQUEST_LINE} bytes: refused"),
-            });
-        }
+        Line::TooLong => return Err(ApiError::RequestTooLong { max: MAX_REQUEST_LINE }),
     };
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|e| Response::Error { message: format!("control request is not UTF-8 ({e}): refused") })?;
-    serde_json::from_str::<Request>(text)
-        .map_err(|e| Response::Error { message: format!("malformed control request: {e}") })
+    let text = std::str::from_utf8(&bytes).map_err(|e| ApiError::RequestNotUtf8 { reason: e.to_string() })?;
+    serde_json::from_str::<Request>(text).map_err(|e| ApiError::MalformedRequest { reason: e.to_string() })
 }
 
-async fn connection(stream: UnixStream, agent: AgentHandle) {
+async fn connection(stream: UnixStream, api: impl Api) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     while let Ok(Some(line)) = read_line(&mut reader, MAX_REQUEST_LINE).await {
-        let response = match parse_request(line) {
-            Ok(req) => answer(&agent, req).await,
-            Err(refusal) => refusal,
+        let answer = match parse_request(line) {
+            Ok(req) => api.ask(req).await,
+            Err(refusal) => Err(refusal),
         };
-        let mut out = serde_json::to_string(&response).expect("responses serialize");
+        let mut out = wire::encode(&answer);
         out.push('\n');
         if let Err(e) = write.write_all(out.as_bytes()).await {
             debug!("control client went away: {e}");
             return;
         }
-    }
-}
-
-async fn answer(agent: &AgentHandle, req: Request) -> Response {
-    let stopping = || Response::Error { message: "the agent is shutting down".to_owned() };
-    match req {
-        Request::Status => agent.status().await.map_or_else(stopping, Response::Status),
-        Request::Plan { node } => agent.plan(&node).await.map_or_else(stopping, |plan| Response::Plan { plan }),
-        Request::NodeAction { node, action, force, options } => {
-            match agent.node_action_with(&node, action, force, options).await {
-                Ok(report) => Response::NodeAction(report),
-                Err(message) => Response::Error { message },
-            }
-        }
-        Request::VolumeAdd(new) => match agent.add_volume(new).await {
-            Ok(message) => Response::Ok { message },
-            Err(message) => Response::Error { message },
-        },
-        Request::MeshStatus => agent.mesh_status().await.map_or_else(stopping, |mesh| Response::Mesh { mesh }),
-        Request::Volumes => agent.volumes().await.map_or_else(stopping, |volumes| Response::Volumes { volumes }),
-        Request::Gc => agent
-            .gc()
-            .await
-            .map_or_else(stopping, |()| Response::Ok { message: "handed-off copies deleted".to_owned() }),
     }
 }
 
@@ -208,12 +178,11 @@ mod tests {
 
     #[test]
     fn non_utf8_and_oversized_lines_get_error_replies() {
-        let Err(Response::Error { message }) = parse_request(Line::Text(vec![b'{', 0xff, b'}'])) else {
-            panic!("non-UTF-8 accepted")
-        };
+        let Err(refusal) = parse_request(Line::Text(vec![b'{', 0xff, b'}'])) else { panic!("non-UTF-8 accepted") };
+        let message = refusal.to_string();
         assert!(message.starts_with("control request is not UTF-8"), "{message}");
-        let Err(Response::Error { message }) = parse_request(Line::TooLong) else { panic!("too long accepted") };
-        assert_eq!(message, "control request longer than 1048576 bytes: refused");
+        let Err(refusal) = parse_request(Line::TooLong) else { panic!("too long accepted") };
+        assert_eq!(refusal.to_string(), "control request longer than 1048576 bytes: refused");
     }
 
     #[tokio::test]

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use meshdrain_netns::Lan;
 
+use crate::api::{Answer, Outcome, Request, StatusReport, VolumeStatus};
 use crate::config::{
     AgentConfig, CloneEngineChoice, DataplaneBackend, DataplaneConfig, MeshBackendChoice, MeshConfig, MeshSeed,
 };
 use crate::control::client::Client;
-use crate::control::protocol::{Request, Response, StatusReport, VolumeStatus};
 
 /// One agent of the demo fleet.
 pub struct DemoNode {
@@ -148,8 +148,13 @@ impl DemoFleet {
     }
 
     /// Sends one request to node `i`'s agent.
-    pub async fn call(&self, i: usize, req: &Request) -> anyhow::Result<Response> {
+    pub async fn call(&self, i: usize, req: &Request) -> anyhow::Result<Outcome> {
         Ok(self.client(i).await?.call(req).await?)
+    }
+
+    /// Sends one request to node `i`'s agent and returns the payload of its answer.
+    async fn get<T: Answer>(&self, i: usize, req: &Request) -> anyhow::Result<T> {
+        Ok(self.client(i).await?.get(req).await?)
     }
 
     /// A control connection to node `i`.
@@ -160,15 +165,12 @@ impl DemoFleet {
 
     /// Node `i`'s status.
     pub async fn status(&self, i: usize) -> anyhow::Result<StatusReport> {
-        match self.call(i, &Request::Status).await? {
-            Response::Status(s) => Ok(s),
-            other => anyhow::bail!("unexpected answer: {other:?}"),
-        }
+        self.get(i, &Request::Status).await
     }
 
     /// The fleet's volumes as node `i` sees them.
     pub async fn volumes(&self, i: usize) -> anyhow::Result<Vec<VolumeStatus>> {
-        Ok(self.client(i).await?.volumes().await?)
+        self.get(i, &Request::Volumes).await
     }
 
     /// Waits until every agent answers and sees every node alive.

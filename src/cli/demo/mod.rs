@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::units::{format_bytes, parse_bytes};
-use crate::control::protocol::{NewVolume, Request, Response};
+use crate::api::{NewVolume, Request};
 use crate::decide::model::Hooks;
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
@@ -144,9 +144,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         requires: Default::default(),
         hooks: Hooks { stop: Some(stop_hook), start: Some(start_hook), done: None },
     };
-    if let Response::Error { message } = fleet.call(0, &Request::VolumeAdd(volume)).await? {
-        anyhow::bail!("creating the demo volume: {message}");
-    }
+    // A refusal is an error of the call (the agent's message).
+    fleet.call(0, &Request::VolumeAdd(volume)).await?;
     let image = fleet.nodes[0].pool.join(format!("{VOLUME}.img"));
     // Inode tables and journal written now, as on a volume in service for a while (lazy
     // init would have the kernel zero them in the background during the drain).
@@ -188,9 +187,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         force: false,
         options,
     };
-    if let Response::Error { message } = fleet.call(last, &req).await? {
-        anyhow::bail!("drain refused: {message}");
-    }
+    fleet.call(last, &req).await?;
 
     let bar = progress_bar(&args);
     let mut counts = Counts::default();

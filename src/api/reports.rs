@@ -1,81 +1,14 @@
-//! The control API between the CLI and the local agent: one JSON request line, one JSON
-//! response line, over a Unix socket only root can open. These types are also what
-//! `--json` prints, so they are a stable interface for operators' scripts.
+//! What the API's answers carry, and what `--json` prints: the fleet (`status`), a node
+//! action's outcome, a drain plan, the volume list, a new volume. Their JSON is a stable
+//! interface for operators' scripts, so fields are only ever added (with a default).
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::AppliedRequest;
-
-/// A request to the agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Request {
-    /// Every node the agent knows.
-    Status,
-    /// Cordon, uncordon, drain or undrain a node (this one or any other).
-    NodeAction {
-        /// The node to act on (a request naming an invalid one does not parse).
-        node: NodeName,
-        /// What to do.
-        action: NodeAction,
-        /// Publish even if the node is not (yet) known to gossip.
-        #[serde(default)]
-        force: bool,
-        /// How to drain (with `drain`).
-        #[serde(default)]
-        options: crate::decide::request::DrainOptions,
-    },
-    /// The placement a drain of `node` would get now; changes nothing.
-    Plan {
-        /// The node to drain.
-        node: NodeName,
-    },
-    /// Register a volume owned by this node.
-    VolumeAdd(NewVolume),
-    /// Every volume of the fleet.
-    Volumes,
-    /// Delete copies on this node that were handed off (before the retention window ends).
-    Gc,
-    /// The WireGuard mesh's peers as this node sees them.
-    MeshStatus,
-}
-
-/// The agent's answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Response {
-    /// Answer to [`Request::Status`].
-    Status(StatusReport),
-    /// Answer to [`Request::NodeAction`].
-    NodeAction(ActionReport),
-    /// Answer to [`Request::Plan`].
-    Plan {
-        /// One line per volume of the node.
-        plan: Vec<PlanLine>,
-    },
-    /// Answer to [`Request::Volumes`].
-    Volumes {
-        /// The volumes, sorted by id.
-        volumes: Vec<VolumeStatus>,
-    },
-    /// Answer to [`Request::MeshStatus`]: the backend's report.
-    Mesh {
-        /// Backend, peers, handshake ages, bytes.
-        mesh: serde_json::Value,
-    },
-    /// The request was carried out.
-    Ok {
-        /// What was done.
-        message: String,
-    },
-    /// The request was refused; `message` says why and what to do.
-    Error {
-        /// Human-readable reason.
-        message: String,
-    },
-}
 
 /// The fleet as this agent sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,8 +131,8 @@ pub struct VolumeStatus {
     /// The holder's hydration cannot progress: the source does not answer, or the dest
     /// is full (`error` says which).
     pub stalled: bool,
-    /// The last error, if any.
-    pub error: Option<String>,
+    /// The last error, if any (a failed `--verify` check is told apart by type).
+    pub error: Option<VolumeFault>,
 }
 
 /// A published node request waiting for its target to adopt it.
@@ -230,4 +163,76 @@ pub struct ActionReport {
     pub state: Option<NodeState>,
     /// Why it was refused, when applied here and refused.
     pub rejected: Option<String>,
+}
+
+/// Why a volume's line shows an error. On the wire and in `--json` it is the plain text
+/// (`"verify failed on node1: ..."`), as before it had a type, so scripts and agents of the
+/// previous version read and write the same string; the type is recovered from the text
+/// here, in the one place that writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeFault {
+    /// A source's `--verify` check failed (docs/lease-protocol.md): it keeps its copy while
+    /// the holder already owns the volume. `drain --wait` fails on it.
+    VerifyFailed {
+        /// The source that keeps its copy.
+        on: NodeName,
+        /// What the check found.
+        reason: String,
+    },
+    /// Any other error (a hook, the clone, the lease), as the node that had it said.
+    Other(String),
+}
+
+/// How a [`VolumeFault::VerifyFailed`] line starts.
+const VERIFY_FAILED_ON: &str = "verify failed on ";
+
+impl fmt::Display for VolumeFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::VerifyFailed { on, reason } => write!(f, "{VERIFY_FAILED_ON}{on}: {reason}"),
+            Self::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<String> for VolumeFault {
+    /// Reads the text back: a node name cannot hold `:`, so the first `": "` ends it.
+    fn from(text: String) -> Self {
+        let verify = text.strip_prefix(VERIFY_FAILED_ON).and_then(|rest| rest.split_once(": "));
+        match verify.and_then(|(on, reason)| Some((on.parse().ok()?, reason))) {
+            Some((on, reason)) => Self::VerifyFailed { on, reason: reason.to_owned() },
+            None => Self::Other(text),
+        }
+    }
+}
+
+impl Serialize for VolumeFault {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeFault {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verify_failure_is_typed_and_its_text_unchanged() {
+        let text = "verify failed on node1: digest abc != def";
+        let fault: VolumeFault = serde_json::from_value(serde_json::json!(text)).unwrap();
+        assert_eq!(
+            fault,
+            VolumeFault::VerifyFailed { on: "node1".parse().unwrap(), reason: "digest abc != def".into() }
+        );
+        assert_eq!(serde_json::to_value(&fault).unwrap(), serde_json::json!(text));
+        let other = VolumeFault::from("source unreachable: verify failed on x".to_owned());
+        assert_eq!(other, VolumeFault::Other("source unreachable: verify failed on x".into()));
+        assert_eq!(other.to_string(), "source unreachable: verify failed on x");
+    }
 }

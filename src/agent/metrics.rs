@@ -156,7 +156,7 @@ impl Metrics {
             family.clear();
         }
         self.hydrated_ratio.clear();
-        for v in crate::agent::report::volumes(view) {
+        for v in super::report::volumes(view) {
             if let Some(holder) = v.holder.clone().filter(|_| v.phase == "cut_over") {
                 let labels = vec![("volume".to_owned(), v.id.clone()), ("holder".to_owned(), holder)];
                 let ratio = if v.total == 0 { 0.0 } else { v.hydrated as f64 / v.total as f64 };

@@ -1,0 +1,252 @@
+//! The agent's API, written once (firecracker's `VmmAction` habit): one [`Request`] in, an
+//! [`Outcome`] or a typed [`ApiError`] out. The owner loop answers it
+//! (`agent::Agent`), the control socket carries it as JSON lines (`control::server`,
+//! `control::client`), and tests call it in process through `agent::AgentHandle`.
+//!
+//! It sits below both the agent and the control socket and imports only the decision
+//! core's types (plus the gossip health report `status` shows). Its JSON is the wire
+//! format of the control socket and what `--json` prints, so it only ever grows: a CLI and
+//! an agent of the previous version still understand each other ([`wire`]).
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decide::core::VolumeError;
+use crate::decide::model::{NodeName, VolumeId};
+use crate::decide::node::NodeAction;
+use crate::decide::request::DrainOptions;
+
+pub mod reports;
+pub mod wire;
+
+pub use reports::{
+    ActionReport, NewVolume, NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeFault, VolumeStatus,
+};
+
+/// A request to the agent. On the wire: `{"op":"status"}`, `{"op":"node_action",...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Every node the agent knows.
+    Status,
+    /// Cordon, uncordon, drain or undrain a node (this one or any other).
+    NodeAction {
+        /// The node to act on (a request naming an invalid one does not parse).
+        node: NodeName,
+        /// What to do.
+        action: NodeAction,
+        /// Publish even if the node is not (yet) known to gossip.
+        #[serde(default)]
+        force: bool,
+        /// How to drain (with `drain`).
+        #[serde(default)]
+        options: DrainOptions,
+    },
+    /// The placement a drain of `node` would get now; changes nothing.
+    Plan {
+        /// The node to drain.
+        node: NodeName,
+    },
+    /// Register a volume owned by this node.
+    VolumeAdd(NewVolume),
+    /// Every volume of the fleet.
+    Volumes,
+    /// Delete copies on this node that were handed off (before the retention window ends).
+    Gc,
+    /// The WireGuard mesh's peers as this node sees them.
+    MeshStatus,
+}
+
+/// What a request that was carried out answers. On the wire: `{"result":"status",...}`;
+/// a refusal is `{"result":"error",...}` ([`wire`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Answer to [`Request::Status`].
+    Status(StatusReport),
+    /// Answer to [`Request::NodeAction`].
+    NodeAction(ActionReport),
+    /// Answer to [`Request::Plan`].
+    Plan {
+        /// One line per volume of the node.
+        plan: Vec<PlanLine>,
+    },
+    /// Answer to [`Request::Volumes`].
+    Volumes {
+        /// The volumes, sorted by id.
+        volumes: Vec<VolumeStatus>,
+    },
+    /// Answer to [`Request::MeshStatus`]: the backend's report.
+    Mesh {
+        /// Backend, peers, handshake ages, bytes.
+        mesh: serde_json::Value,
+    },
+    /// Answer to [`Request::VolumeAdd`] and [`Request::Gc`]: done, and what was done.
+    #[serde(rename = "ok")]
+    Done {
+        /// What was done, for the operator.
+        message: String,
+    },
+}
+
+/// Why a request was refused: one variant per refusal a caller may act on. `Display` is
+/// the operator's message (what is wrong and the fix); on the wire it travels as
+/// `message` with the variant as `kind` and its fields beside it ([`wire`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ApiError {
+    /// The owner loop has stopped (or stops before answering).
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// A node action names a node gossip does not know, without `--force`.
+    #[error(
+        "no node named {node:?} in the fleet (known: {}); pass --force to publish the request anyway",
+        .known.iter().map(NodeName::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownNode {
+        /// The name asked for.
+        node: NodeName,
+        /// Every node this agent knows.
+        known: Vec<NodeName>,
+    },
+    /// The state dir refused the node request: neither applied nor published (a restart
+    /// would undo an acknowledged one).
+    #[error("{action} {node} was not applied: {reason}")]
+    NotApplied {
+        /// What was asked.
+        action: NodeAction,
+        /// Of which node.
+        node: NodeName,
+        /// The state dir's error, naming the path.
+        reason: String,
+    },
+    /// The decision core refused the volume (exists here or elsewhere, no data plane).
+    #[error(transparent)]
+    Volume {
+        /// The core's reason.
+        #[serde(with = "VolumeErrorWire")]
+        refusal: VolumeError,
+    },
+    /// `volume add --path` names something that cannot be opened.
+    #[error("cannot open {}: {reason} (give an existing file or block device)", .path.display())]
+    CannotOpen {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// A new volume needs a size, an existing one a path.
+    #[error("give --size for a new volume, or --path for an existing one")]
+    SizeOrPath,
+    /// The new volume's file could not be created in the pool.
+    #[error("cannot create {}: {reason} (check pool.dir)", .path.display())]
+    CannotCreate {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The volume table or the state dir refused the new volume: everything was undone.
+    #[error("volume {volume} was not added: {reason}")]
+    VolumeNotAdded {
+        /// The volume.
+        volume: VolumeId,
+        /// The store's error, naming the path.
+        reason: String,
+    },
+    /// A control request line longer than the socket accepts.
+    #[error("control request longer than {max} bytes: refused")]
+    RequestTooLong {
+        /// The bound in bytes.
+        max: usize,
+    },
+    /// A control request line that is not UTF-8.
+    #[error("control request is not UTF-8 ({reason}): refused")]
+    RequestNotUtf8 {
+        /// Where the bad byte is.
+        reason: String,
+    },
+    /// A control request line that is not a [`Request`].
+    #[error("malformed control request: {reason}")]
+    MalformedRequest {
+        /// The JSON error.
+        reason: String,
+    },
+    /// A refusal without a `kind` this version knows (from an agent of another version):
+    /// only its message.
+    #[error("{message}")]
+    Refused {
+        /// The agent's message.
+        message: String,
+    },
+}
+
+/// [`VolumeError`]'s wire form (`{"exists":"db"}`), checked against the core's enum by
+/// the compiler.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "VolumeError", rename_all = "snake_case")]
+enum VolumeErrorWire {
+    Exists(VolumeId),
+    ExistsElsewhere(VolumeId, NodeName),
+    NoDataPlane(VolumeId),
+}
+
+impl From<VolumeError> for ApiError {
+    fn from(refusal: VolumeError) -> Self {
+        Self::Volume { refusal }
+    }
+}
+
+/// Whatever answers requests: the agent's handle in process; the control socket serves
+/// any of them.
+pub trait Api: Clone + Send + Sync + 'static {
+    /// Answers one request.
+    fn ask(&self, request: Request) -> impl Future<Output = Result<Outcome, ApiError>> + Send;
+}
+
+/// The payload of the [`Outcome`] a request answers with, for callers that know which
+/// one they asked for.
+pub trait Answer: Sized {
+    /// The payload, or the outcome back when it is another one.
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome>;
+}
+
+impl Answer for StatusReport {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::Status(s) = outcome { Ok(s) } else { Err(outcome) }
+    }
+}
+
+impl Answer for ActionReport {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::NodeAction(r) = outcome { Ok(r) } else { Err(outcome) }
+    }
+}
+
+impl Answer for Vec<PlanLine> {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::Plan { plan } = outcome { Ok(plan) } else { Err(outcome) }
+    }
+}
+
+impl Answer for Vec<VolumeStatus> {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::Volumes { volumes } = outcome { Ok(volumes) } else { Err(outcome) }
+    }
+}
+
+/// The mesh status report.
+impl Answer for serde_json::Value {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::Mesh { mesh } = outcome { Ok(mesh) } else { Err(outcome) }
+    }
+}
+
+/// The message of [`Outcome::Done`].
+impl Answer for String {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::Done { message } = outcome { Ok(message) } else { Err(outcome) }
+    }
+}
