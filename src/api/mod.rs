@@ -126,7 +126,6 @@ pub enum ApiError {
     #[error(transparent)]
     Volume {
         /// The core's reason.
-        #[serde(with = "VolumeErrorWire")]
         refusal: VolumeError,
     },
     /// `volume add --path` names something that cannot be opened.
@@ -181,16 +180,6 @@ pub enum ApiError {
         /// The agent's message.
         message: String,
     },
-}
-
-/// [`VolumeError`]'s wire form (`{"exists":"db"}`), checked against the core's enum by
-/// the compiler.
-#[derive(Serialize, Deserialize)]
-#[serde(remote = "VolumeError", rename_all = "snake_case")]
-enum VolumeErrorWire {
-    Exists(VolumeId),
-    ExistsElsewhere(VolumeId, NodeName),
-    NoDataPlane(VolumeId),
 }
 
 impl From<VolumeError> for ApiError {

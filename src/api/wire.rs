@@ -83,7 +83,10 @@ mod tests {
         assert_eq!(decode(&line).unwrap(), Err(unknown));
         let exists: ApiError = VolumeError::ExistsElsewhere("db".parse().unwrap(), "n2".parse().unwrap()).into();
         let line = encode(&Err(exists.clone()));
-        assert!(line.starts_with(r#"{"result":"error","message":"volume db already exists on node n2; volume ids are fleet-wide","kind":"volume""#), "{line}");
+        assert_eq!(
+            line,
+            r#"{"result":"error","message":"volume db already exists on node n2; volume ids are fleet-wide","kind":"volume","refusal":{"exists_elsewhere":["db","n2"]}}"#
+        );
         assert_eq!(decode(&line).unwrap(), Err(exists));
     }
 

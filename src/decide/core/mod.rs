@@ -142,8 +142,10 @@ pub struct Core {
     unaddressed_exports: BTreeMap<VolumeId, (NodeName, u64)>,
 }
 
-/// Why a volume cannot be added.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a volume cannot be added. Serializable: the API carries it as a typed refusal
+/// (`{"exists":"db"}` beside the message, src/api/wire.rs).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VolumeError {
     /// Already here.
     #[error("volume {0} already exists on this node")]
