@@ -1,8 +1,8 @@
 //! WireGuard backends behind one trait, [`WireguardBackend`]: the kernel module through
 //! defguard_wireguard_rs's `WGApi<Kernel>` (netlink), and our own userspace device
 //! ([`crate::userspace`]: boringtun's `noise::Tunn` on a TUN with offloads and batched UDP).
-//! The agent configures both through the trait (peers, apply, status); only the kernel one is
-//! visible to `wg show`, there being no UAPI socket for the userspace device.
+//! The agent configures both through the trait (peers, apply, status); both are visible to
+//! `wg show` (the userspace device answers `get` on a read-only UAPI socket).
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};

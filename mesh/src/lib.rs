@@ -15,8 +15,9 @@
 //! `noise::Tunn` for the protocol, and a data path with TUN offloads (userspace TSO/GRO),
 //! UDP GSO/GRO and a thread per direction, because the ready-made devices (defguard's fork,
 //! boringtun's `device`) cap at a fraction of what the cipher allows. Both are driven through
-//! the same [`WireguardBackend`] calls; there is no UAPI socket, so `wg show` only sees the
-//! kernel backend (`meshdrain mesh status` shows either).
+//! the same [`WireguardBackend`] calls; the userspace device serves a read-only UAPI socket
+//! (`get` only, private key withheld), so `wg show` sees either backend, while `wg set` on
+//! the userspace one is refused: the agent owns the configuration.
 //!
 //! # Joining through a seed
 //! WireGuard drops handshakes from unknown keys, so a seed cannot learn a newcomer from

@@ -1,5 +1,5 @@
 //! Bounded bookkeeping of refused peers and join datagrams, and the rate limit on their log
-//! lines (README "Trust": everything from the network is hostile until authenticated).
+//! lines (docs/threat-model.md: everything from the network is hostile until authenticated).
 //!
 //! A refused join is keyed by its source IP, which anyone can spoof, so nothing here may grow
 //! with the number of sources: at most [`MAX_REFUSALS_SHOWN`] recent entries are kept (the

@@ -50,25 +50,32 @@ pub struct MeshSetup {
 /// binds that key to its name (mesh/src/cert.rs).
 pub struct CertifiedNames {
     ca: meshdrain_mesh::CaPublicKey,
+    /// The fleet's revocation list as the mesh runtime last adopted it: a revoked node's
+    /// certificate no longer backs its name.
+    revoked: Revoked,
 }
 
+/// The revocation list the mesh thread adopts, shared with the name check.
+type Revoked = std::sync::Arc<std::sync::Mutex<RevocationList>>;
+
 impl CertifiedNames {
-    /// Checks certificates against the fleet CA `ca`.
-    pub fn new(ca: meshdrain_mesh::CaPublicKey) -> Self {
-        Self { ca }
+    /// Checks certificates against the fleet CA `ca` and the shared revocation list.
+    pub fn new(ca: meshdrain_mesh::CaPublicKey, revoked: Revoked) -> Self {
+        Self { ca, revoked }
     }
 }
 
 impl NameCheck for CertifiedNames {
     fn certified(&self, nodes: &[RawNode]) -> std::collections::HashMap<std::net::IpAddr, String> {
         let now = SystemTime::now();
+        let revoked = self.revoked.lock().expect("revocations lock").clone();
         nodes
             .iter()
             .flat_map(|n| n.entries.iter())
             .filter(|(k, _)| Key::parse(k) == Key::Node)
             .filter_map(|(_, v)| schema::decode::<NodeRecord>(v).ok()?.wireguard?.certificate)
             .filter_map(|c| serde_json::from_value::<Certificate>(c).ok())
-            .filter_map(|c| c.verify(&self.ca, &RevocationList::default(), now).ok())
+            .filter_map(|c| c.verify(&self.ca, &revoked, now).ok())
             .map(|a| (std::net::IpAddr::V6(a.address), a.name))
             .collect()
     }
@@ -92,7 +99,9 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
         MeshBackendChoice::Userspace => BackendChoice::Userspace,
     };
     let settings = settings(config, choice)?;
-    let name_check: std::sync::Arc<dyn NameCheck> = std::sync::Arc::new(CertifiedNames::new(settings.ca));
+    let revoked = Revoked::default();
+    let name_check: std::sync::Arc<dyn NameCheck> =
+        std::sync::Arc::new(CertifiedNames::new(settings.ca, revoked.clone()));
     let prefix = settings.ca.prefix();
     let gossip_port = addrs.gossip_listen.port();
     let gossip_seeds = settings
@@ -106,7 +115,7 @@ pub fn start(config: &AgentConfig, addrs: &ResolvedAddrs) -> anyhow::Result<Mesh
     info!(backend, %address, interface = %runtime.settings().interface, "mesh up; gossip runs on the mesh address");
     let gossip = SocketAddr::from((address, gossip_port));
     Ok(MeshSetup {
-        port: Box::new(WireguardMesh::start(runtime)?),
+        port: Box::new(WireguardMesh::start(runtime, revoked)?),
         mesh_addr: Some(address),
         backend,
         addrs: ResolvedAddrs { gossip_listen: gossip, gossip_advertise: gossip, metrics_listen: addrs.metrics_listen },
@@ -210,7 +219,7 @@ struct Shared {
 const MESH_STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl WireguardMesh {
-    fn start(runtime: MeshRuntime) -> anyhow::Result<Self> {
+    fn start(runtime: MeshRuntime, revoked: Revoked) -> anyhow::Result<Self> {
         let s = runtime.settings();
         let advert = WireguardAdvert {
             public_key: s.key.public().to_base64(),
@@ -218,6 +227,9 @@ impl WireguardMesh {
             certificate: serde_json::to_value(&s.certificate).ok(),
             revocations: None,
         };
+        if let Some(list) = runtime.revocations() {
+            *revoked.lock().expect("revocations lock") = list.clone();
+        }
         let shared = std::sync::Arc::new(Shared::default());
         *shared.status.lock().expect("status lock") = status_json(&runtime);
         *shared.revocations.lock().expect("revocations lock") =
@@ -225,13 +237,13 @@ impl WireguardMesh {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("mesh".into())
-            .spawn(move || mesh_thread(runtime, &worker))
+            .spawn(move || mesh_thread(runtime, &worker, &revoked))
             .context("starting the mesh thread")?;
         Ok(Self { shared, advert, thread: Some(thread) })
     }
 }
 
-fn mesh_thread(mut runtime: MeshRuntime, shared: &Shared) {
+fn mesh_thread(mut runtime: MeshRuntime, shared: &Shared, revoked: &Revoked) {
     use std::sync::atomic::Ordering;
     let mut last_status = std::time::Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -247,6 +259,9 @@ fn mesh_thread(mut runtime: MeshRuntime, shared: &Shared) {
             runtime.converge(&adverts, SystemTime::now());
             *shared.revocations.lock().expect("revocations lock") =
                 runtime.revocations().and_then(|r| serde_json::to_value(r).ok());
+            if let Some(list) = runtime.revocations() {
+                *revoked.lock().expect("revocations lock") = list.clone();
+            }
         }
         if last_status.elapsed() >= MESH_STATUS_EVERY {
             *shared.status.lock().expect("status lock") = status_json(&runtime);
@@ -327,5 +342,62 @@ impl MeshPort for WireguardMesh {
 
     fn status(&self) -> serde_json::Value {
         self.shared.status.lock().expect("status lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshdrain_mesh::{FleetCa, SigningRequest};
+
+    fn raw_node(name: &str, certificate: &Certificate) -> RawNode {
+        let record = NodeRecord {
+            name: name.parse().unwrap(),
+            state: crate::decide::node::NodeState::Active,
+            gossip_addr: "[fd00::1]:7946".parse().unwrap(),
+            mesh_addr: None,
+            mesh_backend: None,
+            wireguard: Some(WireguardAdvert {
+                public_key: certificate.body.public_key.clone(),
+                endpoints: vec![],
+                certificate: serde_json::to_value(certificate).ok(),
+                revocations: None,
+            }),
+            free_bytes: 0,
+            labels: Default::default(),
+            volumes: 0,
+            agent_version: String::new(),
+            last_request: None,
+            no_data_plane: false,
+        };
+        RawNode {
+            name: name.to_owned(),
+            generation: 1,
+            gossip_addr: "[fd00::1]:7946".parse().unwrap(),
+            alive: true,
+            heartbeat: 1,
+            entries: vec![(Key::Node.render(), schema::encode(&record))],
+        }
+    }
+
+    #[test]
+    fn certified_names_follow_the_ca_and_drop_revoked_keys() {
+        let ca = FleetCa::generate();
+        let key = NodeKey::generate();
+        let request = SigningRequest { name: "node1".into(), public_key: key.public().to_base64() };
+        let cert = ca.sign(&request, SystemTime::now() + std::time::Duration::from_secs(3600)).unwrap();
+        let revoked = Revoked::default();
+        let check = CertifiedNames::new(ca.public(), revoked.clone());
+        let nodes = [raw_node("node1", &cert)];
+        let names = check.certified(&nodes);
+        assert_eq!(names.get(&std::net::IpAddr::V6(cert.body.address)).map(String::as_str), Some("node1"));
+
+        // Another CA's certificate backs nothing.
+        let foreign = CertifiedNames::new(FleetCa::generate().public(), Revoked::default());
+        assert!(foreign.certified(&nodes).is_empty());
+
+        // Once the fleet revokes the key, its certificate no longer backs the name.
+        *revoked.lock().unwrap() = ca.revocations(1, [request.public_key.clone()].into());
+        assert!(check.certified(&nodes).is_empty());
     }
 }
