@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzing campaign (README "Trust"): every target in fuzz/ for FUZZ_SECONDS (default 3600)
+# Fuzzing campaign (docs/threat-model.md): every target in fuzz/ for FUZZ_SECONDS (default 3600)
 # each, two at a time (FUZZ_JOBS), printing a markdown table: target, seconds, execs,
 # execs/s, corpus size (libFuzzer's, after the run) and crashes. The corpus grows in
 # fuzz/corpus/<target>/ across runs; crash files land in fuzz/artifacts/<target>/ and

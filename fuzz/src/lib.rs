@@ -1,5 +1,5 @@
 //! Fixtures shared by the fuzz targets: fixed keys, a fixed clock and framing helpers,
-//! so every run (and every crash file) reproduces without randomness. See README "Trust".
+//! so every run (and every crash file) reproduces without randomness. See docs/threat-model.md.
 
 use bytes::Bytes;
 use meshdrain_iscsi::login::{LoginMachine, LoginPolicy};

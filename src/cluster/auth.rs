@@ -1,6 +1,6 @@
 //! Gossip authentication without the mesh: every datagram carries an HMAC-SHA256 tag keyed
 //! by the fleet secret (`[gossip] secret_file`) over the cluster id and the whole datagram.
-//! The tag is checked before a byte reaches chitchat (README.md, "Trust"), so an outsider's
+//! The tag is checked before a byte reaches chitchat (docs/threat-model.md), so an outsider's
 //! datagram is never decompressed, parsed or merged. A second key
 //! (`secret_file_previous`) is accepted for verifying only, which makes rotation a
 //! three-step rollout (see systemd/agent.example.toml).

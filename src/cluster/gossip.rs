@@ -53,7 +53,7 @@ pub trait Gossip: Send + Sync + 'static {
     }
 }
 
-/// How a gossip instance is protected, and what it checks (README.md, "Trust").
+/// How a gossip instance is protected, and what it checks (docs/threat-model.md).
 #[derive(Default)]
 pub struct GossipGuard {
     /// Reported in `status`.

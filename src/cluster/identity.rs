@@ -1,7 +1,7 @@
 //! Who may speak for a name. chitchat keys node state by (name, generation, address), so a
 //! second process with a live node's name is a second record, not a takeover; this module
 //! finds such conflicts, and with the mesh drops records whose name is not the one the
-//! fleet CA certified for their mesh address (README.md, "Trust").
+//! fleet CA certified for their mesh address (docs/threat-model.md).
 //!
 //! Rules: the local node's own record is the only one with its name in the view (a record
 //! from another process with our name never makes us look dead to ourselves). Two live

@@ -77,7 +77,7 @@ impl ClusterView {
     /// Builds the typed view. A name seen in several records keeps a live one over a dead
     /// one; of two live ones at different addresses the older generation (the incumbent,
     /// src/cluster/identity.rs), else the newest (a restart): a namesake that came and went
-    /// never hides the live node (README.md, "Trust").
+    /// never hides the live node (docs/threat-model.md).
     pub fn from_raw(raw: &RawSnapshot) -> ClusterView {
         let mut nodes: BTreeMap<NodeName, NodeView> = BTreeMap::new();
         for n in &raw.nodes {
