@@ -1,7 +1,7 @@
 //! Clone metadata (clone/src/metadata.rs) resumed from arbitrary bytes through an
 //! in-memory `MetaStore` and `Dest`, as a restart after a crash, a torn write or a
-//! tampered disk would see it. "Nothing on disk is trusted without a checksum" (README,
-//! the clone engine).
+//! tampered disk would see it: "nothing on disk is trusted without a checksum"
+//! (docs/threat-model.md).
 //! Invariants: never panics; an empty or zeroed store is refused (only `create` starts a
 //! clone); whatever opens matches the wanted source, epoch and geometry; metadata we
 //! created reopens with exactly the persisted regions and complete flag; any damage either
