@@ -183,7 +183,11 @@ impl LoginMachine {
                     }
                 }
                 _ => {
-                    if let Some(w) = negotiate::respond(&mut self.params, &self.policy.offer, k, v).wire() {
+                    // A key is answered once per response (RFC 7143 §6.2: a key sent twice is
+                    // a protocol error): what we declared first (TargetPortalGroupTag) stands.
+                    if let Some(w) = negotiate::respond(&mut self.params, &self.policy.offer, k, v).wire()
+                        && !answered(&out, k)
+                    {
                         out.push((k.clone(), w));
                     }
                 }
@@ -201,7 +205,13 @@ impl LoginMachine {
             );
         }
         let done = can_transit && nsg == stage::FULL_FEATURE;
-        if (done || (can_transit && nsg == stage::OPERATIONAL)) && !self.declared_mrdsl {
+        // Declared once the initiator leaves security; not in a response that already rejected
+        // the initiator's own value of the key (it is then declared in a later response, or
+        // the initiator keeps assuming the 8 KiB default, which is within what we accept).
+        if (done || (can_transit && nsg == stage::OPERATIONAL))
+            && !self.declared_mrdsl
+            && !answered(&out, "MaxRecvDataSegmentLength")
+        {
             self.declared_mrdsl = true;
             let ours = self.policy.offer.max_recv_data_segment_length;
             self.params.max_recv_data_segment_length = match self.params.session_type {
@@ -318,4 +328,9 @@ impl LoginMachine {
         let _ = Answer::Silent;
         Ok(())
     }
+}
+
+/// Whether `key` is already answered in this response.
+fn answered(out: &[(String, String)], key: &str) -> bool {
+    out.iter().any(|(k, _)| k == key)
 }

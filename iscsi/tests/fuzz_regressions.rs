@@ -41,7 +41,6 @@ fn answer(csg: u8, body: &str) -> (Result<Vec<(String, String)>, text::TextError
 /// declaration of the same key in one response; RFC 7143 §6.2 makes a key sent twice a
 /// protocol error, so our own initiator (text::parse) refuses the answer.
 #[test]
-#[ignore = "fails until iscsi/src/login.rs answers each key once (reported by the fuzz helper)"]
 fn fuzz_login_invalid_mrdsl_is_answered_once() {
     let (pairs, event) = answer(
         stage::OPERATIONAL,
@@ -56,7 +55,6 @@ fn fuzz_login_invalid_mrdsl_is_answered_once() {
 /// fuzz target `login_text`: an initiator sending TargetPortalGroupTag (a target-only
 /// key) in its first PDU got `TargetPortalGroupTag=1` and `TargetPortalGroupTag=Reject`.
 #[test]
-#[ignore = "fails until iscsi/src/login.rs answers each key once (reported by the fuzz helper)"]
 fn fuzz_login_initiator_tpgt_is_answered_once() {
     let body = format!(
         "InitiatorName=iqn.2026-11.dev.meshdrain:i|TargetName={TARGET}|TargetPortalGroupTag=1|AuthMethod=None|"
