@@ -2,7 +2,8 @@
 //! state holds it); values are JSON objects carrying a schema version `v`.
 //!
 //! Decoding never fails the caller: a value of an unknown version, or one that does not
-//! parse, becomes an [`Ignored`] with the reason, which the view logs once and skips.
+//! parse, becomes an [`Ignored`] with the reason, which the view skips and counts
+//! (`status --json` lists them; the metric `meshdrain_gossip_ignored_values`).
 //! New optional fields may be added within a version (unknown fields are ignored);
 //! anything incompatible bumps `v`.
 
@@ -13,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::decide::lease::{HolderPhase, SourcePhase};
-use crate::decide::model::{Arrival, ExportEndpoint, Hooks, NodeName, VolumeId, WireguardAdvert};
+use crate::decide::model::{Arrival, ExportEndpoint, Hooks, Hydration, NodeName, VolumeId, WireguardAdvert};
 use crate::decide::node::NodeState;
 use crate::decide::request::{AppliedRequest, NodeRequest};
 
@@ -208,21 +209,9 @@ pub struct ProgressRecord {
     /// Holder phase.
     #[serde(flatten)]
     pub phase: HolderPhase,
-    /// Regions on the dest.
-    #[serde(default)]
-    pub hydrated: u64,
-    /// Regions in the volume.
-    #[serde(default)]
-    pub total: u64,
-    /// Recent hydration rate.
-    #[serde(default)]
-    pub bytes_per_s: u64,
-    /// Bytes read from the source so far.
-    #[serde(default)]
-    pub fetched_bytes: u64,
-    /// Bytes the workload's reads took straight from the source (regions not yet copied).
-    #[serde(default)]
-    pub read_through_bytes: u64,
+    /// The hydration counters, as top-level fields (`hydrated`, `total`, ...).
+    #[serde(flatten)]
+    pub hydration: Hydration,
     /// The last error, when stalled or failed.
     #[serde(default)]
     pub error: Option<String>,
@@ -320,6 +309,25 @@ mod tests {
             let err = decode::<NodeRecord>(raw).unwrap_err();
             assert!(matches!(err, Ignored::Malformed(_)), "{raw}: {err}");
         }
+    }
+
+    /// `progress/<id>` as agents of the previous version publish it (counters declared in
+    /// the record itself): ours decodes it and writes the same bytes back.
+    #[test]
+    fn a_progress_record_of_the_previous_version_round_trips_byte_identical() {
+        for old in [
+            r#"{"bytes_per_s":9,"epoch":2,"error":null,"fetched_bytes":262144,"hydrated":4,"phase":"running","read_through_bytes":8192,"source":"a","stalled":false,"total":16,"v":1}"#,
+            r#"{"bytes_per_s":0,"epoch":7,"error":"login to 10.0.0.1:3260 (iqn.x): refused","fetched_bytes":0,"hydrated":0,"phase":"preparing","read_through_bytes":0,"source":"n1","total":0,"v":1}"#,
+        ] {
+            let rec = decode::<ProgressRecord>(old).unwrap();
+            assert_eq!(encode(&rec), old);
+        }
+        let rec = decode::<ProgressRecord>(
+            r#"{"v":1,"source":"a","epoch":2,"phase":"running","stalled":true,"hydrated":4,"total":16}"#,
+        )
+        .unwrap();
+        assert_eq!(rec.phase, HolderPhase::Running { stalled: true });
+        assert_eq!(rec.hydration, Hydration { hydrated: 4, total: 16, ..Default::default() });
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the holder runs the workload and hydrates, then says `done`. Pure: the owner loop
 //! feeds in what gossip shows and `now`, and executes the effects.
 //!
-//! Differences from the first design (shared/DESIGN.md), and why:
+//! Design decisions of the lease (docs/lease-protocol.md, docs/architecture.md), and why:
 //! - An explicit cut-over handshake (`granted` → holder `ready` → source `cut_over` →
 //!   holder starts the workload). Without it, a holder that the failure detector wrongly
 //!   declared dead (a partition) could start the workload while the source re-offers the
