@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod dataplane;
 pub mod decide;
 pub mod host;
 pub mod store;

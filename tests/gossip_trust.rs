@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshdrain::agent::AgentSetup;
-use meshdrain::agent::dataplane::NoDataPlane;
 use meshdrain::agent::run::{RunningAgent, spawn_guarded};
 use meshdrain::api::StatusReport;
 use meshdrain::cluster::auth::{GossipKeys, Secret};
 use meshdrain::cluster::gossip::{GossipGuard, GossipSettings};
 use meshdrain::cluster::identity::GossipMode;
 use meshdrain::cluster::transport::{GossipStats, GuardedTransport};
+use meshdrain::dataplane::NoDataPlane;
 use meshdrain::decide::core::CoreConfig;
 use meshdrain::decide::lease::Timing;
 use meshdrain::decide::node::{NodeAction, NodeState};
@@ -61,7 +61,6 @@ async fn agent(
         interval: INTERVAL,
         pool_dir: state.join("pool"),
         dataplane: Box::new(NoDataPlane),
-        shared_volumes: Default::default(),
         mesh: Box::new(meshdrain::agent::meshport::NoMesh),
         capacity: meshdrain::agent::capacity::Capacity::Fixed(config.free_bytes),
         config,

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use meshdrain::cluster::view::{ClusterView, RawNode, RawSnapshot};
 use meshdrain::decide::core::{Core, CoreConfig, CoreState, DataCommand, DataEvent, Output};
 use meshdrain::decide::lease::Timing;
-use meshdrain::decide::model::{NodeName, VolumeId};
+use meshdrain::decide::model::{CloneProgress, Hydration, NodeName, VolumeId};
 use meshdrain::decide::node::{NodeAction, NodeState};
 
 const TICK_MS: u64 = 100;
@@ -396,13 +396,11 @@ impl World {
                 let hydrated = c.dest.iter().filter(|r| r.is_some()).count() as u64;
                 self.nodes[i].events.push(DataEvent::Progress {
                     volume: id.clone(),
-                    hydrated,
-                    total: REGIONS as u64,
-                    bytes_per_s: 0,
-                    fetched_bytes: 0,
-                    read_through_bytes: 0,
-                    stalled,
-                    error: None,
+                    progress: CloneProgress {
+                        hydration: Hydration { hydrated, total: REGIONS as u64, ..Default::default() },
+                        stalled,
+                        error: None,
+                    },
                 });
                 if hydrated == REGIONS as u64 {
                     self.nodes[i].events.push(DataEvent::Hydrated { volume: id.clone() });

@@ -42,6 +42,7 @@
 //! kernel has dm-clone.
 
 pub mod core;
+pub mod digest;
 pub mod dm;
 pub mod engine;
 pub mod error;
@@ -55,6 +56,7 @@ pub mod loopdev;
 pub mod metadata;
 pub mod progress;
 pub mod ratelimit;
+pub mod reconnect;
 
 use std::path::PathBuf;
 
@@ -66,6 +68,7 @@ pub use io::{BlockSource, Dest, FileDest, FileMeta, FileSource, Lane, MetaStore,
 pub use iscsi::IscsiSource;
 pub use progress::{Phase, Progress};
 pub use ratelimit::parse_rate;
+pub use reconnect::ReconnectingSource;
 
 /// What the agent needs from either backend once a clone runs: watch it, steer its
 /// bandwidth, pause it, and learn the device the workload uses.

@@ -159,11 +159,12 @@ impl Metrics {
         for v in super::report::volumes(view) {
             if let Some(holder) = v.holder.clone().filter(|_| v.phase == "cut_over") {
                 let labels = vec![("volume".to_owned(), v.id.clone()), ("holder".to_owned(), holder)];
-                let ratio = if v.total == 0 { 0.0 } else { v.hydrated as f64 / v.total as f64 };
+                let ratio =
+                    if v.hydration.total == 0 { 0.0 } else { v.hydration.hydrated as f64 / v.hydration.total as f64 };
                 self.hydrated_ratio.get_or_create(&labels).set(ratio);
-                self.hydration_rate.get_or_create(&labels).set(v.bytes_per_s as i64);
-                self.fetched_bytes.get_or_create(&labels).set(v.fetched_bytes as i64);
-                self.read_through_bytes.get_or_create(&labels).set(v.read_through_bytes as i64);
+                self.hydration_rate.get_or_create(&labels).set(v.hydration.bytes_per_s as i64);
+                self.fetched_bytes.get_or_create(&labels).set(v.hydration.fetched_bytes as i64);
+                self.read_through_bytes.get_or_create(&labels).set(v.hydration.read_through_bytes as i64);
                 self.stalled.get_or_create(&labels).set(i64::from(v.stalled));
                 self.stranded.get_or_create(&labels).set(i64::from(v.stranded));
             }

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::api::{ActionReport, Answer, Api, ApiError, NewVolume, Outcome, Request, StatusReport};
 use crate::cluster::gossip::Gossip;
 use crate::cluster::view::ClusterView;
+use crate::dataplane::{DataPlane, paths};
 use crate::decide::model::NodeName;
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::DrainOptions;
@@ -25,16 +26,12 @@ use crate::store::volumes::{self, LocalVolume, VolumeTable};
 use crate::store::{StateDir, StoreError};
 
 pub mod capacity;
-pub mod dataplane;
-pub mod hooks;
 pub mod mesh;
 pub mod meshport;
 pub mod metrics;
 pub mod report;
 pub mod run;
 
-use self::dataplane::DataPlane;
-use self::dataplane::real::SharedVolumes;
 use self::meshport::MeshPort;
 use self::metrics::Metrics;
 use crate::decide::core::{Core, CoreConfig, CoreState, DataEvent, Output, VolumeError};
@@ -110,10 +107,8 @@ pub struct AgentSetup {
     pub interval: Duration,
     /// Where new and incoming volumes live.
     pub pool_dir: PathBuf,
-    /// Where data-plane commands go.
+    /// Where data-plane commands go (each with its volume's path from the volume table).
     pub dataplane: Box<dyn DataPlane>,
-    /// Local volume paths, shared with the data plane.
-    pub shared_volumes: SharedVolumes,
     /// The WireGuard mesh (or none).
     pub mesh: Box<dyn MeshPort>,
     /// What bounds the room for incoming volumes (re-read every tick).
@@ -132,8 +127,8 @@ pub struct Agent<G: Gossip> {
     metrics: Arc<Metrics>,
     dataplane: Box<dyn DataPlane>,
     mesh: Box<dyn MeshPort>,
+    /// The local volume table; this loop is its only writer.
     volumes: VolumeTable,
-    shared_volumes: SharedVolumes,
     pool_dir: PathBuf,
     events_tx: mpsc::UnboundedSender<DataEvent>,
     events_rx: mpsc::UnboundedReceiver<DataEvent>,
@@ -182,13 +177,9 @@ impl<G: Gossip> Agent<G> {
         store: StateDir,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, AgentHandle, mpsc::Receiver<Call>), StoreError> {
-        let AgentSetup { config, interval, pool_dir, dataplane, shared_volumes, mesh, capacity } = setup;
+        let AgentSetup { config, interval, pool_dir, dataplane, mesh, capacity } = setup;
         let state = store.load::<CoreState>(STATE_FILE)?.unwrap_or_default();
         let volumes = VolumeTable::load(&store)?;
-        shared_volumes
-            .lock()
-            .expect("volume table lock")
-            .extend(volumes.volumes.iter().map(|(id, v)| (id.clone(), v.path.clone())));
         info!(node = %config.name, state = %state.node_state, volumes = state.volumes.len(), moving_here = state.holding.len(), "agent state restored");
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -205,7 +196,6 @@ impl<G: Gossip> Agent<G> {
             dataplane,
             mesh,
             volumes,
-            shared_volumes,
             pool_dir,
             events_tx,
             events_rx,
@@ -362,13 +352,13 @@ impl<G: Gossip> Agent<G> {
         }
         for cmd in out.commands {
             info!(?cmd, "data plane");
-            if let crate::decide::core::DataCommand::DeleteData { volume } = &cmd {
-                self.volumes.volumes.remove(volume.as_str());
-                if let Err(e) = self.volumes.save(&self.store) {
-                    warn!("cannot save the volume table: {e}");
-                }
+            let local = self.volumes.path_for(&cmd);
+            if let crate::decide::core::DataCommand::DeleteData { .. } = &cmd
+                && let Err(e) = self.volumes.save(&self.store)
+            {
+                warn!("cannot save the volume table: {e}");
             }
-            self.dataplane.execute(cmd, self.events_tx.clone());
+            self.dataplane.execute(cmd, local, self.events_tx.clone());
         }
         Ok(())
     }
@@ -422,8 +412,7 @@ impl<G: Gossip> Agent<G> {
 
     /// A volume that moved here is a local volume now: its dest file in the pool.
     fn register_arrived(&mut self, volume: &str) {
-        let (path, _) = self::dataplane::real::dest_paths(&self.pool_dir, volume);
-        self.shared_volumes.lock().expect("volume table lock").insert(volume.to_owned(), path.clone());
+        let path = paths::volume_file(&self.pool_dir, volume);
         self.volumes.volumes.insert(volume.to_owned(), LocalVolume { path, created: true });
         if let Err(e) = self.volumes.save(&self.store) {
             warn!("cannot save the volume table: {e}");
@@ -441,7 +430,7 @@ impl<G: Gossip> Agent<G> {
                 Ok(size) => (p, size, false),
                 Err(e) => return Err(ApiError::CannotOpen { path: p, reason: e.to_string() }),
             },
-            (None, Some(size)) => (self.pool_dir.join(format!("{id}.img")), size, true),
+            (None, Some(size)) => (paths::volume_file(&self.pool_dir, id), size, true),
             (None, None) => return Err(ApiError::SizeOrPath),
         };
         // Every step is undone if a later one fails: a volume exists only once its file, its
@@ -470,7 +459,6 @@ impl<G: Gossip> Agent<G> {
             let _ = self.volumes.save(&self.store);
             return Err(not_added(e));
         }
-        self.shared_volumes.lock().expect("volume table lock").insert(id.to_owned(), path.clone());
         self.publish().await;
         info!(volume = id, path = %path.display(), size, "volume added");
         Ok(format!("volume {id}: {size} bytes at {}", path.display()))

@@ -7,7 +7,7 @@ use crate::api::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeFault
 use crate::cluster::view::ClusterView;
 use crate::decide::core::{Core, owner_in_view};
 use crate::decide::lease::SourcePhase;
-use crate::decide::model::{NodeName, VolumeId};
+use crate::decide::model::{Hydration, NodeName, VolumeId};
 use crate::decide::placement::{self, VolumeSpec};
 
 /// Every node known, sorted by name (this node included even before its first tick).
@@ -113,14 +113,13 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             holder_phase: progress
                 .and_then(|p| serde_json::to_value(&p.phase).ok())
                 .and_then(|v| v["phase"].as_str().map(str::to_owned)),
-            hydrated: progress.map_or(0, |p| p.hydrated),
-            total: progress.map_or(0, |p| p.total),
-            bytes_per_s: progress.map_or(0, |p| p.bytes_per_s),
-            fetched_bytes: progress
-                .map(|p| p.fetched_bytes)
-                .or(rec.arrived.as_ref().map(|a| a.fetched_bytes))
-                .unwrap_or(0),
-            read_through_bytes: progress.map_or(0, |p| p.read_through_bytes),
+            hydration: Hydration {
+                fetched_bytes: progress
+                    .map(|p| p.hydration.fetched_bytes)
+                    .or(rec.arrived.as_ref().map(|a| a.fetched_bytes))
+                    .unwrap_or(0),
+                ..progress.map(|p| p.hydration).unwrap_or_default()
+            },
             arrived_from: rec.arrived.as_ref().map(|a| a.from.to_string()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress

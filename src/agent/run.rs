@@ -14,12 +14,6 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::capacity::Capacity;
-use super::dataplane::engine::{EngineClones, EngineTuning};
-use super::dataplane::iscsi::IscsiExports;
-use super::dataplane::kernel::DmClones;
-use super::dataplane::local::{LocalClones, LocalExports};
-use super::dataplane::real::{CloneService, RealDataPlane, SharedVolumes};
-use super::dataplane::{DataPlane, NoDataPlane};
 use super::metrics::Metrics;
 use super::{Agent, AgentHandle, AgentSetup};
 use crate::cluster::auth::{GossipKeys, Secret};
@@ -27,6 +21,12 @@ use crate::cluster::gossip::{ChitchatGossip, GossipGuard, GossipSettings, Health
 use crate::cluster::identity::{GossipMode, NameConflict};
 use crate::cluster::transport::{GossipStats, GuardedTransport};
 use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
+use crate::dataplane::dm_clone::DmClones;
+use crate::dataplane::executor::{CloneService, Executor};
+use crate::dataplane::iscsi_export::IscsiExports;
+use crate::dataplane::local_plane::{LocalClones, LocalExports};
+use crate::dataplane::userspace_clone::{EngineClones, EngineTuning};
+use crate::dataplane::{DataPlane, NoDataPlane};
 use crate::decide::core::CoreConfig;
 use crate::decide::lease::Timing;
 use crate::store::StateDir;
@@ -127,11 +127,7 @@ fn export_limits(config: &AgentConfig) -> meshdrain_iscsi::target::Limits {
 
 /// The data plane the config asks for. `export_addr` is where this node's iSCSI portal
 /// listens (its mesh address when a mesh runs).
-async fn build_dataplane(
-    config: &AgentConfig,
-    export_addr: &str,
-    shared_volumes: SharedVolumes,
-) -> anyhow::Result<Box<dyn DataPlane>> {
+async fn build_dataplane(config: &AgentConfig, export_addr: &str) -> anyhow::Result<Box<dyn DataPlane>> {
     let progress = Duration::from_millis(config.dataplane.progress_ms);
     Ok(match config.dataplane.backend {
         DataplaneBackend::None => Box::new(NoDataPlane),
@@ -140,14 +136,7 @@ async fn build_dataplane(
             let clones = LocalClones::new(&dir)
                 .with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms));
             let exports = Arc::new(LocalExports::new(&dir));
-            Box::new(RealDataPlane::new(
-                &config.name,
-                &config.pool_dir(),
-                shared_volumes,
-                exports,
-                Arc::new(clones),
-                progress,
-            ))
+            Box::new(Executor::new(&config.name, &config.pool_dir(), exports, Arc::new(clones), progress))
         }
         DataplaneBackend::Iscsi => {
             let listen: std::net::SocketAddr =
@@ -172,14 +161,7 @@ async fn build_dataplane(
                     )
                 }
             };
-            Box::new(RealDataPlane::new(
-                &config.name,
-                &config.pool_dir(),
-                shared_volumes,
-                Arc::new(exports),
-                clones,
-                progress,
-            ))
+            Box::new(Executor::new(&config.name, &config.pool_dir(), Arc::new(exports), clones, progress))
         }
     })
 }
@@ -272,15 +254,13 @@ pub async fn run_process(
     let mut settings = gossip_settings(&config, &addrs);
     settings.seeds.extend(mesh.gossip_seeds);
     let listener = crate::control::server::bind(&config.control.socket).await?;
-    let shared_volumes: SharedVolumes = Default::default();
-    let dataplane = build_dataplane(&config, &core_config.export_addr, shared_volumes.clone()).await?;
+    let dataplane = build_dataplane(&config, &core_config.export_addr).await?;
     info!(backend = ?config.dataplane.backend, "data plane");
     let setup = AgentSetup {
         config: core_config,
         interval: settings.interval,
         pool_dir: config.pool_dir(),
         dataplane,
-        shared_volumes,
         mesh: mesh.port,
         capacity: capacity(&config),
     };

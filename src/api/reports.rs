@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::model::{NodeName, VolumeId};
+use crate::decide::model::{Hydration, NodeName, VolumeId};
 use crate::decide::node::{NodeAction, NodeState};
 use crate::decide::request::AppliedRequest;
 
@@ -110,19 +110,10 @@ pub struct VolumeStatus {
     pub holder: Option<String>,
     /// The holder's phase (`preparing`, `ready`, `running`, `finishing`, ...).
     pub holder_phase: Option<String>,
-    /// Regions on the holder.
-    pub hydrated: u64,
-    /// Regions in all.
-    pub total: u64,
-    /// Recent hydration rate.
-    pub bytes_per_s: u64,
-    /// Bytes read from the source by the move under way, or by the last move.
-    #[serde(default)]
-    pub fetched_bytes: u64,
-    /// Bytes the workload's reads took straight from the source during the move under
-    /// way (within regions not yet copied; on top of `fetched_bytes`).
-    #[serde(default)]
-    pub read_through_bytes: u64,
+    /// The holder's hydration counters, as top-level fields (`hydrated`, `total`, ...);
+    /// `fetched_bytes` is the move under way's, or the last move's once it arrived.
+    #[serde(flatten)]
+    pub hydration: Hydration,
     /// The node the last move came from, once it has arrived.
     #[serde(default)]
     pub arrived_from: Option<String>,

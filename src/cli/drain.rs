@@ -129,8 +129,8 @@ async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<Str
                 b.set_prefix(v.id.clone());
                 b
             });
-            bar.set_length(v.total.max(1));
-            bar.set_position(v.hydrated);
+            bar.set_length(v.hydration.total.max(1));
+            bar.set_position(v.hydration.hydrated);
             bar.set_message(volume_message(v));
         }
         if state == Some(NodeState::Drained) {
@@ -180,9 +180,10 @@ async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<Str
 }
 
 fn volume_message(v: &VolumeStatus) -> String {
-    let eta = if v.bytes_per_s > 0 && v.total > 0 {
-        let left = v.size.saturating_mul(v.total - v.hydrated.min(v.total)) / v.total;
-        format!(" eta {}", humantime::format_duration(Duration::from_secs(left / v.bytes_per_s)))
+    let eta = if v.hydration.bytes_per_s > 0 && v.hydration.total > 0 {
+        let left =
+            v.size.saturating_mul(v.hydration.total - v.hydration.hydrated.min(v.hydration.total)) / v.hydration.total;
+        format!(" eta {}", humantime::format_duration(Duration::from_secs(left / v.hydration.bytes_per_s)))
     } else {
         String::new()
     };
@@ -195,5 +196,5 @@ fn volume_message(v: &VolumeStatus) -> String {
     } else {
         ""
     };
-    format!("{phase}{who} {}/s{eta}{note}", format_bytes(v.bytes_per_s))
+    format!("{phase}{who} {}/s{eta}{note}", format_bytes(v.hydration.bytes_per_s))
 }

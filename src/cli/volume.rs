@@ -112,8 +112,12 @@ pub fn render(volumes: &[VolumeStatus]) -> String {
     let mut rows =
         vec![["VOLUME", "OWNER", "SIZE", "PHASE", "HOLDER", "EPOCH", "PROGRESS", "NOTE"].map(str::to_owned).to_vec()];
     for v in volumes {
-        let progress = if v.total > 0 {
-            format!("{:.0}% {}/s", 100.0 * v.hydrated as f64 / v.total as f64, format_bytes(v.bytes_per_s))
+        let progress = if v.hydration.total > 0 {
+            format!(
+                "{:.0}% {}/s",
+                100.0 * v.hydration.hydrated as f64 / v.hydration.total as f64,
+                format_bytes(v.hydration.bytes_per_s)
+            )
         } else {
             "-".to_owned()
         };

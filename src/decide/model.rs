@@ -207,6 +207,63 @@ pub struct ExportEndpoint {
     pub iqn: String,
 }
 
+/// The prefix of every iSCSI name meshdrain gives out (targets and initiators), written
+/// only here.
+const IQN_PREFIX: &str = "iqn.2026-11.dev.meshdrain";
+
+/// The target name of `volume`'s export on `node`. Pure naming: the core publishes it in
+/// the volume record ([`ExportEndpoint::iqn`]) and the data plane opens the export under
+/// it, so both call this one function.
+pub fn export_iqn(node: &str, volume: &str) -> String {
+    format!("{IQN_PREFIX}:{node}.{volume}")
+}
+
+/// The initiator name `holder` logs in with for one lease: it carries the epoch, so the
+/// source's ACL admits this lease's holder and no earlier one.
+pub fn initiator_iqn(holder: &str, volume: &str, epoch: u64) -> String {
+    format!("{IQN_PREFIX}:{holder}.{volume}.e{epoch}")
+}
+
+/// Hydration counters of one clone, declared once: the clone services report them, the
+/// data plane's [`CloneProgress`] carries them to the core, the holder publishes them
+/// (flattened into the gossip `progress/<id>` record, same JSON) and `volume list` shows
+/// them (flattened into the API's volume line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Hydration {
+    /// Regions on the dest.
+    pub hydrated: u64,
+    /// Regions in the volume.
+    pub total: u64,
+    /// Recent hydration rate, bytes/s.
+    pub bytes_per_s: u64,
+    /// Bytes read from the source so far (what the network carried; regions the workload
+    /// overwrote or the source reported unallocated are not fetched).
+    pub fetched_bytes: u64,
+    /// Bytes the workload's reads took straight from the source, within regions not yet
+    /// copied (they leave the regions to hydration; on top of `fetched_bytes`).
+    pub read_through_bytes: u64,
+}
+
+impl Hydration {
+    /// Every region is on the dest.
+    pub fn complete(&self) -> bool {
+        self.total > 0 && self.hydrated >= self.total
+    }
+}
+
+/// One clone's progress as the data plane reports it: the counters, whether the source
+/// stopped answering (the holder phase publishes it), and the last error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloneProgress {
+    /// The counters.
+    pub hydration: Hydration,
+    /// The source does not answer (or the dest takes no writes).
+    pub stalled: bool,
+    /// Last error.
+    pub error: Option<String>,
+}
+
 /// The WireGuard identity a node advertises so others can add it as a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireguardAdvert {

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use chitchat::transport::ChannelTransport;
 use meshdrain::agent::AgentSetup;
-use meshdrain::agent::dataplane::NoDataPlane;
 use meshdrain::agent::run::{RunningAgent, spawn};
 use meshdrain::api::StatusReport;
 use meshdrain::cluster::gossip::GossipSettings;
+use meshdrain::dataplane::NoDataPlane;
 use meshdrain::decide::core::CoreConfig;
 use meshdrain::decide::lease::Timing;
 use meshdrain::decide::node::NodeState;
@@ -151,7 +151,6 @@ fn setup(config: CoreConfig, interval: std::time::Duration, dir: &std::path::Pat
         interval,
         pool_dir: dir.join("pool"),
         dataplane: Box::new(NoDataPlane),
-        shared_volumes: Default::default(),
         mesh: Box::new(meshdrain::agent::meshport::NoMesh),
         capacity: meshdrain::agent::capacity::Capacity::Fixed(config.free_bytes),
         config,

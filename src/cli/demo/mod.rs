@@ -146,7 +146,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     // A refusal is an error of the call (the agent's message).
     fleet.call(0, &Request::VolumeAdd(volume)).await?;
-    let image = fleet.nodes[0].pool.join(format!("{VOLUME}.img"));
+    let image = crate::dataplane::paths::volume_file(&fleet.nodes[0].pool, VOLUME);
     // Inode tables and journal written now, as on a volume in service for a while (lazy
     // init would have the kernel zero them in the background during the drain).
     let out = std::process::Command::new("mkfs.ext4")
@@ -224,9 +224,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             cutover = Some(at);
             let v = fleet.volumes(1).await?.into_iter().find(|v| v.id == VOLUME);
             let left = match v {
-                Some(v) if v.total > 0 => format!(
+                Some(v) if v.hydration.total > 0 => format!(
                     "{} still to hydrate",
-                    format_bytes(args.size * (v.total - v.hydrated.min(v.total)) / v.total)
+                    format_bytes(
+                        args.size * (v.hydration.total - v.hydration.hydrated.min(v.hydration.total))
+                            / v.hydration.total
+                    )
                 ),
                 _ => "hydration starting".to_owned(),
             };
@@ -240,13 +243,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             continue;
         }
         if let Some(v) = fleet.volumes(1).await?.into_iter().find(|v| v.id == VOLUME) {
-            if let Some(pos) = (args.size * v.hydrated).checked_div(v.total) {
+            if let Some(pos) = (args.size * v.hydration.hydrated).checked_div(v.hydration.total) {
                 bar.set_position(pos);
-                near_end = v.hydrated * 10 >= v.total * 9;
+                near_end = v.hydration.hydrated * 10 >= v.hydration.total * 9;
             }
             if v.owner != "node1" && v.phase == "held" && hydrated_at.is_none() {
                 hydrated_at = Some(t0.elapsed());
-                copied = v.fetched_bytes;
+                copied = v.hydration.fetched_bytes;
                 bar.finish();
                 note(
                     &args,

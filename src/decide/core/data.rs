@@ -1,6 +1,6 @@
 //! The seam to the data plane: the commands the core emits and the events it is fed.
 
-use crate::decide::model::{ExportEndpoint, NodeName, VolumeId};
+use crate::decide::model::{CloneProgress, ExportEndpoint, NodeName, VolumeId};
 
 /// What the data plane must do (export, clone, hooks, deletion). Fields are the volume
 /// and what its variant's doc names.
@@ -41,6 +41,25 @@ pub enum DataCommand {
     DiscardClone { volume: VolumeId },
 }
 
+impl DataCommand {
+    /// The volume the command is about (the data plane runs each volume's commands in order).
+    pub fn volume(&self) -> &VolumeId {
+        match self {
+            DataCommand::StopWorkload { volume, .. }
+            | DataCommand::StartWorkload { volume, .. }
+            | DataCommand::OpenExport { volume, .. }
+            | DataCommand::CloseExport { volume }
+            | DataCommand::DeleteData { volume }
+            | DataCommand::VerifyCopy { volume, .. }
+            | DataCommand::PrepareClone { volume, .. }
+            | DataCommand::StartHeldWorkload { volume, .. }
+            | DataCommand::SetRateLimit { volume, .. }
+            | DataCommand::Finalize { volume, .. }
+            | DataCommand::DiscardClone { volume } => volume,
+        }
+    }
+}
+
 /// What the data plane reports back. Fields are the volume and what its variant's doc names.
 #[allow(missing_docs)]
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,16 +75,7 @@ pub enum DataEvent {
     /// Holder: preparing the clone for `epoch` failed.
     CloneFailed { volume: VolumeId, epoch: u64, reason: String },
     /// Holder: hydration progress.
-    Progress {
-        volume: VolumeId,
-        hydrated: u64,
-        total: u64,
-        bytes_per_s: u64,
-        fetched_bytes: u64,
-        read_through_bytes: u64,
-        stalled: bool,
-        error: Option<String>,
-    },
+    Progress { volume: VolumeId, progress: CloneProgress },
     /// Holder: every region is on the dest.
     Hydrated { volume: VolumeId },
     /// Holder: flushed and swapped; the volume lives here. `digest` of what was read from

@@ -82,7 +82,7 @@ impl Core {
             lease.epoch = epoch;
             let meta = self.state.incoming.get(id).cloned();
             let (requires, hooks) = meta.map(|m| (m.requires, m.hooks)).unwrap_or_default();
-            let fetched_bytes = self.progress.get(id).map_or(0, |p| p.fetched_bytes);
+            let fetched_bytes = self.progress.get(id).map_or(0, |p| p.hydration.fetched_bytes);
             let arrived = Some(Arrival { from: h.source.clone(), epoch, fetched_bytes });
             self.state.volumes.insert(id.clone(), OwnedVolume { lease, requires, hooks, arrived });
         }

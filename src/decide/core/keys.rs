@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::Core;
 use crate::cluster::schema::{self, ClaimRecord, DoneRecord, Key, NodeRecord, ProgressRecord, VolumeRecord};
 use crate::decide::lease::{HolderPhase, SourcePhase};
-use crate::decide::model::ExportEndpoint;
+use crate::decide::model::{ExportEndpoint, export_iqn};
 
 impl Core {
     /// The full set of gossip keys this node should publish now.
@@ -75,20 +75,11 @@ impl Core {
                 source: h.source.clone(),
                 epoch: h.epoch,
                 phase: h.phase.clone(),
-                hydrated: p.hydrated,
-                total: p.total,
-                bytes_per_s: p.bytes_per_s,
-                fetched_bytes: p.fetched_bytes,
-                read_through_bytes: p.read_through_bytes,
+                hydration: p.hydration,
                 error: p.error,
             };
             keys.insert(Key::Progress(id.clone()).render(), schema::encode(&rec));
         }
         keys
     }
-}
-
-/// The target name of a volume's export on `node`.
-pub fn export_iqn(node: &str, volume: &str) -> String {
-    format!("iqn.2026-11.dev.meshdrain:{node}.{volume}")
 }

@@ -11,7 +11,7 @@ use crate::cluster::view::ClusterView;
 use crate::decide::lease::{
     HolderEvent, HolderPhase, HolderVolume, SourceEffect, SourceEvent, SourcePhase, SourceVolume, Timing,
 };
-use crate::decide::model::{Arrival, Hooks, Incoming, NodeName, VolumeId, WireguardAdvert};
+use crate::decide::model::{Arrival, CloneProgress, Hooks, Incoming, NodeName, VolumeId, WireguardAdvert};
 use crate::decide::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::decide::placement::Candidate;
 use crate::decide::request::{self, AppliedRequest, DrainOptions, NodeRequest};
@@ -22,7 +22,6 @@ mod keys;
 mod source;
 
 pub use data::{DataCommand, DataEvent};
-pub use keys::export_iqn;
 
 /// Static facts and settings of this agent.
 #[derive(Debug, Clone)]
@@ -116,16 +115,6 @@ pub struct Output {
     pub persist: bool,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Progress {
-    hydrated: u64,
-    total: u64,
-    bytes_per_s: u64,
-    fetched_bytes: u64,
-    read_through_bytes: u64,
-    error: Option<String>,
-}
-
 /// The agent's decision core.
 #[derive(Debug, Clone)]
 pub struct Core {
@@ -134,7 +123,7 @@ pub struct Core {
     /// Durable state.
     pub state: CoreState,
     claims: BTreeMap<(NodeName, VolumeId), u64>,
-    progress: BTreeMap<VolumeId, Progress>,
+    progress: BTreeMap<VolumeId, CloneProgress>,
     gc_requested: bool,
     /// Exports to open once the holder's address is known (after a restart the view is
     /// empty, and an ACL without the holder's address would let nobody in): volume →
@@ -335,18 +324,9 @@ impl Core {
                 self.progress.entry(volume.clone()).or_default().error = Some(reason.clone());
                 self.holder_step(&volume, &HolderEvent::CloneFailed(reason), &mut out);
             }
-            DataEvent::Progress {
-                volume,
-                hydrated,
-                total,
-                bytes_per_s,
-                fetched_bytes,
-                read_through_bytes,
-                stalled,
-                error,
-            } => {
-                let p = Progress { hydrated, total, bytes_per_s, fetched_bytes, read_through_bytes, error };
-                self.progress.insert(volume.clone(), p);
+            DataEvent::Progress { volume, progress } => {
+                let stalled = progress.stalled;
+                self.progress.insert(volume.clone(), progress);
                 if matches!(self.state.holding.get(&volume).map(|h| &h.phase), Some(HolderPhase::Running { stalled: s }) if *s != stalled)
                 {
                     self.holder_step(&volume, &HolderEvent::Stalled(stalled), &mut out);

@@ -1,6 +1,8 @@
-//! The data plane that moves bytes: hooks, the read-only export on the source, the clone
-//! on the holder. It drives two services behind narrow traits, so the iSCSI target and
-//! the clone engines plug in with thin adapters and tests can inject faults.
+//! The executor: applies [`DataCommand`]s and reports [`DataEvent`]s. Hooks, the
+//! read-only export on the source, the clone on the holder. It drives two services behind
+//! narrow traits, an [`ExportService`] and a [`CloneService`], so one executor runs every
+//! plane: the iSCSI target with our clone engine or dm-clone, and the local development
+//! plane; tests inject faults through the same traits.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,9 +13,10 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::DataPlane;
-use crate::agent::hooks::{HookKind, run_hook};
+use super::hooks::{HookKind, run_hook};
+use super::paths;
 use crate::decide::core::{DataCommand, DataEvent};
-use crate::decide::model::{ExportEndpoint, VolumeId};
+use crate::decide::model::{CloneProgress, ExportEndpoint, VolumeId, export_iqn, initiator_iqn};
 
 /// One lease's export: who may read which volume, for which epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,27 +67,6 @@ pub struct CloneSpec {
     pub verify: bool,
 }
 
-/// Hydration progress of one clone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CloneProgress {
-    /// Regions on the dest.
-    pub hydrated: u64,
-    /// Regions in all.
-    pub total: u64,
-    /// Recent rate.
-    pub bytes_per_s: u64,
-    /// Bytes read from the source so far (what the network carried; regions the workload
-    /// overwrote or the source reported unallocated are not fetched).
-    pub fetched_bytes: u64,
-    /// Bytes the workload's reads took straight from the source, within regions not yet
-    /// copied (they leave the regions to hydration; on top of `fetched_bytes`).
-    pub read_through_bytes: u64,
-    /// The source does not answer.
-    pub stalled: bool,
-    /// Last error.
-    pub error: Option<String>,
-}
-
 /// The holder side: clone devices.
 pub trait CloneService: Send + Sync + 'static {
     /// Logs in and creates (or resumes, from existing metadata of the same epoch) the
@@ -114,30 +96,19 @@ pub trait CloneService: Send + Sync + 'static {
     fn shutdown(&self) {}
 }
 
-/// Local volume paths, shared with the owner loop (which writes it).
-pub type SharedVolumes = Arc<Mutex<BTreeMap<String, PathBuf>>>;
+/// A command and the volume's local path when it was handed over.
+type Work = (DataCommand, Option<PathBuf>);
 
-/// Where a holder puts an incoming volume and its clone metadata.
-pub fn dest_paths(pool: &Path, volume: &str) -> (PathBuf, PathBuf) {
-    (pool.join(format!("{volume}.img")), pool.join(format!("{volume}.clone-meta")))
-}
-
-/// The initiator name a holder uses for one lease.
-pub fn initiator_iqn(holder: &str, volume: &str, epoch: u64) -> String {
-    format!("iqn.2026-11.dev.meshdrain:{holder}.{volume}.e{epoch}")
-}
-
-/// The real data plane: one worker task per volume runs that volume's commands in order
-/// (a restarted holder's "prepare, then start" must not race), volumes run in parallel.
-pub struct RealDataPlane {
+/// The executor: one worker task per volume runs that volume's commands in order (a
+/// restarted holder's "prepare, then start" must not race), volumes run in parallel.
+pub struct Executor {
     inner: Arc<Inner>,
-    workers: BTreeMap<String, mpsc::UnboundedSender<DataCommand>>,
+    workers: BTreeMap<String, mpsc::UnboundedSender<Work>>,
 }
 
 struct Inner {
     node: String,
     pool: PathBuf,
-    volumes: SharedVolumes,
     exports: Arc<dyn ExportService>,
     clones: Arc<dyn CloneService>,
     devices: Mutex<BTreeMap<String, PathBuf>>,
@@ -145,12 +116,11 @@ struct Inner {
     poll: Duration,
 }
 
-impl RealDataPlane {
-    /// A data plane for `node` with its pool directory and services.
+impl Executor {
+    /// An executor for `node` with its pool directory and services.
     pub fn new(
         node: &str,
         pool: &Path,
-        volumes: SharedVolumes,
         exports: Arc<dyn ExportService>,
         clones: Arc<dyn CloneService>,
         poll: Duration,
@@ -158,7 +128,6 @@ impl RealDataPlane {
         let inner = Inner {
             node: node.to_owned(),
             pool: pool.to_owned(),
-            volumes,
             exports,
             clones,
             devices: Mutex::new(BTreeMap::new()),
@@ -169,26 +138,26 @@ impl RealDataPlane {
     }
 }
 
-impl DataPlane for RealDataPlane {
-    fn execute(&mut self, cmd: DataCommand, events: mpsc::UnboundedSender<DataEvent>) {
-        let volume = command_volume(&cmd).to_owned();
+impl DataPlane for Executor {
+    fn execute(&mut self, cmd: DataCommand, local: Option<PathBuf>, events: mpsc::UnboundedSender<DataEvent>) {
+        let volume = cmd.volume().to_string();
         let tx = self.workers.entry(volume).or_insert_with(|| {
-            let (tx, mut rx) = mpsc::unbounded_channel::<DataCommand>();
+            let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
             let (inner, events) = (self.inner.clone(), events.clone());
             tokio::spawn(async move {
-                while let Some(cmd) = rx.recv().await {
-                    inner.run(cmd, &events).await;
+                while let Some((cmd, local)) = rx.recv().await {
+                    inner.run(cmd, local, &events).await;
                 }
             });
             tx
         });
-        if let Err(mpsc::error::SendError(cmd)) = tx.send(cmd) {
+        if let Err(mpsc::error::SendError((cmd, _))) = tx.send((cmd, local)) {
             warn!(?cmd, "volume worker is gone; command dropped");
         }
     }
 }
 
-impl Drop for RealDataPlane {
+impl Drop for Executor {
     /// Tears clone devices down while the agent stops, not whenever the runtime gets to
     /// dropping the last volume worker (a process killed after a grace period never would).
     fn drop(&mut self) {
@@ -196,27 +165,7 @@ impl Drop for RealDataPlane {
     }
 }
 
-fn command_volume(cmd: &DataCommand) -> &str {
-    match cmd {
-        DataCommand::StopWorkload { volume, .. }
-        | DataCommand::StartWorkload { volume, .. }
-        | DataCommand::OpenExport { volume, .. }
-        | DataCommand::CloseExport { volume }
-        | DataCommand::DeleteData { volume }
-        | DataCommand::VerifyCopy { volume, .. }
-        | DataCommand::PrepareClone { volume, .. }
-        | DataCommand::StartHeldWorkload { volume, .. }
-        | DataCommand::SetRateLimit { volume, .. }
-        | DataCommand::Finalize { volume, .. }
-        | DataCommand::DiscardClone { volume } => volume,
-    }
-}
-
 impl Inner {
-    fn local(&self, volume: &str) -> Option<PathBuf> {
-        self.volumes.lock().expect("volume table lock").get(volume).cloned()
-    }
-
     async fn hook(&self, kind: HookKind, cmd: Option<String>, volume: &str, device: &Path) -> Result<(), String> {
         match cmd {
             Some(cmd) => run_hook(kind, &cmd, volume, device, &self.node, self.hook_timeout).await,
@@ -228,7 +177,12 @@ impl Inner {
         tokio::task::spawn_blocking(f).await.expect("data-plane task panicked")
     }
 
-    async fn run(self: &Arc<Self>, cmd: DataCommand, events: &mpsc::UnboundedSender<DataEvent>) {
+    async fn run(
+        self: &Arc<Self>,
+        cmd: DataCommand,
+        local: Option<PathBuf>,
+        events: &mpsc::UnboundedSender<DataEvent>,
+    ) {
         let send = |ev| {
             let _ = events.send(ev);
         };
@@ -236,7 +190,7 @@ impl Inner {
             // The lease asks for the export only after `WorkloadStopped` of its epoch
             // (src/decide/lease/source.rs), so a failed hook never leads to an export.
             DataCommand::StopWorkload { volume, hook, epoch } => {
-                let path = self.local(&volume).unwrap_or_default();
+                let path = local.unwrap_or_default();
                 match self.hook(HookKind::Stop, hook, &volume, &path).await {
                     Ok(()) => send(DataEvent::WorkloadStopped { volume, epoch }),
                     Err(reason) => {
@@ -246,18 +200,18 @@ impl Inner {
                 }
             }
             DataCommand::StartWorkload { volume, hook } => {
-                let path = self.local(&volume).unwrap_or_default();
+                let path = local.unwrap_or_default();
                 if let Err(reason) = self.hook(HookKind::Start, hook, &volume, &path).await {
                     warn!(%volume, "{reason}");
                 }
             }
             DataCommand::OpenExport { volume, holder, holder_addr, epoch } => {
-                let Some(path) = self.local(&volume) else {
+                let Some(path) = local else {
                     let reason = format!("volume {volume} has no local path on {}", self.node);
                     return send(DataEvent::HookFailed { volume, reason });
                 };
                 let grant = ExportGrant {
-                    iqn: crate::decide::core::export_iqn(&self.node, &volume),
+                    iqn: export_iqn(&self.node, &volume),
                     initiator_iqn: initiator_iqn(&holder, &volume, epoch),
                     volume: volume.to_string(),
                     path,
@@ -277,10 +231,11 @@ impl Inner {
             }
             DataCommand::CloseExport { volume } => self.exports.close(&volume),
             DataCommand::VerifyCopy { volume, epoch, digest } => {
-                let result = match self.local(&volume) {
+                let result = match local {
                     Some(path) => {
                         let span = tracing::info_span!("verify", %volume, epoch);
-                        self.blocking(move || span.in_scope(|| super::digest::check_copy(&path, &digest))).await
+                        self.blocking(move || span.in_scope(|| meshdrain_clone::digest::check_copy(&path, &digest)))
+                            .await
                     }
                     None => Err(format!("volume {volume} has no local path on {} to verify against", self.node)),
                 };
@@ -290,8 +245,7 @@ impl Inner {
                 send(DataEvent::Verified { volume, epoch, result });
             }
             DataCommand::DeleteData { volume } => {
-                let Some(path) = self.local(&volume) else { return };
-                self.volumes.lock().expect("volume table lock").remove(volume.as_str());
+                let Some(path) = local else { return };
                 if path.starts_with(&self.pool) {
                     match std::fs::remove_file(&path) {
                         Ok(()) => info!(%volume, path = %path.display(), "handed-off copy deleted"),
@@ -306,15 +260,14 @@ impl Inner {
                     let reason = "the source published no export endpoint".to_owned();
                     return send(DataEvent::CloneFailed { volume, epoch, reason });
                 };
-                let (dest, metadata) = dest_paths(&self.pool, &volume);
                 let spec = CloneSpec {
                     initiator_iqn: initiator_iqn(&self.node, &volume, epoch),
                     volume: volume.to_string(),
                     export,
                     epoch,
                     size,
-                    dest,
-                    metadata,
+                    dest: paths::volume_file(&self.pool, &volume),
+                    metadata: paths::clone_metadata(&self.pool, &volume),
                     rate_limit,
                     verify,
                 };
@@ -351,7 +304,7 @@ impl Inner {
                     Ok(digest) => {
                         self.devices.lock().expect("device map lock").remove(volume.as_str());
                         send(DataEvent::Finalized { volume: volume.clone(), digest });
-                        let (dest, _) = dest_paths(&self.pool, &volume);
+                        let dest = paths::volume_file(&self.pool, &volume);
                         if let Err(reason) = self.hook(HookKind::Done, done_hook, &volume, &dest).await {
                             warn!(%volume, "{reason}");
                         }
@@ -361,7 +314,8 @@ impl Inner {
             }
             DataCommand::DiscardClone { volume } => {
                 self.devices.lock().expect("device map lock").remove(volume.as_str());
-                let (dest, metadata) = dest_paths(&self.pool, &volume);
+                let (dest, metadata) =
+                    (paths::volume_file(&self.pool, &volume), paths::clone_metadata(&self.pool, &volume));
                 self.clones.discard(&volume, &dest, &metadata);
                 info!(%volume, "revoked partial clone discarded");
             }
@@ -373,18 +327,9 @@ impl Inner {
     async fn report_progress(&self, volume: VolumeId, events: mpsc::UnboundedSender<DataEvent>) {
         let mut watch = self.clones.watch_progress(&volume);
         loop {
-            let Some(p) = self.clones.progress(&volume) else { return };
-            let done = p.total > 0 && p.hydrated >= p.total;
-            let ev = DataEvent::Progress {
-                volume: volume.clone(),
-                hydrated: p.hydrated,
-                total: p.total,
-                bytes_per_s: p.bytes_per_s,
-                fetched_bytes: p.fetched_bytes,
-                read_through_bytes: p.read_through_bytes,
-                stalled: p.stalled,
-                error: p.error,
-            };
+            let Some(progress) = self.clones.progress(&volume) else { return };
+            let done = progress.hydration.complete();
+            let ev = DataEvent::Progress { volume: volume.clone(), progress };
             if events.send(ev).is_err() {
                 return;
             }

@@ -11,7 +11,7 @@ use meshdrain_iscsi::{Acl, Target, TargetConfig};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::real::{ExportGrant, ExportService};
+use super::executor::{ExportGrant, ExportService};
 
 /// Our iSCSI target serving this node's exports.
 pub struct IscsiExports {

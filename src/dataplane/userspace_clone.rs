@@ -1,8 +1,9 @@
 //! The holder side of the real data path on kernels without dm-clone: log in to the
 //! source's export with our initiator, open the userspace clone engine over it, expose the
 //! clone as a loop device (FUSE file underneath) for the workload, hydrate in the
-//! background. The initiator keeps reconnecting for as long as the lease lives, so a
-//! source that restarts or a healed partition only stalls hydration.
+//! background. The initiator keeps reconnecting for as long as the lease lives
+//! ([`ReconnectingSource`]), so a source that restarts or a healed partition only stalls
+//! hydration.
 //!
 //! Limitation (documented in the README): the FUSE file lives in the agent's process, so
 //! restarting the agent on a holder mid-move interrupts the workload's I/O until the
@@ -10,26 +11,19 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use meshdrain_clone::digest::VolumeDigest;
 use meshdrain_clone::expose::Exposed;
 use meshdrain_clone::{
-    BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta, IscsiSource, Phase, UserspaceClone,
+    BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta, Phase, ReconnectingSource, UserspaceClone,
 };
-use meshdrain_iscsi::InitiatorConfig;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::digest::VolumeDigest;
-use super::real::{CloneProgress, CloneService, CloneSpec};
+use super::executor::{CloneService, CloneSpec};
 use super::remove_files;
-
-/// How long one source read may take before the engine counts a failure (and, after its
-/// own threshold, reports `stalled`).
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// The initiator keeps reconnecting this long; the lease, not the initiator, decides when
-/// a move is abandoned.
-const RECONNECT_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+use crate::decide::model::CloneProgress;
 
 /// Tuning of the userspace engine (config `[dataplane]`).
 #[derive(Debug, Clone)]
@@ -111,7 +105,10 @@ impl EngineClones {
     }
 
     fn open_engine(&self, spec: &CloneSpec) -> Result<(Arc<Engine>, Arc<ReconnectingSource>), String> {
-        let source = Arc::new(ReconnectingSource::connect(spec, self.tuning.region_size)?);
+        let digest = spec.verify.then(|| VolumeDigest::new(spec.size, self.tuning.region_size));
+        let source = ReconnectingSource::connect(&spec.export.addr, &spec.export.iqn, &spec.initiator_iqn, digest)
+            .map_err(|e| e.to_string())?;
+        let source = Arc::new(source);
         if source.size() < spec.size {
             return Err(format!("export {} is {} bytes, the lease says {}", spec.export.iqn, source.size(), spec.size));
         }
@@ -156,166 +153,6 @@ impl EngineClones {
             }
         }
         Err(format!("cannot open a clone of {}", spec.volume))
-    }
-}
-
-/// A remote export that logs in again when its session gives up: the initiator retries
-/// a lost connection on its own, but treats some answers of a restarting source (target
-/// not found while its agent re-opens exports) as final. The lease decides when a move
-/// is abandoned, so the holder keeps trying, at most every [`RELOGIN_EVERY`].
-struct ReconnectingSource {
-    url: String,
-    config: InitiatorConfig,
-    identity: String,
-    size: u64,
-    current: RwLock<Arc<IscsiSource>>,
-    last_login: Mutex<Instant>,
-    /// With `--verify`: the digest of every byte read, as it passes.
-    digest: Option<Mutex<VolumeDigest>>,
-}
-
-/// Least time between two fresh logins of one clone.
-const RELOGIN_EVERY: Duration = Duration::from_secs(2);
-
-impl ReconnectingSource {
-    fn connect(spec: &CloneSpec, region_size: u64) -> Result<Self, String> {
-        let url = format!("iscsi://{}/{}/1", spec.export.addr, spec.export.iqn);
-        let mut config = InitiatorConfig::from_url(&url).map_err(|e| e.to_string())?;
-        config = config.with_initiator_name(&spec.initiator_iqn);
-        config.reconnect_for = RECONNECT_FOR;
-        // The identity recorded in the metadata is the export's name, not its address:
-        // a source that comes back on another port is still the same volume.
-        let identity = spec.export.iqn.clone();
-        let first = login(&config, &identity)?;
-        let size = first.size();
-        Ok(Self {
-            url,
-            config,
-            identity,
-            size,
-            current: RwLock::new(Arc::new(first)),
-            last_login: Mutex::new(Instant::now()),
-            digest: spec.verify.then(|| Mutex::new(VolumeDigest::new(spec.size, region_size))),
-        })
-    }
-
-    fn tap(&self, offset: u64, pieces: &[&[u8]]) {
-        if let Some(d) = &self.digest {
-            let mut d = d.lock().expect("digest lock");
-            let mut at = offset;
-            for p in pieces {
-                d.feed(at, p);
-                at += p.len() as u64;
-            }
-        }
-    }
-
-    /// Completes the `--verify` digest: regions never read (overwritten whole by the
-    /// workload, or read before an agent restart) are read from the source now; those it
-    /// reports deallocated are zeros. `None` without `--verify`.
-    fn finish_digest(&self) -> Result<Option<String>, String> {
-        let Some(d) = &self.digest else { return Ok(None) };
-        let mut d = d.lock().expect("digest lock");
-        let missing = d.missing().len();
-        let deallocated = if missing > 0 {
-            self.session().deallocated().map_err(|e| format!("digest: deallocated ranges of the source: {e}"))?
-        } else {
-            None
-        };
-        let read = |offset: u64, buf: &mut [u8]| {
-            let mut last = None;
-            for _ in 0..5 {
-                match self.session().read_at(offset, buf) {
-                    Ok(()) => return Ok(()),
-                    Err(e) => last = Some(e),
-                }
-                self.relogin();
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(last.expect("an attempt failed"))
-        };
-        let digest = d
-            .complete(&deallocated.unwrap_or_default(), read)
-            .map_err(|e| format!("digest: reading the regions never fetched from the source: {e}"))?;
-        info!(url = %self.url, regions_not_seen = missing, regions_read_again = d.read_again(), "digest of the bytes read from the source complete");
-        Ok(Some(digest))
-    }
-
-    fn relogin(&self) {
-        {
-            let mut last = self.last_login.lock().expect("login lock");
-            if last.elapsed() < RELOGIN_EVERY {
-                return;
-            }
-            *last = Instant::now();
-        }
-        match login(&self.config, &self.identity) {
-            Ok(fresh) => {
-                info!(url = %self.url, "logged in to the source again");
-                *self.current.write().expect("source lock") = Arc::new(fresh);
-            }
-            Err(e) => debug!(url = %self.url, "login again failed (retried): {e}"),
-        }
-    }
-
-    fn session(&self) -> Arc<IscsiSource> {
-        self.current.read().expect("source lock").clone()
-    }
-}
-
-/// Logs in: a bulk session for hydration and a foreground one for the workload's reads,
-/// each on the runtime the source owns.
-fn login(config: &InitiatorConfig, identity: &str) -> Result<IscsiSource, String> {
-    IscsiSource::connect_config(identity, config.clone(), READ_TIMEOUT)
-        .map_err(|e| format!("login to {} ({identity}): {e}", config.address))
-}
-
-impl BlockSource for ReconnectingSource {
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    fn identity(&self) -> String {
-        self.identity.clone()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let result = self.session().read_at(offset, buf);
-        match &result {
-            Ok(()) => self.tap(offset, &[buf]),
-            Err(_) => self.relogin(),
-        }
-        result
-    }
-
-    fn deallocated(&self) -> std::io::Result<Option<Vec<std::ops::Range<u64>>>> {
-        self.session().deallocated()
-    }
-
-    fn read_runs(
-        &self,
-        lane: meshdrain_clone::io::Lane,
-        runs: &[std::ops::Range<u64>],
-        sink: &mut meshdrain_clone::io::RunSink<'_>,
-    ) -> Vec<std::io::Result<()>> {
-        let results = if self.digest.is_some() {
-            let mut tapped = |offset: u64, pieces: &[&[u8]]| {
-                self.tap(offset, pieces);
-                sink(offset, pieces)
-            };
-            self.session().read_runs(lane, runs, &mut tapped)
-        } else {
-            self.session().read_runs(lane, runs, sink)
-        };
-        // A dest that cannot take the bytes (full disk) is no reason to log in again.
-        if results.iter().any(|r| r.as_ref().is_err_and(|e| !meshdrain_clone::io::DestWriteFailed::is(e))) {
-            self.relogin();
-        }
-        results
-    }
-
-    fn read_granularity(&self) -> Option<u64> {
-        self.session().read_granularity()
     }
 }
 
@@ -375,15 +212,7 @@ impl CloneService for EngineClones {
     fn progress(&self, volume: &str) -> Option<CloneProgress> {
         let clones = self.clones.lock().expect("clones lock");
         let p = clones.get(volume)?.hydration.as_ref()?.progress();
-        Some(CloneProgress {
-            hydrated: p.hydrated,
-            total: p.total,
-            bytes_per_s: p.bytes_per_sec as u64,
-            fetched_bytes: p.fetched_bytes,
-            read_through_bytes: p.read_through_bytes,
-            stalled: p.phase == Phase::Stalled,
-            error: p.last_error,
-        })
+        Some(CloneProgress { hydration: (&p).into(), stalled: p.phase == Phase::Stalled, error: p.last_error })
     }
 
     fn watch_progress(&self, volume: &str) -> Option<tokio::sync::watch::Receiver<meshdrain_clone::Progress>> {
@@ -411,7 +240,7 @@ impl CloneService for EngineClones {
             c.source.clone()
         };
         // Outside the lock: it may read regions from the source again.
-        source.finish_digest()
+        source.finish_digest().map_err(|e| e.to_string())
     }
 
     fn shutdown(&self) {

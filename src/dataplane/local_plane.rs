@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::real::{CloneProgress, CloneService, CloneSpec, ExportGrant, ExportService};
+use super::executor::{CloneService, CloneSpec, ExportGrant, ExportService};
+use crate::decide::model::{CloneProgress, Hydration};
 
 /// Copy unit.
 const REGION: u64 = 64 * 1024;
@@ -236,12 +237,15 @@ impl CloneService for LocalClones {
 
     fn progress(&self, volume: &str) -> Option<CloneProgress> {
         let c = self.get(volume)?;
-        Some(CloneProgress {
+        let hydration = Hydration {
             hydrated: c.hydrated.load(Ordering::SeqCst),
             total: c.bitmap.lock().expect("lock").len() as u64,
             bytes_per_s: c.bytes_per_s.load(Ordering::SeqCst),
             fetched_bytes: c.fetched.load(Ordering::SeqCst),
             read_through_bytes: 0,
+        };
+        Some(CloneProgress {
+            hydration,
             stalled: c.stalled.load(Ordering::SeqCst),
             error: c.error.lock().expect("lock").clone(),
         })
@@ -265,7 +269,7 @@ impl CloneService for LocalClones {
         // No workload writes here while hydrating (see the module doc), so the dest holds
         // exactly what was copied from the source: its digest is what was read.
         let digest = if c.spec.verify {
-            let d = super::digest::digest_file(&c.spec.dest, c.spec.size, REGION)
+            let d = meshdrain_clone::digest::digest_file(&c.spec.dest, c.spec.size, REGION)
                 .map_err(|e| format!("digest of {}: {e}", c.spec.dest.display()))?;
             Some(d)
         } else {

@@ -23,8 +23,9 @@ use meshdrain_clone::loopdev;
 use meshdrain_clone::{CloneBackend, Phase};
 use tracing::{info, warn};
 
-use super::real::{CloneProgress, CloneService, CloneSpec};
+use super::executor::{CloneService, CloneSpec};
 use super::remove_files;
+use crate::decide::model::{CloneProgress, Hydration};
 
 /// Bound on one external command (iscsiadm retries its login inside this).
 const COMMAND_LIMIT: Duration = Duration::from_secs(90);
@@ -111,7 +112,8 @@ impl DmClones {
             return Err(format!("{} did not appear after creating the dm-clone device", device.display()));
         }
         info!(volume = %spec.volume, fresh, disk = %disk.display(), device = %device.display(), "dm-clone ready over open-iscsi");
-        let last = CloneProgress { total: regions, ..Default::default() };
+        let last =
+            CloneProgress { hydration: Hydration { total: regions, ..Default::default() }, ..Default::default() };
         Ok(Running { epoch: spec.epoch, clone: Some(clone), device, iface, metadata: spec.metadata.clone(), last })
     }
 
@@ -151,7 +153,7 @@ impl DmClones {
             let _ = loopdev::detach(&meta);
         }
         remove_files(volume, &[&r.metadata, &epoch_path(&r.metadata)]);
-        r.last.hydrated = r.last.total;
+        r.last.hydration.hydrated = r.last.hydration.total;
         r.last.stalled = false;
         info!(%volume, device = %r.device.display(), "dm-clone handed off: linear on the dest, logged out");
         Ok(())
@@ -203,13 +205,13 @@ impl CloneService for DmClones {
         if let Some(c) = &r.clone {
             let p = c.progress();
             r.last = CloneProgress {
-                hydrated: p.hydrated,
-                total: p.total,
-                bytes_per_s: p.bytes_per_sec as u64,
-                // The kernel does not count source reads: regions copied is the estimate.
-                fetched_bytes: p.hydrated * p.region_size,
-                // dm-clone passes such reads to the source without counting them.
-                read_through_bytes: 0,
+                hydration: Hydration {
+                    // The kernel does not count source reads: regions copied is the estimate.
+                    fetched_bytes: p.hydrated * p.region_size,
+                    // dm-clone passes such reads to the source without counting them.
+                    read_through_bytes: 0,
+                    ..(&p).into()
+                },
                 stalled: p.phase == Phase::Stalled,
                 error: p.last_error,
             };

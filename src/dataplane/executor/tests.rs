@@ -1,6 +1,7 @@
 use std::sync::Mutex;
 
 use super::*;
+use crate::decide::model::Hydration;
 
 #[derive(Default)]
 struct FakeExports {
@@ -48,15 +49,9 @@ impl CloneService for FakeClones {
     fn progress(&self, _: &str) -> Option<CloneProgress> {
         let mut h = self.hydrated.lock().unwrap();
         *h = (*h + 1).min(3);
-        Some(CloneProgress {
-            hydrated: *h,
-            total: 3,
-            bytes_per_s: 10,
-            fetched_bytes: *h * 10,
-            read_through_bytes: 0,
-            stalled: false,
-            error: None,
-        })
+        let hydration =
+            Hydration { hydrated: *h, total: 3, bytes_per_s: 10, fetched_bytes: *h * 10, read_through_bytes: 0 };
+        Some(CloneProgress { hydration, stalled: false, error: None })
     }
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
         self.calls.lock().unwrap().push(format!("rate {volume} {rate:?}"));
@@ -71,7 +66,9 @@ impl CloneService for FakeClones {
 }
 
 struct Rig {
-    plane: RealDataPlane,
+    plane: Executor,
+    /// The owner loop's volume paths, handed over with each command.
+    volumes: BTreeMap<String, PathBuf>,
     exports: Arc<FakeExports>,
     clones: Arc<FakeClones>,
     tx: mpsc::UnboundedSender<DataEvent>,
@@ -81,14 +78,20 @@ struct Rig {
 
 fn rig(fail_prepare: bool) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let volumes: SharedVolumes = Arc::default();
-    volumes.lock().unwrap().insert("db".into(), dir.path().join("db.img"));
+    let volumes = BTreeMap::from([("db".to_owned(), dir.path().join("db.img"))]);
     let exports = Arc::new(FakeExports::default());
     let clones = Arc::new(FakeClones { fail_prepare, ..Default::default() });
-    let plane =
-        RealDataPlane::new("n1", dir.path(), volumes, exports.clone(), clones.clone(), Duration::from_millis(1));
+    let plane = Executor::new("n1", dir.path(), exports.clone(), clones.clone(), Duration::from_millis(1));
     let (tx, rx) = mpsc::unbounded_channel();
-    Rig { plane, exports, clones, tx, rx, dir }
+    Rig { plane, volumes, exports, clones, tx, rx, dir }
+}
+
+impl Rig {
+    /// Hands `cmd` over as the owner loop does: with the volume's local path.
+    fn execute(&mut self, cmd: DataCommand) {
+        let local = self.volumes.get(cmd.volume().as_str()).cloned();
+        self.plane.execute(cmd, local, self.tx.clone());
+    }
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
@@ -100,14 +103,11 @@ async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
 #[tokio::test]
 async fn a_stop_hook_reports_stopped_or_failed_and_exports_nothing_by_itself() {
     let mut r = rig(false);
-    r.plane.execute(
-        DataCommand::StopWorkload {
-            volume: "db".parse().unwrap(),
-            hook: Some("echo busy >&2; exit 2".into()),
-            epoch: 3,
-        },
-        r.tx.clone(),
-    );
+    r.execute(DataCommand::StopWorkload {
+        volume: "db".parse().unwrap(),
+        hook: Some("echo busy >&2; exit 2".into()),
+        epoch: 3,
+    });
     match next(&mut r.rx).await {
         DataEvent::HookFailed { volume, reason } => {
             assert_eq!(volume, "db");
@@ -122,21 +122,15 @@ async fn a_stop_hook_reports_stopped_or_failed_and_exports_nothing_by_itself() {
 
     // The next grant's stop succeeds and says so for its epoch; the lease then asks for the
     // export, which opens ACL'd to the holder and its epoch.
-    r.plane.execute(
-        DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("true".into()), epoch: 4 },
-        r.tx.clone(),
-    );
+    r.execute(DataCommand::StopWorkload { volume: "db".parse().unwrap(), hook: Some("true".into()), epoch: 4 });
     assert_eq!(next(&mut r.rx).await, DataEvent::WorkloadStopped { volume: "db".parse().unwrap(), epoch: 4 });
     assert!(r.exports.calls.lock().unwrap().is_empty(), "exported before the lease asked");
-    r.plane.execute(
-        DataCommand::OpenExport {
-            volume: "db".parse().unwrap(),
-            holder: "n2".parse().unwrap(),
-            holder_addr: "fd00::2".into(),
-            epoch: 4,
-        },
-        r.tx.clone(),
-    );
+    r.execute(DataCommand::OpenExport {
+        volume: "db".parse().unwrap(),
+        holder: "n2".parse().unwrap(),
+        holder_addr: "fd00::2".into(),
+        epoch: 4,
+    });
     assert_eq!(next(&mut r.rx).await, DataEvent::ExportOpened { volume: "db".parse().unwrap(), epoch: 4 });
     let calls = r.exports.calls.lock().unwrap().clone();
     let want = format!(
@@ -167,13 +161,14 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
         },
     ];
     for c in cmds {
-        r.plane.execute(c, r.tx.clone());
+        r.execute(c);
     }
     assert_eq!(next(&mut r.rx).await, DataEvent::CloneReady { volume: "db".parse().unwrap(), epoch: 4 });
     let mut last = 0;
     loop {
         match next(&mut r.rx).await {
-            DataEvent::Progress { hydrated, total, .. } => {
+            DataEvent::Progress { progress, .. } => {
+                let Hydration { hydrated, total, .. } = progress.hydration;
                 assert!(hydrated >= last && total == 3);
                 last = hydrated;
             }
@@ -185,7 +180,7 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
         }
     }
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "/dev/loop9\n", "start hook sees the clone device");
-    r.plane.execute(DataCommand::Finalize { volume: "db".parse().unwrap(), done_hook: None }, r.tx.clone());
+    r.execute(DataCommand::Finalize { volume: "db".parse().unwrap(), done_hook: None });
     assert_eq!(next(&mut r.rx).await, DataEvent::Finalized { volume: "db".parse().unwrap(), digest: None });
     let calls = r.clones.calls.lock().unwrap().clone();
     assert_eq!(
@@ -198,18 +193,15 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
 async fn a_refused_login_is_reported_with_its_reason() {
     let mut r = rig(true);
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
-    r.plane.execute(
-        DataCommand::PrepareClone {
-            volume: "db".parse().unwrap(),
-            source: "n1".parse().unwrap(),
-            export: Some(export),
-            epoch: 2,
-            size: 1,
-            rate_limit: None,
-            verify: false,
-        },
-        r.tx.clone(),
-    );
+    r.execute(DataCommand::PrepareClone {
+        volume: "db".parse().unwrap(),
+        source: "n1".parse().unwrap(),
+        export: Some(export),
+        epoch: 2,
+        size: 1,
+        rate_limit: None,
+        verify: false,
+    });
     assert_eq!(
         next(&mut r.rx).await,
         DataEvent::CloneFailed {
@@ -218,18 +210,15 @@ async fn a_refused_login_is_reported_with_its_reason() {
             reason: "login refused by the target (ACL)".into()
         }
     );
-    r.plane.execute(
-        DataCommand::PrepareClone {
-            volume: "db".parse().unwrap(),
-            source: "n1".parse().unwrap(),
-            export: None,
-            epoch: 3,
-            size: 1,
-            rate_limit: None,
-            verify: false,
-        },
-        r.tx.clone(),
-    );
+    r.execute(DataCommand::PrepareClone {
+        volume: "db".parse().unwrap(),
+        source: "n1".parse().unwrap(),
+        export: None,
+        epoch: 3,
+        size: 1,
+        rate_limit: None,
+        verify: false,
+    });
     assert!(
         matches!(next(&mut r.rx).await, DataEvent::CloneFailed { reason, .. } if reason.contains("no export endpoint"))
     );
@@ -237,17 +226,17 @@ async fn a_refused_login_is_reported_with_its_reason() {
 
 #[tokio::test]
 async fn only_pool_files_are_deleted_after_hand_off() {
-    let r = rig(false);
+    let mut r = rig(false);
     let outside = tempfile::tempdir().unwrap();
     let device = outside.path().join("nvme-part");
     std::fs::write(&device, b"data").unwrap();
-    r.plane.inner.volumes.lock().unwrap().insert("ext".into(), device.clone());
-    let mut plane = r.plane;
+    r.volumes.insert("ext".into(), device.clone());
     std::fs::write(r.dir.path().join("db.img"), b"data").unwrap();
-    plane.execute(DataCommand::DeleteData { volume: "db".parse().unwrap() }, r.tx.clone());
-    plane.execute(DataCommand::DeleteData { volume: "ext".parse().unwrap() }, r.tx.clone());
+    r.execute(DataCommand::DeleteData { volume: "db".parse().unwrap() });
+    r.execute(DataCommand::DeleteData { volume: "ext".parse().unwrap() });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!r.dir.path().join("db.img").exists());
     assert!(device.exists(), "a device outside the pool is never deleted");
-    assert!(!plane.inner.volumes.lock().unwrap().contains_key("db"));
+    // The table entry is the owner loop's to drop (store::volumes::VolumeTable::path_for,
+    // whose test asserts it); the data plane only ever reads the path it was handed.
 }
