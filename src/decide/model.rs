@@ -183,7 +183,8 @@ impl VolumeId {
 }
 
 /// Commands run around a volume's move, with `MESHDRAIN_VOLUME`, `MESHDRAIN_DEVICE` and
-/// `MESHDRAIN_NODE` in their environment. A failing hook stops that volume's move.
+/// `MESHDRAIN_NODE` in their environment. A failing `stop` hook stops that volume's move;
+/// a failing `start` or `done` hook is logged and the move goes on (docs/lease-protocol.md).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hooks {
     /// On the source, before the export opens (quiesce the workload).
