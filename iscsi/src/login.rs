@@ -205,13 +205,11 @@ impl LoginMachine {
             );
         }
         let done = can_transit && nsg == stage::FULL_FEATURE;
-        // Declared once the initiator leaves security; not in a response that already rejected
-        // the initiator's own value of the key (it is then declared in a later response, or
-        // the initiator keeps assuming the 8 KiB default, which is within what we accept).
-        if (done || (can_transit && nsg == stage::OPERATIONAL))
-            && !self.declared_mrdsl
-            && !answered(&out, "MaxRecvDataSegmentLength")
-        {
+        // Declared once the initiator leaves security. The key is declarative: each side
+        // states its own, so our declaration is the one answer the key gets in this response
+        // (it replaces a `Reject` of an invalid value the initiator declared for itself).
+        if (done || (can_transit && nsg == stage::OPERATIONAL)) && !self.declared_mrdsl {
+            out.retain(|(k, _)| k != "MaxRecvDataSegmentLength");
             self.declared_mrdsl = true;
             let ours = self.policy.offer.max_recv_data_segment_length;
             self.params.max_recv_data_segment_length = match self.params.session_type {

@@ -64,3 +64,22 @@ fn fuzz_login_initiator_tpgt_is_answered_once() {
     let tpgt: Vec<_> = pairs.iter().filter(|(k, _)| k == "TargetPortalGroupTag").collect();
     assert_eq!(tpgt.len(), 1, "{pairs:?}");
 }
+
+/// fuzz target `login_text`, crash-34ecca82: after the fix above, a normal session whose
+/// initiator declared an invalid MaxRecvDataSegmentLength reached full feature phase without
+/// our declaration, so the two sides disagreed on what we accept. Our declaration is now the
+/// key's one answer, and the session accepts what we offered.
+#[test]
+fn fuzz_login_invalid_mrdsl_still_gets_our_declaration() {
+    let body = format!(
+        "InitiatorName=iqn.2026-11.dev.meshdrain:i|TargetName={TARGET}|SessionType=Normal|\
+         MaxRecvDataSegmentLength=2621ev|"
+    );
+    let (pairs, event) = answer(stage::OPERATIONAL, &body);
+    let pairs = pairs.expect("the target's response text parses");
+    let mrdsl: Vec<_> = pairs.iter().filter(|(k, _)| k == "MaxRecvDataSegmentLength").collect();
+    let ours = Offer::default().max_recv_data_segment_length.to_string();
+    assert_eq!(mrdsl, vec![&("MaxRecvDataSegmentLength".to_owned(), ours)], "{pairs:?}");
+    let LoginEvent::FullFeature(params) = event else { panic!("{event:?}") };
+    assert_eq!(params.max_recv_data_segment_length, Offer::default().max_recv_data_segment_length);
+}

@@ -37,9 +37,13 @@ use super::wire::{self, MAX_DECOMPRESSED_BYTES, WireError};
 
 /// Refused datagrams are summarized in the log at most this often.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// How long the codec relay waits on loopback (delivery there is immediate; a parse
-/// failure shows as no answer).
-const RELAY_WAIT: Duration = Duration::from_millis(50);
+/// How long encoding waits for the relay on loopback: delivery there is immediate, but a
+/// starved process (a loaded or emulated machine) took over 50 ms, and a message not
+/// encoded is a message not sent.
+const ENCODE_WAIT: Duration = Duration::from_secs(1);
+/// How long decoding waits: a parse failure inside chitchat shows only as no answer, so
+/// this is also what one malformed (but authenticated) message costs the receive loop.
+const DECODE_WAIT: Duration = Duration::from_millis(250);
 /// Split messages being reassembled at once (authenticated parts only), and their age limit.
 const MAX_PARTIALS: usize = 8;
 const PARTIAL_TTL: Duration = Duration::from_secs(2);
@@ -236,7 +240,7 @@ impl GuardedSocket {
     /// Serializes `envelope` through the encoder; the bytes land in `tap_buf[..n]`.
     async fn encode(&mut self, envelope: ChitchatEnvelope) -> anyhow::Result<Option<usize>> {
         self.encoder.send(self.encoder_tap_addr, envelope).await?;
-        match tokio::time::timeout(RELAY_WAIT, self.encoder_tap.recv(&mut self.tap_buf)).await {
+        match tokio::time::timeout(ENCODE_WAIT, self.encoder_tap.recv(&mut self.tap_buf)).await {
             Ok(Ok(n)) => Ok(Some(n)),
             Ok(Err(e)) => Err(e).context("gossip codec relay"),
             Err(_) => Ok(None),
@@ -351,7 +355,7 @@ impl GuardedSocket {
     async fn recv_inner(&mut self) -> anyhow::Result<RecvOutcome> {
         loop {
             if let Some((from, len)) = self.pending {
-                match tokio::time::timeout(RELAY_WAIT, self.decoder.recv()).await {
+                match tokio::time::timeout(DECODE_WAIT, self.decoder.recv()).await {
                     Ok(Ok(out)) if out.from_addr == self.decoder_tap_addr => {
                         self.pending = None;
                         self.stats.accepted.fetch_add(1, Relaxed);
