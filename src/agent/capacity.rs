@@ -10,7 +10,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
-use crate::store::volumes::{self, VolumeTable};
+use crate::store::volumes::VolumeTable;
 
 /// The offer is rounded down to this granularity, so a workload writing in the pool does
 /// not change the node's gossip record on every tick.
@@ -21,7 +21,8 @@ pub const GRANULE: u64 = 16 << 20;
 pub enum Capacity {
     /// `pool.capacity_bytes`: a fixed budget for the pool's volumes.
     Fixed(u64),
-    /// The free space of the filesystem holding the pool directory.
+    /// The free space of the filesystem holding the pool directory (created at start by
+    /// [`Capacity::for_pool`]).
     Filesystem(PathBuf),
 }
 
@@ -35,23 +36,36 @@ pub struct PoolVolume {
 }
 
 impl Capacity {
+    /// A fixed budget, else the pool's filesystem: the pool directory is created here once,
+    /// so the per-tick read is one statvfs.
+    pub fn for_pool(capacity_bytes: Option<u64>, pool_dir: PathBuf) -> Self {
+        match capacity_bytes {
+            Some(cap) => Capacity::Fixed(cap),
+            None => {
+                let _ = std::fs::create_dir_all(&pool_dir);
+                Capacity::Filesystem(pool_dir)
+            }
+        }
+    }
+
     /// The room offered now, given the volumes whose files live in the pool.
     pub fn free_for_incoming(&self, table: &VolumeTable) -> u64 {
         let pool: Vec<PoolVolume> = table
             .volumes
             .values()
             .filter(|v| v.created)
+            // Pool volumes are regular files: one stat gives both numbers (a file that
+            // cannot be stat'ed counts as nothing, its size being unknown).
             .map(|v| {
-                let size = volumes::size_of(&v.path).unwrap_or(0);
-                // A file that cannot be read counts as wholly unallocated: the safe side.
-                let allocated = std::fs::metadata(&v.path).map_or(0, |m| m.blocks() * 512);
-                PoolVolume { size, allocated }
+                std::fs::metadata(&v.path).map_or(PoolVolume { size: 0, allocated: 0 }, |m| PoolVolume {
+                    size: m.len(),
+                    allocated: m.blocks() * 512,
+                })
             })
             .collect();
         let available = match self {
             Capacity::Fixed(cap) => *cap,
             Capacity::Filesystem(dir) => {
-                let _ = std::fs::create_dir_all(dir);
                 nix::sys::statvfs::statvfs(dir).map_or(0, |s| s.blocks_available() * s.fragment_size())
             }
         };
@@ -101,7 +115,7 @@ mod tests {
         let cap = Capacity::Fixed(GIB);
         assert_eq!(cap.free_for_incoming(&table), GIB);
         let path = dir.path().join("v.img");
-        volumes::create_sparse(&path, 256 << 20).unwrap();
+        crate::store::volumes::create_sparse(&path, 256 << 20).unwrap();
         table.volumes.insert("v".into(), crate::store::volumes::LocalVolume { path, created: true });
         assert_eq!(cap.free_for_incoming(&table), GIB - (256 << 20));
     }

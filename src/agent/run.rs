@@ -110,7 +110,7 @@ pub fn gossip_settings(config: &AgentConfig, addrs: &ResolvedAddrs) -> GossipSet
 /// What bounds the room for incoming volumes: the configured capacity, else the pool's
 /// filesystem (both re-read every tick, less the pool's own volumes).
 fn capacity(config: &AgentConfig) -> Capacity {
-    config.pool.capacity_bytes.map_or_else(|| Capacity::Filesystem(config.pool_dir()), Capacity::Fixed)
+    Capacity::for_pool(config.pool.capacity_bytes, config.pool_dir())
 }
 
 /// The iSCSI portal's caps: the crate's defaults unless `[dataplane]` sets them.
