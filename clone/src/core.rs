@@ -59,6 +59,9 @@ pub enum Step {
     Claimed,
     /// Someone else's fetch or claim is in flight: wait for a completion, then ask again.
     Wait,
+    /// The region is not here and the source was declared lost
+    /// ([`Core::declare_source_lost`]): fail the request at once (EIO) instead of waiting.
+    Lost,
 }
 
 /// Most regions remembered as wanted by passed-through reads (8 KiB of queue).
@@ -96,6 +99,8 @@ pub struct Core {
     failing_since: Option<Duration>,
     last_error: Option<String>,
     fetches: u64,
+    /// The source is gone for good: missing regions are never fetched again.
+    source_lost: bool,
 }
 
 impl Core {
@@ -117,7 +122,32 @@ impl Core {
             failing_since: None,
             last_error: None,
             fetches: 0,
+            source_lost: false,
         }
+    }
+
+    /// The source was declared lost for good (docs/failures.md): reads and partial writes
+    /// of regions not here get [`Step::Lost`] from now on, and hydration picks nothing.
+    /// A fetch already in flight still completes (or fails) as usual. Returns (regions not
+    /// hydrated, regions).
+    pub fn declare_source_lost(&mut self) -> (u64, u64) {
+        self.source_lost = true;
+        self.wanted.clear();
+        (self.regions() - self.hydrated, self.regions())
+    }
+
+    /// Whether the source was declared lost.
+    pub fn source_lost(&self) -> bool {
+        self.source_lost
+    }
+
+    /// Claims every missing region, for an operator who keeps a partial copy: the shell
+    /// zeroes them on the dest and calls [`Core::claim_done`]. Only once the source is lost.
+    pub fn claim_missing(&mut self) -> Vec<Region> {
+        if !self.source_lost {
+            return Vec::new();
+        }
+        self.claim_unallocated(0..self.regions())
     }
 
     /// Number of regions.
@@ -156,6 +186,7 @@ impl Core {
         match (*s, intent) {
             (RegionState::Present | RegionState::Committing | RegionState::Durable, _) => Step::Ready,
             (RegionState::Fetching | RegionState::Claimed, _) => Step::Wait,
+            (RegionState::Missing, Intent::Read) if self.source_lost => Step::Lost,
             (RegionState::Missing, Intent::Read) => {
                 *s = RegionState::Fetching;
                 self.fetches += 1;
@@ -205,6 +236,9 @@ impl Core {
     /// those workload reads passed through first, then onward from the cursor.
     pub fn next_hydration(&mut self, max: usize) -> Vec<Region> {
         let mut out = Vec::new();
+        if self.source_lost {
+            return out;
+        }
         while out.len() < max
             && let Some(r) = self.wanted.pop_front()
         {
@@ -322,6 +356,35 @@ mod tests {
 
     fn core(n: u64) -> Core {
         Core::new(n, CoreConfig { commit_batch: 2, ..Default::default() }, |_| false)
+    }
+
+    #[test]
+    fn a_lost_source_fails_missing_reads_at_once_and_stops_hydration() {
+        let mut c = core(4);
+        assert_eq!(c.acquire(0, Intent::Read), Step::Fetch);
+        c.fetch_done(0, Ok(()), Duration::ZERO);
+        assert_eq!(c.acquire(1, Intent::Read), Step::Fetch); // in flight when the source goes
+        assert_eq!(c.declare_source_lost(), (3, 4));
+        assert_eq!(c.acquire(0, Intent::Read), Step::Ready, "what is here is still served");
+        assert_eq!(c.acquire(2, Intent::Read), Step::Lost);
+        assert_eq!(c.acquire(1, Intent::Read), Step::Wait, "the fetch in flight is waited for");
+        c.fetch_done(1, Err("gone".into()), Duration::ZERO);
+        assert_eq!(c.acquire(1, Intent::Read), Step::Lost);
+        assert_eq!(c.acquire(3, Intent::Overwrite), Step::Claimed, "a whole-region write needs no source");
+        assert!(c.next_hydration(8).is_empty());
+        // Keeping the partial copy: every missing region is claimed once, none fetched.
+        assert_eq!(c.claim_missing(), vec![1, 2]);
+        for r in [1, 2, 3] {
+            c.claim_done(r, true, Duration::ZERO);
+        }
+        assert_eq!(c.hydrated(), 4);
+    }
+
+    #[test]
+    fn missing_regions_are_claimed_only_once_the_source_is_lost() {
+        let mut c = core(2);
+        assert!(c.claim_missing().is_empty());
+        assert_eq!(c.acquire(0, Intent::Read), Step::Fetch);
     }
 
     #[test]

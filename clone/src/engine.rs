@@ -107,6 +107,15 @@ impl std::fmt::Debug for Engine {
 /// every few tens of ms leaves hydration mostly at full width (20 ms cost a third of it).
 pub(crate) const WORKLOAD_QUIET: Duration = Duration::from_millis(5);
 
+/// What [`Engine::declare_source_lost`] found: regions that will never come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLost {
+    /// Regions not on the dest.
+    pub missing_regions: u64,
+    /// Regions of the volume.
+    pub total_regions: u64,
+}
+
 /// Marks workload I/O waiting on the source (see [`Engine::workload_busy`]).
 pub(crate) struct Busy<'a>(&'a Engine);
 impl Drop for Busy<'_> {
@@ -363,6 +372,7 @@ impl Engine {
             match core.acquire(r, intent) {
                 Step::Ready => return Ok(false),
                 Step::Claimed => return Ok(true),
+                Step::Lost => return Err(CloneError::SourceLost { offset: self.region_range(r).start }),
                 Step::Wait => {
                     busy.get_or_insert_with(|| self.workload_busy());
                     core = self.cv.wait_timeout(core, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
@@ -410,6 +420,45 @@ impl Engine {
             self.workload_wrote.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// The source was declared lost for good (docs/failures.md): stop waiting for it.
+    /// Reads (and partial writes) of regions not here fail at once with EIO
+    /// ([`CloneError::SourceLost`]), waiting requests wake up to that answer, hydration
+    /// stops. What is here is still served. Not persisted: a restarted clone is told again.
+    pub fn declare_source_lost(&self) -> SourceLost {
+        let (missing_regions, total_regions) = self.lock_core().declare_source_lost();
+        self.cv.notify_all();
+        tracing::warn!(parent: &self.span, missing_regions, total_regions, "source lost: missing regions fail with EIO");
+        SourceLost { missing_regions, total_regions }
+    }
+
+    /// The operator keeps the partial copy of a lost source: every missing region becomes
+    /// zeros on the dest (one punch per run), so the clone is complete and hands off as
+    /// usual. Returns how many regions were zeroed; an error leaves the failed ones missing.
+    pub fn accept_partial(&self) -> Result<u64> {
+        let claimed = self.lock_core().claim_missing();
+        let mut zeroed = 0;
+        let mut failed = None;
+        for run in runs_of_regions(&claimed) {
+            let (lo, hi) = (self.region_range(run[0]).start, self.region_range(run[run.len() - 1]).end);
+            let res = self.dest.punch(lo, hi - lo);
+            let now = self.now();
+            let mut core = self.lock_core();
+            for r in run {
+                core.claim_done(*r, res.is_ok(), now);
+            }
+            match res {
+                Ok(()) => zeroed += run.len() as u64,
+                Err(e) => failed = Some(e),
+            }
+        }
+        self.cv.notify_all();
+        if let Some(e) = failed {
+            return Err(Self::dest_err("zero missing regions")(e));
+        }
+        tracing::warn!(parent: &self.span, regions = zeroed, "partial copy accepted: missing regions are zeros");
+        Ok(zeroed)
     }
 
     /// Workload discard: regions covered whole become hydrated (zeros) and are punched;

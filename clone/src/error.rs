@@ -123,6 +123,15 @@ pub enum CloneError {
     /// The engine was stopped.
     #[error("clone engine stopped")]
     Stopped,
+    /// The region is not here and its source was declared lost for good (docs/failures.md):
+    /// the workload hears EIO at once rather than waiting for a source that will not return.
+    #[error(
+        "the region at byte {offset} was never copied here and its source was declared lost (keep the partial copy with `meshdrain partial accept`, or delete it)"
+    )]
+    SourceLost {
+        /// First byte of the region.
+        offset: u64,
+    },
     /// A FUSE or loop device exposure failed.
     #[error("expose {path}: {reason}")]
     Expose {

@@ -238,6 +238,7 @@ impl Engine {
                     Step::Fetch => mine.push(r),
                     Step::Wait if core.state(r) == RegionState::Fetching => in_flight = true,
                     Step::Wait | Step::Claimed => claimed = true,
+                    Step::Lost => return Err(CloneError::SourceLost { offset: self.region_range(r).start }),
                 }
             }
             if mine.is_empty() && !in_flight && !claimed {
