@@ -51,8 +51,24 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Without `--allow-address` or `--allow-initiator` the target admits every initiator
+/// (`meshdrain_iscsi::Acl`: an empty list admits anyone): say so, with the fix.
+fn open_access_warning(a: &ServeArgs, listening: SocketAddr) -> Option<String> {
+    if !a.allow_address.is_empty() || !a.allow_initiator.is_empty() {
+        return None;
+    }
+    let who = if a.chap_user.is_some() { "any initiator with the CHAP secret" } else { "any initiator" };
+    Some(format!(
+        "no access list: {who} that can reach {} may log in to {} and read {}; \
+         limit it with --allow-address and/or --allow-initiator",
+        listening,
+        a.iqn,
+        a.path.display()
+    ))
+}
+
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
-    let chap = match a.chap_user {
+    let chap = match a.chap_user.clone() {
         Some(user) => {
             let secret = std::env::var("MESHDRAIN_CHAP_SECRET")
                 .context("--chap-user needs the secret in MESHDRAIN_CHAP_SECRET (kept out of argv)")?;
@@ -62,7 +78,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let mut limits = Limits::default();
     let mut config = TargetConfig::new(&a.iqn, a.path.clone())
-        .with_acl(Acl { addresses: a.allow_address, initiators: a.allow_initiator });
+        .with_acl(Acl { addresses: a.allow_address.clone(), initiators: a.allow_initiator.clone() });
     if let Some(n) = a.max_connections {
         // One export: the portal's own cap must leave room for it and for discovery.
         limits.max_connections_per_export = n as usize;
@@ -76,21 +92,58 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}: is another target using the port?", a.listen))?;
     let local = listener.local_addr()?;
+    if let Some(warning) = open_access_warning(&a, local) {
+        // Said twice on purpose: on the terminal, and in the log (the journal) of a service.
+        eprintln!("warning: {warning}");
+        tracing::warn!("{warning}");
+    }
     let host = match local {
         SocketAddr::V4(v) => v.ip().to_string(),
         SocketAddr::V6(v) => format!("[{}]", v.ip()),
     };
+    // Handlers first: a script may send SIGTERM as soon as it has read the URL.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "iscsi://{host}:{}/{}/1", local.port(), a.iqn)?;
     out.flush()?;
     drop(out);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
     };
     meshdrain_iscsi::serve(listener, target, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    const LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 3260));
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let cli = crate::cli::Cli::parse_from(
+            ["meshdrain", "export", "serve", "--iqn", "iqn.2026-11.dev.meshdrain:v", "/srv/v.img"].iter().chain(extra),
+        );
+        let crate::cli::Command::Export(Command::Serve(a)) = cli.command else { unreachable!() };
+        a
+    }
+
+    #[test]
+    fn serving_without_an_access_list_warns_that_any_initiator_may_log_in() {
+        assert_eq!(
+            open_access_warning(&args(&[]), LISTEN).unwrap(),
+            "no access list: any initiator that can reach 127.0.0.1:3260 may log in to \
+             iqn.2026-11.dev.meshdrain:v and read /srv/v.img; limit it with --allow-address and/or --allow-initiator"
+        );
+        assert!(open_access_warning(&args(&["--chap-user", "u"]), LISTEN).unwrap().starts_with(
+            "no access list: any initiator with the CHAP secret that can reach 127.0.0.1:3260 may log in"
+        ));
+        assert_eq!(open_access_warning(&args(&["--allow-address", "fd00::2"]), LISTEN), None);
+        assert_eq!(open_access_warning(&args(&["--allow-initiator", "iqn.2026-11.x:y"]), LISTEN), None);
+    }
 }
