@@ -64,6 +64,10 @@ pub struct InterfaceSpec {
 pub struct PeerStatus {
     /// Base64 public key.
     pub public_key: String,
+    /// The node name its certificate vouches for (filled by the mesh runtime; `None` for a
+    /// seed not yet seen in gossip).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Current underlay endpoint.
     pub endpoint: Option<SocketAddr>,
     /// Allowed IPs as `addr/len`.
@@ -170,7 +174,7 @@ pub(crate) fn log_change(interface: &str, c: &PeerChange) {
     match c {
         PeerChange::Add(p) | PeerChange::Update(p) => {
             let change = if matches!(c, PeerChange::Add(_)) { "add" } else { "update" };
-            tracing::info!(interface, peer = %p.public_key, endpoint = ?p.endpoint, change, "WireGuard peer");
+            tracing::info!(interface, peer = %p.public_key, endpoint = %p.endpoint.map_or_else(|| "-".to_owned(), |e| e.to_string()), change, "WireGuard peer");
         }
         PeerChange::Remove(k) => tracing::info!(interface, peer = %k, change = "remove", "WireGuard peer"),
     }
@@ -226,6 +230,7 @@ impl WireguardBackend for Defguard {
             .values()
             .map(|p| PeerStatus {
                 public_key: PublicKey(p.public_key.as_array()).to_base64(),
+                name: None,
                 endpoint: p.endpoint,
                 allowed_ips: p.allowed_ips.iter().map(|m| m.to_string()).collect(),
                 handshake_age_secs: p

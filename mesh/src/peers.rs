@@ -85,6 +85,19 @@ pub struct Refusal {
 /// The peers this node should have: every alive node with a valid certificate of our fleet,
 /// plus seeds not yet seen in gossip (a seed known dead or revoked is dropped like any node).
 pub fn desired_peers(adm: &Admission, view: &[PeerAdvert], now: SystemTime) -> (Vec<PeerConfig>, Vec<Refusal>) {
+    let (peers, refusals, _) = admit(adm, view, now);
+    (peers, refusals)
+}
+
+/// [`desired_peers`], with the node name each admitted peer's certificate vouches for
+/// (`meshdrain mesh status` names peers; a seed not yet seen in gossip has none). Only
+/// names of admitted peers are kept, so the map is bounded like the peer list.
+pub fn admit(
+    adm: &Admission,
+    view: &[PeerAdvert],
+    now: SystemTime,
+) -> (Vec<PeerConfig>, Vec<Refusal>, BTreeMap<PublicKey, String>) {
+    let mut names = BTreeMap::new();
     let prefix = adm.ca.prefix();
     let mut refusals = Vec::new();
     let mut seen = BTreeSet::new();
@@ -99,6 +112,7 @@ pub fn desired_peers(adm: &Admission, view: &[PeerAdvert], now: SystemTime) -> (
                 }
                 admitted
                     .insert(a.public_key, PeerConfig::host(a.public_key, a.address, advert.endpoints.first().copied()));
+                names.insert(a.public_key, a.name);
             }
             Err(reason) => refusals.push(Refusal { public_key: cert.body.public_key.clone(), reason }),
         }
@@ -140,7 +154,8 @@ pub fn desired_peers(adm: &Admission, view: &[PeerAdvert], now: SystemTime) -> (
             });
         }
     }
-    (admitted.into_values().collect(), refusals)
+    names.retain(|k, _| admitted.contains_key(k));
+    (admitted.into_values().collect(), refusals, names)
 }
 
 /// The changes turning `current` into `desired`. An endpoint of `None` in `desired` keeps

@@ -135,3 +135,19 @@ fn converging_twice_is_a_no_op() {
     assert_eq!(changes.len(), 5);
     assert!(diff(&want, &want).is_empty());
 }
+
+#[test]
+fn admitted_peers_are_named_by_their_certificate_and_only_they_are() {
+    let f = Fleet::new();
+    let (me, me_ad) = f.node("me", 1);
+    let (a, a_ad) = f.node("db-east-1", 2);
+    let (_, mut dead) = f.node("dead", 3);
+    dead.alive = false;
+    // A forged advert for `a`'s key naming itself otherwise never renames it.
+    let mut forged = a_ad.clone();
+    forged.certificate.body.name = "impostor".into();
+    let (want, refused, names) = admit(&f.adm(me), &[me_ad, forged, a_ad, dead], f.now);
+    assert_eq!(keys(&want), vec![a]);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(names, BTreeMap::from([(a, "db-east-1".to_owned())]));
+}

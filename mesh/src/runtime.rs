@@ -1,5 +1,5 @@
 //! The running mesh of one node: the backend, the join socket, the revocation list and the
-//! bookkeeping around the pure [`desired_peers`] / [`diff`]. The agent calls
+//! bookkeeping around the pure [`desired_peers`](crate::peers::desired_peers) / [`diff`]. The agent calls
 //! [`MeshRuntime::converge`] once per tick with what gossip says; everything here is
 //! synchronous and bounded (non-blocking socket reads, at most [`MAX_JOINS_PER_TICK`]).
 
@@ -14,7 +14,7 @@ use crate::error::{AdmissionError, BackendError};
 use crate::files::{load_json, save_json};
 use crate::join::{JOIN_PORT_OFFSET, JoinReplayGuard, JoinRequest, MAX_JOIN_DATAGRAM};
 use crate::keys::{NodeKey, PublicKey};
-use crate::peers::{Admission, PeerAdvert, Seed, desired_peers, diff};
+use crate::peers::{Admission, PeerAdvert, Seed, admit, diff};
 use crate::refusals::{RefusalKind, RefusalTotals, Refusals, RefusedPeer};
 
 /// A joiner stays a peer this long after its last join datagram (gossip normally takes over
@@ -87,6 +87,8 @@ pub struct MeshRuntime {
     refused_joins: Refusals,
     replay: JoinReplayGuard,
     applied_endpoints: BTreeMap<PublicKey, SocketAddr>,
+    /// Each admitted peer's certificate name, for [`Self::status`].
+    peer_names: BTreeMap<PublicKey, String>,
     last_join_sent: Option<Instant>,
     last_error: Option<String>,
 }
@@ -132,6 +134,7 @@ impl MeshRuntime {
             refused_joins: Refusals::default(),
             replay: JoinReplayGuard::default(),
             applied_endpoints: BTreeMap::new(),
+            peer_names: BTreeMap::new(),
             last_join_sent: None,
             last_error: None,
         };
@@ -331,7 +334,8 @@ impl MeshRuntime {
             self_key: self.settings.key.public(),
             seeds: self.settings.seeds.clone(),
         };
-        let (mut desired, refused) = desired_peers(&admission, &adverts, now);
+        let (mut desired, refused, names) = admit(&admission, &adverts, now);
+        self.peer_names = names;
         refusals.extend(refused.into_iter().map(|r| (admission_kind(&r.reason), r.public_key, r.reason.to_string())));
         let at = Instant::now();
         for (kind, who, why) in refusals {
@@ -389,11 +393,15 @@ impl MeshRuntime {
     /// [`crate::refusals::MAX_REFUSALS_SHOWN`] gossip adverts, then as many join sources;
     /// [`Self::refusal_totals`] counts them all).
     pub fn status(&self) -> Result<(MeshStatus, Vec<RefusedPeer>), BackendError> {
-        let st = self.backend.as_ref().map(|b| b.status()).transpose()?.ok_or_else(|| BackendError::Configure {
+        let mut st = self.backend.as_ref().map(|b| b.status()).transpose()?.ok_or_else(|| BackendError::Configure {
             interface: self.settings.interface.clone(),
             action: "status".into(),
             reason: "interface stopped".into(),
         })?;
+        for p in &mut st.peers {
+            let key = PublicKey::from_base64(&p.public_key).ok();
+            p.name = key.and_then(|k| self.peer_names.get(&k)).cloned();
+        }
         let now = Instant::now();
         let mut refused = self.refused_peers.list(now);
         refused.extend(self.refused_joins.list(now));

@@ -39,6 +39,7 @@ impl WireguardBackend for Fake {
         let guard = self.0.lock().unwrap();
         let peers = guard.iter().map(|p| PeerStatus {
             public_key: p.public_key.to_base64(),
+            name: None,
             endpoint: p.endpoint,
             allowed_ips: vec![],
             handshake_age_secs: None,
@@ -140,8 +141,15 @@ fn dead_nodes_leave_but_a_dead_seed_stays_at_its_configured_endpoint() {
     let mut r = rig(&ca, &me, vec![seed]);
     r.rt.converge(&[advert(&b, "198.18.0.2:51820", true), advert(&s, "198.18.0.3:51820", true)], SystemTime::now());
     assert_eq!(endpoints(&r.fake).len(), 2);
+    let names = |r: &Rig| -> Vec<(String, Option<String>)> {
+        r.rt.status().unwrap().0.peers.into_iter().map(|p| (p.public_key, p.name)).collect()
+    };
+    let mut both = vec![(b.key.public().to_base64(), Some("b".into())), (s.key.public().to_base64(), Some("s".into()))];
+    both.sort();
+    assert_eq!(names(&r), both, "mesh status names peers by their certificates");
     r.rt.converge(&[advert(&b, "198.18.0.2:51820", false), advert(&s, "198.18.0.3:51820", false)], SystemTime::now());
     assert_eq!(endpoints(&r.fake), vec![(s.key.public(), Some("198.18.0.9:51820".parse().unwrap()))]);
+    assert_eq!(names(&r), [(s.key.public().to_base64(), Some("s".into()))]);
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! `meshdrain mesh`: enrol nodes into a fleet (CA, keys, certificates, revocations) and show
 //! the mesh. Enrolment works offline on files; `status` asks the local agent.
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use meshdrain_mesh::files::{create_ca, load_ca, load_json, save_json};
 use meshdrain_mesh::{Certificate, NodeKey, PublicKey, RevocationList, SigningRequest};
+
+use super::units::format_bytes;
 
 /// Subcommands of `meshdrain mesh`.
 #[derive(Debug, clap::Subcommand)]
@@ -107,30 +109,20 @@ pub async fn run(command: Command, control: &super::ControlTarget) -> anyhow::Re
             );
         }
         Command::Keygen { state_dir, name, out } => {
+            let key_path = NodeKey::path_in(&state_dir);
+            let existed = key_path.exists();
             let key = NodeKey::load_or_create(&state_dir)?;
             let out = out.unwrap_or_else(|| state_dir.join("node.csr.json"));
             let req = SigningRequest { name, public_key: key.public().to_base64() };
             save_json(&out, &req)?;
-            println!(
-                "node key: {}\npublic key: {}\nsigning request: {} (hand it to the fleet CA: `meshdrain mesh sign`)",
-                NodeKey::path_in(&state_dir).display(),
-                key.public(),
-                out.display()
-            );
+            print!("{}", keygen_text(&key_path, existed, &key.public().to_base64(), &out));
         }
         Command::Sign { ca_key, request, valid_for, out } => {
             let ca = load_ca(&ca_key)?;
             let req: SigningRequest = load_json(&request)?;
             let cert: Certificate = ca.sign(&req, SystemTime::now() + valid_for)?;
             save_json(&out, &cert)?;
-            println!(
-                "certificate for {} ({}) at {}: {} valid for {}",
-                cert.body.name,
-                cert.body.public_key,
-                cert.body.address,
-                out.display(),
-                humantime::format_duration(valid_for)
-            );
+            print!("{}", sign_text(&cert, &out, valid_for));
         }
         Command::Revoke { ca_key, public_key, list } => {
             let ca = load_ca(&ca_key)?;
@@ -168,7 +160,48 @@ pub async fn run(command: Command, control: &super::ControlTarget) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-/// The human form of the agent's mesh status JSON.
+/// What `mesh keygen` says: whether the key is new or reused (never overwritten: the key is
+/// the node's identity and mesh address), and where the request went.
+fn keygen_text(key_path: &Path, existed: bool, public_key: &str, request: &Path) -> String {
+    let key = if existed {
+        format!("reusing the existing node key {} (not overwritten: the node keeps its identity)", key_path.display())
+    } else {
+        format!("created node key {} (mode 0600)", key_path.display())
+    };
+    format!(
+        "{key}\npublic key: {public_key}\nsigning request: {} (hand it to the fleet CA: `meshdrain mesh sign`)\n",
+        request.display()
+    )
+}
+
+/// What `mesh sign` says: the certificate's subject and its expiry (UTC, RFC 3339), the date
+/// to renew it by.
+fn sign_text(cert: &Certificate, out: &Path, valid_for: Duration) -> String {
+    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(cert.body.not_after);
+    format!(
+        "certificate for {} written to {}\n  public key: {}\n  address:    {}\n  expires:    {} (valid for {})\n",
+        cert.body.name,
+        out.display(),
+        cert.body.public_key,
+        cert.body.address,
+        humantime::format_rfc3339_seconds(expires),
+        humantime::format_duration(valid_for)
+    )
+}
+
+/// A handshake age as people read it: `12s ago`, `4m 10s ago`, `3h 5m ago`, `2d 4h ago`.
+fn format_age(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s ago"),
+        (0, 0, _) => format!("{m}m {s}s ago"),
+        (0, _, _) => format!("{h}h {m}m ago"),
+        _ => format!("{d}d {h}h ago"),
+    }
+}
+
+/// The human form of the agent's mesh status JSON: peers by name (from their certificates),
+/// ages and bytes in human units; `--json` keeps the raw numbers.
 fn status_table(mesh: &serde_json::Value) -> String {
     use std::fmt::Write as _;
     let s = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
@@ -188,19 +221,21 @@ fn status_table(mesh: &serde_json::Value) -> String {
     if let Some(e) = mesh.get("error") {
         let _ = writeln!(out, "error: {}", s(e));
     }
-    let _ = writeln!(out, "{:<45} {:<24} {:>10} {:>12} {:>12}", "PEER", "ENDPOINT", "HANDSHAKE", "RX", "TX");
+    let mut rows = vec![["NAME", "PUBLIC KEY", "ENDPOINT", "HANDSHAKE", "RX", "TX"].map(str::to_owned).to_vec()];
     for p in mesh["peers"].as_array().into_iter().flatten() {
-        let age = p["handshake_age_secs"].as_u64().map_or_else(|| "never".to_owned(), |a| format!("{a}s ago"));
-        let endpoint = p["endpoint"].as_str().unwrap_or("-");
-        let _ = writeln!(
-            out,
-            "{:<45} {:<24} {:>10} {:>12} {:>12}",
+        rows.push(vec![
+            p["name"].as_str().unwrap_or("-").to_owned(),
             s(&p["public_key"]),
-            endpoint,
-            age,
-            p["rx_bytes"].as_u64().unwrap_or(0),
-            p["tx_bytes"].as_u64().unwrap_or(0)
-        );
+            p["endpoint"].as_str().unwrap_or("-").to_owned(),
+            p["handshake_age_secs"].as_u64().map_or_else(|| "never".to_owned(), format_age),
+            format_bytes(p["rx_bytes"].as_u64().unwrap_or(0)),
+            format_bytes(p["tx_bytes"].as_u64().unwrap_or(0)),
+        ]);
+    }
+    if rows.len() == 1 {
+        let _ = writeln!(out, "no peers yet");
+    } else {
+        out.push_str(&super::table::render(&rows));
     }
     for r in mesh["refused"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "refused {}: {}", s(&r["peer"]), s(&r["reason"]));
@@ -248,4 +283,37 @@ async fn up(
     // socket, its threads stopping within a second).
     drop(b);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_status_names_peers_in_human_units() {
+        let mesh = serde_json::json!({
+            "interface": "md0", "backend": "userspace", "address": "fd12::1", "listen_port": 51820,
+            "public_key": "SELF=",
+            "peers": [
+                {"public_key": "AAAA=", "name": "node2", "endpoint": "198.18.0.2:51820",
+                 "allowed_ips": [], "handshake_age_secs": 12, "rx_bytes": 1536, "tx_bytes": 5_452_595},
+                {"public_key": "BBBB=", "endpoint": null, "allowed_ips": [],
+                 "handshake_age_secs": null, "rx_bytes": 0, "tx_bytes": 148},
+            ],
+            "refused": [], "refusals": {"refusals": 0},
+        });
+        assert_eq!(
+            status_table(&mesh),
+            "interface md0 (userspace) address fd12::1 port 51820 key SELF=\n\
+             NAME   PUBLIC KEY  ENDPOINT          HANDSHAKE  RX       TX\n\
+             node2  AAAA=       198.18.0.2:51820  12s ago    1.5 KiB  5.2 MiB\n\
+             -      BBBB=       -                 never      0 B      148 B\n"
+        );
+    }
+
+    #[test]
+    fn handshake_ages_read_as_people_say_them() {
+        let ages: Vec<String> = [0, 12, 250, 3 * 3600 + 5 * 60 + 9, 2 * 86400 + 4 * 3600].map(format_age).to_vec();
+        assert_eq!(ages, ["0s ago", "12s ago", "4m 10s ago", "3h 5m ago", "2d 4h ago"]);
+    }
 }

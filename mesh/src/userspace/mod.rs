@@ -98,6 +98,7 @@ impl WireguardBackend for Userspace {
             .into_iter()
             .map(|(c, hs, tx, rx)| PeerStatus {
                 public_key: c.public_key.to_base64(),
+                name: None,
                 endpoint: c.endpoint,
                 allowed_ips: c.allowed_ips.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
                 handshake_age_secs: hs.map(|d: Duration| d.as_secs()),
