@@ -51,7 +51,7 @@ impl UserspaceClone {
     pub fn set_rate_limit(&self, rate: Option<u64>) {
         let now = self.engine.now();
         self.engine.bucket.lock().unwrap_or_else(|p| p.into_inner()).set_rate(rate, now);
-        tracing::info!(parent: &self.engine.span, ?rate, "rate limit changed");
+        tracing::info!(parent: &self.engine.span, bytes_per_s = rate.unwrap_or(0), unlimited = rate.is_none(), "rate limit changed");
     }
 
     /// Waits (bounded by `timeout`) until the handoff is complete; returns the last progress.
@@ -211,7 +211,7 @@ fn ticker_loop(e: &Engine) {
         if stalled != was_stalled {
             let err = e.progress_tx.borrow().last_error.clone();
             if stalled {
-                tracing::warn!(error = ?err, "clone stalled: hydration cannot progress");
+                tracing::warn!(error = err.as_deref().unwrap_or("unknown"), "clone stalled: hydration cannot progress");
             } else {
                 tracing::info!("hydration resumed");
             }

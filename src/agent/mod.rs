@@ -351,7 +351,7 @@ impl<G: Gossip> Agent<G> {
             info!("agent state persisted again: decisions resume");
         }
         for cmd in out.commands {
-            info!(?cmd, "data plane");
+            info!(command = format!("{cmd:?}").split([' ', '{', '(']).next().unwrap_or_default(), volume = %cmd.volume(), "data plane");
             let local = self.volumes.path_for(&cmd);
             if let crate::decide::core::DataCommand::DeleteData { .. } = &cmd
                 && let Err(e) = self.volumes.save(&self.store)
@@ -398,13 +398,23 @@ impl<G: Gossip> Agent<G> {
             Request::NodeAction { node, action, force, options } => {
                 Outcome::NodeAction(self.node_action(&node, action, force, options).await?)
             }
-            Request::Plan { node } => Outcome::Plan { plan: report::plan(&self.view, &node) },
+            // From this node's gossip state as it is now, not the view of the last tick: a
+            // volume just created shows at once (issue 19).
+            Request::Plan { node } => {
+                Outcome::Plan { plan: report::plan(&ClusterView::from_raw(&self.gossip.snapshot().await), &node) }
+            }
             Request::VolumeAdd(new) => Outcome::Done { message: self.add_volume(new).await? },
-            Request::Volumes => Outcome::Volumes { volumes: report::volumes(&self.view) },
+            Request::Volumes => {
+                let view = ClusterView::from_raw(&self.gossip.snapshot().await);
+                let volumes = report::with_paths(report::volumes(&view), &self.core.config.name, &self.volumes);
+                Outcome::Volumes { volumes }
+            }
             Request::Gc => {
+                let before = report::gc_candidates(&self.volumes);
                 self.core.request_gc();
                 self.on_tick().await;
-                Outcome::Done { message: "handed-off copies deleted".to_owned() }
+                let me = &self.core.config.name;
+                Outcome::Done { message: report::gc_message(me, &before, &self.volumes, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
         })

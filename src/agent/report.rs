@@ -9,6 +9,7 @@ use crate::decide::core::{Core, owner_in_view};
 use crate::decide::lease::SourcePhase;
 use crate::decide::model::{Hydration, NodeName, VolumeId};
 use crate::decide::placement::{self, VolumeSpec};
+use crate::store::volumes::VolumeTable;
 
 /// Every node known, sorted by name (this node included even before its first tick).
 pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64, Instant)>) -> StatusReport {
@@ -124,6 +125,7 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress
                 .is_some_and(|p| matches!(p.phase, crate::decide::lease::HolderPhase::Running { stalled: true })),
+            path: None,
             error: verify_failed.or(progress.and_then(|p| p.error.clone()).map(VolumeFault::Other)).or(
                 match &rec.phase {
                     SourcePhase::Failed { reason } => Some(VolumeFault::Other(reason.clone())),
@@ -160,4 +162,81 @@ pub fn plan(view: &ClusterView, node: &NodeName) -> Vec<PlanLine> {
                 .collect(),
         })
         .collect()
+}
+
+/// Fills in `path` for the volumes `me` owns, from the local volume table (paths are not
+/// gossiped: each agent knows its own).
+pub fn with_paths(mut volumes: Vec<VolumeStatus>, me: &NodeName, table: &VolumeTable) -> Vec<VolumeStatus> {
+    for v in volumes.iter_mut().filter(|v| v.owner == me.as_str()) {
+        v.path = table.volumes.get(&v.id).map(|l| l.path.clone());
+    }
+    volumes
+}
+
+/// Each local volume's path and the bytes its file takes on disk now, taken before `gc`
+/// runs (the data plane deletes in the background).
+pub fn gc_candidates(table: &VolumeTable) -> Vec<(String, std::path::PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    table
+        .volumes
+        .iter()
+        .map(|(id, l)| (id.clone(), l.path.clone(), std::fs::metadata(&l.path).map_or(0, |m| m.blocks() * 512)))
+        .collect()
+}
+
+/// What `meshdrain gc` did: the copies that left the volume table during its tick (the
+/// ones in the pool are deleted; a device outside it is left to the operator).
+pub fn gc_message(
+    me: &NodeName,
+    before: &[(String, std::path::PathBuf, u64)],
+    after: &VolumeTable,
+    pool: &std::path::Path,
+) -> String {
+    let gone: Vec<&(String, std::path::PathBuf, u64)> =
+        before.iter().filter(|(id, _, _)| !after.volumes.contains_key(id)).collect();
+    if gone.is_empty() {
+        return format!("nothing to delete: no handed-off copy on {me}");
+    }
+    let (deleted, left): (Vec<_>, Vec<_>) = gone.into_iter().partition(|(_, path, _)| path.starts_with(pool));
+    let mut parts = vec![];
+    if !deleted.is_empty() {
+        let bytes: u64 = deleted.iter().map(|(_, _, b)| b).sum();
+        let ids: Vec<&str> = deleted.iter().map(|(id, _, _)| id.as_str()).collect();
+        parts.push(format!(
+            "deleted {} handed-off {} ({} on disk): {}",
+            deleted.len(),
+            if deleted.len() == 1 { "copy" } else { "copies" },
+            crate::cli::units::format_bytes(bytes),
+            ids.join(", ")
+        ));
+    }
+    for (id, path, _) in left {
+        parts.push(format!("{id} handed off; {} is outside the pool and left to the operator", path.display()));
+    }
+    parts.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::volumes::LocalVolume;
+
+    #[test]
+    fn gc_says_what_it_deleted_or_that_there_was_nothing() {
+        let me: NodeName = "node1".parse().unwrap();
+        let pool = std::path::Path::new("/pool");
+        let mut table = VolumeTable::default();
+        assert_eq!(gc_message(&me, &[], &table, pool), "nothing to delete: no handed-off copy on node1");
+        let before = vec![
+            ("a".to_owned(), pool.join("a.img"), 3 << 20),
+            ("b".to_owned(), pool.join("b.img"), 1 << 20),
+            ("c".to_owned(), "/dev/sdz".into(), 0),
+            ("d".to_owned(), pool.join("d.img"), 1),
+        ];
+        table.volumes.insert("d".into(), LocalVolume { path: pool.join("d.img"), created: true });
+        assert_eq!(
+            gc_message(&me, &before, &table, pool),
+            "deleted 2 handed-off copies (4.0 MiB on disk): a, b; c handed off; /dev/sdz is outside the pool and left to the operator"
+        );
+    }
 }

@@ -248,7 +248,11 @@ pub async fn run_process(
         mesh_addr: mesh.mesh_addr.map(|a| a.to_string()),
         mesh_backend: Some(mesh.backend.clone()),
         export_addr: std::net::SocketAddr::new(addrs.gossip_advertise.ip(), config.dataplane.export_port).to_string(),
-        timing: Timing::for_interval(config.gossip.interval_ms),
+        // `[gc] retention` (validated as a duration when the config loaded).
+        timing: Timing {
+            retention_ms: config.gc.retention().map_or(24 * 3600 * 1000, |d| d.as_millis() as u64),
+            ..Timing::for_interval(config.gossip.interval_ms)
+        },
         wireguard: None,
     };
     let mut settings = gossip_settings(&config, &addrs);
@@ -362,7 +366,7 @@ async fn watchdog(handle: crate::agent::AgentHandle, every: Duration) {
         tokio::time::sleep(period).await;
         match tokio::time::timeout(period, handle.status()).await {
             Ok(Ok(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
-            _ => warn!(waited = ?period, "the owner loop did not answer; not petting the systemd watchdog"),
+            _ => warn!(waited = %humantime::format_duration(period), "the owner loop did not answer; not petting the systemd watchdog"),
         }
     }
 }

@@ -124,6 +124,10 @@ pub struct VolumeStatus {
     pub stalled: bool,
     /// The last error, if any (a failed `--verify` check is told apart by type).
     pub error: Option<VolumeFault>,
+    /// The file or block device holding its bytes on its owner, when the owner is the
+    /// node answering (other nodes' paths are not gossiped: ask their agent).
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A published node request waiting for its target to adopt it.

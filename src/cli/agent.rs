@@ -8,6 +8,13 @@ use anyhow::Context;
 use super::exit::{Exit, USAGE};
 use crate::config::AgentConfig;
 
+/// Examples shown at the end of `meshdrain agent --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  meshdrain agent --config /etc/meshdrain/agent.toml --check   # validate, print the settings
+  meshdrain agent -c /etc/meshdrain/agent.toml                  # run (systemd does this)
+  meshdrain agent -c agent.toml --log-format json               # JSON log lines (or [log] format)";
+
 /// Run the agent of this node (normally started by systemd: see systemd/meshdrain.service).
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -1,18 +1,33 @@
-//! `meshdrain drain <node>`: plan, request and follow a drain from any node.
+//! `meshdrain drain <node>`: plan, request and follow a drain from any node. Following
+//! (`--wait`) is in [`super::follow`].
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::time::Duration;
 
 use super::ControlTarget;
-use super::exit::{DEADLINE, FAILURE};
+use super::exit::{Exit, FAILURE, USAGE};
 use super::units::{format_bytes, parse_bytes};
-use crate::api::{PlanLine, Request, StatusReport, VolumeFault, VolumeStatus};
+use crate::api::{PlanLine, Request, StatusReport, VolumeStatus};
 use crate::control::client::Client;
-use crate::decide::node::{NodeAction, NodeState};
+use crate::decide::node::NodeAction;
 use crate::decide::request::DrainOptions;
+
+/// Examples and exit codes shown at the end of `meshdrain drain --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  meshdrain drain node3 --dry-run             # where each volume would go, and why not elsewhere
+  meshdrain drain node3                       # publish; exit once node3 adopted it
+  meshdrain drain node3 --wait --deadline 30m --rate-limit 200M --parallel 4
+  meshdrain drain node3 --wait --verify       # node3 checks each holder's digest before letting go
+  meshdrain drain node3 --wait --json | jq -c 'select(.event == \"volume\")'
+
+Exit codes: 0 drained (with --wait), or adopted by the node (without; with --no-wait:
+published); 1 refused, a volume failed, a --verify mismatch, the drain cancelled by an
+undrain, or (without --wait) not adopted within --timeout because the node's agent is down
+or slow (the request stays published: the node drains when it returns); 2 usage error or
+an unknown node; 3 agent unreachable; 4 --deadline passed (the drain goes on).
+With --dry-run: 0 every volume can be placed, 1 some cannot, 2 unknown node.";
 
 /// Cordon a node and move every volume off it; run on any node of the fleet.
 ///
@@ -27,29 +42,40 @@ pub struct DrainArgs {
     #[command(flatten)]
     pub common: super::node::Args,
     /// Print the placement the fleet would choose now and change nothing (exit 1 if a
-    /// volume cannot be placed).
+    /// volume cannot be placed, 2 if the node is unknown).
     #[arg(long)]
     pub dry_run: bool,
-    /// Follow the drain with a progress bar per volume; exit 0 once the node is drained.
-    #[arg(long)]
+    /// Follow the drain until the node is drained: bars on a terminal, a line per change
+    /// (or every few seconds) otherwise, JSON lines with --json.
+    #[arg(long, conflicts_with = "no_wait")]
     pub wait: bool,
     /// With --wait: give up waiting after this long (exit 4; the drain goes on).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub deadline: Option<Duration>,
     /// Hydration bandwidth per volume (e.g. 200M = 200 MiB/s); a later drain with another
     /// value changes it while volumes move.
-    #[arg(long, value_parser = parse_bytes, value_name = "BYTES_PER_S")]
+    #[arg(long, alias = "rate", value_parser = parse_bytes, value_name = "BYTES_PER_S")]
     pub rate_limit: Option<u64>,
-    /// How many volumes move at once.
-    #[arg(long, value_name = "N")]
+    /// How many volumes move at once (1 or more).
+    #[arg(long, value_name = "N", value_parser = parse_parallel)]
     pub parallel: Option<u32>,
     /// Have each holder digest every byte it reads from this node, and this node check the
     /// digest against its own copy before it accepts `done` (and may delete). A mismatch
     /// keeps the copy here and fails the drain; a later drain without --verify accepts the
     /// holder's copy. Needs the userspace clone engine on holders (dm-clone copies inside
     /// the kernel, out of sight). Costs one sha256 pass over the volume on each side.
+    /// With --wait the result of each check is printed.
     #[arg(long)]
     pub verify: bool,
+}
+
+/// `--parallel`: a count of 1 or more.
+fn parse_parallel(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("0 would move nothing: give 1 or more".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a count (e.g. 4)")),
+    }
 }
 
 /// Runs the drain command.
@@ -58,30 +84,39 @@ pub async fn run(args: DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
         return dry_run(&args, control).await;
     }
     let options = DrainOptions { rate_limit: args.rate_limit, parallel: args.parallel, verify: args.verify };
+    if !args.wait {
+        return super::node::request(NodeAction::Drain, &args.common, options, control).await;
+    }
+    let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
     // Volumes failed before this request are retried by it: only a failure at a newer
     // epoch counts. Taken before the request, since the new failure may be seen at once.
-    let retried = if args.wait { failed_epochs(&args.common.node, control).await? } else { BTreeMap::new() };
-    let code = super::node::request(NodeAction::Drain, &args.common, options, control).await?;
-    if !args.wait || code != ExitCode::SUCCESS {
-        return Ok(code);
-    }
-    follow(&args, control, retried).await
+    let retried = failed_epochs(&args.common.node, &mut client).await?;
+    let report = super::node::publish(&mut client, NodeAction::Drain, &args.common, options).await?;
+    super::follow::follow(&args, client, report, retried).await
 }
 
 /// The epoch of each of `node`'s volumes that is failed now.
-async fn failed_epochs(node: &str, control: &ControlTarget) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
+async fn failed_epochs(node: &str, client: &mut Client) -> anyhow::Result<BTreeMap<String, u64>> {
     let volumes: Vec<VolumeStatus> = client.get(&Request::Volumes).await?;
     Ok(volumes.into_iter().filter(|v| v.owner == node && v.phase == "failed").map(|v| (v.id, v.epoch)).collect())
 }
 
 async fn dry_run(args: &DrainArgs, control: &ControlTarget) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    let plan: Vec<PlanLine> = client.get(&Request::Plan { node: args.common.node.clone() }).await?;
+    let node = &args.common.node;
+    let status: StatusReport = client.get(&Request::Status).await?;
+    if !status.nodes.iter().any(|n| n.name == node.as_str()) {
+        let known: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(anyhow::Error::new(Exit(USAGE)).context(format!(
+            "no node named {node:?} in the fleet (known: {}); check the name with `meshdrain status`",
+            known.join(", ")
+        )));
+    }
+    let plan: Vec<PlanLine> = client.get(&Request::Plan { node: node.clone() }).await?;
     if args.common.json {
-        println!("{}", serde_json::json!({ "node": args.common.node, "plan": plan }));
+        println!("{}", serde_json::json!({ "node": node, "plan": plan }));
     } else {
-        print!("{}", render_plan(&args.common.node, &plan));
+        print!("{}", render_plan(node, &plan));
     }
     Ok(if plan.iter().all(|p| p.target.is_some()) { ExitCode::SUCCESS } else { ExitCode::from(FAILURE) })
 }
@@ -104,97 +139,49 @@ pub fn render_plan(node: &str, plan: &[PlanLine]) -> String {
     out
 }
 
-/// Shows per-volume progress until the node is drained, a volume fails, or the deadline.
-async fn follow(args: &DrainArgs, control: &ControlTarget, retried: BTreeMap<String, u64>) -> anyhow::Result<ExitCode> {
-    let node = &args.common.node;
-    let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
-    let started = Instant::now();
-    let bars = MultiProgress::new();
-    if args.common.json {
-        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+/// Why no node takes a volume, from a plan line: `no eligible target: node2 is cordoned,
+/// node3 is dead`.
+pub fn no_target_note(line: &PlanLine) -> Option<String> {
+    if line.target.is_some() {
+        return None;
     }
-    let style = ProgressStyle::with_template("{prefix:>14} [{bar:30}] {percent:>3}% {msg}")
-        .expect("valid template")
-        .progress_chars("=> ");
-    let mut shown: BTreeMap<String, ProgressBar> = BTreeMap::new();
-    loop {
-        let volumes: Vec<VolumeStatus> = client.get(&Request::Volumes).await?;
-        let status: StatusReport = client.get(&Request::Status).await?;
-        let state = status.nodes.iter().find(|n| &n.name == node).and_then(|n| n.state);
-        let mine: Vec<&VolumeStatus> = volumes.iter().filter(|v| &v.owner == node).collect();
-        for v in &mine {
-            let bar = shown.entry(v.id.clone()).or_insert_with(|| {
-                let b = bars.add(ProgressBar::new(1));
-                b.set_style(style.clone());
-                b.set_prefix(v.id.clone());
-                b
-            });
-            bar.set_length(v.hydration.total.max(1));
-            bar.set_position(v.hydration.hydrated);
-            bar.set_message(volume_message(v));
-        }
-        if state == Some(NodeState::Drained) {
-            for b in shown.values() {
-                b.finish_with_message("handed off");
-            }
-            println!("{node}: drained in {:.1?}", started.elapsed());
-            return Ok(ExitCode::SUCCESS);
-        }
-        if state != Some(NodeState::Draining) && state.is_some() {
-            println!("{node}: {} (the drain was cancelled)", state.map_or("?".into(), |s| s.to_string()));
-            return Ok(ExitCode::from(FAILURE));
-        }
-        if let Some(failed) =
-            mine.iter().find(|v| v.phase == "failed" && retried.get(&v.id).is_none_or(|e| v.epoch > *e))
-        {
-            eprintln!(
-                "{node}: volume {} failed: {} (fix it, then run `meshdrain drain {node}` again to retry)",
-                failed.id,
-                failed.error.as_ref().map_or_else(|| "no reason given".to_owned(), VolumeFault::to_string)
-            );
-            return Ok(ExitCode::from(FAILURE));
-        }
-        // After `done` the holder owns the volume; a failed check shows on its line.
-        let verify_failed = |v: &&VolumeStatus| {
-            v.arrived_from.as_deref() == Some(node.as_str())
-                && matches!(v.error, Some(VolumeFault::VerifyFailed { .. }))
-        };
-        if let Some(bad) = volumes.iter().find(verify_failed) {
-            eprintln!(
-                "{node}: volume {} runs on {} but the copy on {node} is kept: {}",
-                bad.id,
-                bad.owner,
-                bad.error.as_ref().map(VolumeFault::to_string).unwrap_or_default()
-            );
-            return Ok(ExitCode::from(FAILURE));
-        }
-        if args.deadline.is_some_and(|d| started.elapsed() > d) {
-            eprintln!(
-                "{node}: deadline of {} passed; the drain goes on (`meshdrain undrain {node}` cancels what has not cut over)",
-                humantime::format_duration(args.deadline.unwrap_or_default())
-            );
-            return Ok(ExitCode::from(DEADLINE));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let why: Vec<String> = line.rejected.iter().map(|(n, why)| format!("{n} {why}")).collect();
+    Some(if why.is_empty() {
+        "no eligible target: no other node in the fleet".to_owned()
+    } else {
+        format!("no eligible target: {}", why.join(", "))
+    })
 }
 
-fn volume_message(v: &VolumeStatus) -> String {
-    let eta = if v.hydration.bytes_per_s > 0 && v.hydration.total > 0 {
-        let left =
-            v.size.saturating_mul(v.hydration.total - v.hydration.hydrated.min(v.hydration.total)) / v.hydration.total;
-        format!(" eta {}", humantime::format_duration(Duration::from_secs(left / v.hydration.bytes_per_s)))
-    } else {
-        String::new()
-    };
-    let who = v.holder.as_deref().map(|h| format!(" -> {h}")).unwrap_or_default();
-    let phase = v.holder_phase.as_deref().unwrap_or(&v.phase);
-    let note = if v.stranded {
-        " STRANDED"
-    } else if v.stalled {
-        " STALLED"
-    } else {
-        ""
-    };
-    format!("{phase}{who} {}/s{eta}{note}", format_bytes(v.hydration.bytes_per_s))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: DrainArgs,
+    }
+
+    #[test]
+    fn flags_that_cannot_work_are_refused() {
+        let err = T::try_parse_from(["t", "node2", "--parallel", "0"]).err().unwrap();
+        assert!(err.to_string().contains("0 would move nothing: give 1 or more"), "{err}");
+        let err = T::try_parse_from(["t", "node2", "--wait", "--no-wait"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let ok = T::try_parse_from(["t", "node2", "--rate", "2M", "--parallel", "3"]).unwrap();
+        assert_eq!((ok.args.rate_limit, ok.args.parallel), (Some(2 << 20), Some(3)));
+    }
+
+    #[test]
+    fn a_volume_nobody_can_take_says_why() {
+        let line = PlanLine {
+            volume: "v1".into(),
+            size: 1,
+            target: None,
+            rejected: vec![("node2".into(), "is cordoned".into()), ("node3".into(), "is cordoned".into())],
+        };
+        assert_eq!(no_target_note(&line).unwrap(), "no eligible target: node2 is cordoned, node3 is cordoned");
+    }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{AgentConfig, DEFAULT_CONTROL_SOCKET};
+use crate::config::{AgentConfig, DEFAULT_CONTROL_SOCKET, LogFormat};
 use crate::decide::node::NodeAction;
 
 pub mod agent;
@@ -17,8 +17,11 @@ pub mod demo;
 pub mod drain;
 pub mod exit;
 pub mod export;
+pub mod follow;
+pub mod logging;
 pub mod mesh;
 pub mod node;
+pub mod progress;
 pub mod status;
 pub mod table;
 pub mod units;
@@ -34,7 +37,7 @@ start the workload at once on a post-copy clone that hydrates in the background.
 source deletes its copy only after the holder confirms every region.
 
 Commands other than `agent`, `export`, `clone`, `mesh` and `demo` talk to the local
-agent through its control socket (see --control).
+agent through its control socket (their --control; `mesh status` reads MESHDRAIN_CONTROL).
 
 Exit codes: 0 success, 1 failure, 2 usage or configuration error, 3 agent unreachable,
 4 deadline passed.";
@@ -43,10 +46,14 @@ Exit codes: 0 success, 1 failure, 2 usage or configuration error, 3 agent unreac
 #[derive(Debug, Parser)]
 #[command(name = "meshdrain", version, about, long_about = LONG_ABOUT)]
 pub struct Cli {
-    /// The local agent's control socket [default: MESHDRAIN_CONTROL, else control.socket
-    /// from /etc/meshdrain/agent.toml, else /run/meshdrain/control.sock].
-    #[arg(long, global = true, value_name = "PATH", env = "MESHDRAIN_CONTROL")]
+    /// The local agent's control socket, before the command (kept for scripts written so;
+    /// the commands that use it take --control themselves).
+    #[arg(long, value_name = "PATH", hide = true)]
     pub control: Option<PathBuf>,
+    /// Log lines on stderr as `text` or `json` [default: `[log] format` of the agent's
+    /// config for `agent`, else text]. Colour only when stderr is a terminal.
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// The command to run.
     #[command(subcommand)]
     pub command: Command,
@@ -56,22 +63,29 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run this node's agent.
+    #[command(after_help = agent::EXAMPLES)]
     Agent(agent::Args),
     /// Show every node of the fleet: state, liveness, heartbeat age, capacity.
+    #[command(after_help = status::EXAMPLES)]
     Status(status::Args),
     /// Cordon and move every volume off a node (run on any node of the fleet).
+    #[command(after_help = drain::EXAMPLES)]
     Drain(drain::DrainArgs),
     /// Cancel a drain: volumes not yet cut over stay here; the node becomes active.
+    #[command(after_help = node::UNDRAIN_EXAMPLES)]
     Undrain(node::Args),
     /// Stop placing new volumes on a node; its volumes stay.
+    #[command(after_help = node::CORDON_EXAMPLES)]
     Cordon(node::Args),
     /// Let a cordoned node take volumes again.
+    #[command(after_help = node::UNCORDON_EXAMPLES)]
     Uncordon(node::Args),
     /// Create, register and list volumes.
     #[command(subcommand)]
     Volume(volume::Command),
     /// Delete copies on this node that were handed off, before the retention window ends.
-    Gc,
+    #[command(after_help = volume::GC_EXAMPLES)]
+    Gc(volume::GcArgs),
     /// Run a local demo fleet on an embedded default and drain a node.
     Demo(demo::Args),
     /// Serve a file or block device read-only over iSCSI (debugging, tests, benchmarks).
@@ -85,6 +99,15 @@ pub enum Command {
     Mesh(mesh::Command),
 }
 
+/// `--control`, on the commands that talk to the local agent.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ControlArg {
+    /// The local agent's control socket [default: MESHDRAIN_CONTROL, else control.socket
+    /// from /etc/meshdrain/agent.toml, else /run/meshdrain/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
 /// Where the CLI finds the local agent.
 #[derive(Debug, Clone)]
 pub struct ControlTarget {
@@ -95,7 +118,7 @@ pub struct ControlTarget {
 impl ControlTarget {
     /// `--control` / `MESHDRAIN_CONTROL`, else the socket of the default config, else the default.
     pub fn resolve(flag: Option<PathBuf>) -> Self {
-        if let Some(socket) = flag {
+        if let Some(socket) = flag.or_else(|| std::env::var_os("MESHDRAIN_CONTROL").map(PathBuf::from)) {
             return Self { socket };
         }
         let default_config = Path::new("/etc/meshdrain/agent.toml");
@@ -120,7 +143,16 @@ pub fn unreachable(err: crate::control::client::ClientError) -> anyhow::Error {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout; its agents' logs would drown it unless asked for.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" });
+    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    logging::init(log_format(&cli), default_filter);
+    let control_flag = match command_control(&cli.command) {
+        Some(flag) => flag.clone().or(cli.control.clone()),
+        None if cli.control.is_some() => {
+            eprintln!("error: --control is not used by this command (only by the commands that talk to the agent)");
+            return ExitCode::from(exit::USAGE);
+        }
+        None => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
@@ -128,7 +160,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let control = ControlTarget::resolve(cli.control);
+    let control = ControlTarget::resolve(control_flag);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Agent(a) => agent::run(a).await,
@@ -138,7 +170,7 @@ pub fn main() -> ExitCode {
             Command::Cordon(a) => node::run(NodeAction::Cordon, a, &control).await,
             Command::Uncordon(a) => node::run(NodeAction::Uncordon, a, &control).await,
             Command::Volume(c) => volume::run(c, &control).await,
-            Command::Gc => volume::gc(&control).await,
+            Command::Gc(_) => volume::gc(&control).await,
             Command::Demo(a) => demo::run(a).await,
             Command::Export(c) => export::run(c).await,
             Command::Clone(c) => clone::run(c).await,
@@ -152,10 +184,35 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(default: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MESHDRAIN_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// `--log-format`, else for `agent` its config's `[log] format` (a config that does not
+/// load is reported by `agent` itself), else text.
+fn log_format(cli: &Cli) -> LogFormat {
+    if let Some(f) = cli.log_format {
+        return f;
+    }
+    match &cli.command {
+        Command::Agent(a) => std::fs::read_to_string(&a.config)
+            .ok()
+            .and_then(|text| AgentConfig::parse(&a.config, &text).ok())
+            .map_or_else(LogFormat::default, |c| c.log.format),
+        _ => LogFormat::default(),
+    }
+}
+
+/// The command's own `--control`: `Some` for the commands that talk to the agent (the flag
+/// itself may be absent), `None` for those that do not.
+fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
+    static NONE: Option<PathBuf> = None;
+    Some(match command {
+        Command::Agent(_) | Command::Demo(_) | Command::Export(_) | Command::Clone(_) => return None,
+        Command::Status(a) => &a.control.control,
+        Command::Drain(a) => &a.common.control.control,
+        Command::Undrain(a) | Command::Cordon(a) | Command::Uncordon(a) => &a.control.control,
+        Command::Volume(c) => c.control(),
+        Command::Gc(a) => &a.control.control,
+        // `mesh status` takes the socket from MESHDRAIN_CONTROL or the flag before the command.
+        _ => &NONE,
+    })
 }
 
 #[cfg(test)]

@@ -4,9 +4,22 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::ControlTarget;
-use crate::api::{Request, StatusReport};
+use super::progress::NodeProgress;
+use crate::api::{Request, StatusReport, VolumeStatus};
 use crate::cluster::identity::{GossipHealth, GossipMode};
 use crate::control::client::Client;
+
+/// Examples shown at the end of `meshdrain status --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  meshdrain status                 # NODE STATE ADDRESS MESH HEARTBEAT FREE VOLS
+  meshdrain status --watch         # refresh every second; survives an agent restart
+  meshdrain status --json | jq '.nodes[] | select(.alive | not) | .name'
+
+ADDRESS is the node's mesh address (its gossip address without a mesh); MESH the WireGuard
+backend carrying it; HEARTBEAT the age of its last heartbeat here, DEAD when the failure
+detector holds it dead. A line under the table per draining node: volumes moving, bytes moved
+of bytes to move, rate and ETA.";
 
 /// Show every node of the fleet as the local agent sees it.
 #[derive(Debug, clap::Args)]
@@ -18,20 +31,51 @@ pub struct Args {
     /// Refresh every second until interrupted (with --json: one object per line).
     #[arg(long)]
     pub watch: bool,
+    #[allow(missing_docs)] // documented on `ControlArg` (clap takes no doc on a flattened field)
+    #[command(flatten)]
+    pub control: super::ControlArg,
 }
 
 /// Fetches and prints the status.
 pub async fn run(args: Args, control: &ControlTarget) -> anyhow::Result<ExitCode> {
-    let mut client = Client::connect(&control.socket).await.map_err(super::unreachable)?;
+    let mut client = Some(Client::connect(&control.socket).await.map_err(super::unreachable)?);
+    let mut said_retrying = false;
     loop {
-        let report: StatusReport = client.get(&Request::Status).await?;
+        // With --watch an agent that restarts is waited for, with one visible line.
+        let answer = match client.as_mut() {
+            Some(c) => fetch(c).await,
+            None => match Client::connect(&control.socket).await {
+                Ok(mut c) => {
+                    let a = fetch(&mut c).await;
+                    client = Some(c);
+                    a
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let (report, volumes) = match answer {
+            Ok(a) => {
+                said_retrying = false;
+                a
+            }
+            Err(e) if args.watch => {
+                client = None;
+                if !said_retrying {
+                    eprintln!("agent not answering ({e}); retrying every second");
+                    said_retrying = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(super::unreachable(e)),
+        };
         if args.json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             if args.watch {
                 print!("\x1b[2J\x1b[H");
             }
-            print!("{}", render(&report));
+            print!("{}", render(&report, &volumes));
         }
         if !args.watch {
             return Ok(ExitCode::SUCCESS);
@@ -40,34 +84,46 @@ pub async fn run(args: Args, control: &ControlTarget) -> anyhow::Result<ExitCode
     }
 }
 
-/// The human table.
-pub fn render(report: &StatusReport) -> String {
-    let mut rows = vec![vec![
-        "NODE".to_owned(),
-        "STATE".to_owned(),
-        "ALIVE".to_owned(),
-        "GOSSIP".to_owned(),
-        "MESH".to_owned(),
-        "HEARTBEAT".to_owned(),
-        "FREE".to_owned(),
-        "VOLUMES".to_owned(),
-    ]];
+async fn fetch(client: &mut Client) -> Result<(StatusReport, Vec<VolumeStatus>), crate::control::client::ClientError> {
+    Ok((client.get(&Request::Status).await?, client.get(&Request::Volumes).await?))
+}
+
+/// The human table (under 100 columns), a progress line per node with volumes moving off
+/// it, then gossip's warnings.
+pub fn render(report: &StatusReport, volumes: &[VolumeStatus]) -> String {
+    let mut rows = vec![["NODE", "STATE", "ADDRESS", "MESH", "HEARTBEAT", "FREE", "VOLS"].map(str::to_owned).to_vec()];
     for n in &report.nodes {
         let me = if n.name == report.self_name { "*" } else { "" };
         rows.push(vec![
             format!("{}{me}", n.name),
             n.state.map_or("?".to_owned(), |s| s.to_string()),
-            if n.alive { "yes" } else { "DEAD" }.to_owned(),
-            n.gossip_addr.clone(),
-            n.mesh_addr.clone().unwrap_or_else(|| "-".to_owned()),
-            n.heartbeat_age_ms.map_or("-".to_owned(), |ms| format!("{:.1}s ago", ms as f64 / 1000.0)),
+            n.mesh_addr.clone().unwrap_or_else(|| n.gossip_addr.clone()),
+            n.mesh_backend.clone().unwrap_or_else(|| "-".to_owned()),
+            heartbeat(n.alive, n.heartbeat_age_ms),
             n.free_bytes.map_or("-".to_owned(), super::units::format_bytes),
             n.volumes.to_string(),
         ]);
     }
     let mut out = super::table::render(&rows);
+    for n in &report.nodes {
+        if let Some(line) = NodeProgress::of(&n.name, volumes).render() {
+            out.push_str(&format!("{}: {line}\n", n.name));
+        }
+    }
     out.push_str(&render_gossip(&report.gossip));
     out
+}
+
+/// `0.4s ago`, `12s ago`; `DEAD 95s` for a node the failure detector holds dead.
+fn heartbeat(alive: bool, age_ms: Option<u64>) -> String {
+    let age =
+        age_ms.map(|ms| if ms < 10_000 { format!("{:.1}s", ms as f64 / 1000.0) } else { format!("{}s", ms / 1000) });
+    match (alive, age) {
+        (true, Some(a)) => format!("{a} ago"),
+        (true, None) => "-".to_owned(),
+        (false, Some(a)) => format!("DEAD {a}"),
+        (false, None) => "DEAD".to_owned(),
+    }
 }
 
 /// Lines below the table: unprotected gossip, dropped datagrams, name conflicts. Nothing
@@ -107,7 +163,43 @@ fn render_gossip(g: &GossipHealth) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::NodeStatus;
     use crate::cluster::identity::NameConflict;
+
+    #[test]
+    fn the_table_shows_the_mesh_backend_and_fits_100_columns() {
+        let node = |name: &str, alive: bool| NodeStatus {
+            name: name.into(),
+            state: Some(crate::decide::node::NodeState::Cordoned),
+            alive,
+            gossip_addr: "[fd7a:5e2c:9b41:1234:8c3e:1a2b:3c4d:5e6f]:7946".into(),
+            mesh_addr: Some("fd7a:5e2c:9b41:1234:8c3e:1a2b:3c4d:5e6f".into()),
+            mesh_backend: Some("userspace".into()),
+            heartbeat_age_ms: Some(123_456),
+            heartbeat: 1,
+            generation: 1,
+            free_bytes: Some(1023 << 30),
+            volumes: 12,
+            agent_version: None,
+            last_request: None,
+            pending_requests: vec![],
+            ignored_keys: vec![],
+        };
+        let report = StatusReport {
+            self_name: "node-one".into(),
+            nodes: vec![node("node-one", true), node("node-two", false)],
+            gossip: GossipHealth { mode: GossipMode::Hmac, ..Default::default() },
+        };
+        let out = render(&report, &[]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>()[2..4], ["ADDRESS", "MESH"]);
+        assert!(lines[1].contains(" userspace "), "{out}");
+        assert!(lines[1].contains(" 123s ago "), "{out}");
+        assert!(lines[2].contains(" DEAD 123s "), "{out}");
+        for l in &lines {
+            assert!(l.len() <= 100, "{} columns: {l}", l.len());
+        }
+    }
 
     #[test]
     fn conflicts_and_drops_are_shown_under_the_table() {

@@ -1,4 +1,7 @@
-//! Byte sizes as operators type and read them (`200M`, `1G`, `4GiB`).
+//! Byte sizes as operators type and read them (`200M`, `1G`, `4GiB`). One unit family
+//! everywhere (binary IEC: KiB, MiB, MiB/s), so a bar and a summary never disagree.
+
+use std::time::Duration;
 
 /// Formats bytes with binary units (`1.5 GiB`).
 pub fn format_bytes(bytes: u64) -> String {
@@ -10,6 +13,16 @@ pub fn format_bytes(bytes: u64) -> String {
         unit += 1;
     }
     if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+}
+
+/// Formats a rate in the same units (`12.5 MiB/s`).
+pub fn format_rate(bytes_per_s: u64) -> String {
+    format!("{}/s", format_bytes(bytes_per_s))
+}
+
+/// Formats a time left, to the second (`1m 5s`), or `-` when unknown.
+pub fn format_eta(eta: Option<Duration>) -> String {
+    eta.map_or_else(|| "-".to_owned(), |d| humantime::format_duration(Duration::from_secs(d.as_secs())).to_string())
 }
 
 /// Parses `123`, `64K`, `200M`, `1G`, `2T` (binary multiples; an optional `iB`/`B` suffix is
@@ -52,5 +65,8 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert_eq!(format_bytes(1536), "1.5 KiB");
         assert_eq!(format_bytes(10), "10 B");
+        assert_eq!(format_rate(5 << 20), "5.0 MiB/s");
+        assert_eq!(format_eta(Some(Duration::from_millis(65_400))), "1m 5s");
+        assert_eq!(format_eta(None), "-");
     }
 }

@@ -78,6 +78,12 @@ pub struct AgentConfig {
     /// How volume bytes move.
     #[serde(default)]
     pub dataplane: DataplaneConfig,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Retention of handed-off copies.
+    #[serde(default)]
+    pub gc: GcConfig,
 }
 
 /// Which data plane moves volume bytes.
@@ -383,6 +389,8 @@ impl AgentConfig {
             mesh: MeshConfig::default(),
             pool: PoolConfig::default(),
             dataplane: DataplaneConfig::default(),
+            log: LogConfig::default(),
+            gc: GcConfig::default(),
         }
     }
 
@@ -410,7 +418,10 @@ impl GossipConfig {
     }
 }
 
+mod ops;
 mod validate;
+
+pub use ops::{GcConfig, LogConfig, LogFormat};
 
 #[cfg(test)]
 mod tests;

@@ -184,6 +184,13 @@ impl AgentConfig {
                 ));
             }
         }
+        if self.gc.retention().is_none() {
+            return Err(invalid(
+                "gc.retention",
+                format!("{:?} is not a duration", self.gc.retention),
+                "write a duration such as \"24h\", \"90m\" or \"0s\"",
+            ));
+        }
         Ok(ResolvedAddrs { gossip_listen, gossip_advertise, metrics_listen })
     }
 

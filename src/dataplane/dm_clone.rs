@@ -74,7 +74,7 @@ impl DmClones {
         let recorded = std::fs::read_to_string(&epoch_file).ok().and_then(|s| s.trim().parse::<u64>().ok());
         if recorded.is_some_and(|e| e != spec.epoch) || (recorded.is_none() && dm_exists(&dm_name)) {
             // A partial clone of another lease: its bytes may be behind. Start over.
-            info!(volume = %spec.volume, ?recorded, epoch = spec.epoch, "dm-clone of another lease: starting over");
+            info!(volume = %spec.volume, recorded = recorded.unwrap_or_default(), epoch = spec.epoch, "dm-clone of another lease: starting over");
             teardown(&spec.volume, &spec.dest, &spec.metadata);
         }
         if let Some(dir) = spec.dest.parent() {

@@ -152,7 +152,7 @@ impl DataPlane for Executor {
             tx
         });
         if let Err(mpsc::error::SendError((cmd, _))) = tx.send((cmd, local)) {
-            warn!(?cmd, "volume worker is gone; command dropped");
+            warn!(command = format!("{cmd:?}").split([' ', '{', '(']).next().unwrap_or_default(), volume = %cmd.volume(), "volume worker is gone; command dropped");
         }
     }
 }

@@ -71,7 +71,7 @@ impl DataPlane for NoDataPlane {
             DataCommand::PrepareClone { volume, epoch, .. } => DataEvent::CloneFailed { volume, epoch, reason },
             DataCommand::StopWorkload { volume, .. } => DataEvent::HookFailed { volume, reason },
             other => {
-                warn!(?other, "ignored: {reason}");
+                warn!(volume = %other.volume(), "ignored: {reason}");
                 return;
             }
         };

@@ -92,7 +92,7 @@ async fn run(
                         }
                         return;
                     }
-                    tracing::info!(error = %e, ?backoff, "reconnect failed; retrying");
+                    tracing::info!(error = %e, backoff_ms = backoff.as_millis() as u64, "reconnect failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;

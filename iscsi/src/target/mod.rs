@@ -245,7 +245,7 @@ impl Export {
                 n += 1;
             }
         }
-        tracing::info!(export = %self.iqn, initiator = ?who, sessions = n, "fenced initiator");
+        tracing::info!(export = %self.iqn, initiator = %match &who { Initiator::Address(a) => a.to_string(), Initiator::Name(n) => n.clone() }, sessions = n, "fenced initiator");
         self.fenced.lock().expect("fence lock").push(who);
         n
     }
@@ -352,7 +352,7 @@ impl Target {
         let lun =
             Lun { store, serial: format!("{digest:08x}{digest2:08x}"), naa, max_transfer_blocks: MAX_TRANSFER_BLOCKS };
         let (closed, _) = watch::channel(false);
-        tracing::info!(iqn = %config.iqn, path = %config.path.display(), epoch = config.epoch, acl = ?config.acl, "export opened");
+        tracing::info!(iqn = %config.iqn, path = %config.path.display(), epoch = config.epoch, acl_addresses = %config.acl.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), acl_initiators = %config.acl.initiators.join(","), "export opened");
         let export = Arc::new(Export {
             iqn: config.iqn.clone(),
             config: Mutex::new(config),
@@ -436,7 +436,7 @@ pub async fn serve(listener: TcpListener, target: Arc<Target>, shutdown: impl Fu
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let local = listener.local_addr()?;
-    tracing::info!(%local, limits = ?target.limits, "iSCSI target listening");
+    tracing::info!(%local, max_connections = target.limits.max_connections, max_connections_per_export = target.limits.max_connections_per_export, "iSCSI target listening");
     tokio::pin!(shutdown);
     let (mut turned_away, mut warned_at) = (0u64, None::<std::time::Instant>);
     loop {
