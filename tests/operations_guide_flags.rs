@@ -1,7 +1,7 @@
-//! The operations guide's command lines still parse: every `meshdrain` command in
-//! docs/operations.md, run by the root test or not, names subcommands and flags that exist
-//! (checked against `--help`), so a renamed flag fails here in the unit tier, not in front
-//! of an operator.
+//! The documented command lines still parse: every `meshdrain` command in
+//! docs/operations.md (run by the root test or not), and in the command blocks of the
+//! README and docs/usage.md, names subcommands and flags that exist (checked against
+//! `--help`), so a renamed flag fails here in the unit tier, not in front of an operator.
 
 mod guide;
 
@@ -26,11 +26,10 @@ fn subcommands(help: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn operations_guide_flags_exist() {
-    let markdown = std::fs::read_to_string(guide::path()).unwrap();
+/// Checks every command of `blocks` (from `doc`); returns how many.
+fn check(doc: &str, blocks: Vec<guide::Block>) -> usize {
     let mut checked = 0;
-    for block in guide::blocks(&markdown) {
+    for block in blocks {
         for words in guide::meshdrain_commands(&block.text) {
             let mut path: Vec<String> = Vec::new();
             let mut text = help(&path);
@@ -49,14 +48,30 @@ fn operations_guide_flags_exist() {
                 let flag = w.split('=').next().unwrap();
                 assert!(
                     text.contains(&format!("{flag} ")) || text.contains(&format!("{flag}\n")),
-                    "operations.md line {}: `meshdrain {}` has no flag {flag}",
+                    "{doc} line {}: `meshdrain {}` has no flag {flag}",
                     block.line,
                     path.join(" ")
                 );
             }
-            assert!(!path.is_empty(), "operations.md line {}: no subcommand in {words:?}", block.line);
+            assert!(!path.is_empty(), "{doc} line {}: no subcommand in {words:?}", block.line);
             checked += 1;
         }
     }
+    checked
+}
+
+#[test]
+fn operations_guide_flags_exist() {
+    let markdown = std::fs::read_to_string(guide::path()).unwrap();
+    let checked = check("docs/operations.md", guide::blocks(&markdown));
     assert!(checked >= 20, "the guide's meshdrain commands were found ({checked})");
+}
+
+#[test]
+fn readme_and_reference_flags_exist() {
+    for (doc, at_least) in [("README.md", 10), ("docs/usage.md", 10)] {
+        let markdown = std::fs::read_to_string(guide::doc(doc)).unwrap();
+        let checked = check(doc, guide::command_fences(&markdown));
+        assert!(checked >= at_least, "{doc}: its meshdrain commands were found ({checked})");
+    }
 }

@@ -201,6 +201,7 @@ fn root_operations_guide_runs_as_written() {
                     .find(|m| &m.name == on)
                     .unwrap_or_else(|| panic!("operations.md line {}: no machine {on}", b.line));
                 let t = Instant::now();
+                eprintln!("guide: line {} on {on} ({:.1}s into the run)", b.line, started.elapsed().as_secs_f64());
                 let out = m.ok(&b.text, &machines);
                 transcript.push_str(&format!(
                     "### {on} (line {}, {:.1}s)\n{}{out}\n",

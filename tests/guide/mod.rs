@@ -18,7 +18,12 @@ pub struct Block {
 
 /// The guide's path in the repository.
 pub fn path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md")
+    doc("docs/operations.md")
+}
+
+/// A document of the repository by its path there.
+pub fn doc(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
 /// Every ` ```sh ` block of `markdown`, with the machines of the `<!-- guide: on=... -->`
@@ -52,6 +57,33 @@ pub fn blocks(markdown: &str) -> Vec<Block> {
     out
 }
 
+/// Every fenced block of `markdown` in `sh` or no language (the README and the reference
+/// write command lists in both), as blocks that run nowhere, for checking their commands.
+pub fn command_fences(markdown: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut lines = markdown.lines().enumerate();
+    while let Some((i, line)) = lines.next() {
+        let fence = line.trim();
+        if fence != "```" && fence != "```sh" {
+            if fence.starts_with("```") {
+                // A block in another language (toml, text): skip to its end.
+                lines.by_ref().find(|(_, l)| l.trim() == "```");
+            }
+            continue;
+        }
+        let mut text = String::new();
+        for (_, l) in lines.by_ref() {
+            if l.trim() == "```" {
+                break;
+            }
+            text.push_str(l);
+            text.push('\n');
+        }
+        out.push(Block { on: Vec::new(), text, line: i + 1 });
+    }
+    out
+}
+
 /// The `meshdrain ...` command lines of a block, continuation lines joined, with the
 /// quoting of a shell word list (`"$(hostname)"` stays one word).
 pub fn meshdrain_commands(text: &str) -> Vec<Vec<String>> {
@@ -72,7 +104,9 @@ pub fn meshdrain_commands(text: &str) -> Vec<Vec<String>> {
         .filter_map(|l| {
             let l = l.trim();
             let l = l.strip_prefix("until ").unwrap_or(l);
-            l.starts_with("meshdrain ").then(|| words(l))
+            l.starts_with("meshdrain ").then(|| {
+                words(l).into_iter().map(|w| w.trim_start_matches('[').trim_end_matches(']').to_owned()).collect()
+            })
         })
         .collect()
 }
