@@ -253,6 +253,10 @@ fn check_outcome(machines: &[Machine], shared: &Path) {
     let got = sha256(&node("node3").dir.join("state/pool/archive.img"));
     assert_eq!(want.split_whitespace().next(), Some(got.as_str()), "archive bytes on node3");
 
+    let metrics = node("node1").ok("curl -sf http://198.18.0.1:9477/metrics", machines);
+    assert!(metrics.contains("meshdrain_nodes{state=\"drained\",alive=\"true\"} 1"), "metrics:\n{metrics}");
+    assert!(metrics.contains("meshdrain_peers_alive 2"), "metrics:\n{metrics}");
+
     assert!(!node("node1").dir.join("state/pool/pg-main.img").exists(), "gc deleted node1's handed-off copy");
     assert!(node("node2").dir.join("state/pool/pg-main.img").exists(), "pg-main lives in node2's pool");
     // Each agent restarted (upgrade, and node3's renewal) without a failed unit start.
