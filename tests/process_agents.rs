@@ -143,9 +143,12 @@ fn a_request_for_a_dead_node_is_adopted_when_it_returns() {
         },
         || "node1 to see node3 dead".to_owned(),
     );
+    // Not adopted: exit 1 as the README says, and the text says what is true.
     let out = agents[1].cli(&["cordon", "node3"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("node is down"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("node3: the node's agent is not answering; cordon request"), "{text}");
+    assert!(text.contains("published and not adopted yet (the node adopts it when its agent returns)"), "{text}");
     // The issuer leaves too, once gossip has carried its request (a few rounds): the
     // request lives on in node1's copy of node2's state.
     std::thread::sleep(Duration::from_secs(1));

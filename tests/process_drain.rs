@@ -121,6 +121,10 @@ fn a_node_drains_two_volumes_to_its_peers_and_deletes_only_after_gc() {
     }
     let out = agents[0].cli(&["gc"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // gc says what it deleted: both copies, 12 MiB of written bytes on disk.
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "deleted 2 handed-off copies (12.0 MiB on disk): v1, v2\n");
+    let out = agents[0].cli(&["gc"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nothing to delete: no handed-off copy on node1\n");
     wait_until(
         Duration::from_secs(10),
         || sums.iter().all(|(name, _)| !agents[0].pool().join(format!("{name}.img")).exists()),
@@ -333,6 +337,12 @@ fn verify_accepts_a_faithful_copy_and_a_differing_one_keeps_the_source_until_acc
     let out = agents[1].cli(&["drain", "node1", "--wait", "--verify", "--deadline", "60s"]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let owner = wait_for_owner(&agents[2], "good");
+    // The check's result is printed, not only logged.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("\n  good -> {owner}: verified, the holder's digest matches node1's copy")),
+        "{stdout}"
+    );
     assert_eq!(sha_of(&agent(&agents, &owner).pool().join("good.img")).as_deref(), Some(sum.as_str()));
     assert!(agents[0].log().contains("verified: the holder read exactly the bytes held here"), "{}", agents[0].log());
 
@@ -340,6 +350,12 @@ fn verify_accepts_a_faithful_copy_and_a_differing_one_keeps_the_source_until_acc
     // the holder's digest no longer matches, and the source keeps its copy.
     let out = agents[0].cli(&["undrain", "node1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // What moved stays moved, and undrain says so.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("1 volume cut over before the undrain and stays moved: good on {owner}")),
+        "{stdout}"
+    );
     let _ = volume_with_data(&agents[0], "bad", 8);
     let out = agents[0].cli(&["drain", "node1", "--verify", "--rate-limit", "2M"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

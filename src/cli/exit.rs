@@ -16,7 +16,9 @@ pub const DEADLINE: u8 = 4;
 /// Prints an error chain to stderr and picks the exit code from an [`Exit`] marker in
 /// the chain (default [`FAILURE`]).
 pub fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
+    // The chain without its exit-code marker: the operator reads the message, the shell the code.
+    let chain: Vec<String> = err.chain().filter(|e| !e.is::<Exit>()).map(ToString::to_string).collect();
+    eprintln!("error: {}", chain.join(": "));
     let code = err.chain().find_map(|e| e.downcast_ref::<Exit>()).map_or(FAILURE, |e| e.0);
     ExitCode::from(code)
 }
@@ -32,3 +34,16 @@ impl std::fmt::Display for Exit {
     }
 }
 impl std::error::Error for Exit {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_marker_picks_the_code_and_is_not_printed() {
+        let err = anyhow::Error::new(Exit(USAGE)).context("no node named \"x\"");
+        let chain: Vec<String> = err.chain().filter(|e| !e.is::<Exit>()).map(ToString::to_string).collect();
+        assert_eq!(chain, ["no node named \"x\""]);
+        assert_eq!(report(&err), ExitCode::from(USAGE));
+    }
+}

@@ -301,8 +301,11 @@ pub async fn follow(
             }
             _ => {}
         }
-        if let Some(failed) =
-            mine.iter().find(|v| v.phase == "failed" && retried.get(&v.id).is_none_or(|e| v.epoch > *e))
+        // Failures count once the node adopted this request (before, they are the last drain's).
+        if let Some(failed) = mine
+            .iter()
+            .filter(|_| adopted)
+            .find(|v| v.phase == "failed" && retried.get(&v.id).is_none_or(|e| v.epoch > *e))
         {
             let why = failed.error.as_ref().map_or_else(|| "no reason given".to_owned(), VolumeFault::to_string);
             let text = format!(
@@ -315,10 +318,10 @@ pub async fn follow(
         let verify_failed = |v: &&VolumeStatus| {
             v.arrived_from.as_deref() == Some(node) && matches!(v.error, Some(VolumeFault::VerifyFailed { .. }))
         };
-        if let Some(bad) = volumes.iter().find(verify_failed) {
+        if let Some(bad) = volumes.iter().filter(|_| adopted).find(verify_failed) {
             let why = bad.error.as_ref().map(VolumeFault::to_string).unwrap_or_default();
             let text = format!(
-                "{node}: volume {}: --verify MISMATCH: it runs on {} but the copy on {node} is kept: {why}",
+                "{node}: volume {} runs on {} but the copy on {node} is kept: --verify mismatch: {why}",
                 bad.id, bad.owner
             );
             return end(

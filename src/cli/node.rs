@@ -231,8 +231,9 @@ pub fn describe(o: &Outcome, args: &Args) -> String {
                 line.push_str("; no volume had moved off it");
             } else {
                 let list: Vec<String> = moved.iter().map(|m| format!("{} on {}", m.volume, m.on)).collect();
+                let verb = if moved.len() == 1 { "stays" } else { "stay" };
                 line.push_str(&format!(
-                    "; {} cut over before the undrain and stay moved: {}",
+                    "; {} cut over before the undrain and {verb} moved: {}",
                     plural(moved.len(), "volume"),
                     list.join(", ")
                 ));
