@@ -112,30 +112,39 @@ impl Machine {
         std::fs::read_to_string(self.dir.join(format!("var.upper/log/systemctl-stub/{unit}.log"))).unwrap_or_default()
     }
 
-    /// Stops what the guide started here (in the stub's cgroups) and the machine itself.
+    /// Stops what the guide started here (in the stub's cgroups), detaches the loop devices
+    /// left on its files, and ends the machine.
     fn teardown(&mut self) {
         let _ = self.run("systemctl stop postgresql@15-main meshdrain; umount -R /var/lib/postgresql/15/main || true");
-        let id = self.machine_id();
-        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup/pids") {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if !name.starts_with(&format!("guide-{id}-")) {
-                    continue;
+        // What a unit left behind (holder processes, after KillMode=process): SIGTERM lets
+        // a holder take its device down; SIGKILL after 10 s.
+        let prefix = format!("guide-{}-", self.machine_id());
+        let groups: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup/pids")
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()))
+            .into_iter()
+            .flatten()
+            .collect();
+        let procs = |g: &Path| std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
+        for (signal, wait) in [("-TERM", 100), ("-KILL", 50)] {
+            for g in &groups {
+                for pid in procs(g).split_whitespace() {
+                    let _ = Command::new("kill").args([signal, pid]).status();
                 }
-                // Whatever a unit left (holder processes after KillMode=process) goes now.
-                for _ in 0..50 {
-                    let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
-                    if procs.trim().is_empty() {
-                        break;
-                    }
-                    for pid in procs.split_whitespace() {
-                        let _ = Command::new("kill").args(["-KILL", pid]).status();
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
+            }
+            for _ in 0..wait {
+                if groups.iter().all(|g| procs(g).trim().is_empty()) {
+                    break;
                 }
-                let _ = std::fs::remove_dir(e.path());
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
+        for g in &groups {
+            let _ = std::fs::remove_dir(g);
+        }
+        // Loop devices over this machine's files (paths as the machine sees them).
+        let _ = self.run(
+            "losetup -n -O NAME,BACK-FILE | awk '$2 ~ /^\\/(var\\/lib\\/meshdrain|srv)\\// {print $1}' | xargs -r -n1 losetup -d",
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
