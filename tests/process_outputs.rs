@@ -204,3 +204,31 @@ fn status_watch_survives_an_agent_restart_and_logs_carry_no_colour_or_debug() {
         assert!(!line.contains(" { ") && !line.contains("Some("), "Debug structure in a log line: {line}");
     }
 }
+
+#[test]
+fn drain_wait_goes_on_across_a_restart_of_the_local_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agents = fleet(tmp.path(), 3, |_| {});
+    joined(&agents);
+    let out = agents[0].cli(&["volume", "create", "v1", "--size", "8M"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(agents[0].pool().join("v1.img"), vec![5u8; 8 << 20]).unwrap();
+    let socket = agents[2].socket.to_str().unwrap().to_owned();
+    let child = Command::new(BIN)
+        .args(["drain", "node1", "--wait", "--rate-limit", "2M", "--deadline", "60s", "--control", &socket])
+        .env("MESHDRAIN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    agents[2].kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    agents[2].start();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("the local agent is not answering ("), "{stdout}");
+    assert!(stdout.contains("); retrying every second"), "{stdout}");
+    assert!(stdout.contains("node1: drained in"), "{stdout}");
+}

@@ -92,7 +92,7 @@ pub async fn run(args: DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
     // epoch counts. Taken before the request, since the new failure may be seen at once.
     let retried = failed_epochs(&args.common.node, &mut client).await?;
     let report = super::node::publish(&mut client, NodeAction::Drain, &args.common, options).await?;
-    super::follow::follow(&args, client, report, retried).await
+    super::follow::follow(&args, control, client, report, retried).await
 }
 
 /// The epoch of each of `node`'s volumes that is failed now.

@@ -22,7 +22,7 @@ use crate::control::client::Client;
 use crate::decide::node::NodeState;
 
 /// How often a line is repeated for a volume that moves without changing phase.
-const LINE_EVERY: Duration = Duration::from_secs(5);
+const LINE_EVERY: Duration = Duration::from_secs(3);
 /// How often placement is asked why an offered volume has no holder.
 const PLAN_EVERY: Duration = Duration::from_secs(2);
 
@@ -80,9 +80,14 @@ struct Shown {
     at: Option<Instant>,
 }
 
+async fn fetch(client: &mut Client) -> Result<(StatusReport, Vec<VolumeStatus>), crate::control::client::ClientError> {
+    Ok((client.get(&Request::Status).await?, client.get(&Request::Volumes).await?))
+}
+
 /// Follows the drain of `args.common.node` whose request `report` the agent answered.
 pub async fn follow(
     args: &DrainArgs,
+    control: &super::ControlTarget,
     mut client: Client,
     report: ActionReport,
     retried: BTreeMap<String, u64>,
@@ -131,8 +136,30 @@ pub async fn follow(
     let mut plan: (Option<Instant>, Vec<PlanLine>) = (None, vec![]);
     let mut summary_at = Instant::now();
     loop {
-        let status: StatusReport = client.get(&Request::Status).await?;
-        let volumes: Vec<VolumeStatus> = client.get(&Request::Volumes).await?;
+        // The local agent restarting (an upgrade) does not end the wait: say so, reconnect.
+        let (status, volumes) = match fetch(&mut client).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                sink.event(
+                    json!({ "event": "local_agent_not_answering", "error": e.to_string() }),
+                    &format!("the local agent is not answering ({e}); retrying every second"),
+                );
+                client = loop {
+                    if let Some(d) = args.deadline.filter(|d| started.elapsed() > *d) {
+                        let text = format!(
+                            "{node}: deadline of {} passed while the local agent was not answering",
+                            humantime::format_duration(d)
+                        );
+                        return end(sink, "deadline", DEADLINE, text, json!({}));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Ok(c) = Client::connect(&control.socket).await {
+                        break c;
+                    }
+                };
+                continue;
+            }
+        };
         let n = status.nodes.iter().find(|n| n.name == node);
         let alive = n.map(|n| n.alive);
         if !adopted && let Some(last) = n.and_then(|n| n.last_request.as_ref()).filter(|l| l.nonce == nonce) {
