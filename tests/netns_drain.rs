@@ -212,7 +212,10 @@ fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
 
     // It went over the real path: our target on node1, a clone device on the holder.
     assert!(f.agents[0].log().contains("export opened"), "node1 log:\n{}", tail(&f.agents[0].log()));
-    assert!(f.agent(&holder).log().contains("clone exposed"), "{holder} log:\n{}", tail(&f.agent(&holder).log()));
+    // The clone runs in a holder process with a log of its own (docs/holder-process.md).
+    let holder_log = std::fs::read_to_string(f.agent(&holder).cfg.run_dir().join("clones").join("db.log"))
+        .unwrap_or_default();
+    assert!(holder_log.contains("clone exposed"), "{holder}'s holder log:\n{}", tail(&holder_log));
     let verified = f.agents[0].log().matches("verified: the holder read exactly the bytes held here").count();
     assert_eq!(verified, 2, "both volumes verified; node1 log:\n{}", tail(&f.agents[0].log()));
 
@@ -284,7 +287,7 @@ fn owner_sha(f: &Fleet, id: &str) -> (String, Option<String>) {
 }
 
 #[test]
-fn netns_drain_holder_killed_mid_hydration_resumes_on_a_fresh_clone_device() {
+fn netns_drain_holder_agent_killed_mid_hydration_adopts_its_running_clone() {
     let tmp = tempfile::tempdir().unwrap();
     let mut f = Fleet::new(tmp.path(), 3);
     let want = raw_volume(&f, "v", 24);
@@ -292,6 +295,8 @@ fn netns_drain_holder_killed_mid_hydration_resumes_on_a_fresh_clone_device() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let i = hydrating(&f, "v");
     let holder = f.agents[i].name.clone();
+    let state = f.agents[i].cfg.run_dir().join("clones").join("v.state");
+    let before: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     f.agents[i].kill9();
     // Dead after cut-over: stranded on it, never revoked; the source keeps its copy.
     wait_until(
@@ -301,12 +306,18 @@ fn netns_drain_holder_killed_mid_hydration_resumes_on_a_fresh_clone_device() {
     );
     let src = std::fs::read(f.agents[0].pool().join("v.img")).map(|d| sha(&d)).ok();
     assert_eq!(src.as_deref(), Some(want.as_str()), "the source keeps its copy");
+    // The holder process outlived its agent (docs/holder-process.md).
+    let pid = before["pid"].as_u64().unwrap();
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "holder process {pid} outlived its agent");
     f.agents[i].start();
     f.wait_drained(0, Duration::from_secs(90));
     let (owner, got) = owner_sha(&f, "v");
     assert_eq!(owner, holder, "cut over: the same holder resumes, never re-placed\n{}", f.logs());
     assert_eq!(got.as_deref(), Some(want.as_str()), "bytes on {owner}");
-    assert!(f.agents[i].log().contains("left by an earlier run"), "the stale clone device was cleared");
+    let log = f.agents[i].log();
+    assert!(log.contains("adopted the running holder process"), "adopted: {}", tail(&log));
+    let after: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!((after["pid"].as_u64(), &after["device"]), (Some(pid), &before["device"]), "same process, same device");
 }
 
 #[test]

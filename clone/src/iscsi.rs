@@ -25,7 +25,8 @@ const MAX_READ: u64 = 1 << 20;
 
 /// A remote LUN as a clone source.
 pub struct IscsiSource<R: BlockReader = Session> {
-    reader: R,
+    /// The bulk session (`None` only inside [`IscsiSource::log_out`], which consumes the source).
+    reader: Option<R>,
     foreground: Option<R>,
     rt: Option<tokio::runtime::Runtime>,
     /// The foreground session's own single-threaded runtime: the workload's thread
@@ -96,7 +97,7 @@ impl IscsiSource<Session> {
             })?
         };
         Ok(Self {
-            reader: bulk,
+            reader: Some(bulk),
             foreground,
             rt: Some(rt),
             fg_rt: Some(fg_rt),
@@ -112,7 +113,39 @@ impl<R: BlockReader> IscsiSource<R> {
     /// unless [`IscsiSource::with_foreground`] gives them their own.
     pub fn new(reader: R, identity: String, timeout: Duration) -> io::Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(Self { reader, foreground: None, rt: Some(rt), fg_rt: None, keeper: None, identity, timeout })
+        Ok(Self { reader: Some(reader), foreground: None, rt: Some(rt), fg_rt: None, keeper: None, identity, timeout })
+    }
+
+    fn bulk(&self) -> &R {
+        self.reader.as_ref().expect("the bulk session lives until log_out consumes the source")
+    }
+
+    /// A planned close: drops both sessions so each logs out of the target (its task sends
+    /// a Logout once no handle is left), waiting up to `wait` for them to end, then stops
+    /// the runtimes. Dropping the source instead cuts the connections without a logout.
+    pub fn log_out(mut self, wait: Duration) {
+        if let Some((stop, keeper)) = self.keeper.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = keeper.join();
+        }
+        self.reader = None;
+        self.foreground = None;
+        let idle = |rt: &tokio::runtime::Runtime| {
+            rt.block_on(async {
+                let end = tokio::time::Instant::now() + wait;
+                while tokio::runtime::Handle::current().metrics().num_alive_tasks() > 0
+                    && tokio::time::Instant::now() < end
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        if let Some(rt) = &self.fg_rt {
+            idle(rt);
+        }
+        if let Some(rt) = &self.rt {
+            idle(rt);
+        }
     }
 
     /// Sends on-demand (foreground) reads to `reader`, a second session to the same LUN.
@@ -141,11 +174,11 @@ impl<R: BlockReader> IscsiSource<R> {
         let fg = match (&self.foreground, &self.fg_rt) {
             (Some(s), Some(rt)) => (s, &**rt),
             (Some(s), None) => (s, bulk),
-            (None, _) => (&self.reader, bulk),
+            (None, _) => (self.bulk(), bulk),
         };
         Ok(match lane {
             Lane::Foreground => fg,
-            Lane::Background => (&self.reader, bulk),
+            Lane::Background => (self.bulk(), bulk),
         })
     }
 }
@@ -167,7 +200,7 @@ impl<R: BlockReader> Drop for IscsiSource<R> {
 
 impl<R: BlockReader> BlockSource for IscsiSource<R> {
     fn size(&self) -> u64 {
-        self.reader.blocks() * self.reader.block_size() as u64
+        self.bulk().blocks() * self.bulk().block_size() as u64
     }
 
     fn identity(&self) -> String {
@@ -189,11 +222,11 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
     }
 
     fn read_granularity(&self) -> Option<u64> {
-        Some(self.reader.block_size() as u64)
+        Some(self.bulk().block_size() as u64)
     }
 
     fn read_runs(&self, lane: Lane, runs: &[Range<u64>], sink: &mut RunSink<'_>) -> Vec<io::Result<()>> {
-        let bs = self.reader.block_size() as u64;
+        let bs = self.bulk().block_size() as u64;
         let (reader, rt) = match self.route(lane) {
             Ok(r) => r,
             Err(e) => return runs.iter().map(|_| Err(io::Error::new(e.kind(), e.to_string()))).collect(),
@@ -259,15 +292,15 @@ impl<R: BlockReader> BlockSource for IscsiSource<R> {
     }
 
     fn deallocated(&self) -> io::Result<Option<Vec<Range<u64>>>> {
-        let bs = self.reader.block_size() as u64;
-        let blocks = self.reader.blocks();
+        let bs = self.bulk().block_size() as u64;
+        let blocks = self.bulk().blocks();
         let mut holes = Vec::new();
         let mut lba = 0;
         for _ in 0..1_000_000 {
             if lba >= blocks {
                 return Ok(Some(holes));
             }
-            let extents = self.block_on(self.reader.lba_status(lba))?.map_err(|e| io::Error::other(e.to_string()))?;
+            let extents = self.block_on(self.bulk().lba_status(lba))?.map_err(|e| io::Error::other(e.to_string()))?;
             let Some(last) = extents.last() else { break };
             for e in &extents {
                 if !e.allocated && e.blocks > 0 {

@@ -3,7 +3,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 /// The phase of a clone. Order of life: `Hydrating` ⇄ `Paused` / `Stalled`, then `Complete`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Background hydration runs (or waits for its bandwidth budget).
@@ -20,7 +20,7 @@ pub enum Phase {
 }
 
 /// A progress snapshot (published about every 100 ms).
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Regions on the dest.
     pub hydrated: u64,

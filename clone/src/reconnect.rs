@@ -25,6 +25,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Least time between two fresh logins of one source.
 pub const RELOGIN_EVERY: Duration = Duration::from_secs(2);
+/// How long a planned logout waits for the target's answer.
+const LOGOUT_WAIT: Duration = Duration::from_secs(2);
+/// What a read after the planned logout fails with.
+const LOGGED_OUT: &str = "logged out of the source after hand-off";
 
 /// Why a reconnecting source could not be opened or its digest completed; each names the
 /// export and the step.
@@ -57,7 +61,8 @@ pub struct ReconnectingSource {
     config: InitiatorConfig,
     identity: String,
     size: u64,
-    current: RwLock<Arc<IscsiSource>>,
+    /// The session in use (`None` after [`ReconnectingSource::log_out`]: no more logins).
+    current: RwLock<Option<Arc<IscsiSource>>>,
     last_login: Mutex<Instant>,
     /// With `--verify`: the digest of every byte read, as it passes.
     digest: Option<Mutex<VolumeDigest>>,
@@ -87,7 +92,7 @@ impl ReconnectingSource {
             config,
             identity,
             size,
-            current: RwLock::new(Arc::new(first)),
+            current: RwLock::new(Some(Arc::new(first))),
             last_login: Mutex::new(Instant::now()),
             digest: digest.map(Mutex::new),
         })
@@ -111,12 +116,15 @@ impl ReconnectingSource {
         let Some(d) = &self.digest else { return Ok(None) };
         let mut d = d.lock().expect("digest lock");
         let missing = d.missing().len();
-        let deallocated =
-            if missing > 0 { self.session().deallocated().map_err(SourceError::Deallocated)? } else { None };
+        let deallocated = if missing > 0 {
+            self.session().and_then(|s| s.deallocated()).map_err(SourceError::Deallocated)?
+        } else {
+            None
+        };
         let read = |offset: u64, buf: &mut [u8]| {
             let mut last = None;
             for _ in 0..5 {
-                match self.session().read_at(offset, buf) {
+                match self.session().and_then(|s| s.read_at(offset, buf)) {
                     Ok(()) => return Ok(()),
                     Err(e) => last = Some(e),
                 }
@@ -130,7 +138,26 @@ impl ReconnectingSource {
         Ok(Some(digest))
     }
 
+    /// A planned close (the hand-off is done): logs out of the export and never logs in
+    /// again, so the source closing its export afterwards drops no session and neither
+    /// side logs a lost connection. Reads after it fail. Idempotent.
+    pub fn log_out(&self) {
+        let session = self.current.write().expect("source lock").take();
+        let Some(session) = session else { return };
+        match Arc::try_unwrap(session) {
+            Ok(s) => {
+                s.log_out(LOGOUT_WAIT);
+                info!(url = %self.url, "logged out of the source (hand-off)");
+            }
+            // A read still holds it (none should after hand-off): it ends with the read.
+            Err(_) => debug!(url = %self.url, "source still in use at logout; its sessions close with it"),
+        }
+    }
+
     fn relogin(&self) {
+        if self.current.read().expect("source lock").is_none() {
+            return; // logged out on purpose
+        }
         {
             let mut last = self.last_login.lock().expect("login lock");
             if last.elapsed() < RELOGIN_EVERY {
@@ -140,15 +167,18 @@ impl ReconnectingSource {
         }
         match login(&self.config, &self.identity) {
             Ok(fresh) => {
-                info!(url = %self.url, "logged in to the source again");
-                *self.current.write().expect("source lock") = Arc::new(fresh);
+                let mut current = self.current.write().expect("source lock");
+                if current.is_some() {
+                    info!(url = %self.url, "logged in to the source again");
+                    *current = Some(Arc::new(fresh));
+                }
             }
             Err(e) => debug!(url = %self.url, "login again failed (retried): {e}"),
         }
     }
 
-    fn session(&self) -> Arc<IscsiSource> {
-        self.current.read().expect("source lock").clone()
+    fn session(&self) -> std::io::Result<Arc<IscsiSource>> {
+        self.current.read().expect("source lock").clone().ok_or_else(|| std::io::Error::other(LOGGED_OUT))
     }
 }
 
@@ -172,7 +202,7 @@ impl BlockSource for ReconnectingSource {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let result = self.session().read_at(offset, buf);
+        let result = self.session().and_then(|s| s.read_at(offset, buf));
         match &result {
             Ok(()) => self.tap(offset, &[buf]),
             Err(_) => self.relogin(),
@@ -181,7 +211,7 @@ impl BlockSource for ReconnectingSource {
     }
 
     fn deallocated(&self) -> std::io::Result<Option<Vec<std::ops::Range<u64>>>> {
-        self.session().deallocated()
+        self.session()?.deallocated()
     }
 
     fn read_runs(&self, lane: Lane, runs: &[std::ops::Range<u64>], sink: &mut RunSink<'_>) -> Vec<std::io::Result<()>> {
@@ -190,9 +220,15 @@ impl BlockSource for ReconnectingSource {
                 self.tap(offset, pieces);
                 sink(offset, pieces)
             };
-            self.session().read_runs(lane, runs, &mut tapped)
+            match self.session() {
+                Ok(s) => s.read_runs(lane, runs, &mut tapped),
+                Err(e) => runs.iter().map(|_| Err(std::io::Error::other(e.to_string()))).collect(),
+            }
         } else {
-            self.session().read_runs(lane, runs, sink)
+            match self.session() {
+                Ok(s) => s.read_runs(lane, runs, sink),
+                Err(e) => runs.iter().map(|_| Err(std::io::Error::other(e.to_string()))).collect(),
+            }
         };
         // A dest that cannot take the bytes (full disk) is no reason to log in again.
         if results.iter().any(|r| r.as_ref().is_err_and(|e| !DestWriteFailed::is(e))) {
@@ -202,7 +238,7 @@ impl BlockSource for ReconnectingSource {
     }
 
     fn read_granularity(&self) -> Option<u64> {
-        self.session().read_granularity()
+        self.session().ok()?.read_granularity()
     }
 }
 

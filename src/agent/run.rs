@@ -21,11 +21,11 @@ use crate::cluster::gossip::{ChitchatGossip, GossipGuard, GossipSettings, Health
 use crate::cluster::identity::{GossipMode, NameConflict};
 use crate::cluster::transport::{GossipStats, GuardedTransport};
 use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
+use crate::dataplane::clone_process::{EngineTuning, ProcessClones};
 use crate::dataplane::dm_clone::DmClones;
 use crate::dataplane::executor::{CloneService, Executor};
 use crate::dataplane::iscsi_export::IscsiExports;
 use crate::dataplane::local_plane::{LocalClones, LocalExports};
-use crate::dataplane::userspace_clone::{EngineClones, EngineTuning};
 use crate::dataplane::{DataPlane, NoDataPlane};
 use crate::decide::core::CoreConfig;
 use crate::decide::lease::Timing;
@@ -155,9 +155,12 @@ async fn build_dataplane(config: &AgentConfig, export_addr: &str) -> anyhow::Res
                         batch_regions: per_read.max(1) as usize,
                         read_through: d.clone_read_through,
                     };
+                    // Holder processes outlive this agent (docs/holder-process.md); the
+                    // ones an earlier agent process left running are adopted here.
+                    let clones = ProcessClones::new(&config.run_dir(), tuning)
+                        .with_context(|| format!("holder processes under {}", config.run_dir().display()))?;
                     Arc::new(
-                        EngineClones::new(&config.run_dir(), tuning)
-                            .with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)),
+                        clones.with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)),
                     )
                 }
             };

@@ -23,6 +23,18 @@ use super::exit::{Exit, USAGE};
 pub enum Command {
     /// Clone SOURCE onto DEST until every region is there (resumes from METADATA).
     Run(RunArgs),
+    /// A holder process: serves one clone for the agent that started it and outlives it
+    /// (docs/holder-process.md). Started by the agent only.
+    #[command(hide = true)]
+    Hold(HoldArgs),
+}
+
+/// Arguments of `meshdrain clone hold`.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    /// The spec file the agent wrote (`<run dir>/clones/<volume>.json`).
+    #[arg(long)]
+    pub spec: PathBuf,
 }
 
 /// Which engine copies.
@@ -98,6 +110,10 @@ pub struct RunArgs {
 pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run_clone(args).await,
+        Command::Hold(args) => {
+            crate::dataplane::clone_process::holder::run(&args.spec).await.map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

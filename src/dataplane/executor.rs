@@ -67,6 +67,19 @@ pub struct CloneSpec {
     pub verify: bool,
 }
 
+/// A clone whose holder process died and was restarted from its metadata on a new
+/// device (docs/holder-process.md): the executor points the volume at the new device and,
+/// when the workload had been started on the old one, runs the start hook again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relaunched {
+    /// Volume id.
+    pub volume: String,
+    /// The new device.
+    pub device: PathBuf,
+    /// `Some(hook)` when the workload was started on the old device (with that hook).
+    pub start_hook: Option<Option<String>>,
+}
+
 /// The holder side: clone devices.
 pub trait CloneService: Send + Sync + 'static {
     /// Logs in and creates (or resumes, from existing metadata of the same epoch) the
@@ -82,6 +95,21 @@ pub trait CloneService: Send + Sync + 'static {
     fn watch_progress(&self, _volume: &str) -> Option<tokio::sync::watch::Receiver<meshdrain_clone::Progress>> {
         None
     }
+    /// Whether the workload already runs on this clone's device: a clone adopted from a
+    /// holder process that outlived the agent, whose start hook ran before the restart
+    /// (docs/holder-process.md). Default: never.
+    fn workload_running(&self, _volume: &str) -> bool {
+        false
+    }
+    /// Records that the workload was started on the clone's device with `hook`.
+    fn workload_started(&self, _volume: &str, _hook: Option<&str>) {}
+    /// Clones restarted on a new device after their holder died; taken once by the
+    /// executor. Default: none (clones that live in the agent die with it).
+    fn relaunches(&self) -> Option<mpsc::UnboundedReceiver<Relaunched>> {
+        None
+    }
+    /// The volume left this node (its handed-off copy is deleted): stop serving it.
+    fn release(&self, _volume: &str) {}
     /// Changes the bandwidth of a running hydration.
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>);
     /// Flushes, replaces the clone by the plain dest, logs out. Idempotent. Returns the
@@ -140,6 +168,14 @@ impl Executor {
 
 impl DataPlane for Executor {
     fn execute(&mut self, cmd: DataCommand, local: Option<PathBuf>, events: mpsc::UnboundedSender<DataEvent>) {
+        if let Some(mut relaunched) = self.inner.clones.relaunches() {
+            let inner = self.inner.clone();
+            tokio::spawn(async move {
+                while let Some(r) = relaunched.recv().await {
+                    inner.relaunched(r).await;
+                }
+            });
+        }
         let volume = cmd.volume().to_string();
         let tx = self.workers.entry(volume).or_insert_with(|| {
             let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
@@ -245,6 +281,7 @@ impl Inner {
                 send(DataEvent::Verified { volume, epoch, result });
             }
             DataCommand::DeleteData { volume } => {
+                self.clones.release(&volume);
                 let Some(path) = local else { return };
                 if path.starts_with(&self.pool) {
                     match std::fs::remove_file(&path) {
@@ -287,11 +324,23 @@ impl Inner {
                     warn!(%volume, "no clone device to start the workload on");
                     return;
                 };
-                if let Err(e) = self.clones.start_hydration(&volume) {
+                let clones = self.clones.clone();
+                let v = volume.clone();
+                if let Err(e) = self.blocking(move || clones.start_hydration(&v)).await {
                     warn!(%volume, "cannot start hydration: {e}");
                 }
-                if let Err(reason) = self.hook(HookKind::Start, hook, &volume, &device).await {
-                    warn!(%volume, "{reason} (the move goes on: the data is safe on the clone)");
+                // The core re-issues StartHeldWorkload after every agent restart
+                // (HolderVolume::on_restart). A clone adopted from a holder process that
+                // kept serving across the restart still has the workload running on the
+                // same device: starting it again would start a second instance
+                // (docs/holder-process.md, "Adoption"). Hydration resumes either way.
+                if self.clones.workload_running(&volume) {
+                    info!(%volume, device = %device.display(), "workload already runs on the adopted clone device; start hook not run again");
+                } else {
+                    if let Err(reason) = self.hook(HookKind::Start, hook.clone(), &volume, &device).await {
+                        warn!(%volume, "{reason} (the move goes on: the data is safe on the clone)");
+                    }
+                    self.clones.workload_started(&volume, hook.as_deref());
                 }
                 let (inner, events) = (self.clone(), events.clone());
                 tokio::spawn(async move { inner.report_progress(volume, events).await });
@@ -319,6 +368,19 @@ impl Inner {
                 self.clones.discard(&volume, &dest, &metadata);
                 info!(%volume, "revoked partial clone discarded");
             }
+        }
+    }
+
+    /// A holder process died and was restarted on a new device: the volume's commands
+    /// use that one from now on, and a workload started on the old one is started again
+    /// (the old device is gone with its holder).
+    async fn relaunched(&self, r: Relaunched) {
+        let Relaunched { volume, device, start_hook } = r;
+        self.devices.lock().expect("device map lock").insert(volume.clone(), device.clone());
+        let Some(hook) = start_hook else { return };
+        warn!(%volume, device = %device.display(), "clone device replaced after its holder process died: running the start hook again");
+        if let Err(reason) = self.hook(HookKind::Start, hook, &volume, &device).await {
+            warn!(%volume, "{reason}");
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! - [`executor`]: runs commands per volume against an export service and a clone service.
 //! - [`iscsi_export`]: the source side over our iSCSI target.
-//! - [`userspace_clone`], [`dm_clone`]: the holder side, our clone engine or dm-clone.
+//! - [`clone_process`], [`dm_clone`]: the holder side, our clone engine in holder processes
+//!   that outlive the agent (docs/holder-process.md), or dm-clone.
 //! - [`local_plane`]: both sides through a shared directory, for fleets on one machine.
 //! - [`hooks`]: the operator's workload commands.
 
@@ -19,13 +20,13 @@ use tracing::warn;
 use crate::decide::core::{DataCommand, DataEvent};
 use crate::decide::model::Hydration;
 
+pub mod clone_process;
 pub mod dm_clone;
 pub mod executor;
 pub mod hooks;
 pub mod iscsi_export;
 pub mod local_plane;
 pub mod paths;
-pub mod userspace_clone;
 
 /// Removes a volume's files (a discarded clone), tolerating ones already gone.
 pub(crate) fn remove_files(volume: &str, paths: &[&Path]) {

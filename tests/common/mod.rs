@@ -94,15 +94,20 @@ impl AgentProc {
     }
 
     pub fn start(&mut self) {
+        self.start_bin(Path::new(BIN));
+    }
+
+    /// Starts the agent from `bin` (a copy of the binary stands for another build).
+    pub fn start_bin(&mut self, bin: &Path) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("agent.log")).unwrap();
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
+                c.arg(format!("--net=/run/netns/{ns}")).arg(bin);
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(bin),
         };
         let child = cmd
             .args(["agent", "--config"])
@@ -119,6 +124,18 @@ impl AgentProc {
             || self.status().is_some(),
             || format!("{} to answer on its control socket", self.name),
         );
+    }
+
+    /// SIGTERM and a bounded wait (10 s), then kill -9: a clean stop.
+    pub fn stop(&mut self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None))) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill9();
     }
 
     /// kill -9: no clean shutdown, no final writes.
@@ -150,17 +167,11 @@ impl AgentProc {
 }
 
 impl Drop for AgentProc {
-    /// SIGTERM and a bounded wait, so the agent tears down what it set up (clone devices,
-    /// FUSE mounts); kill -9 only if it does not exit.
+    /// SIGTERM and a bounded wait, then kill -9; then the holder processes it started,
+    /// which outlive it by design (docs/holder-process.md), are stopped by their pid files.
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None))) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.kill9();
+        self.stop();
+        meshdrain::dataplane::clone_process::stop_all(&self.cfg.run_dir());
     }
 }
 

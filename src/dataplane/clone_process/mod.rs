@@ -1,0 +1,478 @@
+//! The holder side of the real data path on kernels without dm-clone: each incoming
+//! volume's userspace clone (login to the source's export, the clone engine, its FUSE
+//! file and loop device, hydration) runs in a holder process of its own that outlives
+//! the agent, the pattern of containerd's shims (docs/holder-process.md). The agent
+//! starts holders, talks to them over a unix socket each, and after its own restart
+//! adopts the ones still running: the workload's device never goes away with the agent.
+//! A holder that dies is restarted from its clone metadata; its device changes, so the
+//! executor runs the start hook again ([`Relaunched`]).
+//!
+//! - [`protocol`]: spec and state files, the socket's requests and replies.
+//! - [`holder`]: the holder process itself (`meshdrain clone hold`).
+//! - [`launch`]: starting, finding and stopping holder processes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meshdrain_clone::{Phase, Progress};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use super::executor::{CloneService, CloneSpec, Relaunched};
+use super::remove_files;
+use crate::decide::model::CloneProgress;
+use launch::Live;
+use protocol::{Conn, HolderFiles, HolderSpec, HolderState, Request, call, read_json};
+
+pub mod holder;
+pub mod launch;
+pub mod protocol;
+
+pub use launch::stop_all;
+
+/// Tuning of the userspace engine (config `[dataplane]`).
+#[derive(Debug, Clone)]
+pub struct EngineTuning {
+    /// Clone region size in bytes.
+    pub region_size: u64,
+    /// Background fetches in flight.
+    pub parallelism: usize,
+    /// Regions per background fetch.
+    pub batch_regions: usize,
+    /// Workload reads within missing regions go to the source for just their bytes.
+    pub read_through: bool,
+}
+
+impl Default for EngineTuning {
+    fn default() -> Self {
+        Self { region_size: 64 * 1024, parallelism: 4, batch_regions: 64, read_through: true }
+    }
+}
+
+/// How long a finalize may take (the `--verify` digest may read regions it never saw).
+const FINALIZE_WITHIN: Duration = Duration::from_secs(600);
+/// How long a quick request (progress, rate, hydrate) may take.
+const QUICK: Duration = Duration::from_secs(5);
+
+/// Userspace clones in holder processes, one per incoming volume.
+pub struct ProcessClones {
+    shared: Arc<Shared>,
+    tuning: EngineTuning,
+    prepare_delay: Duration,
+    clones: Mutex<BTreeMap<String, Arc<Tracked>>>,
+    relaunches: Mutex<Option<mpsc::UnboundedReceiver<Relaunched>>>,
+    /// Holders found dead when this agent started, and how (logged when their clone is
+    /// prepared again).
+    found_dead: Mutex<BTreeMap<String, String>>,
+}
+
+/// What every holder's supervisor needs.
+struct Shared {
+    dir: PathBuf,
+    run_dir: PathBuf,
+    exe: PathBuf,
+    relaunched: mpsc::UnboundedSender<Relaunched>,
+    /// Holder processes found dead and restarted since this agent started.
+    restarts: AtomicU64,
+}
+
+/// One holder this agent supervises.
+struct Tracked {
+    files: HolderFiles,
+    spec: Mutex<HolderSpec>,
+    live: Mutex<Live>,
+    /// Whether this agent process adopted the holder from an earlier one.
+    adopted: bool,
+    progress: watch::Sender<Progress>,
+    has_progress: AtomicBool,
+    /// Set when the agent stops or stops the holder: its end is not a death.
+    quiet: AtomicBool,
+    /// The open `watch` connection, shut down to end the supervisor's read.
+    watch_conn: Mutex<Option<std::os::unix::net::UnixStream>>,
+}
+
+impl Tracked {
+    fn new(files: HolderFiles, spec: HolderSpec, live: Live, adopted: bool) -> Arc<Self> {
+        let empty = Progress {
+            hydrated: 0,
+            total: 0,
+            region_size: spec.region_size,
+            bytes_per_sec: 0.0,
+            eta_secs: None,
+            fetched_bytes: 0,
+            read_through_bytes: 0,
+            phase: Phase::Hydrating,
+            last_error: None,
+        };
+        Arc::new(Self {
+            files,
+            spec: Mutex::new(spec),
+            live: Mutex::new(live),
+            adopted,
+            progress: watch::channel(empty).0,
+            has_progress: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
+            watch_conn: Mutex::new(None),
+        })
+    }
+
+    fn volume(&self) -> String {
+        self.spec.lock().expect("spec lock").volume.clone()
+    }
+
+    fn set_progress(&self, p: Progress) {
+        self.progress.send_replace(p);
+        self.has_progress.store(true, Ordering::Release);
+    }
+
+    /// Stops supervising: the holder's end from here on is not a death.
+    fn hush(&self) {
+        self.quiet.store(true, Ordering::Release);
+        if let Some(c) = self.watch_conn.lock().expect("watch lock").take() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn save_spec(&self) {
+        let spec = self.spec.lock().expect("spec lock").clone();
+        if let Err(e) = protocol::write_json(&self.files.spec, &spec) {
+            warn!(volume = %spec.volume, "cannot record the holder spec {}: {e}", self.files.spec.display());
+        }
+    }
+}
+
+impl ProcessClones {
+    /// Holders whose files live under `run_dir/clones`, started from this very binary.
+    /// Adopts every holder an earlier agent process left running; a holder found dead
+    /// after its hand-off is restarted at once (no lease command brings it back), the
+    /// others when their clone is prepared again.
+    pub fn new(run_dir: &Path, tuning: EngineTuning) -> std::io::Result<Self> {
+        let dir = run_dir.join("clones");
+        std::fs::create_dir_all(&dir)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            dir,
+            run_dir: run_dir.to_owned(),
+            exe: std::env::current_exe()?,
+            relaunched: tx,
+            restarts: AtomicU64::new(0),
+        });
+        let me = Self {
+            shared,
+            tuning,
+            prepare_delay: Duration::ZERO,
+            clones: Mutex::new(BTreeMap::new()),
+            relaunches: Mutex::new(Some(rx)),
+            found_dead: Mutex::new(BTreeMap::new()),
+        };
+        me.adopt_all();
+        Ok(me)
+    }
+
+    /// Fault injection for tests: preparing a clone takes this long after its files exist
+    /// (a slow device setup), which leaves time to kill a holder between grant and cut-over.
+    pub fn with_prepare_delay(mut self, delay: Duration) -> Self {
+        self.prepare_delay = delay;
+        self
+    }
+
+    fn adopt_all(&self) {
+        for entry in std::fs::read_dir(&self.shared.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(spec) = read_json::<HolderSpec>(&path) else { continue };
+            let files = HolderFiles::new(&self.shared.dir, &spec.volume);
+            let volume = spec.volume.clone();
+            match launch::find(&files, spec.epoch) {
+                Ok(Some(live)) => {
+                    info!(%volume, pid = live.pid, device = %live.device.display(), "adopted the running holder process (no new login, same device)");
+                    self.track(Tracked::new(files, spec, live, true));
+                }
+                Ok(None) => {
+                    let state: HolderState = read_json(&files.state).unwrap_or_default();
+                    let how = "found dead when the agent started (its log says how it ended)".to_owned();
+                    if state.handed_off && state.epoch == spec.epoch {
+                        self.restart(&files, spec, &how);
+                    } else {
+                        self.found_dead.lock().expect("dead lock").insert(volume, how);
+                    }
+                }
+                Err(why) => {
+                    warn!(%volume, "holder process not adopted ({why}); stopping it, restarted from its metadata");
+                    launch::stop(&volume, &files, None);
+                    self.found_dead.lock().expect("dead lock").insert(volume, format!("not adopted: {why}"));
+                }
+            }
+        }
+    }
+
+    /// Restarts a dead holder from its metadata, tracks it and tells the executor.
+    fn restart(&self, files: &HolderFiles, spec: HolderSpec, how: &str) {
+        let volume = spec.volume.clone();
+        warn!(%volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
+        self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        match launch::launch(&self.shared.exe, files, &spec) {
+            Ok(live) => {
+                let t = Tracked::new(files.clone(), spec, live, false);
+                resume(&t);
+                self.track(t);
+            }
+            Err(e) => warn!(%volume, "cannot restart the holder process: {e}"),
+        }
+    }
+
+    /// Adds a holder to the map and starts its supervisor.
+    fn track(&self, t: Arc<Tracked>) {
+        let volume = t.volume();
+        self.clones.lock().expect("clones lock").insert(volume, t.clone());
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new().name("holder-watch".into()).spawn(move || supervise(&shared, &t));
+        if let Err(e) = spawned {
+            warn!("cannot supervise a holder process: {e}");
+        }
+    }
+
+    fn get(&self, volume: &str) -> Option<Arc<Tracked>> {
+        self.clones.lock().expect("clones lock").get(volume).cloned()
+    }
+
+    fn holder_spec(&self, spec: &CloneSpec) -> HolderSpec {
+        let (tuning, prepare_delay) = (&self.tuning, self.prepare_delay);
+        HolderSpec {
+            volume: spec.volume.clone(),
+            export: spec.export.clone(),
+            initiator_iqn: spec.initiator_iqn.clone(),
+            epoch: spec.epoch,
+            size: spec.size,
+            dest: spec.dest.clone(),
+            metadata: spec.metadata.clone(),
+            rate_limit: spec.rate_limit,
+            verify: spec.verify,
+            region_size: tuning.region_size,
+            parallelism: tuning.parallelism,
+            batch_regions: tuning.batch_regions,
+            read_through: tuning.read_through,
+            prepare_delay_ms: prepare_delay.as_millis() as u64,
+            mountpoint: self.shared.run_dir.join("fuse").join(&spec.volume),
+            link: self.shared.run_dir.join("dev").join(&spec.volume),
+            hydrating: false,
+            workload_started: false,
+            start_hook: None,
+        }
+    }
+
+    fn stop_tracked(&self, volume: &str) {
+        let t = self.clones.lock().expect("clones lock").remove(volume);
+        match t {
+            Some(t) => {
+                t.hush();
+                let mut live = t.live.lock().expect("live lock");
+                launch::stop(volume, &t.files, Some(&mut live));
+            }
+            None => launch::stop(volume, &HolderFiles::new(&self.shared.dir, volume), None),
+        }
+    }
+}
+
+/// Brings a (re)started holder back to where its predecessor was: hydrating if it was.
+fn resume(t: &Tracked) {
+    let (hydrating, volume) = {
+        let s = t.spec.lock().expect("spec lock");
+        (s.hydrating, s.volume.clone())
+    };
+    if hydrating {
+        match call(&t.files.socket, &Request::Hydrate, QUICK) {
+            Ok(r) => {
+                if let Some(p) = r.progress {
+                    t.set_progress(p);
+                }
+            }
+            Err(e) => warn!(%volume, "restarted holder: cannot resume hydration: {e}"),
+        }
+    }
+}
+
+/// Follows one holder for the agent's life: keeps its progress current from a `watch`
+/// stream and, when the stream ends because the holder died, restarts it from its
+/// metadata and tells the executor (its device changed).
+fn supervise(shared: &Shared, t: &Arc<Tracked>) {
+    let volume = t.volume();
+    loop {
+        if t.quiet.load(Ordering::Acquire) {
+            return;
+        }
+        if let Ok(mut conn) = Conn::connect(&t.files.socket, Duration::from_secs(10)) {
+            *t.watch_conn.lock().expect("watch lock") = conn.handle().ok();
+            if conn.send(&Request::Watch).is_ok() {
+                while let Ok(Some(reply)) = conn.recv() {
+                    if let Some(p) = reply.progress {
+                        t.set_progress(p);
+                    }
+                }
+            }
+        }
+        if t.quiet.load(Ordering::Acquire) {
+            return;
+        }
+        let ended = t.live.lock().expect("live lock").ended();
+        let Some(how) = ended else {
+            std::thread::sleep(Duration::from_secs(1)); // alive: the stream broke; again
+            continue;
+        };
+        warn!(%volume, log = %t.files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
+        shared.restarts.fetch_add(1, Ordering::Relaxed);
+        let live = loop {
+            if t.quiet.load(Ordering::Acquire) {
+                return;
+            }
+            let spec = t.spec.lock().expect("spec lock").clone();
+            match launch::launch(&shared.exe, &t.files, &spec) {
+                Ok(live) => break live,
+                Err(e) => {
+                    warn!(%volume, "cannot restart the holder process (again in 5 s): {e}");
+                    std::thread::sleep(Duration::from_secs(5));
+                }
+            }
+        };
+        let device = live.device.clone();
+        *t.live.lock().expect("live lock") = live;
+        resume(t);
+        let spec = t.spec.lock().expect("spec lock").clone();
+        let start_hook = spec.workload_started.then_some(spec.start_hook);
+        let _ = shared.relaunched.send(Relaunched { volume: volume.clone(), device, start_hook });
+    }
+}
+
+impl CloneService for ProcessClones {
+    fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
+        let pc = self;
+        if let Some(t) = pc.get(&spec.volume) {
+            if t.spec.lock().expect("spec lock").epoch == spec.epoch {
+                return Ok(t.live.lock().expect("live lock").device.clone());
+            }
+            // Another lease's clone: stopped; the new holder starts over from scratch.
+            pc.stop_tracked(&spec.volume);
+        }
+        let files = HolderFiles::new(&pc.shared.dir, &spec.volume);
+        let hs = pc.holder_spec(spec);
+        if let Some(how) = pc.found_dead.lock().expect("dead lock").remove(&spec.volume) {
+            warn!(volume = %spec.volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
+            pc.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        let live = launch::launch(&pc.shared.exe, &files, &hs)?;
+        let device = live.device.clone();
+        pc.track(Tracked::new(files, hs, live, false));
+        Ok(device)
+    }
+
+    fn start_hydration(&self, volume: &str) -> Result<(), String> {
+        let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} on this node"))?;
+        t.spec.lock().expect("spec lock").hydrating = true;
+        t.save_spec();
+        let reply = call(&t.files.socket, &Request::Hydrate, QUICK)?;
+        if let Some(p) = reply.progress {
+            t.set_progress(p);
+        }
+        Ok(())
+    }
+
+    fn progress(&self, volume: &str) -> Option<CloneProgress> {
+        let t = self.get(volume)?;
+        if !t.has_progress.load(Ordering::Acquire) {
+            return None;
+        }
+        let p = t.progress.borrow().clone();
+        Some(CloneProgress { hydration: (&p).into(), stalled: p.phase == Phase::Stalled, error: p.last_error })
+    }
+
+    fn watch_progress(&self, volume: &str) -> Option<watch::Receiver<Progress>> {
+        Some(self.get(volume)?.progress.subscribe())
+    }
+
+    fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
+        let Some(t) = self.get(volume) else { return };
+        t.spec.lock().expect("spec lock").rate_limit = rate;
+        t.save_spec();
+        if let Err(e) = call(&t.files.socket, &Request::Rate { rate }, QUICK) {
+            warn!(%volume, "cannot change the hydration rate: {e}");
+        }
+    }
+
+    fn finalize(&self, volume: &str) -> Result<Option<String>, String> {
+        let pc = self;
+        let t = match pc.get(volume) {
+            Some(t) => t,
+            None => {
+                // Finishing when the agent stopped and its holder is gone: restarted
+                // from its metadata to hand off; none at all: finalized before.
+                let files = HolderFiles::new(&pc.shared.dir, volume);
+                let Ok(spec) = read_json::<HolderSpec>(&files.spec) else { return Ok(None) };
+                let how = pc.found_dead.lock().expect("dead lock").remove(volume).unwrap_or_default();
+                pc.restart(&files, spec, &how);
+                pc.get(volume).ok_or_else(|| format!("holder process of {volume} could not be restarted"))?
+            }
+        };
+        let reply = call(&t.files.socket, &Request::Finalize, FINALIZE_WITHIN)?;
+        Ok(reply.digest)
+    }
+
+    fn workload_running(&self, volume: &str) -> bool {
+        self.get(volume).is_some_and(|t| t.adopted && t.spec.lock().expect("spec lock").workload_started)
+    }
+
+    fn workload_started(&self, volume: &str, hook: Option<&str>) {
+        let Some(t) = self.get(volume) else { return };
+        {
+            let mut s = t.spec.lock().expect("spec lock");
+            s.workload_started = true;
+            s.start_hook = hook.map(str::to_owned);
+        }
+        t.save_spec();
+    }
+
+    fn relaunches(&self) -> Option<mpsc::UnboundedReceiver<Relaunched>> {
+        self.relaunches.lock().expect("relaunch lock").take()
+    }
+
+    fn release(&self, volume: &str) {
+        let files = HolderFiles::new(&self.shared.dir, volume);
+        if self.get(volume).is_none() && !files.spec.exists() {
+            return;
+        }
+        self.stop_tracked(volume);
+        holder::clear_stale_mount(&self.shared.run_dir.join("fuse").join(volume));
+        let link = self.shared.run_dir.join("dev").join(volume);
+        let all = files.all();
+        let mut paths: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
+        paths.push(&link);
+        remove_files(volume, &paths);
+        info!(%volume, "holder process stopped: the volume left this node");
+    }
+
+    fn shutdown(&self) {
+        let clones = std::mem::take(&mut *self.clones.lock().expect("clones lock"));
+        for (volume, t) in clones {
+            t.hush();
+            let live = t.live.lock().expect("live lock");
+            info!(%volume, pid = live.pid, device = %live.device.display(), "agent stopping: the holder process keeps serving the workload's device (adopted on restart)");
+        }
+        let restarts = self.shared.restarts.load(Ordering::Relaxed);
+        if restarts > 0 {
+            info!(restarts, "holder processes restarted after dying during this agent's run");
+        }
+    }
+
+    fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {
+        self.release(volume);
+        remove_files(volume, &[dest, metadata]);
+    }
+}

@@ -1,0 +1,373 @@
+//! The holder keeps serving while its agent restarts (docs/holder-process.md): agents in
+//! network namespaces on the userspace mesh, our iSCSI target on the source, the
+//! userspace clone engine in a holder process on the holder node, an ext4 workload on
+//! its device writing and reading checksummed records while it hydrates. Root only.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{AgentProc, state_seen, wait_until};
+use meshdrain::cli::demo::workload::{Mounted, pseudo_random, sha};
+use meshdrain::config::{CloneEngineChoice, DataplaneBackend, DataplaneConfig};
+use meshdrain_testkit::netns::Lan;
+
+struct Fleet {
+    agents: Vec<AgentProc>,
+    _lan: Lan,
+    root: PathBuf,
+}
+
+impl Fleet {
+    fn new(root: &Path, n: usize) -> Self {
+        let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
+        let mesh = meshdrain::cli::demo::fleet::enrol(root, n).expect("enrolling the fleet");
+        let agents = mesh
+            .iter()
+            .enumerate()
+            .map(|(i, section)| {
+                let ip = Lan::underlay(i).to_string();
+                let mut a = AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[], 100);
+                a.cfg.mesh = section.clone();
+                a.cfg.dataplane = DataplaneConfig {
+                    backend: DataplaneBackend::Iscsi,
+                    clone: CloneEngineChoice::Userspace,
+                    progress_ms: 200,
+                    ..DataplaneConfig::default()
+                };
+                a.write_config();
+                a.start();
+                a
+            })
+            .collect();
+        let f = Self { agents, _lan: lan, root: root.to_owned() };
+        f.joined();
+        f
+    }
+
+    fn joined(&self) {
+        let n = self.agents.len();
+        wait_until(
+            Duration::from_secs(30),
+            || {
+                self.agents.iter().all(|a| {
+                    a.status().is_some_and(|s| {
+                        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+                        nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
+                    })
+                })
+            },
+            || "the fleet to join".to_owned(),
+        );
+    }
+
+    /// A start hook that appends "node device" to `started-<volume>` each time it runs.
+    fn start_hook(&self) -> String {
+        let script = self.root.join("start-hook.sh");
+        let body = format!(
+            "#!/bin/sh\necho \"$MESHDRAIN_NODE $MESHDRAIN_DEVICE\" >> {}/started-$MESHDRAIN_VOLUME\n",
+            self.root.display()
+        );
+        std::fs::write(&script, body).unwrap();
+        run("chmod", &["+x", script.to_str().unwrap()]);
+        script.display().to_string()
+    }
+
+    /// Every (node, device) the volume's start hook ran with, in order.
+    fn starts(&self, volume: &str) -> Vec<(String, PathBuf)> {
+        let text = std::fs::read_to_string(self.root.join(format!("started-{volume}"))).unwrap_or_default();
+        text.lines().filter_map(|l| l.split_once(' ')).map(|(n, d)| (n.to_owned(), PathBuf::from(d))).collect()
+    }
+
+    fn volume(&self, observer: usize, id: &str) -> Option<serde_json::Value> {
+        let out = self.agents[observer].cli(&["volume", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
+    }
+
+    fn logs(&self) -> String {
+        let logs: Vec<String> = self.agents.iter().map(|a| format!("--- {}\n{}", a.name, tail(&a.log()))).collect();
+        logs.join("\n")
+    }
+
+    fn wait_drained(&self, observer: usize, limit: Duration) {
+        wait_until(
+            limit,
+            || self.agents[observer].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
+            || format!("node1 to be drained\n{}", self.logs()),
+        );
+    }
+
+    /// (hydrated, total) of `id` as the source sees it.
+    fn hydration(&self, id: &str) -> (u64, u64) {
+        let v = self.volume(0, id).unwrap_or_default();
+        (v["hydrated"].as_u64().unwrap_or(0), v["total"].as_u64().unwrap_or(0))
+    }
+
+    /// The holder's state file of `id` on agent `i`.
+    fn holder_state(&self, i: usize, id: &str) -> serde_json::Value {
+        let path = self.agents[i].cfg.run_dir().join("clones").join(format!("{id}.state"));
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Records of 64 KiB, fsynced, and re-reads of older ones, checked against a ledger kept
+/// outside the volume; every I/O error is counted, never fatal, and the longest single
+/// I/O (a write + fsync, or a read) is the stall.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Outcome>>,
+    ledger: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+#[derive(Default)]
+struct Outcome {
+    written: u64,
+    read_ok: u64,
+    errors: Vec<String>,
+    corrupt: u64,
+    longest: Duration,
+    /// Every record written, with its sha256.
+    ledger: Vec<(String, String)>,
+}
+
+impl Workload {
+    fn start(dir: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+        let (stop2, ledger2, dir) = (stop.clone(), ledger.clone(), dir.join("records"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut o = Outcome::default();
+            let mut n = 0u64;
+            while !stop2.load(Ordering::Relaxed) && n < 5000 {
+                let name = format!("r-{n:05}.bin");
+                let data = pseudo_random(0xABCD + n, 64 << 10);
+                let t = Instant::now();
+                let wrote = std::fs::File::create(dir.join(&name)).and_then(|mut f| {
+                    f.write_all(&data)?;
+                    f.sync_all()
+                });
+                o.longest = o.longest.max(t.elapsed());
+                match wrote {
+                    Ok(()) => {
+                        ledger2.lock().unwrap().insert(name, sha(&data));
+                        o.written += 1;
+                    }
+                    Err(e) => o.errors.push(format!("write {name}: {e}")),
+                }
+                let old = {
+                    let l = ledger2.lock().unwrap();
+                    (!l.is_empty())
+                        .then(|| l.iter().nth((n as usize * 7919) % l.len()).map(|(k, v)| (k.clone(), v.clone())))
+                };
+                if let Some(Some((name, want))) = old {
+                    let t = Instant::now();
+                    let read = std::fs::read(dir.join(&name));
+                    o.longest = o.longest.max(t.elapsed());
+                    match read {
+                        Ok(d) if sha(&d) == want => o.read_ok += 1,
+                        Ok(_) => o.corrupt += 1,
+                        Err(e) => o.errors.push(format!("read {name}: {e}")),
+                    }
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            o
+        });
+        Self { stop, thread: Some(thread), ledger }
+    }
+
+    fn stop(mut self) -> Outcome {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut o = self.thread.take().unwrap().join().unwrap();
+        o.ledger = self.ledger.lock().unwrap().iter().map(|(k, v)| (format!("records/{k}"), v.clone())).collect();
+        o
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An ext4 volume `id` of `mib` MiB on node1 holding `files` files of 1 MiB; returns
+/// their (name, sha256).
+fn ext4_volume(f: &Fleet, id: &str, mib: u64, files: usize) -> Vec<(String, String)> {
+    let hook = f.start_hook();
+    let out = f.agents[0].cli(&["volume", "create", id, "--size", &format!("{mib}M"), "--hook-start", &hook]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let img = f.agents[0].pool().join(format!("{id}.img"));
+    run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
+    let mnt = f.root.join(format!("src-{id}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let sums = (0..files)
+        .map(|i| {
+            let name = format!("seed-{i}.bin");
+            let data = pseudo_random(i as u64 * 7919 + 3, 1 << 20);
+            std::fs::write(mnt.join(&name), &data).unwrap();
+            (name, sha(&data))
+        })
+        .collect();
+    run("umount", &[mnt.to_str().unwrap()]);
+    sums
+}
+
+fn check_files(dir: &Path, files: &[(String, String)]) {
+    for (name, want) in files {
+        let got = std::fs::read(dir.join(name)).map(|d| sha(&d)).unwrap_or_else(|e| format!("unreadable: {e}"));
+        assert_eq!(&got, want, "{name} under {}", dir.display());
+    }
+}
+
+/// Asserts `id` is still hydrating (a restart now is mid-hydration).
+fn assert_mid_hydration(f: &Fleet, id: &str, what: &str) {
+    let (h, t) = f.hydration(id);
+    assert!(h > 0 && h < t, "{what} must come mid-hydration: {h} of {t} regions\n{}", f.logs());
+}
+
+#[test]
+fn netns_holder_serves_the_workload_through_agent_kill_upgrade_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Fleet::new(tmp.path(), 3);
+    let seeded = ext4_volume(&f, "db", 256, 96);
+    // 96 MiB at 2 MiB/s: hydration lasts ~50 s, through three agent restarts.
+    let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "2M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(60), || !f.starts("db").is_empty(), || format!("db to start\n{}", f.logs()));
+    let (holder, dev) = f.starts("db")[0].clone();
+    let i = f.agents.iter().position(|a| a.name == holder).unwrap();
+    let pid = f.holder_state(i, "db")["pid"].as_u64().expect("the holder's pid");
+    let mnt = f.root.join("dst-db");
+    let mount = Mounted::new(&dev, &mnt).expect("mounting the clone device");
+    let workload = Workload::start(&mnt);
+    wait_until(Duration::from_secs(30), || f.hydration("db").0 > 0, || "hydration to start".to_owned());
+
+    // 1. kill -9 of the holder's agent, restarted.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_mid_hydration(&f, "db", "the agent's kill -9");
+    f.agents[i].kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    f.agents[i].start();
+
+    // 2. A different build: a copy of the binary with bytes appended (its hash differs).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_mid_hydration(&f, "db", "the upgrade");
+    let other = f.root.join("meshdrain-other-build");
+    std::fs::copy(common::BIN, &other).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&other).unwrap().write_all(b"another build").unwrap();
+    run("chmod", &["+x", other.to_str().unwrap()]);
+    assert_ne!(sha(&std::fs::read(&other).unwrap()), sha(&std::fs::read(common::BIN).unwrap()));
+    f.agents[i].stop();
+    f.agents[i].start_bin(&other);
+
+    // 3. SIGTERM stop, restarted.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_mid_hydration(&f, "db", "the SIGTERM restart");
+    f.agents[i].stop();
+    std::thread::sleep(Duration::from_secs(1));
+    f.agents[i].start();
+
+    f.wait_drained(0, Duration::from_secs(180));
+    let outcome = workload.stop();
+    eprintln!(
+        "workload: {} records written, {} reads checked, longest I/O stall {:?}, {} errors",
+        outcome.written,
+        outcome.read_ok,
+        outcome.longest,
+        outcome.errors.len()
+    );
+    assert!(
+        outcome.errors.is_empty(),
+        "the workload saw I/O errors: {:?}",
+        &outcome.errors[..outcome.errors.len().min(5)]
+    );
+    assert_eq!(outcome.corrupt, 0, "records read back different");
+    assert!(outcome.written > 100, "the workload ran: {} records", outcome.written);
+    // Every record and every seeded file reads back with its checksum.
+    check_files(&mnt, &outcome.ledger);
+    check_files(&mnt, &seeded);
+    mount.unmount().expect("unmounting the clone device");
+    let fsck = Command::new("e2fsck").args(["-fn"]).arg(&dev).output().unwrap();
+    assert!(fsck.status.success(), "e2fsck -fn: {}", String::from_utf8_lossy(&fsck.stdout));
+
+    // One holder process, one device, one start all along.
+    assert_eq!(f.starts("db").len(), 1, "the start hook ran once: {:?}", f.starts("db"));
+    let state = f.holder_state(i, "db");
+    assert_eq!(state["pid"].as_u64(), Some(pid), "the same holder process served throughout");
+    assert_eq!(state["handed_off"], true);
+    let log = f.agents[i].log();
+    assert_eq!(log.matches("adopted the running holder process").count(), 3, "{}", tail(&log));
+    assert!(log.contains("start hook not run again"), "{}", tail(&log));
+    // The hand-off was a planned close: no lost-connection warnings on either side.
+    let holder_log = std::fs::read_to_string(f.agents[i].cfg.run_dir().join("clones").join("db.log")).unwrap();
+    assert!(holder_log.contains("logged out of the source"), "{}", tail(&holder_log));
+    let after = holder_log.split("logged out of the source").nth(1).unwrap_or_default();
+    for bad in ["connection lost; reconnecting", "giving up on the session"] {
+        assert!(!after.contains(bad), "after the hand-off the holder logged {bad:?}:\n{}", tail(&holder_log));
+    }
+}
+
+#[test]
+fn netns_holder_process_killed_is_restarted_from_its_metadata() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fleet::new(tmp.path(), 3);
+    let hook = f.start_hook();
+    let out = f.agents[0].cli(&["volume", "create", "v", "--size", "24M", "--hook-start", &hook]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = pseudo_random(77, 24 << 20);
+    std::fs::write(f.agents[0].pool().join("v.img"), &data).unwrap();
+    let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(60), || !f.starts("v").is_empty(), || format!("v to start\n{}", f.logs()));
+    let (holder, first_dev) = f.starts("v")[0].clone();
+    let i = f.agents.iter().position(|a| a.name == holder).unwrap();
+    wait_until(Duration::from_secs(30), || f.hydration("v").0 > 0, || "hydration to start".to_owned());
+    assert_mid_hydration(&f, "v", "the holder's kill -9");
+    let pid = f.holder_state(i, "v")["pid"].as_u64().unwrap();
+    run("kill", &["-9", &pid.to_string()]);
+
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            f.agents[i]
+                .log()
+                .contains("holder process killed by signal 9 (SIGKILL); restarting it from its clone metadata")
+        },
+        || format!("the agent to report the dead holder\n{}", tail(&f.agents[i].log())),
+    );
+    f.wait_drained(0, Duration::from_secs(90));
+    let got = std::fs::read(f.agents[i].pool().join("v.img")).unwrap();
+    assert_eq!(sha(&got), sha(&data), "bytes on {holder}");
+    let new_pid = f.holder_state(i, "v")["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, pid, "a new holder process");
+    // The device changed, so the workload was started again on the new one.
+    let starts = f.starts("v");
+    assert_eq!(starts.len(), 2, "the start hook ran again: {starts:?}");
+    assert_eq!(starts[1].0, holder);
+    let _ = first_dev;
+    assert!(f.agents[i].log().contains("running the start hook again"), "{}", tail(&f.agents[i].log()));
+}
