@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use meshdrain::config::{
-    AgentConfig, CloneEngineChoice, ControlConfig, DataplaneBackend, DataplaneConfig, GossipConfig, MeshBackendChoice,
-    MeshConfig, MeshSeed, MetricsConfig, PoolConfig,
+    AgentConfig, CloneEngineChoice, ControlConfig, DataplaneBackend, DataplaneConfig, GcConfig, GossipConfig, LogConfig,
+    LogFormat, MeshBackendChoice, MeshConfig, MeshSeed, MetricsConfig, PoolConfig,
 };
 
 /// Every field set, none at its default.
@@ -57,6 +57,8 @@ fn populated() -> AgentConfig {
             export_max_connections: Some(77),
             export_max_connections_per_volume: Some(5),
         },
+        log: LogConfig { format: LogFormat::Json },
+        gc: GcConfig { retention: "90m".to_owned() },
     }
 }
 

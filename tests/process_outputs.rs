@@ -232,3 +232,22 @@ fn drain_wait_goes_on_across_a_restart_of_the_local_agent() {
     assert!(stdout.contains("); retrying every second"), "{stdout}");
     assert!(stdout.contains("node1: drained in"), "{stdout}");
 }
+
+#[test]
+fn gc_retention_from_the_config_deletes_handed_off_copies_without_gc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = fleet(tmp.path(), 2, |a| a.cfg.gc.retention = "1s".to_owned());
+    joined(&agents);
+    let out = agents[0].cli(&["volume", "create", "v1", "--size", "1M"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stdout), text(&out.stderr));
+    let copy = agents[0].pool().join("v1.img");
+    wait_until(
+        Duration::from_secs(10),
+        || !copy.exists(),
+        || format!("[gc] retention = \"1s\" to delete {}", copy.display()),
+    );
+    let out = agents[0].cli(&["gc"]);
+    assert_eq!(text(&out.stdout), "nothing to delete: no handed-off copy on node1\n");
+}

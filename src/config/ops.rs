@@ -65,6 +65,32 @@ impl GcConfig {
 mod tests {
     use super::*;
 
+    fn load(extra: &str) -> Result<crate::config::AgentConfig, crate::config::ConfigError> {
+        let p = std::path::Path::new("/etc/meshdrain/agent.toml");
+        let text = format!(
+            "name = \"node1\"\nstate_dir = \"/var/lib/meshdrain\"\n[gossip]\nlisten = \"127.0.0.1:7946\"\n{extra}"
+        );
+        let c = crate::config::AgentConfig::parse(p, &text)?;
+        c.validate(p)?;
+        Ok(c)
+    }
+
+    #[test]
+    fn log_and_gc_sections_parse_and_a_bad_retention_names_its_key() {
+        let c = load("[log]\nformat = \"json\"\n[gc]\nretention = \"90m\"\n").unwrap();
+        assert_eq!((c.log.format, c.gc.retention()), (LogFormat::Json, Some(Duration::from_secs(5400))));
+        let c = load("").unwrap();
+        assert_eq!((c.log.format, c.gc.retention()), (LogFormat::Text, Some(Duration::from_secs(86_400))));
+        let err = load("[gc]\nretention = \"a day\"\n").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "config /etc/meshdrain/agent.toml: key `gc.retention`: \"a day\" is not a duration \
+             (fix: write a duration such as \"24h\", \"90m\" or \"0s\")"
+        );
+        let err = load("[log]\nformat = \"yaml\"\n").unwrap_err().to_string();
+        assert!(err.contains("unknown variant `yaml`, expected `text` or `json`"), "{err}");
+    }
+
     #[test]
     fn retention_defaults_to_a_day_and_parses_durations() {
         assert_eq!(GcConfig::default().retention(), Some(Duration::from_secs(24 * 3600)));
