@@ -130,6 +130,13 @@ fn a_stuck_drain_says_why_the_dry_run_checks_the_name_and_a_new_volume_shows_at_
         "error: no node named \"nod1\" in the fleet (known: node1, node2, node3); check the name with `meshdrain status`\n"
     );
 
+    // So is a drain (or any node action) naming it, without --force.
+    let out = agents[0].cli(&["drain", "nod1", "--wait"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no node named \"nod1\" in the fleet (known: node1, node2, node3); pass --force")
+    );
+
     // Both peers cordoned: the drain cannot place v1 and says why (plain lines, piped).
     for n in ["node2", "node3"] {
         let out = agents[0].cli(&["cordon", n]);

@@ -130,10 +130,13 @@ impl ControlTarget {
     }
 }
 
-/// Marks a client error as "agent unreachable" (exit 3) when it is one.
+/// Marks a client error with its exit code: "agent unreachable" (3), a node name the fleet
+/// does not know (2, a usage error), else 1.
 pub fn unreachable(err: crate::control::client::ClientError) -> anyhow::Error {
+    use crate::control::client::ClientError;
     let code = match err {
-        crate::control::client::ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        ClientError::Refused(crate::api::ApiError::UnknownNode { .. }) => exit::USAGE,
         _ => exit::FAILURE,
     };
     anyhow::Error::new(exit::Exit(code)).context(err)

@@ -22,7 +22,8 @@ macro_rules! exit_codes {
     () => {
         "Exit codes: 0 adopted by the node (with --no-wait: published), 1 refused, or not adopted
 within --timeout (the node is down or slow: the request stays published and the node
-adopts it when it returns), 2 usage error, 3 agent unreachable."
+adopts it when it returns), 2 usage error or a node the fleet does not know (without
+--force), 3 agent unreachable."
     };
 }
 
@@ -141,7 +142,7 @@ pub async fn publish(
     options: DrainOptions,
 ) -> anyhow::Result<ActionReport> {
     let req = Request::NodeAction { node: args.node.clone(), action, force: args.force, options };
-    Ok(client.get(&req).await?)
+    client.get(&req).await.map_err(super::unreachable)
 }
 
 /// Sends the action with drain options, waits for adoption unless --no-wait, prints the
