@@ -28,6 +28,9 @@ pub struct DemoNode {
     pub pool: PathBuf,
     /// Its agent's log.
     pub log: PathBuf,
+    /// Its agent's run dir: holder processes (docs/holder-process.md) keep their files
+    /// under `clones/` and outlive the agent, so the teardown stops them itself.
+    pub run_dir: PathBuf,
     child: Option<Child>,
 }
 
@@ -141,6 +144,7 @@ impl DemoFleet {
                 socket,
                 pool: home.join("state").join("pool"),
                 log,
+                run_dir: cfg.run_dir(),
                 child: Some(child),
             });
         }
@@ -196,31 +200,20 @@ impl DemoFleet {
         }
     }
 
-    /// Leaves the fleet running; returns the commands that tear it down.
-    pub fn keep(mut self) -> Vec<String> {
-        let mut cleanup = Vec::new();
-        let pids: Vec<String> =
-            self.nodes.iter_mut().filter_map(|n| n.child.take()).map(|c| c.id().to_string()).collect();
-        if !pids.is_empty() {
-            let pids = pids.join(" ");
-            // SIGTERM, then wait (bounded) while each agent tears its clone devices down.
-            cleanup.push(format!("kill {pids}"));
-            cleanup.push(format!(
-                "timeout 15 sh -c 'for p in {pids}; do while kill -0 $p 2>/dev/null; do sleep 0.1; done; done'"
-            ));
-        }
-        if let Some(lan) = self.lan.take() {
-            for n in &self.nodes {
-                cleanup.push(format!("ip netns del {}", n.netns));
+    /// Leaves the fleet running; returns the commands that tear it down, as an operator
+    /// types them: stop the agents, delete the namespaces, then remove `state_dir` (when the
+    /// demo made it; `--dir` is the operator's).
+    pub fn keep(mut self, state_dir: Option<&Path>) -> Vec<String> {
+        let pids: Vec<u32> = self.nodes.iter_mut().filter_map(|n| n.child.take()).map(|c| c.id()).collect();
+        let netns: Vec<String> = match self.lan.take() {
+            Some(lan) => {
+                std::mem::forget(lan);
+                self.nodes.iter().map(|n| n.netns.clone()).collect()
             }
-            // The bridge's namespace: named by this process like the nodes' (meshdrain-netns's Lan).
-            cleanup.push(format!(
-                "ip netns list | grep -o '^md{}-[0-9]*-hub' | xargs -r -n1 ip netns del",
-                std::process::id()
-            ));
-            std::mem::forget(lan);
-        }
-        cleanup
+            None => Vec::new(),
+        };
+        let run_dirs: Vec<PathBuf> = self.nodes.iter().map(|n| n.run_dir.clone()).collect();
+        teardown_commands(&pids, &run_dirs, &netns, std::process::id(), state_dir)
     }
 
     /// Stops every agent (SIGTERM: each tears down its clone devices), then the network.
@@ -243,6 +236,11 @@ impl DemoFleet {
                 let _ = c.wait();
             }
         }
+        // An agent that stops leaves its holders serving: stop them (each commits and
+        // tears its device down) before the namespaces and the state dir go.
+        for n in &self.nodes {
+            crate::dataplane::clone_process::stop_all(&n.run_dir);
+        }
         self.lan.take();
     }
 }
@@ -250,6 +248,65 @@ impl DemoFleet {
 impl Drop for DemoFleet {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The shell commands that tear down a kept demo fleet: SIGTERM the agents and wait
+/// (bounded); SIGTERM the holder processes they leave serving (their pids are in
+/// `<run_dir>/clones/*.state`, docs/holder-process.md) and wait (bounded) until no mount
+/// is left under a run dir; delete the nodes' namespaces and the bridge's (named by the demo
+/// process `demo_pid`, meshdrain-netns's `Lan`); then remove `state_dir` without crossing
+/// into a mount left behind.
+pub fn teardown_commands(
+    pids: &[u32],
+    run_dirs: &[PathBuf],
+    netns: &[String],
+    demo_pid: u32,
+    state_dir: Option<&Path>,
+) -> Vec<String> {
+    let mut cleanup = Vec::new();
+    if !pids.is_empty() {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let pids = pids.join(" ");
+        cleanup.push(format!("kill {pids}"));
+        cleanup.push(format!(
+            "timeout 15 sh -c 'for p in {pids}; do while kill -0 $p 2>/dev/null; do sleep 0.1; done; done'"
+        ));
+    }
+    if !run_dirs.is_empty() {
+        let states: Vec<String> =
+            run_dirs.iter().map(|d| format!("{}/*.state", sh_quote(&d.join("clones").display().to_string()))).collect();
+        // Only a pid that is still a holder (a state file may outlive its process).
+        cleanup.push(format!(
+            "for p in $(cat {} 2>/dev/null | grep -o '\"pid\": *[0-9]*' | grep -o '[0-9]*$'); \
+             do if ps -o args= -p $p | grep -q ' clone hold '; then kill $p; fi; done",
+            states.join(" ")
+        ));
+        // A holder is gone once its FUSE mount under the run dir is; a bounded wait at the
+        // top level, so that a path needs one level of quoting only.
+        let mounts: Vec<String> =
+            run_dirs.iter().map(|d| format!("-e {}", sh_quote(&format!(" {}/", d.display())))).collect();
+        cleanup.push(format!(
+            "for i in $(seq 150); do grep -qF {} /proc/mounts || break; sleep 0.1; done",
+            mounts.join(" ")
+        ));
+    }
+    if !netns.is_empty() {
+        cleanup.extend(netns.iter().map(|n| format!("ip netns del {n}")));
+        cleanup.push(format!("ip netns list | grep -o '^md{demo_pid}-[0-9]*-hub' | xargs -r -n1 ip netns del"));
+    }
+    if let Some(dir) = state_dir {
+        cleanup.push(format!("rm -rf --one-file-system {}", sh_quote(&dir.display().to_string())));
+    }
+    cleanup
+}
+
+/// `word` as one shell word: as is when it is plain, else single-quoted.
+pub fn sh_quote(word: &str) -> String {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "/._-:=@+,".contains(c)) {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
     }
 }
 
@@ -298,4 +355,34 @@ pub fn enrol(dir: &Path, n: usize) -> anyhow::Result<Vec<MeshConfig>> {
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_teardown_of_a_kept_fleet_stops_agents_deletes_namespaces_and_the_state_dir() {
+        let netns = vec!["md42-1-n0".to_owned(), "md42-2-n1".to_owned()];
+        let runs = [PathBuf::from("/tmp/d/node1/state/run"), PathBuf::from("/tmp/d/node2/state/run")];
+        assert_eq!(
+            teardown_commands(&[101, 102], &runs, &netns, 42, Some(Path::new("/tmp/d"))),
+            [
+                "kill 101 102",
+                "timeout 15 sh -c 'for p in 101 102; do while kill -0 $p 2>/dev/null; do sleep 0.1; done; done'",
+                "for p in $(cat /tmp/d/node1/state/run/clones/*.state /tmp/d/node2/state/run/clones/*.state \
+                 2>/dev/null | grep -o '\"pid\": *[0-9]*' | grep -o '[0-9]*$'); \
+                 do if ps -o args= -p $p | grep -q ' clone hold '; then kill $p; fi; done",
+                "for i in $(seq 150); do grep -qF -e ' /tmp/d/node1/state/run/' -e ' /tmp/d/node2/state/run/' \
+                 /proc/mounts || break; sleep 0.1; done",
+                "ip netns del md42-1-n0",
+                "ip netns del md42-2-n1",
+                "ip netns list | grep -o '^md42-[0-9]*-hub' | xargs -r -n1 ip netns del",
+                "rm -rf --one-file-system /tmp/d",
+            ]
+        );
+        // An operator's --dir stays; a path with a space or quote is one shell word.
+        assert_eq!(teardown_commands(&[7], &[], &[], 1, None).len(), 2);
+        assert_eq!(sh_quote("/tmp/my demo/it's"), r"'/tmp/my demo/it'\''s'");
+    }
 }

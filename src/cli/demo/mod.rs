@@ -325,18 +325,21 @@ fn finish(args: &Args, fleet: DemoFleet, mut summary: Summary) -> anyhow::Result
             .iter()
             .map(|n| KeptNode { name: n.name.clone(), netns: n.netns.clone(), control: n.socket.clone() })
             .collect();
+        // The binary's full path: the commands work as printed, meshdrain on PATH or not.
+        let exe = std::env::current_exe().context("finding the meshdrain binary")?;
+        let exe = fleet::sh_quote(binary_path(&exe.display().to_string()));
         let mut lines = vec!["the fleet stays up; each node's CLI:".to_owned()];
         for n in &fleet.nodes {
             lines.push(format!(
-                "  meshdrain --control {} status      # {} (netns {}, log {})",
-                n.socket.display(),
+                "  {exe} --control {} status      # {} (netns {}, log {})",
+                fleet::sh_quote(&n.socket.display().to_string()),
                 n.name,
                 n.netns,
                 n.log.display()
             ));
         }
         lines.push("tear it down with:".to_owned());
-        summary.cleanup = fleet.keep();
+        summary.cleanup = fleet.keep(args.dir.is_none().then_some(summary.dir.as_path()));
         lines.extend(summary.cleanup.iter().map(|c| format!("  {c}")));
         for l in lines {
             say(args, &l);
@@ -361,6 +364,12 @@ fn finish(args: &Args, fleet: DemoFleet, mut summary: Summary) -> anyhow::Result
         );
     }
     Ok(())
+}
+
+/// The binary's path to print: Linux names a binary replaced while it runs (an upgrade, a
+/// rebuild) `<path> (deleted)`; the path itself holds the new binary, which is the one to run.
+fn binary_path(exe: &str) -> &str {
+    exe.strip_suffix(" (deleted)").unwrap_or(exe)
 }
 
 fn add(total: &mut Counts, c: Counts) {
@@ -393,5 +402,14 @@ fn say(args: &Args, line: &str) {
         eprintln!("demo: {line}");
     } else {
         println!("demo: {line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_printed_binary_path_is_the_one_on_disk_even_after_an_upgrade() {
+        assert_eq!(super::binary_path("/usr/bin/meshdrain (deleted)"), "/usr/bin/meshdrain");
+        assert_eq!(super::binary_path("/work/main/target/debug/meshdrain"), "/work/main/target/debug/meshdrain");
     }
 }
