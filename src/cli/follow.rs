@@ -131,6 +131,7 @@ pub async fn follow(
     sink.event(json!({ "event": "published", "node": node, "nonce": nonce, "adopted": adopted }), &text);
     let mut last_alive: Option<bool> = Some(true);
     let mut meters: BTreeMap<(String, u64), RateMeter> = BTreeMap::new();
+    let mut most_to_move: BTreeMap<(String, u64), u64> = BTreeMap::new();
     let mut shown: BTreeMap<String, Shown> = BTreeMap::new();
     let mut tracked: BTreeSet<String> = BTreeSet::new();
     let mut plan: (Option<Instant>, Vec<PlanLine>) = (None, vec![]);
@@ -236,7 +237,13 @@ pub async fn follow(
         for v in &mine {
             let meter = meters.entry((v.id.clone(), v.epoch)).or_default();
             let rate = meter.sample(now, v.hydration.fetched_bytes);
-            let moved = Moved::of(v);
+            // The holder counts fetched bytes before it marks their regions on the dest, so
+            // bytes left lag by up to a batch: the denominator shown never shrinks.
+            let moved = Moved::of(v).map(|m| {
+                let most = most_to_move.entry((v.id.clone(), v.epoch)).or_insert(0);
+                *most = (*most).max(m.to_move);
+                Moved { to_move: *most, ..m }
+            });
             if is_moving(&v.phase) {
                 total.0 = total.0.plus(moved.unwrap_or_default());
                 total.1 += rate;
