@@ -24,8 +24,8 @@ mod output;
 #[cfg(test)]
 mod tests;
 
-use output::Stream;
 pub use output::{Captured, TAIL_BYTES};
+use output::{Forward, Stream};
 
 /// Which hook (for messages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,10 @@ pub async fn run_hook_captured(
         }
     };
     let elapsed = started.elapsed();
-    let label = |stream: &str| format!("{} hook of volume {volume}, background {stream}", kind.name());
+    let label = |stream: &str| Forward {
+        label: format!("{} hook background {stream}", kind.name()),
+        volume: volume.to_owned(),
+    };
     let (stdout, stderr) =
         tokio::join!(stdout.finish(OUTPUT_GRACE, label("stdout")), stderr.finish(OUTPUT_GRACE, label("stderr")));
     let run = HookRun { command, status, stdout, stderr, elapsed };
@@ -157,14 +160,14 @@ fn log_run(kind: HookKind, volume: &str, run: &HookRun) {
     let elapsed = format!("{:.3}s", run.elapsed.as_secs_f64());
     let hook = kind.name();
     info!(
-        %volume, %hook, %elapsed,
-        "{hook} hook of volume {volume} ended ({ended}) in {elapsed}: stdout {}, stderr {}",
+        %volume,
+        "{hook} hook ended ({ended}) in {elapsed}: stdout {}, stderr {}",
         run.stdout.describe(),
         run.stderr.describe()
     );
     for (stream, captured) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
         for line in captured.lines() {
-            info!(%volume, %hook, %stream, "{hook} hook of volume {volume}, {stream}: {line}");
+            info!(%volume, "{hook} hook {stream}: {line}");
         }
     }
 }

@@ -54,12 +54,28 @@ pub fn printable(line: &str) -> String {
         .collect()
 }
 
+/// How a stream's later output is logged: the message's label and the volume field.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// E.g. `start hook background stderr`.
+    pub label: String,
+    /// The hook's volume (a log field).
+    pub volume: String,
+}
+
+impl Forward {
+    fn log(&self, line: &[u8]) {
+        let (label, volume) = (&self.label, &self.volume);
+        info!(%volume, "{label}: {}", printable(&String::from_utf8_lossy(line)));
+    }
+}
+
 /// Where read bytes go: into the tail until the hook is done, then to the log.
 #[derive(Debug, Default)]
 struct State {
     captured: Captured,
-    /// Set when the hook is done: the log label of bytes read from now on.
-    forward_as: Option<String>,
+    /// Set when the hook is done: how bytes read from now on are logged.
+    forward_as: Option<Forward>,
     /// A forwarded line not yet ended by a newline.
     partial: Vec<u8>,
 }
@@ -76,12 +92,10 @@ impl State {
                 }
                 self.captured.total += bytes.len() as u64;
             }
-            Some(label) => {
-                let label = label.clone();
+            Some(forward) => {
                 for &b in bytes {
                     if b == b'\n' || self.partial.len() >= LINE_BYTES {
-                        let line = std::mem::take(&mut self.partial);
-                        info!("{label}: {}", printable(&String::from_utf8_lossy(&line)));
+                        forward.log(&std::mem::take(&mut self.partial));
                         if b == b'\n' {
                             continue;
                         }
@@ -93,11 +107,10 @@ impl State {
     }
 
     fn finish(&mut self) {
-        if let Some(label) = &self.forward_as
+        if let Some(forward) = &self.forward_as
             && !self.partial.is_empty()
         {
-            info!("{label}: {}", printable(&String::from_utf8_lossy(&self.partial)));
-            self.partial.clear();
+            forward.log(&std::mem::take(&mut self.partial));
         }
     }
 }
@@ -128,7 +141,7 @@ impl Stream {
 
     /// Waits up to `grace` for the pipe to close (every writer gone), then takes what was
     /// captured; bytes written after that are logged under `forward_as` instead.
-    pub async fn finish(mut self, grace: std::time::Duration, forward_as: String) -> Captured {
+    pub async fn finish(mut self, grace: std::time::Duration, forward_as: Forward) -> Captured {
         let _ = tokio::time::timeout(grace, &mut self.pump).await;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut captured = std::mem::take(&mut state.captured);

@@ -168,3 +168,44 @@ async fn a_background_process_can_still_write_after_the_hook_is_done() {
     }
     assert_eq!(std::fs::read_to_string(&result).unwrap(), "0\n");
 }
+
+/// A `MakeWriter` into a shared buffer, to read what was logged.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_hooks_end_and_output_are_logged_and_later_background_output_too() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cmd = "echo mounted; (sleep 0.2; echo 'listening on :5432' >&2) & echo 'no config, using defaults' >&2";
+    run_hook(HookKind::Start, cmd, "db1", Path::new("/x"), "n", Duration::from_secs(5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let ended = lines.iter().find(|l| l.contains("start hook ended")).unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        ended.starts_with("INFO start hook ended (exit status: 0) in ")
+            && ended.ends_with(": stdout 8 bytes, stderr 26 bytes volume=db1"),
+        "{text}"
+    );
+    assert!(lines.contains(&"INFO start hook stdout: mounted volume=db1"), "{text}");
+    assert!(lines.contains(&"INFO start hook stderr: no config, using defaults volume=db1"), "{text}");
+    assert!(lines.contains(&"INFO start hook background stderr: listening on :5432 volume=db1"), "{text}");
+}
