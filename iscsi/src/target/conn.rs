@@ -87,7 +87,7 @@ async fn serve_conn(
     let deadline = tokio::time::Instant::now() + target.limits.login_timeout;
     let first = login_pdu(&mut rd, &mut buf, &mut held, deadline).await?;
     if first.opcode() != Some(Opcode::LoginRequest) {
-        tracing::warn!(opcode = ?first.opcode(), "first PDU is not a login request; dropping");
+        tracing::warn!(opcode = %first.opcode().map_or_else(|| "invalid".to_owned(), |o| format!("{o:?}")), "first PDU is not a login request; dropping");
         return Ok(());
     }
     let pairs = text::parse(&first.data).unwrap_or_default();
@@ -289,7 +289,7 @@ async fn full_feature(
                     ping = None;
                     let pdu = detach(pdu);
                     if discovery && !discovery_allows(pdu.opcode()) {
-                        tracing::warn!(opcode = ?pdu.opcode(), "discovery session sent a PDU other than SendTargets, NOP-Out or Logout; rejecting and dropping");
+                        tracing::warn!(opcode = %pdu.opcode().map_or_else(|| "invalid".to_owned(), |o| format!("{o:?}")), "discovery session sent a PDU other than SendTargets, NOP-Out or Logout; rejecting and dropping");
                         let _ = tx.send(Out::Pdu(Pdu::reject(RejectReason::ProtocolError, &pdu.bhs), true)).await;
                         graceful = true;
                         break Ok(());
@@ -320,7 +320,7 @@ async fn full_feature(
                             }
                         }
                         _ => {
-                            tracing::warn!(opcode = ?pdu.opcode(), "unexpected PDU in full feature phase; rejecting and dropping");
+                            tracing::warn!(opcode = %pdu.opcode().map_or_else(|| "invalid".to_owned(), |o| format!("{o:?}")), "unexpected PDU in full feature phase; rejecting and dropping");
                             let _ = tx.send(Out::Pdu(Pdu::reject(RejectReason::ProtocolError, &pdu.bhs), true)).await;
                             graceful = true;
                             break Ok(());
