@@ -329,6 +329,12 @@ fn netns_holder_serves_the_workload_through_agent_kill_upgrade_and_restart() {
     for bad in ["connection lost; reconnecting", "giving up on the session"] {
         assert!(!after.contains(bad), "after the hand-off the holder logged {bad:?}:\n{}", tail(&holder_log));
     }
+    let source_log = f.agents[0].log();
+    assert!(
+        !source_log.contains("session fenced or export closed; dropping connection"),
+        "the source found a session to drop when it closed its export:\n{}",
+        tail(&source_log)
+    );
 }
 
 #[test]

@@ -414,4 +414,6 @@ impl Inner {
 }
 
 #[cfg(test)]
+mod holder_tests;
+#[cfg(test)]
 mod tests;
