@@ -150,6 +150,10 @@ fn a_stuck_drain_says_why_the_dry_run_checks_the_name_and_a_new_volume_shows_at_
         "{stdout}"
     );
     assert!(stdout.contains("v1: offered; no eligible target: node2 is cordoned, node3 is cordoned"), "{stdout}");
+    // Text logs to a file (as under journald): no colour escape codes, no Debug structures.
+    let log = agents[0].log();
+    assert!(log.contains(" INFO ") && !log.contains('\u{1b}'), "{log}");
+    assert!(!log.contains("Acl {") && !log.contains("DeleteData {"), "{log}");
 }
 
 #[test]
