@@ -92,10 +92,7 @@ pub async fn run(spec_path: &Path) -> Result<(), String> {
 type Opened = (Arc<Engine>, Option<Arc<ReconnectingSource>>, Exposed, HolderState);
 
 /// Logs in (unless handed off), opens the engine and exposes it. Blocking.
-fn open(
-    spec: &HolderSpec,
-    mut state: HolderState,
-) -> Result<Opened, String> {
+fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
     let cfg = EngineConfig {
         region_size: spec.region_size,
         epoch: spec.epoch,
@@ -327,11 +324,16 @@ impl Holder {
                 Ok(digest) => Reply { digest, ..Reply::ok() },
                 Err(e) => Reply::err(e),
             },
-            // Engine::declare_source_lost (node-lost work, issue 17) is not in this
-            // build yet: the verb is part of the protocol, the call comes with it.
-            Request::SourceLost | Request::AcceptPartial => {
-                Reply::err("this holder cannot declare its source lost yet (no engine support)")
+            // docs/failures.md: not persisted by the engine; the agent tells a
+            // restarted holder again (clone_process::resume).
+            Request::SourceLost => {
+                let lost = self.engine.declare_source_lost();
+                Reply { regions: Some((lost.missing_regions, lost.total_regions)), ..Reply::ok() }
             }
+            Request::AcceptPartial => match self.engine.accept_partial() {
+                Ok(_) => Reply::ok(),
+                Err(e) => Reply::err(e.to_string()),
+            },
             Request::Stop => Reply::ok(),
             Request::Watch => Reply::err("watch is a stream"),
         }

@@ -267,6 +267,7 @@ impl ProcessClones {
             hydrating: false,
             workload_started: false,
             start_hook: None,
+            source_lost: false,
         }
     }
 
@@ -283,12 +284,16 @@ impl ProcessClones {
     }
 }
 
-/// Brings a (re)started holder back to where its predecessor was: hydrating if it was.
+/// Brings a (re)started holder back to where its predecessor was: its source declared
+/// lost if it was, hydrating if it was.
 fn resume(t: &Tracked) {
-    let (hydrating, volume) = {
+    let (hydrating, source_lost, volume) = {
         let s = t.spec.lock().expect("spec lock");
-        (s.hydrating, s.volume.clone())
+        (s.hydrating, s.source_lost, s.volume.clone())
     };
+    if source_lost && let Err(e) = call(&t.files.socket, &Request::SourceLost, QUICK) {
+        warn!(%volume, "restarted holder: cannot declare its source lost again: {e}");
+    }
     if hydrating {
         match call(&t.files.socket, &Request::Hydrate, QUICK) {
             Ok(r) => {

@@ -69,6 +69,10 @@ pub struct HolderSpec {
     /// The start hook that ran (run again on a new device when a holder is restarted).
     #[serde(default)]
     pub start_hook: Option<String>,
+    /// The source was declared lost (the engine does not persist it: a restarted holder
+    /// is told again).
+    #[serde(default)]
+    pub source_lost: bool,
 }
 
 /// What a holder records about itself in `<volume>.state` (written whole, by rename).
