@@ -79,3 +79,22 @@ impl<'a> MakeWriter<'a> for Stderr {
         Line(Vec::with_capacity(256))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_go_around_bars_only_while_they_are_shown() {
+        let bars = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden());
+        {
+            let _shown = show_bars(&bars);
+            assert!(BARS.lock().unwrap().is_some());
+            // A line written now goes through `suspend` (hidden target: nothing drawn) whole.
+            let mut line = Stderr.make_writer();
+            line.write_all(b"a log line\n").unwrap();
+            assert_eq!(line.0, b"a log line\n");
+        }
+        assert!(BARS.lock().unwrap().is_none(), "the guard's drop stops the routing");
+    }
+}
