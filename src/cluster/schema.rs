@@ -41,6 +41,9 @@ pub enum Key {
     Progress(VolumeId),
     /// `done/<id>`: the holder has every region of the volume.
     Done(VolumeId),
+    /// `lost/<node>`: `<node>` was declared lost for good (kept and republished by every
+    /// agent that saw it; docs/failures.md).
+    Lost(NodeName),
     /// Any other key: kept raw so newer agents' keys don't break older ones.
     Other(String),
 }
@@ -65,6 +68,9 @@ impl Key {
         if let Some(id) = key.strip_prefix("done/").and_then(volume) {
             return Key::Done(id);
         }
+        if let Some(n) = key.strip_prefix("lost/").and_then(node) {
+            return Key::Lost(n);
+        }
         if let Some((s, v)) = key.strip_prefix("claim/").and_then(|r| r.split_once('/'))
             && let (Some(source), Some(volume)) = (node(s), volume(v))
         {
@@ -82,6 +88,7 @@ impl Key {
             Key::Claim { source, volume } => format!("claim/{source}/{volume}"),
             Key::Progress(id) => format!("progress/{id}"),
             Key::Done(id) => format!("done/{id}"),
+            Key::Lost(node) => format!("lost/{node}"),
             Key::Other(k) => k.clone(),
         }
     }
@@ -268,6 +275,7 @@ mod tests {
             "claim/n1/v1",
             "progress/v",
             "done/v",
+            "lost/n2",
             "claim/x",
         ] {
             assert_eq!(Key::parse(k).render(), k);
@@ -279,6 +287,8 @@ mod tests {
             Key::Claim { source: "n1".parse().unwrap(), volume: "v1".parse().unwrap() }
         );
         assert!(matches!(Key::parse("claim/x"), Key::Other(_)));
+        assert_eq!(Key::parse("lost/n2"), Key::Lost("n2".parse().unwrap()));
+        assert!(matches!(Key::parse("lost/../n2"), Key::Other(_)));
         assert!(matches!(Key::parse("vol/a/b"), Key::Other(_)));
     }
 

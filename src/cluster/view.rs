@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::schema::{self, ClaimRecord, DoneRecord, Ignored, Key, NodeRecord, ProgressRecord, VolumeRecord};
+use crate::decide::lost::LostDeclaration;
 use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::request::NodeRequest;
 
@@ -59,6 +60,8 @@ pub struct NodeView {
     pub progress: BTreeMap<VolumeId, ProgressRecord>,
     /// Volumes it has completed, by id.
     pub done: BTreeMap<VolumeId, DoneRecord>,
+    /// Nodes it knows were declared lost (docs/failures.md).
+    pub lost: BTreeMap<NodeName, LostDeclaration>,
     /// Values skipped, with the reason.
     pub ignored: Vec<(String, Ignored)>,
 }
@@ -107,6 +110,16 @@ impl ClusterView {
         published.max(applied)
     }
 
+    /// Every declaration of a lost node that any node publishes, merged
+    /// ([`LostDeclaration::merge`]).
+    pub fn lost(&self) -> BTreeMap<NodeName, LostDeclaration> {
+        let mut all = BTreeMap::new();
+        for n in self.nodes.values() {
+            crate::decide::lost::merge_all(&mut all, &n.lost);
+        }
+        all
+    }
+
     /// The local node.
     pub fn local(&self) -> Option<&NodeView> {
         self.nodes.get(self.self_name.as_str())
@@ -138,6 +151,7 @@ impl NodeView {
             claims: BTreeMap::new(),
             progress: BTreeMap::new(),
             done: BTreeMap::new(),
+            lost: BTreeMap::new(),
             ignored: Vec::new(),
         };
         for (k, v) in &n.entries {
@@ -157,6 +171,9 @@ impl NodeView {
                 }),
                 Key::Done(id) => schema::decode::<DoneRecord>(v).map(|r| {
                     view.done.insert(id, r);
+                }),
+                Key::Lost(node) => schema::decode::<LostDeclaration>(v).map(|r| {
+                    view.lost.insert(node, r);
                 }),
                 Key::Other(_) => Ok(()),
             };

@@ -84,6 +84,32 @@ pub struct AgentConfig {
     /// Retention of handed-off copies.
     #[serde(default)]
     pub gc: GcConfig,
+    /// Lease settings (`[lease] node_lost_after`).
+    #[serde(default, skip_serializing_if = "LeaseConfig::is_default")]
+    pub lease: LeaseConfig,
+}
+
+/// `[lease]`: when a node dead for long is declared lost without an operator
+/// (docs/failures.md). Off by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// Declare a node lost once it has been dead this long (a duration: `"30m"`, `"2h"`),
+    /// only when that loses no data: never a holder a volume was cut over to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_lost_after: Option<String>,
+}
+
+impl LeaseConfig {
+    /// Whether nothing is set (the section is then left out of written configs).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The delay, if set and a duration (validation refuses anything else).
+    pub fn node_lost_after(&self) -> Option<Duration> {
+        self.node_lost_after.as_deref().and_then(|t| humantime::parse_duration(t).ok())
+    }
 }
 
 /// Which data plane moves volume bytes.
@@ -391,6 +417,7 @@ impl AgentConfig {
             dataplane: DataplaneConfig::default(),
             log: LogConfig::default(),
             gc: GcConfig::default(),
+            lease: LeaseConfig::default(),
         }
     }
 

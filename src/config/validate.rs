@@ -191,6 +191,15 @@ impl AgentConfig {
                 "write a duration such as \"24h\", \"90m\" or \"0s\"",
             ));
         }
+        if let Some(text) = &self.lease.node_lost_after
+            && self.lease.node_lost_after().is_none_or(|d| d.is_zero())
+        {
+            return Err(invalid(
+                "lease.node_lost_after",
+                format!("{text:?} is not a positive duration"),
+                "write a duration such as \"30m\" or \"2h\", or leave the key out to declare lost nodes by hand only",
+            ));
+        }
         Ok(ResolvedAddrs { gossip_listen, gossip_advertise, metrics_listen })
     }
 

@@ -122,6 +122,18 @@ pub trait CloneService: Send + Sync + 'static {
     /// The agent is stopping: tear down clone devices now (their metadata keeps what is
     /// durable; a restarted agent resumes). Default: nothing to tear down.
     fn shutdown(&self) {}
+    /// The source was declared lost for good (docs/failures.md): stop waiting for it.
+    /// Reads of regions not yet here fail at once with EIO, hydration stops. Returns
+    /// (regions missing, regions). Default: a backend without the mode says so.
+    fn source_lost(&self, _volume: &str) -> Result<(u64, u64), String> {
+        Err("not supported by this clone backend".to_owned())
+    }
+    /// The operator keeps a partial copy (`meshdrain partial accept`): the missing regions
+    /// become zeros on the dest, so hydration completes and finalize runs as usual.
+    /// Default: a backend without the mode says so.
+    fn accept_partial(&self, _volume: &str) -> Result<(), String> {
+        Err("not supported by this clone backend".to_owned())
+    }
 }
 
 /// A command and the volume's local path when it was handed over.
@@ -359,6 +371,58 @@ impl Inner {
                         }
                     }
                     Err(e) => warn!(%volume, "finalize failed (retried after a restart): {e}"),
+                }
+            }
+            DataCommand::DeclareSourceLost { volume } => {
+                let (clones, v) = (self.clones.clone(), volume.clone());
+                let result = self.blocking(move || clones.source_lost(&v)).await;
+                match &result {
+                    Ok((missing, regions)) => {
+                        warn!(%volume, missing, regions, "source lost: missing regions now fail with EIO")
+                    }
+                    Err(e) => warn!(%volume, "source lost, but the clone cannot stop waiting for it: {e}"),
+                }
+                send(DataEvent::SourceLost { volume, result });
+            }
+            DataCommand::AcceptPartial { volume } => {
+                let (clones, v) = (self.clones.clone(), volume.clone());
+                match self.blocking(move || clones.accept_partial(&v)).await {
+                    Ok(()) => info!(%volume, "partial copy accepted: missing regions are zeros"),
+                    Err(e) => warn!(%volume, "cannot accept the partial copy: {e}"),
+                }
+            }
+            // docs/failures.md: a node declared lost that comes back keeps its copies aside.
+            DataCommand::SetAside { volume, epoch, hook } => {
+                let device = self.devices.lock().expect("device map lock").remove(volume.as_str());
+                if let Some(device) = &device
+                    && let Err(reason) = self.hook(HookKind::Stop, hook, &volume, device).await
+                {
+                    warn!(%volume, "{reason} (fenced: the copy is set aside anyway)");
+                }
+                let dest = local.unwrap_or_else(|| paths::volume_file(&self.pool, &volume));
+                let aside = self.pool.join("aside");
+                let moves = [(dest, "img"), (paths::clone_metadata(&self.pool, &volume), "clone-meta")];
+                for (from, ext) in moves {
+                    if !from.starts_with(&self.pool) || !from.exists() {
+                        continue;
+                    }
+                    let to = aside.join(format!("{volume}.e{epoch}.{ext}"));
+                    match std::fs::create_dir_all(&aside).and_then(|()| std::fs::rename(&from, &to)) {
+                        Ok(()) => {
+                            warn!(%volume, epoch, to = %to.display(), "fenced: copy set aside until `meshdrain gc`")
+                        }
+                        Err(e) => warn!(%volume, from = %from.display(), "cannot set the copy aside: {e}"),
+                    }
+                }
+            }
+            DataCommand::DeleteAside { volume, epoch } => {
+                for ext in ["img", "clone-meta"] {
+                    let path = self.pool.join("aside").join(format!("{volume}.e{epoch}.{ext}"));
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => info!(%volume, epoch, path = %path.display(), "set-aside copy deleted (gc)"),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => warn!(%volume, path = %path.display(), "cannot delete the set-aside copy: {e}"),
+                    }
                 }
             }
             DataCommand::DiscardClone { volume } => {

@@ -7,6 +7,7 @@
 //! - [`node`], [`request`]: the node lifecycle and node requests from anywhere.
 //! - [`placement`]: which node takes which volume.
 //! - [`lease`]: one volume's move, source side and holder side.
+//! - [`lost`]: nodes declared lost for good, and what that does to their volumes.
 //! - [`core`]: the agent's state machine that joins them.
 //!
 //! It imports nothing from `agent`, `control`, `cli`, `store` or the data plane; the
@@ -14,6 +15,7 @@
 
 pub mod core;
 pub mod lease;
+pub mod lost;
 pub mod model;
 pub mod node;
 pub mod placement;

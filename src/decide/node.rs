@@ -9,6 +9,8 @@
 //!    ▲  ╰─────────────drain──────────────────▲ │                   │
 //!    ├──────uncordon─────╯                    │ │                   │
 //!    ╰───────────────────undrain──────────────┴─┴───────undrain─────╯
+//!
+//!  any ──declared lost (seen in gossip, docs/failures.md)──▶ lost (fenced; final)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -25,11 +27,16 @@ pub enum NodeState {
     Draining,
     /// Holds no volumes that have not been handed off. May become active on undrain.
     Drained,
+    /// Declared lost for good (`meshdrain node lost`, docs/failures.md). A node that sees
+    /// this about itself is fenced: it starts no workload, opens no export, takes no
+    /// volume and refuses every request. Final.
+    Lost,
 }
 
 impl NodeState {
     /// All states, for metrics with one series per state.
-    pub const ALL: [NodeState; 4] = [NodeState::Active, NodeState::Cordoned, NodeState::Draining, NodeState::Drained];
+    pub const ALL: [NodeState; 5] =
+        [NodeState::Active, NodeState::Cordoned, NodeState::Draining, NodeState::Drained, NodeState::Lost];
 
     /// The lowercase name used on the wire, in JSON and in metrics labels.
     pub fn as_str(self) -> &'static str {
@@ -38,6 +45,7 @@ impl NodeState {
             NodeState::Cordoned => "cordoned",
             NodeState::Draining => "draining",
             NodeState::Drained => "drained",
+            NodeState::Lost => "lost",
         }
     }
 
@@ -92,6 +100,9 @@ pub enum NodeEvent {
     Requested(NodeAction),
     /// The volume drain reports that every volume has been handed off.
     AllVolumesHandedOff,
+    /// A volume is back here: its new owner was declared lost with `--accept-data-loss`
+    /// and this node's retained copy is the volume again (docs/failures.md).
+    VolumeReturned,
 }
 
 /// What the owner loop must do after a transition.
@@ -159,6 +170,14 @@ pub fn step(state: NodeState, event: NodeEvent) -> Result<Transition, Rejected> 
         (Active | Cordoned, NodeEvent::AllVolumesHandedOff) => {
             reject("complete a drain of", "no drain is running; this is ignored")
         }
+        (Lost, NodeEvent::Requested(a)) => reject(
+            a.as_str(),
+            "it was declared lost (`meshdrain node lost`) and is fenced; remove its state dir and enrol it under a new name to use the machine again",
+        ),
+        (Lost, NodeEvent::AllVolumesHandedOff) => reject("complete a drain of", "it is fenced; this is ignored"),
+        // A drained node is not drained any more: the volume moves on again.
+        (Drained, NodeEvent::VolumeReturned) => to(Draining, vec![NodeEffect::StartVolumeDrain]),
+        (_, NodeEvent::VolumeReturned) => to(state, vec![]),
     }
 }
 
@@ -190,6 +209,10 @@ mod tests {
             (Drained, req(Cordon), Drained, &[]),
             (Drained, req(Undrain), Active, &[]),
             (Drained, NodeEvent::AllVolumesHandedOff, Drained, &[]),
+            (Drained, NodeEvent::VolumeReturned, Draining, &[NodeEffect::StartVolumeDrain]),
+            (Draining, NodeEvent::VolumeReturned, Draining, &[]),
+            (Active, NodeEvent::VolumeReturned, Active, &[]),
+            (Lost, NodeEvent::VolumeReturned, Lost, &[]),
         ];
         for (from, event, want, effects) in table {
             let t = step(*from, *event).unwrap_or_else(|e| panic!("{from} {event:?}: {e}"));
@@ -225,6 +248,11 @@ mod tests {
                 NodeEvent::AllVolumesHandedOff,
                 "cannot complete a drain of a node that is cordoned: no drain is running; this is ignored",
             ),
+            (
+                Lost,
+                req(Undrain),
+                "cannot undrain a node that is lost: it was declared lost (`meshdrain node lost`) and is fenced; remove its state dir and enrol it under a new name to use the machine again",
+            ),
         ];
         for (from, event, msg) in cases {
             assert_eq!(step(from, event).unwrap_err().to_string(), msg);
@@ -233,7 +261,14 @@ mod tests {
 
     #[test]
     fn the_table_is_total() {
-        let events = [req(Cordon), req(Uncordon), req(Drain), req(Undrain), NodeEvent::AllVolumesHandedOff];
+        let events = [
+            req(Cordon),
+            req(Uncordon),
+            req(Drain),
+            req(Undrain),
+            NodeEvent::AllVolumesHandedOff,
+            NodeEvent::VolumeReturned,
+        ];
         for s in NodeState::ALL {
             for e in events {
                 // Either outcome is fine; what matters is that it is decided, and that an

@@ -39,6 +39,19 @@ pub enum DataCommand {
     Finalize { volume: VolumeId, done_hook: Option<String> },
     /// Holder: remove a revoked partial clone.
     DiscardClone { volume: VolumeId },
+    /// Holder: the source was declared lost; the clone engine stops waiting for it (reads
+    /// of missing regions fail with EIO, hydration stops) and reports
+    /// [`DataEvent::SourceLost`] with what is missing (docs/failures.md).
+    DeclareSourceLost { volume: VolumeId },
+    /// Holder: the operator keeps the partial copy: missing regions become zeros on the
+    /// dest, so hydration completes and the move finalizes as usual.
+    AcceptPartial { volume: VolumeId },
+    /// This node was declared lost and came back: run the `stop` hook (on a copy whose
+    /// workload may run here), then move the copy and its clone metadata into the pool's
+    /// `aside/` directory as `<volume>.e<epoch>.*`, where only `gc` removes them.
+    SetAside { volume: VolumeId, epoch: u64, hook: Option<String> },
+    /// `gc`: delete a copy set aside by [`DataCommand::SetAside`].
+    DeleteAside { volume: VolumeId, epoch: u64 },
 }
 
 impl DataCommand {
@@ -55,7 +68,11 @@ impl DataCommand {
             | DataCommand::StartHeldWorkload { volume, .. }
             | DataCommand::SetRateLimit { volume, .. }
             | DataCommand::Finalize { volume, .. }
-            | DataCommand::DiscardClone { volume } => volume,
+            | DataCommand::DiscardClone { volume }
+            | DataCommand::DeclareSourceLost { volume }
+            | DataCommand::AcceptPartial { volume }
+            | DataCommand::SetAside { volume, .. }
+            | DataCommand::DeleteAside { volume, .. } => volume,
         }
     }
 }
@@ -83,4 +100,7 @@ pub enum DataEvent {
     Finalized { volume: VolumeId, digest: Option<String> },
     /// Source: the holder's digest compared with the local copy.
     Verified { volume: VolumeId, epoch: u64, result: Result<(), String> },
+    /// Holder: the clone engine stopped waiting for a lost source: `Ok((missing, regions))`,
+    /// or why it could not (a clone backend without the mode).
+    SourceLost { volume: VolumeId, result: Result<(u64, u64), String> },
 }

@@ -109,6 +109,8 @@ impl Core {
             HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume, hook: hooks.start },
             HolderEffect::Finalize => DataCommand::Finalize { volume, done_hook: hooks.done },
             HolderEffect::DiscardClone => DataCommand::DiscardClone { volume },
+            HolderEffect::DeclareSourceLost => DataCommand::DeclareSourceLost { volume },
+            HolderEffect::AcceptPartial => DataCommand::AcceptPartial { volume },
         });
     }
 

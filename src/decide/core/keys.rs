@@ -57,6 +57,9 @@ impl Core {
             };
             keys.insert(Key::Volume(id.clone()).render(), schema::encode(&rec));
         }
+        for (node, d) in &self.state.lost {
+            keys.insert(Key::Lost(node.clone()).render(), schema::encode(d));
+        }
         for ((source, volume), epoch) in &self.claims {
             keys.insert(
                 Key::Claim { source: source.clone(), volume: volume.clone() }.render(),
@@ -70,7 +73,11 @@ impl Core {
                 keys.insert(Key::Done(id.clone()).render(), schema::encode(&done));
                 continue;
             }
-            let p = self.progress.get(id).cloned().unwrap_or_default();
+            let mut p = self.progress.get(id).cloned().unwrap_or_default();
+            if let HolderPhase::Incomplete { missing, regions, .. } = &h.phase {
+                // The volume list shows this line as the volume's error (docs/failures.md).
+                p.error = Some(format!("incomplete: source lost, {missing} of {regions} regions missing"));
+            }
             let rec = ProgressRecord {
                 source: h.source.clone(),
                 epoch: h.epoch,

@@ -11,6 +11,7 @@ use crate::cluster::view::ClusterView;
 use crate::decide::lease::{
     HolderEvent, HolderPhase, HolderVolume, SourceEffect, SourceEvent, SourcePhase, SourceVolume, Timing,
 };
+use crate::decide::lost::LostDeclaration;
 use crate::decide::model::{Arrival, CloneProgress, Hooks, Incoming, NodeName, VolumeId, WireguardAdvert};
 use crate::decide::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::decide::placement::Candidate;
@@ -19,9 +20,11 @@ use crate::decide::request::{self, AppliedRequest, DrainOptions, NodeRequest};
 mod data;
 mod holder;
 mod keys;
+mod lost;
 mod source;
 
 pub use data::{DataCommand, DataEvent};
+pub use lost::{AsideCopy, LostError, PartialError, PartialVerdict};
 
 /// Static facts and settings of this agent.
 #[derive(Debug, Clone)]
@@ -89,6 +92,13 @@ pub struct CoreState {
     /// Export, labels and hooks of each volume in `holding`.
     #[serde(default)]
     pub incoming: BTreeMap<VolumeId, Incoming>,
+    /// Every node declared lost that this node knows of (kept and published again as
+    /// `lost/<node>`, docs/failures.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub lost: BTreeMap<NodeName, LostDeclaration>,
+    /// Copies set aside since this node learned it was declared lost; only `gc` deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aside: Vec<AsideCopy>,
 }
 
 impl Default for CoreState {
@@ -102,6 +112,8 @@ impl Default for CoreState {
             holding: BTreeMap::new(),
             drain_options: DrainOptions::default(),
             incoming: BTreeMap::new(),
+            lost: BTreeMap::new(),
+            aside: Vec::new(),
         }
     }
 }
@@ -129,6 +141,12 @@ pub struct Core {
     /// empty, and an ACL without the holder's address would let nobody in): volume →
     /// (holder, epoch).
     unaddressed_exports: BTreeMap<VolumeId, (NodeName, u64)>,
+    /// Since when each node has been seen dead (for `[lease] node_lost_after`; not
+    /// persisted, so a restart starts counting again).
+    dead_since: BTreeMap<NodeName, u64>,
+    /// Restart work of moves coming here, until the first look at the fleet: a node that
+    /// was declared lost while it was down must learn it before starting a workload.
+    deferred: Option<Vec<(VolumeId, crate::decide::lease::HolderEffect)>>,
 }
 
 /// Why a volume cannot be added. Serializable: the API carries it as a typed refusal
@@ -159,6 +177,8 @@ impl Core {
             progress: BTreeMap::new(),
             gc_requested: false,
             unaddressed_exports: BTreeMap::new(),
+            dead_since: BTreeMap::new(),
+            deferred: None,
         }
     }
 
@@ -179,7 +199,7 @@ impl Core {
             let fx = self.state.holding.get_mut(&id).map(HolderVolume::on_restart).unwrap_or_default();
             out.persist |= !fx.is_empty();
             for f in fx {
-                self.holder_command(&id, f, &mut out);
+                self.defer(&id, f);
             }
         }
         out
@@ -288,8 +308,20 @@ impl Core {
                 .is_some_and(|l| l.covers(req))
         });
         out.persist |= before != self.state.issued.len();
+        if self.tick_lost(view, now_ms, &mut out) {
+            self.gc_requested = false;
+            return out;
+        }
         self.open_addressed_exports(view, &mut out);
         self.tick_sources(view, now_ms, &mut out);
+        if self.state.node_state == NodeState::Drained
+            && self.state.volumes.values().any(|v| v.lease.pending())
+            && let Ok(t) = node::step(self.state.node_state, NodeEvent::VolumeReturned)
+        {
+            // A copy came back (its new owner is lost): the drain is not over after all.
+            self.state.node_state = t.to;
+            out.persist = true;
+        }
         if self.state.node_state == NodeState::Draining
             && !self.state.volumes.values().any(|v| v.lease.pending())
             && let Ok(t) = node::step(self.state.node_state, NodeEvent::AllVolumesHandedOff)
@@ -297,6 +329,7 @@ impl Core {
             self.state.node_state = t.to;
             out.persist = true;
         }
+        self.holders_of_lost_sources(&mut out);
         self.tick_holders(view, &mut out);
         self.update_claims(view);
         self.gc_requested = false;
@@ -345,6 +378,7 @@ impl Core {
                 }
                 self.source_event(&volume, &SourceEvent::Verified { epoch, result }, view, now_ms, &mut out)
             }
+            DataEvent::SourceLost { volume, result } => self.source_lost_counted(&volume, result, &mut out),
         }
         out
     }
@@ -352,13 +386,15 @@ impl Core {
 
 /// Every node of the view as placement sees it (the drain itself and `--dry-run` alike).
 pub fn candidates(view: &ClusterView) -> Vec<Candidate> {
+    let lost = view.lost();
     view.nodes
         .values()
         .filter_map(|n| {
             let r = n.record.as_ref()?;
             Some(Candidate {
                 name: n.name.clone(),
-                alive: n.alive,
+                // A node declared lost is never chosen, whatever its failure detector says.
+                alive: n.alive && !lost.contains_key(&n.name),
                 state: r.state,
                 free_bytes: r.free_bytes,
                 labels: r.labels.clone(),

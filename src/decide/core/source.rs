@@ -63,7 +63,13 @@ impl Core {
             let room = self.state.drain_options.parallel.is_none_or(|p| moving < p);
             let best = if room || vol.lease.holder().is_some() { pick(&claimants) } else { None };
             let planned = pick(&all);
-            let holder = vol.lease.holder().map(|h| holder_signal(view, h, &id));
+            let holder = vol.lease.holder().map(|h| {
+                let mut sig = holder_signal(view, h, &id);
+                if let Some(d) = self.state.lost.get(h) {
+                    (sig.lost, sig.accept_data_loss) = (true, d.accept_data_loss);
+                }
+                sig
+            });
             let event = SourceEvent::Tick {
                 draining,
                 best_is_planned: best.is_some() && best == planned,
@@ -152,5 +158,7 @@ fn holder_signal(view: &ClusterView, holder: &str, id: &str) -> HolderSignal {
         progress: n.and_then(|n| n.progress.get(id)).map(|p| (p.epoch, p.phase.clone())),
         done: n.and_then(|n| n.done.get(id)).map(|d| d.epoch),
         digest: n.and_then(|n| n.done.get(id)).and_then(|d| d.digest.clone()),
+        lost: false,
+        accept_data_loss: false,
     }
 }

@@ -4,6 +4,9 @@
 //!  (granted e to me) ─▶ preparing ──clone ready──▶ ready ──source cut_over(e)──▶ running ──hydrated──▶ finishing ──finalized──▶ complete (publishes done e, owns the volume)
 //!                         │   └─clone failed─▶ failed     │
 //!                         └──────── source epoch > e ─────┴──▶ discarded (partial clone removed)
+//!  preparing, ready ──source declared lost──▶ failed (copy kept; deletable)
+//!  running ──source declared lost──▶ incomplete ──accept (missing = zeros)──▶ running
+//!                                              └──────delete (operator, --yes)──▶ discarded
 //! ```
 //!
 //! The holder starts the workload only after it sees the source's `cut_over` for its own
@@ -41,6 +44,20 @@ pub enum HolderPhase {
     Failed {
         /// What failed.
         reason: String,
+    },
+    /// The source was declared lost after cut-over, before every region was here
+    /// (docs/failures.md):
+    /// reads of missing regions fail at once, hydration stopped. May become `running`
+    /// (the operator accepts the partial copy: missing regions read as zeros) or
+    /// `discarded` (the operator deletes it).
+    Incomplete {
+        /// Regions not on this node (0 until the clone engine has counted them).
+        missing: u64,
+        /// Regions of the volume.
+        regions: u64,
+        /// The workload had started here (cut over before the source was lost).
+        #[serde(default)]
+        workload_started: bool,
     },
 }
 
@@ -89,6 +106,19 @@ pub enum HolderEvent {
     Hydrated,
     /// Flushed, clone replaced by the plain device, persisted, logged out.
     Finalized,
+    /// The source was declared lost for good.
+    SourceLost,
+    /// The clone engine stopped waiting for the source: `missing` of `regions` are not here.
+    SourceLostCounted {
+        /// Regions not here.
+        missing: u64,
+        /// Regions of the volume.
+        regions: u64,
+    },
+    /// The operator keeps the partial copy as the volume (missing regions become zeros).
+    AcceptPartial,
+    /// The operator deletes the partial copy.
+    DeletePartial,
 }
 
 /// Side effects for the owner loop.
@@ -104,6 +134,11 @@ pub enum HolderEffect {
     Finalize,
     /// Remove the partial clone (dest and metadata).
     DiscardClone,
+    /// Tell the clone engine the source is gone: reads of missing regions fail at once,
+    /// hydration stops; report the count as [`HolderEvent::SourceLostCounted`].
+    DeclareSourceLost,
+    /// Make the missing regions zeros on the dest so hydration completes with what is here.
+    AcceptPartial,
 }
 
 impl HolderVolume {
@@ -128,7 +163,13 @@ impl HolderVolume {
 
     /// Whether the workload may run here (and so the source must not be revoked).
     pub fn workload_may_run(&self) -> bool {
-        matches!(self.phase, HolderPhase::Running { .. } | HolderPhase::Finishing | HolderPhase::Complete)
+        matches!(
+            self.phase,
+            HolderPhase::Running { .. }
+                | HolderPhase::Finishing
+                | HolderPhase::Complete
+                | HolderPhase::Incomplete { workload_started: true, .. }
+        )
     }
 
     /// Effects to re-establish after a restart: preparation starts over (the epoch check
@@ -146,6 +187,14 @@ impl HolderVolume {
             // Finalize is idempotent: it completes a half-done swap, or finds it done.
             // Preparing a clone again here would put an empty clone over finished data.
             HolderPhase::Finishing => vec![HolderEffect::Finalize],
+            // The engine does not keep "source lost" across a restart: say it again.
+            HolderPhase::Incomplete { workload_started, .. } => {
+                let mut fx = vec![HolderEffect::PrepareClone, HolderEffect::DeclareSourceLost];
+                if workload_started {
+                    fx.push(HolderEffect::StartWorkload);
+                }
+                fx
+            }
             _ => vec![],
         }
     }
@@ -182,6 +231,31 @@ impl HolderVolume {
             (P::Finishing, HolderEvent::Finalized) => {
                 self.phase = P::Complete;
                 vec![]
+            }
+            // Never cut over: the workload never ran here, and this holder cannot tell
+            // whether it was still the source's choice, so its partial copy is never
+            // offered as the volume (it may be deleted).
+            (P::Preparing | P::Ready, HolderEvent::SourceLost) => {
+                self.phase = P::Failed { reason: format!("source {} was declared lost before cut-over", self.source) };
+                vec![]
+            }
+            (P::Running { .. }, HolderEvent::SourceLost) => {
+                self.phase = P::Incomplete { missing: 0, regions: 0, workload_started: true };
+                vec![E::DeclareSourceLost]
+            }
+            (P::Incomplete { workload_started, .. }, HolderEvent::SourceLostCounted { missing, regions }) => {
+                self.phase =
+                    P::Incomplete { missing: *missing, regions: *regions, workload_started: *workload_started };
+                vec![]
+            }
+            (P::Incomplete { workload_started, .. }, HolderEvent::AcceptPartial) => {
+                let started = *workload_started;
+                self.phase = P::Running { stalled: false };
+                if started { vec![E::AcceptPartial] } else { vec![E::AcceptPartial, E::StartWorkload] }
+            }
+            (P::Incomplete { .. } | P::Failed { .. }, HolderEvent::DeletePartial) => {
+                self.phase = P::Discarded;
+                vec![E::DiscardClone]
             }
             _ => vec![],
         }

@@ -30,14 +30,26 @@ pub struct Timing {
     pub ready_timeout_ms: u64,
     /// How long a handed-off copy is kept on the source before it is deleted.
     pub retention_ms: u64,
+    /// `[lease] node_lost_after`: a node dead this long is declared lost, when that loses
+    /// no data (docs/failures.md). `None`: only operators declare.
+    pub node_lost_after_ms: Option<u64>,
 }
 
 impl Timing {
     /// Timing derived from the gossip interval: a few rounds to settle.
     pub fn for_interval(interval_ms: u64) -> Self {
-        Self { settle_ms: interval_ms * 4, ready_timeout_ms: 120_000, retention_ms: 24 * 3600 * 1000 }
+        Self {
+            settle_ms: interval_ms * 4,
+            ready_timeout_ms: 120_000,
+            retention_ms: 24 * 3600 * 1000,
+            node_lost_after_ms: None,
+        }
     }
 }
 
 #[cfg(test)]
+mod safety;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lost;

@@ -6,6 +6,7 @@
 //!   ▲                 │  ▲                   │                          │
 //!   │◀──undrain───────┘  └─H lost/declined/──┘ (epoch e+1)              └─H lost: stays cut_over ("stranded"), never revoked
 //!   │◀──undrain (restart workload here)──────┘
+//!   │◀──H declared lost with --accept-data-loss (epoch e+1, restart workload here)──── cut_over / handed_off
 //! ```
 //!
 //! The safety rules: after `cut_over` the holder may run the workload, so the source never
@@ -112,6 +113,12 @@ pub struct HolderSignal {
     pub done: Option<u64>,
     /// The digest that `done` carries, if any.
     pub digest: Option<String>,
+    /// The holder was declared lost for good (docs/failures.md): never handed off to,
+    /// and the copy here is never deleted.
+    pub lost: bool,
+    /// The declaration accepts that writes made on it since the cut-over are gone: the
+    /// copy here becomes the volume again.
+    pub accept_data_loss: bool,
 }
 
 /// Inputs to one step.
@@ -311,9 +318,9 @@ impl SourceVolume {
             P::Granted { holder: h, at_ms, exported, .. } => {
                 let sig = holder.as_ref();
                 let ready = sig.is_some_and(|s| {
-                    s.alive && matches!(s.progress, Some((e, HolderPhase::Ready | HolderPhase::Running { .. })) if e == self.epoch)
+                    s.alive && !s.lost && matches!(s.progress, Some((e, HolderPhase::Ready | HolderPhase::Running { .. })) if e == self.epoch)
                 });
-                let lost = sig.is_none_or(|s| !s.alive)
+                let lost = sig.is_none_or(|s| !s.alive || s.lost)
                     || sig.is_some_and(
                         |s| matches!(s.progress, Some((e, HolderPhase::Failed { .. })) if e == self.epoch),
                     )
@@ -334,6 +341,18 @@ impl SourceVolume {
                 } else {
                     vec![]
                 }
+            }
+            P::CutOver { .. } | P::HandedOff { .. } if holder.as_ref().is_some_and(|s| s.lost) => {
+                // The holder is gone for good: it is never handed off to and the copy here,
+                // the last one, is never deleted. With the operator's consent the copy here
+                // is the volume again, at a new epoch that fences the lost holder.
+                if !holder.as_ref().is_some_and(|s| s.accept_data_loss) {
+                    return vec![];
+                }
+                let exported = matches!(self.phase, P::CutOver { .. });
+                self.epoch += 1;
+                self.phase = P::Held;
+                if exported { vec![E::CloseExport, E::StartWorkload] } else { vec![E::StartWorkload] }
             }
             P::CutOver { holder: h, verifying, verify_failed, at_ms } => {
                 let Some(sig) = holder.as_ref().filter(|s| s.done == Some(self.epoch)) else { return vec![] };
