@@ -18,7 +18,7 @@ pub struct StatusReport {
     pub self_name: String,
     /// Every known node, sorted by name.
     pub nodes: Vec<NodeStatus>,
-    /// How gossip is protected, what it dropped, and names claimed twice (README.md, "Trust").
+    /// How gossip is protected, what it dropped, and names claimed twice (docs/usage.md, "Configuration and trust").
     #[serde(default)]
     pub gossip: crate::cluster::identity::GossipHealth,
 }
