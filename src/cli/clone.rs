@@ -20,8 +20,22 @@ use super::exit::{Exit, USAGE};
 
 /// Subcommands of `meshdrain clone`.
 #[derive(Debug, clap::Subcommand)]
+#[command(after_help = "\
+Examples:
+  meshdrain clone run --source 'iscsi://[fd00::1]:3260/iqn.2026-11.dev.meshdrain:db1/1' \\
+      --dest /dev/nvme1n1p2 --metadata /var/lib/meshdrain/db1.meta --expose /run/db1 --hold
+      # the workload can start on /run/db1 at once; run it again to resume")]
 pub enum Command {
     /// Clone SOURCE onto DEST until every region is there (resumes from METADATA).
+    #[command(after_help = "\
+Examples:
+  meshdrain clone run --source 'iscsi://[fd00::1]:3260/iqn.2026-11.dev.meshdrain:db1/1' \\
+      --dest /dev/nvme1n1p2 --metadata /var/lib/meshdrain/db1.meta --rate-limit 200M \\
+      --expose /run/db1 --hold       # the workload can start on /run/db1 (a loop device) at once
+  meshdrain clone run --source db1.img --dest db1.copy --metadata db1.meta --json
+      # one JSON progress line per second; exit 0 once every region is on the dest
+  meshdrain clone run --source db1.img --dest db1.copy --metadata db1.meta --start-over
+      # metadata refused (exit 2): recopy everything, overwriting the dest")]
     Run(RunArgs),
     /// A holder process: serves one clone for the agent that started it and outlives it
     /// (docs/holder-process.md). Started by the agent only.
