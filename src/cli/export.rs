@@ -11,10 +11,24 @@ use meshdrain_iscsi::chap::ChapCredentials;
 use meshdrain_iscsi::target::Limits;
 use meshdrain_iscsi::{Acl, Target, TargetConfig};
 
+/// Examples shown at the end of `meshdrain export --help` and `meshdrain export serve --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  meshdrain export serve /dev/nvme0n1p4 --iqn iqn.2026-11.dev.meshdrain:db1 \\
+      --listen '[fd00::1]:3260' --allow-address fd00::2
+      # prints iscsi://[fd00::1]:3260/iqn.2026-11.dev.meshdrain:db1/1 for `meshdrain clone run`
+  MESHDRAIN_CHAP_SECRET=... meshdrain export serve db1.img --iqn iqn.2026-11.dev.meshdrain:db1 \\
+      --listen 0.0.0.0:3260 --allow-initiator iqn.2026-11.dev.meshdrain:node2 --chap-user node2
+
+Without --allow-address or --allow-initiator any initiator that can reach the port may
+log in (a warning says so).";
+
 /// Subcommands of `meshdrain export`.
 #[derive(Debug, clap::Subcommand)]
+#[command(after_help = EXAMPLES)]
 pub enum Command {
     /// Serve a file or block device read-only as LUN 1 until SIGINT/SIGTERM.
+    #[command(after_help = EXAMPLES)]
     Serve(ServeArgs),
 }
 

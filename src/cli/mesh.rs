@@ -11,16 +11,39 @@ use meshdrain_mesh::{Certificate, NodeKey, PublicKey, RevocationList, SigningReq
 
 use super::units::format_bytes;
 
+/// Examples shown at the end of `meshdrain mesh --help`: enrolling a node, start to end.
+pub const EXAMPLES: &str = "\
+Examples:
+  meshdrain mesh init --dir /root/fleet-ca                      # once, on an admin machine
+  meshdrain mesh keygen --name node1                            # on node1: key + signing request
+  meshdrain mesh sign --ca-key /root/fleet-ca/fleet-ca.key \\
+      --request node1.csr.json --out node1.cert.json            # on the admin machine
+  meshdrain mesh status                                         # on any node: peers by name
+
+See docs/operations.md for which file goes to which node.";
+
 /// Subcommands of `meshdrain mesh`.
 #[derive(Debug, clap::Subcommand)]
+#[command(after_help = EXAMPLES)]
 pub enum Command {
     /// Create a fleet CA in DIR (fleet-ca.key, keep it off the nodes; fleet-ca.pub, give it to every node).
+    #[command(after_help = "\
+Examples:
+  meshdrain mesh init --dir /root/fleet-ca
+      # fleet-ca.key stays here (offline if you can); copy fleet-ca.pub to every node
+      # (mesh.fleet_ca in /etc/meshdrain/agent.toml)")]
     Init {
         /// Where to write the CA files.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
     /// Create (or reuse) this node's WireGuard key in the state dir and write a signing request.
+    #[command(after_help = "\
+Examples:
+  meshdrain mesh keygen --name node1
+      # key in /var/lib/meshdrain/wireguard.key (reused if present), request in
+      # /var/lib/meshdrain/node.csr.json: hand the request to the fleet CA
+  meshdrain mesh keygen --state-dir /srv/md --name node1 --out /tmp/node1.csr.json")]
     Keygen {
         /// The agent's state dir (the key is `<dir>/wireguard.key`, mode 0600).
         #[arg(long, value_name = "DIR", default_value = "/var/lib/meshdrain")]
@@ -33,6 +56,13 @@ pub enum Command {
         out: Option<PathBuf>,
     },
     /// Sign a node's request with the fleet CA, giving it a certificate (key, name, mesh address, expiry).
+    #[command(after_help = "\
+Examples:
+  meshdrain mesh sign --ca-key /root/fleet-ca/fleet-ca.key --request node1.csr.json \\
+      --out node1.cert.json                       # prints the expiry: renew before it
+  meshdrain mesh sign --ca-key /root/fleet-ca/fleet-ca.key --request node1.csr.json \\
+      --out node1.cert.json --valid-for 90d
+      # copy node1.cert.json to node1 (mesh.certificate in its agent.toml)")]
     Sign {
         /// The CA secret made by `mesh init`.
         #[arg(long, value_name = "FILE")]
@@ -48,6 +78,12 @@ pub enum Command {
         out: PathBuf,
     },
     /// Add a node's public key to the fleet's signed revocation list (created if absent).
+    #[command(after_help = "\
+Examples:
+  meshdrain mesh revoke --ca-key /root/fleet-ca/fleet-ca.key \\
+      --public-key 'kX3...=' --list revocations.json
+  scp revocations.json node2:/var/lib/meshdrain/mesh-revocations.json
+      # node2's agent adopts it within a tick; gossip carries it to every node")]
     Revoke {
         /// The CA secret made by `mesh init`.
         #[arg(long, value_name = "FILE")]
@@ -62,6 +98,11 @@ pub enum Command {
         list: PathBuf,
     },
     /// Peers, handshake age, bytes and endpoints of the local agent's mesh.
+    #[command(after_help = "\
+Examples:
+  meshdrain mesh status           # NAME, PUBLIC KEY, ENDPOINT, HANDSHAKE (12s ago), RX, TX
+  meshdrain mesh status --json    # raw numbers: handshake_age_secs, rx_bytes, tx_bytes
+  meshdrain mesh status --socket /run/meshdrain/control.sock")]
     Status {
         /// The agent's control socket [default: the global --control].
         #[arg(long, value_name = "PATH")]

@@ -218,6 +218,7 @@ fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
     })
 }
 
+#[cfg(test)] mod help_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,8 +26,20 @@ use crate::decide::request::DrainOptions;
 use fleet::DemoFleet;
 use workload::{Counts, Ledger, Mounted, Workload};
 
+/// Examples shown at the end of `meshdrain demo --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  sudo meshdrain demo                          # 3 agents, drain node1, verify every record
+  sudo meshdrain demo --size 1G --fill 50 --rate-limit 64M --verify
+  sudo meshdrain demo --keep                   # leave the fleet up: prints each node's CLI
+                                               # and the commands that tear it down
+  sudo meshdrain demo --json | jq .cutover_s   # progress on stderr, one object on stdout
+
+Needs root, ip, nsenter, mkfs.ext4 and FUSE (scripts/demo installs what it needs).";
+
 /// Run a demo fleet in network namespaces and drain a node holding a live ext4 volume.
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Number of agents (each in its own network namespace).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(2..=16))]
