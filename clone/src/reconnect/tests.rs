@@ -95,3 +95,39 @@ fn a_refused_login_names_the_address_and_the_export() {
     assert!(text.starts_with(&format!("login to {addr} ({IQN}): ")), "{text}");
     assert!(matches!(err, SourceError::Login { .. }), "{err:?}");
 }
+
+#[test]
+fn a_planned_logout_leaves_the_export_without_sessions_and_never_logs_in_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 4 * REGION;
+    let src = dir.path().join("src.img");
+    std::fs::write(&src, pattern(size as usize)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (target, addr, _tx, _task) = serve(&rt, Some(&src), 0);
+    let export = target.export(IQN).expect("the export");
+
+    let source = ReconnectingSource::connect(&addr.to_string(), IQN, INITIATOR, None).unwrap();
+    let mut buf = vec![0u8; REGION as usize];
+    source.read_at(0, &mut buf).unwrap();
+    assert_eq!(export.session_count(), 2, "a bulk and a foreground session");
+
+    let start = Instant::now();
+    source.log_out();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the logout waited {:?} (a session did not end)",
+        start.elapsed()
+    );
+    // The target saw both sessions log out: closing the export now drops nothing.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while export.session_count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(export.session_count(), 0, "sessions left after the logout");
+    let err = source.read_at(0, &mut buf).unwrap_err();
+    assert_eq!(err.to_string(), "logged out of the source after hand-off");
+    std::thread::sleep(RELOGIN_EVERY + Duration::from_millis(200));
+    let _ = source.read_at(0, &mut buf);
+    assert_eq!(export.session_count(), 0, "a read after the logout logged in again");
+    source.log_out(); // idempotent
+}
