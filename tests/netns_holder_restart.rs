@@ -377,3 +377,35 @@ fn netns_holder_process_killed_is_restarted_from_its_metadata() {
     let _ = first_dev;
     assert!(f.agents[i].log().contains("running the start hook again"), "{}", tail(&f.agents[i].log()));
 }
+
+#[test]
+fn netns_holder_found_dead_when_its_agent_restarts_is_restarted_and_the_workload_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Fleet::new(tmp.path(), 3);
+    let hook = f.start_hook();
+    let out = f.agents[0].cli(&["volume", "create", "v", "--size", "24M", "--hook-start", &hook]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = pseudo_random(78, 24 << 20);
+    std::fs::write(f.agents[0].pool().join("v.img"), &data).unwrap();
+    let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until(Duration::from_secs(60), || !f.starts("v").is_empty(), || format!("v to start\n{}", f.logs()));
+    let holder = f.starts("v")[0].0.clone();
+    let i = f.agents.iter().position(|a| a.name == holder).unwrap();
+    wait_until(Duration::from_secs(30), || f.hydration("v").0 > 0, || "hydration to start".to_owned());
+    assert_mid_hydration(&f, "v", "the node's crash");
+    // The whole node goes down: agent and holder process.
+    let pid = f.holder_state(i, "v")["pid"].as_u64().unwrap();
+    f.agents[i].kill9();
+    run("kill", &["-9", &pid.to_string()]);
+    std::thread::sleep(Duration::from_secs(1));
+    f.agents[i].start();
+
+    f.wait_drained(0, Duration::from_secs(90));
+    let got = std::fs::read(f.agents[i].pool().join("v.img")).unwrap();
+    assert_eq!(sha(&got), sha(&data), "bytes on {holder}");
+    let log = f.agents[i].log();
+    assert!(log.contains("holder process found dead when the agent started"), "{}", tail(&log));
+    assert_eq!(f.starts("v").len(), 2, "started again on the new device: {:?}", f.starts("v"));
+    assert_ne!(f.holder_state(i, "v")["pid"].as_u64(), Some(pid), "a new holder process");
+}
