@@ -1,9 +1,11 @@
 //! Prometheus metrics: what an operator graphs and alerts on (nodes by state, liveness,
-//! gossip progress, values ignored). Served as text on `metrics.listen` at `/metrics`.
+//! gossip progress, values ignored, moving volumes, the WireGuard mesh and its
+//! certificates). Served as text on `metrics.listen` at `/metrics`. The example alert rules
+//! and Grafana dashboard in packaging/ query these names (tests/root_package.rs checks).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -18,6 +20,10 @@ use crate::cluster::view::ClusterView;
 use crate::decide::node::NodeState;
 
 type Labels = Vec<(String, String)>;
+
+/// A WireGuard session without a new handshake for this long carries no data any more
+/// (the protocol's reject-after time), so the peer counts as missing.
+const FRESH_HANDSHAKE_SECS: u64 = 180;
 
 /// The agent's metrics.
 pub struct Metrics {
@@ -34,6 +40,12 @@ pub struct Metrics {
     read_through_bytes: Family<Labels, Gauge>,
     stalled: Family<Labels, Gauge>,
     stranded: Family<Labels, Gauge>,
+    node_alive: Family<Labels, Gauge>,
+    certificate_expiry: Family<Labels, Gauge>,
+    mesh_peer_up: Family<Labels, Gauge>,
+    mesh_handshake_age: Family<Labels, Gauge>,
+    mesh_received: Family<Labels, Counter>,
+    mesh_sent: Family<Labels, Counter>,
     /// Node requests this agent applied or refused.
     pub requests_handled: Counter,
 }
@@ -61,6 +73,42 @@ impl Metrics {
         let read_through_bytes = Family::<Labels, Gauge>::default();
         let stalled = Family::<Labels, Gauge>::default();
         let stranded = Family::<Labels, Gauge>::default();
+        let node_alive = Family::<Labels, Gauge>::default();
+        let certificate_expiry = Family::<Labels, Gauge>::default();
+        let mesh_peer_up = Family::<Labels, Gauge>::default();
+        let mesh_handshake_age = Family::<Labels, Gauge>::default();
+        let mesh_received = Family::<Labels, Counter>::default();
+        let mesh_sent = Family::<Labels, Counter>::default();
+        registry.register(
+            "node_alive",
+            "1 while the failure detector considers the node alive, 0 once dead (until gossip forgets it)",
+            node_alive.clone(),
+        );
+        registry.register(
+            "mesh_certificate_expiry_timestamp_seconds",
+            "When the node's mesh certificate (from its gossip record) expires, unix seconds",
+            certificate_expiry.clone(),
+        );
+        registry.register(
+            "mesh_peer_up",
+            "1 while a live node of the fleet is a WireGuard peer with a handshake in the last 180 s, else 0",
+            mesh_peer_up.clone(),
+        );
+        registry.register(
+            "mesh_peer_handshake_age_seconds",
+            "Seconds since the last WireGuard handshake with the peer",
+            mesh_handshake_age.clone(),
+        );
+        registry.register(
+            "mesh_peer_received_bytes",
+            "Bytes received from the WireGuard peer (resets when the interface is recreated)",
+            mesh_received.clone(),
+        );
+        registry.register(
+            "mesh_peer_sent_bytes",
+            "Bytes sent to the WireGuard peer (resets when the interface is recreated)",
+            mesh_sent.clone(),
+        );
         registry.register(
             "volume_hydrated_ratio",
             "Fraction of a moving volume's regions on its new node (1 when hydrated)",
@@ -120,6 +168,12 @@ impl Metrics {
             read_through_bytes,
             stalled,
             stranded,
+            node_alive,
+            certificate_expiry,
+            mesh_peer_up,
+            mesh_handshake_age,
+            mesh_received,
+            mesh_sent,
             requests_handled,
         }
     }
@@ -172,6 +226,66 @@ impl Metrics {
         }
         for (phase, n) in by_phase {
             self.volumes.get_or_create(&vec![("phase".to_owned(), phase)]).set(n);
+        }
+        self.observe_nodes(view);
+    }
+
+    /// Per node: liveness and the expiry of the certificate it publishes. Every agent
+    /// reports every node, so an alert aggregates `by (node)`.
+    fn observe_nodes(&self, view: &ClusterView) {
+        self.node_alive.clear();
+        self.certificate_expiry.clear();
+        for n in view.nodes.values() {
+            let labels = vec![("node".to_owned(), n.name.to_string())];
+            self.node_alive.get_or_create(&labels).set(i64::from(n.alive));
+            let not_after = n
+                .record
+                .as_ref()
+                .and_then(|r| r.wireguard.as_ref()?.certificate.clone())
+                .and_then(|c| serde_json::from_value::<meshdrain_mesh::Certificate>(c).ok())
+                .map(|c| c.body.not_after);
+            if let Some(t) = not_after {
+                self.certificate_expiry.get_or_create(&labels).set(i64::try_from(t).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Updates the mesh metrics from the mesh's status (`MeshPort::status`, the JSON of
+    /// `meshdrain mesh status`). A peer is labelled with the node name its gossip record
+    /// gives its key, else with the key. Without a mesh (`backend = "none"`) there are none.
+    pub fn observe_mesh(&self, view: &ClusterView, status: &serde_json::Value) {
+        for family in [&self.mesh_peer_up, &self.mesh_handshake_age] {
+            family.clear();
+        }
+        self.mesh_received.clear();
+        self.mesh_sent.clear();
+        if status.get("backend").and_then(serde_json::Value::as_str) == Some("none") {
+            return;
+        }
+        let peers: Vec<meshdrain_mesh::PeerStatus> =
+            status.get("peers").and_then(|p| serde_json::from_value(p.clone()).ok()).unwrap_or_default();
+        let name_of: std::collections::HashMap<&str, String> = view
+            .nodes
+            .values()
+            .filter_map(|n| Some((n.record.as_ref()?.wireguard.as_ref()?.public_key.as_str(), n.name.to_string())))
+            .collect();
+        let label = |key: &str| vec![("peer".to_owned(), name_of.get(key).cloned().unwrap_or_else(|| key.to_owned()))];
+        for p in &peers {
+            let labels = label(&p.public_key);
+            if let Some(age) = p.handshake_age_secs {
+                self.mesh_handshake_age.get_or_create(&labels).set(i64::try_from(age).unwrap_or(i64::MAX));
+            }
+            self.mesh_received.get_or_create(&labels).inner().store(p.rx_bytes, Ordering::Relaxed);
+            self.mesh_sent.get_or_create(&labels).inner().store(p.tx_bytes, Ordering::Relaxed);
+        }
+        // Every other live node that advertises a WireGuard key should be a peer with a
+        // fresh session; one that is not is "missing" (alert on it lasting).
+        for n in view.nodes.values().filter(|n| n.alive && n.name != view.self_name) {
+            let Some(wg) = n.record.as_ref().and_then(|r| r.wireguard.as_ref()) else { continue };
+            let fresh = peers.iter().any(|p| {
+                p.public_key == wg.public_key && p.handshake_age_secs.is_some_and(|a| a < FRESH_HANDSHAKE_SECS)
+            });
+            self.mesh_peer_up.get_or_create(&vec![("peer".to_owned(), n.name.to_string())]).set(i64::from(fresh));
         }
     }
 
@@ -265,5 +379,101 @@ mod tests {
         let text = m.render();
         assert!(text.contains("meshdrain_volume_fetched_bytes{volume=\"db\",holder=\"b\"} 262144"), "{text}");
         assert!(text.contains("meshdrain_volume_read_through_bytes{volume=\"db\",holder=\"b\"} 8192"), "{text}");
+    }
+
+    /// A view of `a` (this node), a live `b` and a dead `c`, each publishing a WireGuard key
+    /// and a certificate that expires at 1_900_000_000 + i.
+    fn meshed_view() -> ClusterView {
+        use crate::cluster::schema::{self, Key, NodeRecord};
+        use crate::cluster::view::{RawNode, RawSnapshot};
+        use crate::decide::model::WireguardAdvert;
+        let ca = meshdrain_mesh::FleetCa::generate();
+        let node = |i: u64, name: &str, alive: bool| {
+            let key = meshdrain_mesh::NodeKey::generate().public().to_base64();
+            let request = meshdrain_mesh::SigningRequest { name: name.into(), public_key: key.clone() };
+            let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000 + i);
+            let cert = ca.sign(&request, not_after).unwrap();
+            let record = NodeRecord {
+                name: name.parse().unwrap(),
+                state: NodeState::Active,
+                gossip_addr: "[fd00::1]:7946".parse().unwrap(),
+                mesh_addr: None,
+                mesh_backend: None,
+                wireguard: Some(WireguardAdvert {
+                    public_key: key,
+                    endpoints: vec![],
+                    certificate: serde_json::to_value(&cert).ok(),
+                    revocations: None,
+                }),
+                free_bytes: 0,
+                labels: Default::default(),
+                volumes: 0,
+                agent_version: String::new(),
+                last_request: None,
+                no_data_plane: false,
+            };
+            RawNode {
+                name: name.into(),
+                generation: 1,
+                gossip_addr: "[fd00::1]:7946".parse().unwrap(),
+                alive,
+                heartbeat: 1,
+                entries: vec![(Key::Node.render(), schema::encode(&record))],
+            }
+        };
+        let raw = RawSnapshot {
+            self_name: "a".into(),
+            nodes: vec![node(0, "a", true), node(1, "b", true), node(2, "c", false)],
+        };
+        ClusterView::from_raw(&raw)
+    }
+
+    fn key_of(view: &ClusterView, name: &str) -> String {
+        view.nodes[name].record.as_ref().unwrap().wireguard.as_ref().unwrap().public_key.clone()
+    }
+
+    #[test]
+    fn nodes_report_liveness_and_certificate_expiry() {
+        let m = Metrics::new();
+        m.observe(&meshed_view());
+        let text = m.render();
+        assert!(text.contains("meshdrain_node_alive{node=\"b\"} 1"), "{text}");
+        assert!(text.contains("meshdrain_node_alive{node=\"c\"} 0"), "{text}");
+        assert!(text.contains("meshdrain_mesh_certificate_expiry_timestamp_seconds{node=\"a\"} 1900000000"), "{text}");
+        assert!(text.contains("meshdrain_mesh_certificate_expiry_timestamp_seconds{node=\"c\"} 1900000002"), "{text}");
+    }
+
+    #[test]
+    fn mesh_peers_are_named_and_a_live_node_without_a_fresh_handshake_is_down() {
+        let view = meshed_view();
+        let m = Metrics::new();
+        // b handshook 5 s ago; c (dead in gossip) is a stale peer and is not expected.
+        let status = serde_json::json!({
+            "backend": "userspace", "interface": "meshdrain0", "listen_port": 51820,
+            "peers": [
+                { "public_key": key_of(&view, "b"), "endpoint": null, "allowed_ips": [],
+                  "handshake_age_secs": 5, "rx_bytes": 1000, "tx_bytes": 2000 },
+                { "public_key": key_of(&view, "c"), "endpoint": null, "allowed_ips": [],
+                  "handshake_age_secs": 900, "rx_bytes": 1, "tx_bytes": 2 },
+            ],
+        });
+        m.observe_mesh(&view, &status);
+        let text = m.render();
+        assert!(text.contains("meshdrain_mesh_peer_up{peer=\"b\"} 1"), "{text}");
+        assert!(!text.contains("meshdrain_mesh_peer_up{peer=\"c\"}"), "{text}");
+        assert!(text.contains("meshdrain_mesh_peer_received_bytes_total{peer=\"b\"} 1000"), "{text}");
+        assert!(text.contains("meshdrain_mesh_peer_sent_bytes_total{peer=\"b\"} 2000"), "{text}");
+        assert!(text.contains("meshdrain_mesh_peer_handshake_age_seconds{peer=\"c\"} 900"), "{text}");
+
+        // b's session goes stale: it is missing, though gossip still says it is alive.
+        let stale = serde_json::json!({ "backend": "kernel", "peers": [
+            { "public_key": key_of(&view, "b"), "endpoint": null, "allowed_ips": [],
+              "handshake_age_secs": 181, "rx_bytes": 1000, "tx_bytes": 2000 } ] });
+        m.observe_mesh(&view, &stale);
+        assert!(m.render().contains("meshdrain_mesh_peer_up{peer=\"b\"} 0"), "{}", m.render());
+
+        // Without a mesh there is nothing to be missing.
+        m.observe_mesh(&view, &serde_json::json!({ "backend": "none", "peers": [] }));
+        assert!(!m.render().contains("meshdrain_mesh_peer_up{"), "{}", m.render());
     }
 }

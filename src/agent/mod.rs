@@ -329,6 +329,7 @@ impl<G: Gossip> Agent<G> {
         }
         self.publish().await;
         self.metrics.observe(&self.view);
+        self.metrics.observe_mesh(&self.view, &self.mesh.status());
     }
 
     /// Persists first (decisions survive a crash before their effects), then acts. A

@@ -13,6 +13,7 @@ use crate::decide::node::NodeAction;
 
 pub mod agent;
 pub mod clone;
+pub mod completions;
 pub mod demo;
 pub mod drain;
 pub mod exit;
@@ -97,6 +98,12 @@ pub enum Command {
     /// Fleet CA, node keys and certificates, mesh status.
     #[command(subcommand)]
     Mesh(mesh::Command),
+    /// Print the completion script for bash, zsh or fish on stdout (the Debian package installs all three).
+    #[command(after_help = completions::EXAMPLES)]
+    Completions(completions::CompletionsArgs),
+    /// Write one man page per command into a directory (a build step of the package).
+    #[command(hide = true)]
+    Manpages(completions::ManpagesArgs),
 }
 
 /// `--control`, on the commands that talk to the local agent.
@@ -178,6 +185,8 @@ pub fn main() -> ExitCode {
             Command::Export(c) => export::run(c).await,
             Command::Clone(c) => clone::run(c).await,
             Command::Mesh(c) => mesh::run(c, &control).await,
+            Command::Completions(a) => completions::completions(&a),
+            Command::Manpages(a) => completions::manpages(&a),
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
