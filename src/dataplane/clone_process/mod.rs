@@ -430,6 +430,19 @@ impl CloneService for ProcessClones {
         Ok(reply.digest)
     }
 
+    fn source_lost(&self, volume: &str) -> Result<(u64, u64), String> {
+        let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} on this node"))?;
+        t.spec.lock().expect("spec lock").source_lost = true;
+        t.save_spec();
+        let reply = call(&t.files.socket, &Request::SourceLost, QUICK)?;
+        reply.regions.ok_or_else(|| "the holder did not say which regions are missing".to_owned())
+    }
+
+    fn accept_partial(&self, volume: &str) -> Result<(), String> {
+        let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} on this node"))?;
+        call(&t.files.socket, &Request::AcceptPartial, QUICK).map(|_| ())
+    }
+
     fn workload_running(&self, volume: &str) -> bool {
         self.get(volume).is_some_and(|t| t.adopted && t.spec.lock().expect("spec lock").workload_started)
     }
