@@ -352,13 +352,12 @@ fn root_package_installs_checks_and_removes() {
         .map(|p| (*p, Path::new(p).exists()))
         .collect();
 
-    // Build from the binary the test harness built (dev profile, no cargo build here).
+    // Package the binary the test harness built (debug; no cargo build here).
     let out_dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     run(Command::new(repo().join("scripts/build-deb"))
-        .args(["--profile", "dev", "--no-build", "--fast", "--output"])
-        .arg(out_dir.path())
-        .env("CARGO_TARGET_DIR", target_dir()));
+        .args(["--binary", BIN, "--fast", "--output"])
+        .arg(out_dir.path()));
     eprintln!("package built in {:.1}s", started.elapsed().as_secs_f64());
     let deb = std::fs::read_dir(out_dir.path())
         .unwrap()
