@@ -158,13 +158,14 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
     let mut source_declared = false;
     let mut last_progress = (String::new(), Instant::now());
     let mut tick = 0u64;
+    let mut drained_at: Option<f64> = None;
     loop {
         for w in &mut works {
             w.reap();
             w.poll_hooks(&dead);
         }
         tick += 1;
-        if tick % 10 != 0 {
+        if !tick.is_multiple_of(10) {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
@@ -200,7 +201,7 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
                     Role::Source => Some(0),
                     Role::Holder | Role::Pair => holder,
                     Role::Third => (1..NODES)
-                        .find(|i| !holders.contains(i) && Some(*i) != holder && *i != issuer)
+                        .find(|i| !holders.contains(i) && Some(*i) != holder)
                         .or_else(|| (1..NODES).find(|i| Some(*i) != holder)),
                 };
                 if due && let Some(target) = target {
@@ -316,12 +317,32 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
             FaultState::Done => {}
         }
         let done = matches!(state, FaultState::Done);
+        if drained && drained_at.is_none() {
+            drained_at = Some(t0.elapsed().as_secs_f64());
+        }
+        // Completed once drained and the fault is over (a node back, a window closed).
         if drained && done {
             out.completed = true;
-            out.drain_s = Some(t0.elapsed().as_secs_f64());
+            out.drain_s = drained_at;
             break;
         }
-        let progress = serde_json::to_string(&rows).unwrap_or_default();
+        // What moves: phases, holders, regions on the dest (not rates, which drift).
+        let progress: String = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {} {} {} {};",
+                    r["id"],
+                    r["owner"],
+                    r["phase"],
+                    r["holder"],
+                    r["holder_phase"],
+                    r["hydrated"],
+                    r["stalled"],
+                    r["stranded"]
+                )
+            })
+            .collect();
         if progress != last_progress.0 {
             last_progress = (progress, Instant::now());
         }
@@ -421,9 +442,8 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
                     let lost: Vec<String> = bad
                         .into_iter()
                         .filter(|n| {
-                            !accepted_holder
-                                .as_deref()
-                                .is_some_and(|h| w.ledger.lock().expect("ledger").get(n).is_some_and(|r| r.node == h))
+                            let writer = w.ledger.lock().expect("ledger lock").get(n).map(|r| r.node.clone());
+                            accepted_holder.is_none() || writer != accepted_holder
                         })
                         .collect();
                     if !lost.is_empty() && out.records_lost == 0 {

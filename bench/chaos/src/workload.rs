@@ -271,16 +271,26 @@ impl VolumeWork {
             return (n, all, Err("the workload was not running at the end: nothing to check".to_owned()));
         };
         s.stop.store(true, Ordering::Relaxed);
-        if let Some(Err(e)) = s.thread.take().and_then(|t| join_within(t, Duration::from_secs(10))) {
-            self.io_errors += 1;
-            self.note(format!("{} on {}: workload stopped by an I/O error: {e}", self.id, s.node));
-        }
         let mount = s.mount.take().expect("a running stint is mounted");
+        match s.thread.take().and_then(|t| join_within(t, Duration::from_secs(10))) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                self.io_errors += 1;
+                self.note(format!("{} on {}: workload stopped by an I/O error: {e}", self.id, s.node));
+            }
+            None => {
+                // Its device does not answer (a clone whose source is gone): reads would hang too.
+                let all: Vec<String> = self.ledger.lock().expect("ledger lock").keys().cloned().collect();
+                self.note(format!("{} on {}: the workload hangs on its device: records not checked", self.id, s.node));
+                drop(mount);
+                return (all.len(), all, Err("the device hangs: not checked".to_owned()));
+            }
+        }
         let (dir, ledger) = (mount.0.clone(), self.ledger.clone());
         // Reads of a clone whose source is gone may hang: bounded, and then unverified.
-        let Some((n, bad)) = bounded(Duration::from_secs(60), move || check(&dir, &ledger)) else {
+        let Some((n, bad)) = bounded(Duration::from_secs(30), move || check(&dir, &ledger)) else {
             let all: Vec<String> = self.ledger.lock().expect("ledger lock").keys().cloned().collect();
-            self.note(format!("{}: reading the records back hung for 60 s", self.id));
+            self.note(format!("{}: reading the records back hung for 30 s", self.id));
             drop(mount);
             return (all.len(), all, Err("reads hung: not checked".to_owned()));
         };
