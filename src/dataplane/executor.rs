@@ -293,7 +293,8 @@ impl Inner {
                 send(DataEvent::Verified { volume, epoch, result });
             }
             DataCommand::DeleteData { volume } => {
-                self.clones.release(&volume);
+                let (clones, v) = (self.clones.clone(), volume.clone());
+                self.blocking(move || clones.release(&v)).await;
                 let Some(path) = local else { return };
                 if path.starts_with(&self.pool) {
                     match std::fs::remove_file(&path) {
@@ -399,6 +400,10 @@ impl Inner {
                 {
                     warn!(%volume, "{reason} (fenced: the copy is set aside anyway)");
                 }
+                // A holder process still serving this copy stops before it moves
+                // (docs/holder-process.md).
+                let (clones, v) = (self.clones.clone(), volume.clone());
+                self.blocking(move || clones.release(&v)).await;
                 let dest = local.unwrap_or_else(|| paths::volume_file(&self.pool, &volume));
                 let aside = self.pool.join("aside");
                 let moves = [(dest, "img"), (paths::clone_metadata(&self.pool, &volume), "clone-meta")];
