@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::units::{format_bytes, parse_bytes};
+use super::units::{format_bytes, format_rate, parse_bytes};
 use crate::api::{NewVolume, Request};
 use crate::decide::model::Hooks;
 use crate::decide::node::{NodeAction, NodeState};
@@ -366,10 +366,11 @@ fn finish(args: &Args, fleet: DemoFleet, mut summary: Summary) -> anyhow::Result
         println!("{}", serde_json::to_string(&summary)?);
     } else {
         println!(
-            "summary: cut-over {:.2}s, hydration {:.1} MB/s{}, {} copied of {}, {}",
+            // The bar's unit family (MiB/s); the JSON keeps its decimal hydration_mb_per_s.
+            "summary: cut-over {:.2}s, hydration {}{}, {} copied of {}, {}",
             summary.cutover_s,
-            summary.hydration_mb_per_s,
-            summary.rate_limit_bytes_per_s.map_or(String::new(), |r| format!(" (limited to {}/s)", format_bytes(r))),
+            format_rate((summary.bytes_copied as f64 / summary.hydration_s) as u64),
+            summary.rate_limit_bytes_per_s.map_or(String::new(), |r| format!(" (limited to {})", format_rate(r))),
             format_bytes(summary.bytes_copied),
             format_bytes(summary.volume_bytes),
             if summary.verified { "verified" } else { "NOT verified" }
