@@ -236,6 +236,23 @@ fn package_unit_leaves_holders_running_and_mounts_visible() {
         assert!(get(key).is_empty(), "{UNIT} sets {key}: {:?}", get(key));
     }
     assert_eq!(get("ExecStart"), ["/usr/bin/meshdrain agent --config /etc/meshdrain/agent.toml"]);
+    // Until the operator creates agent.toml the unit fails first thing, saying what to do
+    // (its check run on a temporary path instead of /etc/meshdrain/agent.toml).
+    let pre = get("ExecStartPre");
+    let script = pre[0].strip_prefix("/bin/sh -c '").and_then(|s| s.strip_suffix('\'')).expect("sh -c '...'");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let script = script.replacen("test -e /etc/meshdrain/agent.toml ", &format!("test -e {} ", config.display()), 1);
+    let out = Command::new("/bin/sh").arg("-c").arg(&script).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "meshdrain: /etc/meshdrain/agent.toml does not exist: copy /etc/meshdrain/agent.toml.example there, set \
+         name, gossip and mesh, then systemctl start meshdrain\n"
+    );
+    std::fs::write(&config, "").unwrap();
+    assert!(Command::new("/bin/sh").arg("-c").arg(&script).status().unwrap().success());
+    assert_eq!(pre[1], "/usr/bin/meshdrain agent --check --config /etc/meshdrain/agent.toml");
     // Every file the unit's Documentation= names is one the package installs: an asset's
     // destination, or a file matched by a `dir/*.ext` asset into a destination directory.
     let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
