@@ -124,7 +124,7 @@ fn a_node_drains_two_volumes_to_its_peers_and_deletes_only_after_gc() {
     // gc says what it deleted: both copies, 12 MiB of written bytes on disk.
     assert_eq!(String::from_utf8_lossy(&out.stdout), "deleted 2 handed-off copies (12.0 MiB on disk): v1, v2\n");
     let out = agents[0].cli(&["gc"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "nothing to delete: no handed-off copy on node1\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "nothing to delete: no handed-off or set-aside copy on node1\n");
     wait_until(
         Duration::from_secs(10),
         || sums.iter().all(|(name, _)| !agents[0].pool().join(format!("{name}.img")).exists()),

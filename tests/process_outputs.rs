@@ -260,5 +260,5 @@ fn gc_retention_from_the_config_deletes_handed_off_copies_without_gc() {
         || format!("[gc] retention = \"1s\" to delete {}", copy.display()),
     );
     let out = agents[0].cli(&["gc"]);
-    assert_eq!(text(&out.stdout), "nothing to delete: no handed-off copy on node1\n");
+    assert_eq!(text(&out.stdout), "nothing to delete: no handed-off or set-aside copy on node1\n");
 }

@@ -411,11 +411,12 @@ impl<G: Gossip> Agent<G> {
                 Outcome::Volumes { volumes }
             }
             Request::Gc => {
-                let before = report::gc_candidates(&self.volumes);
+                let before = report::gc_candidates(&self.volumes, &self.core.state.aside, &self.pool_dir);
                 self.core.request_gc();
                 self.on_tick().await;
                 let me = &self.core.config.name;
-                Outcome::Done { message: report::gc_message(me, &before, &self.volumes, &self.pool_dir) }
+                let after = (&self.volumes, self.core.state.aside.as_slice());
+                Outcome::Done { message: report::gc_message(me, &before, after, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
         })

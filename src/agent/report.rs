@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::api::{NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeFault, VolumeStatus};
 use crate::cluster::view::ClusterView;
+use crate::decide::core::AsideCopy;
 use crate::decide::core::{Core, owner_in_view};
 use crate::decide::lease::SourcePhase;
 use crate::decide::model::{Hydration, NodeName, VolumeId};
@@ -173,45 +174,92 @@ pub fn with_paths(mut volumes: Vec<VolumeStatus>, me: &NodeName, table: &VolumeT
     volumes
 }
 
-/// Each local volume's path and the bytes its file takes on disk now, taken before `gc`
-/// runs (the data plane deletes in the background).
-pub fn gc_candidates(table: &VolumeTable) -> Vec<(String, std::path::PathBuf, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    table
-        .volumes
-        .iter()
-        .map(|(id, l)| (id.clone(), l.path.clone(), std::fs::metadata(&l.path).map_or(0, |m| m.blocks() * 512)))
-        .collect()
+/// A copy `gc` may delete: a handed-off volume in the table, or a copy set aside when
+/// this node was declared lost (docs/failures.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcCandidate {
+    /// The volume.
+    pub volume: String,
+    /// Set aside at this epoch (`None`: a handed-off copy in the volume table).
+    pub aside_epoch: Option<u64>,
+    /// Its file or device.
+    pub path: std::path::PathBuf,
+    /// Bytes its files take on disk now.
+    pub bytes: u64,
 }
 
-/// What `meshdrain gc` did: the copies that left the volume table during its tick (the
-/// ones in the pool are deleted; a device outside it is left to the operator).
+/// What `gc` may delete, with the bytes on disk taken before it runs (the data plane
+/// deletes in the background).
+pub fn gc_candidates(table: &VolumeTable, aside: &[AsideCopy], pool: &std::path::Path) -> Vec<GcCandidate> {
+    use std::os::unix::fs::MetadataExt;
+    let on_disk = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.blocks() * 512);
+    let mut out: Vec<GcCandidate> = table
+        .volumes
+        .iter()
+        .map(|(id, l)| GcCandidate {
+            volume: id.clone(),
+            aside_epoch: None,
+            bytes: on_disk(&l.path),
+            path: l.path.clone(),
+        })
+        .collect();
+    for a in aside {
+        // The executor's names for a set-aside copy (dataplane::executor, `DeleteAside`).
+        let file = |ext: &str| pool.join("aside").join(format!("{}.e{}.{ext}", a.volume, a.epoch));
+        let bytes = on_disk(&file("img")) + on_disk(&file("clone-meta"));
+        out.push(GcCandidate { volume: a.volume.to_string(), aside_epoch: Some(a.epoch), path: file("img"), bytes });
+    }
+    out
+}
+
+/// What `meshdrain gc` did: the copies that left the volume table or the set-aside list
+/// during its tick (those in the pool are deleted; a device outside it is left to the
+/// operator).
 pub fn gc_message(
     me: &NodeName,
-    before: &[(String, std::path::PathBuf, u64)],
-    after: &VolumeTable,
+    before: &[GcCandidate],
+    after: (&VolumeTable, &[AsideCopy]),
     pool: &std::path::Path,
 ) -> String {
-    let gone: Vec<&(String, std::path::PathBuf, u64)> =
-        before.iter().filter(|(id, _, _)| !after.volumes.contains_key(id)).collect();
+    let (table, aside) = after;
+    let gone = |c: &&GcCandidate| match c.aside_epoch {
+        None => !table.volumes.contains_key(&c.volume),
+        Some(e) => !aside.iter().any(|a| a.volume.as_str() == c.volume && a.epoch == e),
+    };
+    let gone: Vec<&GcCandidate> = before.iter().filter(gone).collect();
     if gone.is_empty() {
-        return format!("nothing to delete: no handed-off copy on {me}");
+        return format!("nothing to delete: no handed-off or set-aside copy on {me}");
     }
-    let (deleted, left): (Vec<_>, Vec<_>) = gone.into_iter().partition(|(_, path, _)| path.starts_with(pool));
     let mut parts = vec![];
-    if !deleted.is_empty() {
-        let bytes: u64 = deleted.iter().map(|(_, _, b)| b).sum();
-        let ids: Vec<&str> = deleted.iter().map(|(id, _, _)| id.as_str()).collect();
-        parts.push(format!(
-            "deleted {} handed-off {} ({} on disk): {}",
-            deleted.len(),
-            if deleted.len() == 1 { "copy" } else { "copies" },
+    let summary = |what: &str, list: &[&GcCandidate]| {
+        let bytes: u64 = list.iter().map(|c| c.bytes).sum();
+        let names: Vec<String> = list
+            .iter()
+            .map(|c| c.aside_epoch.map_or_else(|| c.volume.clone(), |e| format!("{} (epoch {e})", c.volume)))
+            .collect();
+        let noun = if list.len() == 1 { "copy" } else { "copies" };
+        format!(
+            "deleted {} {what} {noun} ({} on disk): {}",
+            list.len(),
             crate::cli::units::format_bytes(bytes),
-            ids.join(", ")
-        ));
+            names.join(", ")
+        )
+    };
+    let handed: Vec<&GcCandidate> =
+        gone.iter().copied().filter(|c| c.aside_epoch.is_none() && c.path.starts_with(pool)).collect();
+    let set_aside: Vec<&GcCandidate> = gone.iter().copied().filter(|c| c.aside_epoch.is_some()).collect();
+    if !handed.is_empty() {
+        parts.push(summary("handed-off", &handed));
     }
-    for (id, path, _) in left {
-        parts.push(format!("{id} handed off; {} is outside the pool and left to the operator", path.display()));
+    if !set_aside.is_empty() {
+        parts.push(summary("set-aside", &set_aside));
+    }
+    for c in gone.iter().filter(|c| c.aside_epoch.is_none() && !c.path.starts_with(pool)) {
+        parts.push(format!(
+            "{} handed off; {} is outside the pool and left to the operator",
+            c.volume,
+            c.path.display()
+        ));
     }
     parts.join("; ")
 }
@@ -226,17 +274,26 @@ mod tests {
         let me: NodeName = "node1".parse().unwrap();
         let pool = std::path::Path::new("/pool");
         let mut table = VolumeTable::default();
-        assert_eq!(gc_message(&me, &[], &table, pool), "nothing to delete: no handed-off copy on node1");
+        let nothing = gc_message(&me, &[], (&table, &[]), pool);
+        assert_eq!(nothing, "nothing to delete: no handed-off or set-aside copy on node1");
+        let c = |v: &str, e: Option<u64>, path: &str, bytes: u64| GcCandidate {
+            volume: v.into(),
+            aside_epoch: e,
+            path: path.into(),
+            bytes,
+        };
         let before = vec![
-            ("a".to_owned(), pool.join("a.img"), 3 << 20),
-            ("b".to_owned(), pool.join("b.img"), 1 << 20),
-            ("c".to_owned(), "/dev/sdz".into(), 0),
-            ("d".to_owned(), pool.join("d.img"), 1),
+            c("a", None, "/pool/a.img", 3 << 20),
+            c("b", None, "/pool/b.img", 1 << 20),
+            c("c", None, "/dev/sdz", 0),
+            c("d", None, "/pool/d.img", 1),
+            c("e", Some(4), "/pool/aside/e.e4.img", 2 << 30),
         ];
         table.volumes.insert("d".into(), LocalVolume { path: pool.join("d.img"), created: true });
         assert_eq!(
-            gc_message(&me, &before, &table, pool),
-            "deleted 2 handed-off copies (4.0 MiB on disk): a, b; c handed off; /dev/sdz is outside the pool and left to the operator"
+            gc_message(&me, &before, (&table, &[]), pool),
+            "deleted 2 handed-off copies (4.0 MiB on disk): a, b; deleted 1 set-aside copy (2.0 GiB on disk): e (epoch 4); \
+             c handed off; /dev/sdz is outside the pool and left to the operator"
         );
     }
 }

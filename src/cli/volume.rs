@@ -16,7 +16,8 @@ pub const GC_EXAMPLES: &str = "\
 Examples:
   meshdrain gc      # \"deleted 2 handed-off copies (3.1 GiB on disk): db1, logs\" or \"nothing to delete\"
 
-Copies are otherwise deleted when `[gc] retention` (default \"24h\") has passed since `done`.";
+Handed-off copies are otherwise deleted when `[gc] retention` (default \"24h\") has passed
+since `done`; copies set aside when this node was declared lost only by gc.";
 
 /// Volume commands.
 #[derive(Debug, clap::Subcommand)]
