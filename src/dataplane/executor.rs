@@ -358,7 +358,10 @@ impl Inner {
                 let (inner, events) = (self.clone(), events.clone());
                 tokio::spawn(async move { inner.report_progress(volume, events).await });
             }
-            DataCommand::SetRateLimit { volume, rate_limit } => self.clones.set_rate_limit(&volume, rate_limit),
+            DataCommand::SetRateLimit { volume, rate_limit } => {
+                let clones = self.clones.clone();
+                self.blocking(move || clones.set_rate_limit(&volume, rate_limit)).await;
+            }
             DataCommand::Finalize { volume, done_hook } => {
                 let clones = self.clones.clone();
                 let v = volume.clone();
@@ -434,7 +437,9 @@ impl Inner {
                 self.devices.lock().expect("device map lock").remove(volume.as_str());
                 let (dest, metadata) =
                     (paths::volume_file(&self.pool, &volume), paths::clone_metadata(&self.pool, &volume));
-                self.clones.discard(&volume, &dest, &metadata);
+                // Off the runtime thread: stopping a holder process waits for its teardown.
+                let (clones, v) = (self.clones.clone(), volume.clone());
+                self.blocking(move || clones.discard(&v, &dest, &metadata)).await;
                 info!(%volume, "revoked partial clone discarded");
             }
         }
