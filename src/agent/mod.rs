@@ -354,6 +354,13 @@ impl<G: Gossip> Agent<G> {
         for cmd in out.commands {
             info!(command = format!("{cmd:?}").split([' ', '{', '(']).next().unwrap_or_default(), volume = %cmd.volume(), "data plane");
             let local = self.volumes.path_for(&cmd);
+            // A copy set aside (docs/failures.md) is no longer a volume of this node.
+            if let crate::decide::core::DataCommand::SetAside { volume, .. } = &cmd
+                && self.volumes.volumes.remove(volume.as_str()).is_some()
+                && let Err(e) = self.volumes.save(&self.store)
+            {
+                warn!("cannot save the volume table: {e}");
+            }
             if let crate::decide::core::DataCommand::DeleteData { .. } = &cmd
                 && let Err(e) = self.volumes.save(&self.store)
             {
@@ -394,8 +401,24 @@ impl<G: Gossip> Agent<G> {
             Request::Status => {
                 let mut status = report::status(&self.core, &self.view, &self.heartbeats);
                 status.gossip = self.gossip.health();
+                // docs/failures.md: a node declared lost shows as `lost`, whatever its last
+                // record said; the declarations and the copies set aside here come along.
+                for n in &mut status.nodes {
+                    if self.core.state.lost.keys().any(|l| l.as_str() == n.name) {
+                        n.state = Some(NodeState::Lost);
+                    }
+                }
+                let lost = crate::api::LostStatus {
+                    declared: self.core.state.lost.clone(),
+                    aside: self.core.state.aside.clone(),
+                };
+                status.lost = (!lost.is_empty()).then(|| Box::new(lost));
                 Outcome::Status(status)
             }
+            Request::NodeLost { node, force, accept_data_loss, dry_run } => {
+                Outcome::NodeLost(Box::new(self.node_lost(&node, force, accept_data_loss, dry_run).await?))
+            }
+            Request::Partial { volume, verdict } => Outcome::Done { message: self.partial(&volume, verdict).await? },
             Request::NodeAction { node, action, force, options } => {
                 Outcome::NodeAction(self.node_action(&node, action, force, options).await?)
             }
@@ -419,6 +442,54 @@ impl<G: Gossip> Agent<G> {
                 Outcome::Done { message: report::gc_message(me, &before, after, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
+        })
+    }
+
+    /// `meshdrain node lost`: the core decides; the declaration is persisted before it is
+    /// published (a restart republishes it), and pushed at once.
+    async fn node_lost(
+        &mut self,
+        node: &NodeName,
+        force: bool,
+        accept_data_loss: bool,
+        dry_run: bool,
+    ) -> Result<crate::api::LostReport, ApiError> {
+        let before = self.core.state.clone();
+        let (effects, out) = self.core.declare_lost(node, force, accept_data_loss, dry_run, &self.view, now_ms())?;
+        if let Err(e) = self.apply(before, out).await {
+            return Err(ApiError::NotRecorded {
+                what: format!("the declaration of {node} as lost"),
+                reason: e.to_string(),
+            });
+        }
+        if !dry_run {
+            warn!(%node, accept_data_loss, "node declared lost");
+            self.publish().await;
+            self.on_tick().await;
+        }
+        Ok(crate::api::LostReport { node: node.clone(), declared: !dry_run, accept_data_loss, effects })
+    }
+
+    /// `meshdrain partial accept|delete`.
+    async fn partial(
+        &mut self,
+        volume: &crate::decide::model::VolumeId,
+        verdict: crate::decide::core::PartialVerdict,
+    ) -> Result<String, ApiError> {
+        let before = self.core.state.clone();
+        let out = self.core.partial(volume, verdict)?;
+        if let Err(e) = self.apply(before, out).await {
+            return Err(ApiError::NotRecorded {
+                what: format!("the verdict on volume {volume}"),
+                reason: e.to_string(),
+            });
+        }
+        self.publish().await;
+        Ok(match verdict {
+            crate::decide::core::PartialVerdict::Accept => {
+                format!("volume {volume}: the partial copy here is the volume; missing regions read as zeros")
+            }
+            crate::decide::core::PartialVerdict::Delete => format!("volume {volume}: the partial copy here is deleted"),
         })
     }
 

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::decide::core::VolumeError;
+use crate::decide::core::{LostError, PartialError, PartialVerdict, VolumeError};
 use crate::decide::model::{NodeName, VolumeId};
 use crate::decide::node::NodeAction;
 use crate::decide::request::DrainOptions;
@@ -22,7 +22,8 @@ pub mod reports;
 pub mod wire;
 
 pub use reports::{
-    ActionReport, NewVolume, NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeFault, VolumeStatus,
+    ActionReport, LostReport, LostStatus, NewVolume, NodeStatus, PendingRequest, PlanLine, StatusReport, VolumeFault,
+    VolumeStatus,
 };
 
 /// A request to the agent. On the wire: `{"op":"status"}`, `{"op":"node_action",...}`.
@@ -57,6 +58,27 @@ pub enum Request {
     Gc,
     /// The WireGuard mesh's peers as this node sees them.
     MeshStatus,
+    /// Declare a node lost for good (docs/failures.md).
+    NodeLost {
+        /// The node.
+        node: NodeName,
+        /// Declare it even if gossip shows it alive (or has never seen it).
+        #[serde(default)]
+        force: bool,
+        /// Accept that writes made on it since a cut-over to it are gone.
+        #[serde(default)]
+        accept_data_loss: bool,
+        /// Say what it would do; declare nothing.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Keep or delete an incomplete copy on this node (its source was declared lost).
+    Partial {
+        /// The volume.
+        volume: VolumeId,
+        /// Keep it as the volume, or delete it.
+        verdict: PartialVerdict,
+    },
 }
 
 /// What a request that was carried out answers. On the wire: `{"result":"status",...}`;
@@ -83,7 +105,10 @@ pub enum Outcome {
         /// Backend, peers, handshake ages, bytes.
         mesh: serde_json::Value,
     },
-    /// Answer to [`Request::VolumeAdd`] and [`Request::Gc`]: done, and what was done.
+    /// Answer to [`Request::NodeLost`].
+    NodeLost(Box<LostReport>),
+    /// Answer to [`Request::VolumeAdd`], [`Request::Gc`] and [`Request::Partial`]: done,
+    /// and what was done.
     #[serde(rename = "ok")]
     Done {
         /// What was done, for the operator.
@@ -155,6 +180,28 @@ pub enum ApiError {
         /// The store's error, naming the path.
         reason: String,
     },
+    /// `node lost` refused (alive, unknown, itself, or it would lose writes without
+    /// `--accept-data-loss`: the message lists them).
+    #[error(transparent)]
+    Lost {
+        /// The core's reason.
+        refusal: LostError,
+    },
+    /// The state dir refused a decision: nothing was done or published (a restart would
+    /// undo an acknowledged one).
+    #[error("{what} was not recorded: {reason}")]
+    NotRecorded {
+        /// What was asked.
+        what: String,
+        /// The state dir's error, naming the path.
+        reason: String,
+    },
+    /// `partial accept|delete` names a volume with no incomplete copy here.
+    #[error(transparent)]
+    Partial {
+        /// The core's reason.
+        refusal: PartialError,
+    },
     /// A control request line longer than the socket accepts.
     #[error("control request longer than {max} bytes: refused")]
     RequestTooLong {
@@ -185,6 +232,24 @@ pub enum ApiError {
 impl From<VolumeError> for ApiError {
     fn from(refusal: VolumeError) -> Self {
         Self::Volume { refusal }
+    }
+}
+
+impl From<LostError> for ApiError {
+    fn from(refusal: LostError) -> Self {
+        Self::Lost { refusal }
+    }
+}
+
+impl From<PartialError> for ApiError {
+    fn from(refusal: PartialError) -> Self {
+        Self::Partial { refusal }
+    }
+}
+
+impl Answer for LostReport {
+    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
+        if let Outcome::NodeLost(r) = outcome { Ok(*r) } else { Err(outcome) }
     }
 }
 

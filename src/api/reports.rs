@@ -21,6 +21,43 @@ pub struct StatusReport {
     /// How gossip is protected, what it dropped, and names claimed twice (docs/usage.md, "Configuration and trust").
     #[serde(default)]
     pub gossip: crate::cluster::identity::GossipHealth,
+    /// Nodes declared lost and the copies this node set aside (docs/failures.md); absent
+    /// when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<Box<LostStatus>>,
+}
+
+/// The lost nodes part of `status` (docs/failures.md): every declaration this agent
+/// knows, and the copies it set aside because it was itself declared lost (removed only
+/// by `meshdrain gc`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LostStatus {
+    /// Declarations by node.
+    #[serde(default)]
+    pub declared: std::collections::BTreeMap<NodeName, crate::decide::lost::LostDeclaration>,
+    /// Copies set aside on this node.
+    #[serde(default)]
+    pub aside: Vec<crate::decide::core::AsideCopy>,
+}
+
+impl LostStatus {
+    /// Nothing to show (then the field is left out of the JSON, as before it existed).
+    pub fn is_empty(&self) -> bool {
+        self.declared.is_empty() && self.aside.is_empty()
+    }
+}
+
+/// What `meshdrain node lost` did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LostReport {
+    /// The node declared.
+    pub node: NodeName,
+    /// The declaration is recorded (false with `--dry-run`).
+    pub declared: bool,
+    /// The declaration carries `--accept-data-loss`.
+    pub accept_data_loss: bool,
+    /// What it does to the volumes, from this node's view.
+    pub effects: crate::decide::lost::LossReport,
 }
 
 /// One node's line in `meshdrain status`.

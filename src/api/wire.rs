@@ -91,6 +91,28 @@ mod tests {
     }
 
     #[test]
+    fn node_lost_requests_and_refusals_on_the_wire() {
+        let req =
+            Request::NodeLost { node: "n2".parse().unwrap(), force: false, accept_data_loss: true, dry_run: false };
+        let line = serde_json::to_string(&req).unwrap();
+        assert_eq!(line, r#"{"op":"node_lost","node":"n2","force":false,"accept_data_loss":true,"dry_run":false}"#);
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"op":"node_lost","node":"n2"}"#).unwrap(),
+            Request::NodeLost { node: "n2".parse().unwrap(), force: false, accept_data_loss: false, dry_run: false }
+        );
+        let alive: ApiError = crate::decide::core::LostError::Alive("n2".parse().unwrap()).into();
+        let line = encode(&Err(alive.clone()));
+        assert_eq!(
+            line,
+            r#"{"result":"error","message":"node n2 is alive in gossip: a live node is not lost. Stop its agent (or wait for the failure detector), or pass --force if it is cut off for good","kind":"lost","refusal":{"alive":"n2"}}"#
+        );
+        assert_eq!(decode(&line).unwrap(), Err(alive));
+        let partial =
+            Request::Partial { volume: "db".parse().unwrap(), verdict: crate::decide::core::PartialVerdict::Accept };
+        assert_eq!(serde_json::to_string(&partial).unwrap(), r#"{"op":"partial","volume":"db","verdict":"accept"}"#);
+    }
+
+    #[test]
     fn an_error_line_without_kind_is_refused_with_its_message() {
         let old = r#"{"result":"error","message":"something new went wrong"}"#;
         let refused = ApiError::Refused { message: "something new went wrong".into() };

@@ -17,6 +17,7 @@ pub mod completions;
 pub mod demo;
 pub mod drain;
 pub mod exit;
+pub mod lost;
 pub mod export;
 pub mod follow;
 pub mod logging;
@@ -98,6 +99,12 @@ pub enum Command {
     /// Fleet CA, node keys and certificates, mesh status.
     #[command(subcommand)]
     Mesh(mesh::Command),
+    /// A node gone for good: `node lost <node>` (docs/failures.md).
+    #[command(subcommand)]
+    Node(lost::NodeCommand),
+    /// Keep or delete an incomplete copy whose source was declared lost.
+    #[command(subcommand)]
+    Partial(lost::PartialCommand),
     /// Print the completion script for bash, zsh or fish on stdout (the Debian package installs all three).
     #[command(after_help = completions::EXAMPLES)]
     Completions(completions::CompletionsArgs),
@@ -185,6 +192,8 @@ pub fn main() -> ExitCode {
             Command::Export(c) => export::run(c).await,
             Command::Clone(c) => clone::run(c).await,
             Command::Mesh(c) => mesh::run(c, &control).await,
+            Command::Node(c) => lost::run_node(c, &control).await,
+            Command::Partial(c) => lost::run_partial(c, &control).await,
             Command::Completions(a) => completions::completions(&a),
             Command::Manpages(a) => completions::manpages(&a),
         }
@@ -222,6 +231,8 @@ fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
         Command::Undrain(a) | Command::Cordon(a) | Command::Uncordon(a) => &a.control.control,
         Command::Volume(c) => c.control(),
         Command::Gc(a) => &a.control.control,
+        Command::Node(c) => c.control(),
+        Command::Partial(c) => c.control(),
         // `mesh status` takes the socket from MESHDRAIN_CONTROL or the flag before the command.
         _ => &NONE,
     })

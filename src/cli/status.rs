@@ -189,6 +189,7 @@ mod tests {
             self_name: "node-one".into(),
             nodes: vec![node("node-one", true), node("node-two", false)],
             gossip: GossipHealth { mode: GossipMode::Hmac, ..Default::default() },
+            lost: Default::default(),
         };
         let out = render(&report, &[]);
         let lines: Vec<&str> = out.lines().collect();

@@ -57,9 +57,13 @@ fn would_lose_text(node: &NodeName, report: &LossReport) -> String {
             (Some(p), None) => p.to_owned(),
             (None, _) => "no progress reported".to_owned(),
         };
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(w.cut_over_at_ms);
         text.push_str(&format!(
-            "\n  {}: cut over from {} at {} ms (epoch {}); {node} last reported: {progress}",
-            w.volume, w.source, w.cut_over_at_ms, w.epoch
+            "\n  {}: cut over from {} at {} (epoch {}); {node} last reported: {progress}",
+            w.volume,
+            w.source,
+            humantime::format_rfc3339_seconds(at),
+            w.epoch
         ));
     }
     text.push_str(&format!(

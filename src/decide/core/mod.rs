@@ -423,3 +423,5 @@ pub fn owner_in_view<'a>(view: &'a ClusterView, id: &str) -> Option<&'a NodeName
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lost;
