@@ -159,9 +159,7 @@ async fn build_dataplane(config: &AgentConfig, export_addr: &str) -> anyhow::Res
                     // ones an earlier agent process left running are adopted here.
                     let clones = ProcessClones::new(&config.run_dir(), tuning)
                         .with_context(|| format!("holder processes under {}", config.run_dir().display()))?;
-                    Arc::new(
-                        clones.with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)),
-                    )
+                    Arc::new(clones.with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)))
                 }
             };
             Box::new(Executor::new(&config.name, &config.pool_dir(), Arc::new(exports), clones, progress))
@@ -254,6 +252,8 @@ pub async fn run_process(
         // `[gc] retention` (validated as a duration when the config loaded).
         timing: Timing {
             retention_ms: config.gc.retention().map_or(24 * 3600 * 1000, |d| d.as_millis() as u64),
+            // `[lease] node_lost_after` (docs/failures.md), off unless set.
+            node_lost_after_ms: config.lease.node_lost_after().map(|d| d.as_millis() as u64),
             ..Timing::for_interval(config.gossip.interval_ms)
         },
         wireguard: None,
@@ -369,7 +369,9 @@ async fn watchdog(handle: crate::agent::AgentHandle, every: Duration) {
         tokio::time::sleep(period).await;
         match tokio::time::timeout(period, handle.status()).await {
             Ok(Ok(_)) => notify(&[sd_notify::NotifyState::Watchdog]),
-            _ => warn!(waited = %humantime::format_duration(period), "the owner loop did not answer; not petting the systemd watchdog"),
+            _ => {
+                warn!(waited = %humantime::format_duration(period), "the owner loop did not answer; not petting the systemd watchdog")
+            }
         }
     }
 }
