@@ -83,7 +83,7 @@ pub enum Command {
     #[command(after_help = node::UNCORDON_EXAMPLES)]
     Uncordon(node::Args),
     /// Create, register and list volumes.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = volume::EXAMPLES)]
     Volume(volume::Command),
     /// Delete copies on this node that were handed off, before the retention window ends.
     #[command(after_help = volume::GC_EXAMPLES)]

@@ -11,6 +11,13 @@ use crate::api::{NewVolume, Request, VolumeFault, VolumeStatus};
 use crate::control::client::Client;
 use crate::decide::model::{Hooks, VolumeId};
 
+/// Examples shown at the end of `meshdrain volume --help`.
+pub const EXAMPLES: &str = "\
+Examples:
+  meshdrain volume create db1 --size 20G --hook-start unit:postgresql@db1.service
+  meshdrain volume add logs --path /dev/nvme1n1p3 --json
+  meshdrain volume list";
+
 /// Examples shown at the end of `meshdrain gc --help`.
 pub const GC_EXAMPLES: &str = "\
 Examples:
