@@ -225,7 +225,12 @@ fn log_format(cli: &Cli) -> LogFormat {
 fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
     static NONE: Option<PathBuf> = None;
     Some(match command {
-        Command::Agent(_) | Command::Demo(_) | Command::Export(_) | Command::Clone(_) => return None,
+        Command::Agent(_)
+        | Command::Demo(_)
+        | Command::Export(_)
+        | Command::Clone(_)
+        | Command::Completions(_)
+        | Command::Manpages(_) => return None,
         Command::Status(a) => &a.control.control,
         Command::Drain(a) => &a.common.control.control,
         Command::Undrain(a) | Command::Cordon(a) | Command::Uncordon(a) => &a.control.control,
