@@ -427,11 +427,19 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
             let file = meshdrain::dataplane::paths::volume_file(&fleet.nodes[i].pool, &w.id);
             if let Err(e) = workload::fsck(&file) {
                 out.fsck_clean = false;
-                // Once more a little later: a late flush or the dest really differs.
+                // Once more a little later, then after a global sync (which also writes back
+                // dirty pages of the FUSE file under the clone device): a late flush, data
+                // the clone never gave the dest, or a dest that really differs.
                 std::thread::sleep(Duration::from_secs(3));
                 let again = match workload::fsck(&file) {
                     Ok(()) => "clean 3 s later".to_owned(),
-                    Err(e) => format!("still not clean 3 s later: {e}"),
+                    Err(_) => {
+                        nix::unistd::sync();
+                        match workload::fsck(&file) {
+                            Ok(()) => "still not clean 3 s later; clean after a global sync".to_owned(),
+                            Err(_) => "still not clean 3 s later, nor after a global sync".to_owned(),
+                        }
+                    }
                 };
                 out.fsck_errors.push(format!("{} on {owner}'s disk after the move: {e}; {again}", w.id));
                 continue;

@@ -34,10 +34,13 @@ const RECORD: usize = 64 * 1024;
 struct Stint {
     node: String,
     device: PathBuf,
-    mount: Option<Mounted>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<Result<(), String>>>,
+    /// Mounts, then writes; hands the mount back when it ends (none if the mount failed).
+    thread: Option<JoinHandle<Ended>>,
 }
+
+/// How a stint's writer ended, and its mount.
+type Ended = (Result<(), String>, Option<Mounted>);
 
 /// The workload of one volume across its mounts.
 pub struct VolumeWork {
@@ -141,24 +144,20 @@ impl VolumeWork {
         let stint = self.stints;
         let dir = self.mnt.join(format!("{}-{stint}", self.id));
         self.last_device = Some((node.to_owned(), device.to_owned()));
-        let mount = match Mounted::new(device, &dir) {
-            Ok(m) => m,
-            Err(e) => {
-                self.note(format!("stint {stint} on {node}: mount {} failed: {e:#}", device.display()));
-                return;
-            }
-        };
         let stop = Arc::new(AtomicBool::new(false));
         let (stop2, ledger, seq, node2) = (stop.clone(), self.ledger.clone(), self.seq.clone(), node.to_owned());
-        let thread = std::thread::spawn(move || write_records(&dir, &ledger, &seq, &node2, stint, &stop2));
-        self.note(format!("stint {stint}: workload started on {node} ({})", device.display()));
-        self.current = Some(Stint {
-            node: node.to_owned(),
-            device: device.to_owned(),
-            mount: Some(mount),
-            stop,
-            thread: Some(thread),
+        let dev = device.to_owned();
+        // The mount reads through the clone (slow under packet loss, hanging while the
+        // source is unreachable): on the writer's thread, never on the driver's loop.
+        let thread = std::thread::spawn(move || -> Ended {
+            let mount = match Mounted::new(&dev, &dir) {
+                Ok(m) => m,
+                Err(e) => return (Err(format!("mount {} failed: {e:#}", dev.display())), None),
+            };
+            (write_records(&dir, &ledger, &seq, &node2, stint, &stop2), Some(mount))
         });
+        self.note(format!("stint {stint}: workload starting on {node} ({})", device.display()));
+        self.current = Some(Stint { node: node.to_owned(), device: device.to_owned(), stop, thread: Some(thread) });
     }
 
     /// Whether the workload runs on `node` now.
@@ -171,22 +170,18 @@ impl VolumeWork {
     pub fn stop(&mut self, sync: bool) {
         let Some(mut s) = self.current.take() else { return };
         s.stop.store(true, Ordering::Relaxed);
-        let ended = s.thread.take().and_then(|t| join_within(t, Duration::from_secs(10)));
-        match &ended {
-            Some(Err(e)) => {
-                self.io_errors += 1;
-                self.note(format!("{} on {}: workload stopped by an I/O error: {e}", self.id, s.node));
-            }
-            None => self.note(format!("{} on {}: the workload did not stop within 10 s", self.id, s.node)),
-            Some(Ok(())) => {}
-        }
-        let Some(m) = s.mount.take() else { return };
-        if ended.is_none() {
-            // A writer stuck in the kernel: its device does not answer; syncfs and umount
-            // would hang the same way. Detached lazily (the drop).
-            drop(m);
+        let Some((res, mount)) = s.thread.take().and_then(|t| join_within(t, Duration::from_secs(10))) else {
+            // A writer (or mount) stuck in the kernel: its device does not answer; syncfs
+            // and umount would hang the same way. The thread keeps the mount and detaches
+            // it lazily when it ends (the teardown unsticks it).
+            self.note(format!("{} on {}: the workload did not stop within 10 s", self.id, s.node));
             return;
+        };
+        if let Err(e) = res {
+            self.io_errors += 1;
+            self.note(format!("{} on {}: workload stopped by an I/O error: {e}", self.id, s.node));
         }
+        let Some(m) = mount else { return };
         let dir = m.0.clone();
         let done = bounded(Duration::from_secs(20), move || -> Result<(), String> {
             if sync {
@@ -271,21 +266,22 @@ impl VolumeWork {
             return (n, all, Err("the workload was not running at the end: nothing to check".to_owned()));
         };
         s.stop.store(true, Ordering::Relaxed);
-        let mount = s.mount.take().expect("a running stint is mounted");
-        match s.thread.take().and_then(|t| join_within(t, Duration::from_secs(10))) {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                self.io_errors += 1;
-                self.note(format!("{} on {}: workload stopped by an I/O error: {e}", self.id, s.node));
-            }
-            None => {
-                // Its device does not answer (a clone whose source is gone): reads would hang too.
-                let all: Vec<String> = self.ledger.lock().expect("ledger lock").keys().cloned().collect();
-                self.note(format!("{} on {}: the workload hangs on its device: records not checked", self.id, s.node));
-                drop(mount);
-                return (all.len(), all, Err("the device hangs: not checked".to_owned()));
-            }
+        let ledger = self.ledger.clone();
+        let all = move || -> Vec<String> { ledger.lock().expect("ledger lock").keys().cloned().collect() };
+        let Some((res, mount)) = s.thread.take().and_then(|t| join_within(t, Duration::from_secs(10))) else {
+            // Its device does not answer (a clone whose source is gone): reads would hang too.
+            let all = all();
+            self.note(format!("{} on {}: the workload hangs on its device: records not checked", self.id, s.node));
+            return (all.len(), all, Err("the device hangs: not checked".to_owned()));
+        };
+        if let Err(e) = &res {
+            self.io_errors += 1;
+            self.note(format!("{} on {}: workload stopped by an I/O error: {e}", self.id, s.node));
         }
+        let Some(mount) = mount else {
+            let all = all();
+            return (all.len(), all, Err("the final mount failed: not checked".to_owned()));
+        };
         let (dir, ledger) = (mount.0.clone(), self.ledger.clone());
         // Reads of a clone whose source is gone may hang: bounded, and then unverified.
         let Some((n, bad)) = bounded(Duration::from_secs(30), move || check(&dir, &ledger)) else {
