@@ -262,3 +262,25 @@ fn gc_retention_from_the_config_deletes_handed_off_copies_without_gc() {
     let out = agents[0].cli(&["gc"]);
     assert_eq!(text(&out.stdout), "nothing to delete: no handed-off or set-aside copy on node1\n");
 }
+
+#[test]
+fn drain_wait_piped_prints_a_line_per_change_and_every_few_seconds_in_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = fleet(tmp.path(), 2, |_| {});
+    joined(&agents);
+    let out = agents[0].cli(&["volume", "create", "v1", "--size", "8M"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Half written: the unwritten half is not bytes to move.
+    std::fs::write(agents[0].pool().join("v1.img"), vec![9u8; 4 << 20]).unwrap();
+    let out = agents[1].cli(&["drain", "node1", "--wait", "--rate-limit", "1M", "--deadline", "60s"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", text(&out.stderr));
+    let moving: Vec<&str> = stdout.lines().filter(|l| l.starts_with("v1: running -> node2 ")).collect();
+    assert!(moving.len() >= 2, "a moving volume's line repeats: {stdout}");
+    // Bytes moved against bytes to move: about the 4 MiB written, never the 8 MiB size (the
+    // holder counts a batch ahead of its regions); a rate in MiB/s.
+    assert!(moving.iter().all(|l| l.contains(" / 4.")), "{stdout}");
+    assert!(moving.iter().any(|l| l.contains(" MiB/s eta ")), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("node1: 1 moving, ")), "{stdout}");
+    assert!(stdout.contains("node1: drained in"), "{stdout}");
+}

@@ -131,7 +131,7 @@ pub async fn follow(
     sink.event(json!({ "event": "published", "node": node, "nonce": nonce, "adopted": adopted }), &text);
     let mut last_alive: Option<bool> = Some(true);
     let mut meters: BTreeMap<(String, u64), RateMeter> = BTreeMap::new();
-    let mut most_to_move: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    let mut least_to_move: BTreeMap<(String, u64), u64> = BTreeMap::new();
     let mut shown: BTreeMap<String, Shown> = BTreeMap::new();
     let mut tracked: BTreeSet<String> = BTreeSet::new();
     let mut plan: (Option<Instant>, Vec<PlanLine>) = (None, vec![]);
@@ -237,12 +237,13 @@ pub async fn follow(
         for v in &mine {
             let meter = meters.entry((v.id.clone(), v.epoch)).or_default();
             let rate = meter.sample(now, v.hydration.fetched_bytes);
-            // The holder counts fetched bytes before it marks their regions on the dest, so
-            // bytes left lag by up to a batch: the denominator shown never shrinks.
+            // The holder counts fetched bytes before it marks their regions on the dest, so a
+            // batch in flight is counted twice (fetched and left): every sample is at least the
+            // truth, and the least one seen is the best (it also follows workload writes down).
             let moved = Moved::of(v).map(|m| {
-                let most = most_to_move.entry((v.id.clone(), v.epoch)).or_insert(0);
-                *most = (*most).max(m.to_move);
-                Moved { to_move: *most, ..m }
+                let least = least_to_move.entry((v.id.clone(), v.epoch)).or_insert(u64::MAX);
+                *least = (*least).min(m.to_move).max(m.moved);
+                Moved { to_move: *least, ..m }
             });
             if is_moving(&v.phase) {
                 total.0 = total.0.plus(moved.unwrap_or_default());
@@ -279,7 +280,8 @@ pub async fn follow(
             let text = format!("{}: {phase}{who}{bytes}{sep}{note}", v.id);
             let key = format!("{phase}{who}|{note}");
             let last = shown.entry(v.id.clone()).or_default();
-            let due = last.key != key || last.at.is_none_or(|at| at.elapsed() >= LINE_EVERY);
+            // A line per change; a moving volume's again every few seconds (a held one only once).
+            let due = last.key != key || (is_moving(&v.phase) && last.at.is_none_or(|at| at.elapsed() >= LINE_EVERY));
             match &mut sink {
                 Sink::Bars { multi, volumes: bars, .. } => {
                     let bar = bars.entry(v.id.clone()).or_insert_with(|| {
