@@ -408,4 +408,19 @@ fn netns_holder_found_dead_when_its_agent_restarts_is_restarted_and_the_workload
     assert!(log.contains("holder process found dead when the agent started"), "{}", tail(&log));
     assert_eq!(f.starts("v").len(), 2, "started again on the new device: {:?}", f.starts("v"));
     assert_ne!(f.holder_state(i, "v")["pid"].as_u64(), Some(pid), "a new holder process");
+
+    // Down again after the hand-off: the holder comes back at the agent's start without
+    // the source (the dest is the volume), and the workload is started on its device.
+    let pid = f.holder_state(i, "v")["pid"].as_u64().unwrap();
+    f.agents[i].kill9();
+    run("kill", &["-9", &pid.to_string()]);
+    std::thread::sleep(Duration::from_secs(1));
+    f.agents[i].start();
+    wait_until(Duration::from_secs(30), || f.starts("v").len() == 3, || format!("a third start\n{}", f.logs()));
+    let state = f.holder_state(i, "v");
+    assert_eq!(state["handed_off"], true, "{state}");
+    let dev = f.starts("v")[2].1.clone();
+    let mut on_device = std::fs::read(&dev).unwrap();
+    on_device.truncate(data.len());
+    assert_eq!(sha(&on_device), sha(&data), "the restarted holder serves the volume on {}", dev.display());
 }

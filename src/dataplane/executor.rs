@@ -174,20 +174,19 @@ impl Executor {
             hook_timeout: Duration::from_secs(300),
             poll,
         };
-        Self { inner: Arc::new(inner), workers: BTreeMap::new() }
+        let inner = Arc::new(inner);
+        // At once when built inside the runtime (the agent): a holder restarted while the
+        // agent starts may need its start hook before any command comes.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            inner.listen_relaunches();
+        }
+        Self { inner, workers: BTreeMap::new() }
     }
 }
 
 impl DataPlane for Executor {
     fn execute(&mut self, cmd: DataCommand, local: Option<PathBuf>, events: mpsc::UnboundedSender<DataEvent>) {
-        if let Some(mut relaunched) = self.inner.clones.relaunches() {
-            let inner = self.inner.clone();
-            tokio::spawn(async move {
-                while let Some(r) = relaunched.recv().await {
-                    inner.relaunched(r).await;
-                }
-            });
-        }
+        self.inner.listen_relaunches();
         let volume = cmd.volume().to_string();
         let tx = self.workers.entry(volume).or_insert_with(|| {
             let (tx, mut rx) = mpsc::unbounded_channel::<Work>();
@@ -442,6 +441,18 @@ impl Inner {
                 self.blocking(move || clones.discard(&v, &dest, &metadata)).await;
                 info!(%volume, "revoked partial clone discarded");
             }
+        }
+    }
+
+    /// Follows the clone service's relaunches (once; later calls find them taken).
+    fn listen_relaunches(self: &Arc<Self>) {
+        if let Some(mut relaunched) = self.clones.relaunches() {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                while let Some(r) = relaunched.recv().await {
+                    inner.relaunched(r).await;
+                }
+            });
         }
     }
 

@@ -222,9 +222,17 @@ impl ProcessClones {
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
         match launch::launch(&self.shared.exe, files, &spec) {
             Ok(live) => {
+                // The workload ran on the dead holder's device: the executor starts it
+                // again on the new one.
+                let started = Relaunched {
+                    volume: volume.clone(),
+                    device: live.device.clone(),
+                    start_hook: spec.workload_started.then(|| spec.start_hook.clone()),
+                };
                 let t = Tracked::new(files.clone(), spec, live, false);
                 resume(&t);
                 self.track(t);
+                let _ = self.shared.relaunched.send(started);
             }
             Err(e) => warn!(%volume, "cannot restart the holder process: {e}"),
         }
