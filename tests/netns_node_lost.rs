@@ -192,3 +192,115 @@ fn netns_a_holder_lost_for_good_after_cut_over_gives_the_volume_back_to_the_sour
     assert!(out.status.success(), "{}", stderr(&out));
     wait_until(Duration::from_secs(10), || !aside.join(&name).exists(), || format!("gc to delete {name}"));
 }
+
+/// A start hook that records the device the workload would use.
+fn start_hook(root: &Path) -> String {
+    let script = root.join("start-hook.sh");
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$MESHDRAIN_DEVICE\" > {}/device-$MESHDRAIN_VOLUME\n", root.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+#[test]
+fn netns_a_source_lost_mid_hydration_leaves_an_incomplete_copy_that_fails_fast_and_can_be_kept() {
+    use std::os::unix::fs::FileExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut agents, _lan) = fleet(tmp.path(), 3);
+    let hook = start_hook(tmp.path());
+    let out = agents[0].cli(&["volume", "create", "db", "--size", "32M", "--hook-start", &hook]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let data = pseudo_random(23, 32 << 20);
+    std::fs::write(agents[0].pool().join("db.img"), &data).unwrap();
+    let out = agents[0].cli(&["drain", "node1", "--rate-limit", "1M"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut holder = String::new();
+    wait_until(
+        Duration::from_secs(60),
+        || match volume(&agents[1], "db") {
+            Some(v) if v["phase"] == "cut_over" && v["hydrated"].as_u64().unwrap_or(0) > 0 => {
+                holder = v["holder"].as_str().unwrap().to_owned();
+                true
+            }
+            _ => false,
+        },
+        || "db to be cut over and hydrating".to_owned(),
+    );
+    let h = agents.iter().position(|a| a.name == holder).unwrap();
+    let device = PathBuf::from(std::fs::read_to_string(tmp.path().join("device-db")).unwrap().trim());
+    // The source dies for good.
+    agents[0].kill9();
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            agents[h].status().is_some_and(|s| {
+                s["nodes"].as_array().is_some_and(|n| n.iter().any(|x| x["name"] == "node1" && x["alive"] == false))
+            })
+        },
+        || "node1 to be seen dead".to_owned(),
+    );
+    let out = agents[h].cli(&["node", "lost", "node1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.starts_with(
+            "node node1 declared lost; every agent learns it through gossip and keeps it\n  db: incomplete on "
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "regions missing; on {holder} run `meshdrain partial accept db --accept-data-loss` or `meshdrain partial delete db --yes`\n"
+        )),
+        "{stdout}"
+    );
+    let mut missing = 0;
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            let Some(v) = volume(&agents[h], "db") else { return false };
+            let Some(err) = v["error"].as_str() else { return false };
+            let Some(rest) = err.strip_prefix("incomplete: source lost, ") else { return false };
+            let (n, total) = rest.strip_suffix(" regions missing").unwrap().split_once(" of ").unwrap();
+            missing = n.parse::<u64>().unwrap();
+            v["holder_phase"] == "incomplete" && missing > 0 && total.parse::<u64>().unwrap() > missing
+        },
+        || format!("db to show incomplete: {:?}", volume(&agents[h], "db")),
+    );
+    // The end of the volume was never copied (hydration goes from the start): EIO at once.
+    let dev = std::fs::File::open(&device).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let t = std::time::Instant::now();
+    let err = dev.read_at(&mut buf, (32 << 20) - 4096).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "the read took {:?}", t.elapsed());
+    dev.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, data[..4096], "what is here is served");
+
+    // Keeping it needs the flag; then the copy is the volume, missing regions zeros.
+    let out = agents[h].cli(&["partial", "accept", "db"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out),
+        "error: keeping the partial copy of db makes every region its lost source never sent read as zeros: pass --accept-data-loss to keep it\n"
+    );
+    let out = agents[h].cli(&["partial", "accept", "db", "--accept-data-loss"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "volume db: the partial copy here is the volume; missing regions read as zeros\n"
+    );
+    wait_until(
+        Duration::from_secs(60),
+        || volume(&agents[h], "db").is_some_and(|v| v["owner"] == holder.as_str() && v["phase"] == "held"),
+        || format!("{holder} to own db: {:?}\n{}", volume(&agents[h], "db"), agents[h].log()),
+    );
+    let kept = std::fs::read(agents[h].pool().join("db.img")).unwrap();
+    assert_eq!(kept.len(), 32 << 20);
+    assert_eq!(kept[..4096], data[..4096]);
+    assert!(kept[(32 << 20) - 4096..].iter().all(|b| *b == 0), "a missing region reads as zeros");
+    drop(agents);
+}

@@ -80,6 +80,10 @@ pub struct HolderVolume {
     /// With `--verify`: the digest of what was read from the source, sent with `done`.
     #[serde(default)]
     pub digest: Option<String>,
+    /// The source was declared lost (docs/failures.md): taken into account once, so a
+    /// partial copy the operator accepted is not made incomplete again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub source_lost: bool,
 }
 
 /// What the holder sees of the source's `vol/<id>` record.
@@ -152,6 +156,7 @@ impl HolderVolume {
             phase: HolderPhase::Preparing,
             rate_limit: None,
             digest: None,
+            source_lost: false,
         };
         (v, vec![HolderEffect::PrepareClone])
     }
@@ -203,6 +208,12 @@ impl HolderVolume {
     pub fn step(&mut self, event: &HolderEvent) -> Vec<HolderEffect> {
         use HolderEffect as E;
         use HolderPhase as P;
+        if let HolderEvent::SourceLost = event {
+            if self.source_lost {
+                return vec![];
+            }
+            self.source_lost = true;
+        }
         match (&self.phase, event) {
             (P::Preparing | P::Ready | P::Failed { .. }, HolderEvent::Tick(Some(s))) if s.epoch > self.epoch => {
                 self.phase = P::Discarded;

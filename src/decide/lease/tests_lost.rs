@@ -132,6 +132,7 @@ fn a_running_holder_whose_source_is_lost_is_incomplete_until_the_operator_decide
     let mut kept = h.clone();
     assert_eq!(kept.step(&HolderEvent::AcceptPartial), vec![HolderEffect::AcceptPartial]);
     assert_eq!(kept.phase, HolderPhase::Running { stalled: false });
+    assert!(kept.step(&HolderEvent::SourceLost).is_empty(), "an accepted copy is not made incomplete again");
     assert_eq!(kept.step(&HolderEvent::Hydrated), vec![HolderEffect::Finalize]);
     assert_eq!(h.step(&HolderEvent::DeletePartial), vec![HolderEffect::DiscardClone]);
     assert_eq!(h.phase, HolderPhase::Discarded);
