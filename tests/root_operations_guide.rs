@@ -267,7 +267,13 @@ fn check_outcome(machines: &[Machine], shared: &Path) {
     assert!(metrics.contains("meshdrain_nodes{state=\"drained\",alive=\"true\"} 1"), "metrics:\n{metrics}");
     assert!(metrics.contains("meshdrain_peers_alive 2"), "metrics:\n{metrics}");
 
-    assert!(!node("node1").dir.join("state/pool/pg-main.img").exists(), "gc deleted node1's handed-off copy");
+    // gc answers once the deletion is decided; the data plane removes the file just after.
+    let copy = node("node1").dir.join("state/pool/pg-main.img");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while copy.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!copy.exists(), "gc deleted node1's handed-off copy");
     assert!(node("node2").dir.join("state/pool/pg-main.img").exists(), "pg-main lives in node2's pool");
     // Each agent restarted (upgrade, and node3's renewal) without a failed unit start.
     let restarts = node("node2").unit_log("meshdrain").matches("mesh up").count();
