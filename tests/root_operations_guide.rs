@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use meshdrain_testkit::netns::{Lan, Netns, require, require_tun};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshdrain");
-/// A block that takes longer than this has hung (the whole guide runs in about a minute).
+/// A block that takes longer than this has hung (the whole guide runs in about 30 s).
 const BLOCK_LIMIT: Duration = Duration::from_secs(180);
 
 /// One machine: the process whose namespaces the guide's blocks enter.
