@@ -143,3 +143,23 @@ pub fn plan(fault: Fault, seed: u64, nodes: usize) -> Plan {
     let issuer = rng.random_range(1..nodes);
     Plan { fault: fault.name(), seed, moment, duration_ms, issuer }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_replays_the_same_plan_and_every_name_parses_back() {
+        for f in ALL {
+            assert_eq!(Fault::parse(f.name()).unwrap(), f);
+            let (a, b) = (plan(f, 42, 4), plan(f, 42, 4));
+            assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+            assert!((1..4).contains(&a.issuer), "the source never issues its own drain: {a:?}");
+        }
+        let err = Fault::parse("kill-everything").unwrap_err().to_string();
+        assert!(
+            err.starts_with("unknown fault \"kill-everything\": FAULTS takes a comma list of kill-source,"),
+            "{err}"
+        );
+    }
+}

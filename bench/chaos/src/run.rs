@@ -420,7 +420,30 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
             .iter()
             .filter_map(|r| Some((r["id"].as_str()?.to_owned(), r["owner"].as_str()?.to_owned())))
             .collect();
+        // The clone device, read through the clone, against the dest file: equal once
+        // the workload has unmounted (both before and after the agents stop).
+        let mut before = Vec::new();
+        for w in &works {
+            let (Some((_, dev)), Some((_, owner))) = (&w.last_device, owners.iter().find(|(id, _)| *id == w.id)) else {
+                continue;
+            };
+            let Some(i) = fleet.index(owner) else { continue };
+            let file = meshdrain::dataplane::paths::volume_file(&fleet.nodes[i].pool, &w.id);
+            let diff = workload::compare(dev, &file);
+            if let Some(d) = &diff {
+                note(out, format!("{}: before the agents stop: {d}", w.id));
+            }
+            before.push((w.id.clone(), dev.clone(), file, diff.is_some()));
+        }
         fleet.teardown_agents();
+        for (id, dev, file, differed) in before {
+            if let Some(d) = workload::compare(&dev, &file) {
+                note(out, format!("{id}: after the agents stopped: {d}"));
+                if !differed {
+                    out.fsck_errors.push(format!("{id}: the dest changed when the agents stopped: {d}"));
+                }
+            }
+        }
         for w in &works {
             let Some((_, owner)) = owners.iter().find(|(id, _)| *id == w.id) else { continue };
             let Some(i) = fleet.index(owner) else { continue };

@@ -69,3 +69,43 @@ pub fn render(outcomes: &[Outcome]) -> String {
     let _ = writeln!(s, "chaos: {} runs, {lost} records lost, {silent} stuck without a reason", outcomes.len());
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), Some(2.0));
+        assert_eq!(percentile(&v, 99.0), Some(4.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+
+    #[test]
+    fn the_last_line_counts_runs_lost_records_and_silent_stucks_only() {
+        let run = |fault: &str, f: &dyn Fn(&mut Outcome)| {
+            let mut o = Outcome { fault: fault.to_owned(), fsck_clean: true, ..Outcome::default() };
+            f(&mut o);
+            o
+        };
+        let outcomes = [
+            run("kill-holder", &|o| {
+                o.completed = true;
+                o.drain_s = Some(7.0);
+            }),
+            run("kill-holder", &|o| o.records_lost = 3),
+            run("lose-holder", &|o| {
+                o.stuck = true;
+                o.stuck_reason = Some("v1: stranded on node4".to_owned());
+                o.accepted_loss = 40;
+            }),
+            run("partition", &|o| o.stuck = true),
+        ];
+        let text = render(&outcomes);
+        let last = text.lines().last().unwrap();
+        assert_eq!(last, "chaos: 4 runs, 3 records lost, 1 stuck without a reason");
+        assert!(text.contains("| kill-holder | 2 | 1 | 0 | 0 | 3 | 0 | 0 | 0 | 0 | 0 | 7.0 s | 7.0 s |"), "{text}");
+        assert!(text.contains("| lose-holder | 1 | 0 | 1 | 0 | 0 | 40 |"), "{text}");
+    }
+}

@@ -405,3 +405,39 @@ pub fn check_file(file: &Path, dir: &Path, ledger: &Ledger) -> anyhow::Result<Ve
     anyhow::ensure!(out.status.success(), "umount {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
     Ok(bad)
 }
+
+/// Compares the clone device (its page cache dropped first, so reads go through the
+/// clone) with the dest file on the owner's disk, 4 KiB block by block: `None` if equal,
+/// else how many blocks differ and the first.
+pub fn compare(device: &Path, file: &Path) -> Option<String> {
+    use std::io::Read;
+    let _ = std::process::Command::new("blockdev").arg("--flushbufs").arg(device).output();
+    let (mut a, mut b) = match (std::fs::File::open(device), std::fs::File::open(file)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => return Some(format!("cannot open: {:?} {:?}", a.err(), b.err())),
+    };
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let (mut differ, mut first, mut offset) = (0u64, None, 0u64);
+    loop {
+        let na = a.read(&mut ba).unwrap_or(0);
+        let nb = b.read(&mut bb[..na.max(1)]).unwrap_or(0);
+        if na == 0 || nb == 0 {
+            break;
+        }
+        let n = na.min(nb);
+        for (i, (x, y)) in ba[..n].chunks(4096).zip(bb[..n].chunks(4096)).enumerate() {
+            if x != y {
+                differ += 1;
+                first.get_or_insert(offset / 4096 + i as u64);
+            }
+        }
+        offset += n as u64;
+    }
+    first.map(|f| {
+        format!(
+            "{differ} blocks of 4 KiB differ between {} and {}, the first block {f}",
+            device.display(),
+            file.display()
+        )
+    })
+}
