@@ -349,10 +349,11 @@ impl Inner {
                 if self.clones.workload_running(&volume) {
                     info!(%volume, device = %device.display(), "workload already runs on the adopted clone device; start hook not run again");
                 } else {
-                    if let Err(reason) = self.hook(HookKind::Start, hook.clone(), &volume, &device).await {
-                        warn!(%volume, "{reason} (the move goes on: the data is safe on the clone)");
+                    // Recorded only once it ran: a failed start is tried again after a restart.
+                    match self.hook(HookKind::Start, hook.clone(), &volume, &device).await {
+                        Ok(()) => self.clones.workload_started(&volume, hook.as_deref()),
+                        Err(reason) => warn!(%volume, "{reason} (the move goes on: the data is safe on the clone)"),
                     }
-                    self.clones.workload_started(&volume, hook.as_deref());
                 }
                 let (inner, events) = (self.clone(), events.clone());
                 tokio::spawn(async move { inner.report_progress(volume, events).await });

@@ -46,6 +46,12 @@ impl CloneService for Holders {
 /// Prepares and starts `db` with a hook appending its device to `marker`; returns the
 /// relaunch sender and the holders.
 async fn started(adopted: bool, dir: &Path, marker: &Path) -> (mpsc::UnboundedSender<Relaunched>, Arc<Holders>) {
+    let hook = format!("echo $MESHDRAIN_DEVICE >> {}", marker.display());
+    started_with(adopted, dir, &hook).await
+}
+
+/// [`started`] with the start hook `hook`.
+async fn started_with(adopted: bool, dir: &Path, hook: &str) -> (mpsc::UnboundedSender<Relaunched>, Arc<Holders>) {
     let (relaunch_tx, relaunch_rx) = mpsc::unbounded_channel();
     let holders = Arc::new(Holders { adopted, calls: Mutex::default(), relaunches: Mutex::new(Some(relaunch_rx)) });
     let mut plane = Executor::new("n2", dir, Arc::new(NoExports), holders.clone(), Duration::from_millis(1));
@@ -61,7 +67,7 @@ async fn started(adopted: bool, dir: &Path, marker: &Path) -> (mpsc::UnboundedSe
         verify: false,
     };
     plane.execute(prepare, None, tx.clone());
-    let hook = Some(format!("echo $MESHDRAIN_DEVICE >> {}", marker.display()));
+    let hook = Some(hook.to_owned());
     plane.execute(DataCommand::StartHeldWorkload { volume: "db".parse().unwrap(), hook }, None, tx.clone());
     // The reporter's first progress: the start hook (if any) has run by then.
     loop {
@@ -114,4 +120,11 @@ async fn a_fresh_clone_starts_its_workload_and_a_relaunched_one_starts_it_again_
     tx.send(Relaunched { volume: "db".into(), device: PathBuf::from("/dev/loop9"), start_hook: None }).unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(std::fs::read_to_string(&marker).unwrap(), "/dev/loop7\n/dev/loop8\n");
+}
+
+#[tokio::test]
+async fn a_start_hook_that_failed_is_not_recorded_as_a_started_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tx, holders) = started_with(false, dir.path(), "exit 3").await;
+    assert_eq!(*holders.calls.lock().unwrap(), vec!["hydrate db".to_owned()], "tried again after a restart");
 }
