@@ -74,6 +74,10 @@ pub(crate) fn launch(exe: &Path, files: &HolderFiles, spec: &HolderSpec) -> Resu
         .args(["clone", "hold", "--spec"])
         .arg(&files.spec)
         .current_dir("/")
+        // systemd's notification and watchdog are the agent's, not the holder's.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
