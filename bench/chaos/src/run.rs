@@ -303,6 +303,9 @@ fn run_inner(s: &Settings, fault: Fault, plan: &Plan, out: &mut Outcome) -> anyh
                         out.node_lost = args[3..].iter().fold("declared".to_owned(), |a, f| format!("{a} {f}"));
                         if *tried_accept {
                             accepted_holder = Some(name.clone());
+                            for w in &mut works {
+                                w.forfeit(&name);
+                            }
                         }
                         source_declared = *target == 0;
                         state = FaultState::Done;

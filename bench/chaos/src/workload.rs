@@ -28,7 +28,21 @@ pub struct Record {
 pub type Ledger = Arc<Mutex<BTreeMap<String, Record>>>;
 
 /// Bytes per record.
-const RECORD: usize = 64 * 1024;
+const RECORD: usize = 16 * 1024;
+/// Records kept per volume: past this the oldest is deleted (un-acknowledged first), so
+/// a long run never fills the filesystem.
+const KEPT: usize = 400;
+
+/// What the writers of one volume share across stints.
+#[derive(Default)]
+struct Shared {
+    /// Record numbers.
+    seq: AtomicU64,
+    /// Records written, oldest first (seed records are never deleted).
+    order: Mutex<std::collections::VecDeque<String>>,
+    /// Nodes whose writes were given up (`node lost --accept-data-loss`): not re-read.
+    forfeited: Mutex<BTreeSet<String>>,
+}
 
 /// A writer running on one mount.
 struct Stint {
@@ -50,7 +64,7 @@ pub struct VolumeWork {
     pub ledger: Ledger,
     hooks: PathBuf,
     mnt: PathBuf,
-    seq: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     stints: u32,
     current: Option<Stint>,
     seen_starts: BTreeSet<String>,
@@ -103,7 +117,7 @@ impl VolumeWork {
             ledger: Ledger::default(),
             hooks: hooks.to_owned(),
             mnt: mnt.to_owned(),
-            seq: Arc::new(AtomicU64::new(0)),
+            shared: Arc::default(),
             stints: 0,
             current: None,
             seen_starts: BTreeSet::new(),
@@ -145,7 +159,7 @@ impl VolumeWork {
         let dir = self.mnt.join(format!("{}-{stint}", self.id));
         self.last_device = Some((node.to_owned(), device.to_owned()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (stop2, ledger, seq, node2) = (stop.clone(), self.ledger.clone(), self.seq.clone(), node.to_owned());
+        let (stop2, ledger, shared, node2) = (stop.clone(), self.ledger.clone(), self.shared.clone(), node.to_owned());
         let dev = device.to_owned();
         // The mount reads through the clone (slow under packet loss, hanging while the
         // source is unreachable): on the writer's thread, never on the driver's loop.
@@ -154,7 +168,7 @@ impl VolumeWork {
                 Ok(m) => m,
                 Err(e) => return (Err(format!("mount {} failed: {e:#}", dev.display())), None),
             };
-            (write_records(&dir, &ledger, &seq, &node2, stint, &stop2), Some(mount))
+            (write_records(&dir, &ledger, &shared, &node2, stint, &stop2), Some(mount))
         });
         self.note(format!("stint {stint}: workload starting on {node} ({})", device.display()));
         self.current = Some(Stint { node: node.to_owned(), device: device.to_owned(), stop, thread: Some(thread) });
@@ -252,8 +266,17 @@ impl VolumeWork {
     pub fn crash_on(&mut self, node: &str) {
         if self.runs_on(node) {
             self.note(format!("{}: {node} is gone, its workload with it", self.id));
+            let errors = self.io_errors;
             self.stop(false);
+            // The node died under it: an error of that stint is the fault, not a finding.
+            self.io_errors = errors;
         }
+    }
+
+    /// The writes made on `node` were given up (`node lost --accept-data-loss`): the
+    /// writer no longer re-reads them; the final check still counts them.
+    pub fn forfeit(&mut self, node: &str) {
+        self.shared.forfeited.lock().expect("forfeited lock").insert(node.to_owned());
     }
 
     /// Ends the run: stops the writer (synced), checks every acknowledged record through
@@ -347,32 +370,52 @@ fn join_within<T>(t: JoinHandle<T>, limit: Duration) -> Option<T> {
 fn write_records(
     dir: &Path,
     ledger: &Ledger,
-    seq: &AtomicU64,
+    shared: &Shared,
     node: &str,
     stint: u32,
     stop: &AtomicBool,
 ) -> Result<(), String> {
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("mkdir data: {e}"))?;
+    let sync_dir =
+        || std::fs::File::open(&data_dir).and_then(|d| d.sync_all()).map_err(|e| format!("fsync data/: {e}"));
     let mut written = 0u64;
     while !stop.load(Ordering::Relaxed) && written < 20_000 {
-        let n = seq.fetch_add(1, Ordering::Relaxed);
+        let n = shared.seq.fetch_add(1, Ordering::Relaxed);
         let name = format!("data/{node}-s{stint}-{n:05}.bin");
         let data = pseudo_random(0xDA7A + n, RECORD);
         let mut f = std::fs::File::create(dir.join(&name)).map_err(|e| format!("create {name}: {e}"))?;
         f.write_all(&data).map_err(|e| format!("write {name}: {e}"))?;
         f.sync_all().map_err(|e| format!("fsync {name}: {e}"))?;
-        std::fs::File::open(&data_dir).and_then(|d| d.sync_all()).map_err(|e| format!("fsync data/: {e}"))?;
-        ledger.lock().expect("ledger lock").insert(name, Record { sha: sha(&data), node: node.to_owned() });
+        sync_dir()?;
+        ledger.lock().expect("ledger lock").insert(name.clone(), Record { sha: sha(&data), node: node.to_owned() });
         written += 1;
+        let oldest = {
+            let mut order = shared.order.lock().expect("order lock");
+            order.push_back(name);
+            if order.len() > KEPT { order.pop_front() } else { None }
+        };
+        if let Some(oldest) = oldest {
+            // No longer acknowledged, then gone.
+            ledger.lock().expect("ledger lock").remove(&oldest);
+            match std::fs::remove_file(dir.join(&oldest)) {
+                Ok(()) => sync_dir()?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("delete {oldest}: {e}")),
+            }
+        }
         let old = {
+            let forfeited = shared.forfeited.lock().expect("forfeited lock").clone();
             let l = ledger.lock().expect("ledger lock");
-            l.iter().nth((n as usize * 7919) % l.len()).map(|(k, r)| (k.clone(), r.sha.clone()))
+            let live: Vec<(&String, &Record)> = l.iter().filter(|(_, r)| !forfeited.contains(&r.node)).collect();
+            (!live.is_empty()).then(|| live[(n as usize * 7919) % live.len()]).map(|(k, r)| (k.clone(), r.sha.clone()))
         };
         if let Some((old, want)) = old {
             match std::fs::read(dir.join(&old)) {
                 Ok(d) if sha(&d) == want => {}
                 Ok(_) => return Err(format!("{old} read back different")),
+                // Deleted meanwhile by this writer's rotation (not acknowledged any more).
+                Err(_) if !ledger.lock().expect("ledger lock").contains_key(&old) => {}
                 Err(e) => return Err(format!("read {old}: {e}")),
             }
         }
