@@ -13,7 +13,7 @@
 //!   `partial delete` drops a copy the workload ran on);
 //! - each region is fetched from the source at most once per clone;
 //! - a volume is exported only for an epoch whose `WorkloadStopped` the source's core was fed;
-//! - an automatic declaration is of a node that is down, and loses nothing.
+//! - an automatic declaration is of a node its declarer sees dead, and loses nothing.
 //!
 //! At the end the source is drained (unless it was the node lost) and every volume that
 //! still has a copy has exactly one owner, a live one, whose bytes equal the expected bytes:
@@ -259,7 +259,7 @@ fn run(seed: u64) -> Outcome {
         if let Some(v) = victim
             && t == 360
             && !w.nodes[v].up
-            && (returns || !w.lost.contains(&v))
+            && (if w.lost.contains(&v) { returns } else { loss != Loss::Bystander })
         {
             out.returned |= w.lost.contains(&v);
             w.restart(v);
@@ -270,7 +270,10 @@ fn run(seed: u64) -> Outcome {
             w.restart(i);
         }
         w.run_tick();
-        if !faulty && (victim.is_none() || t > 390) && finished(&w, loss) {
+        if !faulty
+            && victim.is_none_or(|v| t > 390 && (loss != Loss::Bystander || w.lost.contains(&v)))
+            && finished(&w, loss)
+        {
             break;
         }
     }

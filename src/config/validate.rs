@@ -226,3 +226,34 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
 fn bad_addr(s: &str) -> String {
     format!("{s:?} is not an ip:port address")
 }
+
+#[cfg(test)]
+mod lease_tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    const BASE: &str = "name = \"node1\"\nstate_dir = \"/var/lib/meshdrain\"\n[gossip]\nlisten = \"127.0.0.1:7946\"\n";
+
+    fn load(extra: &str) -> Result<AgentConfig, ConfigError> {
+        let p = Path::new("/etc/meshdrain/agent.toml");
+        let c = AgentConfig::parse(p, &format!("{BASE}{extra}"))?;
+        c.validate(p).map(|_| c)
+    }
+
+    #[test]
+    fn node_lost_after_is_off_by_default_and_a_positive_duration_when_set() {
+        assert_eq!(load("").unwrap().lease.node_lost_after(), None);
+        let c = load("[lease]\nnode_lost_after = \"2h\"\n").unwrap();
+        assert_eq!(c.lease.node_lost_after(), Some(Duration::from_secs(7200)));
+        assert!(c.to_toml().unwrap().contains("[lease]\nnode_lost_after = \"2h\""));
+        assert!(!load("").unwrap().to_toml().unwrap().contains("[lease]"), "left out when unset");
+        for bad in ["\"soon\"", "\"0s\""] {
+            let err = load(&format!("[lease]\nnode_lost_after = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("lease.node_lost_after"), "{err}");
+            assert!(err.contains("is not a positive duration"), "{err}");
+            assert!(err.contains("write a duration such as \"30m\" or \"2h\""), "{err}");
+        }
+    }
+}
