@@ -156,7 +156,11 @@ pub(crate) fn publish(e: &Engine, complete: bool) {
         let core = e.lock_core();
         (core.hydrated(), core.regions(), core.stalled(now).is_some(), core.last_error().map(str::to_owned))
     };
-    let rate = e.meter.lock().unwrap_or_else(|p| p.into_inner()).sample(now, hydrated * e.cfg.region_size);
+    // The rate counts bytes copied from the source, not regions marked on the dest: regions
+    // the source reports unallocated are marked in bulk without a copy, and counting them
+    // showed a resumed or sparse clone moving at TiB/s.
+    let fetched_bytes = e.fetched_bytes.load(Ordering::Relaxed);
+    let rate = e.meter.lock().unwrap_or_else(|p| p.into_inner()).sample(now, fetched_bytes);
     let phase = if complete {
         Phase::Complete
     } else if stalled {
@@ -180,7 +184,7 @@ pub(crate) fn publish(e: &Engine, complete: bool) {
         region_size: e.cfg.region_size,
         bytes_per_sec: rate,
         eta_secs,
-        fetched_bytes: e.fetched_bytes.load(Ordering::Relaxed),
+        fetched_bytes,
         read_through_bytes: e.read_through_bytes.load(Ordering::Relaxed),
         phase,
         last_error,

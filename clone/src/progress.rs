@@ -28,7 +28,8 @@ pub struct Progress {
     pub total: u64,
     /// Bytes per region.
     pub region_size: u64,
-    /// Recent hydration rate (regions on the dest per second × region size).
+    /// Recent hydration rate: bytes copied from the source per second (regions skipped as
+    /// unallocated are not bytes moved).
     pub bytes_per_sec: f64,
     /// Time left at the recent rate (`None` when unknown or stopped).
     pub eta_secs: Option<f64>,
