@@ -48,6 +48,10 @@ pub struct Metrics {
     mesh_sent: Family<Labels, Counter>,
     /// Node requests this agent applied or refused.
     pub requests_handled: Counter,
+    /// Held for writing while a tick clears and refills its series, for reading while a
+    /// scrape encodes: a scrape never sees a series missing mid-refill (which would restart
+    /// an alert's `for:` timer).
+    refill: std::sync::RwLock<()>,
 }
 
 impl Default for Metrics {
@@ -175,11 +179,13 @@ impl Metrics {
             mesh_received,
             mesh_sent,
             requests_handled,
+            refill: std::sync::RwLock::new(()),
         }
     }
 
     /// Updates the gauges from a fresh view.
     pub fn observe(&self, view: &ClusterView) {
+        let _refill = self.refill.write().unwrap_or_else(|p| p.into_inner());
         for state in NodeState::ALL {
             for alive in [true, false] {
                 let n = view
@@ -254,6 +260,7 @@ impl Metrics {
     /// `meshdrain mesh status`). A peer is labelled with the node name its gossip record
     /// gives its key, else with the key. Without a mesh (`backend = "none"`) there are none.
     pub fn observe_mesh(&self, view: &ClusterView, status: &serde_json::Value) {
+        let _refill = self.refill.write().unwrap_or_else(|p| p.into_inner());
         for family in [&self.mesh_peer_up, &self.mesh_handshake_age] {
             family.clear();
         }
@@ -291,6 +298,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let _refill = self.refill.read().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
