@@ -35,6 +35,8 @@ const DISK_WAIT: Duration = Duration::from_secs(30);
 const STALL_AFTER: Duration = Duration::from_secs(10);
 /// dm-clone status poll period.
 const POLL: Duration = Duration::from_millis(500);
+/// Bound on asking the source which ranges it does not hold (then everything is copied).
+const SKIP_SCAN_LIMIT: Duration = Duration::from_secs(60);
 
 struct Running {
     epoch: u64,
@@ -82,6 +84,7 @@ impl DmClones {
         }
         let regions = spec.size.div_ceil(self.region_size);
         let fresh = !spec.metadata.exists();
+        let dest_fresh = !spec.dest.exists();
         sized_file(&spec.dest, spec.size)?;
         // dm-clone formats a zeroed metadata device; its bitmap needs a bit per region.
         sized_file(&spec.metadata, ((4 << 20) + regions / 2).next_multiple_of(4096))?;
@@ -110,6 +113,20 @@ impl DmClones {
         let device = PathBuf::from(format!("/dev/mapper/{dm_name}"));
         if !device.exists() {
             return Err(format!("{} did not appear after creating the dm-clone device", device.display()));
+        }
+        if fresh && dest_fresh {
+            // Before the workload or hydration touch it: regions the source does not hold
+            // are marked hydrated (the new sparse dest reads zeros there), never copied.
+            // docs/architecture.md, "dm-clone skips what the source does not hold".
+            match clone.skip_unallocated(SKIP_SCAN_LIMIT) {
+                Ok(s) => info!(
+                    volume = %spec.volume,
+                    deallocated = s.deallocated,
+                    skipped = s.discarded,
+                    "dm-clone skips what the source does not hold"
+                ),
+                Err(e) => warn!(volume = %spec.volume, "dm-clone copies every region: {e}"),
+            }
         }
         info!(volume = %spec.volume, fresh, disk = %disk.display(), device = %device.display(), "dm-clone ready over open-iscsi");
         let last =
@@ -206,8 +223,9 @@ impl CloneService for DmClones {
             let p = c.progress();
             r.last = CloneProgress {
                 hydration: Hydration {
-                    // The kernel does not count source reads: regions copied is the estimate.
-                    fetched_bytes: p.hydrated * p.region_size,
+                    // The kernel does not count source reads: regions copied (not those
+                    // skipped as unallocated) is the estimate.
+                    fetched_bytes: p.fetched_bytes,
                     // dm-clone passes such reads to the source without counting them.
                     read_through_bytes: 0,
                     ..(&p).into()

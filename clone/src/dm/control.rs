@@ -37,6 +37,8 @@ pub struct DmController {
     stall_after: Duration,
     handed_off: bool,
     pending: Vec<CloneMessage>,
+    /// Hydration was enabled at least once.
+    ever: bool,
 }
 
 impl DmController {
@@ -53,6 +55,7 @@ impl DmController {
             stall_after,
             handed_off: false,
             pending: Vec::new(),
+            ever: false,
         };
         me.retune();
         me
@@ -74,6 +77,18 @@ impl DmController {
     /// Pauses or resumes background hydration.
     pub fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
+    }
+
+    /// Whether background hydration was switched on (marking regions by discard is only
+    /// sound before it ever was).
+    pub fn ever_enabled(&self) -> bool {
+        self.ever
+    }
+
+    /// Restarts the rate window from the next poll: regions marked without copying
+    /// (skipped as unallocated) are not bytes the limit must pay back.
+    pub fn restart_window(&mut self) {
+        self.start = None;
     }
 
     /// Whether the device made no progress for the stall bound while it should have.
@@ -108,6 +123,7 @@ impl DmController {
         if want != self.enabled {
             self.enabled = want;
             if want {
+                self.ever = true;
                 // Progress is measured from when hydration (re)starts.
                 self.last_change = Some((now, status.hydrated));
             }

@@ -5,9 +5,11 @@
 //! as `linear` on the dest.
 pub mod control;
 pub mod params;
+pub mod sg;
+pub mod skip;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 
 pub use control::{DmAction, DmController, tuning};
 pub use params::{CloneMessage, CloneStatus, CloneTargetParams, MetadataMode};
+pub use skip::{SkipError, Skipped};
 
 use crate::error::{CloneError, Result};
 use crate::progress::{Phase, Progress, RateMeter};
@@ -71,6 +74,10 @@ struct Shared {
     controller: Mutex<DmController>,
     stop: AtomicBool,
     tx: watch::Sender<Progress>,
+    /// Regions marked hydrated without copying (skipped as unallocated): not bytes read.
+    skipped: AtomicU64,
+    /// A skip pass runs: the poller leaves the counters alone until it ends.
+    skipping: AtomicBool,
 }
 
 /// A running dm-clone device and its status poller.
@@ -78,6 +85,10 @@ pub struct DmClone {
     shared: Arc<Shared>,
     device: PathBuf,
     poller: Option<JoinHandle<()>>,
+    source: PathBuf,
+    region_size: u64,
+    /// This process created the device (not adopted): no region can hold a write yet.
+    created: bool,
 }
 
 impl std::fmt::Debug for DmClone {
@@ -139,11 +150,53 @@ impl DmClone {
             controller: Mutex::new(controller),
             stop: AtomicBool::new(false),
             tx,
+            skipped: AtomicU64::new(0),
+            skipping: AtomicBool::new(false),
         });
         let s = shared.clone();
         let (dest, poll) = (cfg.dest.clone(), cfg.poll);
         let poller = std::thread::spawn(move || poll_loop(&s, &dest, sectors, poll));
-        Ok(Self { shared, device: PathBuf::from(format!("/dev/mapper/{name}")), poller: Some(poller) })
+        Ok(Self {
+            shared,
+            device: PathBuf::from(format!("/dev/mapper/{name}")),
+            poller: Some(poller),
+            source: cfg.source,
+            region_size: cfg.region_size,
+            created: !exists,
+        })
+    }
+
+    /// Marks the regions the source does not hold as hydrated without copying them
+    /// (GET LBA STATUS on the source disk, then a discard of the whole regions inside
+    /// its deallocated ranges: docs/architecture.md, "dm-clone skips what the source
+    /// does not hold"). Refused unless this process created the device and hydration
+    /// never ran, so no region can hold a write; the caller vouches that the dest reads
+    /// zeros where nothing was written (a freshly created sparse file). On any error the
+    /// regions not marked are simply copied. `limit` bounds the source scan.
+    pub fn skip_unallocated(&self, limit: Duration) -> std::result::Result<Skipped, SkipError> {
+        let s = &self.shared;
+        if !self.created {
+            return Err(SkipError::Refused(format!(
+                "{} was adopted, not created by this process: its regions may hold writes",
+                s.name
+            )));
+        }
+        if s.controller.lock().unwrap_or_else(|p| p.into_inner()).ever_enabled() {
+            return Err(SkipError::Refused(format!("{}: hydration already ran", s.name)));
+        }
+        let st = status(s).map_err(|e| SkipError::Refused(e.to_string()))?;
+        if st.hydrated != 0 {
+            return Err(SkipError::Refused(format!("{}: {} regions already hydrated", s.name, st.hydrated)));
+        }
+        s.skipping.store(true, Ordering::SeqCst);
+        let r = skip::discard_unallocated(&self.device, &self.source, self.region_size, limit);
+        // Whatever got marked (also before an error) is what the kernel now counts.
+        if let Ok(st) = status(s) {
+            s.skipped.store(st.hydrated, Ordering::SeqCst);
+        }
+        s.controller.lock().unwrap_or_else(|p| p.into_inner()).restart_window();
+        s.skipping.store(false, Ordering::SeqCst);
+        r
     }
 
     /// Stops polling (the device stays; `remove` deletes it).
@@ -211,9 +264,17 @@ fn poll_loop(s: &Shared, dest: &Path, sectors: u64, period: Duration) {
     let start = Instant::now();
     let mut meter = RateMeter::default();
     while !s.stop.load(Ordering::Relaxed) {
+        if s.skipping.load(Ordering::SeqCst) {
+            std::thread::sleep(period.min(Duration::from_millis(50)));
+            continue;
+        }
         let now = start.elapsed();
         let mut last_error = None;
-        match status(s) {
+        let polled = status(s);
+        if s.skipping.load(Ordering::SeqCst) {
+            continue; // read while regions were being marked: neither copied nor final
+        }
+        match polled {
             Ok(st) => {
                 let actions = s.controller.lock().unwrap_or_else(|p| p.into_inner()).poll(now, &st);
                 let mut complete = false;
@@ -228,7 +289,8 @@ fn poll_loop(s: &Shared, dest: &Path, sectors: u64, period: Duration) {
                 }
                 let stalled = s.controller.lock().unwrap_or_else(|p| p.into_inner()).stalled(now, &st);
                 let rb = s.tx.borrow().region_size;
-                let rate = meter.sample(now, st.hydrated * rb);
+                let copied = st.hydrated.saturating_sub(s.skipped.load(Ordering::SeqCst));
+                let rate = meter.sample(now, copied * rb);
                 let left = (st.total - st.hydrated.min(st.total)) * rb;
                 let phase = if complete {
                     Phase::Complete
@@ -240,6 +302,7 @@ fn poll_loop(s: &Shared, dest: &Path, sectors: u64, period: Duration) {
                 s.tx.send_modify(|p| {
                     p.hydrated = st.hydrated;
                     p.total = st.total;
+                    p.fetched_bytes = copied * rb;
                     p.bytes_per_sec = rate;
                     p.eta_secs = if complete {
                         Some(0.0)
