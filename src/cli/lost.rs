@@ -21,6 +21,13 @@ Examples:
   meshdrain node lost node3 --accept-data-loss  declare it; volumes cut over to it go back to their sources
   meshdrain node lost node3 --force             declare it although gossip still sees it (a partition for good)";
 
+/// Examples shown by `meshdrain partial --help` and its subcommands.
+pub const PARTIAL_EXAMPLES: &str = "\
+Examples:
+  meshdrain volume list                              an incomplete copy: `incomplete: source lost, N of M regions missing`
+  meshdrain partial accept db --accept-data-loss     keep it as the volume (missing regions read as zeros)
+  meshdrain partial delete db --yes                  delete it";
+
 /// `meshdrain node ...`.
 #[derive(Debug, clap::Subcommand)]
 pub enum NodeCommand {
@@ -56,20 +63,32 @@ pub struct LostArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum PartialCommand {
     /// Keep the incomplete copy on this node as the volume: its missing regions read as zeros.
-    Accept(PartialArgs),
+    #[command(after_help = PARTIAL_EXAMPLES)]
+    Accept(AcceptArgs),
     /// Delete the incomplete copy on this node.
-    Delete(PartialArgs),
+    #[command(after_help = PARTIAL_EXAMPLES)]
+    Delete(DeleteArgs),
 }
 
-/// `meshdrain partial accept|delete` arguments.
+/// `meshdrain partial accept` arguments.
 #[derive(Debug, clap::Args)]
-pub struct PartialArgs {
+pub struct AcceptArgs {
     /// The volume (see `meshdrain volume list`: `incomplete: source lost, ...`).
     pub volume: VolumeId,
-    /// `accept`: the missing regions become zeros; required.
+    /// Required: the regions the lost source never sent become zeros.
     #[arg(long)]
     pub accept_data_loss: bool,
-    /// `delete`: the copy is removed; required.
+    #[allow(missing_docs)] // documented on `ControlArg`
+    #[command(flatten)]
+    pub control: ControlArg,
+}
+
+/// `meshdrain partial delete` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The volume (see `meshdrain volume list`).
+    pub volume: VolumeId,
+    /// Required: the copy is removed.
     #[arg(long)]
     pub yes: bool,
     #[allow(missing_docs)] // documented on `ControlArg`
@@ -90,7 +109,8 @@ impl PartialCommand {
     /// The `--control` given to the subcommand.
     pub fn control(&self) -> &Option<std::path::PathBuf> {
         match self {
-            PartialCommand::Accept(a) | PartialCommand::Delete(a) => &a.control.control,
+            PartialCommand::Accept(a) => &a.control.control,
+            PartialCommand::Delete(a) => &a.control.control,
         }
     }
 }
@@ -159,19 +179,19 @@ pub fn render(r: &LostReport) -> String {
 
 /// Runs `meshdrain partial ...`.
 pub async fn run_partial(cmd: PartialCommand, control: &ControlTarget) -> anyhow::Result<ExitCode> {
-    let (args, verdict) = match cmd {
-        PartialCommand::Accept(a) => (a, PartialVerdict::Accept),
-        PartialCommand::Delete(a) => (a, PartialVerdict::Delete),
+    let (volume, verdict, consent) = match cmd {
+        PartialCommand::Accept(a) => (a.volume, PartialVerdict::Accept, a.accept_data_loss),
+        PartialCommand::Delete(a) => (a.volume, PartialVerdict::Delete, a.yes),
     };
-    let volume = &args.volume;
+    let volume = &volume;
     match verdict {
-        PartialVerdict::Accept if !args.accept_data_loss => {
+        PartialVerdict::Accept if !consent => {
             return Err(anyhow::Error::new(Exit(FAILURE)).context(format!(
                 "keeping the partial copy of {volume} makes every region its lost source never sent read as zeros: \
                  pass --accept-data-loss to keep it"
             )));
         }
-        PartialVerdict::Delete if !args.yes => {
+        PartialVerdict::Delete if !consent => {
             return Err(anyhow::Error::new(Exit(FAILURE)).context(format!(
                 "deleting the partial copy of {volume} removes what is left of it on this node: pass --yes to delete it"
             )));

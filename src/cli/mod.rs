@@ -100,10 +100,10 @@ pub enum Command {
     #[command(subcommand)]
     Mesh(mesh::Command),
     /// A node gone for good: `node lost <node>` (docs/failures.md).
-    #[command(subcommand)]
+    #[command(subcommand, after_help = lost::LOST_EXAMPLES)]
     Node(lost::NodeCommand),
     /// Keep or delete an incomplete copy whose source was declared lost.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = lost::PARTIAL_EXAMPLES)]
     Partial(lost::PartialCommand),
     /// Print the completion script for bash, zsh or fish on stdout (the Debian package installs all three).
     #[command(after_help = completions::EXAMPLES)]
