@@ -176,4 +176,20 @@ mod tests {
         c.poll(s(8), &st(4, 100));
         assert!(!c.stalled(s(20), &st(4, 100)), "paused is not stalled");
     }
+
+    #[test]
+    fn regions_skipped_while_paused_do_not_count_against_the_limit() {
+        let s = Duration::from_secs;
+        let mut c = DmController::new(Some(64 << 10), 64 << 10, s(5)); // one region per second
+        c.set_paused(true);
+        assert!(!c.poll(s(0), &st(0, 100)).contains(&DmAction::Send(CloneMessage::EnableHydration)));
+        assert!(!c.ever_enabled(), "paused from the start: skipping is still allowed");
+        // 90 regions marked by discard; the window restarts, so hydration is not held off
+        // for 90 s as if they had been copied.
+        c.restart_window();
+        c.set_paused(false);
+        assert_eq!(c.poll(s(1), &st(90, 100)), vec![DmAction::Send(CloneMessage::EnableHydration)]);
+        assert!(c.ever_enabled());
+        assert!(c.poll(s(2), &st(91, 100)).is_empty(), "within the limit: stays enabled");
+    }
 }
