@@ -110,7 +110,27 @@ pub fn render(report: &StatusReport, volumes: &[VolumeStatus]) -> String {
             out.push_str(&format!("{}: {line}\n", n.name));
         }
     }
+    out.push_str(&render_lost(report));
     out.push_str(&render_gossip(&report.gossip));
+    out
+}
+
+/// Lines below the table for nodes declared lost and for copies this node set aside
+/// (docs/failures.md): they stay until `meshdrain gc`, so an operator must see them.
+fn render_lost(report: &StatusReport) -> String {
+    let Some(lost) = report.lost.as_deref() else { return String::new() };
+    let mut out = String::new();
+    for (node, d) in &lost.declared {
+        let how = if d.automatic { "automatically ([lease] node_lost_after)" } else { "by the operator" };
+        let loss = if d.accept_data_loss { ", data loss accepted" } else { "" };
+        out.push_str(&format!("lost: {node} declared by {} {how}{loss}\n", d.declared_by));
+    }
+    for c in &lost.aside {
+        out.push_str(&format!(
+            "set aside: {} (epoch {}, this node's {} copy), removed only by `meshdrain gc`\n",
+            c.volume, c.epoch, c.role
+        ));
+    }
     out
 }
 
@@ -200,6 +220,37 @@ mod tests {
         for l in &lines {
             assert!(l.len() <= 100, "{} columns: {l}", l.len());
         }
+    }
+
+    #[test]
+    fn lost_nodes_and_copies_set_aside_are_shown_under_the_table() {
+        let mut lost = crate::api::LostStatus::default();
+        lost.declared.insert(
+            "node3".parse().unwrap(),
+            crate::decide::lost::LostDeclaration {
+                declared_by: "node1".parse().unwrap(),
+                at_ms: 1,
+                accept_data_loss: true,
+                automatic: false,
+            },
+        );
+        lost.aside.push(crate::decide::core::AsideCopy {
+            volume: "db1".parse().unwrap(),
+            epoch: 4,
+            role: "holder".into(),
+            at_ms: 2,
+        });
+        let report = StatusReport {
+            self_name: "node1".into(),
+            nodes: vec![],
+            gossip: GossipHealth::default(),
+            lost: Some(Box::new(lost)),
+        };
+        assert_eq!(
+            render_lost(&report),
+            "lost: node3 declared by node1 by the operator, data loss accepted\n\
+             set aside: db1 (epoch 4, this node's holder copy), removed only by `meshdrain gc`\n"
+        );
     }
 
     #[test]
