@@ -48,6 +48,8 @@ pub struct Metrics {
     mesh_sent: Family<Labels, Counter>,
     /// Node requests this agent applied or refused.
     pub requests_handled: Counter,
+    /// Holder processes found dead and restarted (docs/holder-process.md).
+    holder_restarts: Counter,
     /// Held for writing while a tick clears and refills its series, for reading while a
     /// scrape encodes: a scrape never sees a series missing mid-refill (which would restart
     /// an alert's `for:` timer).
@@ -70,6 +72,7 @@ impl Metrics {
         let gossip_rounds = Gauge::<u64, AtomicU64>::default();
         let ignored_values = Gauge::default();
         let requests_handled = Counter::default();
+        let holder_restarts = Counter::default();
         let volumes = Family::<Labels, Gauge>::default();
         let hydrated_ratio = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let hydration_rate = Family::<Labels, Gauge>::default();
@@ -158,6 +161,11 @@ impl Metrics {
             "Node requests applied or refused by this agent",
             requests_handled.clone(),
         );
+        registry.register(
+            "holder_restarts",
+            "Holder processes (userspace clones) found dead and restarted from their metadata by this agent",
+            holder_restarts.clone(),
+        );
         Self {
             registry,
             nodes,
@@ -179,6 +187,7 @@ impl Metrics {
             mesh_received,
             mesh_sent,
             requests_handled,
+            holder_restarts,
             refill: std::sync::RwLock::new(()),
         }
     }
@@ -234,6 +243,7 @@ impl Metrics {
             self.volumes.get_or_create(&vec![("phase".to_owned(), phase)]).set(n);
         }
         self.observe_nodes(view);
+        self.holder_restarts.inner().store(crate::dataplane::clone_process::holder_restarts(), Ordering::Relaxed);
     }
 
     /// Per node: liveness and the expiry of the certificate it publishes. Every agent
@@ -358,6 +368,8 @@ mod tests {
         assert!(text.contains("# TYPE meshdrain_nodes gauge"), "{text}");
         assert!(text.contains("meshdrain_nodes{state=\"draining\",alive=\"true\"} 0"), "{text}");
         assert!(text.contains("meshdrain_peers_alive 0"), "{text}");
+        assert!(text.contains("# TYPE meshdrain_holder_restarts counter"), "{text}");
+        assert!(text.contains("meshdrain_holder_restarts_total 0"), "{text}");
     }
 
     #[test]

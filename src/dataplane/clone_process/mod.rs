@@ -57,6 +57,16 @@ const FINALIZE_WITHIN: Duration = Duration::from_secs(600);
 /// How long a quick request (progress, rate, hydrate) may take.
 const QUICK: Duration = Duration::from_secs(5);
 
+/// Holder processes found dead and restarted by this agent process, all volumes together:
+/// the `meshdrain_holder_restarts_total` metric (the metrics are built after the data
+/// plane, so they read this rather than a handle).
+static RESTARTS: AtomicU64 = AtomicU64::new(0);
+
+/// Holder processes this agent process found dead and restarted (docs/holder-process.md).
+pub fn holder_restarts() -> u64 {
+    RESTARTS.load(Ordering::Relaxed)
+}
+
 /// Userspace clones in holder processes, one per incoming volume.
 pub struct ProcessClones {
     shared: Arc<Shared>,
@@ -220,6 +230,7 @@ impl ProcessClones {
         let volume = spec.volume.clone();
         warn!(%volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
+        RESTARTS.fetch_add(1, Ordering::Relaxed);
         match launch::launch(&self.shared.exe, files, &spec) {
             Ok(live) => {
                 // The workload ran on the dead holder's device: the executor starts it
@@ -343,6 +354,7 @@ fn supervise(shared: &Shared, t: &Arc<Tracked>) {
         };
         warn!(%volume, log = %t.files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
         shared.restarts.fetch_add(1, Ordering::Relaxed);
+        RESTARTS.fetch_add(1, Ordering::Relaxed);
         let live = loop {
             if t.quiet.load(Ordering::Acquire) {
                 return;
@@ -380,6 +392,7 @@ impl CloneService for ProcessClones {
         if let Some(how) = pc.found_dead.lock().expect("dead lock").remove(&spec.volume) {
             warn!(volume = %spec.volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
             pc.shared.restarts.fetch_add(1, Ordering::Relaxed);
+            RESTARTS.fetch_add(1, Ordering::Relaxed);
         }
         let live = launch::launch(&pc.shared.exe, &files, &hs)?;
         let device = live.device.clone();
