@@ -176,7 +176,7 @@ fn sha256(path: &Path) -> String {
 
 #[test]
 fn root_operations_guide_runs_as_written() {
-    // scripts/install-deps does not install the guide's own tools (PostgreSQL, jq, curl).
+    // scripts/install-deps installs the guide's own tools (its guide line).
     require(&["nsenter", "unshare", "nft", "jq", "mkfs.ext4", "curl", "python3", "pg_ctlcluster", "su"])
         .expect("the guide's tools (apt-get install postgresql-15 jq curl nftables)");
     require_tun().expect("userspace WireGuard needs /dev/net/tun");
