@@ -31,6 +31,7 @@ pub mod mesh;
 pub mod meshport;
 pub mod metrics;
 pub mod report;
+mod roll;
 pub mod run;
 
 use self::meshport::MeshPort;
@@ -94,6 +95,8 @@ enum Input {
     GossipChanged,
     /// The data plane reports.
     Data(DataEvent),
+    /// A roll's `--exec` ended.
+    Roll(crate::decide::roll::RollEvent),
     /// An API request.
     Request(Request, oneshot::Sender<Result<Outcome, ApiError>>),
     /// Stop: asked to, or every handle is gone.
@@ -139,6 +142,8 @@ pub struct Agent<G: Gossip> {
     /// Inputs whose decisions could not be persisted, fed again on the next tick: the core
     /// was rolled back, so nothing they caused has happened yet.
     retry: Retry,
+    /// Rolls of the fleet (docs/roll.md).
+    roll: roll::RollSide,
 }
 
 /// What a failed persist left to do again.
@@ -185,6 +190,7 @@ impl<G: Gossip> Agent<G> {
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let view = ClusterView { self_name: config.name.to_string(), nodes: Default::default() };
+        let roll = roll::RollSide::load(&store, config.name.clone(), interval)?;
         let agent = Self {
             core: Core::new(config, state),
             gossip,
@@ -203,6 +209,7 @@ impl<G: Gossip> Agent<G> {
             capacity,
             persist_error: None,
             retry: Retry::default(),
+            roll,
         };
         Ok((agent, AgentHandle { tx }, rx))
     }
@@ -234,6 +241,7 @@ impl<G: Gossip> Agent<G> {
                 _ = tick.tick() => Input::Tick,
                 _ = changed.notified() => Input::GossipChanged,
                 Some(ev) = self.events_rx.recv() => Input::Data(ev),
+                Some(ev) = self.roll.rx.recv() => Input::Roll(ev),
                 call = requests.recv() => match call {
                     Some((request, reply)) => Input::Request(request, reply),
                     None => Input::Shutdown,
@@ -251,6 +259,7 @@ impl<G: Gossip> Agent<G> {
         match input {
             Input::Shutdown => return ControlFlow::Break(()),
             Input::Tick | Input::GossipChanged => self.on_tick().await,
+            Input::Roll(ev) => self.roll_exec_done(ev).await,
             Input::Data(ev) => {
                 self.data_event(ev).await;
                 self.publish().await;
@@ -270,6 +279,7 @@ impl<G: Gossip> Agent<G> {
         let before = self.core.state.clone();
         let out = self.core.restart();
         self.retry.restart = self.apply(before, out).await.is_err();
+        self.roll_restart().await;
         self.publish().await;
     }
 
@@ -329,6 +339,8 @@ impl<G: Gossip> Agent<G> {
             }
         }
         self.publish().await;
+        // A roll step not persisted is decided again on the next tick.
+        let _ = self.roll_step(crate::decide::roll::RollEvent::Tick).await;
         self.metrics.observe(&self.view);
         self.metrics.observe_mesh(&self.view, &self.mesh.status());
     }
@@ -375,7 +387,8 @@ impl<G: Gossip> Agent<G> {
     /// Converges this node's gossip keys to what the core wants published.
     /// A change another node acts on (anything but a progress count) is pushed at once.
     async fn publish(&mut self) {
-        let want = self.core.desired_keys();
+        let mut want = self.core.desired_keys();
+        want.extend(self.roll.keys());
         let mut urgent = false;
         for (k, v) in &want {
             let old = self.published.get(k);
@@ -443,6 +456,7 @@ impl<G: Gossip> Agent<G> {
                 Outcome::Done { message: report::gc_message(me, &before, after, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
+            r @ (Request::RollStart { .. } | Request::RollCtl { .. } | Request::RollStatus) => self.roll_answer(r).await?,
         })
     }
 

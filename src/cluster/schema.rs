@@ -243,6 +243,49 @@ pub fn decode_request(raw: &str) -> Result<NodeRequest, Ignored> {
     decode(raw)
 }
 
+/// The keys of rolls (docs/roll.md). The core's [`Key`] leaves them `Other`; the agent's
+/// roll side reads them with [`RollKey::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RollKey {
+    /// `roll/<id>`: a roll's spec, republished by every node that saw it.
+    Spec(String),
+    /// `rollstep/<id>`: the owner's step in that roll.
+    Step(String),
+    /// `rollctl/<id>`: the latest resume or cancel of that roll the owner saw.
+    Ctl(String),
+    /// `rollslot`: the owner's claim on the availability lease and its votes.
+    Slot,
+}
+
+/// Whether `id` is a roll id: 1 to 32 of `[a-z0-9-]`.
+pub fn valid_roll_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+impl RollKey {
+    /// Parses a roll key; `None` for any other key or an invalid id.
+    pub fn parse(key: &str) -> Option<RollKey> {
+        if key == "rollslot" {
+            return Some(RollKey::Slot);
+        }
+        let id = |p: &str| key.strip_prefix(p).filter(|id| valid_roll_id(id)).map(str::to_owned);
+        id("roll/")
+            .map(RollKey::Spec)
+            .or_else(|| id("rollstep/").map(RollKey::Step))
+            .or_else(|| id("rollctl/").map(RollKey::Ctl))
+    }
+
+    /// The key string.
+    pub fn render(&self) -> String {
+        match self {
+            RollKey::Spec(id) => format!("roll/{id}"),
+            RollKey::Step(id) => format!("rollstep/{id}"),
+            RollKey::Ctl(id) => format!("rollctl/{id}"),
+            RollKey::Slot => "rollslot".to_owned(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,5 +387,16 @@ mod tests {
     fn newer_fields_are_tolerated() {
         let raw = encode(&record()).replace("\"v\":1", "\"v\":1,\"future\":{\"x\":1}");
         assert_eq!(decode::<NodeRecord>(&raw).unwrap(), record());
+    }
+
+    #[test]
+    fn roll_keys_round_trip_and_refuse_odd_ids() {
+        for k in ["roll/r1", "rollstep/abc-9", "rollctl/x", "rollslot"] {
+            assert_eq!(RollKey::parse(k).unwrap().render(), k);
+        }
+        for k in ["roll/", "roll/A", "roll/../x", "rollstep/a/b", "rolls", &format!("roll/{}", "a".repeat(33))] {
+            assert_eq!(RollKey::parse(k), None, "{k}");
+        }
+        assert!(matches!(Key::parse("roll/r1"), Key::Other(_)), "the volume core leaves roll keys alone");
     }
 }

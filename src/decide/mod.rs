@@ -8,6 +8,7 @@
 //! - [`placement`]: which node takes which volume.
 //! - [`lease`]: one volume's move, source side and holder side.
 //! - [`lost`]: nodes declared lost for good, and what that does to their volumes.
+//! - [`roll`]: rolling the fleet under a fleet-wide availability lease.
 //! - [`core`]: the agent's state machine that joins them.
 //!
 //! It imports nothing from `agent`, `control`, `cli`, `store` or the data plane; the
@@ -20,3 +21,4 @@ pub mod model;
 pub mod node;
 pub mod placement;
 pub mod request;
+pub mod roll;

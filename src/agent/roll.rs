@@ -1,0 +1,316 @@
+//! The owner loop's side of rolls (docs/roll.md): builds the roll machine's input from
+//! gossip, persists its state (`roll.json`) before acting, drains and undrains this node
+//! through its own node requests, runs `--exec` and publishes the `roll*` keys.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{Agent, now_ms};
+use crate::api::{ApiError, Outcome, Request};
+use crate::cluster::gossip::Gossip;
+use crate::cluster::schema::{self, RollKey};
+use crate::cluster::view::{ClusterView, RawSnapshot};
+use crate::decide::model::NodeName;
+use crate::decide::node::NodeAction;
+use crate::decide::request::{DrainOptions, next_seq};
+use crate::decide::roll::{
+    self, MAX_OUTPUT_TAIL, Peer, RollCtl, RollEffect, RollEvent, RollInput, RollMachine, RollReport, RollSpec,
+    RollState, RollTiming, SlotRecord,
+};
+use crate::store::{StateDir, StoreError};
+
+/// File name of the roll machine's durable state in the state dir.
+pub const ROLL_FILE: &str = "roll.json";
+
+/// The roll machine and the channel its commands report on.
+pub(super) struct RollSide {
+    machine: RollMachine,
+    tx: mpsc::UnboundedSender<RollEvent>,
+    pub(super) rx: mpsc::UnboundedReceiver<RollEvent>,
+    /// Commands running now, by (roll, attempt): one run each.
+    running: BTreeSet<(String, u32)>,
+}
+
+impl RollSide {
+    /// Restores the roll state of `me`; a node is dead to rolls after 20 gossip intervals
+    /// without a heartbeat (at least 2 s).
+    pub(super) fn load(store: &StateDir, me: NodeName, interval: Duration) -> Result<Self, StoreError> {
+        let state = store.load::<RollState>(ROLL_FILE)?.unwrap_or_default();
+        let timing = RollTiming { dead_after_ms: (interval.as_millis() as u64 * 20).max(2000) };
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(RollSide { machine: RollMachine { me, timing, state }, tx, rx, running: BTreeSet::new() })
+    }
+
+    /// The `roll*` keys this node publishes.
+    pub(super) fn keys(&self) -> BTreeMap<String, String> {
+        let s = &self.machine.state;
+        let mut out = BTreeMap::new();
+        if s.claim.is_some() || !s.votes.is_empty() {
+            let slot = SlotRecord { claim: s.claim, votes: s.votes.clone() };
+            out.insert(RollKey::Slot.render(), schema::encode(&slot));
+        }
+        for (id, spec) in &s.specs {
+            out.insert(RollKey::Spec(id.clone()).render(), schema::encode(spec));
+        }
+        for (id, step) in &s.steps {
+            out.insert(RollKey::Step(id.clone()).render(), schema::encode(step));
+        }
+        for (id, ctl) in &s.ctls {
+            out.insert(RollKey::Ctl(id.clone()).render(), schema::encode(ctl));
+        }
+        out
+    }
+}
+
+/// What gossip shows of rolls: every node of the view (the generation it chose), its roll
+/// keys, when its heartbeat last moved, its state, and whether it was declared lost.
+fn input(
+    raw: &RawSnapshot,
+    heartbeats: &std::collections::HashMap<String, (u64, Instant)>,
+    lost: &BTreeSet<NodeName>,
+    now: u64,
+) -> RollInput {
+    let view = ClusterView::from_raw(raw);
+    let mut peers = BTreeMap::new();
+    for (name, v) in &view.nodes {
+        let Some(r) = raw.nodes.iter().find(|r| r.name == name.as_str() && r.generation == v.generation) else {
+            continue;
+        };
+        let heard = if name.as_str() == raw.self_name {
+            now
+        } else {
+            heartbeats.get(name.as_str()).map_or(0, |(_, at)| now.saturating_sub(at.elapsed().as_millis() as u64))
+        };
+        let mut p = Peer {
+            last_heard_ms: heard,
+            state: v.record.as_ref().map(|r| r.state),
+            lost: lost.contains(name),
+            ..Peer::default()
+        };
+        for (k, val) in &r.entries {
+            match RollKey::parse(k) {
+                Some(RollKey::Slot) => p.slot = schema::decode(val).ok(),
+                Some(RollKey::Spec(id)) => {
+                    if let Ok(s) = schema::decode::<RollSpec>(val)
+                        && s.check().is_ok()
+                    {
+                        p.specs.insert(id, s);
+                    }
+                }
+                Some(RollKey::Step(id)) => {
+                    if let Ok(s) = schema::decode(val) {
+                        p.steps.insert(id, s);
+                    }
+                }
+                Some(RollKey::Ctl(id)) => {
+                    if let Ok(c) = schema::decode(val) {
+                        p.ctls.insert(id, c);
+                    }
+                }
+                None => {}
+            }
+        }
+        peers.insert(name.clone(), p);
+    }
+    RollInput { peers }
+}
+
+impl<G: Gossip> Agent<G> {
+    /// Feeds one event to the roll machine: persists its new state first, then acts (a
+    /// state the disk refuses is undone and nothing is done).
+    pub(super) async fn roll_step(&mut self, event: RollEvent) -> Result<(), StoreError> {
+        let raw = self.gossip.snapshot().await;
+        let lost: BTreeSet<NodeName> = self.core.state.lost.keys().cloned().collect();
+        let inp = input(&raw, &self.heartbeats, &lost, now_ms());
+        let before = self.roll.machine.state.clone();
+        let fx = self.roll.machine.step(event, &inp, self.core.state.node_state, now_ms());
+        if self.roll.machine.state != before
+            && let Err(e) = self.store.save(ROLL_FILE, &self.roll.machine.state)
+        {
+            self.roll.machine.state = before;
+            warn!("cannot persist the roll state, so no roll step is taken: {e}");
+            return Err(e);
+        }
+        self.roll_effects(fx).await;
+        self.publish().await;
+        Ok(())
+    }
+
+    /// The commands that were running when the agent stopped run again.
+    pub(super) async fn roll_restart(&mut self) {
+        let fx = self.roll.machine.restart();
+        self.roll_effects(fx).await;
+    }
+
+    async fn roll_effects(&mut self, fx: Vec<RollEffect>) {
+        let me = self.core.config.name.clone();
+        for e in fx {
+            match e {
+                RollEffect::Drain | RollEffect::Undrain => {
+                    let action = if e == RollEffect::Drain { NodeAction::Drain } else { NodeAction::Undrain };
+                    info!(%action, "roll: node request to self");
+                    match self.node_action(&me, action, false, DrainOptions::default()).await {
+                        Ok(r) if r.rejected.is_some() => warn!(%action, "roll: refused: {:?}", r.rejected),
+                        Ok(_) => {}
+                        Err(err) => warn!(%action, "roll: {err}"),
+                    }
+                }
+                RollEffect::Exec { roll, attempt, command } => {
+                    if !self.roll.running.insert((roll.clone(), attempt)) {
+                        continue;
+                    }
+                    info!(roll, attempt, command, "roll: running --exec");
+                    tokio::spawn(exec(command, me.to_string(), roll, attempt, self.roll.tx.clone()));
+                }
+            }
+        }
+    }
+
+    /// A command ended: record it.
+    pub(super) async fn roll_exec_done(&mut self, ev: RollEvent) {
+        if let RollEvent::ExecDone { roll, attempt, exit, .. } = &ev {
+            info!(roll, attempt, exit, "roll: --exec ended");
+            self.roll.running.remove(&(roll.clone(), *attempt));
+        }
+        if self.roll_step(ev.clone()).await.is_err() {
+            // Not recorded: it runs again after a restart (RollMachine::restart).
+        }
+    }
+
+    /// Answers `roll`, `roll status`, `roll resume` and `roll cancel`.
+    pub(super) async fn roll_answer(&mut self, request: Request) -> Result<Outcome, ApiError> {
+        let me = self.core.config.name.clone();
+        let now = now_ms();
+        match request {
+            Request::RollStart { nodes, max_unavailable, exec, undrain_after, pause_ms, dry_run } => {
+                let lost = &self.core.state.lost;
+                let nodes = match nodes {
+                    Some(nodes) => {
+                        if let Some(unknown) = nodes.iter().find(|n| !self.view.nodes.contains_key(*n)) {
+                            return Err(ApiError::UnknownNode {
+                                node: unknown.clone(),
+                                known: self.view.nodes.keys().cloned().collect(),
+                            });
+                        }
+                        nodes
+                    }
+                    None => self.view.nodes.keys().filter(|n| !lost.contains_key(*n)).cloned().collect(),
+                };
+                let spec =
+                    RollSpec { nodes, max_unavailable, exec, undrain_after, pause_ms, started_ms: now, started_by: me };
+                spec.check().map_err(|message| ApiError::Roll { message })?;
+                let id = format!("{:08x}", rand::random::<u32>());
+                if !dry_run {
+                    self.roll_step(RollEvent::Start { id: id.clone(), spec: spec.clone() })
+                        .await
+                        .map_err(|e| ApiError::NotRecorded { what: format!("roll {id}"), reason: e.to_string() })?;
+                    info!(roll = id, nodes = spec.nodes.len(), "roll started");
+                }
+                let rolls = vec![self.roll_report(&id, &spec).await];
+                Ok(Outcome::Rolls { id: (!dry_run).then_some(id), rolls })
+            }
+            Request::RollCtl { id, action } => {
+                let Some(spec) = self.roll.machine.state.specs.get(&id).cloned() else {
+                    let known: Vec<&String> = self.roll.machine.state.specs.keys().collect();
+                    return Err(ApiError::Roll {
+                        message: format!("no roll {id} is known here (known: {known:?}); see `meshdrain roll status`"),
+                    });
+                };
+                let seen = self.roll.machine.state.ctls.get(&id).map_or(0, |c| c.seq);
+                let ctl = RollCtl {
+                    seq: next_seq(now, seen),
+                    nonce: format!("{:016x}", rand::random::<u64>()),
+                    action,
+                    issued_by: me,
+                };
+                self.roll_step(RollEvent::Ctl { id: id.clone(), ctl })
+                    .await
+                    .map_err(|e| ApiError::NotRecorded { what: format!("roll {id}"), reason: e.to_string() })?;
+                Ok(Outcome::Rolls { id: Some(id.clone()), rolls: vec![self.roll_report(&id, &spec).await] })
+            }
+            Request::RollStatus => {
+                let mut specs: Vec<(String, RollSpec)> =
+                    self.roll.machine.state.specs.iter().map(|(i, s)| (i.clone(), s.clone())).collect();
+                specs.sort_by_key(|(i, s)| (s.started_ms, i.clone()));
+                let mut rolls = Vec::new();
+                for (id, spec) in specs {
+                    rolls.push(self.roll_report(&id, &spec).await);
+                }
+                Ok(Outcome::Rolls { id: None, rolls })
+            }
+            other => unreachable!("roll_answer is only given roll requests, not {other:?}"),
+        }
+    }
+
+    async fn roll_report(&mut self, id: &str, spec: &RollSpec) -> RollReport {
+        let raw = self.gossip.snapshot().await;
+        let lost: BTreeSet<NodeName> = self.core.state.lost.keys().cloned().collect();
+        let mut inp = input(&raw, &self.heartbeats, &lost, now_ms());
+        // What this node decided is newer than what its gossip state shows yet.
+        let me = self.core.config.name.clone();
+        let own = inp.peers.entry(me.clone()).or_default();
+        own.steps = self.roll.machine.state.steps.clone();
+        own.ctls = self.roll.machine.state.ctls.clone();
+        roll::report(id, spec, &inp, &me, now_ms(), self.roll.machine.timing)
+    }
+}
+
+/// Runs one `--exec` with `sh -c` and reports its status and the tail of its output. The
+/// run is over when the process exits; its pipes are read for one more second (a daemon it
+/// started may hold them open).
+async fn exec(command: String, node: String, roll: String, attempt: u32, tx: mpsc::UnboundedSender<RollEvent>) {
+    let spawned = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("MESHDRAIN_NODE", &node)
+        .env("MESHDRAIN_ROLL", &roll)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let error = Some(format!("--exec of roll {roll}: cannot run sh: {e}"));
+            let _ = tx.send(RollEvent::ExecDone { roll, attempt, exit: None, output: String::new(), error });
+            return;
+        }
+    };
+    let out = tokio::spawn(read_tail(child.stdout.take()));
+    let err = tokio::spawn(read_tail(child.stderr.take()));
+    let status = child.wait().await;
+    let grace = Duration::from_secs(1);
+    let mut output = String::new();
+    for h in [out, err] {
+        if let Ok(Ok(s)) = tokio::time::timeout(grace, h).await {
+            output.push_str(&s);
+        }
+    }
+    let (exit, error) = match status {
+        Ok(s) => (s.code(), None),
+        Err(e) => (None, Some(format!("--exec of roll {roll}: {e}"))),
+    };
+    let _ = tx.send(RollEvent::ExecDone { roll, attempt, exit, output: roll::tail(&output), error });
+}
+
+/// Reads a pipe to its end, keeping at most the last 2 × [`MAX_OUTPUT_TAIL`] bytes.
+async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
+    let Some(mut pipe) = pipe else { return String::new() };
+    let mut kept: Vec<u8> = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * MAX_OUTPUT_TAIL {
+            kept.drain(..kept.len() - MAX_OUTPUT_TAIL);
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
+}
