@@ -453,6 +453,18 @@ impl<G: Gossip> Agent<G> {
                 self.on_tick().await;
                 let me = &self.core.config.name;
                 let after = (&self.volumes, self.core.state.aside.as_slice());
+                // The data plane deletes in the background: answer once the files are gone
+                // (bounded), so "deleted" is true when the operator reads it.
+                let files: Vec<PathBuf> = report::gc_deleted(&before, after)
+                    .into_iter()
+                    .filter(|c| c.path.starts_with(&self.pool_dir))
+                    .map(|c| c.path.clone())
+                    .collect();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while files.iter().any(|f| f.exists()) && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let after = (&self.volumes, self.core.state.aside.as_slice());
                 Outcome::Done { message: report::gc_message(me, &before, after, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },

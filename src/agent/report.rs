@@ -165,6 +165,27 @@ pub fn plan(view: &ClusterView, node: &NodeName) -> Vec<PlanLine> {
         .collect()
 }
 
+/// Where volume `id` would move now (`volume move --dry-run`, src/decide/moves.rs);
+/// `None` when no node owns it.
+pub fn move_plan(
+    view: &ClusterView,
+    id: &VolumeId,
+    to: Option<&NodeName>,
+    requires: std::collections::BTreeMap<String, String>,
+) -> Option<PlanLine> {
+    let owner = owner_in_view(view, id)?;
+    let rec = view.nodes.get(owner)?.volumes.get(id)?;
+    let order = crate::decide::moves::MoveOrder { to: to.cloned(), requires, rate_limit: None, verify: false };
+    let spec = crate::decide::moves::spec(id, rec.size, &rec.requires, &order);
+    let p = crate::decide::moves::plan(owner, &spec, &crate::decide::core::candidates(view), to);
+    Some(PlanLine {
+        volume: id.to_string(),
+        size: rec.size,
+        target: p.target.map(String::from),
+        rejected: p.rejected.into_iter().map(|(n, why)| (n.to_string(), why.to_string())).collect(),
+    })
+}
+
 /// Fills in `path` for the volumes `me` owns, from the local volume table (paths are not
 /// gossiped: each agent knows its own).
 pub fn with_paths(mut volumes: Vec<VolumeStatus>, me: &NodeName, table: &VolumeTable) -> Vec<VolumeStatus> {

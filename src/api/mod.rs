@@ -50,6 +50,17 @@ pub enum Request {
         /// The node to drain.
         node: NodeName,
     },
+    /// Where one volume would move now (`volume move --dry-run`); changes nothing.
+    MovePlan {
+        /// The volume.
+        volume: VolumeId,
+        /// Only this node may take it (`--to`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<NodeName>,
+        /// Labels the target must carry for this move (`--require`).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        requires: std::collections::BTreeMap<String, String>,
+    },
     /// Register a volume owned by this node.
     VolumeAdd(NewVolume),
     /// Every volume of the fleet.
@@ -119,7 +130,7 @@ pub enum Outcome {
     Status(StatusReport),
     /// Answer to [`Request::NodeAction`].
     NodeAction(ActionReport),
-    /// Answer to [`Request::Plan`].
+    /// Answer to [`Request::Plan`] and [`Request::MovePlan`].
     Plan {
         /// One line per volume of the node.
         plan: Vec<PlanLine>,

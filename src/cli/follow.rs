@@ -27,7 +27,7 @@ const LINE_EVERY: Duration = Duration::from_secs(3);
 const PLAN_EVERY: Duration = Duration::from_secs(2);
 
 /// Where progress goes.
-enum Sink {
+pub(super) enum Sink {
     /// indicatif bars on stderr (stdout and stderr are terminals); log lines go around them.
     Bars {
         multi: MultiProgress,
@@ -42,7 +42,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(json: bool, node: &str) -> Self {
+    pub(super) fn new(json: bool, node: &str) -> Self {
         if json {
             return Self::Json;
         }
@@ -58,7 +58,7 @@ impl Sink {
     }
 
     /// An event: its JSON, or its text line.
-    fn event(&self, value: Value, text: &str) {
+    pub(super) fn event(&self, value: Value, text: &str) {
         match self {
             Self::Json => println!("{value}"),
             Self::Lines => println!("{text}"),
@@ -80,8 +80,140 @@ struct Shown {
     at: Option<Instant>,
 }
 
-async fn fetch(client: &mut Client) -> Result<(StatusReport, Vec<VolumeStatus>), crate::control::client::ClientError> {
+/// What each followed volume's line last showed, and its rate meter: the per-volume part
+/// of the progress output, shared by `drain --wait` and `volume move --wait`.
+#[derive(Default)]
+pub(super) struct VolumeLines {
+    meters: BTreeMap<(String, u64), RateMeter>,
+    least_to_move: BTreeMap<(String, u64), u64>,
+    shown: BTreeMap<String, Shown>,
+}
+
+impl VolumeLines {
+    /// Shows `v`'s line (bar, text or JSON) if due; its bytes moved and rate.
+    pub(super) fn show(
+        &mut self,
+        sink: &mut Sink,
+        v: &VolumeStatus,
+        plan: &[PlanLine],
+        now: Instant,
+    ) -> (Option<Moved>, u64) {
+        let meter = self.meters.entry((v.id.clone(), v.epoch)).or_default();
+        let rate = meter.sample(now, v.hydration.fetched_bytes);
+        // The holder counts fetched bytes before it marks their regions on the dest, so a
+        // batch in flight is counted twice (fetched and left): every sample is at least the
+        // truth, and the least one seen is the best (it also follows workload writes down).
+        let moved = Moved::of(v).map(|m| {
+            let least = self.least_to_move.entry((v.id.clone(), v.epoch)).or_insert(u64::MAX);
+            *least = (*least).min(m.to_move).max(m.moved);
+            Moved { to_move: *least, ..m }
+        });
+        let note = if v.stranded {
+            "STRANDED: the holder is dead; the source keeps its copy".to_owned()
+        } else if v.stalled {
+            format!(
+                "STALLED: {}",
+                v.error.as_ref().map_or("the source does not answer".to_owned(), ToString::to_string)
+            )
+        } else if v.phase == "offered" && v.holder.is_none() {
+            plan.iter().find(|p| p.volume == v.id).and_then(no_target_note).unwrap_or_default()
+        } else if meter.resumed {
+            "resumed from the holder's metadata".to_owned()
+        } else {
+            String::new()
+        };
+        let phase = v.holder_phase.as_deref().unwrap_or(&v.phase);
+        let who = v.holder.as_deref().map(|h| format!(" -> {h}")).unwrap_or_default();
+        let bytes = moved.map_or_else(String::new, |m| {
+            format!(
+                " {}% {} / {} {} eta {}",
+                m.percent(),
+                format_bytes(m.moved),
+                format_bytes(m.to_move),
+                format_rate(rate),
+                format_eta(eta(m.to_move - m.moved, rate))
+            )
+        });
+        let sep = if note.is_empty() { "" } else { "; " };
+        let text = format!("{}: {phase}{who}{bytes}{sep}{note}", v.id);
+        let key = format!("{phase}{who}|{note}");
+        let last = self.shown.entry(v.id.clone()).or_default();
+        // A line per change; a moving volume's again every few seconds (a held one only once).
+        let due = last.key != key || (is_moving(&v.phase) && last.at.is_none_or(|at| at.elapsed() >= LINE_EVERY));
+        match sink {
+            Sink::Bars { multi, volumes: bars, .. } => {
+                let bar = bars.entry(v.id.clone()).or_insert_with(|| {
+                    let b = multi.add(ProgressBar::new(1));
+                    b.set_style(style());
+                    b.set_prefix(v.id.clone());
+                    b
+                });
+                let m = moved.unwrap_or_default();
+                bar.set_length(m.to_move.max(1));
+                bar.set_position(m.moved);
+                bar.set_message(text.split_once(": ").map_or(text.clone(), |(_, t)| t.to_owned()));
+            }
+            _ if due => {
+                let m = moved.unwrap_or_default();
+                sink.event(
+                    json!({ "event": "volume", "volume": v.id, "phase": phase, "holder": v.holder,
+                        "moved_bytes": m.moved, "to_move_bytes": m.to_move, "bytes_per_s": rate,
+                        "eta_s": eta(m.to_move - m.moved, rate).map(|d| d.as_secs()),
+                        "resumed": meter.resumed, "note": (!note.is_empty()).then_some(&note) }),
+                    &text,
+                );
+            }
+            _ => {}
+        }
+        if due {
+            *last = Shown { key, at: Some(now) };
+        }
+        (moved, rate)
+    }
+}
+
+pub(super) async fn fetch(
+    client: &mut Client,
+) -> Result<(StatusReport, Vec<VolumeStatus>), crate::control::client::ClientError> {
     Ok((client.get(&Request::Status).await?, client.get(&Request::Volumes).await?))
+}
+
+/// Ends a follow: clears the bars, prints the final line (or JSON object: `head`, the
+/// elapsed time, the exit code and `extra`), returns the exit code.
+pub(super) fn finish(
+    sink: Sink,
+    json: bool,
+    started: Instant,
+    head: Value,
+    code: u8,
+    text: &str,
+    extra: Value,
+) -> anyhow::Result<ExitCode> {
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Sink::Bars { multi, node, volumes, .. } = &sink {
+        for b in volumes.values() {
+            b.finish();
+        }
+        node.finish();
+        let _ = multi.clear();
+    }
+    drop(sink);
+    if json {
+        let mut v = head;
+        if let Value::Object(o) = &mut v {
+            o.insert("elapsed_s".into(), json!((elapsed * 10.0).round() / 10.0));
+            o.insert("exit_code".into(), json!(code));
+            if let Value::Object(x) = extra {
+                o.extend(x);
+            }
+        }
+        println!("{v}");
+    } else if code == 0 {
+        println!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+    Ok(ExitCode::from(code))
 }
 
 /// Follows the drain of `args.common.node` whose request `report` the agent answered.
@@ -96,27 +228,8 @@ pub async fn follow(
     let started = Instant::now();
     let mut sink = Sink::new(args.common.json, node);
     let end = |sink: Sink, result: &str, code: u8, text: String, extra: Value| {
-        let elapsed = started.elapsed().as_secs_f64();
-        if let Sink::Bars { multi, node, volumes, .. } = &sink {
-            for b in volumes.values() {
-                b.finish();
-            }
-            node.finish();
-            let _ = multi.clear();
-        }
-        drop(sink);
-        if args.common.json {
-            let mut v = json!({ "node": node, "result": result, "elapsed_s": (elapsed * 10.0).round() / 10.0, "exit_code": code });
-            if let (Value::Object(o), Value::Object(x)) = (&mut v, extra) {
-                o.extend(x);
-            }
-            println!("{v}");
-        } else if code == 0 {
-            println!("{text}");
-        } else {
-            eprintln!("{text}");
-        }
-        Ok(ExitCode::from(code))
+        let head = json!({ "node": node, "result": result });
+        finish(sink, args.common.json, started, head, code, &text, extra)
     };
     if let Some(why) = &report.rejected {
         return end(sink, "refused", FAILURE, format!("{node}: drain refused: {why}"), json!({ "error": why }));
@@ -130,9 +243,7 @@ pub async fn follow(
     };
     sink.event(json!({ "event": "published", "node": node, "nonce": nonce, "adopted": adopted }), &text);
     let mut last_alive: Option<bool> = Some(true);
-    let mut meters: BTreeMap<(String, u64), RateMeter> = BTreeMap::new();
-    let mut least_to_move: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    let mut shown: BTreeMap<String, Shown> = BTreeMap::new();
+    let mut lines = VolumeLines::default();
     let mut tracked: BTreeSet<String> = BTreeSet::new();
     let mut plan: (Option<Instant>, Vec<PlanLine>) = (None, vec![]);
     let mut summary_at = Instant::now();
@@ -235,80 +346,11 @@ pub async fn follow(
         let now = Instant::now();
         let mut total = (Moved::default(), 0u64, 0usize);
         for v in &mine {
-            let meter = meters.entry((v.id.clone(), v.epoch)).or_default();
-            let rate = meter.sample(now, v.hydration.fetched_bytes);
-            // The holder counts fetched bytes before it marks their regions on the dest, so a
-            // batch in flight is counted twice (fetched and left): every sample is at least the
-            // truth, and the least one seen is the best (it also follows workload writes down).
-            let moved = Moved::of(v).map(|m| {
-                let least = least_to_move.entry((v.id.clone(), v.epoch)).or_insert(u64::MAX);
-                *least = (*least).min(m.to_move).max(m.moved);
-                Moved { to_move: *least, ..m }
-            });
+            let (moved, rate) = lines.show(&mut sink, v, &plan.1, now);
             if is_moving(&v.phase) {
                 total.0 = total.0.plus(moved.unwrap_or_default());
                 total.1 += rate;
                 total.2 += 1;
-            }
-            let note = if v.stranded {
-                "STRANDED: the holder is dead; the source keeps its copy".to_owned()
-            } else if v.stalled {
-                format!(
-                    "STALLED: {}",
-                    v.error.as_ref().map_or("the source does not answer".to_owned(), ToString::to_string)
-                )
-            } else if v.phase == "offered" && v.holder.is_none() {
-                plan.1.iter().find(|p| p.volume == v.id).and_then(no_target_note).unwrap_or_default()
-            } else if meter.resumed {
-                "resumed from the holder's metadata".to_owned()
-            } else {
-                String::new()
-            };
-            let phase = v.holder_phase.as_deref().unwrap_or(&v.phase);
-            let who = v.holder.as_deref().map(|h| format!(" -> {h}")).unwrap_or_default();
-            let bytes = moved.map_or_else(String::new, |m| {
-                format!(
-                    " {}% {} / {} {} eta {}",
-                    m.percent(),
-                    format_bytes(m.moved),
-                    format_bytes(m.to_move),
-                    format_rate(rate),
-                    format_eta(eta(m.to_move - m.moved, rate))
-                )
-            });
-            let sep = if note.is_empty() { "" } else { "; " };
-            let text = format!("{}: {phase}{who}{bytes}{sep}{note}", v.id);
-            let key = format!("{phase}{who}|{note}");
-            let last = shown.entry(v.id.clone()).or_default();
-            // A line per change; a moving volume's again every few seconds (a held one only once).
-            let due = last.key != key || (is_moving(&v.phase) && last.at.is_none_or(|at| at.elapsed() >= LINE_EVERY));
-            match &mut sink {
-                Sink::Bars { multi, volumes: bars, .. } => {
-                    let bar = bars.entry(v.id.clone()).or_insert_with(|| {
-                        let b = multi.add(ProgressBar::new(1));
-                        b.set_style(style());
-                        b.set_prefix(v.id.clone());
-                        b
-                    });
-                    let m = moved.unwrap_or_default();
-                    bar.set_length(m.to_move.max(1));
-                    bar.set_position(m.moved);
-                    bar.set_message(text.split_once(": ").map_or(text.clone(), |(_, t)| t.to_owned()));
-                }
-                _ if due => {
-                    let m = moved.unwrap_or_default();
-                    sink.event(
-                        json!({ "event": "volume", "volume": v.id, "phase": phase, "holder": v.holder,
-                            "moved_bytes": m.moved, "to_move_bytes": m.to_move, "bytes_per_s": rate,
-                            "eta_s": eta(m.to_move - m.moved, rate).map(|d| d.as_secs()),
-                            "resumed": meter.resumed, "note": (!note.is_empty()).then_some(&note) }),
-                        &text,
-                    );
-                }
-                _ => {}
-            }
-            if due {
-                *last = Shown { key, at: Some(now) };
             }
         }
         let (m, rate, moving) = total;

@@ -28,6 +28,7 @@ pub mod status;
 pub mod table;
 pub mod units;
 pub mod volume;
+pub mod volume_move;
 
 const LONG_ABOUT: &str = "\
 meshdrain empties a machine of its stateful workloads without a control plane.

@@ -78,6 +78,9 @@ reported unallocated are not bytes to move); a line per draining node sums its v
         #[command(flatten)]
         control: ControlArg,
     },
+    /// Move one volume to another node; its node stays active (src/decide/moves.rs).
+    #[command(after_help = super::volume_move::EXAMPLES)]
+    Move(super::volume_move::MoveArgs),
 }
 
 impl Command {
@@ -86,6 +89,7 @@ impl Command {
         match self {
             Self::Create { common, .. } | Self::Add { common, .. } => &common.control.control,
             Self::List { control, .. } => &control.control,
+            Self::Move(args) => &args.control.control,
         }
     }
 }
@@ -125,7 +129,7 @@ pub struct Common {
     pub control: ControlArg,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .filter(|(k, _)| !k.is_empty())
@@ -147,6 +151,7 @@ pub async fn run(command: Command, control: &ControlTarget) -> anyhow::Result<Ex
         }
         Command::Create { name, size, common } => (name, Some(size), None, common),
         Command::Add { name, path, common } => (name, None, Some(path), common),
+        Command::Move(args) => return super::volume_move::run(args, control).await,
     };
     let json = common.json;
     let req = Request::VolumeAdd(NewVolume {

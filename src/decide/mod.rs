@@ -5,6 +5,7 @@
 //!
 //! - [`model`]: the types the core, the gossip schema and the control API share.
 //! - [`node`], [`request`]: the node lifecycle and node requests from anywhere.
+//! - [`moves`]: one volume moved while its node stays active (`volume move`).
 //! - [`placement`]: which node takes which volume.
 //! - [`lease`]: one volume's move, source side and holder side.
 //! - [`lost`]: nodes declared lost for good, and what that does to their volumes.
@@ -18,6 +19,7 @@ pub mod core;
 pub mod lease;
 pub mod lost;
 pub mod model;
+pub mod moves;
 pub mod node;
 pub mod placement;
 pub mod request;

@@ -73,6 +73,9 @@ pub enum NodeAction {
     Drain,
     /// Cancel a drain (what has moved stays moved) and return to active.
     Undrain,
+    /// Move one volume of the node (`volume move`, src/decide/moves.rs); the node's state
+    /// does not change.
+    Move,
 }
 
 impl NodeAction {
@@ -83,6 +86,7 @@ impl NodeAction {
             NodeAction::Uncordon => "uncordon",
             NodeAction::Drain => "drain",
             NodeAction::Undrain => "undrain",
+            NodeAction::Move => "move",
         }
     }
 }
@@ -151,6 +155,8 @@ pub fn step(state: NodeState, event: NodeEvent) -> Result<Transition, Rejected> 
     let to = |to: NodeState, effects: Vec<NodeEffect>| Ok(Transition { from: state, to, effects });
     let reject = |action: &'static str, hint: &'static str| Err(Rejected { action, state, hint });
     match (state, event) {
+        // The volume's own checks are in src/decide/moves.rs; a lost node refuses below.
+        (Active | Cordoned | Draining | Drained, NodeEvent::Requested(Move)) => to(state, vec![]),
         (Active, NodeEvent::Requested(Cordon)) => to(Cordoned, vec![]),
         (Active, NodeEvent::Requested(Uncordon | Undrain)) => to(Active, vec![]),
         (Active | Cordoned, NodeEvent::Requested(Drain)) => to(Draining, vec![NodeEffect::StartVolumeDrain]),

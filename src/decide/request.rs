@@ -40,6 +40,9 @@ pub struct DrainOptions {
     /// Ask holders for a digest of what they read, checked by the source before hand-off.
     #[serde(default)]
     pub verify: bool,
+    /// With `move`: the volume and where it may go (src/decide/moves.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<super::moves::VolumeMove>,
 }
 
 impl NodeRequest {

@@ -192,7 +192,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let flag = if args.verify { " --verify" } else { "" };
     say(&args, &format!("node{} runs `meshdrain drain node1{flag}`", last + 1));
     let t0 = Instant::now();
-    let options = DrainOptions { rate_limit: rate, parallel: None, verify: args.verify };
+    let options = DrainOptions { rate_limit: rate, parallel: None, verify: args.verify, ..Default::default() };
     let req = Request::NodeAction {
         node: "node1".parse().expect("a plain node name"),
         action: NodeAction::Drain,

@@ -84,7 +84,7 @@ impl Core {
             let (requires, hooks) = meta.map(|m| (m.requires, m.hooks)).unwrap_or_default();
             let fetched_bytes = self.progress.get(id).map_or(0, |p| p.hydration.fetched_bytes);
             let arrived = Some(Arrival { from: h.source.clone(), epoch, fetched_bytes });
-            self.state.volumes.insert(id.clone(), OwnedVolume { lease, requires, hooks, arrived });
+            self.state.volumes.insert(id.clone(), OwnedVolume { lease, requires, hooks, arrived, moving: None });
         }
         for f in fx {
             self.holder_command(id, f, out);

@@ -37,7 +37,8 @@ impl Core {
                 addr: self.config.export_addr.clone(),
                 iqn: export_iqn(&self.config.name, id),
             });
-            let rate_limit = export.as_ref().and(self.state.drain_options.rate_limit);
+            let rate = v.moving.as_ref().map_or(self.state.drain_options.rate_limit, |m| m.rate_limit);
+            let rate_limit = export.as_ref().and(rate);
             let mut phase = v.lease.phase.clone();
             if let SourcePhase::Granted { stopped, .. } = &mut phase {
                 // Local progress toward the export, not published (the record stays what

@@ -13,6 +13,7 @@ use crate::decide::lease::{
 };
 use crate::decide::lost::LostDeclaration;
 use crate::decide::model::{Arrival, CloneProgress, Hooks, Incoming, NodeName, VolumeId, WireguardAdvert};
+use crate::decide::moves::MoveOrder;
 use crate::decide::node::{self, NodeAction, NodeEvent, NodeState};
 use crate::decide::placement::Candidate;
 use crate::decide::request::{self, AppliedRequest, DrainOptions, NodeRequest};
@@ -21,6 +22,7 @@ mod data;
 mod holder;
 mod keys;
 mod lost;
+mod moves;
 mod source;
 
 pub use data::{DataCommand, DataEvent};
@@ -66,6 +68,9 @@ pub struct OwnedVolume {
     /// How it arrived here, if it moved here.
     #[serde(default)]
     pub arrived: Option<Arrival>,
+    /// A move of this volume alone (`volume move`), until handed off or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<MoveOrder>,
 }
 
 /// The durable state: what a restarted agent comes back with (a draining node stays draining).
@@ -223,9 +228,10 @@ impl Core {
         if let Some(owner) = owner_in_view(view, id).filter(|o| **o != self.config.name) {
             return Err(VolumeError::ExistsElsewhere(id.clone(), owner.clone()));
         }
-        self.state
-            .volumes
-            .insert(id.clone(), OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks, arrived: None });
+        self.state.volumes.insert(
+            id.clone(),
+            OwnedVolume { lease: SourceVolume::new(id, size), requires, hooks, arrived: None, moving: None },
+        );
         Ok(Output { commands: vec![], persist: true })
     }
 
@@ -236,7 +242,12 @@ impl Core {
 
     /// Applies a node request here (from the CLI on this node, or adopted from gossip).
     pub fn apply_request(&mut self, req: &NodeRequest) -> Result<NodeState, String> {
-        let outcome = node::step(self.state.node_state, NodeEvent::Requested(req.action));
+        let outcome = node::step(self.state.node_state, NodeEvent::Requested(req.action)).map_err(|e| e.to_string());
+        // A move changes one volume, not the node (src/decide/moves.rs).
+        let outcome = match outcome {
+            Ok(t) if req.action == NodeAction::Move => self.apply_move(req).map(|()| t),
+            o => o,
+        };
         let rejected = match &outcome {
             Ok(t) => {
                 self.state.node_state = t.to;
@@ -252,7 +263,7 @@ impl Core {
                 }
                 None
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e.clone()),
         };
         self.state.last_request = Some(AppliedRequest {
             seq: req.seq,
@@ -329,6 +340,7 @@ impl Core {
             self.state.node_state = t.to;
             out.persist = true;
         }
+        out.persist |= self.end_moves();
         self.holders_of_lost_sources(&mut out);
         self.tick_holders(view, &mut out);
         self.update_claims(view);
@@ -425,3 +437,5 @@ pub fn owner_in_view<'a>(view: &'a ClusterView, id: &str) -> Option<&'a NodeName
 mod tests;
 #[cfg(test)]
 mod tests_lost;
+#[cfg(test)]
+mod tests_moves;

@@ -5,6 +5,7 @@ use super::{Core, DataCommand, Output, OwnedVolume, candidates};
 use crate::cluster::view::ClusterView;
 use crate::decide::lease::{HolderSignal, SourceEffect, SourceEvent, SourcePhase};
 use crate::decide::model::{NodeName, VolumeId};
+use crate::decide::moves;
 use crate::decide::node::NodeState;
 use crate::decide::placement::{self, Candidate, VolumeSpec};
 
@@ -44,6 +45,10 @@ impl Core {
                 .collect();
             let specs: Vec<VolumeSpec> = self.state.volumes.iter().map(|(vid, v)| spec(vid, v)).collect();
             let vol = &self.state.volumes[&id];
+            // `volume move` (src/decide/moves.rs): this volume alone is drained, to the
+            // nodes its order allows.
+            let order = vol.moving.as_ref();
+            let all = moves::restrict(&all, order.and_then(|o| o.to.as_ref()));
             let this: Vec<VolumeSpec> =
                 specs.iter().filter(|s| s.id == id || fixed.iter().any(|(f, _)| f == &s.id)).cloned().collect();
             let claimants: Vec<Candidate> = all
@@ -71,12 +76,12 @@ impl Core {
                 sig
             });
             let event = SourceEvent::Tick {
-                draining,
+                draining: draining || (order.is_some() && self.config.data_plane),
                 best_is_planned: best.is_some() && best == planned,
                 best_claimant: best,
                 holder,
                 gc: self.gc_requested,
-                verify: self.state.drain_options.verify,
+                verify: order.map_or(self.state.drain_options.verify, |o| o.verify),
             };
             let v = self.state.volumes.get_mut(&id).expect("volume exists");
             let before = v.lease.clone();
@@ -148,7 +153,10 @@ fn node_addr(view: &ClusterView, node: &str) -> String {
 }
 
 fn spec(id: &VolumeId, v: &OwnedVolume) -> VolumeSpec {
-    VolumeSpec { id: id.clone(), size: v.lease.size, requires: v.requires.clone() }
+    match &v.moving {
+        Some(order) => moves::spec(id, v.lease.size, &v.requires, order),
+        None => VolumeSpec { id: id.clone(), size: v.lease.size, requires: v.requires.clone() },
+    }
 }
 
 fn holder_signal(view: &ClusterView, holder: &str, id: &str) -> HolderSignal {
