@@ -233,6 +233,17 @@ pub fn gc_candidates(table: &VolumeTable, aside: &[AsideCopy], pool: &std::path:
     out
 }
 
+/// The candidates `gc`'s tick took out of the volume table or the set-aside list: the
+/// data plane deletes their files (those in the pool) in the background.
+pub fn gc_deleted<'a>(before: &'a [GcCandidate], after: (&VolumeTable, &[AsideCopy])) -> Vec<&'a GcCandidate> {
+    let (table, aside) = after;
+    let gone = |c: &&GcCandidate| match c.aside_epoch {
+        None => !table.volumes.contains_key(&c.volume),
+        Some(e) => !aside.iter().any(|a| a.volume.as_str() == c.volume && a.epoch == e),
+    };
+    before.iter().filter(gone).collect()
+}
+
 /// What `meshdrain gc` did: the copies that left the volume table or the set-aside list
 /// during its tick (those in the pool are deleted; a device outside it is left to the
 /// operator).
@@ -242,12 +253,7 @@ pub fn gc_message(
     after: (&VolumeTable, &[AsideCopy]),
     pool: &std::path::Path,
 ) -> String {
-    let (table, aside) = after;
-    let gone = |c: &&GcCandidate| match c.aside_epoch {
-        None => !table.volumes.contains_key(&c.volume),
-        Some(e) => !aside.iter().any(|a| a.volume.as_str() == c.volume && a.epoch == e),
-    };
-    let gone: Vec<&GcCandidate> = before.iter().filter(gone).collect();
+    let gone = gc_deleted(before, after);
     if gone.is_empty() {
         return format!("nothing to delete: no handed-off or set-aside copy on {me}");
     }
