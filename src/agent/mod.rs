@@ -441,6 +441,10 @@ impl<G: Gossip> Agent<G> {
             Request::Plan { node } => {
                 Outcome::Plan { plan: report::plan(&ClusterView::from_raw(&self.gossip.snapshot().await), &node) }
             }
+            Request::MovePlan { volume, to, requires } => {
+                let view = ClusterView::from_raw(&self.gossip.snapshot().await);
+                Outcome::Plan { plan: report::move_plan(&view, &volume, to.as_ref(), requires).into_iter().collect() }
+            }
             Request::VolumeAdd(new) => Outcome::Done { message: self.add_volume(new).await? },
             Request::Volumes => {
                 let view = ClusterView::from_raw(&self.gossip.snapshot().await);
