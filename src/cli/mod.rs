@@ -24,6 +24,7 @@ pub mod logging;
 pub mod mesh;
 pub mod node;
 pub mod progress;
+pub mod roll;
 pub mod status;
 pub mod table;
 pub mod units;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Cordon and move every volume off a node (run on any node of the fleet).
     #[command(after_help = drain::EXAMPLES)]
     Drain(drain::DrainArgs),
+    /// Roll the fleet: drain each node in turn, run a command on it, bring it back.
+    #[command(after_help = roll::EXAMPLES)]
+    Roll(roll::RollArgs),
     /// Cancel a drain: volumes not yet cut over stay here; the node becomes active.
     #[command(after_help = node::UNDRAIN_EXAMPLES)]
     Undrain(node::Args),
@@ -184,6 +188,7 @@ pub fn main() -> ExitCode {
             Command::Agent(a) => agent::run(a).await,
             Command::Status(a) => status::run(a, &control).await,
             Command::Drain(a) => drain::run(a, &control).await,
+            Command::Roll(a) => roll::run(a, &control).await,
             Command::Undrain(a) => node::run(NodeAction::Undrain, a, &control).await,
             Command::Cordon(a) => node::run(NodeAction::Cordon, a, &control).await,
             Command::Uncordon(a) => node::run(NodeAction::Uncordon, a, &control).await,
@@ -234,6 +239,7 @@ fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
         | Command::Manpages(_) => return None,
         Command::Status(a) => &a.control.control,
         Command::Drain(a) => &a.common.control.control,
+        Command::Roll(a) => a.control(),
         Command::Undrain(a) | Command::Cordon(a) | Command::Uncordon(a) => &a.control.control,
         Command::Volume(c) => c.control(),
         Command::Gc(a) => &a.control.control,
