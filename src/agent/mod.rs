@@ -32,7 +32,6 @@ pub mod meshport;
 pub mod metrics;
 pub mod report;
 mod roll;
-mod roll;
 pub mod run;
 
 use self::meshport::MeshPort;
@@ -96,8 +95,6 @@ enum Input {
     GossipChanged,
     /// The data plane reports.
     Data(DataEvent),
-    /// A roll's `--exec` ended.
-    Roll(crate::decide::roll::RollEvent),
     /// A roll's `--exec` ended.
     Roll(crate::decide::roll::RollEvent),
     /// An API request.
@@ -194,7 +191,6 @@ impl<G: Gossip> Agent<G> {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let view = ClusterView { self_name: config.name.to_string(), nodes: Default::default() };
         let roll = roll::RollSide::load(&store, config.name.clone(), interval)?;
-        let roll = roll::RollSide::load(&store, config.name.clone(), interval)?;
         let agent = Self {
             core: Core::new(config, state),
             gossip,
@@ -246,7 +242,6 @@ impl<G: Gossip> Agent<G> {
                 _ = changed.notified() => Input::GossipChanged,
                 Some(ev) = self.events_rx.recv() => Input::Data(ev),
                 Some(ev) = self.roll.rx.recv() => Input::Roll(ev),
-                Some(ev) = self.roll.rx.recv() => Input::Roll(ev),
                 call = requests.recv() => match call {
                     Some((request, reply)) => Input::Request(request, reply),
                     None => Input::Shutdown,
@@ -264,7 +259,6 @@ impl<G: Gossip> Agent<G> {
         match input {
             Input::Shutdown => return ControlFlow::Break(()),
             Input::Tick | Input::GossipChanged => self.on_tick().await,
-            Input::Roll(ev) => self.roll_exec_done(ev).await,
             Input::Roll(ev) => self.roll_exec_done(ev).await,
             Input::Data(ev) => {
                 self.data_event(ev).await;
@@ -478,7 +472,6 @@ impl<G: Gossip> Agent<G> {
                 Outcome::Done { message: report::gc_message(me, &before, after, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
-            r @ (Request::RollStart { .. } | Request::RollCtl { .. } | Request::RollStatus) => self.roll_answer(r).await?,
             r @ (Request::RollStart { .. } | Request::RollCtl { .. } | Request::RollStatus) => self.roll_answer(r).await?,
         })
     }

@@ -112,35 +112,6 @@ pub enum Request {
     },
     /// Every roll this node knows, with each node's step.
     RollStatus,
-    /// Start a roll of the fleet (docs/roll.md).
-    RollStart {
-        /// The nodes in order; `None`: every node gossip shows that is not lost, by name.
-        #[serde(default)]
-        nodes: Option<Vec<NodeName>>,
-        /// At most this many nodes unavailable by rolls at once, fleet-wide.
-        max_unavailable: u32,
-        /// The command run on each node once it is drained.
-        #[serde(default)]
-        exec: Option<String>,
-        /// Undrain each node after its command.
-        #[serde(default)]
-        undrain_after: bool,
-        /// The pause after each node, ms.
-        #[serde(default)]
-        pause_ms: u64,
-        /// Say what it would do; start nothing.
-        #[serde(default)]
-        dry_run: bool,
-    },
-    /// Resume or cancel a roll, from any node.
-    RollCtl {
-        /// The roll's id.
-        id: String,
-        /// What to do.
-        action: crate::decide::roll::RollAction,
-    },
-    /// Every roll this node knows, with each node's step.
-    RollStatus,
     /// Keep or delete an incomplete copy on this node (its source was declared lost).
     Partial {
         /// The volume.
@@ -176,14 +147,6 @@ pub enum Outcome {
     },
     /// Answer to [`Request::NodeLost`].
     NodeLost(Box<LostReport>),
-    /// Answer to the roll requests: the roll started or acted on (`id`), and reports.
-    Rolls {
-        /// The roll started, resumed or cancelled (`None` for status and dry runs).
-        #[serde(default)]
-        id: Option<String>,
-        /// The rolls, oldest first.
-        rolls: Vec<crate::decide::roll::RollReport>,
-    },
     /// Answer to the roll requests: the roll started or acted on (`id`), and reports.
     Rolls {
         /// The roll started, resumed or cancelled (`None` for status and dry runs).
@@ -294,13 +257,6 @@ pub enum ApiError {
         /// What is wrong, and the fix.
         message: String,
     },
-    /// A roll request that cannot be carried out (bad spec, unknown roll): the message says
-    /// what to change.
-    #[error("{message}")]
-    Roll {
-        /// What is wrong, and the fix.
-        message: String,
-    },
     /// A control request line longer than the socket accepts.
     #[error("control request longer than {max} bytes: refused")]
     RequestTooLong {
@@ -364,13 +320,6 @@ pub trait Api: Clone + Send + Sync + 'static {
 pub trait Answer: Sized {
     /// The payload, or the outcome back when it is another one.
     fn from_outcome(outcome: Outcome) -> Result<Self, Outcome>;
-}
-
-/// The roll id (if any) and the reports of a roll request.
-impl Answer for (Option<String>, Vec<crate::decide::roll::RollReport>) {
-    fn from_outcome(outcome: Outcome) -> Result<Self, Outcome> {
-        if let Outcome::Rolls { id, rolls } = outcome { Ok((id, rolls)) } else { Err(outcome) }
-    }
 }
 
 /// The roll id (if any) and the reports of a roll request.
