@@ -383,3 +383,41 @@ fn verify_accepts_a_faithful_copy_and_a_differing_one_keeps_the_source_until_acc
     let out = agents[1].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
+
+/// `volume move` (issue 21): one of node1's two volumes moves to the node named with
+/// `--to`, started from another node; node1 stays active and keeps the other.
+#[test]
+fn one_volume_moves_while_its_node_stays_active_and_keeps_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = fleet(tmp.path(), 3);
+    joined(&agents);
+    let moved = volume_with_data(&agents[0], "v1", 8);
+    let stays = volume_with_data(&agents[0], "v2", 4);
+    let text = |o: &std::process::Output| {
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    };
+
+    // --dry-run: where it would go; an impossible label says why, exit 1.
+    let out = agents[1].cli(&["volume", "move", "v1", "--dry-run", "--to", "node3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("v1 (8.0 MiB) -> node3"), "{}", text(&out));
+    let out = agents[1].cli(&["volume", "move", "v1", "--dry-run", "--require", "zone=x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not node2: lacks label zone=x"), "{}", text(&out));
+    // Nothing to cancel yet.
+    let out = agents[1].cli(&["volume", "move", "v2", "--cancel"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("volume v2 is not moving: nothing to cancel"), "{}", text(&out));
+
+    let out = agents[1].cli(&["volume", "move", "v1", "--to", "node3", "--wait", "--deadline", "60s"]);
+    assert!(out.status.success(), "volume move --wait failed: {}\nnode1 log:\n{}", text(&out), agents[0].log());
+    assert!(text(&out).contains("v1: moved node1 -> node3 in"), "{}", text(&out));
+
+    let v = volumes(&agents[1]);
+    let line = |id: &str| v.iter().find(|x| x["id"] == id).cloned().unwrap();
+    assert_eq!((line("v1")["owner"].as_str(), line("v1")["phase"].as_str()), (Some("node3"), Some("held")));
+    assert_eq!((line("v2")["owner"].as_str(), line("v2")["phase"].as_str()), (Some("node1"), Some("held")));
+    assert_eq!(sha_of(&agents[2].pool().join("v1.img")).as_deref(), Some(moved.as_str()));
+    assert_eq!(sha_of(&agents[0].pool().join("v2.img")).as_deref(), Some(stays.as_str()));
+    assert_eq!(state_seen(&agents[1].status().unwrap(), "node1").as_deref(), Some("active"));
+}
