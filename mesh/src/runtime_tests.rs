@@ -142,7 +142,10 @@ fn dead_nodes_leave_but_a_dead_seed_stays_at_its_configured_endpoint() {
     r.rt.converge(&[advert(&b, "198.18.0.2:51820", true), advert(&s, "198.18.0.3:51820", true)], SystemTime::now());
     assert_eq!(endpoints(&r.fake).len(), 2);
     let names = |r: &Rig| -> Vec<(String, Option<String>)> {
-        r.rt.status().unwrap().0.peers.into_iter().map(|p| (p.public_key, p.name)).collect()
+        // Sorted here: status lists peers in key order, not in their base64 text's order.
+        let mut n: Vec<_> = r.rt.status().unwrap().0.peers.into_iter().map(|p| (p.public_key, p.name)).collect();
+        n.sort();
+        n
     };
     let mut both = vec![(b.key.public().to_base64(), Some("b".into())), (s.key.public().to_base64(), Some("s".into()))];
     both.sort();
