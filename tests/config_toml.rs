@@ -60,6 +60,7 @@ fn populated() -> AgentConfig {
         log: LogConfig { format: LogFormat::Json },
         gc: GcConfig { retention: "90m".to_owned() },
         lease: Default::default(),
+        drain: Default::default(),
     }
 }
 

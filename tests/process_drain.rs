@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{AgentProc, free_udp_port, state_seen, wait_until};
-use meshdrain::config::DataplaneConfig;
+use meshdrain::config::{DataplaneConfig, OnShutdown};
 use sha2::{Digest, Sha256};
 
 fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
@@ -420,4 +420,65 @@ fn one_volume_moves_while_its_node_stays_active_and_keeps_the_other() {
     assert_eq!(sha_of(&agents[2].pool().join("v1.img")).as_deref(), Some(moved.as_str()));
     assert_eq!(sha_of(&agents[0].pool().join("v2.img")).as_deref(), Some(stays.as_str()));
     assert_eq!(state_seen(&agents[1].status().unwrap(), "node1").as_deref(), Some("active"));
+}
+
+/// Restarts node1 with `[drain] on_shutdown = "self"` (bound 8 s) and a `systemctl` that
+/// answers `is-system-running` with `state`; node1 owns v1 and v2 (sha256s returned).
+fn shutdown_fleet(root: &Path, state: &str) -> (Vec<AgentProc>, [(&'static str, String); 2]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut agents = fleet(root, 3);
+    joined(&agents);
+    let sums = [("v1", volume_with_data(&agents[0], "v1", 8)), ("v2", volume_with_data(&agents[0], "v2", 4))];
+    let systemctl = root.join("systemctl");
+    let script = format!("#!/bin/sh\n[ \"$1\" = is-system-running ] && echo {state}\nexit 0\n");
+    std::fs::write(&systemctl, script).unwrap();
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = &mut agents[0];
+    a.stop();
+    a.cfg.drain =
+        meshdrain::config::DrainConfig { on_shutdown: OnShutdown::SelfNode, shutdown_deadline: Some("8s".into()) };
+    a.write_config();
+    // SAFETY: the seam (src/agent/shutdown.rs) is read by the agent child, which gets a copy
+    // of the environment at spawn; nextest runs each test in a process of its own.
+    unsafe { std::env::set_var("MESHDRAIN_SYSTEMCTL", &systemctl) };
+    a.start();
+    joined(&agents);
+    (agents, sums)
+}
+
+/// Drain on shutdown (issue 21): SIGTERM while the machine is going down drains the node
+/// to its peers before the agent exits, within the bound.
+#[test]
+fn sigterm_while_the_machine_shuts_down_drains_the_node_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut agents, sums) = shutdown_fleet(tmp.path(), "stopping");
+    let started = std::time::Instant::now();
+    agents[0].stop();
+    let took = started.elapsed();
+    let log = agents[0].log();
+    assert!(took < Duration::from_secs(8), "the agent took {took:?} to exit (bound 8 s)\n{log}");
+    assert!(log.contains("drained before shutdown: every volume was handed off"), "{log}");
+    for (name, sum) in &sums {
+        let owner = wait_for_owner(&agents[1], name);
+        let path = agent(&agents, &owner).pool().join(format!("{name}.img"));
+        assert_eq!(sha_of(&path).as_deref(), Some(sum.as_str()), "{name} on {owner}");
+    }
+}
+
+/// With the machine running (only the agent restarts), SIGTERM is a plain stop.
+#[test]
+fn sigterm_on_an_agent_restart_stops_without_draining() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut agents, _) = shutdown_fleet(tmp.path(), "running");
+    let started = std::time::Instant::now();
+    agents[0].stop();
+    let log = agents[0].log();
+    assert!(started.elapsed() < Duration::from_secs(3), "{log}");
+    assert!(log.contains("the machine is not shutting down (an agent restart): stopping without draining"), "{log}");
+    assert!(!log.contains("draining this node first"), "{log}");
+    let v = volumes(&agents[1]);
+    for id in ["v1", "v2"] {
+        let line = v.iter().find(|x| x["id"] == id).unwrap();
+        assert_eq!((line["owner"].as_str(), line["phase"].as_str()), (Some("node1"), Some("held")), "{id}");
+    }
 }

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod report;
 mod roll;
 pub mod run;
+pub mod shutdown;
 
 use self::meshport::MeshPort;
 use self::metrics::Metrics;

@@ -20,7 +20,7 @@ use crate::cluster::auth::{GossipKeys, Secret};
 use crate::cluster::gossip::{ChitchatGossip, GossipGuard, GossipSettings, HealthHandle};
 use crate::cluster::identity::{GossipMode, NameConflict};
 use crate::cluster::transport::{GossipStats, GuardedTransport};
-use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, ResolvedAddrs};
+use crate::config::{AgentConfig, CloneEngineChoice, DataplaneBackend, OnShutdown, ResolvedAddrs};
 use crate::dataplane::clone_process::{EngineTuning, ProcessClones};
 use crate::dataplane::dm_clone::DmClones;
 use crate::dataplane::executor::{CloneService, Executor};
@@ -300,6 +300,19 @@ pub async fn run_process(
         _ = shutdown => None,
         c = newcomer_conflict(agent.gossip.clone(), settings.interval) => Some(c),
     };
+    // docs/drain-on-shutdown.md: everything stays up (and the watchdog petted) while the
+    // node drains itself; only a machine going down drains, not an agent restart.
+    if newcomer.is_none()
+        && config.drain.on_shutdown == OnShutdown::SelfNode
+        && let Some(bound) = config.drain.shutdown_deadline()
+    {
+        if super::shutdown::probe().await {
+            notify(&[sd_notify::NotifyState::Status("draining before shutdown")]);
+            super::shutdown::drain_self(&agent.handle, &config.name, bound).await;
+        } else {
+            info!("the machine is not shutting down (an agent restart): stopping without draining");
+        }
+    }
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -87,6 +87,10 @@ pub struct AgentConfig {
     /// Lease settings (`[lease] node_lost_after`).
     #[serde(default, skip_serializing_if = "LeaseConfig::is_default")]
     pub lease: LeaseConfig,
+    /// Drain this node when the machine shuts down (`[drain] on_shutdown`,
+    /// docs/drain-on-shutdown.md).
+    #[serde(default, skip_serializing_if = "DrainConfig::is_default")]
+    pub drain: DrainConfig,
 }
 
 /// `[lease]`: when a node dead for long is declared lost without an operator
@@ -418,6 +422,7 @@ impl AgentConfig {
             log: LogConfig::default(),
             gc: GcConfig::default(),
             lease: LeaseConfig::default(),
+            drain: DrainConfig::default(),
         }
     }
 
@@ -445,9 +450,11 @@ impl GossipConfig {
     }
 }
 
+mod drain;
 mod ops;
 mod validate;
 
+pub use drain::{DEFAULT_SHUTDOWN_DEADLINE, DrainConfig, OnShutdown};
 pub use ops::{GcConfig, LogConfig, LogFormat};
 
 #[cfg(test)]

@@ -200,6 +200,15 @@ impl AgentConfig {
                 "write a duration such as \"30m\" or \"2h\", or leave the key out to declare lost nodes by hand only",
             ));
         }
+        if let Some(text) = &self.drain.shutdown_deadline
+            && self.drain.shutdown_deadline().is_none()
+        {
+            return Err(invalid(
+                "drain.shutdown_deadline",
+                format!("{text:?} is not a positive duration"),
+                "write a duration such as \"5m\", below the unit's TimeoutStopSec=, or leave the key out (5m)",
+            ));
+        }
         Ok(ResolvedAddrs { gossip_listen, gossip_advertise, metrics_listen })
     }
 
