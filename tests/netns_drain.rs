@@ -213,8 +213,8 @@ fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
     // It went over the real path: our target on node1, a clone device on the holder.
     assert!(f.agents[0].log().contains("export opened"), "node1 log:\n{}", tail(&f.agents[0].log()));
     // The clone runs in a holder process with a log of its own (docs/holder-process.md).
-    let holder_log = std::fs::read_to_string(f.agent(&holder).cfg.run_dir().join("clones").join("db.log"))
-        .unwrap_or_default();
+    let holder_log =
+        std::fs::read_to_string(f.agent(&holder).cfg.run_dir().join("clones").join("db.log")).unwrap_or_default();
     assert!(holder_log.contains("clone exposed"), "{holder}'s holder log:\n{}", tail(&holder_log));
     let verified = f.agents[0].log().matches("verified: the holder read exactly the bytes held here").count();
     assert_eq!(verified, 2, "both volumes verified; node1 log:\n{}", tail(&f.agents[0].log()));
@@ -438,4 +438,33 @@ fn netns_demo_moves_a_live_ext4_volume_and_verifies_every_record() {
     assert_ne!(s["new_owner"], "node1");
     let dir = s["dir"].as_str().unwrap();
     assert!(!Path::new(dir).exists(), "the demo removes its state dir");
+}
+
+/// `volume move` (issue 21) over the real data path: one of node1's two volumes moves to
+/// node3 (asked on node2), checksums equal; node1 stays active and keeps serving the
+/// other: its `stop` hook never ran, its bytes never changed.
+#[test]
+fn netns_volume_move_moves_one_of_two_volumes_off_a_node_that_keeps_serving_the_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fleet::new(tmp.path(), 3);
+    let moved = raw_volume(&f, "a", 32);
+    let marker = f.root.join("b-stopped");
+    let hook = format!("touch {}", marker.display());
+    let out = f.agents[0].cli(&["volume", "create", "b", "--size", "16M", "--hook-stop", &hook]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = pseudo_random(99, 16 << 20);
+    std::fs::write(f.agents[0].pool().join("b.img"), &data).unwrap();
+
+    let out = f.agents[1].cli(&["volume", "move", "a", "--to", "node3", "--wait", "--deadline", "45s"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "volume move --wait: {text}\n{}", f.logs());
+    assert!(text.contains("a: moved node1 -> node3 in"), "{text}");
+
+    assert_eq!(owner_sha(&f, "a"), ("node3".to_owned(), Some(moved)));
+    let b = f.volume(1, "b").unwrap();
+    assert_eq!((b["owner"].as_str(), b["phase"].as_str()), (Some("node1"), Some("held")));
+    assert_eq!(std::fs::read(f.agents[0].pool().join("b.img")).map(|d| sha(&d)).ok(), Some(sha(&data)));
+    assert!(!marker.exists(), "b's stop hook ran on node1");
+    let s = f.agents[1].status().unwrap();
+    assert_eq!(state_seen(&s, "node1").as_deref(), Some("active"));
 }
