@@ -404,6 +404,13 @@ fn one_volume_moves_while_its_node_stays_active_and_keeps_the_other() {
     let out = agents[1].cli(&["volume", "move", "v1", "--dry-run", "--require", "zone=x"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("not node2: lacks label zone=x"), "{}", text(&out));
+    let out = agents[1].cli(&["volume", "move", "v1", "--to", "node9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--to node9: no node of that name in the fleet (known: node1, node2, node3)"),
+        "{}",
+        text(&out)
+    );
     // Nothing to cancel yet.
     let out = agents[1].cli(&["volume", "move", "v2", "--cancel"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -85,6 +85,16 @@ pub async fn run(args: MoveArgs, control: &ControlTarget) -> anyhow::Result<Exit
         )));
     };
     let owner: NodeName = vol.owner.parse()?;
+    if let Some(to) = &args.to {
+        let status: crate::api::StatusReport = client.get(&Request::Status).await?;
+        if !status.nodes.iter().any(|n| n.name == to.as_str()) {
+            let known: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(anyhow::Error::new(super::exit::Exit(USAGE)).context(format!(
+                "--to {to}: no node of that name in the fleet (known: {}); check it with `meshdrain status`",
+                known.join(", ")
+            )));
+        }
+    }
     let requires = args.requires.iter().cloned().collect();
     if args.dry_run {
         let req = Request::MovePlan { volume: args.volume.clone(), to: args.to.clone(), requires };
