@@ -133,3 +133,18 @@ pub fn beaten(claims: &[(Claim, NodeName)], me: &NodeName, claim: Claim) -> bool
 pub fn free_slot(claims: &[(Claim, NodeName)], me: &NodeName, max: u32) -> Option<u32> {
     (0..max).find(|s| !claims.iter().any(|(c, n)| n != me && c.slot == *s))
 }
+
+/// Whether another live claimant holds `claim`'s slot (a majority votes for it): the
+/// fleet took this node for dead and moved on, so this node must come back at once.
+pub fn taken_over(
+    input: &RollInput,
+    claims: &[(Claim, NodeName)],
+    me: &NodeName,
+    claim: Claim,
+    named: &BTreeSet<NodeName>,
+) -> bool {
+    claims.iter().filter(|(c, n)| n != me && c.slot == claim.slot).any(|(c, n)| {
+        let theirs = input.peers.get(n).and_then(|p| p.slot.as_ref()).map(|s| s.votes.clone()).unwrap_or_default();
+        granted(input, n, *c, &theirs, named)
+    })
+}

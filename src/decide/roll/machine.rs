@@ -222,6 +222,26 @@ impl RollMachine {
             rec.step = step;
             rec.since_ms = now_ms;
         };
+        // Peers took this node for dead and gave its slot to another: come back now (the
+        // volumes are gone already, so an undrain is instant) and queue again.
+        if matches!(rec.step, Step::Draining | Step::Exec | Step::Failed | Step::WaitActive)
+            && let Some(c) = self.state.claim
+            && lease::taken_over(
+                input,
+                &lease::live_claims(input, &self.me, None, now_ms, self.timing),
+                &self.me,
+                c,
+                &named,
+            )
+        {
+            rec.error = Some(format!(
+                "slot {} was given to another node while this one was not heard from: undrained, queued again",
+                c.slot
+            ));
+            to(rec, Step::Pending);
+            self.state.claim = None;
+            return vec![RollEffect::Undrain];
+        }
         match (rec.step, newer) {
             (Step::Pending | Step::Claiming, Some((seq, RollAction::Cancel))) => {
                 rec.ctl_seq = seq;

@@ -222,3 +222,36 @@ fn tail_keeps_the_end_at_a_char_boundary() {
     let t = tail(&s);
     assert!(t.len() <= MAX_OUTPUT_TAIL && t.ends_with('x') && !t.starts_with('é'), "{}", t.len());
 }
+
+#[test]
+fn a_holder_back_from_the_dead_whose_slot_was_given_away_comes_back_at_once() {
+    let mut a = machine("a");
+    a.state.specs.insert("r".into(), spec(&["a", "b"], Some("upgrade"), true));
+    let mut rec = StepRecord::at(Step::Exec, 0);
+    rec.attempt = 1;
+    a.state.steps.insert("r".into(), rec);
+    a.state.claim = Some(Claim { slot: 0, epoch: 1 });
+    // After a restart a sees nobody yet: no evidence, it keeps its slot.
+    assert!(a.step(RollEvent::Tick, &RollInput::default(), NodeState::Drained, 10).is_empty());
+    assert_eq!(a.state.steps["r"].step, Step::Exec);
+    // b and c gave slot 0 to b at epoch 2 while a was not heard from.
+    let vote_b =
+        |_: ()| SlotRecord { claim: None, votes: [(0, Vote { claimant: n("b"), epoch: 2 })].into_iter().collect() };
+    let mut inp = RollInput::default();
+    let mut pb = Peer { last_heard_ms: 20, slot: Some(vote_b(())), ..Peer::default() };
+    pb.slot.as_mut().unwrap().claim = Some(Claim { slot: 0, epoch: 2 });
+    inp.peers.insert(n("b"), pb);
+    inp.peers.insert(n("c"), Peer { last_heard_ms: 20, slot: Some(vote_b(())), ..Peer::default() });
+    assert_eq!(a.step(RollEvent::Tick, &inp, NodeState::Drained, 20), vec![RollEffect::Undrain]);
+    let r = &a.state.steps["r"];
+    assert_eq!(r.step, Step::Pending);
+    assert_eq!(a.state.claim, None);
+    assert_eq!(
+        r.error.as_deref(),
+        Some("slot 0 was given to another node while this one was not heard from: undrained, queued again")
+    );
+    // Its old command's end is ignored.
+    let done = RollEvent::ExecDone { roll: "r".into(), attempt: 1, exit: Some(0), output: String::new(), error: None };
+    a.step(done, &inp, NodeState::Active, 30);
+    assert_eq!(a.state.steps["r"].step, Step::Pending);
+}
