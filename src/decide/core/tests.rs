@@ -3,7 +3,8 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::cluster::view::{RawNode, RawSnapshot};
 
-fn config() -> CoreConfig {
+/// The settings of node `n1` (shared with the other core test modules).
+pub(super) fn config() -> CoreConfig {
     CoreConfig {
         name: "n1".parse().unwrap(),
         labels: BTreeMap::new(),

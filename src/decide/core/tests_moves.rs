@@ -7,18 +7,7 @@ use crate::cluster::view::RawSnapshot;
 use crate::decide::moves::VolumeMove;
 
 fn core() -> (Core, ClusterView) {
-    let config = CoreConfig {
-        name: "n1".parse().unwrap(),
-        labels: BTreeMap::new(),
-        free_bytes: 1 << 30,
-        data_plane: true,
-        gossip_addr: "10.0.0.1:7946".parse().unwrap(),
-        mesh_addr: None,
-        mesh_backend: None,
-        export_addr: "10.0.0.1:3260".into(),
-        timing: Timing::for_interval(100),
-        wireguard: None,
-    };
+    let config = super::tests::config();
     let view = ClusterView::from_raw(&RawSnapshot { self_name: "n1".into(), nodes: vec![] });
     let mut core = Core::new(config, CoreState::default());
     for id in ["a", "b"] {
