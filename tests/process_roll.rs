@@ -1,7 +1,7 @@
 //! Rolls across real `meshdrain agent` processes on loopback with the local data plane
 //! (docs/roll.md): two rolls started at once from two nodes never take more than one node
-//! out, every volume ends on a live node with its bytes, and a kill -9 of the node holding
-//! the roll slot is survived.
+//! out, every volume ends on a live node with its bytes, and a kill -9 of the node that
+//! started the roll and holds its slot is survived.
 
 mod common;
 
@@ -199,7 +199,7 @@ fn two_rolls_started_at_once_from_two_nodes_never_take_two_nodes_out() {
 }
 
 #[test]
-fn a_kill_9_of_the_node_holding_the_roll_slot_is_survived() {
+fn a_kill_9_of_the_node_that_started_the_roll_and_holds_its_slot_is_survived() {
     let tmp = tempfile::tempdir().unwrap();
     let mut agents = fleet(tmp.path(), 3);
     joined(&agents);
@@ -207,7 +207,9 @@ fn a_kill_9_of_the_node_holding_the_roll_slot_is_survived() {
     let skip: Arc<std::sync::Mutex<Vec<String>>> = Default::default();
     let watcher = Watcher::start(sockets(&agents), skip.clone());
     let exec = "if [ $MESHDRAIN_NODE = node1 ]; then sleep 60; fi; echo ok";
-    let id = start_roll(&agents[1], &["--nodes", "node1,node2,node3", "--undrain-after", "--exec", exec]);
+    // node1 starts the roll and is its first node: the kill takes the starter and the
+    // slot holder at once.
+    let id = start_roll(&agents[0], &["--nodes", "node1,node2,node3", "--undrain-after", "--exec", exec]);
 
     // node1 holds the slot and runs its command: kill it there.
     wait_until(
@@ -246,4 +248,34 @@ fn a_kill_9_of_the_node_holding_the_roll_slot_is_survived() {
         let got = std::fs::read(&path).map(|d| hex::encode(Sha256::digest(&d))).ok();
         assert_eq!(got.as_deref(), Some(sum.as_str()), "{name} on {owner}");
     }
+}
+
+#[test]
+fn an_agent_restarted_mid_roll_keeps_its_slot_and_runs_its_command_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agents = fleet(tmp.path(), 3);
+    joined(&agents);
+    let watcher = Watcher::start(sockets(&agents), Default::default());
+    let exec = "sleep 1; echo ok";
+    let id = start_roll(&agents[1], &["--nodes", "node1,node2", "--undrain-after", "--exec", exec]);
+    wait_until(
+        Duration::from_secs(20),
+        || rolls(&agents[1]).iter().any(|r| r["nodes"][0]["step"] == "exec"),
+        || "node1 to run its command".to_owned(),
+    );
+    agents[0].kill9();
+    agents[0].start();
+    wait_until(
+        Duration::from_secs(30),
+        || rolls(&agents[2]).first().is_some_and(|r| r["phase"] == "done"),
+        || format!("the roll to finish: {:#}", serde_json::Value::Array(rolls(&agents[2]))),
+    );
+    let (worst, _, what) = watcher.finish();
+    assert!(worst <= 1, "{worst} nodes unavailable at once: {what}");
+    let r = &rolls(&agents[0])[0];
+    assert_eq!(r["id"], id.as_str());
+    let n1 = &r["nodes"][0];
+    assert_eq!((n1["step"].as_str(), n1["skipped"].as_bool()), (Some("done"), Some(false)), "{r}");
+    assert_eq!(n1["record"]["output"], "ok\n", "{r}");
+    assert_eq!(n1["record"]["attempt"], 1, "the same run, started again: {r}");
 }
