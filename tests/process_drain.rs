@@ -416,9 +416,12 @@ fn one_volume_moves_while_its_node_stays_active_and_keeps_the_other() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("volume v2 is not moving: nothing to cancel"), "{}", text(&out));
 
-    let out = agents[1].cli(&["volume", "move", "v1", "--to", "node3", "--wait", "--deadline", "60s"]);
+    let out = agents[1].cli(&["volume", "move", "v1", "--to", "node3", "--wait", "--verify", "--deadline", "60s"]);
     assert!(out.status.success(), "volume move --wait failed: {}\nnode1 log:\n{}", text(&out), agents[0].log());
     assert!(text(&out).contains("v1: moved node1 -> node3 in"), "{}", text(&out));
+    assert!(text(&out).contains("; verified, the holder's digest matches node1's copy"), "{}", text(&out));
+    // --wait ends once node1 let go (handed off after checking the digest), not before.
+    assert_eq!(volumes(&agents[1]).iter().find(|x| x["id"] == "v1").unwrap()["source_phase"], "handed_off");
 
     let v = volumes(&agents[1]);
     let line = |id: &str| v.iter().find(|x| x["id"] == id).cloned().unwrap();

@@ -123,6 +123,11 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
                 ..progress.map(|p| p.hydration).unwrap_or_default()
             },
             arrived_from: rec.arrived.as_ref().map(|a| a.from.to_string()),
+            source_phase: rec
+                .arrived
+                .as_ref()
+                .and_then(|a| view.nodes.get(&a.from)?.volumes.get(id).filter(|r| r.epoch == rec.epoch))
+                .map(|r| crate::decide::moves::phase_name(&r.phase).to_owned()),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress
                 .is_some_and(|p| matches!(p.phase, crate::decide::lease::HolderPhase::Running { stalled: true })),

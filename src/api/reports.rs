@@ -154,6 +154,11 @@ pub struct VolumeStatus {
     /// The node the last move came from, once it has arrived.
     #[serde(default)]
     pub arrived_from: Option<String>,
+    /// The phase of that node's copy while it has not let go (`cut_over` while it checks
+    /// a `--verify` digest, then `handed_off`); `None` once deleted. `volume move --wait`
+    /// ends on `handed_off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_phase: Option<String>,
     /// Cut over to a holder that is now dead: the source keeps its copy.
     pub stranded: bool,
     /// The holder's hydration cannot progress: the source does not answer, or the dest

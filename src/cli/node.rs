@@ -325,6 +325,7 @@ mod tests {
             holder_phase: None,
             hydration: Default::default(),
             arrived_from: from.map(Into::into),
+            source_phase: None,
             stranded: false,
             stalled: false,
             error: None,

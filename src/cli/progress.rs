@@ -148,6 +148,7 @@ mod tests {
             holder_phase: Some("running".into()),
             hydration: Hydration { hydrated, total, bytes_per_s: rate, fetched_bytes: fetched, read_through_bytes: 0 },
             arrived_from: None,
+            source_phase: None,
             stranded: false,
             stalled: false,
             error: None,

@@ -178,9 +178,14 @@ async fn follow(
             let text = format!("{id}: runs on {} but the copy on {source} is kept: --verify mismatch: {why}", v.owner);
             return end(sink, "verify_failed", FAILURE, text, json!({ "on": v.owner, "error": why }));
         }
-        if v.owner != source.as_str() && v.epoch > epoch && v.phase == "held" {
-            let text = format!("{id}: moved {source} -> {} in {:.1?}", v.owner, started.elapsed());
-            return end(sink, "moved", 0, text, json!({ "to": v.owner }));
+        // Over once the source let go: after `done` (and its --verify check, if asked).
+        let released = matches!(v.source_phase.as_deref(), None | Some("handed_off" | "deleted"));
+        if v.owner != source.as_str() && v.epoch > epoch && v.phase == "held" && released {
+            let mut text = format!("{id}: moved {source} -> {} in {:.1?}", v.owner, started.elapsed());
+            if args.verify {
+                text.push_str(&format!("; verified, the holder's digest matches {source}'s copy"));
+            }
+            return end(sink, "moved", 0, text, json!({ "to": v.owner, "verified": args.verify.then_some(true) }));
         }
         if adopted && v.owner == source.as_str() && v.phase == "failed" && v.epoch > epoch {
             let why = v.error.as_ref().map_or_else(|| "no reason given".to_owned(), VolumeFault::to_string);
