@@ -430,6 +430,20 @@ fn one_volume_moves_while_its_node_stays_active_and_keeps_the_other() {
     assert_eq!(sha_of(&agents[2].pool().join("v1.img")).as_deref(), Some(moved.as_str()));
     assert_eq!(sha_of(&agents[0].pool().join("v2.img")).as_deref(), Some(stays.as_str()));
     assert_eq!(state_seen(&agents[1].status().unwrap(), "node1").as_deref(), Some("active"));
+
+    // A move nobody can take waits offered (saying why) and is cancelled back to held.
+    assert!(agents[1].cli(&["cordon", "node2"]).status.success());
+    let out = agents[1].cli(&["volume", "move", "v2", "--to", "node2", "--wait", "--deadline", "2s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("v2: offered; no eligible target: node2 is cordoned"), "{}", text(&out));
+    let out = agents[2].cli(&["volume", "move", "v2", "--cancel"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until(
+        Duration::from_secs(10),
+        || volumes(&agents[1]).iter().any(|x| x["id"] == "v2" && x["owner"] == "node1" && x["phase"] == "held"),
+        || "v2 back to held on node1 after --cancel".to_owned(),
+    );
+    assert_eq!(sha_of(&agents[0].pool().join("v2.img")).as_deref(), Some(stays.as_str()));
 }
 
 /// Restarts node1 with `[drain] on_shutdown = "self"` (bound 8 s) and a `systemctl` that
