@@ -12,14 +12,13 @@ use tracing::{info, warn};
 use super::{Agent, now_ms};
 use crate::api::{ApiError, Outcome, Request};
 use crate::cluster::gossip::Gossip;
-use crate::cluster::schema::{self, RollKey};
-use crate::cluster::view::{ClusterView, RawSnapshot};
+use crate::cluster::view::RawSnapshot;
 use crate::decide::model::NodeName;
 use crate::decide::node::NodeAction;
 use crate::decide::request::{DrainOptions, next_seq};
 use crate::decide::roll::{
-    self, MAX_OUTPUT_TAIL, Peer, RollCtl, RollEffect, RollEvent, RollInput, RollMachine, RollReport, RollSpec,
-    RollState, RollTiming, SlotRecord,
+    self, MAX_OUTPUT_TAIL, RollCtl, RollEffect, RollEvent, RollInput, RollMachine, RollReport, RollSpec, RollState,
+    RollTiming,
 };
 use crate::store::{StateDir, StoreError};
 
@@ -47,76 +46,8 @@ impl RollSide {
 
     /// The `roll*` keys this node publishes.
     pub(super) fn keys(&self) -> BTreeMap<String, String> {
-        let s = &self.machine.state;
-        let mut out = BTreeMap::new();
-        if s.claim.is_some() || !s.votes.is_empty() {
-            let slot = SlotRecord { claim: s.claim, votes: s.votes.clone() };
-            out.insert(RollKey::Slot.render(), schema::encode(&slot));
-        }
-        for (id, spec) in &s.specs {
-            out.insert(RollKey::Spec(id.clone()).render(), schema::encode(spec));
-        }
-        for (id, step) in &s.steps {
-            out.insert(RollKey::Step(id.clone()).render(), schema::encode(step));
-        }
-        for (id, ctl) in &s.ctls {
-            out.insert(RollKey::Ctl(id.clone()).render(), schema::encode(ctl));
-        }
-        out
+        roll::view::keys(&self.machine.state)
     }
-}
-
-/// What gossip shows of rolls: every node of the view (the generation it chose), its roll
-/// keys, when its heartbeat last moved, its state, and whether it was declared lost.
-fn input(
-    raw: &RawSnapshot,
-    heartbeats: &std::collections::HashMap<String, (u64, Instant)>,
-    lost: &BTreeSet<NodeName>,
-    now: u64,
-) -> RollInput {
-    let view = ClusterView::from_raw(raw);
-    let mut peers = BTreeMap::new();
-    for (name, v) in &view.nodes {
-        let Some(r) = raw.nodes.iter().find(|r| r.name == name.as_str() && r.generation == v.generation) else {
-            continue;
-        };
-        let heard = if name.as_str() == raw.self_name {
-            now
-        } else {
-            heartbeats.get(name.as_str()).map_or(0, |(_, at)| now.saturating_sub(at.elapsed().as_millis() as u64))
-        };
-        let mut p = Peer {
-            last_heard_ms: heard,
-            state: v.record.as_ref().map(|r| r.state),
-            lost: lost.contains(name),
-            ..Peer::default()
-        };
-        for (k, val) in &r.entries {
-            match RollKey::parse(k) {
-                Some(RollKey::Slot) => p.slot = schema::decode(val).ok(),
-                Some(RollKey::Spec(id)) => {
-                    if let Ok(s) = schema::decode::<RollSpec>(val)
-                        && s.check().is_ok()
-                    {
-                        p.specs.insert(id, s);
-                    }
-                }
-                Some(RollKey::Step(id)) => {
-                    if let Ok(s) = schema::decode(val) {
-                        p.steps.insert(id, s);
-                    }
-                }
-                Some(RollKey::Ctl(id)) => {
-                    if let Ok(c) = schema::decode(val) {
-                        p.ctls.insert(id, c);
-                    }
-                }
-                None => {}
-            }
-        }
-        peers.insert(name.clone(), p);
-    }
-    RollInput { peers }
 }
 
 impl<G: Gossip> Agent<G> {
@@ -125,8 +56,18 @@ impl<G: Gossip> Agent<G> {
     pub(super) async fn roll_step(&mut self, event: RollEvent) -> Result<(), StoreError> {
         let raw = self.gossip.snapshot().await;
         let lost: BTreeSet<NodeName> = self.core.state.lost.keys().cloned().collect();
-        let inp = input(&raw, &self.heartbeats, &lost, now_ms());
+        let inp = heard_input(&raw, &self.heartbeats, &lost, now_ms());
         let before = self.roll.machine.state.clone();
+        // A volume that failed to move (docs/lease-protocol.md, `failed`) fails a roll that
+        // drains this node, visibly, instead of leaving it draining for ever.
+        let failed = self.core.state.volumes.iter().find_map(|(id, v)| match &v.lease.phase {
+            crate::decide::lease::SourcePhase::Failed { reason } => Some(format!("volume {id}: {reason}")),
+            _ => None,
+        });
+        let event = match (event, failed) {
+            (RollEvent::Tick, Some(reason)) => RollEvent::DrainFailed { reason },
+            (event, _) => event,
+        };
         let fx = self.roll.machine.step(event, &inp, self.core.state.node_state, now_ms());
         if self.roll.machine.state != before
             && let Err(e) = self.store.save(ROLL_FILE, &self.roll.machine.state)
@@ -249,7 +190,7 @@ impl<G: Gossip> Agent<G> {
     async fn roll_report(&mut self, id: &str, spec: &RollSpec) -> RollReport {
         let raw = self.gossip.snapshot().await;
         let lost: BTreeSet<NodeName> = self.core.state.lost.keys().cloned().collect();
-        let mut inp = input(&raw, &self.heartbeats, &lost, now_ms());
+        let mut inp = heard_input(&raw, &self.heartbeats, &lost, now_ms());
         // What this node decided is newer than what its gossip state shows yet.
         let me = self.core.config.name.clone();
         let own = inp.peers.entry(me.clone()).or_default();
@@ -257,6 +198,17 @@ impl<G: Gossip> Agent<G> {
         own.ctls = self.roll.machine.state.ctls.clone();
         roll::report(id, spec, &inp, &me, now_ms(), self.roll.machine.timing)
     }
+}
+
+/// The roll input of a snapshot, with when each heartbeat last moved from `heartbeats`.
+fn heard_input(
+    raw: &RawSnapshot,
+    heartbeats: &std::collections::HashMap<String, (u64, Instant)>,
+    lost: &BTreeSet<NodeName>,
+    now: u64,
+) -> RollInput {
+    let heard = |name: &str| heartbeats.get(name).map(|(_, at)| now.saturating_sub(at.elapsed().as_millis() as u64));
+    roll::view::input_from_raw(raw, heard, lost, now)
 }
 
 /// Runs one `--exec` with `sh -c` and reports its status and the tail of its output. The

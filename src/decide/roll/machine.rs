@@ -3,7 +3,7 @@
 //! ```text
 //! pending ─turn, slot free─▶ claiming ─majority─▶ draining ─drained─▶ exec ─ok─▶ undraining ─active─▶ pausing ─▶ done
 //!    ▲                          │                                       │ └─ok, no --undrain-after─▶ wait_active ─active─┘
-//!    └──────lower claim seen────┘                                       └─fail─▶ failed ─resume─▶ exec
+//!    └──────lower claim seen────┘     └─a volume failed─▶ failed ─resume─▶ draining  └─fail─▶ failed ─resume─▶ exec
 //!  cancel: pending/claiming ─▶ cancelled;  draining/exec/failed ─▶ undraining/wait_active ─active─▶ cancelled
 //! ```
 //! The slot is given up only from `claiming` (not cordoned yet) or once the node is
@@ -56,6 +56,12 @@ pub enum RollEvent {
         id: String,
         /// The control.
         ctl: RollCtl,
+    },
+    /// A gossip round, while a volume of this node failed to move (its reason): a roll
+    /// draining this node fails visibly rather than wait for ever.
+    DrainFailed {
+        /// Which volume, and why.
+        reason: String,
     },
     /// The command of `roll`, run `attempt`, ended.
     ExecDone {
@@ -149,6 +155,13 @@ impl RollMachine {
                         }));
                         rec.step = Step::Failed;
                     }
+                }
+            }
+            RollEvent::DrainFailed { reason } => {
+                if let Some(rec) = self.state.steps.values_mut().find(|r| r.step == Step::Draining) {
+                    rec.step = Step::Failed;
+                    rec.since_ms = now_ms;
+                    rec.error = Some(format!("the drain failed: {reason}"));
                 }
             }
             RollEvent::Tick => {}
@@ -256,6 +269,14 @@ impl RollMachine {
                 } else {
                     to(rec, Step::WaitActive);
                 }
+            }
+            (Step::Failed, Some((seq, RollAction::Resume))) if node != NodeState::Drained => {
+                // The drain failed (a volume's stop hook, say): drain again, which retries
+                // every failed volume (docs/lease-protocol.md).
+                rec.ctl_seq = seq;
+                rec.error = None;
+                to(rec, Step::Draining);
+                fx.push(RollEffect::Drain);
             }
             (Step::Failed, Some((seq, RollAction::Resume))) => {
                 rec.ctl_seq = seq;

@@ -21,6 +21,7 @@ mod machine;
 mod prop;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
 pub use lease::{Claim, SlotRecord, Vote};
 pub use machine::{RollEffect, RollEvent, RollMachine, RollState};

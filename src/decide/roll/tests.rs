@@ -255,3 +255,20 @@ fn a_holder_back_from_the_dead_whose_slot_was_given_away_comes_back_at_once() {
     a.step(done, &inp, NodeState::Active, 30);
     assert_eq!(a.state.steps["r"].step, Step::Pending);
 }
+
+#[test]
+fn a_volume_that_fails_to_move_fails_the_roll_and_resume_drains_again() {
+    let mut a = machine("a");
+    a.state.specs.insert("r".into(), spec(&["a"], Some("x"), true));
+    a.state.steps.insert("r".into(), StepRecord::at(Step::Draining, 0));
+    a.state.claim = Some(Claim { slot: 0, epoch: 1 });
+    let inp = RollInput::default();
+    let ev = RollEvent::DrainFailed { reason: "volume db: stop hook exited 1".into() };
+    assert!(a.step(ev, &inp, NodeState::Draining, 5).is_empty());
+    let r = &a.state.steps["r"];
+    assert_eq!((r.step, r.error.as_deref()), (Step::Failed, Some("the drain failed: volume db: stop hook exited 1")));
+    let ctl = RollCtl { seq: 7, nonce: "n".into(), action: RollAction::Resume, issued_by: n("a") };
+    assert_eq!(a.step(RollEvent::Ctl { id: "r".into(), ctl }, &inp, NodeState::Draining, 6), vec![RollEffect::Drain]);
+    assert_eq!(a.state.steps["r"].step, Step::Draining);
+    assert_eq!(a.state.steps["r"].error, None);
+}
