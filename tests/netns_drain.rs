@@ -5,176 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{AgentProc, state_seen, wait_until};
+use common::netns::{Fleet, check_files, ext4_volume, run, tail, write_files};
+use common::{state_seen, wait_until};
 use meshdrain::cli::demo::workload::{Mounted, pseudo_random, sha};
-use meshdrain::config::{CloneEngineChoice, DataplaneBackend, DataplaneConfig};
-use meshdrain_testkit::netns::Lan;
-
-struct Fleet {
-    agents: Vec<AgentProc>,
-    /// Keeps the namespaces alive for the test's length.
-    _lan: Lan,
-    root: PathBuf,
-}
-
-impl Fleet {
-    fn new(root: &Path, n: usize) -> Self {
-        Self::with(root, n, |_| {})
-    }
-
-    /// A fleet whose agents' `[dataplane]` section is changed by `edit`.
-    fn with(root: &Path, n: usize, edit: impl Fn(&mut DataplaneConfig)) -> Self {
-        let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
-        // Every node enrolled by one fleet CA; all agent traffic rides the userspace mesh.
-        let mesh = meshdrain::cli::demo::fleet::enrol(root, n).expect("enrolling the fleet");
-        let agents = mesh
-            .iter()
-            .enumerate()
-            .map(|(i, section)| {
-                let ip = Lan::underlay(i).to_string();
-                let mut a = AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[], 100);
-                a.cfg.mesh = section.clone();
-                a.cfg.dataplane = DataplaneConfig {
-                    backend: DataplaneBackend::Iscsi,
-                    clone: CloneEngineChoice::Userspace,
-                    progress_ms: 200,
-                    ..DataplaneConfig::default()
-                };
-                edit(&mut a.cfg.dataplane);
-                a.write_config();
-                a.start();
-                a
-            })
-            .collect();
-        let fleet = Self { agents, _lan: lan, root: root.to_owned() };
-        fleet.joined();
-        fleet
-    }
-
-    fn joined(&self) {
-        let n = self.agents.len();
-        wait_until(
-            Duration::from_secs(30),
-            || {
-                self.agents.iter().all(|a| {
-                    a.status().is_some_and(|s| {
-                        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
-                        nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
-                    })
-                })
-            },
-            || "the fleet to join".to_owned(),
-        );
-    }
-
-    fn agent(&self, name: &str) -> &AgentProc {
-        self.agents.iter().find(|a| a.name == name).unwrap()
-    }
-
-    /// A start hook that records where the workload would start (node and device).
-    fn start_hook(&self) -> String {
-        let script = self.root.join("start-hook.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"$MESHDRAIN_NODE $MESHDRAIN_DEVICE\" > {}/started-$MESHDRAIN_VOLUME\n",
-                self.root.display()
-            ),
-        )
-        .unwrap();
-        run("chmod", &["+x", script.to_str().unwrap()]);
-        script.display().to_string()
-    }
-
-    /// (node, device) once the volume's start hook ran.
-    fn started(&self, volume: &str) -> (String, PathBuf) {
-        let marker = self.root.join(format!("started-{volume}"));
-        let mut line = String::new();
-        wait_until(
-            Duration::from_secs(60),
-            || {
-                line = std::fs::read_to_string(&marker).unwrap_or_default();
-                !line.trim().is_empty()
-            },
-            || format!("{volume}'s workload to start; node1 log:\n{}", self.agents[0].log()),
-        );
-        let (node, dev) = line.trim().split_once(' ').unwrap();
-        (node.to_owned(), PathBuf::from(dev))
-    }
-
-    fn volume(&self, observer: usize, id: &str) -> Option<serde_json::Value> {
-        let out = self.agents[observer].cli(&["volume", "list", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
-    }
-
-    fn logs(&self) -> String {
-        let logs: Vec<String> = self.agents.iter().map(|a| format!("--- {}\n{}", a.name, tail(&a.log()))).collect();
-        logs.join("\n")
-    }
-
-    fn wait_drained(&self, observer: usize, limit: Duration) {
-        wait_until(
-            limit,
-            || self.agents[observer].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
-            || {
-                let logs: Vec<String> =
-                    self.agents.iter().map(|a| format!("--- {}\n{}", a.name, tail(&a.log()))).collect();
-                format!("node1 to be drained\n{}", logs.join("\n"))
-            },
-        );
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Writes `count` files of `size` bytes under `dir`; returns (name, sha256) pairs.
-fn write_files(dir: &Path, prefix: &str, count: usize, size: usize) -> Vec<(String, String)> {
-    (0..count)
-        .map(|i| {
-            let name = format!("{prefix}-{i}.bin");
-            let data = pseudo_random((i as u64 + 1) * 7919 + prefix.len() as u64, size);
-            std::fs::write(dir.join(&name), &data).unwrap();
-            (name, sha(&data))
-        })
-        .collect()
-}
-
-fn check_files(dir: &Path, files: &[(String, String)]) {
-    for (name, want) in files {
-        let got = std::fs::read(dir.join(name)).map(|d| sha(&d)).unwrap_or_else(|e| format!("unreadable: {e}"));
-        assert_eq!(&got, want, "{name} under {}", dir.display());
-    }
-}
-
-/// An ext4 volume `id` of `mib` MiB on node1 with `files` 1 MiB files; returns their sums.
-fn ext4_volume(f: &Fleet, id: &str, mib: u64, files: usize) -> Vec<(String, String)> {
-    let hook = f.start_hook();
-    let size = format!("{mib}M");
-    let out = f.agents[0].cli(&["volume", "create", id, "--size", &size, "--hook-start", &hook]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let img = f.agents[0].pool().join(format!("{id}.img"));
-    run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
-    let mnt = f.root.join(format!("src-{id}"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
-    let sums = write_files(&mnt, "before", files, 1 << 20);
-    run("umount", &[mnt.to_str().unwrap()]);
-    sums
-}
 
 #[test]
 fn netns_drain_moves_two_volumes_over_iscsi_while_the_workload_writes() {
@@ -351,7 +188,7 @@ fn netns_drain_partition_between_source_and_holder_heals_and_hydration_resumes()
     let out = f.agents[0].cli(&["drain", "node1", "--rate-limit", "4M"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let i = hydrating(&f, "v");
-    f._lan.set_link(i, false).unwrap();
+    f.lan.set_link(i, false).unwrap();
     // Seen from the holder's side of the cut: the source is unreachable.
     let observer = if i == 1 { 1 } else { 2 };
     wait_until(
@@ -359,7 +196,7 @@ fn netns_drain_partition_between_source_and_holder_heals_and_hydration_resumes()
         || f.volume(observer, "v").is_some_and(|v| v["stalled"] == true),
         || format!("the holder to report stalled: {:?}", f.volume(observer, "v")),
     );
-    f._lan.set_link(i, true).unwrap();
+    f.lan.set_link(i, true).unwrap();
     f.wait_drained(0, Duration::from_secs(90));
     let (owner, got) = owner_sha(&f, "v");
     assert_eq!(owner, f.agents[i].name, "the partitioned holder kept its lease\n{}", f.logs());

@@ -7,126 +7,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{AgentProc, state_seen, wait_until};
+use common::netns::{Fleet, check_files, ext4_volume, run, tail};
+use common::wait_until;
 use meshdrain::cli::demo::workload::{Mounted, pseudo_random, sha};
-use meshdrain::config::{CloneEngineChoice, DataplaneBackend, DataplaneConfig};
-use meshdrain_testkit::netns::Lan;
-
-struct Fleet {
-    agents: Vec<AgentProc>,
-    _lan: Lan,
-    root: PathBuf,
-}
-
-impl Fleet {
-    fn new(root: &Path, n: usize) -> Self {
-        let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
-        let mesh = meshdrain::cli::demo::fleet::enrol(root, n).expect("enrolling the fleet");
-        let agents = mesh
-            .iter()
-            .enumerate()
-            .map(|(i, section)| {
-                let ip = Lan::underlay(i).to_string();
-                let mut a = AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[], 100);
-                a.cfg.mesh = section.clone();
-                a.cfg.dataplane = DataplaneConfig {
-                    backend: DataplaneBackend::Iscsi,
-                    clone: CloneEngineChoice::Userspace,
-                    progress_ms: 200,
-                    ..DataplaneConfig::default()
-                };
-                a.write_config();
-                a.start();
-                a
-            })
-            .collect();
-        let f = Self { agents, _lan: lan, root: root.to_owned() };
-        f.joined();
-        f
-    }
-
-    fn joined(&self) {
-        let n = self.agents.len();
-        wait_until(
-            Duration::from_secs(30),
-            || {
-                self.agents.iter().all(|a| {
-                    a.status().is_some_and(|s| {
-                        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
-                        nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
-                    })
-                })
-            },
-            || "the fleet to join".to_owned(),
-        );
-    }
-
-    /// A start hook that appends "node device" to `started-<volume>` each time it runs.
-    fn start_hook(&self) -> String {
-        let script = self.root.join("start-hook.sh");
-        let body = format!(
-            "#!/bin/sh\necho \"$MESHDRAIN_NODE $MESHDRAIN_DEVICE\" >> {}/started-$MESHDRAIN_VOLUME\n",
-            self.root.display()
-        );
-        std::fs::write(&script, body).unwrap();
-        run("chmod", &["+x", script.to_str().unwrap()]);
-        script.display().to_string()
-    }
-
-    /// Every (node, device) the volume's start hook ran with, in order.
-    fn starts(&self, volume: &str) -> Vec<(String, PathBuf)> {
-        let text = std::fs::read_to_string(self.root.join(format!("started-{volume}"))).unwrap_or_default();
-        text.lines().filter_map(|l| l.split_once(' ')).map(|(n, d)| (n.to_owned(), PathBuf::from(d))).collect()
-    }
-
-    fn volume(&self, observer: usize, id: &str) -> Option<serde_json::Value> {
-        let out = self.agents[observer].cli(&["volume", "list", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
-    }
-
-    fn logs(&self) -> String {
-        let logs: Vec<String> = self.agents.iter().map(|a| format!("--- {}\n{}", a.name, tail(&a.log()))).collect();
-        logs.join("\n")
-    }
-
-    fn wait_drained(&self, observer: usize, limit: Duration) {
-        wait_until(
-            limit,
-            || self.agents[observer].status().and_then(|s| state_seen(&s, "node1")).as_deref() == Some("drained"),
-            || format!("node1 to be drained\n{}", self.logs()),
-        );
-    }
-
-    /// (hydrated, total) of `id` as the source sees it.
-    fn hydration(&self, id: &str) -> (u64, u64) {
-        let v = self.volume(0, id).unwrap_or_default();
-        (v["hydrated"].as_u64().unwrap_or(0), v["total"].as_u64().unwrap_or(0))
-    }
-
-    /// The holder's state file of `id` on agent `i`.
-    fn holder_state(&self, i: usize, id: &str) -> serde_json::Value {
-        let path = self.agents[i].cfg.run_dir().join("clones").join(format!("{id}.state"));
-        serde_json::from_slice(&std::fs::read(&path).unwrap_or_default()).unwrap_or_default()
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Records of 64 KiB, fsynced, and re-reads of older ones, checked against a ledger kept
 /// outside the volume; every I/O error is counted, never fatal, and the longest single
@@ -210,36 +99,6 @@ impl Drop for Workload {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-/// An ext4 volume `id` of `mib` MiB on node1 holding `files` files of 1 MiB; returns
-/// their (name, sha256).
-fn ext4_volume(f: &Fleet, id: &str, mib: u64, files: usize) -> Vec<(String, String)> {
-    let hook = f.start_hook();
-    let out = f.agents[0].cli(&["volume", "create", id, "--size", &format!("{mib}M"), "--hook-start", &hook]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let img = f.agents[0].pool().join(format!("{id}.img"));
-    run("mkfs.ext4", &["-q", "-F", img.to_str().unwrap()]);
-    let mnt = f.root.join(format!("src-{id}"));
-    std::fs::create_dir_all(&mnt).unwrap();
-    run("mount", &["-o", "loop", img.to_str().unwrap(), mnt.to_str().unwrap()]);
-    let sums = (0..files)
-        .map(|i| {
-            let name = format!("seed-{i}.bin");
-            let data = pseudo_random(i as u64 * 7919 + 3, 1 << 20);
-            std::fs::write(mnt.join(&name), &data).unwrap();
-            (name, sha(&data))
-        })
-        .collect();
-    run("umount", &[mnt.to_str().unwrap()]);
-    sums
-}
-
-fn check_files(dir: &Path, files: &[(String, String)]) {
-    for (name, want) in files {
-        let got = std::fs::read(dir.join(name)).map(|d| sha(&d)).unwrap_or_else(|e| format!("unreadable: {e}"));
-        assert_eq!(&got, want, "{name} under {}", dir.display());
     }
 }
 

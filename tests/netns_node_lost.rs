@@ -11,51 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{AgentProc, state_seen, wait_until};
+use common::netns::Fleet;
+use common::{state_seen, wait_until};
 use meshdrain::cli::demo::workload::{pseudo_random, sha};
-use meshdrain::config::{CloneEngineChoice, DataplaneBackend, DataplaneConfig};
-use meshdrain_testkit::netns::Lan;
-
-fn fleet(root: &Path, n: usize) -> (Vec<AgentProc>, Lan) {
-    let lan = Lan::new(n).expect("building the test LAN (needs root, ip, bridge)");
-    let mesh = meshdrain::cli::demo::fleet::enrol(root, n).expect("enrolling the fleet");
-    let agents: Vec<AgentProc> = mesh
-        .iter()
-        .enumerate()
-        .map(|(i, section)| {
-            let ip = Lan::underlay(i).to_string();
-            let mut a = AgentProc::in_netns(root, &format!("node{}", i + 1), lan.nodes[i].name(), &ip, &[], 100);
-            a.cfg.mesh = section.clone();
-            a.cfg.dataplane = DataplaneConfig {
-                backend: DataplaneBackend::Iscsi,
-                clone: CloneEngineChoice::Userspace,
-                progress_ms: 200,
-                ..DataplaneConfig::default()
-            };
-            a.write_config();
-            a.start();
-            a
-        })
-        .collect();
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            agents.iter().all(|a| {
-                a.status().is_some_and(|s| {
-                    s["nodes"].as_array().is_some_and(|n| n.len() == 3 && n.iter().all(|x| x["alive"] == true))
-                })
-            })
-        },
-        || "the fleet to join".to_owned(),
-    );
-    (agents, lan)
-}
-
-fn volume(a: &AgentProc, id: &str) -> Option<serde_json::Value> {
-    let out = a.cli(&["volume", "list", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
-}
 
 fn file_sha(path: &Path) -> Option<String> {
     std::fs::read(path).ok().map(|d| sha(&d))
@@ -68,7 +26,8 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn netns_a_holder_lost_for_good_after_cut_over_gives_the_volume_back_to_the_source_and_returns_fenced() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut agents, _lan) = fleet(tmp.path(), 3);
+    let mut fleet = Fleet::new(tmp.path(), 3);
+    let agents = &mut fleet.agents;
     let out = agents[0].cli(&["volume", "create", "db", "--size", "32M"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let data = pseudo_random(17, 32 << 20);
@@ -81,14 +40,14 @@ fn netns_a_holder_lost_for_good_after_cut_over_gives_the_volume_back_to_the_sour
     let mut holder = String::new();
     wait_until(
         Duration::from_secs(60),
-        || match volume(&agents[0], "db") {
+        || match agents[0].volume("db") {
             Some(v) if v["phase"] == "cut_over" && v["hydrated"].as_u64().unwrap_or(0) > 0 => {
                 holder = v["holder"].as_str().unwrap().to_owned();
                 true
             }
             _ => false,
         },
-        || format!("db to be cut over and hydrating: {:?}", volume(&agents[0], "db")),
+        || format!("db to be cut over and hydrating: {:?}", agents[0].volume("db")),
     );
     let h = agents.iter().position(|a| a.name == holder).unwrap();
     let other = 3 - h; // the node that is neither node1 nor the holder (indices 1 and 2)
@@ -135,7 +94,7 @@ fn netns_a_holder_lost_for_good_after_cut_over_gives_the_volume_back_to_the_sour
         "{text}"
     );
     assert_eq!(text.lines().count(), 3, "{text}");
-    assert_eq!(volume(&agents[0], "db").unwrap()["phase"], "cut_over", "nothing declared without the flag");
+    assert_eq!(agents[0].volume("db").unwrap()["phase"], "cut_over", "nothing declared without the flag");
 
     let out = agents[other].cli(&["node", "lost", &holder, "--accept-data-loss"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -148,13 +107,13 @@ fn netns_a_holder_lost_for_good_after_cut_over_gives_the_volume_back_to_the_sour
     wait_until(
         Duration::from_secs(120),
         || {
-            let Some(v) = volume(&agents[other], "db") else { return false };
+            let Some(v) = agents[other].volume("db") else { return false };
             if v["owner"] == "node1" && !source_copy_checked {
                 source_copy_checked = file_sha(&agents[0].pool().join("db.img")).as_deref() == Some(sum.as_str());
             }
             v["owner"] == live.as_str() && v["phase"] == "held"
         },
-        || format!("db to move to {live}: {:?}\n{}", volume(&agents[other], "db"), agents[0].log()),
+        || format!("db to move to {live}: {:?}\n{}", agents[other].volume("db"), agents[0].log()),
     );
     assert!(source_copy_checked, "node1's copy was the volume again with its bytes intact");
     assert_eq!(file_sha(&agents[other].pool().join("db.img")).as_deref(), Some(sum.as_str()));
@@ -184,7 +143,7 @@ fn netns_a_holder_lost_for_good_after_cut_over_gives_the_volume_back_to_the_sour
     assert!(!agents[h].pool().join("db.img").exists());
     let out = agents[h].cli(&["drain", &holder]);
     assert_eq!(out.status.code(), Some(1), "a fenced node refuses requests: {}", stderr(&out));
-    assert_eq!(volume(&agents[other], "db").unwrap()["owner"], live.as_str());
+    assert_eq!(agents[other].volume("db").unwrap()["owner"], live.as_str());
     // Only gc removes what was set aside.
     std::thread::sleep(Duration::from_secs(1));
     assert!(aside.join(&name).exists());
@@ -209,7 +168,8 @@ fn start_hook(root: &Path) -> String {
 fn netns_a_source_lost_mid_hydration_leaves_an_incomplete_copy_that_fails_fast_and_can_be_kept() {
     use std::os::unix::fs::FileExt;
     let tmp = tempfile::tempdir().unwrap();
-    let (mut agents, _lan) = fleet(tmp.path(), 3);
+    let mut fleet = Fleet::new(tmp.path(), 3);
+    let agents = &mut fleet.agents;
     let hook = start_hook(tmp.path());
     let out = agents[0].cli(&["volume", "create", "db", "--size", "32M", "--hook-start", &hook]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -220,7 +180,7 @@ fn netns_a_source_lost_mid_hydration_leaves_an_incomplete_copy_that_fails_fast_a
     let mut holder = String::new();
     wait_until(
         Duration::from_secs(60),
-        || match volume(&agents[1], "db") {
+        || match agents[1].volume("db") {
             Some(v) if v["phase"] == "cut_over" && v["hydrated"].as_u64().unwrap_or(0) > 0 => {
                 holder = v["holder"].as_str().unwrap().to_owned();
                 true
@@ -261,14 +221,14 @@ fn netns_a_source_lost_mid_hydration_leaves_an_incomplete_copy_that_fails_fast_a
     wait_until(
         Duration::from_secs(30),
         || {
-            let Some(v) = volume(&agents[h], "db") else { return false };
+            let Some(v) = agents[h].volume("db") else { return false };
             let Some(err) = v["error"].as_str() else { return false };
             let Some(rest) = err.strip_prefix("incomplete: source lost, ") else { return false };
             let (n, total) = rest.strip_suffix(" regions missing").unwrap().split_once(" of ").unwrap();
             missing = n.parse::<u64>().unwrap();
             v["holder_phase"] == "incomplete" && missing > 0 && total.parse::<u64>().unwrap() > missing
         },
-        || format!("db to show incomplete: {:?}", volume(&agents[h], "db")),
+        || format!("db to show incomplete: {:?}", agents[h].volume("db")),
     );
     // The end of the volume was never copied (hydration goes from the start): EIO at once.
     let dev = std::fs::File::open(&device).unwrap();
@@ -295,12 +255,12 @@ fn netns_a_source_lost_mid_hydration_leaves_an_incomplete_copy_that_fails_fast_a
     );
     wait_until(
         Duration::from_secs(60),
-        || volume(&agents[h], "db").is_some_and(|v| v["owner"] == holder.as_str() && v["phase"] == "held"),
-        || format!("{holder} to own db: {:?}\n{}", volume(&agents[h], "db"), agents[h].log()),
+        || agents[h].volume("db").is_some_and(|v| v["owner"] == holder.as_str() && v["phase"] == "held"),
+        || format!("{holder} to own db: {:?}\n{}", agents[h].volume("db"), agents[h].log()),
     );
     let kept = std::fs::read(agents[h].pool().join("db.img")).unwrap();
     assert_eq!(kept.len(), 32 << 20);
     assert_eq!(kept[..4096], data[..4096]);
     assert!(kept[(32 << 20) - 4096..].iter().all(|b| *b == 0), "a missing region reads as zeros");
-    drop(agents);
+    drop(fleet);
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{AgentProc, free_udp_port, state_seen, wait_until};
+use common::{AgentProc, joined, local_fleet, state_seen, wait_until};
 use meshdrain::config::{DataplaneConfig, OnShutdown};
 use sha2::{Digest, Sha256};
 
@@ -17,35 +17,7 @@ fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
 
 /// A fleet whose agents' `[dataplane]` section is changed by `edit`.
 fn fleet_with(root: &Path, n: usize, edit: impl Fn(&mut DataplaneConfig)) -> Vec<AgentProc> {
-    let exports = root.join("exports");
-    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let seed = if i == 0 { ports[1] } else { ports[0] };
-            let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
-            a.local_dataplane(&exports);
-            edit(&mut a.cfg.dataplane);
-            a.write_config();
-            a.start();
-            a
-        })
-        .collect()
-}
-
-fn joined(agents: &[AgentProc]) {
-    let n = agents.len();
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            agents.iter().all(|a| {
-                a.status().is_some_and(|s| {
-                    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
-                    nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
-                })
-            })
-        },
-        || "the fleet to join".to_owned(),
-    );
+    local_fleet(root, n, |a| edit(&mut a.cfg.dataplane))
 }
 
 /// Creates a volume and fills it with pseudo-random bytes; returns their sha256.

@@ -6,43 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{AgentProc, BIN, free_udp_port, meshdrain, wait_until};
+use common::{BIN, joined, local_fleet as fleet, meshdrain, wait_until};
 use meshdrain::config::LogFormat;
-
-fn fleet(root: &Path, n: usize, edit: impl Fn(&mut AgentProc)) -> Vec<AgentProc> {
-    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let seeds: Vec<u16> = ports.iter().copied().filter(|p| *p != ports[i]).take(1).collect();
-            let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &seeds, 100);
-            a.local_dataplane(&root.join("exports"));
-            edit(&mut a);
-            a.write_config();
-            a.start();
-            a
-        })
-        .collect()
-}
-
-fn joined(agents: &[AgentProc]) {
-    let n = agents.len();
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            agents.iter().all(|a| {
-                a.status().is_some_and(|s| {
-                    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
-                    nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
-                })
-            })
-        },
-        || "the fleet to join".to_owned(),
-    );
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

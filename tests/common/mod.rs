@@ -164,6 +164,50 @@ impl AgentProc {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
     }
+
+    /// Volume `id` as `volume list --json` on this agent shows it.
+    pub fn volume(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["volume", "list", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["volumes"].as_array()?.iter().find(|v| v["id"] == id).cloned()
+    }
+}
+
+/// `n` agents on loopback with the local data plane (exports shared under `root/exports`),
+/// each seeded with one other; `edit` changes each agent before it starts. Call [`joined`]
+/// to wait for them to see each other.
+pub fn local_fleet(root: &Path, n: usize, edit: impl Fn(&mut AgentProc)) -> Vec<AgentProc> {
+    let exports = root.join("exports");
+    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
+    (0..n)
+        .map(|i| {
+            // One seed: node2 for node1, node1 for the others (none in a fleet of one).
+            let seeds: Vec<u16> = ports.iter().copied().filter(|p| *p != ports[i]).take(1).collect();
+            let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &seeds, 100);
+            a.local_dataplane(&exports);
+            edit(&mut a);
+            a.write_config();
+            a.start();
+            a
+        })
+        .collect()
+}
+
+/// Waits (30 s) until every agent sees all of them alive.
+pub fn joined(agents: &[AgentProc]) {
+    let n = agents.len();
+    wait_until(
+        Duration::from_secs(30),
+        || {
+            agents.iter().all(|a| {
+                a.status().is_some_and(|s| {
+                    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+                    nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
+                })
+            })
+        },
+        || "the fleet to join".to_owned(),
+    );
 }
 
 impl Drop for AgentProc {
@@ -193,4 +237,5 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool, what: impl Fn
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+pub mod netns;
 pub mod sim;

@@ -20,90 +20,25 @@ REGION=65536 # dataplane.region_size's default
 W=/tmp/sp
 mkdir -p $W
 pids=()
-cleanup() {
-  rc=$?
-  if [ $rc -ne 0 ]; then
-    for n in src tgt; do echo "--- $n agent log tail"; tail -n 30 $W/$n/agent.log 2>/dev/null || true; done
-    echo "--- dm"; dmsetup table 2>/dev/null || true
-    echo "--- sessions"; iscsiadm -m session 2>&1 || true
-  fi
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  ip netns del src 2>/dev/null || true
-}
+cleanup() { two_node_cleanup $? 30; }
 trap cleanup EXIT
 
 step "modules, open-iscsi, underlay"
 load_dm_clone
 for m in veth sd_mod iscsi_tcp crc32c_generic loop; do modprobe $m; done
 ip link set lo up
-mkdir -p /run/lock/iscsi /tmp/etc-iscsi
-cp -a /etc/iscsi/. /tmp/etc-iscsi/
-echo "InitiatorName=iqn.2026-11.invalid.meshdrain:vm-sparse" >/tmp/etc-iscsi/initiatorname.iscsi
-mount --bind /tmp/etc-iscsi /etc/iscsi
-setsid iscsid -f >$W/iscsid.log 2>&1 &
-pids+=($!)
-ip netns add src
-ip link add vtgt type veth peer name eth0 netns src
-ip addr add 198.18.0.2/24 dev vtgt
-ip link set vtgt up
-ip -n src addr add 198.18.0.1/24 dev eth0
-ip -n src link set eth0 up
-ip -n src link set lo up
+iscsid_and_underlay iqn.2026-11.invalid.meshdrain:vm-sparse
 declare -A under=([src]=198.18.0.1 [tgt]=198.18.0.2)
-MD() { local n=$1; shift; NO_COLOR=1 MESHDRAIN_LOG=warn "$MESHDRAIN_BIN" --control $W/$n/control.sock "$@"; }
 head -c 32 /dev/urandom >$W/gossip.key && chmod 600 $W/gossip.key
 
 step "agents (no mesh: gossip and iSCSI on the underlay)"
 for n in src tgt; do
   p=$([ $n = src ] && echo tgt || echo src)
-  clone=$([ $n = tgt ] && echo dm || echo userspace)
-  mkdir -p $W/$n
-  cat >$W/$n/agent.toml <<EOF
-name = "$n"
-state_dir = "$W/$n/state"
-
-[gossip]
-listen = "${under[$n]}:7946"
-seeds = ["${under[$p]}:7946"]
-interval_ms = 200
-secret_file = "$W/gossip.key"
-
-[control]
-socket = "$W/$n/control.sock"
-
-[mesh]
-backend = "none"
-
-[pool]
-capacity_bytes = 1073741824
-
-[dataplane]
-backend = "iscsi"
-clone = "$clone"
-progress_ms = 200
-EOF
+  write_agent_toml $n "${under[$n]}:7946" "\"${under[$p]}:7946\"" "secret_file = \"$W/gossip.key\"" "$(printf '[mesh]\nbackend = "none"')"
 done
-declare -A agent_pid
-start_agent() {
-  local ns=()
-  [ "$1" = src ] && ns=(nsenter --net=/run/netns/src)
-  MESHDRAIN_LOG=info NO_COLOR=1 "${ns[@]}" "$MESHDRAIN_BIN" agent --config $W/$1/agent.toml >/dev/null 2>>$W/$1/agent.log &
-  agent_pid[$1]=$!
-  pids+=($!)
-}
 start_agent src
 start_agent tgt
-state_of() {
-  MD "$1" status --json 2>/dev/null | python3 -c 'import json,sys; s=json.load(sys.stdin); print(next((n["state"] for n in s["nodes"] if n["name"] == sys.argv[1]), ""))' "$2" 2>/dev/null || true
-}
-t0=$SECONDS
-until [ "$(state_of tgt src)" = active ] && [ "$(state_of src tgt)" = active ]; do
-  [ $((SECONDS - t0)) -lt 60 ] || fail "the two agents did not see each other active within 60 s"
-  sleep 0.5
-done
-echo "joined in $((SECONDS - t0)) s"
+wait_joined
 
 step "volume db (${MIB} MiB) on src, one region in $EVERY written"
 MD src volume create db --size ${MIB}M >/dev/null || fail "volume create failed"

@@ -23,18 +23,9 @@ W=/tmp/fd
 mkdir -p $W
 pids=()
 cleanup() {
-  rc=$?
-  if [ $rc -ne 0 ]; then
-    for n in src tgt; do echo "--- $n agent log tail"; tail -n 40 $W/$n/agent.log 2>/dev/null || true; done
-    echo "--- iscsid"; tail -n 10 $W/iscsid.log 2>/dev/null || true
-    echo "--- dm"; dmsetup table 2>/dev/null || true
-    echo "--- sessions"; iscsiadm -m session 2>&1 || true
-  fi
+  local rc=$?
   umount $W/mnt 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  ip netns del src 2>/dev/null || true
+  two_node_cleanup $rc 40
 }
 trap cleanup EXIT
 
@@ -42,24 +33,12 @@ step "modules, open-iscsi, underlay"
 load_dm_clone
 for m in wireguard veth sd_mod iscsi_tcp crc32c_generic loop ext4; do modprobe $m; done
 ip link set lo up
-mkdir -p /run/lock/iscsi /tmp/etc-iscsi /run/wireguard
-cp -a /etc/iscsi/. /tmp/etc-iscsi/
-echo "InitiatorName=iqn.2026-11.invalid.meshdrain:vm-default" >/tmp/etc-iscsi/initiatorname.iscsi
-mount --bind /tmp/etc-iscsi /etc/iscsi
-setsid iscsid -f >$W/iscsid.log 2>&1 &
-pids+=($!)
-ip netns add src
-ip link add vtgt type veth peer name eth0 netns src
-ip addr add 198.18.0.2/24 dev vtgt
-ip link set vtgt up
-ip -n src addr add 198.18.0.1/24 dev eth0
-ip -n src link set eth0 up
-ip -n src link set lo up
+mkdir -p /run/wireguard
+iscsid_and_underlay iqn.2026-11.invalid.meshdrain:vm-default
 # Runs a command in node $1's namespace.
 in_ns() { local n=$1; shift; if [ "$n" = src ]; then nsenter --net=/run/netns/src "$@"; else "$@"; fi; }
 declare -A addr=([src]=fd42:9::1 [tgt]=fd42:9::2) under=([src]=198.18.0.1 [tgt]=198.18.0.2) pub
 
-MD() { local n=$1; shift; NO_COLOR=1 MESHDRAIN_LOG=warn "$MESHDRAIN_BIN" --control $W/$n/control.sock "$@"; }
 for n in src tgt; do
   pub[$n]=$(NO_COLOR=1 "$MESHDRAIN_BIN" mesh keygen --state-dir $W/$n/state --name $n | awk '/^public key:/ {print $3}')
   [ -n "${pub[$n]}" ] || fail "no public key for $n"
@@ -111,46 +90,10 @@ esac
 step "agents (gossip and iSCSI on the mesh addresses)"
 for n in src tgt; do
   p=$([ $n = src ] && echo tgt || echo src)
-  clone=$([ $n = tgt ] && echo dm || echo userspace)
-  cat >$W/$n/agent.toml <<EOF
-name = "$n"
-state_dir = "$W/$n/state"
-
-[gossip]
-listen = "$(gossip_listen $n)"
-seeds = [$(gossip_seeds $n $p)]
-interval_ms = 200
-$(gossip_auth)
-
-[control]
-socket = "$W/$n/control.sock"
-
-$(mesh_toml $n $p)
-
-[pool]
-capacity_bytes = 1073741824
-
-[dataplane]
-backend = "iscsi"
-clone = "$clone"
-progress_ms = 200
-EOF
+  write_agent_toml $n "$(gossip_listen $n)" "$(gossip_seeds $n $p)" "$(gossip_auth)" "$(mesh_toml $n $p)"
 done
-declare -A agent_pid
-# Starts node $1's agent; agent_pid is the agent itself (nsenter execs it) for kill -9.
-start_agent() {
-  local ns=()
-  [ "$1" = src ] && ns=(nsenter --net=/run/netns/src)
-  MESHDRAIN_LOG=info NO_COLOR=1 "${ns[@]}" "$MESHDRAIN_BIN" agent --config $W/$1/agent.toml >/dev/null 2>>$W/$1/agent.log &
-  agent_pid[$1]=$!
-  pids+=($!)
-}
 start_agent src
 start_agent tgt
-# status --json of node $1, as one JSON document.
-status() { MD "$1" status --json 2>/dev/null; }
-# Prints node $2's state as node $1 sees it.
-state_of() { status "$1" | python3 -c 'import json,sys; s=json.load(sys.stdin); print(next((n["state"] for n in s["nodes"] if n["name"] == sys.argv[1]), ""))' "$2" 2>/dev/null || true; }
 # Prints "phase hydrated total holder" of volume $2 as node $1 sees it.
 vol_of() {
   MD "$1" volume list --json 2>/dev/null | python3 -c 'import json,sys
@@ -163,12 +106,7 @@ field_of() {
 v = next((v for v in json.load(sys.stdin)["volumes"] if v["id"] == sys.argv[1]), {})
 print(v.get(sys.argv[2]))' "$2" "$3" 2>/dev/null || true
 }
-t0=$SECONDS
-until [ "$(state_of tgt src)" = active ] && [ "$(state_of src tgt)" = active ]; do
-  [ $((SECONDS - t0)) -lt 60 ] || fail "the two agents did not see each other active within 60 s"
-  sleep 0.5
-done
-echo "joined in $((SECONDS - t0)) s"
+wait_joined
 for n in src tgt; do
   in_ns $n ip -d link show wg$n | grep -qE '^ +wireguard( |$)' || fail "$n: wg$n is not a kernel WireGuard link"
 done
