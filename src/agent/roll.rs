@@ -81,9 +81,21 @@ impl<G: Gossip> Agent<G> {
         Ok(())
     }
 
-    /// The commands that were running when the agent stopped run again.
+    /// A command that was running when the agent stopped is taken as done
+    /// (`RollMachine::restart`: it was most likely what restarted the agent).
     pub(super) async fn roll_restart(&mut self) {
-        let fx = self.roll.machine.restart();
+        let before = self.roll.machine.state.clone();
+        let fx = self.roll.machine.restart(now_ms());
+        if self.roll.machine.state != before
+            && let Err(e) = self.store.save(ROLL_FILE, &self.roll.machine.state)
+        {
+            self.roll.machine.state = before;
+            warn!("cannot persist the roll state, so the interrupted --exec stays as it was: {e}");
+            return;
+        }
+        if !fx.is_empty() {
+            warn!("the agent restarted while a roll's --exec ran: taken as done, exit status unknown");
+        }
         self.roll_effects(fx).await;
     }
 

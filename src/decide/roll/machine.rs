@@ -18,6 +18,10 @@ use super::{MAX_ROLLS, RollAction, RollCtl, RollInput, RollSpec, RollTiming, Ste
 use crate::decide::model::NodeName;
 use crate::decide::node::NodeState;
 
+/// Appended to the output of a command the agent's restart interrupted ([`RollMachine::restart`]).
+pub const RESTARTED_NOTE: &str =
+    "[meshdrain: the agent restarted while this command ran (a reboot?): taken as done, exit status unknown]\n";
+
 /// What a node keeps durably about rolls (`roll.json` in its state dir), and publishes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollState {
@@ -108,18 +112,25 @@ pub struct RollMachine {
 }
 
 impl RollMachine {
-    /// The work a restart must redo: a command that was running when the agent stopped
-    /// runs again (its outcome was never recorded).
-    pub fn restart(&self) -> Vec<RollEffect> {
-        self.state
-            .steps
-            .iter()
-            .filter(|(_, r)| r.step == Step::Exec)
-            .filter_map(|(id, r)| {
-                let command = self.state.specs.get(id)?.exec.clone()?;
-                Some(RollEffect::Exec { roll: id.clone(), attempt: r.attempt, command })
-            })
-            .collect()
+    /// What a restart does with a command that was running when the agent stopped. Its
+    /// outcome was never recorded, and the usual reason is the command itself (it
+    /// rebooted the machine or restarted the agent, as an upgrade does): running it again
+    /// would loop. So it is taken as done, exit status unknown, and said so in the
+    /// record's output; the roll goes on (undrain, pause, next). An operator who doubts it
+    /// reads `roll status`.
+    pub fn restart(&mut self, now_ms: u64) -> Vec<RollEffect> {
+        let mut fx = Vec::new();
+        for (id, r) in self.state.steps.iter_mut().filter(|(_, r)| r.step == Step::Exec) {
+            let undrain = self.state.specs.get(id).is_some_and(|s| s.undrain_after);
+            r.exit = None;
+            r.output = tail(&format!("{}{RESTARTED_NOTE}", r.output));
+            r.since_ms = now_ms;
+            r.step = if undrain { Step::Undraining } else { Step::WaitActive };
+            if undrain {
+                fx.push(RollEffect::Undrain);
+            }
+        }
+        fx
     }
 
     /// Applies one event; `node` is this node's lifecycle state now.

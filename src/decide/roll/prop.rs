@@ -108,11 +108,11 @@ pub(super) fn run(
             // A drain under way goes on after a restart.
             nodes[c].drained_at = (nodes[c].state == NodeState::Draining).then_some(t + 500);
             back = Some((c, t));
-            if nodes[c].machine.state.steps.values().any(|r| r.step == Step::Exec) {
-                let restart = nodes[c].machine.restart();
-                if let Some(RollEffect::Exec { roll, attempt, .. }) = restart.into_iter().next() {
-                    nodes[c].exec = Some((t + 100, roll, attempt));
-                }
+            // A command the crash interrupted is taken as done (RollMachine::restart).
+            for e in nodes[c].machine.restart(t) {
+                assert_eq!(e, RollEffect::Undrain);
+                nodes[c].state = NodeState::Active;
+                nodes[c].drained_at = None;
             }
         }
         // Deliver what arrived, never older than what is there.

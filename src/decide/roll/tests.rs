@@ -1,5 +1,6 @@
 //! One test per transition of the roll machine and the lease (docs/roll.md).
 
+use super::machine::RESTARTED_NOTE;
 use super::*;
 use crate::decide::node::NodeState;
 
@@ -64,7 +65,10 @@ fn a_node_walks_every_step_and_reports_its_command() {
     assert!(a.step(RollEvent::Tick, &inp, NodeState::Draining, 40).is_empty());
     let fx = a.step(RollEvent::Tick, &inp, NodeState::Drained, 50);
     assert_eq!(fx, vec![RollEffect::Exec { roll: "r".into(), attempt: 1, command: "upgrade".into() }]);
-    assert_eq!(a.restart(), fx, "a restart runs the command again");
+    let mut restarted = a.clone();
+    assert_eq!(restarted.restart(55), vec![RollEffect::Undrain], "a restart takes the command as done");
+    let r = &restarted.state.steps["r"];
+    assert_eq!((r.step, r.exit, r.output.as_str()), (Step::Undraining, None, RESTARTED_NOTE));
     let done =
         RollEvent::ExecDone { roll: "r".into(), attempt: 1, exit: Some(0), output: "x".repeat(5000), error: None };
     assert_eq!(a.step(done, &inp, NodeState::Drained, 60), vec![RollEffect::Undrain]);
