@@ -39,23 +39,17 @@ fn fleet_view() -> ClusterView {
         let request = meshdrain_mesh::SigningRequest { name: name.into(), public_key: key.clone() };
         let cert = ca.sign(&request, std::time::SystemTime::now() + Duration::from_secs(86400)).unwrap();
         let record = NodeRecord {
-            name: name.parse().unwrap(),
-            state: meshdrain::decide::node::NodeState::Active,
-            gossip_addr: "[fd00::1]:7946".parse().unwrap(),
-            mesh_addr: None,
-            mesh_backend: None,
             wireguard: Some(WireguardAdvert {
                 public_key: key,
                 endpoints: vec![],
                 certificate: serde_json::to_value(&cert).ok(),
                 revocations: None,
             }),
-            free_bytes: 0,
-            labels: Default::default(),
-            volumes: 0,
-            agent_version: String::new(),
-            last_request: None,
-            no_data_plane: false,
+            ..NodeRecord::new(
+                name.parse().unwrap(),
+                meshdrain::decide::node::NodeState::Active,
+                "[fd00::1]:7946".parse().unwrap(),
+            )
         };
         let mut entries = vec![(Key::Node.render(), schema::encode(&record))];
         entries.extend(extra);

@@ -352,23 +352,17 @@ mod tests {
 
     fn raw_node(name: &str, certificate: &Certificate) -> RawNode {
         let record = NodeRecord {
-            name: name.parse().unwrap(),
-            state: crate::decide::node::NodeState::Active,
-            gossip_addr: "[fd00::1]:7946".parse().unwrap(),
-            mesh_addr: None,
-            mesh_backend: None,
             wireguard: Some(WireguardAdvert {
                 public_key: certificate.body.public_key.clone(),
                 endpoints: vec![],
                 certificate: serde_json::to_value(certificate).ok(),
                 revocations: None,
             }),
-            free_bytes: 0,
-            labels: Default::default(),
-            volumes: 0,
-            agent_version: String::new(),
-            last_request: None,
-            no_data_plane: false,
+            ..NodeRecord::new(
+                name.parse().unwrap(),
+                crate::decide::node::NodeState::Active,
+                "[fd00::1]:7946".parse().unwrap(),
+            )
         };
         RawNode {
             name: name.to_owned(),

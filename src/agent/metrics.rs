@@ -414,23 +414,13 @@ mod tests {
             let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_900_000_000 + i);
             let cert = ca.sign(&request, not_after).unwrap();
             let record = NodeRecord {
-                name: name.parse().unwrap(),
-                state: NodeState::Active,
-                gossip_addr: "[fd00::1]:7946".parse().unwrap(),
-                mesh_addr: None,
-                mesh_backend: None,
                 wireguard: Some(WireguardAdvert {
                     public_key: key,
                     endpoints: vec![],
                     certificate: serde_json::to_value(&cert).ok(),
                     revocations: None,
                 }),
-                free_bytes: 0,
-                labels: Default::default(),
-                volumes: 0,
-                agent_version: String::new(),
-                last_request: None,
-                no_data_plane: false,
+                ..NodeRecord::new(name.parse().unwrap(), NodeState::Active, "[fd00::1]:7946".parse().unwrap())
             };
             RawNode {
                 name: name.into(),

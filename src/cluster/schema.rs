@@ -167,6 +167,29 @@ pub struct NodeRecord {
     pub no_data_plane: bool,
 }
 
+impl NodeRecord {
+    /// A record with the three fields every node has and the rest as a record without them
+    /// decodes (no mesh, no labels, no volumes, no version, a data plane). Tests and helpers
+    /// build records from it with struct update syntax, so a new field is added here and in
+    /// the publisher (decide/core/keys.rs), not in every copy.
+    pub fn new(name: NodeName, state: NodeState, gossip_addr: SocketAddr) -> Self {
+        Self {
+            name,
+            state,
+            gossip_addr,
+            mesh_addr: None,
+            mesh_backend: None,
+            wireguard: None,
+            free_bytes: 0,
+            labels: BTreeMap::new(),
+            volumes: 0,
+            agent_version: String::new(),
+            last_request: None,
+            no_data_plane: false,
+        }
+    }
+}
+
 /// The `vol/<id>` key, published by the volume's owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -293,18 +316,10 @@ mod tests {
 
     fn record() -> NodeRecord {
         NodeRecord {
-            name: "node1".parse().unwrap(),
-            state: NodeState::Draining,
-            gossip_addr: "127.0.0.1:7946".parse().unwrap(),
-            mesh_addr: None,
-            mesh_backend: None,
-            wireguard: None,
             free_bytes: 10,
-            labels: BTreeMap::new(),
             volumes: 2,
             agent_version: "0.1.0".into(),
-            last_request: None,
-            no_data_plane: false,
+            ..NodeRecord::new("node1".parse().unwrap(), NodeState::Draining, "127.0.0.1:7946".parse().unwrap())
         }
     }
 

@@ -235,22 +235,7 @@ mod tests {
 
     #[test]
     fn newest_generation_wins() {
-        let rec = |state| {
-            schema::encode(&NodeRecord {
-                name: "a".parse().unwrap(),
-                state,
-                gossip_addr: "127.0.0.1:1".parse().unwrap(),
-                mesh_addr: None,
-                mesh_backend: None,
-                wireguard: None,
-                free_bytes: 0,
-                labels: Default::default(),
-                volumes: 0,
-                agent_version: String::new(),
-                last_request: None,
-                no_data_plane: false,
-            })
-        };
+        let rec = |state| schema::encode(&NodeRecord::new("a".parse().unwrap(), state, "127.0.0.1:1".parse().unwrap()));
         let raw = RawSnapshot {
             self_name: "b".into(),
             nodes: vec![
