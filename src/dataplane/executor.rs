@@ -44,8 +44,9 @@ pub trait ExportService: Send + Sync + 'static {
     fn close(&self, volume: &str);
 }
 
-/// What a holder's clone needs to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a holder's clone needs to start (also the first fields of a holder process's spec
+/// file, docs/holder-process.md: serialized, so keep the names).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CloneSpec {
     /// Volume id.
     pub volume: String,

@@ -51,11 +51,12 @@ pub async fn run(spec_path: &Path) -> Result<(), String> {
     let spec: HolderSpec =
         super::protocol::read_json(spec_path).map_err(|e| format!("holder spec {}: {e}", spec_path.display()))?;
     let dir = spec_path.parent().unwrap_or(Path::new("."));
-    let files = HolderFiles::new(dir, &spec.volume);
+    let files = HolderFiles::new(dir, &spec.clone_spec.volume);
     tokio::spawn(rotate_log(files.log.clone()));
     let previous: HolderState = super::protocol::read_json(&files.state).unwrap_or_default();
-    let handed_off = previous.handed_off && previous.epoch == spec.epoch;
-    let mut state = HolderState { pid: std::process::id(), epoch: spec.epoch, handed_off, ..Default::default() };
+    let handed_off = previous.handed_off && previous.epoch == spec.clone_spec.epoch;
+    let mut state =
+        HolderState { pid: std::process::id(), epoch: spec.clone_spec.epoch, handed_off, ..Default::default() };
     state.source_size = previous.source_size;
     let _ = write_json(&files.state, &state);
     let opened = {
@@ -95,8 +96,8 @@ type Opened = (Arc<Engine>, Option<Arc<ReconnectingSource>>, Exposed, HolderStat
 fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
     let cfg = EngineConfig {
         region_size: spec.region_size,
-        epoch: spec.epoch,
-        rate_limit: spec.rate_limit,
+        epoch: spec.clone_spec.epoch,
+        rate_limit: spec.clone_spec.rate_limit,
         parallelism: spec.parallelism,
         batch_regions: spec.batch_regions,
         read_through: spec.read_through,
@@ -104,14 +105,24 @@ fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
     };
     let (source, reading): (Arc<dyn BlockSource>, _) = if state.handed_off {
         // The dest is the volume: the source is never read again (it may be gone).
-        let size = if state.source_size > 0 { state.source_size } else { spec.size };
-        (Arc::new(HandedOff { identity: spec.export.iqn.clone(), size }), None)
+        let size = if state.source_size > 0 { state.source_size } else { spec.clone_spec.size };
+        (Arc::new(HandedOff { identity: spec.clone_spec.export.iqn.clone(), size }), None)
     } else {
-        let digest = spec.verify.then(|| VolumeDigest::new(spec.size, spec.region_size));
-        let s = ReconnectingSource::connect(&spec.export.addr, &spec.export.iqn, &spec.initiator_iqn, digest)
-            .map_err(|e| e.to_string())?;
-        if s.size() < spec.size {
-            return Err(format!("export {} is {} bytes, the lease says {}", spec.export.iqn, s.size(), spec.size));
+        let digest = spec.clone_spec.verify.then(|| VolumeDigest::new(spec.clone_spec.size, spec.region_size));
+        let s = ReconnectingSource::connect(
+            &spec.clone_spec.export.addr,
+            &spec.clone_spec.export.iqn,
+            &spec.clone_spec.initiator_iqn,
+            digest,
+        )
+        .map_err(|e| e.to_string())?;
+        if s.size() < spec.clone_spec.size {
+            return Err(format!(
+                "export {} is {} bytes, the lease says {}",
+                spec.clone_spec.export.iqn,
+                s.size(),
+                spec.clone_spec.size
+            ));
         }
         state.source_size = s.size();
         let s = Arc::new(s);
@@ -129,32 +140,33 @@ fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
 /// is started over (it was revoked: its bytes may be behind).
 fn open_engine(spec: &HolderSpec, source: Arc<dyn BlockSource>, cfg: EngineConfig) -> Result<Arc<Engine>, String> {
     for attempt in 0..2 {
-        if let Some(dir) = spec.dest.parent() {
+        if let Some(dir) = spec.clone_spec.dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let dest = FileDest::open(&spec.dest, spec.size).map_err(|e| format!("dest {}: {e}", spec.dest.display()))?;
+        let dest = FileDest::open(&spec.clone_spec.dest, spec.clone_spec.size)
+            .map_err(|e| format!("dest {}: {e}", spec.clone_spec.dest.display()))?;
         // No metadata yet: this lease's clone starts here, deliberately. Metadata that
         // exists is resumed or refused (never taken for a new clone: the workload may
         // have written to the dest), see meshdrain_clone::metadata.
-        let opened = if spec.metadata.exists() {
-            let meta =
-                FileMeta::open(&spec.metadata).map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
+        let opened = if spec.clone_spec.metadata.exists() {
+            let meta = FileMeta::open(&spec.clone_spec.metadata)
+                .map_err(|e| format!("metadata {}: {e}", spec.clone_spec.metadata.display()))?;
             Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone())
         } else {
-            let meta =
-                FileMeta::create(&spec.metadata).map_err(|e| format!("metadata {}: {e}", spec.metadata.display()))?;
+            let meta = FileMeta::create(&spec.clone_spec.metadata)
+                .map_err(|e| format!("metadata {}: {e}", spec.clone_spec.metadata.display()))?;
             Engine::create(source.clone(), Box::new(dest), Box::new(meta), cfg.clone())
         };
         match opened {
             Ok(engine) => return Ok(engine),
             Err(CloneError::ForeignMetadata { found_epoch, .. }) if attempt == 0 => {
-                info!(volume = %spec.volume, found_epoch, "clone metadata of another lease: starting over");
-                remove_files(&spec.volume, &[&spec.dest, &spec.metadata]);
+                info!(volume = %spec.clone_spec.volume, found_epoch, "clone metadata of another lease: starting over");
+                remove_files(&spec.clone_spec.volume, &[&spec.clone_spec.dest, &spec.clone_spec.metadata]);
             }
             Err(e) => return Err(e.to_string()),
         }
     }
-    Err(format!("cannot open a clone of {}", spec.volume))
+    Err(format!("cannot open a clone of {}", spec.clone_spec.volume))
 }
 
 /// Clears what a dead holder left at `mountpoint`: loop devices over its FUSE file and
@@ -198,18 +210,18 @@ impl Holder {
             .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
         let state = self.state.lock().expect("state lock").clone();
         write_json(&self.files.state, &state).map_err(|e| format!("{}: {e}", self.files.state.display()))?;
-        info!(volume = %self.spec.volume, epoch = self.spec.epoch, device = %state.device.display(), handed_off = state.handed_off, "holder serving");
+        info!(volume = %self.spec.clone_spec.volume, epoch = self.spec.clone_spec.epoch, device = %state.device.display(), handed_off = state.handed_off, "holder serving");
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| format!("SIGTERM handler: {e}"))?;
         loop {
             tokio::select! {
                 _ = self.stop.notified() => {
-                    info!(volume = %self.spec.volume, "stop requested");
+                    info!(volume = %self.spec.clone_spec.volume, "stop requested");
                     break;
                 }
                 _ = term.recv() => {
-                    warn!(volume = %self.spec.volume, "SIGTERM: tearing the clone device down (the agent restarts it from its metadata)");
+                    warn!(volume = %self.spec.clone_spec.volume, "SIGTERM: tearing the clone device down (the agent restarts it from its metadata)");
                     break;
                 }
                 _ = tokio::signal::ctrl_c() => break,
@@ -309,7 +321,7 @@ impl Holder {
             Request::Hydrate => {
                 let mut h = self.hydration.lock().expect("hydration lock");
                 let h = h.get_or_insert_with(|| {
-                    info!(volume = %self.spec.volume, "hydration started");
+                    info!(volume = %self.spec.clone_spec.volume, "hydration started");
                     UserspaceClone::start(self.engine.clone())
                 });
                 Reply { progress: Some(h.progress()), ..Reply::ok() }
@@ -354,7 +366,7 @@ impl Holder {
         };
         self.engine.commit(true).map_err(|e| e.to_string())?;
         if !self.engine.try_handoff().map_err(|e| e.to_string())? {
-            return Err(format!("{} is not fully hydrated", self.spec.volume));
+            return Err(format!("{} is not fully hydrated", self.spec.clone_spec.volume));
         }
         let digest = source.finish_digest().map_err(|e| e.to_string())?;
         source.log_out();
@@ -364,7 +376,7 @@ impl Holder {
             s.clone()
         };
         if let Err(e) = write_json(&self.files.state, &state) {
-            warn!(volume = %self.spec.volume, "cannot record the hand-off in {}: {e}", self.files.state.display());
+            warn!(volume = %self.spec.clone_spec.volume, "cannot record the hand-off in {}: {e}", self.files.state.display());
         }
         *self.finalized.lock().expect("finalize lock") = Some(digest.clone());
         Ok(digest)
@@ -382,7 +394,7 @@ impl Holder {
         {
             warn!("tearing down a clone device: {e}");
         }
-        info!(volume = %self.spec.volume, "holder stopped; clone device torn down");
+        info!(volume = %self.spec.clone_spec.volume, "holder stopped; clone device torn down");
     }
 }
 

@@ -90,13 +90,13 @@ pub(crate) fn launch(exe: &Path, files: &HolderFiles, spec: &HolderSpec) -> Resu
             let state: HolderState = read_json(&files.state).unwrap_or_default();
             let why =
                 state.error.filter(|_| state.pid == pid).unwrap_or_else(|| format!("see {}", files.log.display()));
-            return Err(format!("holder process of {} {}: {why}", spec.volume, describe(status)));
+            return Err(format!("holder process of {} {}: {why}", spec.clone_spec.volume, describe(status)));
         }
         if let Ok(reply) = call(&files.socket, &Request::Hello, Duration::from_secs(2))
             && let Some(state) = reply.state
             && state.pid == pid
         {
-            info!(volume = %spec.volume, pid, device = %state.device.display(), "holder process started");
+            info!(volume = %spec.clone_spec.volume, pid, device = %state.device.display(), "holder process started");
             return Ok(Live { pid, device: state.device, child: Some(child) });
         }
         if Instant::now() > deadline {
@@ -104,7 +104,7 @@ pub(crate) fn launch(exe: &Path, files: &HolderFiles, spec: &HolderSpec) -> Resu
             let _ = child.wait();
             return Err(format!(
                 "holder process of {} did not serve within {:?}; see {}",
-                spec.volume,
+                spec.clone_spec.volume,
                 READY_WITHIN,
                 files.log.display()
             ));

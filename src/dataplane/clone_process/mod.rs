@@ -130,7 +130,7 @@ impl Tracked {
     }
 
     fn volume(&self) -> String {
-        self.spec.lock().expect("spec lock").volume.clone()
+        self.spec.lock().expect("spec lock").clone_spec.volume.clone()
     }
 
     fn set_progress(&self, p: Progress) {
@@ -149,7 +149,7 @@ impl Tracked {
     fn save_spec(&self) {
         let spec = self.spec.lock().expect("spec lock").clone();
         if let Err(e) = protocol::write_json(&self.files.spec, &spec) {
-            warn!(volume = %spec.volume, "cannot record the holder spec {}: {e}", self.files.spec.display());
+            warn!(volume = %spec.clone_spec.volume, "cannot record the holder spec {}: {e}", self.files.spec.display());
         }
     }
 }
@@ -200,9 +200,9 @@ impl ProcessClones {
                 continue;
             }
             let Ok(spec) = read_json::<HolderSpec>(&path) else { continue };
-            let files = HolderFiles::new(&self.shared.dir, &spec.volume);
-            let volume = spec.volume.clone();
-            match launch::find(&files, spec.epoch) {
+            let files = HolderFiles::new(&self.shared.dir, &spec.clone_spec.volume);
+            let volume = spec.clone_spec.volume.clone();
+            match launch::find(&files, spec.clone_spec.epoch) {
                 Ok(Some(live)) => {
                     info!(%volume, pid = live.pid, device = %live.device.display(), "adopted the running holder process (no new login, same device)");
                     self.track(Tracked::new(files, spec, live, true));
@@ -210,7 +210,7 @@ impl ProcessClones {
                 Ok(None) => {
                     let state: HolderState = read_json(&files.state).unwrap_or_default();
                     let how = "found dead when the agent started (its log says how it ended)".to_owned();
-                    if state.handed_off && state.epoch == spec.epoch {
+                    if state.handed_off && state.epoch == spec.clone_spec.epoch {
                         self.restart(&files, spec, &how);
                     } else {
                         self.found_dead.lock().expect("dead lock").insert(volume, how);
@@ -227,7 +227,7 @@ impl ProcessClones {
 
     /// Restarts a dead holder from its metadata, tracks it and tells the executor.
     fn restart(&self, files: &HolderFiles, spec: HolderSpec, how: &str) {
-        let volume = spec.volume.clone();
+        let volume = spec.clone_spec.volume.clone();
         warn!(%volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
         RESTARTS.fetch_add(1, Ordering::Relaxed);
@@ -267,15 +267,7 @@ impl ProcessClones {
     fn holder_spec(&self, spec: &CloneSpec) -> HolderSpec {
         let (tuning, prepare_delay) = (&self.tuning, self.prepare_delay);
         HolderSpec {
-            volume: spec.volume.clone(),
-            export: spec.export.clone(),
-            initiator_iqn: spec.initiator_iqn.clone(),
-            epoch: spec.epoch,
-            size: spec.size,
-            dest: spec.dest.clone(),
-            metadata: spec.metadata.clone(),
-            rate_limit: spec.rate_limit,
-            verify: spec.verify,
+            clone_spec: spec.clone(),
             region_size: tuning.region_size,
             parallelism: tuning.parallelism,
             batch_regions: tuning.batch_regions,
@@ -308,7 +300,7 @@ impl ProcessClones {
 fn resume(t: &Tracked) {
     let (hydrating, source_lost, volume) = {
         let s = t.spec.lock().expect("spec lock");
-        (s.hydrating, s.source_lost, s.volume.clone())
+        (s.hydrating, s.source_lost, s.clone_spec.volume.clone())
     };
     if source_lost && let Err(e) = call(&t.files.socket, &Request::SourceLost, QUICK) {
         warn!(%volume, "restarted holder: cannot declare its source lost again: {e}");
@@ -381,7 +373,7 @@ impl CloneService for ProcessClones {
     fn prepare(&self, spec: &CloneSpec) -> Result<PathBuf, String> {
         let pc = self;
         if let Some(t) = pc.get(&spec.volume) {
-            if t.spec.lock().expect("spec lock").epoch == spec.epoch {
+            if t.spec.lock().expect("spec lock").clone_spec.epoch == spec.epoch {
                 return Ok(t.live.lock().expect("live lock").device.clone());
             }
             // Another lease's clone: stopped; the new holder starts over from scratch.
@@ -426,7 +418,7 @@ impl CloneService for ProcessClones {
 
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>) {
         let Some(t) = self.get(volume) else { return };
-        t.spec.lock().expect("spec lock").rate_limit = rate;
+        t.spec.lock().expect("spec lock").clone_spec.rate_limit = rate;
         t.save_spec();
         if let Err(e) = call(&t.files.socket, &Request::Rate { rate }, QUICK) {
             warn!(%volume, "cannot change the hydration rate: {e}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use meshdrain_clone::Progress;
 use serde::{Deserialize, Serialize};
 
-use crate::decide::model::ExportEndpoint;
+use crate::dataplane::executor::CloneSpec;
 
 /// Bumped when a request or reply changes meaning; an agent adopts only holders that
 /// speak its version (a holder of an older build is stopped and started again).
@@ -28,24 +28,10 @@ pub const MAX_REPLY: u64 = 64 << 10;
 /// starts the holder, read by the holder at start and by a restarted agent to adopt it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HolderSpec {
-    /// Volume id.
-    pub volume: String,
-    /// The source's export.
-    pub export: ExportEndpoint,
-    /// Our initiator name for this lease.
-    pub initiator_iqn: String,
-    /// Lease epoch.
-    pub epoch: u64,
-    /// Volume size in bytes.
-    pub size: u64,
-    /// Dest file (the volume once handed off).
-    pub dest: PathBuf,
-    /// Clone metadata.
-    pub metadata: PathBuf,
-    /// Hydration bandwidth, bytes/s (the last one the agent set).
-    pub rate_limit: Option<u64>,
-    /// Digest what is read from the source (`drain --verify`).
-    pub verify: bool,
+    /// The clone as the executor asked for it. Flattened: the file keeps the flat form
+    /// agents of earlier builds wrote (so [`PROTOCOL`] is unchanged and they adopt it).
+    #[serde(flatten)]
+    pub clone_spec: CloneSpec,
     /// Engine region size.
     pub region_size: u64,
     /// Background fetches in flight.
@@ -293,6 +279,17 @@ mod tests {
         let err = read_line(&mut std::io::Cursor::new(b"abc".to_vec()), 16).unwrap_err();
         assert_eq!(err.to_string(), "line cut short");
         assert_eq!(read_line(&mut std::io::Cursor::new(Vec::new()), 16).unwrap(), None);
+    }
+
+    #[test]
+    fn a_spec_file_keeps_its_flat_form() {
+        // A spec file as agents write it (and wrote before CloneSpec was embedded).
+        let text = r#"{"volume":"db","export":{"addr":"[fd00::1]:3260","iqn":"iqn.x:db"},"initiator_iqn":"iqn.y:e3","epoch":3,"size":1048576,"dest":"/pool/db.img","metadata":"/pool/db.meta","rate_limit":4096,"verify":true,"region_size":65536,"parallelism":4,"batch_regions":8,"read_through":true,"prepare_delay_ms":0,"mountpoint":"/run/fuse/db","link":"/run/dev/db","hydrating":true,"workload_started":false,"start_hook":null,"source_lost":false}"#;
+        let spec: HolderSpec = serde_json::from_str(text).unwrap();
+        assert_eq!(spec.clone_spec.export.iqn, "iqn.x:db");
+        assert_eq!(spec.clone_spec.rate_limit, Some(4096));
+        assert_eq!((spec.region_size, spec.parallelism, spec.hydrating), (65536, 4, true));
+        assert_eq!(serde_json::to_string(&spec).unwrap(), text);
     }
 
     #[test]
