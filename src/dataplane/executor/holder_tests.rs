@@ -57,15 +57,7 @@ async fn started_with(adopted: bool, dir: &Path, hook: &str) -> (mpsc::Unbounded
     let mut plane = Executor::new("n2", dir, Arc::new(NoExports), holders.clone(), Duration::from_millis(1));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let export = ExportEndpoint { addr: "10.0.0.1:3260".into(), iqn: "iqn.x".into() };
-    let prepare = DataCommand::PrepareClone {
-        volume: "db".parse().unwrap(),
-        source: "n1".parse().unwrap(),
-        export: Some(export),
-        epoch: 4,
-        size: 1 << 20,
-        rate_limit: None,
-        verify: false,
-    };
+    let prepare = super::tests::prepare_db(Some(export), 4, 1 << 20);
     plane.execute(prepare, None, tx.clone());
     let hook = Some(hook.to_owned());
     plane.execute(DataCommand::StartHeldWorkload { volume: "db".parse().unwrap(), hook }, None, tx.clone());

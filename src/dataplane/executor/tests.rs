@@ -94,6 +94,20 @@ impl Rig {
     }
 }
 
+/// `PrepareClone` of volume `db` from `n1` (no rate limit, no `--verify`): the command
+/// most tests here and in holder_tests.rs start with.
+pub(super) fn prepare_db(export: Option<ExportEndpoint>, epoch: u64, size: u64) -> DataCommand {
+    DataCommand::PrepareClone {
+        volume: "db".parse().unwrap(),
+        source: "n1".parse().unwrap(),
+        export,
+        epoch,
+        size,
+        rate_limit: None,
+        verify: false,
+    }
+}
+
 async fn next(rx: &mut mpsc::UnboundedReceiver<DataEvent>) -> DataEvent {
     tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("an event within 5 s").expect("channel open")
 }
@@ -146,15 +160,7 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
     let marker = r.dir.path().join("started");
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
     let cmds = [
-        DataCommand::PrepareClone {
-            volume: "db".parse().unwrap(),
-            source: "n1".parse().unwrap(),
-            export: Some(export),
-            epoch: 4,
-            size: 1 << 20,
-            rate_limit: None,
-            verify: false,
-        },
+        prepare_db(Some(export), 4, 1 << 20),
         DataCommand::StartHeldWorkload {
             volume: "db".parse().unwrap(),
             hook: Some(format!("echo $MESHDRAIN_DEVICE > {}", marker.display())),
@@ -193,15 +199,7 @@ async fn a_holder_prepares_starts_hydrates_and_finalizes_in_order() {
 async fn a_refused_login_is_reported_with_its_reason() {
     let mut r = rig(true);
     let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
-    r.execute(DataCommand::PrepareClone {
-        volume: "db".parse().unwrap(),
-        source: "n1".parse().unwrap(),
-        export: Some(export),
-        epoch: 2,
-        size: 1,
-        rate_limit: None,
-        verify: false,
-    });
+    r.execute(prepare_db(Some(export), 2, 1));
     assert_eq!(
         next(&mut r.rx).await,
         DataEvent::CloneFailed {
@@ -210,15 +208,7 @@ async fn a_refused_login_is_reported_with_its_reason() {
             reason: "login refused by the target (ACL)".into()
         }
     );
-    r.execute(DataCommand::PrepareClone {
-        volume: "db".parse().unwrap(),
-        source: "n1".parse().unwrap(),
-        export: None,
-        epoch: 3,
-        size: 1,
-        rate_limit: None,
-        verify: false,
-    });
+    r.execute(prepare_db(None, 3, 1));
     assert!(
         matches!(next(&mut r.rx).await, DataEvent::CloneFailed { reason, .. } if reason.contains("no export endpoint"))
     );

@@ -9,18 +9,13 @@ use crate::cluster::schema::{self, VolumeRecord};
 use crate::cluster::view::{RawNode, RawSnapshot};
 use crate::decide::lease::HolderVolume;
 
+/// The shared test settings (core/tests.rs) as node `name`, declaring silent nodes lost
+/// after `lost_after` ms.
 fn config(name: &str, lost_after: Option<u64>) -> CoreConfig {
     CoreConfig {
         name: name.parse().unwrap(),
-        labels: BTreeMap::new(),
-        free_bytes: 1 << 30,
-        data_plane: true,
-        gossip_addr: "10.0.0.1:7946".parse().unwrap(),
-        mesh_addr: None,
-        mesh_backend: None,
-        export_addr: "10.0.0.1:3260".into(),
         timing: Timing { node_lost_after_ms: lost_after, ..Timing::for_interval(100) },
-        wireguard: None,
+        ..super::tests::config()
     }
 }
 
