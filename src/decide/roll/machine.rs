@@ -258,11 +258,15 @@ impl RollMachine {
                 &named,
             )
         {
+            // Its command ran (or runs): it is not run again (a reboot would loop), the
+            // node is done. Before the command (draining, or a failure), it queues again.
+            let ran = matches!(rec.step, Step::Exec | Step::WaitActive);
             rec.error = Some(format!(
-                "slot {} was given to another node while this one was not heard from: undrained, queued again",
-                c.slot
+                "slot {} was given to another node while this one was not heard from: undrained, {}",
+                c.slot,
+                if ran { "its command taken as done" } else { "queued again" }
             ));
-            to(rec, Step::Pending);
+            to(rec, if ran { Step::Done } else { Step::Pending });
             self.state.claim = None;
             return vec![RollEffect::Undrain];
         }

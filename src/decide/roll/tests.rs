@@ -246,18 +246,30 @@ fn a_holder_back_from_the_dead_whose_slot_was_given_away_comes_back_at_once() {
     pb.slot.as_mut().unwrap().claim = Some(Claim { slot: 0, epoch: 2 });
     inp.peers.insert(n("b"), pb);
     inp.peers.insert(n("c"), Peer { last_heard_ms: 20, slot: Some(vote_b(())), ..Peer::default() });
+    let mut draining = a.clone();
     assert_eq!(a.step(RollEvent::Tick, &inp, NodeState::Drained, 20), vec![RollEffect::Undrain]);
     let r = &a.state.steps["r"];
-    assert_eq!(r.step, Step::Pending);
+    assert_eq!(r.step, Step::Done, "its command ran: not run again");
     assert_eq!(a.state.claim, None);
+    assert_eq!(
+        r.error.as_deref(),
+        Some(
+            "slot 0 was given to another node while this one was not heard from: undrained, its command taken as done"
+        )
+    );
+    // Its old command's end is ignored.
+    let done = RollEvent::ExecDone { roll: "r".into(), attempt: 1, exit: Some(3), output: String::new(), error: None };
+    a.step(done, &inp, NodeState::Active, 30);
+    assert_eq!(a.state.steps["r"].step, Step::Done);
+    // Taken over while still draining: it queues again.
+    draining.state.steps.get_mut("r").unwrap().step = Step::Draining;
+    assert_eq!(draining.step(RollEvent::Tick, &inp, NodeState::Draining, 20), vec![RollEffect::Undrain]);
+    let r = &draining.state.steps["r"];
+    assert_eq!(r.step, Step::Pending);
     assert_eq!(
         r.error.as_deref(),
         Some("slot 0 was given to another node while this one was not heard from: undrained, queued again")
     );
-    // Its old command's end is ignored.
-    let done = RollEvent::ExecDone { roll: "r".into(), attempt: 1, exit: Some(0), output: String::new(), error: None };
-    a.step(done, &inp, NodeState::Active, 30);
-    assert_eq!(a.state.steps["r"].step, Step::Pending);
 }
 
 #[test]
