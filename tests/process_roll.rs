@@ -10,38 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{AgentProc, free_udp_port, wait_until};
+use common::{AgentProc, joined, local_fleet, wait_until};
 use sha2::{Digest, Sha256};
 
+/// The fleet of `n` agents on loopback with the local data plane (common::local_fleet).
 fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
-    let exports = root.join("exports");
-    let ports: Vec<u16> = (0..n).map(|_| free_udp_port()).collect();
-    (0..n)
-        .map(|i| {
-            let seed = if i == 0 { ports[1] } else { ports[0] };
-            let mut a = AgentProc::new(root, &format!("node{}", i + 1), ports[i], &[seed], 100);
-            a.local_dataplane(&exports);
-            a.write_config();
-            a.start();
-            a
-        })
-        .collect()
-}
-
-fn joined(agents: &[AgentProc]) {
-    let n = agents.len();
-    wait_until(
-        Duration::from_secs(30),
-        || {
-            agents.iter().all(|a| {
-                a.status().is_some_and(|s| {
-                    let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
-                    nodes.len() == n && nodes.iter().all(|x| x["alive"] == true)
-                })
-            })
-        },
-        || "the fleet to join".to_owned(),
-    );
+    local_fleet(root, n, |_| {})
 }
 
 /// Creates a volume of `mib` MiB of pseudo-random bytes on `a`; returns their sha256.
