@@ -13,7 +13,6 @@ mod sim_world;
 
 use std::collections::BTreeSet;
 
-use meshdrain::cluster::view::{RawNode, RawSnapshot};
 use meshdrain::decide::model::NodeName;
 use meshdrain::decide::node::{NodeAction, NodeState};
 use meshdrain::decide::roll::{
@@ -35,34 +34,9 @@ struct Roller {
     pending: Vec<RollEffect>,
 }
 
-/// The raw snapshot node `i` sees (as `World::view`, untyped).
-fn raw(w: &World, i: usize) -> RawSnapshot {
-    let me = &w.nodes[i];
-    let mut nodes = vec![RawNode {
-        name: me.name.to_string(),
-        generation: me.generation,
-        gossip_addr: "127.0.0.1:1".parse().unwrap(),
-        alive: true,
-        heartbeat: w.tick,
-        entries: me.published.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-    }];
-    for (name, k) in &me.known {
-        let last = me.heard.get(name).map_or(0, |h| h.1);
-        nodes.push(RawNode {
-            name: name.clone(),
-            generation: k.generation,
-            gossip_addr: "127.0.0.1:1".parse().unwrap(),
-            alive: w.tick.saturating_sub(last) < DEAD_AFTER,
-            heartbeat: k.heartbeat,
-            entries: k.keys.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
-        });
-    }
-    RawSnapshot { self_name: me.name.to_string(), nodes }
-}
-
 fn roll_tick(w: &mut World, rollers: &mut [Roller], i: usize, nonce: &mut u64) {
     let now = w.now();
-    let snapshot = raw(w, i);
+    let snapshot = w.raw(i);
     let heard = |name: &str| w.nodes[i].heard.get(name).map(|h| h.1 * TICK_MS);
     let lost: BTreeSet<NodeName> = w.nodes[i].core.state.lost.keys().cloned().collect();
     let input = view::input_from_raw(&snapshot, heard, &lost, now);
@@ -251,7 +225,7 @@ fn run(seed: u64) -> (u64, u32) {
 
 /// Whether node `i`'s gossip shows every roll it knows done.
 fn seen_done(w: &World, rollers: &[Roller], i: usize) -> bool {
-    let snapshot = raw(w, i);
+    let snapshot = w.raw(i);
     let input = view::input_from_raw(&snapshot, |_| Some(w.now()), &BTreeSet::new(), w.now());
     let r = &rollers[i].machine;
     r.state.specs.iter().all(|(id, spec)| report(id, spec, &input, &r.me, w.now(), r.timing).phase == RollPhase::Done)

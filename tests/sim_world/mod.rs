@@ -178,6 +178,12 @@ impl World {
     }
 
     pub fn view(&self, i: usize) -> ClusterView {
+        ClusterView::from_raw(&self.raw(i))
+    }
+
+    /// The raw snapshot node `i` sees: itself, and every node it has heard of, dead once
+    /// not heard from for `DEAD_AFTER` ticks.
+    pub fn raw(&self, i: usize) -> RawSnapshot {
         let me = &self.nodes[i];
         let mut nodes = vec![RawNode {
             name: me.name.to_string(),
@@ -198,7 +204,7 @@ impl World {
                 entries: k.keys.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
             });
         }
-        ClusterView::from_raw(&RawSnapshot { self_name: me.name.to_string(), nodes })
+        RawSnapshot { self_name: me.name.to_string(), nodes }
     }
 
     pub fn gossip(&mut self) {
