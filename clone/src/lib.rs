@@ -54,13 +54,10 @@ pub mod io;
 pub mod iscsi;
 pub mod loopdev;
 pub mod metadata;
-pub mod nbd;
 pub mod progress;
 pub mod ratelimit;
 pub mod reconnect;
 pub mod ublk;
-mod tracking;
-pub mod written;
 
 use std::path::PathBuf;
 
