@@ -95,6 +95,7 @@ fn spec(order: &[usize], by: usize) -> RollSpec {
         exec: Some("upgrade".into()),
         undrain_after: true,
         pause_ms: 300,
+        exec_timeout_ms: meshdrain::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
         started_ms: 500,
         started_by: format!("n{by}").parse().unwrap(),
     }

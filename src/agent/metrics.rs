@@ -50,6 +50,14 @@ pub struct Metrics {
     pub requests_handled: Counter,
     /// Holder processes found dead and restarted (docs/holder-process.md).
     holder_restarts: Counter,
+    /// Rolls (docs/roll.md): each node's step as this agent sees it, 1 per (roll, node).
+    roll_step: Family<Labels, Gauge>,
+    /// Rolls this agent knows, by phase.
+    rolls: Family<Labels, Gauge>,
+    /// Roll steps this node finished (`done`).
+    roll_nodes_done: Counter,
+    /// This node's `--exec` runs that failed, by reason.
+    roll_exec_failures: Family<Labels, Counter>,
     /// Held for writing while a tick clears and refills its series, for reading while a
     /// scrape encodes: a scrape never sees a series missing mid-refill (which would restart
     /// an alert's `for:` timer).
@@ -73,6 +81,26 @@ impl Metrics {
         let ignored_values = Gauge::default();
         let requests_handled = Counter::default();
         let holder_restarts = Counter::default();
+        let roll_step = Family::<Labels, Gauge>::default();
+        let rolls = Family::<Labels, Gauge>::default();
+        let roll_nodes_done = Counter::default();
+        let roll_exec_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "roll_step",
+            "1 for each node of each roll this agent knows, labelled with the node's step (docs/roll.md)",
+            roll_step.clone(),
+        );
+        registry.register("rolls", "Rolls this agent knows, by phase (alert on failed)", rolls.clone());
+        registry.register(
+            "roll_nodes_done",
+            "Rolls in which this node finished its turn (drained, command run, back)",
+            roll_nodes_done.clone(),
+        );
+        registry.register(
+            "roll_exec_failures",
+            "This node's roll --exec runs that failed: reason exit, signal, timeout or not_run",
+            roll_exec_failures.clone(),
+        );
         let volumes = Family::<Labels, Gauge>::default();
         let hydrated_ratio = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let hydration_rate = Family::<Labels, Gauge>::default();
@@ -188,6 +216,10 @@ impl Metrics {
             mesh_sent,
             requests_handled,
             holder_restarts,
+            roll_step,
+            rolls,
+            roll_nodes_done,
+            roll_exec_failures,
             refill: std::sync::RwLock::new(()),
         }
     }
@@ -306,6 +338,39 @@ impl Metrics {
         }
     }
 
+    /// Updates the roll gauges from every roll this agent knows (docs/roll.md).
+    pub fn observe_rolls(&self, reports: &[crate::decide::roll::RollReport]) {
+        let _refill = self.refill.write().unwrap_or_else(|p| p.into_inner());
+        self.roll_step.clear();
+        self.rolls.clear();
+        let mut by_phase: std::collections::BTreeMap<String, i64> =
+            ["running", "failed", "cancelled", "done"].iter().map(|p| ((*p).to_owned(), 0)).collect();
+        for r in reports {
+            *by_phase.entry(label(&r.phase)).or_default() += 1;
+            for n in &r.nodes {
+                let labels = vec![
+                    ("roll".to_owned(), r.id.clone()),
+                    ("node".to_owned(), n.node.to_string()),
+                    ("step".to_owned(), if n.skipped { "skipped".to_owned() } else { label(&n.step) }),
+                ];
+                self.roll_step.get_or_create(&labels).set(1);
+            }
+        }
+        for (phase, n) in by_phase {
+            self.rolls.get_or_create(&vec![("phase".to_owned(), phase)]).set(n);
+        }
+    }
+
+    /// This node finished its turn in a roll.
+    pub fn roll_node_done(&self) {
+        self.roll_nodes_done.inc();
+    }
+
+    /// This node's `--exec` failed for `reason` (`exit`, `signal`, `timeout`, `not_run`).
+    pub fn roll_exec_failed(&self, reason: &str) {
+        self.roll_exec_failures.get_or_create(&vec![("reason".to_owned(), reason.to_owned())]).inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let _refill = self.refill.read().unwrap_or_else(|p| p.into_inner());
@@ -313,6 +378,11 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
+}
+
+/// The serde name of a unit enum variant (`wait_active`), for a label.
+fn label(v: &impl serde::Serialize) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 /// Serves `/metrics` until the task is dropped. Deliberately tiny: one request per
@@ -399,6 +469,52 @@ mod tests {
         let text = m.render();
         assert!(text.contains("meshdrain_volume_fetched_bytes{volume=\"db\",holder=\"b\"} 262144"), "{text}");
         assert!(text.contains("meshdrain_volume_read_through_bytes{volume=\"db\",holder=\"b\"} 8192"), "{text}");
+    }
+
+    #[test]
+    fn rolls_report_each_nodes_step_the_phases_and_exec_failures() {
+        use crate::decide::roll::{NodeProgress, RollPhase, RollReport, RollSpec, Step};
+        let node = |n: &str, step, skipped| NodeProgress { node: n.parse().unwrap(), step, skipped, record: None };
+        let report = RollReport {
+            id: "3f2a9c1e".into(),
+            spec: RollSpec {
+                nodes: vec!["a".parse().unwrap(), "b".parse().unwrap(), "c".parse().unwrap()],
+                max_unavailable: 1,
+                exec: Some("true".into()),
+                undrain_after: true,
+                pause_ms: 0,
+                exec_timeout_ms: crate::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
+                started_ms: 0,
+                started_by: "a".parse().unwrap(),
+            },
+            phase: RollPhase::Failed,
+            nodes: vec![node("a", Step::Done, false), node("b", Step::WaitActive, false), node("c", Step::Exec, true)],
+        };
+        let m = Metrics::new();
+        m.observe_rolls(std::slice::from_ref(&report));
+        m.roll_node_done();
+        m.roll_exec_failed("timeout");
+        m.roll_exec_failed("timeout");
+        m.roll_exec_failed("exit");
+        let text = m.render();
+        for line in [
+            "meshdrain_roll_step{roll=\"3f2a9c1e\",node=\"a\",step=\"done\"} 1",
+            "meshdrain_roll_step{roll=\"3f2a9c1e\",node=\"b\",step=\"wait_active\"} 1",
+            "meshdrain_roll_step{roll=\"3f2a9c1e\",node=\"c\",step=\"skipped\"} 1",
+            "meshdrain_rolls{phase=\"failed\"} 1",
+            "meshdrain_rolls{phase=\"running\"} 0",
+            "# TYPE meshdrain_roll_nodes_done counter",
+            "meshdrain_roll_nodes_done_total 1",
+            "meshdrain_roll_exec_failures_total{reason=\"timeout\"} 2",
+            "meshdrain_roll_exec_failures_total{reason=\"exit\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+        }
+        // A roll forgotten (or a node's step moved on) leaves no stale series.
+        m.observe_rolls(&[]);
+        let text = m.render();
+        assert!(!text.contains("meshdrain_roll_step{"), "{text}");
+        assert!(text.lines().any(|l| l == "meshdrain_rolls{phase=\"failed\"} 0"), "{text}");
     }
 
     /// A view of `a` (this node), a live `b` and a dead `c`, each publishing a WireGuard key

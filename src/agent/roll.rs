@@ -76,8 +76,29 @@ impl<G: Gossip> Agent<G> {
             warn!("cannot persist the roll state, so no roll step is taken: {e}");
             return Err(e);
         }
+        // Metrics (docs/roll.md, "Metrics"): turns finished here, every roll's steps.
+        let done = |st: &RollState, id: &str| st.steps.get(id).is_some_and(|r| r.step == roll::Step::Done);
+        for id in self.roll.machine.state.steps.keys() {
+            if done(&self.roll.machine.state, id) && !done(&before, id) {
+                self.metrics.roll_node_done();
+            }
+        }
         self.roll_effects(fx).await;
         self.publish().await;
+        let mut own = inp;
+        let me = self.core.config.name.clone();
+        let mine = own.peers.entry(me.clone()).or_default();
+        mine.steps = self.roll.machine.state.steps.clone();
+        mine.ctls = self.roll.machine.state.ctls.clone();
+        let reports: Vec<RollReport> = self
+            .roll
+            .machine
+            .state
+            .specs
+            .iter()
+            .map(|(id, spec)| roll::report(id, spec, &own, &me, now_ms(), self.roll.machine.timing))
+            .collect();
+        self.metrics.observe_rolls(&reports);
         Ok(())
     }
 
@@ -116,8 +137,17 @@ impl<G: Gossip> Agent<G> {
                     if !self.roll.running.insert((roll.clone(), attempt)) {
                         continue;
                     }
-                    info!(roll, attempt, command, "roll: running --exec");
-                    tokio::spawn(exec(command, me.to_string(), roll, attempt, self.roll.tx.clone()));
+                    let timeout = Duration::from_millis(
+                        self.roll
+                            .machine
+                            .state
+                            .specs
+                            .get(&roll)
+                            .map_or(roll::DEFAULT_EXEC_TIMEOUT_MS, |s| s.exec_timeout_ms),
+                    );
+                    info!(roll, attempt, command, ?timeout, "roll: running --exec");
+                    let run = Exec { command, node: me.to_string(), roll, attempt, timeout };
+                    tokio::spawn(exec(run, self.roll.tx.clone()));
                 }
             }
         }
@@ -125,9 +155,12 @@ impl<G: Gossip> Agent<G> {
 
     /// A command ended: record it.
     pub(super) async fn roll_exec_done(&mut self, ev: RollEvent) {
-        if let RollEvent::ExecDone { roll, attempt, exit, .. } = &ev {
+        if let RollEvent::ExecDone { roll, attempt, exit, error, .. } = &ev {
             info!(roll, attempt, exit, "roll: --exec ended");
             self.roll.running.remove(&(roll.clone(), *attempt));
+            if let Some(reason) = failure_reason(*exit, error.as_deref()) {
+                self.metrics.roll_exec_failed(reason);
+            }
         }
         if self.roll_step(ev.clone()).await.is_err() {
             // Not recorded: it runs again after a restart (RollMachine::restart).
@@ -139,7 +172,7 @@ impl<G: Gossip> Agent<G> {
         let me = self.core.config.name.clone();
         let now = now_ms();
         match request {
-            Request::RollStart { nodes, max_unavailable, exec, undrain_after, pause_ms, dry_run } => {
+            Request::RollStart { nodes, max_unavailable, exec, undrain_after, pause_ms, exec_timeout_ms, dry_run } => {
                 let lost = &self.core.state.lost;
                 let nodes = match nodes {
                     Some(nodes) => {
@@ -153,8 +186,17 @@ impl<G: Gossip> Agent<G> {
                     }
                     None => self.view.nodes.keys().filter(|n| !lost.contains_key(*n)).cloned().collect(),
                 };
-                let spec =
-                    RollSpec { nodes, max_unavailable, exec, undrain_after, pause_ms, started_ms: now, started_by: me };
+                let exec_timeout_ms = exec_timeout_ms.unwrap_or(roll::DEFAULT_EXEC_TIMEOUT_MS);
+                let spec = RollSpec {
+                    nodes,
+                    max_unavailable,
+                    exec,
+                    undrain_after,
+                    pause_ms,
+                    exec_timeout_ms,
+                    started_ms: now,
+                    started_by: me,
+                };
                 spec.check().map_err(|message| ApiError::Roll { message })?;
                 let id = format!("{:08x}", rand::random::<u32>());
                 if !dry_run {
@@ -212,6 +254,18 @@ impl<G: Gossip> Agent<G> {
     }
 }
 
+/// Why a command's run failed, as the `reason` label of `roll_exec_failures` (`None`: it
+/// succeeded).
+fn failure_reason(exit: Option<i32>, error: Option<&str>) -> Option<&'static str> {
+    match (exit, error) {
+        (Some(0), None) => None,
+        (_, Some(e)) if e.contains("(--exec-timeout)") => Some("timeout"),
+        (_, Some(_)) => Some("not_run"),
+        (Some(_), None) => Some("exit"),
+        (None, None) => Some("signal"),
+    }
+}
+
 /// The roll input of a snapshot, with when each heartbeat last moved from `heartbeats`.
 fn heard_input(
     raw: &RawSnapshot,
@@ -223,10 +277,35 @@ fn heard_input(
     roll::view::input_from_raw(raw, heard, lost, now)
 }
 
-/// Runs one `--exec` with `sh -c` and reports its status and the tail of its output. The
-/// run is over when the process exits; its pipes are read for one more second (a daemon it
-/// started may hold them open).
-async fn exec(command: String, node: String, roll: String, attempt: u32, tx: mpsc::UnboundedSender<RollEvent>) {
+/// One run of a roll's `--exec` on this node.
+pub(super) struct Exec {
+    /// The shell command.
+    pub command: String,
+    /// This node (`MESHDRAIN_NODE`).
+    pub node: String,
+    /// The roll (`MESHDRAIN_ROLL`).
+    pub roll: String,
+    /// Which run.
+    pub attempt: u32,
+    /// Killed (its whole process group) after this long (`--exec-timeout`).
+    pub timeout: Duration,
+}
+
+/// The error recorded for a command killed at its `--exec-timeout` (docs/roll.md).
+pub fn timed_out(timeout: Duration) -> String {
+    format!(
+        "--exec did not finish within {} (--exec-timeout): killed with its process group",
+        humantime::format_duration(timeout)
+    )
+}
+
+/// Runs one `--exec` with `sh -c` in a process group of its own and reports its status
+/// and the tail of its output. The run is over when the process exits; its pipes are read
+/// for one more second (a daemon it started may hold them open). Past its timeout the
+/// whole group is killed (SIGKILL: the command and what it started in the group) and the
+/// run is a failure that says so.
+pub(super) async fn exec(run: Exec, tx: mpsc::UnboundedSender<RollEvent>) {
+    let Exec { command, node, roll, attempt, timeout } = run;
     let spawned = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(&command)
@@ -235,6 +314,7 @@ async fn exec(command: String, node: String, roll: String, attempt: u32, tx: mps
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match spawned {
@@ -245,9 +325,23 @@ async fn exec(command: String, node: String, roll: String, attempt: u32, tx: mps
             return;
         }
     };
+    let group = child.id();
     let out = tokio::spawn(read_tail(child.stdout.take()));
     let err = tokio::spawn(read_tail(child.stderr.take()));
-    let status = child.wait().await;
+    let (status, killed) = match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(status) => (status, false),
+        Err(_) => {
+            if let Some(pgid) = group.and_then(|p| i32::try_from(p).ok()) {
+                // The group's id is the shell's pid (process_group(0)); it is still ours:
+                // the shell has not been reaped.
+                if let Err(e) = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::SIGKILL) {
+                    warn!(roll, attempt, "--exec timed out; killing its process group {pgid}: {e}");
+                }
+            }
+            warn!(roll, attempt, ?timeout, "--exec timed out: killed with its process group");
+            (child.wait().await, true)
+        }
+    };
     let grace = Duration::from_secs(1);
     let mut output = String::new();
     for h in [out, err] {
@@ -256,6 +350,7 @@ async fn exec(command: String, node: String, roll: String, attempt: u32, tx: mps
         }
     }
     let (exit, error) = match status {
+        _ if killed => (None, Some(timed_out(timeout))),
         Ok(s) => (s.code(), None),
         Err(e) => (None, Some(format!("--exec of roll {roll}: {e}"))),
     };
@@ -277,4 +372,63 @@ async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
         }
     }
     String::from_utf8_lossy(&kept).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--exec-timeout`: a command still running at its timeout is killed with everything
+    /// in its process group (a background child too), and the run is a failure saying so.
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_killed_with_its_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let command = format!("echo started; sleep 30 & echo $! > {}; wait", pidfile.display());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let timeout = Duration::from_millis(400);
+        let t = Instant::now();
+        exec(Exec { command, node: "n1".into(), roll: "r1".into(), attempt: 1, timeout }, tx).await;
+        let ev = rx.recv().await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "killed at the timeout, took {:?}", t.elapsed());
+        let RollEvent::ExecDone { roll, attempt, exit, output, error } = ev else { panic!("{ev:?}") };
+        assert_eq!((roll.as_str(), attempt, exit), ("r1", 1, None));
+        assert_eq!(output, "started\n");
+        assert_eq!(
+            error.as_deref(),
+            Some("--exec did not finish within 400ms (--exec-timeout): killed with its process group")
+        );
+        assert_eq!(failure_reason(exit, error.as_deref()), Some("timeout"));
+        // The background `sleep 30` was in the group: gone too (reaped by init).
+        let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let gone = (0..50).any(|_| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'));
+            if alive {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            !alive
+        });
+        assert!(gone, "the background child {pid} outlived the timeout");
+    }
+
+    /// A command that ends within its timeout reports its exit as before.
+    #[tokio::test]
+    async fn a_command_within_its_timeout_reports_its_exit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let run = Exec {
+            command: "echo out; echo err >&2; exit 3".into(),
+            node: "n1".into(),
+            roll: "r1".into(),
+            attempt: 2,
+            timeout: Duration::from_secs(30),
+        };
+        exec(run, tx).await;
+        let ev = rx.recv().await.unwrap();
+        let RollEvent::ExecDone { exit, output, error, .. } = ev else { panic!("{ev:?}") };
+        assert_eq!((exit, output.as_str(), error), (Some(3), "out\nerr\n", None));
+        assert_eq!(failure_reason(exit, None), Some("exit"));
+        assert_eq!(failure_reason(None, None), Some("signal"));
+        assert_eq!(failure_reason(Some(0), None), None);
+    }
 }

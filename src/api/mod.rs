@@ -99,6 +99,9 @@ pub enum Request {
         /// The pause after each node, ms.
         #[serde(default)]
         pause_ms: u64,
+        /// Kill `exec` after this long, ms (`None`: the default, 30 min).
+        #[serde(default)]
+        exec_timeout_ms: Option<u64>,
         /// Say what it would do; start nothing.
         #[serde(default)]
         dry_run: bool,

@@ -82,6 +82,10 @@ pub struct StartArgs {
     /// output are in `roll status`. A non-zero exit stops the roll.
     #[arg(long, value_name = "COMMAND")]
     pub exec: Option<String>,
+    /// Kill --exec (its whole process group) if it is still running after this long; the
+    /// roll then stops, failed, with the reason (e.g. 10m, 1h).
+    #[arg(long, value_parser = parse_exec_timeout, value_name = "DURATION", default_value = "30m")]
+    pub exec_timeout: Duration,
     /// Undrain each node after its command (else it stays drained, holding its slot, until
     /// someone undrains it).
     #[arg(long)]
@@ -143,6 +147,15 @@ impl RollArgs {
     }
 }
 
+/// `--exec-timeout`: a duration of at least 1 ms (exectimeout).
+fn parse_exec_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than 0 (e.g. 30m)".into());
+    }
+    Ok(d)
+}
+
 fn refused(err: ClientError) -> anyhow::Error {
     if let ClientError::Refused(ApiError::Roll { .. }) = &err {
         return anyhow::Error::new(Exit(USAGE)).context(err);
@@ -168,6 +181,7 @@ async fn start(a: StartArgs, client: &mut Client) -> anyhow::Result<ExitCode> {
         exec: a.exec.clone(),
         undrain_after: a.undrain_after,
         pause_ms: a.pause.as_millis() as u64,
+        exec_timeout_ms: Some(a.exec_timeout.as_millis() as u64),
         dry_run: a.dry_run,
     };
     let (id, rolls): (Option<String>, Vec<RollReport>) = client.get(&req).await.map_err(refused)?;
@@ -322,7 +336,13 @@ pub fn render_start(id: Option<&str>, r: &RollReport) -> String {
     let mut s = format!("{head}: {}\n", order.join(" -> "));
     s.push_str(&format!("  at most {} node(s) unavailable at once, fleet-wide\n", r.spec.max_unavailable));
     match &r.spec.exec {
-        Some(c) => s.push_str(&format!("  on each node once drained: {c}\n")),
+        Some(c) => {
+            s.push_str(&format!("  on each node once drained: {c}\n"));
+            s.push_str(&format!(
+                "  killed (its process group) if still running after {}: the roll then fails\n",
+                humantime::format_duration(Duration::from_millis(r.spec.exec_timeout_ms))
+            ));
+        }
         None => s.push_str("  no --exec: each node is drained, then goes on\n"),
     }
     s.push_str(if r.spec.undrain_after {
@@ -374,6 +394,12 @@ mod tests {
         assert_eq!(t.args.start.nodes.len(), 2);
         assert_eq!(t.args.start.pause, Duration::from_secs(300));
         assert_eq!(t.args.start.max_unavailable, 1);
+        assert_eq!(t.args.start.exec_timeout, Duration::from_secs(30 * 60), "the default --exec-timeout");
+        let t = T::try_parse_from(["t", "--all", "--exec", "x", "--exec-timeout", "90s"]).unwrap();
+        assert_eq!(t.args.start.exec_timeout, Duration::from_secs(90));
+        let err = T::try_parse_from(["t", "--all", "--exec-timeout", "0s"]).err().unwrap();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("must be longer than 0 (e.g. 30m)"), "{err}");
         let t = T::try_parse_from(["t", "status", "abc"]).unwrap();
         assert!(matches!(t.args.command, Some(RollCommand::Status(IdArgs { id: Some(ref i), .. })) if i == "abc"));
         let err = T::try_parse_from(["t", "--all", "--max-unavailable", "0"]).err().unwrap();
@@ -399,6 +425,7 @@ mod tests {
                 exec: Some("x".into()),
                 undrain_after: true,
                 pause_ms: 0,
+                exec_timeout_ms: crate::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
                 started_ms: 0,
                 started_by: "a".parse().unwrap(),
             },

@@ -24,7 +24,7 @@ mod tests;
 pub mod view;
 
 pub use lease::{Claim, SlotRecord, Vote};
-pub use machine::{RollEffect, RollEvent, RollMachine, RollState};
+pub use machine::{RESTARTED_NOTE, RollEffect, RollEvent, RollMachine, RollState};
 
 /// At most this many bytes of a command's output are kept and published (the tail).
 pub const MAX_OUTPUT_TAIL: usize = 2048;
@@ -32,6 +32,12 @@ pub const MAX_OUTPUT_TAIL: usize = 2048;
 pub const MAX_ROLLS: usize = 16;
 /// At most this many nodes in one roll (a spec is one gossip value).
 pub const MAX_ROLL_NODES: usize = 256;
+/// How long `--exec` may run by default before it is killed (`--exec-timeout`): 30 min.
+pub const DEFAULT_EXEC_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
+fn default_exec_timeout_ms() -> u64 {
+    DEFAULT_EXEC_TIMEOUT_MS
+}
 
 /// A roll as its starter published it; every node that sees it republishes it unchanged,
 /// so it outlives the node that started it.
@@ -50,6 +56,10 @@ pub struct RollSpec {
     /// Wait this long after a node is back before the slot goes to the next one.
     #[serde(default)]
     pub pause_ms: u64,
+    /// A command still running after this long is killed (its whole process group) and
+    /// the roll fails visibly (docs/roll.md, step 3). Specs of earlier builds: the default.
+    #[serde(default = "default_exec_timeout_ms")]
+    pub exec_timeout_ms: u64,
     /// When it was started (ms since the epoch; orders rolls that share a node).
     pub started_ms: u64,
     /// The node it was started from.
@@ -67,6 +77,9 @@ impl RollSpec {
         }
         if self.max_unavailable == 0 {
             return Err("--max-unavailable must be at least 1".into());
+        }
+        if self.exec_timeout_ms == 0 {
+            return Err("--exec-timeout must be longer than 0 (e.g. 30m)".into());
         }
         let mut seen = std::collections::BTreeSet::new();
         if let Some(dup) = self.nodes.iter().find(|n| !seen.insert(*n)) {

@@ -75,6 +75,7 @@ pub(super) fn run(
         exec: Some("true".into()),
         undrain_after: true,
         pause_ms: 100,
+        exec_timeout_ms: super::DEFAULT_EXEC_TIMEOUT_MS,
         started_ms: 0,
         started_by: name(by),
     };

@@ -15,6 +15,7 @@ fn spec(nodes: &[&str], exec: Option<&str>, undrain: bool) -> RollSpec {
         exec: exec.map(str::to_owned),
         undrain_after: undrain,
         pause_ms: 1000,
+        exec_timeout_ms: DEFAULT_EXEC_TIMEOUT_MS,
         started_ms: 0,
         started_by: n("a"),
     }
@@ -287,4 +288,37 @@ fn a_volume_that_fails_to_move_fails_the_roll_and_resume_drains_again() {
     assert_eq!(a.step(RollEvent::Ctl { id: "r".into(), ctl }, &inp, NodeState::Draining, 6), vec![RollEffect::Drain]);
     assert_eq!(a.state.steps["r"].step, Step::Draining);
     assert_eq!(a.state.steps["r"].error, None);
+}
+
+#[test]
+fn a_command_killed_at_its_exec_timeout_fails_the_roll_with_the_reason() {
+    let mut a = machine("a");
+    a.state.specs.insert("r".into(), spec(&["a", "b"], Some("sleep 1h"), true));
+    let mut rec = StepRecord::at(Step::Exec, 0);
+    rec.attempt = 1;
+    a.state.steps.insert("r".into(), rec);
+    a.state.claim = Some(Claim { slot: 0, epoch: 1 });
+    let reason = "--exec did not finish within 30m (--exec-timeout): killed with its process group";
+    let done = RollEvent::ExecDone {
+        roll: "r".into(),
+        attempt: 1,
+        exit: None,
+        output: "half way\n".into(),
+        error: Some(reason.into()),
+    };
+    assert!(a.step(done, &RollInput::default(), NodeState::Drained, 5).is_empty(), "no undrain: it stays out");
+    let r = &a.state.steps["r"];
+    assert_eq!(
+        (r.step, r.exit, r.error.as_deref(), r.output.as_str()),
+        (Step::Failed, None, Some(reason), "half way\n")
+    );
+    assert!(a.state.claim.is_some(), "the failed node keeps its slot");
+    // A spec with a zero timeout is refused (it came from the network or the command line).
+    let mut s = spec(&["a"], Some("x"), true);
+    s.exec_timeout_ms = 0;
+    assert_eq!(s.check(), Err("--exec-timeout must be longer than 0 (e.g. 30m)".into()));
+    // A spec of an earlier build, without the field, gets the default.
+    let json = r#"{"nodes":["a"],"max_unavailable":1,"started_ms":0,"started_by":"a"}"#;
+    let old: RollSpec = serde_json::from_str(json).unwrap();
+    assert_eq!(old.exec_timeout_ms, DEFAULT_EXEC_TIMEOUT_MS);
 }
