@@ -94,6 +94,9 @@ pub struct Engine {
     /// Whether the source's deallocated ranges are known and claimed (or cannot be):
     /// background hydration starts only then, so it never fetches what the scan skips.
     scanned: AtomicBool,
+    /// The regions the workload wrote since the clone was created, when tracked
+    /// ([`crate::written`], docs/return.md); durable before a write is acknowledged.
+    pub(crate) written: Mutex<Option<crate::written::Written>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -165,6 +168,31 @@ impl Engine {
         Self::start(source, dest, meta, want, cfg)
     }
 
+    /// Starts a fresh clone onto a dest that already holds the volume except within
+    /// `stale` (byte ranges): a return to the node the volume came from, whose retained
+    /// copy differs from the source only where the workload wrote since (docs/return.md).
+    /// The metadata's bits are set for every region outside `stale`, so only the regions
+    /// `stale` touches are fetched. The caller vouches that the dest is that copy.
+    pub fn create_over(
+        source: Arc<dyn BlockSource>,
+        dest: Box<dyn Dest>,
+        meta: Box<dyn MetaStore>,
+        cfg: EngineConfig,
+        stale: &[Range<u64>],
+    ) -> Result<Arc<Self>> {
+        let want = Self::check(&*source, &cfg)?;
+        Self::check_dest_size(&*dest, want.size)?;
+        let id = crate::identity::new_clone_id().map_err(|e| CloneError::Io {
+            what: "draw a clone id",
+            path: PathBuf::from("getrandom"),
+            source: e,
+        })?;
+        let mut meta = Metadata::create(meta, &want, &*dest, id)?;
+        let rs = cfg.region_size;
+        meta.preset(|r| !stale.iter().any(|s| s.start < (r + 1) * rs && r * rs < s.end))?;
+        Self::start(source, dest, meta, want, cfg)
+    }
+
     /// The configuration checks and the header a clone of `source` must carry.
     fn check(source: &dyn BlockSource, cfg: &EngineConfig) -> Result<Header> {
         if cfg.parallelism == 0 || cfg.batch_regions == 0 {
@@ -231,6 +259,7 @@ impl Engine {
             progress_tx,
             span,
             scanned: AtomicBool::new(complete),
+            written: Mutex::new(None),
         });
         tracing::info!(parent: &engine.span, hydrated, regions, complete, "clone opened");
         if !complete {
@@ -403,6 +432,7 @@ impl Engine {
     /// write of a missing region fetches it first.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
+        self.note_written(self.regions_of(offset, data.len() as u64))?;
         let mut busy = None;
         for r in self.regions_of(offset, data.len() as u64) {
             let range = self.region_range(r);
@@ -465,6 +495,7 @@ impl Engine {
     /// partial ranges of hydrated regions are punched; the rest is left alone.
     pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
         self.check_range(offset, len)?;
+        self.note_written(self.regions_of(offset, len))?;
         for r in self.regions_of(offset, len) {
             let range = self.region_range(r);
             let lo = range.start.max(offset);

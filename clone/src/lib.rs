@@ -59,6 +59,8 @@ pub mod nbd;
 pub mod progress;
 pub mod ratelimit;
 pub mod reconnect;
+mod tracking;
+pub mod written;
 pub mod ublk;
 
 use std::path::PathBuf;
@@ -72,6 +74,7 @@ pub use iscsi::IscsiSource;
 pub use progress::{Phase, Progress};
 pub use ratelimit::parse_rate;
 pub use reconnect::ReconnectingSource;
+pub use tracking::WrittenSince;
 
 /// What the agent needs from either backend once a clone runs: watch it, steer its
 /// bandwidth, pause it, and learn the device the workload uses.

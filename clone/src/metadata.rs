@@ -418,6 +418,35 @@ impl Metadata {
         self.store.sync().map_err(io_err("sync metadata", &path))
     }
 
+    /// The clone id binding version 2 metadata to its dest (`None` for version 1); a
+    /// written set ([`crate::written`]) is bound to it too.
+    pub fn clone_id(&self) -> Option<[u8; CLONE_ID_LEN]> {
+        match self.format {
+            Format::V2(bind) => Some(bind.clone_id),
+            Format::V1 => None,
+        }
+    }
+
+    /// Sets, durably, the bit of every region `here` says the dest already holds: a
+    /// fresh clone onto a dest that is the volume but for some regions (a return,
+    /// docs/return.md). One write of the whole bitmap, one sync. Version 2 only.
+    pub fn preset(&mut self, here: impl Fn(Region) -> bool) -> Result<()> {
+        let Format::V2(_) = self.format else {
+            return Err(CloneError::Config("only fresh (version 2) metadata can be preset".into()));
+        };
+        for r in (0..self.header.regions()).filter(|r| here(*r)) {
+            self.bitmap[(r / 8) as usize] |= 1 << (r % 8);
+        }
+        let blocks = self.blocks();
+        let mut buf = vec![0u8; blocks * BLOCK_LEN];
+        for k in 0..blocks {
+            self.encode_block(k, &mut buf[k * BLOCK_LEN..(k + 1) * BLOCK_LEN]);
+        }
+        let path = self.store.path();
+        self.store.write_at(HEADER_LEN, &buf).map_err(io_err("write metadata bitmap", &path))?;
+        self.store.sync().map_err(io_err("sync metadata", &path))
+    }
+
     /// Marks the clone complete (the handoff's last durable step).
     pub fn mark_complete(&mut self) -> Result<()> {
         self.header.complete = true;
