@@ -49,6 +49,7 @@ fn populated() -> AgentConfig {
             test_prepare_delay_ms: 3000,
             export_port: 3261,
             clone: CloneEngineChoice::Dm,
+            expose: meshdrain_clone::exposure::ExposeKind::Nbd,
             run_dir: Some(PathBuf::from("/run/md-7")),
             region_size: 1 << 20,
             clone_parallelism: 9,

@@ -240,6 +240,15 @@ impl Exposure {
         }
     }
 
+    /// Whether this process took over a device a dead predecessor served (the workload
+    /// kept its device and saw no error).
+    pub fn reattached(&self) -> bool {
+        match self {
+            Self::Nbd(x) => x.reattached(),
+            _ => false,
+        }
+    }
+
     /// Tears the device down (the workload's device goes away).
     pub fn stop(self) -> Result<()> {
         match self {
@@ -307,6 +316,6 @@ mod tests {
         std::fs::write(root.path().join("dev/fuse"), b"").unwrap();
         assert_eq!(probe_under(root.path()), Probe { ublk: false, nbd: true, fuse: true });
         std::fs::write(root.path().join("dev/ublk-control"), b"").unwrap();
-        assert_eq!(probe_under(root.path()).ublk, true);
+        assert!(probe_under(root.path()).ublk);
     }
 }

@@ -158,7 +158,10 @@ async fn build_dataplane(config: &AgentConfig, export_addr: &str) -> anyhow::Res
                     // Holder processes outlive this agent (docs/holder-process.md); the
                     // ones an earlier agent process left running are adopted here.
                     let clones = ProcessClones::new(&config.run_dir(), tuning)
-                        .with_context(|| format!("holder processes under {}", config.run_dir().display()))?;
+                        .with_context(|| format!("holder processes under {}", config.run_dir().display()))?
+                        .with_expose(d.expose)
+                        .map_err(anyhow::Error::msg)
+                        .context("config key `dataplane.expose`")?;
                     Arc::new(clones.with_prepare_delay(Duration::from_millis(config.dataplane.test_prepare_delay_ms)))
                 }
             };

@@ -167,6 +167,11 @@ pub struct DataplaneConfig {
     /// With `iscsi`: the clone engine on holders.
     #[serde(default)]
     pub clone: CloneEngineChoice,
+    /// With `iscsi` and the userspace engine: how holders present clones to the workload
+    /// (`auto`, `ublk`, `nbd`, `fuse-loop`; docs/exposures.md). `auto` takes the best the
+    /// kernel has; an explicit choice the kernel lacks keeps the agent from starting.
+    #[serde(default)]
+    pub expose: meshdrain_clone::exposure::ExposeKind,
     /// With `iscsi`: where clone devices' FUSE mounts and links live
     /// (default `<state_dir>/run`).
     #[serde(default)]
@@ -210,6 +215,7 @@ impl Default for DataplaneConfig {
             test_prepare_delay_ms: 0,
             export_port: default_export_port(),
             clone: CloneEngineChoice::Auto,
+            expose: meshdrain_clone::exposure::ExposeKind::Auto,
             run_dir: None,
             region_size: default_region_size(),
             clone_parallelism: default_clone_parallelism(),

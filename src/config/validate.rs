@@ -119,6 +119,15 @@ impl AgentConfig {
                     "use 65536 (the default) unless benchmarks say otherwise",
                 ));
             }
+            if self.dataplane.clone == CloneEngineChoice::Dm
+                && self.dataplane.expose != meshdrain_clone::exposure::ExposeKind::Auto
+            {
+                return Err(invalid(
+                    "dataplane.expose",
+                    format!("{} applies to the userspace engine, not clone = \"dm\"", self.dataplane.expose),
+                    "leave expose out (dm-clone is its own device) or set clone = \"auto\" or \"userspace\"",
+                ));
+            }
             let f = self.dataplane.clone_in_flight;
             if f < rs || f > 1 << 30 {
                 return Err(invalid(

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshdrain_clone::digest::VolumeDigest;
-use meshdrain_clone::expose::Exposed;
+use meshdrain_clone::exposure::{self, Chosen, ExposeKind, ExposeOptions, Exposure};
 use meshdrain_clone::{
     BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta, ReconnectingSource, UserspaceClone,
 };
@@ -33,7 +33,7 @@ struct Holder {
     engine: Arc<Engine>,
     /// The source as read (`None`: handed off before this process started).
     source: Option<Arc<ReconnectingSource>>,
-    exposed: Mutex<Option<Exposed>>,
+    exposed: Mutex<Option<Exposure>>,
     hydration: Mutex<Option<UserspaceClone>>,
     state: Mutex<HolderState>,
     /// The finalize answer once hand-off ran in this process (finalize is idempotent).
@@ -58,6 +58,10 @@ pub async fn run(spec_path: &Path) -> Result<(), String> {
     let mut state =
         HolderState { pid: std::process::id(), epoch: spec.clone_spec.epoch, handed_off, ..Default::default() };
     state.source_size = previous.source_size;
+    // docs/exposures.md: the device a killed predecessor served is reconfigured, not replaced.
+    if previous.epoch == spec.clone_spec.epoch {
+        (state.exposure, state.nbd_index) = (previous.exposure, previous.nbd_index);
+    }
     let _ = write_json(&files.state, &state);
     let opened = {
         let (spec, state) = (spec.clone(), state.clone());
@@ -90,7 +94,7 @@ pub async fn run(spec_path: &Path) -> Result<(), String> {
 
 /// What [`open`] brings up: the engine, the source it reads (none once handed off), the
 /// exposed device and the state to publish.
-type Opened = (Arc<Engine>, Option<Arc<ReconnectingSource>>, Exposed, HolderState);
+type Opened = (Arc<Engine>, Option<Arc<ReconnectingSource>>, Exposure, HolderState);
 
 /// Logs in (unless handed off), opens the engine and exposes it. Blocking.
 fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
@@ -130,15 +134,45 @@ fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
     };
     let engine = open_engine(spec, source, cfg)?;
     std::thread::sleep(Duration::from_millis(spec.prepare_delay_ms));
-    clear_stale_mount(&spec.mountpoint);
-    let exposed = Exposed::start(engine.clone(), &spec.mountpoint, Some(&spec.link)).map_err(|e| e.to_string())?;
+    let chosen = choose_exposure(spec.expose, state.exposure)?;
+    if chosen == Chosen::FuseLoop {
+        clear_stale_mount(&spec.mountpoint);
+    }
+    let opts = ExposeOptions {
+        mountpoint: spec.mountpoint.clone(),
+        symlink: Some(spec.link.clone()),
+        nbd_index: state.nbd_index.filter(|_| state.exposure == Some(Chosen::Nbd)),
+        backend: format!("meshdrain:{}", spec.clone_spec.dest.display()),
+    };
+    let exposed = Exposure::start(chosen, engine.clone(), &opts).map_err(|e| e.to_string())?;
     state.device = exposed.device().to_owned();
+    (state.exposure, state.nbd_index, state.reattached) = (Some(chosen), exposed.nbd_index(), exposed.reattached());
     Ok((engine, reading, exposed, state))
+}
+
+/// The exposure for `kind` on this kernel (docs/exposures.md): under `auto`, a holder
+/// restarted after a kill keeps its predecessor's exposure while the kernel has it, so
+/// it takes over the same device instead of choosing anew.
+fn choose_exposure(kind: ExposeKind, before: Option<Chosen>) -> Result<Chosen, String> {
+    let probe = exposure::probe();
+    let available = |c: Chosen| match c {
+        Chosen::Ublk => probe.ublk,
+        Chosen::Nbd => probe.nbd,
+        Chosen::FuseLoop => probe.fuse,
+    };
+    match before {
+        Some(c) if kind == ExposeKind::Auto && available(c) => Ok(c),
+        _ => exposure::choose(kind, probe).map_err(|e| e.to_string()),
+    }
 }
 
 /// Creates the clone, or resumes it from its metadata; a partial clone of an older lease
 /// is started over (it was revoked: its bytes may be behind).
 fn open_engine(spec: &HolderSpec, source: Arc<dyn BlockSource>, cfg: EngineConfig) -> Result<Arc<Engine>, String> {
+    // A return over the copy kept here (docs/return.md).
+    if let Some(engine) = super::returning::open_over_kept(spec, &source, &cfg)? {
+        return Ok(engine);
+    }
     for attempt in 0..2 {
         if let Some(dir) = spec.clone_spec.dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -148,7 +182,8 @@ fn open_engine(spec: &HolderSpec, source: Arc<dyn BlockSource>, cfg: EngineConfi
         // No metadata yet: this lease's clone starts here, deliberately. Metadata that
         // exists is resumed or refused (never taken for a new clone: the workload may
         // have written to the dest), see meshdrain_clone::metadata.
-        let opened = if spec.clone_spec.metadata.exists() {
+        let created = !spec.clone_spec.metadata.exists();
+        let opened = if !created {
             let meta = FileMeta::open(&spec.clone_spec.metadata)
                 .map_err(|e| format!("metadata {}: {e}", spec.clone_spec.metadata.display()))?;
             Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone())
@@ -158,7 +193,10 @@ fn open_engine(spec: &HolderSpec, source: Arc<dyn BlockSource>, cfg: EngineConfi
             Engine::create(source.clone(), Box::new(dest), Box::new(meta), cfg.clone())
         };
         match opened {
-            Ok(engine) => return Ok(engine),
+            Ok(engine) => {
+                super::returning::track(spec, &engine, created); // write tracking, docs/return.md
+                return Ok(engine);
+            }
             Err(CloneError::ForeignMetadata { found_epoch, .. }) if attempt == 0 => {
                 info!(volume = %spec.clone_spec.volume, found_epoch, "clone metadata of another lease: starting over");
                 remove_files(&spec.clone_spec.volume, &[&spec.clone_spec.dest, &spec.clone_spec.metadata]);
@@ -210,7 +248,8 @@ impl Holder {
             .map_err(|e| format!("control socket {}: {e}", socket.display()))?;
         let state = self.state.lock().expect("state lock").clone();
         write_json(&self.files.state, &state).map_err(|e| format!("{}: {e}", self.files.state.display()))?;
-        info!(volume = %self.spec.clone_spec.volume, epoch = self.spec.clone_spec.epoch, device = %state.device.display(), handed_off = state.handed_off, "holder serving");
+        let exposure = state.exposure.map(Chosen::as_str).unwrap_or("-"); // docs/exposures.md
+        info!(volume = %self.spec.clone_spec.volume, epoch = self.spec.clone_spec.epoch, device = %state.device.display(), exposure, reattached = state.reattached, handed_off = state.handed_off, "holder serving");
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| format!("SIGTERM handler: {e}"))?;
@@ -346,6 +385,7 @@ impl Holder {
                 Ok(_) => Reply::ok(),
                 Err(e) => Reply::err(e.to_string()),
             },
+            Request::Written => super::returning::reply(&self.engine), // docs/return.md
             Request::Stop => Reply::ok(),
             Request::Watch => Reply::err("watch is a stream"),
         }

@@ -24,6 +24,11 @@ pub(crate) struct Live {
     pub pid: u32,
     /// The workload's device.
     pub device: PathBuf,
+    /// The holder took over the device of a dead predecessor (NBD reconfigured): the
+    /// workload kept it.
+    pub reattached: bool,
+    /// The exposure running (`fuse-loop`, `nbd`, `ublk`), as the holder reported it.
+    pub exposure: Option<meshdrain_clone::exposure::Chosen>,
     /// Our child (started by this agent process), to learn how it ended; `None` for a
     /// holder adopted from an earlier agent process (not our child).
     pub child: Option<Child>,
@@ -96,8 +101,15 @@ pub(crate) fn launch(exe: &Path, files: &HolderFiles, spec: &HolderSpec) -> Resu
             && let Some(state) = reply.state
             && state.pid == pid
         {
-            info!(volume = %spec.clone_spec.volume, pid, device = %state.device.display(), "holder process started");
-            return Ok(Live { pid, device: state.device, child: Some(child) });
+            let exposure = state.exposure.map(|c| c.as_str()).unwrap_or("-");
+            info!(volume = %spec.clone_spec.volume, pid, device = %state.device.display(), exposure, reattached = state.reattached, "holder process started");
+            return Ok(Live {
+                pid,
+                device: state.device,
+                reattached: state.reattached,
+                exposure: state.exposure,
+                child: Some(child),
+            });
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -125,7 +137,7 @@ pub(crate) fn find(files: &HolderFiles, epoch: u64) -> Result<Option<Live>, Stri
             state.pid, reply.protocol, state.epoch
         ));
     }
-    Ok(Some(Live { pid: state.pid, device: state.device, child: None }))
+    Ok(Some(Live { pid: state.pid, device: state.device, reattached: false, exposure: state.exposure, child: None }))
 }
 
 /// Stops a holder: asks it (it commits and tears its device down), then waits; kills it

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshdrain_clone::exposure::{self, ExposeKind};
 use meshdrain_clone::{Phase, Progress};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -30,6 +31,7 @@ use protocol::{Conn, HolderFiles, HolderSpec, HolderState, Request, call, read_j
 pub mod holder;
 pub mod launch;
 pub mod protocol;
+mod returning; // docs/return.md: write tracking and returns in the holder
 
 pub use launch::stop_all;
 
@@ -72,6 +74,8 @@ pub struct ProcessClones {
     shared: Arc<Shared>,
     tuning: EngineTuning,
     prepare_delay: Duration,
+    /// `[dataplane] expose`, passed to every holder (it chooses at its start).
+    expose: ExposeKind,
     clones: Mutex<BTreeMap<String, Arc<Tracked>>>,
     relaunches: Mutex<Option<mpsc::UnboundedReceiver<Relaunched>>>,
     /// Holders found dead when this agent started, and how (logged when their clone is
@@ -178,6 +182,7 @@ impl ProcessClones {
             shared,
             tuning,
             prepare_delay: Duration::ZERO,
+            expose: ExposeKind::Auto,
             clones: Mutex::new(BTreeMap::new()),
             relaunches: Mutex::new(Some(rx)),
             found_dead: Mutex::new(BTreeMap::new()),
@@ -193,6 +198,16 @@ impl ProcessClones {
         self
     }
 
+    /// How holders present clones (`[dataplane] expose`): checked against this kernel
+    /// now, so an explicit choice the kernel lacks keeps the agent from starting (the error
+    /// names what is missing and the fix). Holders choose again at their start.
+    pub fn with_expose(mut self, kind: ExposeKind) -> Result<Self, String> {
+        let chosen = exposure::choose(kind, exposure::probe()).map_err(|e| e.to_string())?;
+        info!(expose = %kind, chosen = %chosen, "userspace clones are exposed via {chosen}");
+        self.expose = kind;
+        Ok(self)
+    }
+
     fn adopt_all(&self) {
         for entry in std::fs::read_dir(&self.shared.dir).into_iter().flatten().flatten() {
             let path = entry.path();
@@ -204,7 +219,8 @@ impl ProcessClones {
             let volume = spec.clone_spec.volume.clone();
             match launch::find(&files, spec.clone_spec.epoch) {
                 Ok(Some(live)) => {
-                    info!(%volume, pid = live.pid, device = %live.device.display(), "adopted the running holder process (no new login, same device)");
+                    let exposure = live.exposure.map(|c| c.as_str()).unwrap_or("-");
+                    info!(%volume, pid = live.pid, device = %live.device.display(), exposure, "adopted the running holder process (no new login, same device)");
                     self.track(Tracked::new(files, spec, live, true));
                 }
                 Ok(None) => {
@@ -238,7 +254,7 @@ impl ProcessClones {
                 let started = Relaunched {
                     volume: volume.clone(),
                     device: live.device.clone(),
-                    start_hook: spec.workload_started.then(|| spec.start_hook.clone()),
+                    start_hook: (spec.workload_started && !live.reattached).then(|| spec.start_hook.clone()),
                 };
                 let t = Tracked::new(files.clone(), spec, live, false);
                 resume(&t);
@@ -279,6 +295,7 @@ impl ProcessClones {
             workload_started: false,
             start_hook: None,
             source_lost: false,
+            expose: self.expose,
         }
     }
 
@@ -360,11 +377,14 @@ fn supervise(shared: &Shared, t: &Arc<Tracked>) {
                 }
             }
         };
-        let device = live.device.clone();
+        let (device, reattached) = (live.device.clone(), live.reattached);
         *t.live.lock().expect("live lock") = live;
         resume(t);
         let spec = t.spec.lock().expect("spec lock").clone();
-        let start_hook = spec.workload_started.then_some(spec.start_hook);
+        if reattached {
+            info!(%volume, device = %device.display(), "the restarted holder took over the same device: the workload kept running on it (no start hook)");
+        }
+        let start_hook = (spec.workload_started && !reattached).then_some(spec.start_hook);
         let _ = shared.relaunched.send(Relaunched { volume: volume.clone(), device, start_hook });
     }
 }
@@ -454,6 +474,13 @@ impl CloneService for ProcessClones {
     fn accept_partial(&self, volume: &str) -> Result<(), String> {
         let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} on this node"))?;
         call(&t.files.socket, &Request::AcceptPartial, QUICK).map(|_| ())
+    }
+
+    fn written(&self, volume: &str) -> Result<crate::decide::returns::WrittenMap, String> {
+        let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} runs on this node"))?;
+        let w = call(&t.files.socket, &Request::Written, QUICK)?.written.ok_or("the holder sent no written set")?;
+        let ranges = w.ranges.iter().map(|[o, l]| *o..o.saturating_add(*l)).collect();
+        Ok(crate::decide::returns::WrittenMap { clone: w.clone, epoch: w.epoch, ranges })
     }
 
     fn workload_running(&self, volume: &str) -> bool {

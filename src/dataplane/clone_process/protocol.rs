@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshdrain_clone::Progress;
+use meshdrain_clone::exposure::{Chosen, ExposeKind};
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::executor::CloneSpec;
@@ -59,6 +60,14 @@ pub struct HolderSpec {
     /// is told again).
     #[serde(default)]
     pub source_lost: bool,
+    /// How the clone is presented (`[dataplane] expose`; docs/exposures.md). Not written
+    /// when `auto`, so spec files keep the form earlier agents wrote.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub expose: ExposeKind,
+}
+
+fn is_auto(k: &ExposeKind) -> bool {
+    *k == ExposeKind::Auto
 }
 
 /// What a holder records about itself in `<volume>.state` (written whole, by rename).
@@ -79,6 +88,17 @@ pub struct HolderState {
     /// complete metadata against it without logging in).
     #[serde(default)]
     pub source_size: u64,
+    /// The exposure running (`status` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Chosen>,
+    /// NBD: N of `/dev/nbdN`, so a holder restarted after a kill reconfigures the same
+    /// device with its new socket (the workload keeps its device and sees no error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd_index: Option<u32>,
+    /// This process took over the device its dead predecessor served: the workload kept
+    /// running on it and its start hook does not run again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reattached: bool,
 }
 
 /// A request on the control socket.
@@ -106,6 +126,8 @@ pub enum Request {
     SourceLost,
     /// The operator keeps the partial copy: missing regions become zeros.
     AcceptPartial,
+    /// The workload's writes since the clone was created, as tracked (docs/return.md).
+    Written,
     /// Tears the device down and exits.
     Stop,
 }
@@ -133,6 +155,23 @@ pub struct Reply {
     /// `finalize`: the digest of what was read from the source (with `--verify`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// `written`: the tracked writes (at most [`MAX_WRITTEN_RANGES`] ranges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<WrittenReply>,
+}
+
+/// Ranges a `written` reply carries at most (coarsened to fit [`MAX_REPLY`]).
+pub const MAX_WRITTEN_RANGES: usize = 1024;
+
+/// The `written` reply: the set's binding and its ranges (docs/return.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenReply {
+    /// The clone id (hex) the set is bound to.
+    pub clone: String,
+    /// The clone's lease epoch.
+    pub epoch: u64,
+    /// `[offset, length]` pairs, ascending.
+    pub ranges: Vec<[u64; 2]>,
 }
 
 impl Reply {
