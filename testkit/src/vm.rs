@@ -3,7 +3,8 @@
 //! lacks device-mapper, SCSI/iSCSI and kernel WireGuard.
 //!
 //! Everything slow is cached under `target/vm-cache/<kernel version>/`: the out-of-tree
-//! `dm-clone.ko` (Debian builds 6.1 without `CONFIG_DM_CLONE`) and the busybox initramfs.
+//! `dm-clone.ko` and `ublk_drv.ko` (Debian builds 6.1 without `CONFIG_DM_CLONE` and
+//! `CONFIG_BLK_DEV_UBLK`) and the busybox initramfs.
 //! Every wait is bounded; the QEMU process is killed when a [`Vm`] run ends or is dropped.
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -37,9 +38,11 @@ pub enum VmError {
          and linux-headers-amd64: `scripts/install-deps vm`); found: {0}"
     )]
     NoKernel(String),
-    /// Building dm-clone.ko out of tree failed.
-    #[error("building dm-clone.ko for {kernel} failed at `{step}`; output tail:\n{tail}")]
-    DmCloneBuild {
+    /// Building a module (dm-clone.ko, ublk_drv.ko) out of tree failed.
+    #[error("building {module} for {kernel} failed at `{step}`; output tail:\n{tail}")]
+    ModuleBuild {
+        /// The module, e.g. `ublk_drv.ko`.
+        module: String,
         /// Kernel version it was built for.
         kernel: String,
         /// The command that failed.
@@ -162,6 +165,9 @@ pub struct Vm {
     pub kernel: String,
     /// Path of the cached out-of-tree `dm-clone.ko` built for that kernel (on the 9p root).
     pub dm_clone_ko: PathBuf,
+    /// Path of the cached out-of-tree `ublk_drv.ko` (Debian builds 6.1 without
+    /// `CONFIG_BLK_DEV_UBLK`); scenarios get it as `MESHDRAIN_UBLK_KO`.
+    pub ublk_ko: PathBuf,
     initramfs: PathBuf,
 }
 
@@ -178,8 +184,9 @@ impl Vm {
         fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
         let _lock = lock(&cache.join("build.lock"), Duration::from_secs(600))?;
         let dm_clone_ko = build_dm_clone(&root, &kernel, &dir)?;
+        let ublk_ko = build_module(&root, &kernel, &dir, "ublk", &["linux-source-6.1/drivers/block/ublk_drv.c"])?;
         let initramfs = build_initramfs(&kernel, &dir)?;
-        Ok(Self { root, cache, kernel, dm_clone_ko, initramfs })
+        Ok(Self { root, cache, kernel, dm_clone_ko, ublk_ko, initramfs })
     }
 
     /// Boots the VM, runs `scenario` inside and returns its exit code and log. One VM
@@ -288,6 +295,7 @@ impl Vm {
         let vars = [
             ("MESHDRAIN_ROOT", self.root.display().to_string()),
             ("MESHDRAIN_DM_CLONE_KO", self.dm_clone_ko.display().to_string()),
+            ("MESHDRAIN_UBLK_KO", self.ublk_ko.display().to_string()),
             ("MESHDRAIN_VM_KERNEL", self.kernel.clone()),
             ("MESHDRAIN_VM_SCRATCH", "/dev/vda".to_string()),
             ("MESHDRAIN_VM_OUT", "/tmp/vm-out".to_string()),
@@ -445,27 +453,51 @@ pub fn pick_kernel(boot: &Path, modules: &Path) -> Result<String, VmError> {
 /// Builds `dm-clone.ko` from `/usr/src/linux-source-6.1.tar.xz` with the Kbuild in
 /// `tests/vm/dm-clone/`, once per kernel version (and Kbuild/source change).
 fn build_dm_clone(root: &Path, kernel: &str, dir: &Path) -> Result<PathBuf, VmError> {
-    let ko = dir.join("dm-clone.ko");
+    build_module(
+        root,
+        kernel,
+        dir,
+        "dm-clone",
+        &["linux-source-6.1/drivers/md/dm-clone*", "linux-source-6.1/drivers/md/*.h"],
+    )
+}
+
+/// Builds the module `tests/vm/<name>/Kbuild` makes (its `obj-m`, e.g. `ublk_drv.o`) from
+/// the `members` of `/usr/src/linux-source-6.1.tar.xz` (extracted flat), against
+/// `/lib/modules/<kernel>/build`; cached in `dir` until the kernel, tarball or Kbuild change.
+fn build_module(root: &Path, kernel: &str, dir: &Path, name: &str, members: &[&str]) -> Result<PathBuf, VmError> {
     let tarball = Path::new("/usr/src/linux-source-6.1.tar.xz");
-    let kbuild_src = root.join("tests/vm/dm-clone/Kbuild");
+    let kbuild_src = root.join("tests/vm").join(name).join("Kbuild");
     let kbuild = fs::read_to_string(&kbuild_src).map_err(io(format!("read {}", kbuild_src.display())))?;
+    let obj = kbuild
+        .lines()
+        .find_map(|l| l.strip_prefix("obj-m := "))
+        .map(|o| o.trim().trim_end_matches(".o").to_string())
+        .unwrap_or_else(|| name.to_string());
+    let module = format!("{obj}.ko");
+    let ko = dir.join(&module);
     let meta = fs::metadata(tarball).map_err(io(format!("{} (package linux-source-6.1)", tarball.display())))?;
     let stamp = format!("{kernel}\n{}\n{:?}\n{kbuild}", meta.len(), meta.modified().ok());
-    let stamp_path = dir.join("dm-clone.stamp");
+    let stamp_path = dir.join(format!("{name}.stamp"));
     if ko.exists() && fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
         return Ok(ko);
     }
-    let build = dir.join("dm-clone-build");
+    let build = dir.join(format!("{name}-build"));
     let _ = fs::remove_dir_all(&build);
     fs::create_dir_all(&build).map_err(io(format!("create {}", build.display())))?;
-    let fail = |step: &str, tail: String| VmError::DmCloneBuild { kernel: kernel.into(), step: step.into(), tail };
+    let fail = |step: &str, tail: String| VmError::ModuleBuild {
+        module: module.clone(),
+        kernel: kernel.into(),
+        step: step.into(),
+        tail,
+    };
     let (ok, _, t) = run_logged(
         Command::new("tar")
             .current_dir(&build)
             .args(["-xJf"])
             .arg(tarball)
             .args(["--strip-components=3", "--wildcards"])
-            .args(["linux-source-6.1/drivers/md/dm-clone*", "linux-source-6.1/drivers/md/*.h"]),
+            .args(members),
     )?;
     if !ok {
         return Err(fail("tar -xJf linux-source-6.1.tar.xz", t));
@@ -477,8 +509,8 @@ fn build_dm_clone(root: &Path, kernel: &str, dir: &Path) -> Result<PathBuf, VmEr
     if !ok {
         return Err(fail(&format!("make -C {kdir} modules"), t));
     }
-    fs::rename(build.join("dm-clone.ko"), &ko).map_err(io(format!("move {}", ko.display())))?;
-    fs::write(&stamp_path, stamp).map_err(io("write dm-clone.stamp"))?;
+    fs::rename(build.join(&module), &ko).map_err(io(format!("move {}", ko.display())))?;
+    fs::write(&stamp_path, stamp).map_err(io(format!("write {}", stamp_path.display())))?;
     let _ = fs::remove_dir_all(&build);
     Ok(ko)
 }

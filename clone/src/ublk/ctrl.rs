@@ -219,3 +219,21 @@ pub fn wait_node(path: &Path, limit: Duration) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_control_device_names_the_module_to_load() {
+        if Path::new(CONTROL).exists() {
+            return; // this kernel has ublk: the VM tier (vm_ublk_exposure) covers it
+        }
+        let e = Control::open().err().expect("no control device, no Control").to_string();
+        assert!(
+            e.starts_with("expose /dev/ublk-control: no /dev/ublk-control: load ublk_drv (modprobe ublk_drv;"),
+            "{e}"
+        );
+        assert!(e.contains("Debian 12's does not"), "{e}");
+    }
+}

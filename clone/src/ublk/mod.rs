@@ -49,6 +49,8 @@ pub struct UblkExposed {
     dev_id: u32,
     device: PathBuf,
     queue: Option<Queue>,
+    symlink: Option<PathBuf>,
+    reattached: bool,
 }
 
 /// The block device node of device `dev_id`.
@@ -110,7 +112,7 @@ impl UblkExposed {
             tracing::warn!(parent: &engine.span, dev_id = id, flags = info.flags,
                 "this kernel's ublk lacks user recovery (Linux < 6.0): a restart of the serving process fails in-flight I/O");
         }
-        let mut me = Self { dev_id: id, device: block_dev(id), queue: None };
+        let mut me = Self { dev_id: id, device: block_dev(id), queue: None, symlink: None, reattached: false };
         // On any error below, Drop stops and deletes the half-made device.
         ctl.set_params(id, &params(&engine))?;
         wait_node(&queue::char_dev(id), Duration::from_secs(5))?;
@@ -155,7 +157,7 @@ impl UblkExposed {
             std::thread::sleep(Duration::from_millis(100));
         }
         let geometry = Geometry { dev_id, depth: info.queue_depth, buf_bytes: info.max_io_buf_bytes, workers: WORKERS };
-        let mut me = Self { dev_id, device: dev, queue: None };
+        let mut me = Self { dev_id, device: dev, queue: None, symlink: None, reattached: true };
         me.queue = Some(Queue::spawn(engine.clone(), geometry)?);
         ctl.end_recovery(dev_id)?;
         tracing::info!(parent: &engine.span, device = %me.device.display(), waited = ?t0.elapsed(),
@@ -173,6 +175,24 @@ impl UblkExposed {
         self.dev_id
     }
 
+    /// Whether this process took the device over from a dead one ([`UblkExposed::recover`]).
+    pub fn reattached(&self) -> bool {
+        self.reattached
+    }
+
+    /// Points `link` at the device (atomically, by rename); removed again by [`UblkExposed::stop`].
+    pub fn with_symlink(mut self, link: &Path) -> Result<Self> {
+        let tmp = link.with_extension("tmp-link");
+        let _ = std::fs::remove_file(&tmp);
+        if let Some(dir) = link.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(dir, format!("create symlink dir: {e}")))?;
+        }
+        std::os::unix::fs::symlink(&self.device, &tmp).map_err(|e| err(link, format!("symlink: {e}")))?;
+        std::fs::rename(&tmp, link).map_err(|e| err(link, format!("rename symlink: {e}")))?;
+        self.symlink = Some(link.to_path_buf());
+        Ok(self)
+    }
+
     /// Stops serving and deletes the device (STOP_DEV, then DEL_DEV once our queue closed).
     /// DEL_DEV waits until nothing holds `/dev/ublkbN` open: unmount first.
     pub fn stop(mut self) -> Result<()> {
@@ -182,6 +202,9 @@ impl UblkExposed {
     fn teardown(&mut self) -> Result<()> {
         if self.device.as_os_str().is_empty() {
             return Ok(());
+        }
+        if let Some(link) = self.symlink.take() {
+            let _ = std::fs::remove_file(link);
         }
         let mut ctl = Control::open()?;
         let stopped = ctl.stop(self.dev_id);
