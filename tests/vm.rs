@@ -137,3 +137,22 @@ fn vm_dm_clone_sparse() {
     assert!(line.contains("sha256 equal"), "{line}");
     assert!(log.contains("holder: ") && log.contains("skipped="), "the holder did not report skipped bytes");
 }
+/// Issue 20: the userspace clone served through ublk_drv (built out of tree) from our
+/// iSCSI target: ext4 written while hydrating, the serving process killed with SIGKILL
+/// mid-I/O, a new one re-attaching to the same /dev/ublkbN (user recovery) with the
+/// workload seeing no error, hydration complete, checksums equal, fsck clean.
+#[test]
+fn vm_ublk_exposure() {
+    let mib = mib("MESHDRAIN_VM_UBLK_MIB", 64);
+    let log = run(
+        "vm_ublk_exposure",
+        "ublk_exposure.sh",
+        vec![],
+        &[("VM_VOL_MIB", &mib.to_string())],
+        Duration::from_secs(300),
+    );
+    let line = log.lines().find(|l| l.starts_with("UBLK recovery: ")).expect("no UBLK recovery line in the log");
+    println!("{line}");
+    assert!(line.contains("checksums equal, fsck clean"), "{line}");
+    assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
+}
