@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use meshdrain_clone::dm::{DmClone, DmConfig};
 use meshdrain_clone::expose::Exposed;
+use meshdrain_clone::ublk::UblkExposed;
 use meshdrain_clone::{
     BlockSource, CloneBackend, CloneError, Engine, EngineConfig, FileDest, FileMeta, FileSource, IscsiSource, Phase,
     Progress, START_OVER, UserspaceClone, parse_rate,
@@ -118,6 +119,14 @@ pub struct RunArgs {
     /// Print one JSON progress line per second instead of a progress bar.
     #[arg(long)]
     pub json: bool,
+    /// Serve the clone as /dev/ublkbN (ublk_drv) instead of FUSE + loop and hold it until
+    /// SIGINT/SIGTERM; prints `ublk: /dev/ublkbN (dev id N)` (userspace; the VM tier's
+    /// vm_ublk_exposure drives it; the agent's choice is `[dataplane] expose`).
+    #[arg(long, hide = true, conflicts_with = "expose")]
+    pub ublk: bool,
+    /// Re-attach to ublk device N whose serving process died (kill -9) and serve it again.
+    #[arg(long, hide = true, value_name = "N", conflicts_with_all = ["expose", "ublk"])]
+    pub ublk_recover: Option<u32>,
 }
 
 /// Runs one `meshdrain clone` subcommand.
@@ -216,7 +225,9 @@ async fn run_userspace(
     };
     let (source_arg, dest, metadata, expose, start_over) =
         (args.source.clone(), args.dest.clone(), args.metadata.clone(), args.expose.clone(), args.start_over);
-    let (clone, exposed) = tokio::task::spawn_blocking(move || -> anyhow::Result<(UserspaceClone, Option<Exposed>)> {
+    let (ublk, ublk_recover) = (args.ublk, args.ublk_recover);
+    type Started = (UserspaceClone, Option<Exposed>, Option<UblkExposed>);
+    let (clone, exposed, ublk_exposed) = tokio::task::spawn_blocking(move || -> anyhow::Result<Started> {
         let source: std::sync::Arc<dyn BlockSource> = if source_arg.starts_with("iscsi://") {
             std::sync::Arc::new(
                 IscsiSource::connect(&source_arg, Duration::from_secs(10))
@@ -235,9 +246,17 @@ async fn run_userspace(
             }
             None => None,
         };
-        Ok((UserspaceClone::start(engine), exposed))
+        let ublk_exposed = match ublk_recover {
+            Some(id) => Some(UblkExposed::recover(engine.clone(), id)?),
+            None if ublk => Some(UblkExposed::start(engine.clone(), None)?),
+            None => None,
+        };
+        Ok((UserspaceClone::start(engine), exposed, ublk_exposed))
     })
     .await??;
+    if let Some(u) = &ublk_exposed {
+        eprintln!("ublk: {} (dev id {})", u.device().display(), u.dev_id());
+    }
     if let Some(x) = &exposed {
         eprintln!(
             "exposed: {} -> {} (direct I/O {})",
@@ -246,10 +265,13 @@ async fn run_userspace(
             x.direct_io()
         );
     }
-    let code = watch(&clone, args.json, args.hold).await;
+    let code = watch(&clone, args.json, args.hold || ublk_exposed.is_some()).await;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         if let Some(x) = exposed {
             x.stop()?;
+        }
+        if let Some(u) = ublk_exposed {
+            u.stop()?;
         }
         clone.stop()?;
         Ok(())
