@@ -161,28 +161,12 @@ pub struct ExposeOptions {
     pub backend: String,
 }
 
-/// The ublk exposure, once built in. Uninhabited until `crate::ublk` lands: the ublk
-/// work replaces this type and [`start_ublk`].
-#[derive(Debug)]
-pub enum UblkExposed {}
+pub use crate::ublk::UblkExposed;
 
-impl UblkExposed {
-    /// `/dev/ublkbN`.
-    pub fn device(&self) -> &Path {
-        match *self {}
-    }
-    /// Tears the device down.
-    pub fn stop(self) -> Result<()> {
-        match self {}
-    }
-}
-
-/// Starts the ublk exposure (replaced when `crate::ublk` lands).
-pub fn start_ublk(_engine: Arc<Engine>, _opts: &ExposeOptions) -> Result<UblkExposed> {
-    Err(CloneError::Config(
-        "ublk exposure not built in this version: set [dataplane] expose = \"nbd\" or \"fuse-loop\" (or \"auto\")"
-            .into(),
-    ))
+/// Starts the ublk exposure: recovers the `/dev/ublkbN` the symlink points at when its
+/// server died (a restarted holder: the workload sees no error), else adds a new device.
+pub fn start_ublk(engine: Arc<Engine>, opts: &ExposeOptions) -> Result<UblkExposed> {
+    crate::ublk::start_or_recover(engine, opts.symlink.as_deref())
 }
 
 /// A running exposure of a userspace clone.
@@ -245,6 +229,7 @@ impl Exposure {
     pub fn reattached(&self) -> bool {
         match self {
             Self::Nbd(x) => x.reattached(),
+            Self::Ublk(x) => x.reattached(),
             _ => false,
         }
     }

@@ -86,6 +86,43 @@ fn params(engine: &Engine) -> sys::Params {
     }
 }
 
+/// The device id of `/dev/ublkbN`.
+fn dev_id_of(device: &Path) -> Option<u32> {
+    device.to_str()?.strip_prefix("/dev/ublkb")?.parse().ok()
+}
+
+/// Whether device `dev_id` waits for a new server: quiesced, or still live but its
+/// server process is gone (the driver notices within 5 s).
+fn orphaned(ctl: &mut Control, dev_id: u32) -> bool {
+    match ctl.info(dev_id) {
+        Ok(i) if i.state == sys::S_DEV_QUIESCED => true,
+        Ok(i) if i.state == sys::S_DEV_LIVE && i.flags & sys::F_USER_RECOVERY != 0 => {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            i.ublksrv_pid > 0
+                && unsafe { libc::kill(i.ublksrv_pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        }
+        _ => false,
+    }
+}
+
+/// The exposure a (re)started holder wants: when `link` points at a `/dev/ublkbN` whose
+/// server died (a kill -9 of the previous holder), recover it, so the workload keeps its
+/// device and sees no error; otherwise add a new device. `link` then points at the device.
+pub fn start_or_recover(engine: Arc<Engine>, link: Option<&Path>) -> Result<UblkExposed> {
+    let previous = link.and_then(|l| std::fs::read_link(l).ok()).and_then(|d| dev_id_of(&d));
+    let exposed = match previous {
+        Some(id) if Control::open().map(|mut c| orphaned(&mut c, id)).unwrap_or(false) => {
+            UblkExposed::recover(engine, id)?
+        }
+        _ => UblkExposed::start(engine, None)?,
+    };
+    match link {
+        Some(l) => exposed.with_symlink(l),
+        None => Ok(exposed),
+    }
+}
+
 impl UblkExposed {
     /// Adds a ublk device (id `dev_id`, or the next free one), serves `engine` on it and
     /// returns once `/dev/ublkbN` exists. Needs root and the `ublk_drv` module.
