@@ -159,6 +159,10 @@ pub struct VolumeStatus {
     /// ends on `handed_off`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_phase: Option<String>,
+    /// While it moves back to the node it came from: `delta` (only the regions written
+    /// since are copied) or `full: <why>` (docs/return.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_mode: Option<String>,
     /// Cut over to a holder that is now dead: the source keeps its copy.
     pub stranded: bool,
     /// The holder's hydration cannot progress: the source does not answer, or the dest

@@ -326,6 +326,7 @@ mod tests {
             hydration: Default::default(),
             arrived_from: from.map(Into::into),
             source_phase: None,
+            return_mode: None,
             stranded: false,
             stalled: false,
             error: None,

@@ -149,6 +149,7 @@ mod tests {
             hydration: Hydration { hydrated, total, bytes_per_s: rate, fetched_bytes: fetched, read_through_bytes: 0 },
             arrived_from: None,
             source_phase: None,
+            return_mode: None,
             stranded: false,
             stalled: false,
             error: None,

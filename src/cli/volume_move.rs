@@ -109,7 +109,13 @@ pub async fn run(args: MoveArgs, control: &ControlTarget) -> anyhow::Result<Exit
         }
         return Ok(if plan.iter().all(|p| p.target.is_some()) { ExitCode::SUCCESS } else { ExitCode::from(FAILURE) });
     }
-    let mv = VolumeMove { volume: args.volume.clone(), to: args.to.clone(), requires, cancel: args.cancel };
+    let mv = VolumeMove {
+        volume: args.volume.clone(),
+        to: args.to.clone(),
+        requires,
+        cancel: args.cancel,
+        returning: false,
+    };
     let options = DrainOptions { rate_limit: args.rate_limit, parallel: None, verify: args.verify, volume: Some(mv) };
     let node_args = super::node::Args {
         node: owner.clone(),

@@ -220,6 +220,10 @@ pub struct VolumeRecord {
     /// digest with `done`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub verify: bool,
+    /// While the volume moves back to the node it came from: what that node's retained
+    /// copy lacks, or why everything is copied (docs/return.md).
+    #[serde(default, rename = "return", skip_serializing_if = "Option::is_none")]
+    pub ret: Option<crate::decide::returns::ReturnBase>,
 }
 
 /// The `claim/<source>/<id>` key: "I can take it, at this epoch".

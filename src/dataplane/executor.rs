@@ -66,6 +66,10 @@ pub struct CloneSpec {
     pub rate_limit: Option<u64>,
     /// Digest what is read from the source (`drain --verify`).
     pub verify: bool,
+    /// A return: clone over the copy kept here, fetching only the regions written since
+    /// it was handed off (docs/return.md). Absent in specs of earlier builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::decide::returns::ReturnPlan>,
 }
 
 /// A clone whose holder process died and was restarted from its metadata on a new
@@ -134,6 +138,11 @@ pub trait CloneService: Send + Sync + 'static {
     /// Default: a backend without the mode says so.
     fn accept_partial(&self, _volume: &str) -> Result<(), String> {
         Err("not supported by this clone backend".to_owned())
+    }
+    /// The workload's writes since the clone of `volume` here was created, as its engine
+    /// tracked them (docs/return.md). Default: a backend that does not track them says so.
+    fn written(&self, volume: &str) -> Result<crate::decide::returns::WrittenMap, String> {
+        Err(format!("no userspace clone of {volume} here tracks its writes"))
     }
 }
 
@@ -258,6 +267,11 @@ impl Inner {
                     let reason = format!("volume {volume} has no local path on {}", self.node);
                     return send(DataEvent::HookFailed { volume, reason });
                 };
+                // Before the export opens (the workload is stopped): what a return needs
+                // (docs/return.md); the core publishes it with `exported: true`.
+                let (clones, v) = (self.clones.clone(), volume.clone());
+                let result = self.blocking(move || clones.written(&v)).await;
+                send(DataEvent::Written { volume: volume.clone(), epoch, result });
                 let grant = ExportGrant {
                     iqn: export_iqn(&self.node, &volume),
                     initiator_iqn: initiator_iqn(&holder, &volume, epoch),
@@ -305,7 +319,7 @@ impl Inner {
                     info!(%volume, path = %path.display(), "handed off; a device outside the pool is left to the operator");
                 }
             }
-            DataCommand::PrepareClone { volume, export, epoch, size, rate_limit, verify, .. } => {
+            DataCommand::PrepareClone { volume, export, epoch, size, rate_limit, verify, base, .. } => {
                 let Some(export) = export else {
                     let reason = "the source published no export endpoint".to_owned();
                     return send(DataEvent::CloneFailed { volume, epoch, reason });
@@ -320,6 +334,7 @@ impl Inner {
                     metadata: paths::clone_metadata(&self.pool, &volume),
                     rate_limit,
                     verify,
+                    base,
                 };
                 let clones = self.clones.clone();
                 match self.blocking(move || clones.prepare(&spec)).await {

@@ -23,4 +23,5 @@ pub mod moves;
 pub mod node;
 pub mod placement;
 pub mod request;
+pub mod returns;
 pub mod roll;

@@ -306,6 +306,9 @@ pub struct Incoming {
     /// The source asked for a digest of what is read (`--verify`).
     #[serde(default)]
     pub verify: bool,
+    /// A return to this node: what to do with the copy kept here (docs/return.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::decide::returns::ReturnPlan>,
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ pub struct VolumeMove {
     /// Cancel the move under way instead (`--cancel`; refused once cut over).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
+    /// A return (`undrain --return`, docs/return.md): refused unless the volume arrived
+    /// from `to` (src/decide/returns.rs).
+    #[serde(default, rename = "return", skip_serializing_if = "std::ops::Not::not")]
+    pub returning: bool,
 }
 
 /// A move fixed into a volume by its owner: durable until the volume is handed off or

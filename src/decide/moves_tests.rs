@@ -9,6 +9,7 @@ fn mv(to: Option<&str>, cancel: bool) -> VolumeMove {
         to: to.map(|t| t.parse().unwrap()),
         requires: BTreeMap::from([("zone".to_owned(), "b".to_owned())]),
         cancel,
+        returning: false,
     }
 }
 fn order() -> MoveOrder {

@@ -105,6 +105,7 @@ pub(super) fn prepare_db(export: Option<ExportEndpoint>, epoch: u64, size: u64) 
         size,
         rate_limit: None,
         verify: false,
+        base: None,
     }
 }
 
@@ -145,6 +146,9 @@ async fn a_stop_hook_reports_stopped_or_failed_and_exports_nothing_by_itself() {
         holder_addr: "fd00::2".into(),
         epoch: 4,
     });
+    // What a return needs is taken before the export opens (docs/return.md).
+    let result = Err("no userspace clone of db here tracks its writes".to_owned());
+    assert_eq!(next(&mut r.rx).await, DataEvent::Written { volume: "db".parse().unwrap(), epoch: 4, result });
     assert_eq!(next(&mut r.rx).await, DataEvent::ExportOpened { volume: "db".parse().unwrap(), epoch: 4 });
     let calls = r.exports.calls.lock().unwrap().clone();
     let want = format!(

@@ -1,6 +1,7 @@
 //! The seam to the data plane: the commands the core emits and the events it is fed.
 
 use crate::decide::model::{CloneProgress, ExportEndpoint, NodeName, VolumeId};
+use crate::decide::returns::{ReturnPlan, WrittenMap};
 
 /// What the data plane must do (export, clone, hooks, deletion). Fields are the volume
 /// and what its variant's doc names.
@@ -30,6 +31,8 @@ pub enum DataCommand {
         rate_limit: Option<u64>,
         /// Digest what is read from the source (`--verify`).
         verify: bool,
+        /// A return to this node: clone over the retained copy (docs/return.md).
+        base: Option<ReturnPlan>,
     },
     /// Holder: change the hydration bandwidth of a clone under way.
     SetRateLimit { volume: VolumeId, rate_limit: Option<u64> },
@@ -83,6 +86,10 @@ impl DataCommand {
 pub enum DataEvent {
     /// Source: a hook for this volume failed.
     HookFailed { volume: VolumeId, reason: String },
+    /// Source: what the volume's clone engine here tracked of the workload's writes since
+    /// the volume arrived, taken once its workload is stopped, before the export for
+    /// `epoch` opens (docs/return.md); `Err` says why there is no such set.
+    Written { volume: VolumeId, epoch: u64, result: Result<WrittenMap, String> },
     /// Source: the `stop` hook asked for at `epoch` succeeded (the export may open).
     WorkloadStopped { volume: VolumeId, epoch: u64 },
     /// Source: the export for `epoch` is open.

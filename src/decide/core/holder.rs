@@ -20,11 +20,13 @@ impl Core {
                     let (mut h, fx) = HolderVolume::granted(id, source, rec.epoch, rec.size);
                     h.rate_limit = rec.rate_limit;
                     self.state.holding.insert(id.clone(), h);
+                    let base = self.take_retained(id, source, rec);
                     let incoming = Incoming {
                         export: rec.export.clone(),
                         requires: rec.requires.clone(),
                         hooks: rec.hooks.clone(),
                         verify: rec.verify,
+                        base,
                     };
                     self.state.incoming.insert(id.clone(), incoming);
                     out.persist = true;
@@ -105,6 +107,7 @@ impl Core {
                 size: h.size,
                 rate_limit: h.rate_limit,
                 verify: meta.is_some_and(|m| m.verify),
+                base: meta.and_then(|m| m.base.clone()),
             },
             HolderEffect::StartWorkload => DataCommand::StartHeldWorkload { volume, hook: hooks.start },
             HolderEffect::Finalize => DataCommand::Finalize { volume, done_hook: hooks.done },

@@ -55,6 +55,7 @@ impl Core {
                 hooks: v.hooks.clone(),
                 arrived: v.arrived.clone(),
                 verify: v.lease.verify,
+                ret: self.return_base(id, v.lease.epoch, open),
             };
             keys.insert(Key::Volume(id.clone()).render(), schema::encode(&rec));
         }

@@ -23,6 +23,7 @@ mod holder;
 mod keys;
 mod lost;
 mod moves;
+mod returns;
 mod source;
 
 pub use data::{DataCommand, DataEvent};
@@ -152,6 +153,10 @@ pub struct Core {
     /// Restart work of moves coming here, until the first look at the fleet: a node that
     /// was declared lost while it was down must learn it before starting a workload.
     deferred: Option<Vec<(VolumeId, crate::decide::lease::HolderEffect)>>,
+    /// What each volume moving back to the node it came from is published with
+    /// (src/decide/returns.rs), by lease epoch; taken again when the export re-opens
+    /// after a restart, so not persisted.
+    returns: BTreeMap<VolumeId, (u64, crate::decide::returns::ReturnBase)>,
 }
 
 /// Why a volume cannot be added. Serializable: the API carries it as a typed refusal
@@ -184,6 +189,7 @@ impl Core {
             unaddressed_exports: BTreeMap::new(),
             dead_since: BTreeMap::new(),
             deferred: None,
+            returns: BTreeMap::new(),
         }
     }
 
@@ -391,6 +397,7 @@ impl Core {
                 self.source_event(&volume, &SourceEvent::Verified { epoch, result }, view, now_ms, &mut out)
             }
             DataEvent::SourceLost { volume, result } => self.source_lost_counted(&volume, result, &mut out),
+            DataEvent::Written { volume, epoch, result } => self.note_written(&volume, epoch, result),
         }
         out
     }
@@ -439,3 +446,5 @@ mod tests;
 mod tests_lost;
 #[cfg(test)]
 mod tests_moves;
+#[cfg(test)]
+mod tests_returns;

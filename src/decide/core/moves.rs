@@ -13,6 +13,11 @@ impl Core {
             return Err("a move request without a volume (an agent of another version sent it)".to_owned());
         };
         let v = self.state.volumes.get(&mv.volume);
+        if mv.returning
+            && let Some(v) = v
+        {
+            crate::decide::returns::check_request(&self.config.name, &mv.volume, mv.to.as_ref(), v.arrived.as_ref())?;
+        }
         let change = moves::apply(
             &self.config.name,
             self.state.node_state,

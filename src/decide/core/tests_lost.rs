@@ -51,6 +51,7 @@ fn cut_over_to_n2() -> (String, String) {
         hooks: Hooks::default(),
         arrived: None,
         verify: false,
+        ret: None,
     };
     ("vol/db".into(), schema::encode(&rec))
 }
@@ -101,7 +102,7 @@ fn running_holder() -> CoreState {
     let hooks = Hooks { stop: Some("systemctl stop db".into()), ..Hooks::default() };
     state
         .incoming
-        .insert("db".parse().unwrap(), Incoming { export: None, requires: BTreeMap::new(), hooks, verify: false });
+        .insert("db".parse().unwrap(), Incoming { export: None, requires: BTreeMap::new(), hooks, verify: false, base: None });
     state
 }
 

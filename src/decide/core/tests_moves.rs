@@ -24,7 +24,13 @@ fn request(seq: u64, volume: &str, cancel: bool) -> NodeRequest {
         issued_by: "n3".parse().unwrap(),
         options: DrainOptions {
             rate_limit: Some(5),
-            volume: Some(VolumeMove { volume: volume.parse().unwrap(), to: None, requires: BTreeMap::new(), cancel }),
+            volume: Some(VolumeMove {
+                volume: volume.parse().unwrap(),
+                to: None,
+                requires: BTreeMap::new(),
+                cancel,
+                returning: false,
+            }),
             ..Default::default()
         },
     }
