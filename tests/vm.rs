@@ -137,6 +137,7 @@ fn vm_dm_clone_sparse() {
     assert!(line.contains("sha256 equal"), "{line}");
     assert!(log.contains("holder: ") && log.contains("skipped="), "the holder did not report skipped bytes");
 }
+
 /// Issue 20: the userspace clone served through ublk_drv (built out of tree) from our
 /// iSCSI target: ext4 written while hydrating, the serving process killed with SIGKILL
 /// mid-I/O, a new one re-attaching to the same /dev/ublkbN (user recovery) with the
