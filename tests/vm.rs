@@ -144,7 +144,7 @@ fn vm_dm_clone_sparse() {
 /// workload seeing no error, hydration complete, checksums equal, fsck clean.
 #[test]
 fn vm_ublk_exposure() {
-    let mib = mib("MESHDRAIN_VM_UBLK_MIB", 64);
+    let mib = mib("MESHDRAIN_VM_UBLK_MIB", 48);
     let log = run(
         "vm_ublk_exposure",
         "ublk_exposure.sh",
