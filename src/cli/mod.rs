@@ -26,6 +26,7 @@ pub mod node;
 pub mod progress;
 pub mod roll;
 pub mod status;
+pub mod undrain;
 pub mod table;
 pub mod units;
 pub mod volume;
@@ -78,9 +79,10 @@ pub enum Command {
     /// Roll the fleet: drain each node in turn, run a command on it, bring it back.
     #[command(after_help = roll::EXAMPLES)]
     Roll(roll::RollArgs),
-    /// Cancel a drain: volumes not yet cut over stay here; the node becomes active.
-    #[command(after_help = node::UNDRAIN_EXAMPLES)]
-    Undrain(node::Args),
+    /// Cancel a drain: volumes not yet cut over stay here; the node becomes active
+    /// (`--return`: and the volumes that left it come back).
+    #[command(after_help = undrain::EXAMPLES)]
+    Undrain(undrain::UndrainArgs),
     /// Stop placing new volumes on a node; its volumes stay.
     #[command(after_help = node::CORDON_EXAMPLES)]
     Cordon(node::Args),
@@ -189,7 +191,7 @@ pub fn main() -> ExitCode {
             Command::Status(a) => status::run(a, &control).await,
             Command::Drain(a) => drain::run(a, &control).await,
             Command::Roll(a) => roll::run(a, &control).await,
-            Command::Undrain(a) => node::run(NodeAction::Undrain, a, &control).await,
+            Command::Undrain(a) => undrain::run(a, &control).await,
             Command::Cordon(a) => node::run(NodeAction::Cordon, a, &control).await,
             Command::Uncordon(a) => node::run(NodeAction::Uncordon, a, &control).await,
             Command::Volume(c) => volume::run(c, &control).await,
@@ -240,7 +242,8 @@ fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
         Command::Status(a) => &a.control.control,
         Command::Drain(a) => &a.common.control.control,
         Command::Roll(a) => a.control(),
-        Command::Undrain(a) | Command::Cordon(a) | Command::Uncordon(a) => &a.control.control,
+        Command::Undrain(a) => &a.common.control.control,
+        Command::Cordon(a) | Command::Uncordon(a) => &a.control.control,
         Command::Volume(c) => c.control(),
         Command::Gc(a) => &a.control.control,
         Command::Node(c) => c.control(),

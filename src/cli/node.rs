@@ -27,15 +27,6 @@ adopts it when it returns), 2 usage error or a node the fleet does not know (wit
     };
 }
 
-/// Examples shown at the end of `meshdrain undrain --help`.
-pub const UNDRAIN_EXAMPLES: &str = concat!(
-    "Examples:
-  meshdrain undrain node3            # volumes not cut over stay on node3; the rest stay moved
-  meshdrain undrain node3 --json     # the outcome and the volumes that stay moved, as JSON
-
-",
-    exit_codes!()
-);
 /// Examples shown at the end of `meshdrain cordon --help`.
 pub const CORDON_EXAMPLES: &str = concat!(
     "Examples:
@@ -173,7 +164,7 @@ pub async fn request(
 
 /// Polls until the node adopts the request, it is seen down for a couple of seconds, or
 /// --timeout passes.
-async fn wait_adopted(client: &mut Client, outcome: &mut Outcome, args: &Args) -> anyhow::Result<()> {
+pub(super) async fn wait_adopted(client: &mut Client, outcome: &mut Outcome, args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + args.timeout;
     loop {
