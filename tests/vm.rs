@@ -157,3 +157,27 @@ fn vm_ublk_exposure() {
     assert!(line.contains("checksums equal, fsck clean"), "{line}");
     assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
 }
+
+/// Issue 20: the userspace clone served as /dev/nbdN (Debian's nbd as shipped) by a
+/// holder process with `expose = "nbd"`, from our iSCSI target: ext4 written while
+/// hydrating, the holder killed with SIGKILL mid-I/O, a new holder reconfiguring the same
+/// device with its new socket (the workload sees no error), hydration complete, checksums
+/// equal, fsck clean; and the 4 KiB on-demand read latency through nbd and FUSE + loop.
+#[test]
+fn vm_nbd_exposure() {
+    let mib = mib("MESHDRAIN_VM_NBD_MIB", 32);
+    let log = run(
+        "vm_nbd_exposure",
+        "nbd_exposure.sh",
+        vec![],
+        &[("VM_VOL_MIB", &mib.to_string())],
+        Duration::from_secs(300),
+    );
+    let line = log.lines().find(|l| l.starts_with("NBD restart: ")).expect("no NBD restart line in the log");
+    println!("{line}");
+    for l in log.lines().filter(|l| l.starts_with("LATENCY ")) {
+        println!("{l}");
+    }
+    assert!(line.contains("served again by a new holder, checksums equal, fsck clean"), "{line}");
+    assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
+}

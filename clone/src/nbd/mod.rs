@@ -98,6 +98,7 @@ impl NbdExposed {
         let device = PathBuf::from(format!("/dev/nbd{index}"));
         let mut me = Self { index, device: device.clone(), symlink: None, reattached, server: Some(server), engine };
         wait_sized(index, me.engine.size())?;
+        set_io_timeout(index);
         if let Some(link) = &opts.symlink {
             point(link, &device)?;
             me.symlink = Some(link.clone());
@@ -186,7 +187,9 @@ fn configure(engine: &Engine, opts: &NbdOptions) -> Result<(UnixStream, u32, boo
     let mut c = netlink::Connect {
         index: opts.reattach.filter(|i| !configured(*i)),
         size: engine.size(),
-        block_size: 4096,
+        // 512 as loop and our iSCSI LUNs present: a filesystem made with 1 KiB blocks
+        // (mkfs.ext4's choice for small volumes) does not mount on 4 KiB sectors.
+        block_size: 512,
         dead_conn_timeout: dead,
         backend: opts.backend.clone(),
     };
@@ -215,6 +218,20 @@ fn peer_open(sock: &UnixStream) -> bool {
 /// Whether `/dev/nbdN` is configured (the kernel shows its server's pid until disconnected).
 fn configured(index: u32) -> bool {
     Path::new(&format!("/sys/block/nbd{index}/pid")).exists()
+}
+
+/// How often the kernel looks at a request still unanswered. With nbd's own timeout at 0
+/// it never fails one nor drops our socket; it only logs it and, when the socket it went
+/// out on was replaced (a restarted server), sends it again on the new one. 10 s instead
+/// of the block layer's 30 s: a restart costs the requests it caught at most that long.
+const IO_TIMEOUT_MS: u32 = 10_000;
+
+/// Best effort: sets the block queue's request timer (sysfs `queue/io_timeout`).
+fn set_io_timeout(index: u32) {
+    let path = format!("/sys/block/nbd{index}/queue/io_timeout");
+    if let Err(e) = std::fs::write(&path, IO_TIMEOUT_MS.to_string()) {
+        tracing::debug!(%path, error = %e, "cannot shorten the request timer (requests caught by a restart wait 30 s)");
+    }
 }
 
 /// Waits (up to 5 s) until the kernel shows the device at its size.
