@@ -74,7 +74,13 @@ pub fn status(core: &Core, view: &ClusterView, heartbeats: &HashMap<String, (u64
         });
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
     }
-    StatusReport { self_name: me.to_string(), nodes, gossip: Default::default(), lost: Default::default() }
+    StatusReport {
+        self_name: me.to_string(),
+        nodes,
+        gossip: Default::default(),
+        lost: Default::default(),
+        clones: Vec::new(),
+    }
 }
 
 /// Every volume of the fleet: its owner's record, joined with its holder's progress.

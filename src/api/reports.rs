@@ -25,6 +25,10 @@ pub struct StatusReport {
     /// when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<Box<LostStatus>>,
+    /// The userspace clones on this node and how each is exposed to its workload
+    /// (`nbd`, `ublk`, `fuse-loop`: docs/exposures.md); absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clones: Vec<crate::dataplane::ExposedClone>,
 }
 
 /// The lost nodes part of `status` (docs/failures.md): every declaration this agent

@@ -19,7 +19,8 @@ Examples:
 ADDRESS is the node's mesh address (its gossip address without a mesh); MESH the WireGuard
 backend carrying it; HEARTBEAT the age of its last heartbeat here, DEAD when the failure
 detector holds it dead. A line under the table per draining node: volumes moving, bytes moved
-of bytes to move, rate and ETA.";
+of bytes to move, rate and ETA; and one per userspace clone on this node: how its workload
+sees it (`nbd`, `ublk`, `fuse-loop`) and the device (JSON: `clones`).";
 
 /// Show every node of the fleet as the local agent sees it.
 #[derive(Debug, clap::Args)]
@@ -109,6 +110,9 @@ pub fn render(report: &StatusReport, volumes: &[VolumeStatus]) -> String {
         if let Some(line) = NodeProgress::of(&n.name, volumes).render() {
             out.push_str(&format!("{}: {line}\n", n.name));
         }
+    }
+    for c in &report.clones {
+        out.push_str(&format!("clone {}: {} {} (docs/exposures.md)\n", c.volume, c.exposure, c.device.display()));
     }
     out.push_str(&render_lost(report));
     out.push_str(&render_gossip(&report.gossip));
@@ -210,8 +214,16 @@ mod tests {
             nodes: vec![node("node-one", true), node("node-two", false)],
             gossip: GossipHealth { mode: GossipMode::Hmac, ..Default::default() },
             lost: Default::default(),
+            clones: vec![crate::dataplane::ExposedClone {
+                volume: "db1".into(),
+                exposure: "nbd".into(),
+                device: "/dev/nbd3".into(),
+            }],
         };
         let out = render(&report, &[]);
+        assert!(out.contains("\nclone db1: nbd /dev/nbd3 (docs/exposures.md)\n"), "{out}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["clones"][0]["exposure"], "nbd", "{json}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>()[2..4], ["ADDRESS", "MESH"]);
         assert!(lines[1].contains(" userspace "), "{out}");
@@ -245,6 +257,7 @@ mod tests {
             nodes: vec![],
             gossip: GossipHealth::default(),
             lost: Some(Box::new(lost)),
+            clones: vec![],
         };
         assert_eq!(
             render_lost(&report),

@@ -115,6 +115,10 @@ pub trait CloneService: Send + Sync + 'static {
     }
     /// The volume left this node (its handed-off copy is deleted): stop serving it.
     fn release(&self, _volume: &str) {}
+    /// Running clones and how each is exposed (docs/exposures.md). Default: none said.
+    fn exposures(&self) -> Vec<super::ExposedClone> {
+        Vec::new()
+    }
     /// Changes the bandwidth of a running hydration.
     fn set_rate_limit(&self, volume: &str, rate: Option<u64>);
     /// Flushes, replaces the clone by the plain dest, logs out. Idempotent. Returns the
@@ -211,6 +215,10 @@ impl DataPlane for Executor {
         if let Err(mpsc::error::SendError((cmd, _))) = tx.send((cmd, local)) {
             warn!(command = format!("{cmd:?}").split([' ', '{', '(']).next().unwrap_or_default(), volume = %cmd.volume(), "volume worker is gone; command dropped");
         }
+    }
+
+    fn exposures(&self) -> Vec<super::ExposedClone> {
+        self.inner.clones.exposures()
     }
 }
 

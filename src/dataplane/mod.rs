@@ -58,6 +58,22 @@ pub trait DataPlane: Send + 'static {
     /// here, as the owner loop's volume table says when it hands the command over (`None`:
     /// not a local volume).
     fn execute(&mut self, cmd: DataCommand, local: Option<PathBuf>, events: mpsc::UnboundedSender<DataEvent>);
+    /// This node's clones and how each is presented to its workload (`status` shows them;
+    /// docs/exposures.md). Default: none.
+    fn exposures(&self) -> Vec<ExposedClone> {
+        Vec::new()
+    }
+}
+
+/// One clone on this node and the device its workload uses (docs/exposures.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExposedClone {
+    /// Volume id.
+    pub volume: String,
+    /// `ublk`, `nbd` or `fuse-loop`.
+    pub exposure: String,
+    /// The device (`/dev/nbdN`, ...).
+    pub device: PathBuf,
 }
 
 /// For agents that only gossip (no volumes can move to or from them): every move that

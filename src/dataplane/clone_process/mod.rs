@@ -501,6 +501,21 @@ impl CloneService for ProcessClones {
         self.relaunches.lock().expect("relaunch lock").take()
     }
 
+    fn exposures(&self) -> Vec<crate::dataplane::ExposedClone> {
+        let clones = self.clones.lock().expect("clones lock");
+        clones
+            .iter()
+            .filter_map(|(volume, t)| {
+                let live = t.live.lock().expect("live lock");
+                Some(crate::dataplane::ExposedClone {
+                    volume: volume.clone(),
+                    exposure: live.exposure?.as_str().to_owned(),
+                    device: live.device.clone(),
+                })
+            })
+            .collect()
+    }
+
     fn release(&self, volume: &str) {
         let files = HolderFiles::new(&self.shared.dir, volume);
         if self.get(volume).is_none() && !files.spec.exists() {

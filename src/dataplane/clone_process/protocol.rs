@@ -332,6 +332,23 @@ mod tests {
     }
 
     #[test]
+    fn the_state_records_the_exposure_and_the_nbd_index_only_when_there_are_some() {
+        let plain = HolderState { pid: 9, epoch: 2, ..Default::default() };
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(!text.contains("exposure") && !text.contains("nbd_index") && !text.contains("reattached"), "{text}");
+        let nbd = HolderState { exposure: Some(Chosen::Nbd), nbd_index: Some(3), reattached: true, ..plain };
+        let text = serde_json::to_string(&nbd).unwrap();
+        assert!(text.ends_with(r#""exposure":"nbd","nbd_index":3,"reattached":true}"#), "{text}");
+        assert_eq!(serde_json::from_str::<HolderState>(&text).unwrap(), nbd);
+        // A spec naming an exposure keeps it; one written by an earlier agent reads as auto.
+        let spec = r#"{"volume":"db","export":{"addr":"a:1","iqn":"i"},"initiator_iqn":"n","epoch":1,"size":1,"dest":"/d","metadata":"/m","rate_limit":null,"verify":false,"region_size":65536,"parallelism":1,"batch_regions":1,"read_through":true,"prepare_delay_ms":0,"mountpoint":"/f","link":"/l""#;
+        let old: HolderSpec = serde_json::from_str(&format!("{spec}}}")).unwrap();
+        assert_eq!(old.expose, ExposeKind::Auto);
+        let new: HolderSpec = serde_json::from_str(&format!(r#"{spec},"expose":"fuse-loop"}}"#)).unwrap();
+        assert_eq!(new.expose, ExposeKind::FuseLoop);
+    }
+
+    #[test]
     fn requests_have_the_documented_wire_form() {
         assert_eq!(serde_json::to_string(&Request::Rate { rate: Some(4096) }).unwrap(), r#"{"op":"rate","rate":4096}"#);
         assert_eq!(serde_json::to_string(&Request::SourceLost).unwrap(), r#"{"op":"source_lost"}"#);
