@@ -1,3 +1,4 @@
+#![allow(clippy::single_range_in_vec_init)] // ranges of one region are what these tests write
 use std::io;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

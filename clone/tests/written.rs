@@ -1,6 +1,7 @@
 //! Write tracking through the engine (docs/return.md): a workload write is acknowledged
 //! only after its region is durably in the written set, and a clone created over a
 //! retained copy fetches only the regions that set names.
+#![allow(clippy::single_range_in_vec_init)] // ranges of one region are what these tests write
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -16,9 +16,12 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Arrival, NodeName, VolumeId};
 
-/// At most this many ranges travel in gossip: a record stays a few KiB (neighbours are
-/// merged until it fits: over-copying is always safe).
-pub const MAX_RANGES: usize = 128;
+/// The written set travels in gossip as a bitmap of at most this many bits (2 KiB, 4 KiB
+/// in hex): one bit per `grain` bytes, the grain the smallest power of two from 64 KiB
+/// that fits. A coarser grain only over-copies, which is always safe.
+pub const MAX_BITS: u64 = 16 * 1024;
+/// The finest grain (the engine's default region size).
+pub const MIN_GRAIN: u64 = 64 * 1024;
 
 /// What the owner's clone engine reports about the workload's writes since its clone was
 /// created (the data plane's answer, [`crate::decide::core::DataEvent::Written`]).
@@ -45,8 +48,11 @@ pub enum ReturnBase {
         epoch: u64,
         /// The clone id of the engine that tracked the writes (hex).
         clone: String,
-        /// `[offset, length]` pairs, ascending, disjoint, within the volume.
-        ranges: Vec<[u64; 2]>,
+        /// Bytes per bit of `bits`.
+        grain: u64,
+        /// The written bitmap, hex: bit `i` (of byte `i / 8`, least significant first)
+        /// covers bytes `i * grain .. (i + 1) * grain`.
+        bits: String,
     },
     /// Everything is copied, and why.
     Full {
@@ -59,11 +65,13 @@ pub enum ReturnBase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum ReturnPlan {
-    /// Clone over the retained copy, fetching only `ranges`; refused by the data plane
-    /// (then full) if the copy changed after `since_ms` (its hand-off).
+    /// Clone over the retained copy, fetching only what `bits` marks; refused by the data
+    /// plane (then full) if the copy changed after `since_ms` (its hand-off).
     Delta {
-        /// `[offset, length]` pairs to fetch.
-        ranges: Vec<[u64; 2]>,
+        /// Bytes per bit.
+        grain: u64,
+        /// The written bitmap, hex (checked: see [`decode`]).
+        bits: String,
         /// When the copy was handed off here (ms since the epoch): a copy whose inode
         /// changed after it was touched since.
         since_ms: u64,
@@ -102,15 +110,16 @@ pub fn check_request(
 /// node the volume arrived from and the engine's set is of that very move.
 pub fn publish(
     holder: &NodeName,
+    size: u64,
     arrived: Option<&Arrival>,
     written: Result<WrittenMap, String>,
 ) -> Option<ReturnBase> {
     let a = arrived.filter(|a| a.from == *holder)?;
     Some(match written {
         Ok(w) if w.epoch == a.epoch => {
-            let ranges = meshdrain_clone::written::coarsen(w.ranges, MAX_RANGES);
-            let ranges = ranges.into_iter().map(|r| [r.start, r.end - r.start]).collect();
-            ReturnBase::Delta { base: a.from.clone(), epoch: a.epoch, clone: w.clone, ranges }
+            let grain = grain_for(size);
+            let bits = encode(&w.ranges, size, grain);
+            ReturnBase::Delta { base: a.from.clone(), epoch: a.epoch, clone: w.clone, grain, bits }
         }
         Ok(w) => ReturnBase::Full {
             reason: format!(
@@ -122,23 +131,52 @@ pub fn publish(
     })
 }
 
-/// Checks a peer's ranges (hostile input): bounded count, non-empty, ascending, disjoint,
-/// within `size`.
-pub fn check_ranges(ranges: &[[u64; 2]], size: u64) -> Result<(), String> {
-    if ranges.len() > MAX_RANGES {
-        return Err(format!("{} ranges, at most {MAX_RANGES} are taken", ranges.len()));
+/// The grain for a volume of `size` bytes: the smallest power of two from [`MIN_GRAIN`]
+/// whose bitmap has at most [`MAX_BITS`] bits.
+pub fn grain_for(size: u64) -> u64 {
+    let mut g = MIN_GRAIN;
+    while size.div_ceil(g) > MAX_BITS {
+        g *= 2;
     }
-    let mut end = 0u64;
-    for (i, [off, len]) in ranges.iter().enumerate() {
-        let Some(stop) = off.checked_add(*len).filter(|s| *len > 0 && *s <= size) else {
-            return Err(format!("range {i} ({off}+{len}) is empty or outside the volume's {size} bytes"));
-        };
-        if i > 0 && *off < end {
-            return Err(format!("range {i} ({off}+{len}) is not after the one before it"));
+    g
+}
+
+/// The bitmap (hex) of `ranges` at `grain`: every bit a range touches is set (a superset).
+pub fn encode(ranges: &[Range<u64>], size: u64, grain: u64) -> String {
+    let mut bits = vec![0u8; size.div_ceil(grain).div_ceil(8) as usize];
+    for r in ranges.iter().filter(|r| r.start < r.end && r.start < size) {
+        for i in r.start / grain..r.end.min(size).div_ceil(grain) {
+            bits[(i / 8) as usize] |= 1 << (i % 8);
         }
-        end = stop;
     }
-    Ok(())
+    hex::encode(bits)
+}
+
+/// Decodes a peer's bitmap (hostile input) into byte ranges within `size`: the grain must
+/// be a multiple of 512 that gives at most [`MAX_BITS`] bits, the text exactly the
+/// bitmap's length (checked before decoding), no bit past the volume's end.
+pub fn decode(bits: &str, size: u64, grain: u64) -> Result<Vec<Range<u64>>, String> {
+    if grain == 0 || !grain.is_multiple_of(512) || size.div_ceil(grain) > MAX_BITS {
+        return Err(format!("grain {grain} is not a multiple of 512 giving at most {MAX_BITS} bits for {size} bytes"));
+    }
+    let n = size.div_ceil(grain);
+    let want = (n.div_ceil(8) * 2) as usize;
+    if bits.len() != want {
+        return Err(format!("the bitmap is {} hex digits, {want} expected", bits.len()));
+    }
+    let raw = hex::decode(bits).map_err(|e| format!("the bitmap is not hex: {e}"))?;
+    if !n.is_multiple_of(8) && raw.last().is_some_and(|b| b >> (n % 8) != 0) {
+        return Err("the bitmap has bits past the volume's end".into());
+    }
+    let mut out: Vec<Range<u64>> = Vec::new();
+    for i in (0..n).filter(|i| raw[(i / 8) as usize] & (1 << (i % 8)) != 0) {
+        let (lo, hi) = (i * grain, ((i + 1) * grain).min(size));
+        match out.last_mut() {
+            Some(last) if last.end == lo => last.end = hi,
+            _ => out.push(lo..hi),
+        }
+    }
+    Ok(out)
 }
 
 /// What the returning node `me` does with a grant from `source` of a volume of `size`
@@ -155,12 +193,12 @@ pub fn plan(
     let Some(base) = base else {
         return full(format!("{source} published no return base (an agent without returns, or not a return)"));
     };
-    let (epoch, ranges) = match base {
+    let (epoch, grain, bits) = match base {
         ReturnBase::Full { reason } => return full(reason.clone()),
         ReturnBase::Delta { base, .. } if base != me => {
             return full(format!("the written ranges are relative to {base}'s copy, not {me}'s"));
         }
-        ReturnBase::Delta { epoch, ranges, .. } => (*epoch, ranges),
+        ReturnBase::Delta { epoch, grain, bits, .. } => (*epoch, *grain, bits),
     };
     let since_ms = match retained {
         None => return full(format!("{me} no longer holds a copy (deleted by gc or after the retention window)")),
@@ -173,24 +211,10 @@ pub fn plan(
         }
         Some((_, Some((_, at)))) => at,
     };
-    if let Err(why) = check_ranges(ranges, size) {
+    if let Err(why) = decode(bits, size, grain) {
         return full(format!("{source}'s written ranges are refused: {why}"));
     }
-    ReturnPlan::Delta { ranges: ranges.clone(), since_ms }
-}
-
-/// Bytes a plan copies at most (the ranges rounded out to `region_size`), for messages.
-pub fn delta_bytes(ranges: &[[u64; 2]], region_size: u64, size: u64) -> u64 {
-    let rs = region_size.max(1);
-    let mut total = 0;
-    let mut covered_to = 0;
-    for [off, len] in ranges {
-        let lo = (off / rs * rs).max(covered_to);
-        let hi = (off + len).div_ceil(rs).saturating_mul(rs).min(size);
-        total += hi.saturating_sub(lo);
-        covered_to = covered_to.max(hi);
-    }
-    total
+    ReturnPlan::Delta { grain, bits: bits.clone(), since_ms }
 }
 
 #[cfg(test)]

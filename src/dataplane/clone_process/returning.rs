@@ -64,7 +64,9 @@ pub(super) fn open_over_kept(
     source: &Arc<dyn BlockSource>,
     cfg: &EngineConfig,
 ) -> Result<Option<Arc<Engine>>, String> {
-    let Some(ReturnPlan::Delta { ranges, since_ms }) = &spec.clone_spec.base else { return Ok(None) };
+    let Some(ReturnPlan::Delta { grain, bits, since_ms }) = &spec.clone_spec.base else { return Ok(None) };
+    // Checked when the grant was taken; checked again: the spec file is the only input here.
+    let stale = crate::decide::returns::decode(bits, spec.clone_spec.size, *grain)?;
     let (dest_path, meta_path) = (&spec.clone_spec.dest, &spec.clone_spec.metadata);
     let volume = &spec.clone_spec.volume;
     if meta_path.exists() {
@@ -89,7 +91,6 @@ pub(super) fn open_over_kept(
     let dest =
         FileDest::open(dest_path, spec.clone_spec.size).map_err(|e| format!("dest {}: {e}", dest_path.display()))?;
     let meta = FileMeta::create(meta_path).map_err(|e| format!("metadata {}: {e}", meta_path.display()))?;
-    let stale: Vec<std::ops::Range<u64>> = ranges.iter().map(|[o, l]| *o..o.saturating_add(*l)).collect();
     let engine = Engine::create_over(source.clone(), Box::new(dest), Box::new(meta), cfg.clone(), &stale)
         .map_err(|e| e.to_string())?;
     let bytes: u64 = stale.iter().map(|r| r.end - r.start).sum();

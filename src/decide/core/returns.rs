@@ -15,11 +15,11 @@ impl Core {
     pub(super) fn note_written(&mut self, id: &VolumeId, epoch: u64, result: Result<WrittenMap, String>) {
         let Some(v) = self.state.volumes.get(id).filter(|v| v.lease.epoch == epoch) else { return };
         let SourcePhase::Granted { holder, .. } = &v.lease.phase else { return };
-        match returns::publish(holder, v.arrived.as_ref(), result) {
+        match returns::publish(holder, v.lease.size, v.arrived.as_ref(), result) {
             Some(base) => {
                 match &base {
-                    ReturnBase::Delta { ranges, .. } => {
-                        tracing::info!(volume = %id, %holder, ranges = ranges.len(), "returning: only the regions written here since it arrived are copied")
+                    ReturnBase::Delta { grain, .. } => {
+                        tracing::info!(volume = %id, %holder, grain, "returning: only the regions written here since it arrived are copied")
                     }
                     ReturnBase::Full { reason } => {
                         tracing::info!(volume = %id, %holder, "returning with a full move: {reason}")
@@ -56,8 +56,8 @@ impl Core {
         }
         let plan = returns::plan(&self.config.name, source, rec.size, rec.ret.as_ref(), retained);
         match &plan {
-            ReturnPlan::Delta { ranges, .. } => {
-                tracing::info!(volume = %id, %source, ranges = ranges.len(), "return: the copy kept here is reused; only the regions written since are copied")
+            ReturnPlan::Delta { grain, .. } => {
+                tracing::info!(volume = %id, %source, grain, "return: the copy kept here is reused; only the regions written since are copied")
             }
             ReturnPlan::Full { reason } => tracing::info!(volume = %id, %source, "return: full move: {reason}"),
         }

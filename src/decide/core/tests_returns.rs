@@ -2,6 +2,7 @@
 //! arrival and publishes what its engine tracked once the export opens; the node the
 //! volume came from takes a delta only for the very copy it handed off, and its retained
 //! record stops being a copy gc could delete.
+#![allow(clippy::single_range_in_vec_init)] // ranges of one region are what these tests write
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use crate::cluster::schema::{self, VolumeRecord};
 use crate::cluster::view::{RawNode, RawSnapshot};
 use crate::decide::model::{Arrival, ExportEndpoint};
 use crate::decide::moves::VolumeMove;
-use crate::decide::returns::{ReturnBase, ReturnPlan, WrittenMap};
+use crate::decide::returns::{self, ReturnBase, ReturnPlan, WrittenMap};
 
 fn n(s: &str) -> NodeName {
     s.parse().unwrap()
@@ -90,10 +91,8 @@ fn the_owner_publishes_the_written_ranges_with_the_open_export_only() {
     assert!(!core.desired_keys()["vol/a"].contains("return"), "not before the export is open");
     core.data_event(DataEvent::ExportOpened { volume: "a".parse().unwrap(), epoch: 4 }, &v, 11);
     let rec: VolumeRecord = schema::decode(&core.desired_keys()["vol/a"]).unwrap();
-    assert_eq!(
-        rec.ret,
-        Some(ReturnBase::Delta { base: n("n2"), epoch: 3, clone: "ab".into(), ranges: vec![[0, 65536]] })
-    );
+    let bits = returns::encode(&[0..65536], 1 << 20, 65536);
+    assert_eq!(rec.ret, Some(ReturnBase::Delta { base: n("n2"), epoch: 3, clone: "ab".into(), grain: 65536, bits }));
     // A stale answer (another epoch) changes nothing; an untracked one says why.
     core.data_event(DataEvent::Written { volume: "a".parse().unwrap(), epoch: 3, result: Err("x".into()) }, &v, 12);
     assert!(matches!(
@@ -151,10 +150,11 @@ fn prepared_base(out: &Output) -> Option<ReturnPlan> {
 
 #[test]
 fn the_node_the_volume_came_from_clones_over_its_kept_copy_and_stops_treating_it_as_one() {
-    let delta = ReturnBase::Delta { base: n("n1"), epoch: 3, clone: "ab".into(), ranges: vec![[65536, 4096]] };
+    let bits = returns::encode(&[65536..69632], 1 << 20, 65536);
+    let delta = ReturnBase::Delta { base: n("n1"), epoch: 3, clone: "ab".into(), grain: 65536, bits: bits.clone() };
     let mut core = returning_node(true);
     let out = core.tick(&view("n1", vec![node("n2", vec![granted_to_n1(Some(delta.clone()))])]), 2000);
-    assert_eq!(prepared_base(&out), Some(ReturnPlan::Delta { ranges: vec![[65536, 4096]], since_ms: 1000 }));
+    assert_eq!(prepared_base(&out), Some(ReturnPlan::Delta { grain: 65536, bits, since_ms: 1000 }));
     assert!(!core.state.volumes.contains_key("a"), "the kept copy is the clone's dest now: gc must not delete it");
     assert!(core.state.incoming["a"].base.is_some(), "kept for a restarted prepare");
     // The copy is gone (gc): a full move, and it says why.
