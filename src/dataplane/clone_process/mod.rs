@@ -406,9 +406,24 @@ impl CloneService for ProcessClones {
             pc.shared.restarts.fetch_add(1, Ordering::Relaxed);
             RESTARTS.fetch_add(1, Ordering::Relaxed);
         }
+        // A holder that died while no agent ran: its spec says whether the workload runs.
+        let before = read_json::<HolderSpec>(&files.spec).ok().filter(|b| b.clone_spec.epoch == spec.epoch);
         let live = launch::launch(&pc.shared.exe, &files, &hs)?;
         let device = live.device.clone();
-        pc.track(Tracked::new(files, hs, live, false));
+        let mut hs = hs;
+        // docs/exposures.md: the new holder took over the dead one's device, so a workload
+        // started on it still runs there: counted as adopted, its start hook is not run
+        // a second time.
+        let kept = live.reattached && before.as_ref().is_some_and(|b| b.workload_started);
+        if kept && let Some(b) = before {
+            (hs.workload_started, hs.start_hook) = (true, b.start_hook);
+            info!(volume = %spec.volume, device = %device.display(), "the restarted holder took over the same device: the workload kept running on it");
+        }
+        let t = Tracked::new(files, hs, live, kept);
+        if kept {
+            t.save_spec();
+        }
+        pc.track(t);
         Ok(device)
     }
 
@@ -547,5 +562,28 @@ impl CloneService for ProcessClones {
     fn discard(&self, volume: &str, dest: &Path, metadata: &Path) {
         self.release(volume);
         remove_files(volume, &[dest, metadata]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_exposure_the_kernel_lacks_keeps_the_agent_from_starting() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = exposure::probe();
+        let clones = || ProcessClones::new(dir.path(), EngineTuning::default()).unwrap();
+        match clones().with_expose(ExposeKind::Nbd) {
+            Ok(c) => assert!(probe.nbd && c.expose == ExposeKind::Nbd),
+            Err(e) => {
+                assert!(!probe.nbd, "{e}");
+                assert!(e.contains("has no nbd driver") && e.contains("run `modprobe nbd`"), "{e}");
+            }
+        }
+        // `auto` takes what there is; the holders get the operator's word, not the choice.
+        if probe.fuse || probe.nbd || probe.ublk {
+            assert_eq!(clones().with_expose(ExposeKind::Auto).unwrap().expose, ExposeKind::Auto);
+        }
     }
 }
