@@ -145,15 +145,20 @@ fn vm_dm_clone_sparse() {
 #[test]
 fn vm_ublk_exposure() {
     let mib = mib("MESHDRAIN_VM_UBLK_MIB", 48);
+    // MESHDRAIN_VM_UBLK_BENCH=1 adds the latency comparison (ublk, FUSE + loop, open-iscsi).
+    let bench = std::env::var("MESHDRAIN_VM_UBLK_BENCH").unwrap_or_default();
     let log = run(
         "vm_ublk_exposure",
         "ublk_exposure.sh",
         vec![],
-        &[("VM_VOL_MIB", &mib.to_string())],
+        &[("VM_VOL_MIB", &mib.to_string()), ("VM_UBLK_BENCH", &bench)],
         Duration::from_secs(300),
     );
     let line = log.lines().find(|l| l.starts_with("UBLK recovery: ")).expect("no UBLK recovery line in the log");
     println!("{line}");
+    for l in log.lines().filter(|l| l.starts_with("LATENCY ")) {
+        println!("{l}");
+    }
     assert!(line.contains("checksums equal, fsck clean"), "{line}");
     assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
 }
