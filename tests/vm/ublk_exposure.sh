@@ -9,8 +9,11 @@
 # hydration completes, every checksum is equal, the dest's ext4 is fsck clean.
 # Also measured: the median 4 KiB O_DIRECT read through /dev/ublkbN of regions not yet
 # hydrated (on-demand) and of the same regions once hydrated (`LATENCY ublk` line).
+# With VM_UBLK_BENCH=1, then the same median on fresh clones that do not hydrate (rate
+# 4K/s) through ublk and FUSE + loop, and on the remote LUN itself through open-iscsi (the
+# plain remote read): `LATENCY ublk-idle`, `LATENCY fuse-loop-idle`, `LATENCY open-iscsi`.
 # Env: VM_VOL_MIB (default 48), VM_RATE (hydration limit, default 1M: still hydrating at
-# the kill), MESHDRAIN_BIN, MESHDRAIN_UBLK_KO.
+# the kill), VM_UBLK_BENCH, MESHDRAIN_BIN, MESHDRAIN_UBLK_KO.
 . "$(dirname "$0")/lib.sh"
 MIB=${VM_VOL_MIB:-48}
 RATE=${VM_RATE:-1M}
@@ -30,6 +33,49 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 }
 trap cleanup EXIT
+
+# The optional latency comparison (VM_UBLK_BENCH=1), on fresh clones that do not hydrate.
+bench() {
+  [ "${VM_UBLK_BENCH:-0}" = 1 ] || return 0
+  local c d
+  step "bench: fresh clones at 4K/s (ublk, FUSE + loop), the LUN through open-iscsi"
+  modprobe fuse
+  for how in ublk fuse-loop; do
+    rm -f $W/b.img $W/b.meta
+    local args=(--ublk)
+    [ $how = fuse-loop ] && args=(--expose $W/fl --hold)
+    NO_COLOR=1 "$MESHDRAIN_BIN" clone run --backend userspace --source "$URL" --dest $W/b.img --metadata $W/b.meta \
+      --rate-limit 4K --json "${args[@]}" >/dev/null 2>$W/b.err &
+    c=$!
+    if [ $how = ublk ]; then
+      wait_for 30 grep -q '^ublk: ' $W/b.err || fail "bench clone: $(tail -n 3 $W/b.err)"
+      d=$(sed -n 's/^ublk: \(\/dev\/ublkb[0-9]*\) .*/\1/p' $W/b.err)
+    else
+      wait_for 30 bash -c "test -b \"\$(readlink $W/fl)\"" || fail "bench clone: $(tail -n 3 $W/b.err)"
+      d=$(readlink $W/fl)
+    fi
+    echo "LATENCY $how-idle $(lat $d)"
+    kill -TERM $c
+    wait $c || true
+  done
+  for m in sd_mod iscsi_tcp crc32c_generic; do modprobe $m; done
+  mkdir -p /run/lock/iscsi /tmp/etc-iscsi
+  cp -a /etc/iscsi/. /tmp/etc-iscsi/
+  echo "InitiatorName=iqn.2026-11.invalid.meshdrain:vm-ublk-bench" >/tmp/etc-iscsi/initiatorname.iscsi
+  mount --bind /tmp/etc-iscsi /etc/iscsi
+  setsid iscsid -f >$W/iscsid.log 2>&1 &
+  pids+=($!)
+  sleep 0.5
+  iscsiadm -m discovery -t sendtargets -p $PORTAL >/dev/null
+  iscsiadm -m node -T $IQN -p $PORTAL --login >/dev/null
+  d=
+  wait_for 20 bash -c 'ls /sys/class/iscsi_session/session*/device/target*/*/block/ 2>/dev/null | grep -q sd' ||
+    fail "no /dev/sdX after the open-iscsi login"
+  d=/dev/$(ls /sys/class/iscsi_session/session*/device/target*/*/block/ | grep sd | head -1)
+  wait_for 5 test -b $d || fail "no $d"
+  echo "LATENCY open-iscsi $(lat $d)"
+  iscsiadm -m node --logoutall=all >/dev/null
+}
 
 step "modules: ublk_drv, loop"
 for m in loop ext4; do modprobe $m; done
@@ -68,7 +114,8 @@ echo "serving $DEV (dev id $ID), $(blockdev --getsize64 $DEV) bytes"
 step "latency: 4 KiB on-demand reads of unhydrated regions through $DEV (O_DIRECT)"
 # 40 regions 256 KiB apart from 3/4 of the volume on: hydration (in order, at $RATE/s) has
 # not reached them, so each first read is an on-demand fetch from the source.
-python3 - $DEV $((MIB * 3 / 4 << 20)) >$W/lat <<'EOF'
+lat() {
+  python3 - "$1" $((MIB * 3 / 4 << 20)) <<'EOF'
 import mmap, os, sys, time
 dev, base = sys.argv[1], int(sys.argv[2])
 fd = os.open(dev, os.O_RDONLY | os.O_DIRECT)
@@ -82,10 +129,12 @@ def median(offsets):
 offsets = [base + i * (256 << 10) for i in range(40)]
 on_demand = median(offsets)   # a fresh region each time: an on-demand read from the source
 median(offsets)               # a second read there fetches the region whole
+time.sleep(2)                 # the engine's commit tick: the regions' bits are set
 hydrated = median(offsets)    # now on the dest
 print("median 4 KiB read: on-demand %d us, hydrated %d us" % (on_demand, hydrated))
 EOF
-echo "LATENCY ublk $(cat $W/lat)"
+}
+echo "LATENCY ublk $(lat $DEV)"
 
 step "workload: mount, read the source's files, write files with fsync"
 mount -o data=ordered $DEV $M
@@ -142,5 +191,6 @@ wait $c2 || fail "the recovering process exited $? on SIGTERM"
 [ "$(sha256sum <$W/dest.img | cut -d' ' -f1)" = "$SUM_DEV" ] || fail "dest bytes differ from what $DEV served"
 fsck.ext4 -fn $W/dest.img >$W/fsck.log 2>&1 || { cat $W/fsck.log; fail "fsck found errors on the dest"; }
 if dmesg | grep -E "I/O error|EXT4-fs error|Buffer I/O" | grep -v loop; then fail "the kernel logged I/O errors"; fi
+bench
 echo "UBLK recovery: killed at w$before ($hyd hydrated), served again after $(grep -o 'waited=[^ ]*' $W/c2.err | head -1), checksums equal, fsck clean"
 step "ok"
