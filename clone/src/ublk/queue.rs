@@ -346,3 +346,76 @@ fn write_zeroes(engine: &Engine, offset: u64, len: u64) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EngineConfig, FileDest, FileMeta, FileSource};
+
+    const BUF: u32 = 64 << 10;
+
+    fn desc(op: u8, flags: u32, offset: u64, len: u32) -> IoDesc {
+        IoDesc { op_flags: op as u32 | flags, nr_sectors: len / 512, start_sector: offset / 512, addr: 0 }
+    }
+
+    /// The requests the driver hands us, answered through an engine over files: bytes
+    /// and results as the block layer expects them.
+    #[test]
+    fn requests_map_onto_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        std::fs::write(dir.path().join("src"), &data).unwrap();
+        let source = Arc::new(FileSource::open(&dir.path().join("src")).unwrap());
+        let dest = FileDest::open(&dir.path().join("dest"), data.len() as u64).unwrap();
+        let meta = FileMeta::create(&dir.path().join("meta")).unwrap();
+        let cfg = EngineConfig { rate_limit: Some(1024), ..Default::default() };
+        let engine = Engine::create(source, Box::new(dest), Box::new(meta), cfg).unwrap();
+        let bufs = Mapping::anon(2 * BUF as usize).unwrap();
+        let g = Geometry { dev_id: 0, depth: 2, buf_bytes: BUF, workers: 1 };
+        // SAFETY: the test owns both tags' buffers.
+        let tag1 = unsafe { std::slice::from_raw_parts_mut(bufs.base.add(BUF as usize), BUF as usize) };
+
+        // A read fills the tag's buffer with the source's bytes and answers its length.
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 8192, 8192)), 8192);
+        assert_eq!(&tag1[..8192], &data[8192..16384]);
+
+        // A FUA write answers its length once durable; reading it back gives it.
+        tag1[..4096].fill(0xab);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_WRITE, sys::IO_F_FUA, 4096, 4096)), 4096);
+        tag1[..4096].fill(0);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 4096, 4096)), 4096);
+        assert!(tag1[..4096].iter().all(|&b| b == 0xab));
+
+        // Write-zeroes writes zeros (a missing region is not fetched over them).
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_WRITE_ZEROES, 0, 128 << 10, 64 << 10)), 0);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 128 << 10, 64 << 10)), 64 << 10);
+        assert!(tag1.iter().all(|&b| b == 0));
+
+        // Flush and discard answer 0.
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_FLUSH, 0, 0, 0)), 0);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_DISCARD, 0, 256 << 10, 64 << 10)), 0);
+
+        // Bounds: larger than the tag's buffer, past the end, an op we do not offer.
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 0, BUF + 512)), -libc::EINVAL);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 1 << 20, 4096)), -libc::EINVAL);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(4, 0, 0, 4096)), -libc::EOPNOTSUPP);
+        // Tag 0's buffer was never touched.
+        // SAFETY: as above.
+        let tag0 = unsafe { std::slice::from_raw_parts(bufs.base, BUF as usize) };
+        assert!(tag0.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn errors_keep_enospc_and_turn_the_rest_into_eio() {
+        let full = CloneError::Dest { offset: 0, message: "full".into(), no_space: true };
+        assert_eq!(errno(&full), -libc::ENOSPC);
+        let io = CloneError::Io {
+            what: "write dest",
+            path: "d".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(errno(&io), -libc::ENOSPC);
+        assert_eq!(errno(&CloneError::Stopped), -libc::EIO);
+        assert_eq!(errno(&CloneError::SourceLost { offset: 0 }), -libc::EIO);
+    }
+}
