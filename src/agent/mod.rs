@@ -416,7 +416,7 @@ impl<G: Gossip> Agent<G> {
             Request::Status => {
                 let mut status = report::status(&self.core, &self.view, &self.heartbeats);
                 status.gossip = self.gossip.health();
-                status.clones = self.dataplane.exposures(); // docs/exposures.md
+                status.clones = self.dataplane.exposures().into(); // docs/exposures.md
                 // docs/failures.md: a node declared lost shows as `lost`, whatever its last
                 // record said; the declarations and the copies set aside here come along.
                 for n in &mut status.nodes {

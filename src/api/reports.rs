@@ -27,8 +27,13 @@ pub struct StatusReport {
     pub lost: Option<Box<LostStatus>>,
     /// The userspace clones on this node and how each is exposed to its workload
     /// (`nbd`, `ublk`, `fuse-loop`: docs/exposures.md); absent when there are none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub clones: Vec<crate::dataplane::ExposedClone>,
+    /// (A boxed slice: a `Vec` would make every `Outcome` carrying a report larger.)
+    #[serde(default, skip_serializing_if = "no_clones")]
+    pub clones: Box<[crate::dataplane::ExposedClone]>,
+}
+
+fn no_clones(c: &[crate::dataplane::ExposedClone]) -> bool {
+    c.is_empty()
 }
 
 /// The lost nodes part of `status` (docs/failures.md): every declaration this agent

@@ -218,7 +218,8 @@ mod tests {
                 volume: "db1".into(),
                 exposure: "nbd".into(),
                 device: "/dev/nbd3".into(),
-            }],
+            }]
+            .into(),
         };
         let out = render(&report, &[]);
         assert!(out.contains("\nclone db1: nbd /dev/nbd3 (docs/exposures.md)\n"), "{out}");
@@ -257,7 +258,7 @@ mod tests {
             nodes: vec![],
             gossip: GossipHealth::default(),
             lost: Some(Box::new(lost)),
-            clones: vec![],
+            clones: Box::default(),
         };
         assert_eq!(
             render_lost(&report),
