@@ -92,17 +92,23 @@ fn dev_id_of(device: &Path) -> Option<u32> {
 }
 
 /// Whether device `dev_id` waits for a new server: quiesced, or still live but its
-/// server process is gone (the driver notices within 5 s).
+/// server process is gone or a zombie (the driver notices within 5 s).
 fn orphaned(ctl: &mut Control, dev_id: u32) -> bool {
     match ctl.info(dev_id) {
         Ok(i) if i.state == sys::S_DEV_QUIESCED => true,
         Ok(i) if i.state == sys::S_DEV_LIVE && i.flags & sys::F_USER_RECOVERY != 0 => {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            i.ublksrv_pid > 0
-                && unsafe { libc::kill(i.ublksrv_pid, 0) } != 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+            i.ublksrv_pid > 0 && !process_alive(i.ublksrv_pid)
         }
         _ => false,
+    }
+}
+
+/// Whether `pid` runs (a zombie, dead but not yet reaped by its parent, does not).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
     }
 }
 
@@ -264,5 +270,27 @@ impl Drop for UblkExposed {
         if let Err(e) = self.teardown() {
             tracing::warn!(error = %e, "ublk exposure teardown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_or_zombie_server_is_not_alive() {
+        assert!(process_alive(std::process::id() as i32));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not reaped yet: a zombie once it exited.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!process_alive(pid), "pid {pid} (exited, unreaped) counted as alive");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        assert_eq!(dev_id_of(Path::new("/dev/ublkb12")), Some(12));
+        assert_eq!(dev_id_of(Path::new("/dev/nbd1")), None);
     }
 }
