@@ -244,7 +244,7 @@ impl ProcessClones {
     /// Restarts a dead holder from its metadata, tracks it and tells the executor.
     fn restart(&self, files: &HolderFiles, spec: HolderSpec, how: &str) {
         let volume = spec.clone_spec.volume.clone();
-        warn!(%volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
+        warn!(%volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (with FUSE + loop the workload's device changes and its start hook runs again; with nbd or ublk the new holder takes the device over)");
         self.shared.restarts.fetch_add(1, Ordering::Relaxed);
         RESTARTS.fetch_add(1, Ordering::Relaxed);
         match launch::launch(&self.shared.exe, files, &spec) {
@@ -361,7 +361,7 @@ fn supervise(shared: &Shared, t: &Arc<Tracked>) {
             std::thread::sleep(Duration::from_secs(1)); // alive: the stream broke; again
             continue;
         };
-        warn!(%volume, log = %t.files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
+        warn!(%volume, log = %t.files.log.display(), "holder process {how}; restarting it from its clone metadata (with FUSE + loop the workload's device changes and its start hook runs again; with nbd or ublk the new holder takes the device over)");
         shared.restarts.fetch_add(1, Ordering::Relaxed);
         RESTARTS.fetch_add(1, Ordering::Relaxed);
         let live = loop {
@@ -402,7 +402,7 @@ impl CloneService for ProcessClones {
         let files = HolderFiles::new(&pc.shared.dir, &spec.volume);
         let hs = pc.holder_spec(spec);
         if let Some(how) = pc.found_dead.lock().expect("dead lock").remove(&spec.volume) {
-            warn!(volume = %spec.volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (the workload's device changes: its start hook runs again)");
+            warn!(volume = %spec.volume, log = %files.log.display(), "holder process {how}; restarting it from its clone metadata (with FUSE + loop the workload's device changes and its start hook runs again; with nbd or ublk the new holder takes the device over)");
             pc.shared.restarts.fetch_add(1, Ordering::Relaxed);
             RESTARTS.fetch_add(1, Ordering::Relaxed);
         }
