@@ -21,6 +21,11 @@
 //! on a holder declared lost with `--accept-data-loss` (exactly those are gone) and the
 //! regions an operator accepted as missing (zeros).
 //!
+//! Interleaved with the drain and the faults, operators move single volumes (`volume
+//! move`, issue 21) that are not on n0 any more, from any live node, sometimes `--to` a
+//! node, sometimes cancelling: the same invariants hold for every move, and at the end
+//! every volume still has exactly one live owner with the expected bytes.
+//!
 //! `SIM_SEEDS` (or `MESHDRAIN_SIM_SEEDS`) sets the number of seeds (default 200);
 //! bench/sim.sh runs 1,000.
 
@@ -31,7 +36,9 @@ use std::collections::BTreeMap;
 use meshdrain::decide::core::{LostError, PartialVerdict};
 use meshdrain::decide::lease::{HolderPhase, SourcePhase};
 use meshdrain::decide::model::{NodeName, VolumeId};
+use meshdrain::decide::moves::VolumeMove;
 use meshdrain::decide::node::{NodeAction, NodeState};
+use meshdrain::decide::request::DrainOptions;
 use sim_world::{Node, Rng, World};
 
 fn n0() -> NodeName {
@@ -57,6 +64,11 @@ struct Outcome {
     accepted_loss: bool,
     returned: bool,
     unavailable: usize,
+    /// `volume move` requests issued (simmove), and cancels among them.
+    moves: u32,
+    cancels: u32,
+    /// Of those, moves that landed from a node other than n0.
+    hops: u64,
 }
 
 /// An operator issues a request on `from`, or on the next node up if it is down (a request
@@ -118,6 +130,46 @@ fn declare(w: &mut World, from: usize, victim: usize, accept: bool, out: &mut Ou
     true
 }
 
+/// An operator on a live node moves one volume that lives on a node other than n0
+/// (simmove): addressed to its owner as a `move` node request, `--to` a random node half
+/// the time, a `--cancel` one time in five. Never to n0's owner key: a request to n0 from
+/// the same issuer would replace the drain it has not seen yet.
+fn move_one(w: &mut World, rng: &mut Rng, t: u64, out: &mut Outcome) {
+    let n = w.nodes.len();
+    let ids: Vec<VolumeId> = w.expected.keys().cloned().collect();
+    let Some(id) = (!ids.is_empty()).then(|| ids[rng.below(ids.len() as u64) as usize].clone()) else { return };
+    let owns = |j: usize| {
+        w.nodes[j].core.state.volumes.get(&id).is_some_and(|v| {
+            matches!(
+                v.lease.phase,
+                SourcePhase::Held
+                    | SourcePhase::Offered { .. }
+                    | SourcePhase::Granted { .. }
+                    | SourcePhase::Failed { .. }
+            )
+        })
+    };
+    let Some(owner) = (1..n).find(|j| w.nodes[*j].up && !w.lost.contains(j) && owns(*j)) else { return };
+    let from = rng.below(n as u64) as usize;
+    if !w.nodes[from].up || w.lost.contains(&from) {
+        return;
+    }
+    let cancel = rng.chance(20);
+    let pick = rng.below(n as u64) as usize;
+    let to = (!cancel && rng.chance(50) && pick != owner).then(|| w.nodes[pick].name.clone());
+    let mv = VolumeMove { volume: id, to, requires: Default::default(), cancel, returning: false };
+    let options = DrainOptions { volume: Some(mv), ..Default::default() };
+    let (view, now, target) = (w.view(from), w.now(), w.nodes[owner].name.clone());
+    let req = w.nodes[from].core.issue_request(&target, NodeAction::Move, options, format!("m{t}"), now, &view);
+    if from == owner {
+        // Refused or not, the owner's own request is applied at once (as the agent does).
+        let _ = w.nodes[owner].core.apply_request(&req);
+    }
+    w.nodes[from].durable = w.nodes[from].core.state.clone();
+    out.moves += 1;
+    out.cancels += u32::from(cancel);
+}
+
 /// The holder of a move that the victim of a `Holder` loss should be, if any.
 fn a_holder(w: &World) -> Option<usize> {
     w.nodes.iter().position(|n| {
@@ -155,9 +207,14 @@ fn run(seed: u64) -> Outcome {
     let returns = rng.chance(40);
     let mut victim: Option<usize> = None;
     let mut down_until: BTreeMap<usize, u64> = BTreeMap::new();
+    // Moves draw from their own generator: the drain's faults stay those of the seed.
+    let mut moves = Rng(seed ^ 0x5EED_3017);
     for t in 0..900u64 {
         let faulty = t < 350;
         if faulty {
+            if t >= 20 && out.moves < 8 && moves.chance(5) {
+                move_one(&mut w, &mut moves, t, &mut out);
+            }
             if rng.chance(3) {
                 let v = rng.below(n as u64) as usize;
                 if w.nodes[v].up && down_until.len() + usize::from(victim.is_some()) < n - 2 && Some(v) != victim {
@@ -279,6 +336,7 @@ fn run(seed: u64) -> Outcome {
     }
     check_end(&mut w, victim, loss, seed);
     out.unavailable = w.unavailable.len();
+    out.hops = w.hops;
     out
 }
 
@@ -292,7 +350,16 @@ fn finished(w: &World, loss: Loss) -> bool {
         .enumerate()
         .filter(|(i, _)| !w.lost.contains(i))
         .any(|(_, n)| n.core.state.holding.values().any(|h| h.active()));
-    source_done && (!moving || loss == Loss::Source)
+    // Every move's source (n0's, and those of single-volume moves) has let go: nothing cut
+    // over or in its retention window on a live node.
+    let settling = w.nodes.iter().enumerate().filter(|(i, n)| !w.lost.contains(i) && n.up).any(|(_, n)| {
+        n.core
+            .state
+            .volumes
+            .values()
+            .any(|v| matches!(v.lease.phase, SourcePhase::CutOver { .. } | SourcePhase::HandedOff { .. }))
+    });
+    source_done && (!moving || loss == Loss::Source) && !settling
 }
 
 fn check_end(w: &mut World, victim: Option<usize>, loss: Loss, seed: u64) {
@@ -330,7 +397,7 @@ fn check_end(w: &mut World, victim: Option<usize>, loss: Loss, seed: u64) {
             owners.len(),
             1,
             "seed {seed}: {id} owned by {:?}",
-            owners.iter().map(|n| &n.name).collect::<Vec<_>>()
+            owners.iter().map(|n| (&n.name, &n.core.state.volumes[id].lease.phase)).collect::<Vec<_>>()
         );
         assert_ne!(owners[0].name, "n0", "seed {seed}: {id} still on n0");
         assert_eq!(owners[0].copies.get(id), Some(want), "seed {seed}: {id} bytes differ on {}", owners[0].name);
@@ -343,7 +410,8 @@ fn drains_hold_their_invariants_over_200_seeds_with_lost_nodes() {
         .iter()
         .find_map(|k| std::env::var(k).ok().and_then(|s| s.parse().ok()))
         .unwrap_or(200);
-    let (mut lost, mut accepted, mut returned, mut unavailable) = (0, 0, 0, 0);
+    let (mut lost, mut accepted, mut returned, mut unavailable, mut moves, mut cancels, mut hops) =
+        (0, 0, 0, 0, 0, 0, 0);
     // `SIM_SEED_START` replays from one seed (a failure names its seed).
     let start: u64 = std::env::var("SIM_SEED_START").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
     for seed in start..start + seeds {
@@ -352,9 +420,12 @@ fn drains_hold_their_invariants_over_200_seeds_with_lost_nodes() {
         accepted += u64::from(o.accepted_loss);
         returned += u64::from(o.returned);
         unavailable += o.unavailable;
+        moves += o.moves;
+        cancels += o.cancels;
+        hops += o.hops;
     }
     // bench/sim.sh reads this line.
     eprintln!(
-        "sim: {seeds} seeds, {lost} with a node lost, {accepted} with --accept-data-loss, {returned} lost nodes returned fenced, {unavailable} volumes left with no copy, 0 invariant violations"
+        "sim: {seeds} seeds, {lost} with a node lost, {accepted} with --accept-data-loss, {returned} lost nodes returned fenced, {unavailable} volumes left with no copy, {moves} volume moves ({cancels} cancels) interleaved, {hops} landed from a node other than n0, 0 invariant violations"
     );
 }

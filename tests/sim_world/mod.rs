@@ -90,6 +90,9 @@ pub struct World {
     pub lost_after: Option<u64>,
     /// Volumes whose every copy went with a lost node (nothing left to heal).
     pub unavailable: BTreeSet<VolumeId>,
+    /// Moves that landed (finalized) from a source other than n0: single-volume moves and
+    /// their onward hops (tests/sim_drain.rs).
+    pub hops: u64,
 }
 
 pub fn n0() -> NodeName {
@@ -166,6 +169,7 @@ impl World {
             lost: BTreeSet::new(),
             lost_after,
             unavailable: BTreeSet::new(),
+            hops: 0,
         }
     }
 

@@ -37,8 +37,25 @@ impl World {
                 self.nodes[i].exports.remove(&volume);
             }
             DataCommand::DeleteData { volume } => {
+                // Another node not declared lost has every region: a copy, or (after a
+                // second move, tests/sim_drain.rs) a clone whose missing regions its own
+                // source, not this node, still has.
+                let want = self.expected.get(&volume);
                 let complete = self.nodes.iter().enumerate().any(|(j, n)| {
-                    n.name != name && !self.lost.contains(&j) && n.copies.get(&volume) == self.expected.get(&volume)
+                    if n.name == name || self.lost.contains(&j) {
+                        return false;
+                    }
+                    if n.copies.get(&volume) == want {
+                        return true;
+                    }
+                    let Some(c) = n.clones.get(&volume).filter(|c| c.source != name && !c.source_lost) else {
+                        return false;
+                    };
+                    let from = self.nodes.iter().position(|x| x.name == c.source);
+                    let base = from.filter(|s| !self.lost.contains(s)).and_then(|s| self.nodes[s].copies.get(&volume));
+                    base.zip(want).is_some_and(|(base, want)| {
+                        c.dest.iter().zip(base).map(|(d, b)| d.unwrap_or(*b)).eq(want.iter().copied())
+                    })
                 });
                 assert!(complete, "seed {seed}: {name} deletes {volume} while no other node has every region");
                 assert!(!self.nodes[i].source_running.contains(&volume), "seed {seed}: deleting a running volume");
@@ -94,6 +111,7 @@ impl World {
                     })
                     .collect();
                 self.nodes[i].copies.insert(volume.clone(), data);
+                self.hops += u64::from(c.source != super::n0());
                 self.nodes[i].events.push(DataEvent::Finalized { volume, digest: None });
             }
             DataCommand::SetRateLimit { .. } => {}
