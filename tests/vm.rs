@@ -186,3 +186,17 @@ fn vm_nbd_exposure() {
     assert!(line.contains("served again by a new holder, checksums equal, fsck clean"), "{line}");
     assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
 }
+/// Issue 20: ublk the agent's way: a holder process (`clone hold`, `expose = "ublk"`)
+/// serves the clone as /dev/ublkbN behind its symlink, ext4 on it while hydrating; the
+/// holder is killed with SIGKILL mid-I/O and a new holder from the same spec recovers the
+/// same device (`reattached`), the workload sees no error; checksums equal, fsck clean.
+#[test]
+fn vm_ublk_holder() {
+    let mib = mib("MESHDRAIN_VM_UBLK_HOLDER_MIB", 32);
+    let log =
+        run("vm_ublk_holder", "ublk_holder.sh", vec![], &[("VM_VOL_MIB", &mib.to_string())], Duration::from_secs(300));
+    let line = log.lines().find(|l| l.starts_with("UBLK holder restart: ")).expect("no UBLK holder restart line");
+    println!("{line}");
+    assert!(line.contains("recovered by a new holder, checksums equal, fsck clean"), "{line}");
+    assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
+}
