@@ -186,6 +186,7 @@ fn vm_nbd_exposure() {
     assert!(line.contains("served again by a new holder, checksums equal, fsck clean"), "{line}");
     assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
 }
+
 /// Issue 20: ublk the agent's way: a holder process (`clone hold`, `expose = "ublk"`)
 /// serves the clone as /dev/ublkbN behind its symlink, ext4 on it while hydrating; the
 /// holder is killed with SIGKILL mid-I/O and a new holder from the same spec recovers the
