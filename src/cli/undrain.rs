@@ -113,9 +113,8 @@ pub fn plan(node: &str, volumes: &[VolumeStatus], only: &[VolumeId]) -> (Vec<Ret
                 size: v.size,
                 epoch: v.epoch,
                 mode: if kept { "delta" } else { "full" },
-                reason: (!kept).then(|| {
-                    format!("{node} no longer holds a copy of it (deleted by gc or after the retention window)")
-                }),
+                reason: (!kept)
+                    .then(|| format!("{node} no longer holds a copy (deleted by gc or after the retention window)")),
             }
         })
         .collect();
@@ -258,13 +257,19 @@ async fn follow(
                 continue;
             }
             let Some(v) = volumes.iter().find(|v| v.id == r.volume) else { continue };
-            if let Some(m) = &v.return_mode {
+            // A full move seen once (the owner's or the returning node's word) stays full.
+            if let Some(m) = &v.return_mode
+                && !modes[i].as_deref().is_some_and(|seen| seen.starts_with("full: "))
+            {
                 modes[i] = Some(m.clone());
             }
             let released = matches!(v.source_phase.as_deref(), None | Some("handed_off" | "deleted"));
             if v.owner == node && v.epoch > r.epoch && v.phase == "held" && released {
-                let mode =
-                    modes[i].clone().unwrap_or_else(|| format!("full: {}", r.reason.clone().unwrap_or_default()));
+                let planned = r.reason.as_ref().map_or_else(|| "delta".to_owned(), |why| format!("full: {why}"));
+                let mode = match &modes[i] {
+                    Some(m) if r.reason.is_none() || m.starts_with("full: ") => m.clone(),
+                    _ => planned,
+                };
                 let (kind, reason) = match mode.strip_prefix("full: ") {
                     Some(why) => ("full", Some(why.to_owned())),
                     None => ("delta", None),

@@ -38,7 +38,7 @@ fn every_volume_that_left_the_node_comes_back_delta_where_its_copy_is_kept() {
     assert_eq!(got, [("kept", "n2", "delta"), ("gone", "n3", "full")]);
     assert_eq!(
         describe("n1", &returns[1]),
-        "gone: on n3, returning to n1: full move: n1 no longer holds a copy of it (deleted by gc or after the retention window)"
+        "gone: on n3, returning to n1: full move: n1 no longer holds a copy (deleted by gc or after the retention window)"
     );
     assert_eq!(
         describe("n1", &returns[0]),

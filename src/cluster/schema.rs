@@ -249,6 +249,10 @@ pub struct ProgressRecord {
     /// The last error, when stalled or failed.
     #[serde(default)]
     pub error: Option<String>,
+    /// A return to this holder: `delta` (cloned over the copy it kept) or `full: <why>`
+    /// (docs/return.md).
+    #[serde(default, rename = "return", skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
 }
 
 /// The `done/<id>` key: the holder has every region, flushed, for this epoch.

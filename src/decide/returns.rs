@@ -83,6 +83,16 @@ pub enum ReturnPlan {
     },
 }
 
+impl ReturnPlan {
+    /// `delta`, or `full: <why>`: what `volume list` and `undrain --return` show.
+    pub fn mode(&self) -> String {
+        match self {
+            ReturnPlan::Delta { .. } => "delta".to_owned(),
+            ReturnPlan::Full { reason } => format!("full: {reason}"),
+        }
+    }
+}
+
 /// The owner's check of a `return` move request: `to` must be the node the volume arrived
 /// from. Refusals name the volume and the node.
 pub fn check_request(

@@ -86,6 +86,12 @@ impl Core {
                 phase: h.phase.clone(),
                 hydration: p.hydration,
                 error: p.error,
+                ret: self
+                    .state
+                    .incoming
+                    .get(id)
+                    .and_then(|m| m.base.as_ref())
+                    .map(crate::decide::returns::ReturnPlan::mode),
             };
             keys.insert(Key::Progress(id.clone()).render(), schema::encode(&rec));
         }

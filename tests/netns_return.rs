@@ -1,0 +1,172 @@
+//! Coming back cheaply (docs/return.md) over the real data path: agents in network
+//! namespaces on the userspace WireGuard mesh, our iSCSI target, the userspace clone
+//! engine in holder processes. A 1 GiB volume drained off node1, 2 % of it rewritten on
+//! node2 through the clone's device, returns with `undrain node1 --return` copying only
+//! the written regions (counted as the bytes node1's engine read from node2); a volume
+//! whose copy node1 no longer holds returns with a full move and says so; a volume that
+//! was never on node1 is refused by name. Root only (netns, loop, FUSE).
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::netns::Fleet;
+use common::{state_seen, wait_until};
+use meshdrain::cli::demo::workload::pseudo_random;
+use sha2::{Digest, Sha256};
+
+const MIB: u64 = 1 << 20;
+const REGION: u64 = 64 << 10;
+
+/// sha256 of a file, streamed.
+fn file_sha(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Volume `id` of `mib` MiB on node1, started by the fleet's start hook (which records
+/// the device each start ran on), holding pseudo-random bytes: 8 MiB of every 64 MiB, the
+/// rest a hole (the machine's disk is shared: a 1 GiB volume costs 128 MiB per copy).
+fn random_volume(f: &Fleet, id: &str, mib: u64) {
+    let hook = f.start_hook();
+    let out = f.agents[0].cli(&["volume", "create", id, "--size", &format!("{mib}M"), "--hook-start", &hook]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let file = std::fs::OpenOptions::new().write(true).open(f.agents[0].pool().join(format!("{id}.img"))).unwrap();
+    for i in 0..mib.div_ceil(64) {
+        file.write_all_at(&pseudo_random(i * 131 + mib, (8 * MIB) as usize), i * 64 * MIB).unwrap();
+    }
+    file.sync_all().unwrap();
+    assert_eq!(file.metadata().unwrap().len(), mib * MIB);
+}
+
+/// Every agent offers 4 GiB to placement whatever its disk's free space (the test disk is
+/// shared and nearly full; the volumes here are mostly holes).
+fn offer_room(f: &mut Fleet) {
+    for a in &mut f.agents {
+        a.stop();
+        a.cfg.pool.capacity_bytes = Some(4 << 30);
+        a.write_config();
+        a.start();
+    }
+    common::joined(&f.agents);
+}
+
+fn drain_node1(f: &Fleet) {
+    let out = f.agents[1].cli(&["drain", "node1", "--wait", "--deadline", "300s"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "drain --wait: {text}\n{}", f.logs());
+}
+
+fn undrain(f: &Fleet, args: &[&str]) -> (bool, String, String) {
+    let mut full = vec!["undrain", "node1"];
+    full.extend_from_slice(args);
+    let out = f.agents[1].cli(&full);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), stdout, format!("{stderr}\n{}", f.logs()))
+}
+
+#[test]
+fn netns_return_copies_only_what_was_written_while_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Fleet::new(tmp.path(), 2);
+    offer_room(&mut f);
+
+    // "small" leaves node1, whose copy is then gc'd: its return is a full move.
+    random_volume(&f, "small", 64);
+    drain_node1(&f);
+    let out = f.agents[0].cli(&["gc"]);
+    assert!(out.status.success(), "gc: {}", String::from_utf8_lossy(&out.stderr));
+    wait_until(
+        Duration::from_secs(30),
+        || !f.agents[0].pool().join("small.img").exists(),
+        || format!("node1 to delete its copy of small\n{}", f.logs()),
+    );
+    assert!(undrain(&f, &[]).0);
+    // "elsewhere" was never on node1.
+    let out = f.agents[1].cli(&["volume", "create", "elsewhere", "--size", "16M"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // "big": 1 GiB leaves node1, which keeps its copy.
+    random_volume(&f, "big", 1024);
+    drain_node1(&f);
+    let (node, device) = f.starts("big").into_iter().last().expect("big started on node2");
+    assert_eq!(node, "node2");
+
+    // 2 % of it rewritten on node2 through the clone's device: 328 regions of 64 KiB.
+    let dev = std::fs::OpenOptions::new().write(true).open(&device).unwrap();
+    let regions = 1024 * MIB / REGION;
+    let written: Vec<u64> = (0..328u64).map(|i| (i * 7919 + 11) % regions).collect();
+    for (i, r) in written.iter().enumerate() {
+        dev.write_all_at(&pseudo_random(9000 + i as u64, REGION as usize), r * REGION).unwrap();
+    }
+    dev.sync_all().unwrap();
+    drop(dev);
+    let want_big = file_sha(&f.agents[1].pool().join("big.img"));
+    let want_small = file_sha(&f.agents[1].pool().join("small.img"));
+    let rewritten = written.len() as u64 * REGION;
+
+    // The plan: big delta, small full and why; nothing changes.
+    let (ok, text, logs) = undrain(&f, &["--return", "--dry-run"]);
+    assert!(ok, "{text}\n{logs}");
+    assert!(text.contains("big: on node2, returning to node1: delta (node1 kept its copy"), "{text}");
+    assert!(
+        text.contains(
+            "small: on node2, returning to node1: full move: node1 no longer holds a copy (deleted by gc or after the retention window)"
+        ),
+        "{text}"
+    );
+    // A volume that was never on node1 is refused by name.
+    let (ok, text, logs) = undrain(&f, &["--return", "--volume", "elsewhere"]);
+    assert!(!ok, "{text}\n{logs}");
+    assert!(
+        text.contains("refused: volume elsewhere never left node1: it is on node2, where it was created"),
+        "{text}"
+    );
+    let s = f.agents[1].status().unwrap();
+    assert_eq!(state_seen(&s, "node1").as_deref(), Some("active"));
+
+    // The returns.
+    let (ok, text, logs) = undrain(&f, &["--return", "--wait", "--deadline", "300s", "--json"]);
+    assert!(ok, "{text}\n{logs}");
+    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
+    let ret = |id: &str| report["returns"].as_array().unwrap().iter().find(|r| r["volume"] == id).cloned().unwrap();
+    let big = ret("big");
+    assert_eq!((big["result"].as_str(), big["mode"].as_str()), (Some("returned"), Some("delta")), "{big}");
+    let copied = big["fetched_bytes"].as_u64().unwrap();
+    let size = 1024 * MIB;
+    eprintln!(
+        "big: 1 GiB, {} rewritten on node2 ({:.2} %); the return copied {copied} bytes ({:.2} %)",
+        rewritten,
+        rewritten as f64 * 100.0 / size as f64,
+        copied as f64 * 100.0 / size as f64
+    );
+    assert!(copied * 1000 <= size * 25, "copied {copied} bytes, more than 2.5 % of {size}");
+    assert!(copied >= rewritten, "copied {copied} bytes, less than the {rewritten} rewritten");
+    let small = ret("small");
+    assert_eq!((small["result"].as_str(), small["mode"].as_str()), (Some("returned"), Some("full")), "{small}");
+    assert_eq!(
+        small["reason"].as_str(),
+        Some("node1 no longer holds a copy (deleted by gc or after the retention window)"),
+        "{small}"
+    );
+    // Everything node2 holds of it (its 8 MiB of data; the rest is a hole, never fetched).
+    assert!(small["fetched_bytes"].as_u64() >= Some(8 * MIB), "{small}");
+
+    // The bytes on node1 are node2's.
+    assert_eq!(file_sha(&f.agents[0].pool().join("big.img")), want_big);
+    assert_eq!(file_sha(&f.agents[0].pool().join("small.img")), want_small);
+    let v = f.volume(1, "big").unwrap();
+    assert_eq!((v["owner"].as_str(), v["phase"].as_str()), (Some("node1"), Some("held")), "{v}");
+}
