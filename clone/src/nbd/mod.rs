@@ -215,6 +215,27 @@ fn peer_open(sock: &UnixStream) -> bool {
     n == 0 || (p.revents & (libc::POLLHUP | libc::POLLRDHUP) == 0)
 }
 
+/// Disconnects `/dev/nbdN` if it is still configured for `backend` and nobody serves it:
+/// what a holder killed for good leaves when its volume leaves the node (its successor
+/// never comes). Returns whether it disconnected one. A device of another backend is left
+/// alone.
+pub fn disconnect_orphan(index: u32, backend: &str) -> Result<bool> {
+    let dev = PathBuf::from(format!("/dev/nbd{index}"));
+    let theirs = std::fs::read_to_string(format!("/sys/block/nbd{index}/backend")).unwrap_or_default();
+    if !configured(index) || theirs.trim_end() != backend {
+        return Ok(false);
+    }
+    let mut nl = netlink::Nbd::open().map_err(|e| nbd_err(&dev, e))?;
+    nl.disconnect(index).map_err(|e| nbd_err(&dev, format!("disconnect: {e}")))?;
+    tracing::info!(device = %dev.display(), "disconnected an nbd device its dead server left");
+    Ok(true)
+}
+
+/// The backend identifier a clone's NBD device carries (its dest names it).
+pub fn backend_of(dest: &Path) -> String {
+    format!("meshdrain:{}", dest.display())
+}
+
 /// Whether `/dev/nbdN` is configured (the kernel shows its server's pid until disconnected).
 fn configured(index: u32) -> bool {
     Path::new(&format!("/sys/block/nbd{index}/pid")).exists()

@@ -142,7 +142,7 @@ fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
         mountpoint: spec.mountpoint.clone(),
         symlink: Some(spec.link.clone()),
         nbd_index: state.nbd_index.filter(|_| state.exposure == Some(Chosen::Nbd)),
-        backend: format!("meshdrain:{}", spec.clone_spec.dest.display()),
+        backend: meshdrain_clone::nbd::backend_of(&spec.clone_spec.dest),
     };
     let exposed = Exposure::start(chosen, engine.clone(), &opts).map_err(|e| e.to_string())?;
     state.device = exposed.device().to_owned();

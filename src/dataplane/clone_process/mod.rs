@@ -536,7 +536,16 @@ impl CloneService for ProcessClones {
         if self.get(volume).is_none() && !files.spec.exists() {
             return;
         }
+        // A holder killed for good leaves its nbd device configured, waiting for a
+        // successor that will not come now (docs/exposures.md).
+        let nbd = read_json::<HolderState>(&files.state).ok().and_then(|s| s.nbd_index);
+        let dest = read_json::<HolderSpec>(&files.spec).ok().map(|s| s.clone_spec.dest);
         self.stop_tracked(volume);
+        if let (Some(index), Some(dest)) = (nbd, dest)
+            && let Err(e) = meshdrain_clone::nbd::disconnect_orphan(index, &meshdrain_clone::nbd::backend_of(&dest))
+        {
+            warn!(%volume, "{e}");
+        }
         holder::clear_stale_mount(&self.shared.run_dir.join("fuse").join(volume));
         let link = self.shared.run_dir.join("dev").join(volume);
         let all = files.all();
