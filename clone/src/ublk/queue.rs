@@ -8,7 +8,8 @@
 //! (and its buffer) is ours from the driver's completion of its FETCH/COMMIT_AND_FETCH
 //! until we commit it again; the workers only touch the buffer of a tag they were given.
 //! Workers hand results back on a channel and wake the queue thread through an eventfd
-//! read that sits in the same ring as the tags' commands.
+//! read that sits in the same ring as the tags' commands. A read of hydrated regions only
+//! is answered by the queue thread itself (no hand-off: the fast path once data is here).
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -231,7 +232,17 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
             if res == sys::IO_RES_OK {
                 // SAFETY: tag < depth; the driver wrote the descriptor before completing.
                 let desc = unsafe { std::ptr::read_volatile((descs.base as *const IoDesc).add(tag as usize)) };
-                let _ = job_tx.send(Job { tag, desc });
+                if local(&engine, g, &desc) {
+                    // Served here: no hand-off to a worker and back (two thread wake-ups).
+                    let result = serve(&engine, &bufs, g, tag, &desc);
+                    // SAFETY: as for the fetches; the tag's buffer is handed back.
+                    while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err()
+                    {
+                        let _ = ring.submit();
+                    }
+                } else {
+                    let _ = job_tx.send(Job { tag, desc });
+                }
             } else {
                 if res != sys::IO_RES_ABORT {
                     tracing::error!(parent: &span, tag, res, device = %path.display(), "ublk tag command failed");
@@ -284,6 +295,23 @@ fn worker(
         // SAFETY: an 8-byte write to our eventfd.
         unsafe { libc::write(efd.as_raw_fd(), one.as_ptr().cast(), 8) };
     }
+}
+
+/// Whether a request is a read of hydrated regions only: served from the dest, it cannot
+/// wait for the source, and the queue thread answers it itself. Anything else may block
+/// (a fetch, a write meeting a commit, a sync) and goes to a worker. A region never stops
+/// being hydrated, so the answer cannot turn wrong before the engine serves the read.
+fn local(engine: &Engine, g: Geometry, d: &IoDesc) -> bool {
+    let (offset, len) = (d.start_sector.saturating_mul(512), d.nr_sectors as u64 * 512);
+    if (d.op_flags & 0xff) as u8 != sys::OP_READ
+        || len == 0
+        || len > g.buf_bytes as u64
+        || engine.check_range(offset, len).is_err()
+    {
+        return false;
+    }
+    let core = engine.lock_core();
+    engine.regions_of(offset, len).all(|r| core.state(r).hydrated())
 }
 
 /// The errno a workload request hears: a full dest stays ENOSPC (the filesystem reports a
@@ -403,6 +431,26 @@ mod tests {
         // SAFETY: as above.
         let tag0 = unsafe { std::slice::from_raw_parts(bufs.base, BUF as usize) };
         assert!(tag0.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn only_reads_of_hydrated_regions_are_served_by_the_queue_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("src"), vec![7u8; 1 << 20]).unwrap();
+        let source = Arc::new(FileSource::open(&dir.path().join("src")).unwrap());
+        let dest = FileDest::open(&dir.path().join("dest"), 1 << 20).unwrap();
+        let meta = FileMeta::create(&dir.path().join("meta")).unwrap();
+        let cfg = EngineConfig { rate_limit: Some(1024), ..Default::default() };
+        let engine = Engine::create(source, Box::new(dest), Box::new(meta), cfg).unwrap();
+        let g = Geometry { dev_id: 0, depth: 1, buf_bytes: BUF, workers: 1 };
+        let r = engine.region_size() as u32;
+        assert!(!local(&engine, g, &desc(sys::OP_READ, 0, 0, 4096)), "a missing region is not local");
+        engine.write(0, &vec![1u8; r as usize]).unwrap(); // region 0 whole: hydrated without a fetch
+        assert!(local(&engine, g, &desc(sys::OP_READ, 0, 0, 4096)));
+        assert!(!local(&engine, g, &desc(sys::OP_READ, 0, r as u64 - 4096, 8192)), "spans a missing region");
+        assert!(!local(&engine, g, &desc(sys::OP_WRITE, 0, 0, 4096)), "writes go to a worker");
+        assert!(!local(&engine, g, &desc(sys::OP_FLUSH, 0, 0, 0)));
+        assert!(!local(&engine, g, &desc(sys::OP_READ, 0, 1 << 20, 4096)), "past the end");
     }
 
     #[test]
