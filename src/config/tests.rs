@@ -127,3 +127,19 @@ fn relative_state_dir_is_refused() {
     let err = load(&GOOD.replace("/var/lib/meshdrain", "state")).unwrap_err();
     assert!(err.to_string().contains("key `state_dir`"), "{err}");
 }
+
+#[test]
+fn expose_is_read_by_name_and_refused_with_dm_clone() {
+    let p = Path::new("/etc/meshdrain/agent.toml");
+    let with = |lines: &str| GOOD.to_owned() + "\n[dataplane]\nbackend = \"iscsi\"\n" + lines;
+    let c = AgentConfig::parse(p, &with("expose = \"fuse-loop\"\n")).unwrap();
+    assert_eq!(c.dataplane.expose, meshdrain_clone::exposure::ExposeKind::FuseLoop);
+    assert_eq!(AgentConfig::parse(p, GOOD).unwrap().dataplane.expose, meshdrain_clone::exposure::ExposeKind::Auto);
+    let err = AgentConfig::parse(p, &with("expose = \"loop\"\n")).unwrap_err().to_string();
+    assert!(err.contains("expose") && err.contains("fuse-loop"), "{err}");
+    assert_eq!(
+        load(&with("clone = \"dm\"\nexpose = \"nbd\"\n")).unwrap_err().to_string(),
+        "config /etc/meshdrain/agent.toml: key `dataplane.expose`: nbd applies to the userspace engine, not clone = \"dm\" \
+         (fix: leave expose out (dm-clone is its own device) or set clone = \"auto\" or \"userspace\")"
+    );
+}
