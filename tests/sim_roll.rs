@@ -94,6 +94,7 @@ fn spec(order: &[usize], by: usize) -> RollSpec {
         max_unavailable: 1,
         exec: Some("upgrade".into()),
         undrain_after: true,
+        return_after: false,
         pause_ms: 300,
         exec_timeout_ms: meshdrain::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
         started_ms: 500,

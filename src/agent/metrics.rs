@@ -482,6 +482,7 @@ mod tests {
                 max_unavailable: 1,
                 exec: Some("true".into()),
                 undrain_after: true,
+                return_after: false,
                 pause_ms: 0,
                 exec_timeout_ms: crate::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
                 started_ms: 0,

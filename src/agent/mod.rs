@@ -31,6 +31,7 @@ pub mod mesh;
 pub mod meshport;
 pub mod metrics;
 pub mod report;
+mod returns;
 mod roll;
 pub mod run;
 pub mod shutdown;

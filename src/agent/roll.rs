@@ -32,6 +32,9 @@ pub(super) struct RollSide {
     pub(super) rx: mpsc::UnboundedReceiver<RollEvent>,
     /// Commands running now, by (roll, attempt): one run each.
     running: BTreeSet<(String, u32)>,
+    /// `--return`: volumes to move back here once undrained, with the nonce of the move
+    /// request sent for each (src/agent/returns.rs). Not persisted (docs/return.md).
+    pub(super) returns: BTreeMap<crate::decide::model::VolumeId, Option<String>>,
 }
 
 impl RollSide {
@@ -41,7 +44,18 @@ impl RollSide {
         let state = store.load::<RollState>(ROLL_FILE)?.unwrap_or_default();
         let timing = RollTiming { dead_after_ms: (interval.as_millis() as u64 * 20).max(2000) };
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(RollSide { machine: RollMachine { me, timing, state }, tx, rx, running: BTreeSet::new() })
+        Ok(RollSide {
+            machine: RollMachine { me, timing, state },
+            tx,
+            rx,
+            running: BTreeSet::new(),
+            returns: BTreeMap::new(),
+        })
+    }
+
+    /// Every roll spec this node knows.
+    pub(super) fn machine_specs(&self) -> impl Iterator<Item = &RollSpec> {
+        self.machine.state.specs.values()
     }
 
     /// The `roll*` keys this node publishes.
@@ -84,6 +98,7 @@ impl<G: Gossip> Agent<G> {
             }
         }
         self.roll_effects(fx).await;
+        self.returns_tick().await; // --return, docs/return.md
         self.publish().await;
         let mut own = inp;
         let me = self.core.config.name.clone();
@@ -129,6 +144,7 @@ impl<G: Gossip> Agent<G> {
                     info!(%action, "roll: node request to self");
                     match self.node_action(&me, action, false, DrainOptions::default()).await {
                         Ok(r) if r.rejected.is_some() => warn!(%action, "roll: refused: {:?}", r.rejected),
+                        Ok(_) if e == RollEffect::Undrain => self.want_returns(), // --return, docs/return.md
                         Ok(_) => {}
                         Err(err) => warn!(%action, "roll: {err}"),
                     }
@@ -172,7 +188,16 @@ impl<G: Gossip> Agent<G> {
         let me = self.core.config.name.clone();
         let now = now_ms();
         match request {
-            Request::RollStart { nodes, max_unavailable, exec, undrain_after, pause_ms, exec_timeout_ms, dry_run } => {
+            Request::RollStart {
+                nodes,
+                max_unavailable,
+                exec,
+                undrain_after,
+                return_after,
+                pause_ms,
+                exec_timeout_ms,
+                dry_run,
+            } => {
                 let lost = &self.core.state.lost;
                 let nodes = match nodes {
                     Some(nodes) => {
@@ -192,6 +217,7 @@ impl<G: Gossip> Agent<G> {
                     max_unavailable,
                     exec,
                     undrain_after,
+                    return_after,
                     pause_ms,
                     exec_timeout_ms,
                     started_ms: now,

@@ -96,6 +96,9 @@ pub enum Request {
         /// Undrain each node after its command.
         #[serde(default)]
         undrain_after: bool,
+        /// And move back the volumes that left it (docs/return.md).
+        #[serde(default)]
+        return_after: bool,
         /// The pause after each node, ms.
         #[serde(default)]
         pause_ms: u64,

@@ -90,6 +90,10 @@ pub struct StartArgs {
     /// someone undrains it).
     #[arg(long)]
     pub undrain_after: bool,
+    /// With --undrain-after: also move back the volumes that left each node, copying only
+    /// what was written since where the node kept its copy (docs/return.md).
+    #[arg(long = "return", requires = "undrain_after")]
+    pub return_after: bool,
     /// Wait this long after a node is back before the next one goes (e.g. 5m).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", default_value = "0s")]
     pub pause: Duration,
@@ -180,6 +184,7 @@ async fn start(a: StartArgs, client: &mut Client) -> anyhow::Result<ExitCode> {
         max_unavailable: a.max_unavailable,
         exec: a.exec.clone(),
         undrain_after: a.undrain_after,
+        return_after: a.return_after,
         pause_ms: a.pause.as_millis() as u64,
         exec_timeout_ms: Some(a.exec_timeout.as_millis() as u64),
         dry_run: a.dry_run,
@@ -345,7 +350,9 @@ pub fn render_start(id: Option<&str>, r: &RollReport) -> String {
         }
         None => s.push_str("  no --exec: each node is drained, then goes on\n"),
     }
-    s.push_str(if r.spec.undrain_after {
+    s.push_str(if r.spec.undrain_after && r.spec.return_after {
+        "  then undrained, and the volumes that left it move back (only what was written since, where it kept its copy)\n"
+    } else if r.spec.undrain_after {
         "  then undrained\n"
     } else {
         "  then left drained until someone undrains it (its slot stays taken)\n"
@@ -389,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn return_passes_through_and_needs_undrain_after() {
+        let t = T::try_parse_from(["t", "--all", "--undrain-after", "--return"]).unwrap();
+        assert!(t.args.start.undrain_after && t.args.start.return_after);
+        let err = T::try_parse_from(["t", "--all", "--return"]).err().unwrap();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "docs/return.md: --return needs --undrain-after"
+        );
+    }
+
+    #[test]
     fn shapes_parse_and_bad_ones_are_refused() {
         let t = T::try_parse_from(["t", "--nodes", "a,b", "--pause", "5m", "--undrain-after"]).unwrap();
         assert_eq!(t.args.start.nodes.len(), 2);
@@ -424,6 +443,7 @@ mod tests {
                 max_unavailable: 1,
                 exec: Some("x".into()),
                 undrain_after: true,
+                return_after: false,
                 pause_ms: 0,
                 exec_timeout_ms: crate::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
                 started_ms: 0,

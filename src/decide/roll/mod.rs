@@ -53,6 +53,9 @@ pub struct RollSpec {
     /// Undrain each node after its command.
     #[serde(default)]
     pub undrain_after: bool,
+    /// With `undrain_after`: and move back the volumes that left it (docs/return.md).
+    #[serde(default, rename = "return", skip_serializing_if = "std::ops::Not::not")]
+    pub return_after: bool,
     /// Wait this long after a node is back before the slot goes to the next one.
     #[serde(default)]
     pub pause_ms: u64,

@@ -74,6 +74,7 @@ pub(super) fn run(
         max_unavailable: k,
         exec: Some("true".into()),
         undrain_after: true,
+        return_after: false,
         pause_ms: 100,
         exec_timeout_ms: super::DEFAULT_EXEC_TIMEOUT_MS,
         started_ms: 0,

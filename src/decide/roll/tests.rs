@@ -14,6 +14,7 @@ fn spec(nodes: &[&str], exec: Option<&str>, undrain: bool) -> RollSpec {
         max_unavailable: 1,
         exec: exec.map(str::to_owned),
         undrain_after: undrain,
+        return_after: false,
         pause_ms: 1000,
         exec_timeout_ms: DEFAULT_EXEC_TIMEOUT_MS,
         started_ms: 0,
