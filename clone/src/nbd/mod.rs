@@ -57,6 +57,8 @@ pub struct NbdExposed {
     symlink: Option<PathBuf>,
     reattached: bool,
     server: Option<std::thread::JoinHandle<()>>,
+    /// Our end of the socket, shut down at stop so the server thread always ends.
+    sock: Option<UnixStream>,
     engine: Arc<Engine>,
 }
 
@@ -84,6 +86,7 @@ impl NbdExposed {
     pub fn start(engine: Arc<Engine>, opts: &NbdOptions) -> Result<Self> {
         let control = Path::new("/dev/nbd");
         let (ours, index, reattached) = configure(&engine, opts)?;
+        let sock = ours.try_clone().ok();
         let server = {
             let engine = engine.clone();
             let workers = opts.workers.max(1);
@@ -96,7 +99,8 @@ impl NbdExposed {
                 .map_err(|e| nbd_err(control, format!("start the NBD server thread: {e}")))?
         };
         let device = PathBuf::from(format!("/dev/nbd{index}"));
-        let mut me = Self { index, device: device.clone(), symlink: None, reattached, server: Some(server), engine };
+        let mut me =
+            Self { index, device: device.clone(), symlink: None, reattached, server: Some(server), sock, engine };
         wait_sized(index, me.engine.size())?;
         set_io_timeout(index);
         if let Some(link) = &opts.symlink {
@@ -134,9 +138,12 @@ impl NbdExposed {
             let _ = std::fs::remove_file(link);
         }
         let res = netlink::Nbd::open().and_then(|mut nl| nl.disconnect(self.index));
-        if res.is_ok() {
-            let _ = server.join();
+        // The kernel shuts the socket down at disconnect; ours too, so the server thread
+        // ends even when the disconnect failed.
+        if let Some(s) = self.sock.take() {
+            let _ = s.shutdown(std::net::Shutdown::Both);
         }
+        let _ = server.join();
         res.map_err(|e| nbd_err(&self.device, format!("disconnect: {e}")))
     }
 }
