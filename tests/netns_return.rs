@@ -170,3 +170,49 @@ fn netns_return_copies_only_what_was_written_while_away() {
     let v = f.volume(1, "big").unwrap();
     assert_eq!((v["owner"].as_str(), v["phase"].as_str()), (Some("node1"), Some("held")), "{v}");
 }
+
+#[test]
+fn netns_roll_with_return_brings_the_volume_back_copying_what_its_command_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut f = Fleet::new(tmp.path(), 2);
+    offer_room(&mut f);
+    random_volume(&f, "vol", 256);
+    // The roll's command, run on node1 once drained: rewrites 16 regions of vol through
+    // node2's clone device (found in the start hook's record).
+    let script = f.root.join("rewrite.sh");
+    let body = format!(
+        "#!/bin/sh\nset -e\ndev=$(tail -n1 {}/started-vol | cut -d' ' -f2)\n\
+         for i in $(seq 0 15); do dd if=/dev/urandom of=$dev bs=65536 count=1 seek=$((i * 97 + 5)) oflag=direct conv=notrunc 2>/dev/null; done\nsync\n",
+        f.root.display()
+    );
+    std::fs::write(&script, body).unwrap();
+    common::netns::run("chmod", &["+x", script.to_str().unwrap()]);
+    let exec = script.display().to_string();
+    let out = f.agents[1].cli(&[
+        "roll",
+        "--nodes",
+        "node1",
+        "--exec",
+        &exec,
+        "--undrain-after",
+        "--return",
+        "--wait",
+        "--deadline",
+        "300s",
+    ]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "roll: {text}\n{}", f.logs());
+    let back = |v: &serde_json::Value| {
+        v["owner"] == "node1" && v["phase"] == "held" && v["arrived_from"] == "node2" && v["source_phase"] != "cut_over"
+    };
+    wait_until(
+        Duration::from_secs(120),
+        || f.volume(1, "vol").is_some_and(|v| back(&v)),
+        || format!("vol back on node1: {:?}\n{}", f.volume(1, "vol"), f.logs()),
+    );
+    let v = f.volume(1, "vol").unwrap();
+    let copied = v["fetched_bytes"].as_u64().unwrap();
+    eprintln!("roll --return: 256 MiB volume, 16 regions rewritten while away; the return copied {copied} bytes");
+    assert_eq!(copied, 16 * REGION, "{v}");
+    assert_eq!(file_sha(&f.agents[0].pool().join("vol.img")), file_sha(&f.agents[1].pool().join("vol.img")));
+}
