@@ -111,6 +111,12 @@ ID=$(sed -n 's/^ublk: .* (dev id \([0-9]*\))$/\1/p' $W/c1.err)
 echo "serving $DEV (dev id $ID), $(blockdev --getsize64 $DEV) bytes"
 [ "$(blockdev --getsize64 $DEV)" = $((MIB << 20)) ] || fail "$DEV is not ${MIB} MiB"
 
+step "a recovery of a device that does not exist is refused, naming it"
+NO_COLOR=1 "$MESHDRAIN_BIN" clone run --backend userspace --source "$URL" --dest $W/n.img --metadata $W/n.meta \
+  --ublk-recover 9 >/dev/null 2>$W/n.err && fail "--ublk-recover 9 served a device that does not exist"
+grep -q 'ublkb9: GET_DEV_INFO: No such device' $W/n.err || fail "unexpected refusal: $(cat $W/n.err)"
+echo "refused: $(grep -o 'expose /dev/ublkb9.*' $W/n.err)"
+
 step "latency: 4 KiB on-demand reads of unhydrated regions through $DEV (O_DIRECT)"
 # 40 regions 256 KiB apart from 3/4 of the volume on: hydration (in order, at $RATE/s) has
 # not reached them, so each first read is an on-demand fetch from the source.

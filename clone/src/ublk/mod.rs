@@ -236,6 +236,15 @@ impl UblkExposed {
         Ok(self)
     }
 
+    /// Leaves the device to a successor (a holder upgrade): nothing is stopped or removed,
+    /// this process only must exit soon after. The driver then quiesces the device as for a
+    /// crash (within 5 s) and the next process takes it with [`UblkExposed::recover`] (or
+    /// [`start_or_recover`] through the symlink); the workload sees a pause, not an error.
+    pub fn leave_for_recovery(mut self) {
+        self.device = PathBuf::new();
+        std::mem::forget(self.queue.take());
+    }
+
     /// Stops serving and deletes the device (STOP_DEV, then DEL_DEV once our queue closed).
     /// DEL_DEV waits until nothing holds `/dev/ublkbN` open: unmount first.
     pub fn stop(mut self) -> Result<()> {
