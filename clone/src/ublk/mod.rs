@@ -200,9 +200,11 @@ impl UblkExposed {
             std::thread::sleep(Duration::from_millis(100));
         }
         let geometry = Geometry { dev_id, depth: info.queue_depth, buf_bytes: info.max_io_buf_bytes, workers: WORKERS };
-        let mut me = Self { dev_id, device: dev, queue: None, symlink: None, reattached: true };
-        me.queue = Some(Queue::spawn(engine.clone(), geometry)?);
+        // Until END_USER_RECOVERY succeeds nothing here may stop the device (a Drop would):
+        // the workload's device stays for the next attempt, which this process's exit allows.
+        let queue = Queue::spawn(engine.clone(), geometry)?;
         ctl.end_recovery(dev_id)?;
+        let me = Self { dev_id, device: dev, queue: Some(queue), symlink: None, reattached: true };
         tracing::info!(parent: &engine.span, device = %me.device.display(), waited = ?t0.elapsed(),
             "ublk device recovered: serving again");
         Ok(me)
