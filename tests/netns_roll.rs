@@ -287,13 +287,13 @@ fn ext4_volume_on(f: &Fleet, i: usize, id: &str, start: &str, stop: &str) -> Vec
     sums
 }
 
-/// Reads every live node's `status --json` every 100 ms (skipping agents the test has
-/// stopped); keeps the most live nodes any one of them showed cordoned, draining or
+/// Reads each live node's `status --json` every 100 ms, one thread per node (skipping
+/// agents the test has stopped); keeps the most live nodes any one of them showed cordoned, draining or
 /// drained, and what it showed then; and the most nodes out counting dead ones too (the
 /// kills here are shorter than the roll's timeout, so no slot moves: that bound holds).
 struct Watcher {
     stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Seen>,
+    threads: Vec<std::thread::JoinHandle<Seen>>,
 }
 
 /// What the watcher saw.
@@ -306,54 +306,77 @@ struct Seen {
     worst_any: usize,
     what_any: String,
     samples: usize,
+    /// The fewest samples of one node.
     rounds: usize,
 }
 
 impl Watcher {
+    /// One sampler per node, each reading that node's view every 100 ms.
     fn start(agents: &[AgentProc], skip: Arc<Mutex<Vec<String>>>) -> Watcher {
-        let sockets: Vec<(String, PathBuf)> = agents.iter().map(|a| (a.name.clone(), a.socket.clone())).collect();
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Seen::default();
-            let started = Instant::now();
-            while !stop2.load(Ordering::SeqCst) && started.elapsed() < LIMIT {
-                let round = Instant::now();
-                seen.rounds += 1;
-                for (name, sock) in &sockets {
-                    if skip.lock().unwrap().contains(name) {
-                        continue;
+        let threads = agents
+            .iter()
+            .map(|a| {
+                let (name, sock, stop, skip) = (a.name.clone(), a.socket.clone(), stop.clone(), skip.clone());
+                std::thread::spawn(move || {
+                    let mut seen = Seen::default();
+                    let started = Instant::now();
+                    while !stop.load(Ordering::SeqCst) && started.elapsed() < LIMIT {
+                        let round = Instant::now();
+                        if !skip.lock().unwrap().contains(&name) {
+                            seen.sample(&name, &sock, started.elapsed());
+                        }
+                        std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
                     }
-                    let out = common::meshdrain(&["--control", sock.to_str().unwrap(), "status", "--json"]);
-                    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { continue };
-                    let any: Vec<(bool, String)> = v["nodes"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|n| ["cordoned", "draining", "drained"].contains(&n["state"].as_str().unwrap_or("")))
-                        .map(|n| (n["alive"] == true, format!("{}={} alive={}", n["name"], n["state"], n["alive"])))
-                        .collect();
-                    let live: Vec<&String> = any.iter().filter(|(alive, _)| *alive).map(|(_, s)| s).collect();
-                    seen.samples += 1;
-                    if live.len() > seen.worst {
-                        seen.worst = live.len();
-                        seen.what = format!("{name} saw {live:?} at {:?}", started.elapsed());
-                    }
-                    if any.len() > seen.worst_any {
-                        seen.worst_any = any.len();
-                        seen.what_any = format!("{name} saw {any:?} at {:?}", started.elapsed());
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
-            }
-            seen
-        });
-        Watcher { stop, thread }
+                    seen
+                })
+            })
+            .collect();
+        Watcher { stop, threads }
     }
 
+    /// Every node's samples together: the worst of them, the total, and the fewest any one
+    /// node got (`rounds`).
     fn finish(self) -> Seen {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().unwrap()
+        let mut all = Seen { rounds: usize::MAX, ..Seen::default() };
+        for t in self.threads {
+            let s = t.join().unwrap();
+            all.samples += s.samples;
+            all.rounds = all.rounds.min(s.samples);
+            if s.worst > all.worst {
+                (all.worst, all.what) = (s.worst, s.what);
+            }
+            if s.worst_any > all.worst_any {
+                (all.worst_any, all.what_any) = (s.worst_any, s.what_any);
+            }
+        }
+        all
+    }
+}
+
+impl Seen {
+    /// One read of `name`'s view.
+    fn sample(&mut self, name: &str, sock: &Path, at: Duration) {
+        let out = common::meshdrain(&["--control", sock.to_str().unwrap(), "status", "--json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else { return };
+        let any: Vec<(bool, String)> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| ["cordoned", "draining", "drained"].contains(&n["state"].as_str().unwrap_or("")))
+            .map(|n| (n["alive"] == true, format!("{}={} alive={}", n["name"], n["state"], n["alive"])))
+            .collect();
+        let live: Vec<&String> = any.iter().filter(|(alive, _)| *alive).map(|(_, s)| s).collect();
+        self.samples += 1;
+        if live.len() > self.worst {
+            self.worst = live.len();
+            self.what = format!("{name} saw {live:?} at {at:?}");
+        }
+        if any.len() > self.worst_any {
+            self.worst_any = any.len();
+            self.what_any = format!("{name} saw {any:?} at {at:?}");
+        }
     }
 }
 
@@ -478,7 +501,7 @@ fn netns_two_rolls_with_kills_keep_one_node_out_and_every_volume_and_workload_wh
     let seen = watcher.finish();
     let (samples, rounds) = (seen.samples, seen.rounds);
     eprintln!(
-        "netns_roll: setup {setup:?}, rolls {roll_time:?}; watcher {samples} samples in {rounds} rounds, at most {} \
+        "netns_roll: setup {setup:?}, rolls {roll_time:?}; watcher {samples} samples (at least {rounds} of each node), at most {} \
          live node(s) out ({}), {} counting dead ones; slot holder down {slot_holder_down:?}, starter down \
          {starter_down:?}; resumed {resumed:?}",
         seen.worst, seen.what, seen.worst_any
@@ -486,8 +509,9 @@ fn netns_two_rolls_with_kills_keep_one_node_out_and_every_volume_and_workload_wh
     assert!(seen.worst <= 1, "{} live nodes unavailable at once: {}", seen.worst, seen.what);
     assert!(seen.worst_any <= 1, "{} nodes unavailable at once: {}", seen.worst_any, seen.what_any);
     assert_eq!(seen.worst, 1, "the watcher saw the rolls take nodes out");
-    assert!(rounds as f64 >= roll_time.as_secs_f64() * 3.0, "the watcher ran {rounds} rounds in {roll_time:?}");
-    assert!(samples >= rounds * 3, "{samples} samples in {rounds} rounds: most nodes answered every round");
+    // Each node's view at least every 250 ms on average (100 ms asked; a busy 2-core CI
+    // machine makes each `status` slower).
+    assert!(rounds as f64 >= roll_time.as_secs_f64() * 4.0, "{rounds} samples of a node in {roll_time:?}");
     assert!(resumed.is_empty(), "the kills stopped a roll: {resumed:?}");
 
     // Every node took its turn in both rolls, its command once; node3's agent restart took
