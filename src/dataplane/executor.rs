@@ -148,6 +148,11 @@ pub trait CloneService: Send + Sync + 'static {
     fn written(&self, volume: &str) -> Result<crate::decide::returns::WrittenMap, String> {
         Err(format!("no userspace clone of {volume} here tracks its writes"))
     }
+    /// Whether this backend's clones track their writes (docs/return.md): if not, a
+    /// written set left by another backend is removed before it exposes the volume.
+    fn tracks_writes(&self) -> bool {
+        false
+    }
 }
 
 /// A command and the volume's local path when it was handed over.
@@ -238,6 +243,18 @@ impl Inner {
         }
     }
 
+    /// Removes volume `id`'s written set (docs/return.md): a later return is a full move.
+    fn forget_written(&self, id: &str) {
+        let path = paths::clone_written(&self.pool, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                info!(volume = %id, path = %path.display(), "write tracking dropped: the volume is used outside its clone engine")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(volume = %id, path = %path.display(), "cannot drop write tracking: {e}"),
+        }
+    }
+
     async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         tokio::task::spawn_blocking(f).await.expect("data-plane task panicked")
     }
@@ -265,6 +282,9 @@ impl Inner {
                 }
             }
             DataCommand::StartWorkload { volume, hook } => {
+                // The hook uses the volume's file, not a clone engine: writes it is not told
+                // of, so no written set may outlive this (docs/return.md).
+                self.forget_written(&volume);
                 let path = local.unwrap_or_default();
                 if let Err(reason) = self.hook(HookKind::Start, hook, &volume, &path).await {
                     warn!(%volume, "{reason}");
@@ -344,6 +364,9 @@ impl Inner {
                     verify,
                     base,
                 };
+                if !self.clones.tracks_writes() {
+                    self.forget_written(&volume); // another backend's set: docs/return.md
+                }
                 let clones = self.clones.clone();
                 match self.blocking(move || clones.prepare(&spec)).await {
                     Ok(device) => {

@@ -16,6 +16,12 @@ pub fn clone_metadata(pool: &Path, id: &str) -> PathBuf {
     pool.join(format!("{id}.clone-meta"))
 }
 
+/// The written set of volume `id`'s clone (docs/return.md): what its workload wrote since
+/// the cut-over, beside the clone metadata.
+pub fn clone_written(pool: &Path, id: &str) -> PathBuf {
+    pool.join(format!("{id}.clone-written"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

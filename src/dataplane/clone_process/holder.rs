@@ -385,7 +385,7 @@ impl Holder {
                 Ok(_) => Reply::ok(),
                 Err(e) => Reply::err(e.to_string()),
             },
-            Request::Written => super::returning::reply(&self.engine), // docs/return.md
+            Request::Written => super::returning::reply(&self.spec, &self.engine), // docs/return.md
             Request::Stop => Reply::ok(),
             Request::Watch => Reply::err("watch is a stream"),
         }

@@ -491,6 +491,10 @@ impl CloneService for ProcessClones {
         call(&t.files.socket, &Request::AcceptPartial, QUICK).map(|_| ())
     }
 
+    fn tracks_writes(&self) -> bool {
+        true // docs/return.md
+    }
+
     fn written(&self, volume: &str) -> Result<crate::decide::returns::WrittenMap, String> {
         let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} runs on this node"))?;
         let w = call(&t.files.socket, &Request::Written, QUICK)?.written.ok_or("the holder sent no written set")?;

@@ -44,8 +44,13 @@ pub(super) fn track(spec: &HolderSpec, engine: &Engine, created: bool) {
     }
 }
 
-/// The `written` request: the tracked ranges, coarsened to fit a reply.
-pub(super) fn reply(engine: &Engine) -> Reply {
+/// The `written` request: the tracked ranges, coarsened to fit a reply. A set whose file
+/// was removed (the agent dropped it: the volume was used outside this engine) is
+/// dropped here too.
+pub(super) fn reply(spec: &HolderSpec, engine: &Engine) -> Reply {
+    if !written_path(spec).exists() {
+        let _ = engine.stop_tracking("its file was removed (the volume was used outside this clone engine)");
+    }
     let Some(w) = engine.written_since() else {
         return Reply::err("this clone does not track its writes (its set was lost or refused)");
     };

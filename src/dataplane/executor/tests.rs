@@ -234,3 +234,32 @@ async fn only_pool_files_are_deleted_after_hand_off() {
     // The table entry is the owner loop's to drop (store::volumes::VolumeTable::path_for,
     // whose test asserts it); the data plane only ever reads the path it was handed.
 }
+
+/// docs/return.md: a written set must not outlive a use of the volume outside the engine
+/// that keeps it: the source's start hook (on the volume's file), or a clone backend that
+/// does not track writes.
+#[tokio::test]
+async fn a_volume_used_outside_its_clone_engine_loses_its_written_set() {
+    let mut r = rig(false);
+    let set = r.dir.path().join("db.clone-written");
+    std::fs::write(&set, b"set").unwrap();
+    r.execute(DataCommand::StartWorkload { volume: "db".parse().unwrap(), hook: None });
+    let open = DataCommand::OpenExport {
+        volume: "db".parse().unwrap(),
+        holder: "n2".parse().unwrap(),
+        holder_addr: "fd00::2".into(),
+        epoch: 4,
+    };
+    r.execute(open);
+    assert!(matches!(next(&mut r.rx).await, DataEvent::Written { .. }), "commands of a volume run in order");
+    assert!(!set.exists(), "the start hook ran on the file: the set is gone");
+    std::fs::write(&set, b"set").unwrap();
+    let export = ExportEndpoint { addr: "[fd00::1]:3260".into(), iqn: "iqn.x".into() };
+    r.execute(prepare_db(Some(export), 5, 1));
+    loop {
+        if let DataEvent::CloneReady { .. } = next(&mut r.rx).await {
+            break;
+        }
+    }
+    assert!(!set.exists(), "a backend that does not track writes leaves no set behind");
+}
