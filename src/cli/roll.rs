@@ -19,6 +19,7 @@ Examples:
   meshdrain roll --all --dry-run                          # the order, and nothing started
   meshdrain roll --nodes n1,n2,n3 --exec 'apt-get -y upgrade && reboot' --wait
   meshdrain roll --all --exec ./upgrade.sh --undrain-after --pause 5m --wait --json
+  meshdrain roll --all --exec ./upgrade.sh --exec-timeout 10m --undrain-after   # killed past 10m: the roll stops
   meshdrain roll status                                   # each node's step, its command's exit and output
   meshdrain roll resume 3f2a9c1e                          # after fixing what failed
   meshdrain roll cancel 3f2a9c1e
@@ -458,6 +459,13 @@ mod tests {
         assert_eq!(
             render_status(&r),
             "roll r1 (failed), started by a\n  a: failed (attempt 1, exit 3): --exec exited with status 3\n      | one\n      | two\n  b: pending — not heard from: skipped, the roll goes on without it\n"
+        );
+        // The start (and --dry-run) says how long the command may run (exectimeout).
+        let mut r = r;
+        r.spec.exec_timeout_ms = 600_000;
+        assert_eq!(
+            render_start(None, &r),
+            "roll (dry run: nothing started): a -> b\n  at most 1 node(s) unavailable at once, fleet-wide\n  on each node once drained: x\n  killed (its process group) if still running after 10m: the roll then fails\n  then undrained\n"
         );
     }
 }
