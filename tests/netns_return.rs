@@ -138,12 +138,13 @@ fn netns_return_copies_only_what_was_written_while_away() {
     assert_eq!(state_seen(&s, "node1").as_deref(), Some("active"));
 
     // The returns.
-    let (ok, text, logs) = undrain(&f, &["--return", "--wait", "--deadline", "300s", "--json"]);
+    let (ok, text, logs) = undrain(&f, &["--return", "--wait", "--verify", "--deadline", "300s", "--json"]);
     assert!(ok, "{text}\n{logs}");
     let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text}"));
     let ret = |id: &str| report["returns"].as_array().unwrap().iter().find(|r| r["volume"] == id).cloned().unwrap();
     let big = ret("big");
     assert_eq!((big["result"].as_str(), big["mode"].as_str()), (Some("returned"), Some("delta")), "{big}");
+    assert_eq!(big["verified"], true, "node2 checked node1's digest, the kept regions read from node1's copy: {big}");
     let copied = big["fetched_bytes"].as_u64().unwrap();
     let size = 1024 * MIB;
     eprintln!(

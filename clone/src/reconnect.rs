@@ -109,6 +109,13 @@ impl ReconnectingSource {
         }
     }
 
+    /// Feeds the `--verify` digest bytes of the source the clone already holds (a return
+    /// over the copy kept on the dest, docs/return.md): they count as read from the source,
+    /// so the owner's check covers them. Nothing without a digest.
+    pub fn feed_digest(&self, offset: u64, data: &[u8]) {
+        self.tap(offset, &[data]);
+    }
+
     /// Completes the `--verify` digest: regions never read (overwritten whole by the
     /// workload, or read before an agent restart) are read from the source now; those it
     /// reports deallocated are zeros. `None` without a digest.

@@ -57,6 +57,11 @@ pub struct UndrainArgs {
     /// it copied.
     #[arg(long, requires = "returning")]
     pub wait: bool,
+    /// With --return: each owner checks the digest of what came back against its copy
+    /// before it lets go (see `meshdrain drain --help`); the regions the node kept count,
+    /// read from its copy.
+    #[arg(long, requires = "returning")]
+    pub verify: bool,
     /// With --wait: give up waiting after this long (exit 4; the returns go on).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", requires = "wait")]
     pub deadline: Option<Duration>,
@@ -216,7 +221,7 @@ async fn send_return(
         cancel: false,
         returning: true,
     };
-    let options = DrainOptions { volume: Some(mv), ..Default::default() };
+    let options = DrainOptions { volume: Some(mv), verify: args.verify, ..Default::default() };
     let owner_args = node::Args {
         node: r.from.parse()?,
         force: false,
@@ -263,6 +268,15 @@ async fn follow(
             {
                 modes[i] = Some(m.clone());
             }
+            if let Some(crate::api::VolumeFault::VerifyFailed { .. }) = &v.error {
+                let why = v.error.as_ref().map(ToString::to_string).unwrap_or_default();
+                if !args.common.json {
+                    println!("{}: back on {node} but {} keeps its copy: --verify mismatch: {why}", r.volume, r.from);
+                }
+                done[i] = Some(json!({ "volume": r.volume, "from": r.from, "result": "verify_failed", "error": why }));
+                code = FAILURE;
+                continue;
+            }
             let released = matches!(v.source_phase.as_deref(), None | Some("handed_off" | "deleted"));
             if v.owner == node && v.epoch > r.epoch && v.phase == "held" && released {
                 let planned = r.reason.as_ref().map_or_else(|| "delta".to_owned(), |why| format!("full: {why}"));
@@ -287,7 +301,7 @@ async fn follow(
                     );
                 }
                 done[i] = Some(json!({ "volume": r.volume, "from": r.from, "result": "returned", "mode": kind,
-                    "reason": reason, "fetched_bytes": fetched, "size": r.size }));
+                    "reason": reason, "fetched_bytes": fetched, "size": r.size, "verified": args.verify.then_some(true) }));
             } else if v.owner == r.from && v.phase == "failed" && v.epoch > r.epoch {
                 let why = v.error.as_ref().map_or_else(|| "no reason given".to_owned(), ToString::to_string);
                 if !args.common.json {

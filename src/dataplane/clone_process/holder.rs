@@ -132,7 +132,11 @@ fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
         let s = Arc::new(s);
         (s.clone(), Some(s))
     };
-    let engine = open_engine(spec, source, cfg)?;
+    // A return over the copy kept here (docs/return.md), else the ordinary clone.
+    let engine = match super::returning::open_over_kept(spec, &source, &cfg, reading.as_deref())? {
+        Some(engine) => engine,
+        None => open_engine(spec, source, cfg)?,
+    };
     std::thread::sleep(Duration::from_millis(spec.prepare_delay_ms));
     let chosen = choose_exposure(spec.expose, state.exposure)?;
     if chosen == Chosen::FuseLoop {
@@ -169,10 +173,6 @@ fn choose_exposure(kind: ExposeKind, before: Option<Chosen>) -> Result<Chosen, S
 /// Creates the clone, or resumes it from its metadata; a partial clone of an older lease
 /// is started over (it was revoked: its bytes may be behind).
 fn open_engine(spec: &HolderSpec, source: Arc<dyn BlockSource>, cfg: EngineConfig) -> Result<Arc<Engine>, String> {
-    // A return over the copy kept here (docs/return.md).
-    if let Some(engine) = super::returning::open_over_kept(spec, &source, &cfg)? {
-        return Ok(engine);
-    }
     for attempt in 0..2 {
         if let Some(dir) = spec.clone_spec.dest.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use meshdrain_clone::written::{Written, coarsen};
-use meshdrain_clone::{BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta};
+use meshdrain_clone::{BlockSource, CloneError, Engine, EngineConfig, FileDest, FileMeta, ReconnectingSource};
 use tracing::{info, warn};
 
 use super::protocol::{HolderSpec, MAX_WRITTEN_RANGES, Reply, WrittenReply};
@@ -68,6 +68,7 @@ pub(super) fn open_over_kept(
     spec: &HolderSpec,
     source: &Arc<dyn BlockSource>,
     cfg: &EngineConfig,
+    reading: Option<&ReconnectingSource>,
 ) -> Result<Option<Arc<Engine>>, String> {
     let Some(ReturnPlan::Delta { grain, bits, since_ms }) = &spec.clone_spec.base else { return Ok(None) };
     // Checked when the grant was taken; checked again: the spec file is the only input here.
@@ -90,6 +91,12 @@ pub(super) fn open_over_kept(
         warn!(%volume, "return: full move: {why}");
         return Ok(None);
     }
+    if spec.clone_spec.verify
+        && let Some(source) = reading
+    {
+        // --verify: the regions kept count as read, so the owner's check covers them.
+        digest_kept(dest_path, spec.clone_spec.size, &stale, source)?;
+    }
     if meta_path.exists() {
         std::fs::remove_file(meta_path).map_err(|e| format!("metadata {}: {e}", meta_path.display()))?;
     }
@@ -102,6 +109,30 @@ pub(super) fn open_over_kept(
     info!(%volume, ranges = stale.len(), bytes, "return: cloning over the copy kept here; only the regions written since it was handed off are fetched");
     track(spec, &engine, true);
     Ok(Some(engine))
+}
+
+/// Feeds the `--verify` digest every byte of the kept copy outside `stale`, region by region
+/// (a region that `stale` touches is left to the source, read when fetched or at the end).
+fn digest_kept(
+    path: &std::path::Path,
+    size: u64,
+    stale: &[std::ops::Range<u64>],
+    source: &ReconnectingSource,
+) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    const GRAIN: u64 = 64 << 10; // a multiple of any region size the digest uses
+    let file = std::fs::File::open(path).map_err(|e| format!("the copy kept here ({}): {e}", path.display()))?;
+    let mut buf = vec![0u8; GRAIN as usize];
+    let mut at = 0;
+    while at < size {
+        let len = GRAIN.min(size - at);
+        if !stale.iter().any(|s| s.start < at + len && at < s.end) {
+            file.read_exact_at(&mut buf[..len as usize], at).map_err(|e| format!("the copy kept here: {e}"))?;
+            source.feed_digest(at, &buf[..len as usize]);
+        }
+        at += len;
+    }
+    Ok(())
 }
 
 /// Whether the file at `path` is the copy handed off at `since_ms`: it exists, holds the
