@@ -389,8 +389,13 @@ fn check_end(w: &mut World, victim: Option<usize>, loss: Loss, seed: u64) {
             .filter(|(i, n)| live(*i, n) && n.core.state.volumes.contains_key(id))
             .map(|(_, n)| n)
             .collect();
-        if owners.is_empty() && w.lost.contains(&0) {
-            // Its only copy was on the lost source (not moving, or not cut over yet).
+        // Its only copy was on a lost node that owned it (not moving, or not cut over yet):
+        // n0 mid-drain, or the source of a single-volume move.
+        let only_copy_lost =
+            w.nodes.iter().enumerate().any(|(i, n)| {
+                w.lost.contains(&i) && n.copies.contains_key(id) && n.core.state.volumes.contains_key(id)
+            });
+        if owners.is_empty() && (w.lost.contains(&0) || only_copy_lost) {
             continue;
         }
         assert_eq!(
