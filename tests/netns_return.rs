@@ -104,15 +104,28 @@ fn netns_return_copies_only_what_was_written_while_away() {
     let (node, device) = f.starts("big").into_iter().last().expect("big started on node2");
     assert_eq!(node, "node2");
 
-    // 2 % of it rewritten on node2 through the clone's device: 328 regions of 64 KiB.
-    let dev = std::fs::OpenOptions::new().write(true).open(&device).unwrap();
+    // 2 % of it rewritten on node2 through the clone's device: 328 regions of 64 KiB, half
+    // before and half after a kill -9 of the holder process (restarted from its metadata
+    // on a new device, its written set reopened: tracking survives it).
     let regions = 1024 * MIB / REGION;
     let written: Vec<u64> = (0..328u64).map(|i| (i * 7919 + 11) % regions).collect();
-    for (i, r) in written.iter().enumerate() {
-        dev.write_all_at(&pseudo_random(9000 + i as u64, REGION as usize), r * REGION).unwrap();
-    }
-    dev.sync_all().unwrap();
-    drop(dev);
+    let rewrite = |device: &Path, part: std::ops::Range<usize>| {
+        let dev = std::fs::OpenOptions::new().write(true).open(device).unwrap();
+        for i in part {
+            dev.write_all_at(&pseudo_random(9000 + i as u64, REGION as usize), written[i] * REGION).unwrap();
+        }
+        dev.sync_all().unwrap();
+    };
+    rewrite(&device, 0..164);
+    let pid = f.holder_state(1, "big")["pid"].as_u64().expect("big's holder pid");
+    common::netns::run("kill", &["-9", &pid.to_string()]);
+    wait_until(
+        Duration::from_secs(60),
+        || f.starts("big").len() >= 2 && f.holder_state(1, "big")["pid"].as_u64().is_some_and(|p| p != pid),
+        || format!("big's holder restarted and its start hook run again\n{}", f.logs()),
+    );
+    let (_, device) = f.starts("big").into_iter().last().unwrap();
+    rewrite(&device, 164..328);
     let want_big = file_sha(&f.agents[1].pool().join("big.img"));
     let want_small = file_sha(&f.agents[1].pool().join("small.img"));
     let rewritten = written.len() as u64 * REGION;
