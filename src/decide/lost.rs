@@ -162,7 +162,10 @@ pub fn assess(view: &ClusterView, node: &NodeName) -> LossReport {
             let holder = moving_to.and_then(|h| view.nodes.get(h));
             let progress = holder.and_then(|h| h.progress.get(id)).filter(|p| p.epoch == rec.epoch);
             match (holder, progress) {
-                (Some(h), Some(p)) if matches!(p.phase, HolderPhase::Running { .. } | HolderPhase::Ready) => {
+                // Only a holder whose workload runs keeps a partial copy: one still `Ready`
+                // fails its clone when the source is declared lost (lease/holder.rs), so
+                // that volume's only copy is on the lost node.
+                (Some(h), Some(p)) if matches!(p.phase, HolderPhase::Running { .. }) => {
                     let total = p.hydration.total;
                     report.incomplete.push((
                         id.clone(),

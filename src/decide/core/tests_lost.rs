@@ -177,3 +177,36 @@ fn node_lost_after_declares_only_a_node_whose_loss_loses_nothing() {
     let lost: Vec<(&str, bool)> = core.state.lost.iter().map(|(n, d)| (n.as_str(), d.automatic)).collect();
     assert_eq!(lost, [("n4", true)], "n2 has a volume cut over to it: only an operator may declare it");
 }
+
+/// A source lost while its holder is `Ready` (granted, not cut over): the holder fails its
+/// clone on the declaration (lease/holder.rs), so the volume's only copy is on the lost
+/// node. `node lost` must call it unavailable, not "incomplete, 0 of 0 regions missing"
+/// with a `partial accept` nothing could answer (found by the drain simulation, seed 259).
+#[test]
+fn a_source_lost_before_its_holder_ran_the_workload_leaves_the_volume_unavailable() {
+    let granted = VolumeRecord {
+        phase: SourcePhase::Granted { holder: "n2".parse().unwrap(), at_ms: 1, exported: true, stopped: false },
+        ..schema::decode::<VolumeRecord>(&cut_over_to_n2().1).unwrap()
+    };
+    let ready = schema::ProgressRecord {
+        source: "n1".parse().unwrap(),
+        epoch: 3,
+        phase: HolderPhase::Ready,
+        hydration: Default::default(),
+        error: None,
+        ret: None,
+    };
+    let running = schema::ProgressRecord { phase: HolderPhase::Running { stalled: false }, ..ready.clone() };
+    for (progress, incomplete) in [(ready, false), (running, true)] {
+        let v = view(
+            "n3",
+            vec![
+                raw("n1", false, vec![("vol/db".into(), schema::encode(&granted))]),
+                raw("n2", true, vec![("progress/db".into(), schema::encode(&progress))]),
+            ],
+        );
+        let report = crate::decide::lost::assess(&v, &"n1".parse().unwrap());
+        assert_eq!(report.incomplete.len(), usize::from(incomplete), "{:?}: {report:?}", progress.phase);
+        assert_eq!(report.unavailable.len(), usize::from(!incomplete), "{:?}: {report:?}", progress.phase);
+    }
+}
