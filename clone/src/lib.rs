@@ -59,9 +59,9 @@ pub mod nbd;
 pub mod progress;
 pub mod ratelimit;
 pub mod reconnect;
+pub mod ublk;
 mod tracking;
 pub mod written;
-pub mod ublk;
 
 use std::path::PathBuf;
 
