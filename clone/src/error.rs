@@ -155,3 +155,18 @@ pub const START_OVER: &str = "run again with --start-over to recopy from the sou
 
 /// Result alias of the clone layer.
 pub type Result<T, E = CloneError> = std::result::Result<T, E>;
+
+impl CloneError {
+    /// The errno a workload's I/O hears for this error, the same through every exposure
+    /// (FUSE + loop, NBD, ublk; docs/exposures.md): a full dest stays ENOSPC, so the
+    /// filesystem reports a full disk rather than an I/O error; an access past the end is
+    /// EINVAL; anything else is EIO. Positive, as in `errno.h`.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::OutOfRange { .. } => libc::EINVAL,
+            Self::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => libc::ENOSPC,
+            Self::Dest { no_space: true, .. } => libc::ENOSPC,
+            _ => libc::EIO,
+        }
+    }
+}

@@ -26,14 +26,9 @@ struct VolumeFs {
     gid: u32,
 }
 
+/// loop passes ENOSPC up as BLK_STS_NOSPC: the filesystem reports a full disk, not EIO.
 fn errno(e: &CloneError) -> Errno {
-    match e {
-        CloneError::OutOfRange { .. } => Errno::EINVAL,
-        // loop passes ENOSPC up as BLK_STS_NOSPC: the filesystem reports a full disk, not EIO
-        CloneError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => Errno::ENOSPC,
-        CloneError::Dest { no_space: true, .. } => Errno::ENOSPC,
-        _ => Errno::EIO,
-    }
+    Errno::from_i32(e.errno())
 }
 
 impl VolumeFs {

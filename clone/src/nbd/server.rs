@@ -49,7 +49,6 @@ pub const CMD_FLAG_FUA: u16 = 1;
 
 /// NBD errors on the wire (the protocol's values, Linux's errno numbers).
 mod wire_err {
-    pub const EIO: u32 = 5;
     pub const EINVAL: u32 = 22;
     pub const ENOSPC: u32 = 28;
 }
@@ -107,15 +106,11 @@ pub fn reply_header(error: u32, handle: u64) -> [u8; REPLY_LEN] {
     b
 }
 
-/// The NBD error for an engine error, as expose.rs's errno() maps it for FUSE (the
-/// kernel's nbd turns every error into an I/O error, but ENOSPC stays ENOSPC on the wire).
+/// The NBD error for an engine error ([`CloneError::errno`]: the protocol's error values are
+/// Linux's errno numbers; the kernel's nbd turns every error into an I/O error, but ENOSPC
+/// stays ENOSPC on the wire).
 fn wire_error(e: &CloneError) -> u32 {
-    match e {
-        CloneError::OutOfRange { .. } => wire_err::EINVAL,
-        CloneError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => wire_err::ENOSPC,
-        CloneError::Dest { no_space: true, .. } => wire_err::ENOSPC,
-        _ => wire_err::EIO,
-    }
+    e.errno().unsigned_abs()
 }
 
 /// A byte budget: a request waits for its payload's bytes before its buffer is made.

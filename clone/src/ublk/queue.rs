@@ -314,15 +314,9 @@ fn local(engine: &Engine, g: Geometry, d: &IoDesc) -> bool {
     engine.regions_of(offset, len).all(|r| core.state(r).hydrated())
 }
 
-/// The errno a workload request hears: a full dest stays ENOSPC (the filesystem reports a
-/// full disk), an access past the end EINVAL, anything else EIO (as the FUSE exposure).
+/// The negative errno a ublk request completes with ([`CloneError::errno`], as every exposure).
 fn errno(e: &CloneError) -> i32 {
-    match e {
-        CloneError::OutOfRange { .. } => -libc::EINVAL,
-        CloneError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => -libc::ENOSPC,
-        CloneError::Dest { no_space: true, .. } => -libc::ENOSPC,
-        _ => -libc::EIO,
-    }
+    -e.errno()
 }
 
 /// Answers one request: bytes done for reads and writes, 0 for the rest, or -errno.
