@@ -1,0 +1,302 @@
+#!/bin/bash
+# Scenario vm_exposure_bench (issue 20's benchmark, run by bench/vm.sh; docs/benchmarks.md,
+# "Exposures in the VM"). One guest, one source: our target (`meshdrain export serve`)
+# serving a VM_BENCH_MIB MiB file of random bytes from tmpfs (every read of it is a page
+# cache hit in the target, whichever path reads it first). Measured:
+#  1. VM_BENCH_ROUNDS rounds, each: three fresh clones at once, one per exposure (a
+#     `clone hold` holder as the agent starts it, `expose` = fuse-loop, nbd, ublk;
+#     hydration never started) and the LUN itself through open-iscsi (/dev/sdX after
+#     iscsiadm login); one Python process reads 4 KiB O_DIRECT from all four interleaved
+#     (see ilat: the host's drifting load weighs on every path alike), VM_BENCH_READS reads
+#     each within a distinct 64 KiB region (on-demand: the region is not here), the same
+#     offsets again (the region is fetched whole), 2 s (the engine's commit tick), the same
+#     offsets a third time (hydrated); then the plain remote read of the same LUN through
+#     our initiator (the ondemand_latency example, MESHDRAIN_ONDEMAND_BIN, when bench/vm.sh
+#     passes it: the median of reads through the engine's foreground session, and the
+#     engine's own on-demand and hydrated reads without any exposure). Pooled p50/p90 per
+#     path (`XBENCH read`) and the median of per-round ratios (`XBENCH ratio`).
+#  2. VM_BENCH_ROUNDS rounds of hydration of the whole source through each exposure (a
+#     holder per exposure, no rate limit, the agent's default tuning, dest on an ext4
+#     virtio disk): the `hydrate` request to `"phase":"complete"`; each dest compared with
+#     the source, then deleted; and the open-iscsi sequential read of the LUN (dd 1 MiB
+#     direct, no dest) as context; order rotated each round. Medians: `XBENCH hydrate <path>
+#     <MiB> <ms> <MiB/s>`, and the median of per-round rate ratios to fuse-loop (`XBENCH hratio`).
+# Env: VM_BENCH_MIB (default 256), VM_BENCH_READS (default 100, at least 50),
+# VM_BENCH_ROUNDS (default 3), MESHDRAIN_BIN, MESHDRAIN_UBLK_KO, MESHDRAIN_ONDEMAND_BIN
+# (optional); disk /dev/vdb (VM_BENCH_MIB + 64 MiB, sparse on the host) for the dests.
+. "$(dirname "$0")/lib.sh"
+MIB=${VM_BENCH_MIB:-256}
+N=${VM_BENCH_READS:-100}
+ROUNDS=${VM_BENCH_ROUNDS:-3}
+IQN=iqn.2026-11.invalid.meshdrain:vm-bench
+PORTAL=127.0.0.1:3260
+URL="iscsi://$PORTAL/$IQN/1"
+W=/tmp/xbench
+C=$W/run/clones
+D=$W/disk
+DISK=/dev/vdb
+REGIONS=$((MIB * 16))
+[ "$N" -ge 50 ] || fail "VM_BENCH_READS=$N: at least 50 samples"
+[ "$N" -le "$REGIONS" ] || fail "VM_BENCH_READS=$N: more reads than the ${MIB} MiB source has 64 KiB regions"
+mkdir -p $W $C $D
+chmod 700 $C
+pids=()
+cleanup() {
+  rc=$?
+  if [ $rc -ne 0 ]; then
+    for f in $C/*.log $W/export.log $W/iscsid.log; do echo "--- $f"; tail -n 15 "$f" 2>/dev/null || true; done
+    echo "--- dmesg"; dmesg | tail -n 25
+  fi
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
+  iscsiadm -m node --logoutall=all >/dev/null 2>&1 || true
+  mountpoint -q $D && umount $D 2>/dev/null
+}
+trap cleanup EXIT
+
+# One request line to holder $1's control socket; prints the reply line.
+ask() {
+  python3 - "$C/$1.sock" "$2" <<'EOF'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+print(s.makefile().readline().strip())
+EOF
+}
+holder_pid() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$C/$1.state"; }
+serves() { [ "$(holder_pid "$1" 2>/dev/null)" = "$2" ] && ask "$1" '{"op":"hello"}' 2>/dev/null | grep -q '"ok":true'; }
+
+# Starts holder $1 (exposure $2, dest $3) from a spec as the agent writes it; sets HPID and DEV.
+start_holder() {
+  local name=$1 expose=$2 dest=$3
+  rm -f "$dest" "$dest.meta" "$C/$name.state"
+  cat >"$C/$name.json" <<EOF
+{"volume":"$name","export":{"addr":"$PORTAL","iqn":"$IQN"},"initiator_iqn":"iqn.2026-11.invalid.meshdrain:vm-bench-$name",
+ "epoch":1,"size":$((MIB << 20)),"dest":"$dest","metadata":"$dest.meta","rate_limit":null,"verify":false,
+ "region_size":65536,"parallelism":4,"batch_regions":32,"read_through":true,"prepare_delay_ms":0,
+ "mountpoint":"$W/run/fuse/$name","link":"$W/run/dev/$name","hydrating":false,"workload_started":true,
+ "start_hook":null,"source_lost":false,"expose":"$expose"}
+EOF
+  MESHDRAIN_LOG=info NO_COLOR=1 "$MESHDRAIN_BIN" clone hold --spec "$C/$name.json" </dev/null >/dev/null 2>>"$C/$name.log" &
+  HPID=$!
+  pids+=($HPID)
+  wait_for 60 serves "$name" $HPID || fail "holder $name ($expose) did not serve: $(tail -n 5 "$C/$name.log")"
+  DEV=$(readlink "$W/run/dev/$name")
+  [ -b "$DEV" ] || fail "holder $name: its link points at '$DEV', not a block device"
+  [ "$(blockdev --getsize64 "$DEV")" = $((MIB << 20)) ] || fail "$DEV is not ${MIB} MiB"
+}
+# Stops holder $1 (pid $2) and checks its device link is gone.
+stop_holder() {
+  ask "$1" '{"op":"stop"}' | grep -q '"ok":true' || fail "holder $1 refused stop"
+  wait_for 30 bash -c "! kill -0 $2 2>/dev/null" || fail "holder $1 did not exit on stop"
+  [ ! -L "$W/run/dev/$1" ] || fail "holder $1 left its link after stop"
+}
+
+# One interleaved latency pass set over devices `label=dev` ($4...): for i < N, one 4 KiB
+# O_DIRECT read of every device at offset i (the devices' order rotated with i), so the
+# host's load drifting over the run weighs on every path alike. Offsets: N distinct 64 KiB
+# regions spread over the volume (a multiplicative walk from salt $2; distinct while N <=
+# their count, a power of two). Passes: on-demand (each clone's region is not here yet),
+# a second one (the regions fetched whole), 2 s (the engine's commit tick: the regions'
+# bits are set), hydrated. A label `plain:` (the LUN itself) is read in the first and the
+# last pass. Samples (us, one a line) go to $1/<label>-ondemand, -hydrated, or $1/<label>.
+ilat() {
+  python3 - "$N" "$REGIONS" "$@" <<'EOF'
+import mmap, os, sys, time
+n, regions, out, salt = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+devs = []
+for a in sys.argv[5:]:
+    label, dev = a.split("=", 1)
+    devs.append((label, os.open(dev, os.O_RDONLY | os.O_DIRECT)))
+buf = mmap.mmap(-1, 4096)
+offsets = [((i * 2654435761 + salt) % regions) * 65536 + (i % 16) * 4096 for i in range(n)]
+assert len({o >> 16 for o in offsets}) == n, "regions not distinct"
+def rotate(v, k):
+    k %= len(v)
+    return v[k:] + v[:k]
+def one_pass(which, suffix):
+    t = {label: [] for label, _ in which}
+    for i, off in enumerate(offsets):
+        for label, fd in rotate(which, i):
+            t0 = time.perf_counter()
+            if os.preadv(fd, [buf], off) != 4096:
+                sys.exit("%s: short read at %d" % (label, off))
+            t[label].append((time.perf_counter() - t0) * 1e6)
+    for label, v in t.items():
+        if suffix is not None:
+            name = label.removeprefix("plain:") + ("" if label.startswith("plain:") else suffix)
+            with open(os.path.join(out, name), "a") as f:
+                f.write("".join("%d\n" % x for x in v))
+clones = [d for d in devs if not d[0].startswith("plain:")]
+one_pass(devs, "-ondemand")   # a fresh region each time: an on-demand read from the source
+one_pass(clones, None)        # a second read in each region fetches it whole
+time.sleep(2)                 # the engine's commit tick: the regions' bits are set
+one_pass(devs, "-hydrated")   # now from the dest
+EOF
+}
+# Summarizes the samples under $W/s: per path, every round pooled (`XBENCH read <path> p50
+# p90`), and per round the path's median over the reference's median in the same round,
+# the median of those ratios (`XBENCH ratio <path> <ref> <ratio>`: paired, drift cancels);
+# hydration: median ms (`XBENCH hydrate`) and the paired ratio of rates to fuse-loop.
+summary() {
+  python3 - "$W/s" "$MIB" <<'EOF'
+import os, sys
+root, mib = sys.argv[1], int(sys.argv[2])
+rounds = sorted(d for d in os.listdir(root) if d.startswith("r"))
+def load(r, name):
+    p = os.path.join(root, r, name)
+    return sorted(float(l) for l in open(p) if l.strip()) if os.path.exists(p) else []
+def q(v, f): return v[min(len(v) - 1, int(len(v) * f))]
+def med(v): return sorted(v)[len(v) // 2]
+lat = ["fuse-loop-ondemand", "nbd-ondemand", "ublk-ondemand", "fuse-loop-hydrated", "nbd-hydrated", "ublk-hydrated",
+       "open-iscsi", "ours", "engine-ondemand", "engine-hydrated"]
+for name in lat:
+    v = sorted(x for r in rounds for x in load(r, name))
+    if not v:
+        continue
+    # ondemand_latency gives one median per round: their median, no p90.
+    single = all(len(load(r, name)) <= 1 for r in rounds)
+    print("XBENCH read %s %d %s (%d samples, %d rounds)" % (name, q(v, 0.5), "-" if single else "%d" % q(v, 0.9), len(v), len(rounds)))
+    for ref in ["ours", "open-iscsi"]:
+        rs = [q(load(r, name), 0.5) / q(load(r, ref), 0.5) for r in rounds if load(r, name) and load(r, ref) and q(load(r, ref), 0.5) > 0]
+        if rs and name != ref:
+            print("XBENCH ratio %s %s %.2f (per round: %s)" % (name, ref, med(rs), " ".join("%.2f" % x for x in rs)))
+for name in ["fuse-loop", "nbd", "ublk", "open-iscsi-read"]:
+    v = [x for r in rounds for x in load(r, "hyd-" + name)]
+    if not v:
+        continue
+    ms = max(med(v), 1)
+    print("XBENCH hydrate %s %d %d %.1f (median of %d)" % (name, mib, ms, mib * 1000 / ms, len(v)))
+    rs = [load(r, "hyd-fuse-loop")[0] / load(r, "hyd-" + name)[0] for r in rounds if load(r, "hyd-" + name) and load(r, "hyd-fuse-loop") and load(r, "hyd-" + name)[0] > 0]
+    if rs:
+        print("XBENCH hratio %s %.2f (per round: %s)" % (name, med(rs), " ".join("%.2f" % x for x in rs)))
+EOF
+}
+# The three exposures, rotated by round $1: none always goes first.
+order() { local a=(fuse-loop nbd ublk) i; for i in 0 1 2; do echo "${a[$((($1 + i) % 3))]}"; done; }
+
+# Prints `<p50> <p90>` of the numbers in file $1 (several rounds pooled).
+pooled() {
+  python3 -c '
+import sys
+v = sorted(float(l) for l in open(sys.argv[1]) if l.strip())
+print("%d %d" % (v[len(v) // 2], v[min(len(v) - 1, (len(v) * 9) // 10)]))' "$1"
+}
+
+# Holder $1: sends `hydrate`, polls `progress` every 50 ms on the same connection until
+# complete (bounded); prints the milliseconds from the request to the complete reply.
+hydrate_ms() {
+  python3 - "$C/$1.sock" "$2" <<'EOF'
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect(sys.argv[1])
+f = s.makefile()
+limit = float(sys.argv[2])
+def ask(op):
+    s.sendall(json.dumps({"op": op}).encode() + b"\n")
+    r = json.loads(f.readline())
+    if not r.get("ok"):
+        sys.exit("%s refused: %s" % (op, r))
+    return (r.get("progress") or {}).get("phase")
+t0 = time.monotonic()
+phase = ask("hydrate")
+while phase != "complete":
+    if time.monotonic() - t0 > limit:
+        sys.exit("not complete after %d s (phase %s)" % (limit, phase))
+    time.sleep(0.05)
+    phase = ask("progress")
+print(int((time.monotonic() - t0) * 1000))
+EOF
+}
+rate() { awk -v m="$1" -v t="$2" 'BEGIN { printf "%.1f", m * 1000 / (t > 0 ? t : 1) }'; }
+
+step "modules: loop, fuse, nbd, ublk_drv, iSCSI initiator"
+for m in loop fuse nbd ext4 sd_mod iscsi_tcp crc32c_generic; do modprobe $m; done
+grep -qw ublk_drv /proc/modules || insmod "$MESHDRAIN_UBLK_KO"
+wait_for 5 test -c /dev/ublk-control || fail "no /dev/ublk-control after insmod $MESHDRAIN_UBLK_KO"
+[ -d /sys/module/nbd ] || fail "no /sys/module/nbd after modprobe nbd"
+ip link set lo up
+echo "XBENCH meta kernel $(uname -r) source ${MIB}MiB reads $N rounds $ROUNDS"
+
+step "source: ${MIB} MiB of random bytes on tmpfs, served by our target"
+SRC=$W/src.img
+head -c $((MIB << 20)) /dev/urandom >$SRC
+NO_COLOR=1 "$MESHDRAIN_BIN" export serve --listen $PORTAL --iqn $IQN $SRC >$W/export.log 2>&1 &
+pids+=($!)
+wait_for 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/3260" 2>/dev/null || fail "target not listening"
+[ -b $DISK ] || fail "no $DISK for the hydration dests"
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 $DISK
+mount $DISK $D
+
+step "open-iscsi: login (the session stays for the rounds)"
+mkdir -p /run/lock/iscsi /tmp/etc-iscsi
+cp -a /etc/iscsi/. /tmp/etc-iscsi/
+echo "InitiatorName=iqn.2026-11.invalid.meshdrain:vm-bench-open-iscsi" >/tmp/etc-iscsi/initiatorname.iscsi
+mount --bind /tmp/etc-iscsi /etc/iscsi
+setsid iscsid -f >$W/iscsid.log 2>&1 &
+pids+=($!)
+sleep 0.5
+iscsiadm -m discovery -t sendtargets -p $PORTAL >/dev/null
+iscsiadm -m node -T $IQN -p $PORTAL --login >/dev/null
+wait_for 20 bash -c 'ls /sys/class/iscsi_session/session*/device/target*/*/block/ 2>/dev/null | grep -q sd' ||
+  fail "no /dev/sdX after the open-iscsi login"
+SD=/dev/$(ls /sys/class/iscsi_session/session*/device/target*/*/block/ | grep sd | head -1)
+wait_for 5 test -b "$SD" || fail "no $SD"
+
+for r in $(seq 1 "$ROUNDS"); do
+  mkdir -p "$W/s/r$r"
+  step "round $r: fresh clones through fuse-loop, nbd and ublk; $N interleaved reads each with open-iscsi"
+  devs=()
+  hp=()
+  for x in $(order "$r"); do
+    start_holder "lat-$x" "$x" "$W/lat-$x.img"
+    devs+=("$x=$DEV")
+    hp+=("lat-$x:$HPID")
+  done
+  ilat "$W/s/r$r" $((r * 7919)) "${devs[@]}" "plain:open-iscsi=$SD" || fail "interleaved reads failed"
+  for h in "${hp[@]}"; do stop_holder "${h%%:*}" "${h##*:}"; done
+  rm -f $W/lat-*.img $W/lat-*.img.meta
+  for k in fuse-loop-ondemand nbd-ondemand ublk-ondemand fuse-loop-hydrated nbd-hydrated ublk-hydrated open-iscsi; do
+    echo "XBENCH r$r $k $(pooled "$W/s/r$r/$k")"
+  done
+  if [ -n "${MESHDRAIN_ONDEMAND_BIN:-}" ]; then
+    step "round $r: plain remote read through our initiator (ondemand_latency, $N reads)"
+    mkdir -p $W/od
+    read -r plain un _ hy < <(timeout 300 "$MESHDRAIN_ONDEMAND_BIN" "$URL" $W/od "$N") || fail "ondemand_latency failed"
+    echo "XBENCH r$r ours $plain, engine on-demand $un, engine hydrated $hy (medians)"
+    echo "$plain" >"$W/s/r$r/ours"
+    echo "$un" >"$W/s/r$r/engine-ondemand"
+    echo "$hy" >"$W/s/r$r/engine-hydrated"
+    rm -rf $W/od
+  fi
+done
+[ -n "${MESHDRAIN_ONDEMAND_BIN:-}" ] ||
+  echo "XBENCH note: no MESHDRAIN_ONDEMAND_BIN: the plain read through our initiator is not measured (bench/vm.sh passes it)"
+
+SUM=$(sha256sum <$SRC | cut -d' ' -f1)
+for r in $(seq 1 "$ROUNDS"); do
+  step "round $r: open-iscsi sequential read of the ${MIB} MiB LUN (context)"
+  t0=$(now_ms)
+  dd if="$SD" of=/dev/null bs=1M count="$MIB" iflag=direct status=none || fail "sequential read of $SD failed"
+  ms=$(($(now_ms) - t0))
+  echo "XBENCH r$r open-iscsi-read $ms ms"
+  echo $ms >"$W/s/r$r/hyd-open-iscsi-read"
+  for x in $(order "$r"); do
+    step "round $r: hydration of ${MIB} MiB through $x (no rate limit)"
+    start_holder "hyd-$x" "$x" "$D/hyd-$x.img"
+    ms=$(hydrate_ms "hyd-$x" $((60 + MIB * 4))) || fail "hydration through $x did not complete"
+    echo "XBENCH r$r hydrate $x $ms ms"
+    echo "$ms" >"$W/s/r$r/hyd-$x"
+    stop_holder "hyd-$x" $HPID
+    [ "$(sha256sum <"$D/hyd-$x.img" | cut -d' ' -f1)" = "$SUM" ] || fail "the dest hydrated through $x differs from the source"
+    rm -f "$D/hyd-$x.img" "$D/hyd-$x.img.meta"
+  done
+done
+iscsiadm -m node --logoutall=all >/dev/null
+summary
+echo "XBENCH note: kernel I/O error lines during the run: $(dmesg | grep -cE 'I/O error|Buffer I/O' || true)"
+echo "XBENCH done: every exposure read and hydrated, dests equal to the source"
+step "ok"
