@@ -134,13 +134,17 @@ pub fn volumes(view: &ClusterView) -> Vec<VolumeStatus> {
                 .as_ref()
                 .and_then(|a| view.nodes.get(&a.from)?.volumes.get(id).filter(|r| r.epoch == rec.epoch))
                 .map(|r| crate::decide::moves::phase_name(&r.phase).to_owned()),
-            // The returning node's decision, else what the owner offers (docs/return.md).
-            return_mode: progress.and_then(|p| p.ret.clone()).or_else(|| {
-                rec.ret.as_ref().map(|b| match b {
-                    crate::decide::returns::ReturnBase::Delta { .. } => "delta".to_owned(),
-                    crate::decide::returns::ReturnBase::Full { reason } => format!("full: {reason}"),
+            // The returning node's decision, else what the owner offers, else (the return
+            // over) the mode its holder used, kept with the arrival (docs/return.md).
+            return_mode: progress
+                .and_then(|p| p.ret.clone())
+                .or_else(|| {
+                    rec.ret.as_ref().map(|b| match b {
+                        crate::decide::returns::ReturnBase::Delta { .. } => "delta".to_owned(),
+                        crate::decide::returns::ReturnBase::Full { reason } => format!("full: {reason}"),
+                    })
                 })
-            }),
+                .or_else(|| rec.arrived.as_ref().and_then(|a| a.ret.clone())),
             stranded: matches!(rec.phase, SourcePhase::CutOver { .. }) && !holder_alive,
             stalled: progress
                 .is_some_and(|p| matches!(p.phase, crate::decide::lease::HolderPhase::Running { stalled: true })),

@@ -280,8 +280,11 @@ async fn follow(
             let released = matches!(v.source_phase.as_deref(), None | Some("handed_off" | "deleted"));
             if v.owner == node && v.epoch > r.epoch && v.phase == "held" && released {
                 let planned = r.reason.as_ref().map_or_else(|| "delta".to_owned(), |why| format!("full: {why}"));
-                let mode = match &modes[i] {
-                    Some(m) if r.reason.is_none() || m.starts_with("full: ") => m.clone(),
+                // Back here, the volume's arrival says what its holder used (docs/return.md):
+                // that, else the last word seen during the move, else the plan.
+                let mode = match (&v.return_mode, &modes[i]) {
+                    (Some(used), _) => used.clone(),
+                    (None, Some(m)) if r.reason.is_none() || m.starts_with("full: ") => m.clone(),
                     _ => planned,
                 };
                 let (kind, reason) = match mode.strip_prefix("full: ") {

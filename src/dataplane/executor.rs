@@ -153,6 +153,14 @@ pub trait CloneService: Send + Sync + 'static {
     fn tracks_writes(&self) -> bool {
         false
     }
+    /// Why the clone of `volume` just prepared for a return planned as a delta copies
+    /// everything after all (docs/return.md); `None`: it clones over the copy kept here.
+    /// Default: a backend that cannot clone over a kept copy says so.
+    fn delta_refused(&self, _volume: &str) -> Option<String> {
+        Some(
+            "this node's clone backend cannot clone over the copy kept here (only the userspace engine can)".to_owned(),
+        )
+    }
 }
 
 /// A command and the volume's local path when it was handed over.
@@ -368,10 +376,19 @@ impl Inner {
                     self.forget_written(&volume); // another backend's set: docs/return.md
                 }
                 let clones = self.clones.clone();
-                match self.blocking(move || clones.prepare(&spec)).await {
-                    Ok(device) => {
+                let delta = matches!(spec.base, Some(crate::decide::returns::ReturnPlan::Delta { .. }));
+                // docs/return.md: what is published is the mode the clone actually uses.
+                let prepared = move || {
+                    let device = clones.prepare(&spec)?;
+                    Ok::<_, String>((device, delta.then(|| clones.delta_refused(&spec.volume)).flatten()))
+                };
+                match self.blocking(prepared).await {
+                    Ok((device, refused)) => {
                         info!(%volume, device = %device.display(), "clone ready");
                         self.devices.lock().expect("device map lock").insert(volume.to_string(), device);
+                        if let Some(reason) = refused {
+                            send(DataEvent::ReturnFull { volume: volume.clone(), epoch, reason });
+                        }
                         send(DataEvent::CloneReady { volume, epoch });
                     }
                     Err(reason) => send(DataEvent::CloneFailed { volume, epoch, reason }),

@@ -289,6 +289,11 @@ pub struct Arrival {
     pub epoch: u64,
     /// Bytes read from the source (the rest was written by the workload or unallocated).
     pub fetched_bytes: u64,
+    /// A return's mode as the holder used it, `delta` or `full: <why>` (docs/return.md), so
+    /// `volume list` and `undrain --return --wait` say it after the move too. Absent for an
+    /// ordinary move and in records of earlier builds.
+    #[serde(default, rename = "return", skip_serializing_if = "Option::is_none")]
+    pub ret: Option<String>,
 }
 
 /// What a holder keeps about a volume coming in, from the grant: enough to resume after a

@@ -180,7 +180,9 @@ pub fn decode(bits: &str, size: u64, grain: u64) -> Result<Vec<Range<u64>>, Stri
     }
     let mut out: Vec<Range<u64>> = Vec::new();
     for i in (0..n).filter(|i| raw[(i / 8) as usize] & (1 << (i % 8)) != 0) {
-        let (lo, hi) = (i * grain, ((i + 1) * grain).min(size));
+        // `lo < size` (i < n), so neither sum overflows whatever the size (fuzz/return_bitmap).
+        let lo = i * grain;
+        let hi = lo + (size - lo).min(grain);
         match out.last_mut() {
             Some(last) if last.end == lo => last.end = hi,
             _ => out.push(lo..hi),

@@ -8,7 +8,7 @@ fn n(s: &str) -> NodeName {
 }
 
 fn arrived(from: &str, epoch: u64) -> Arrival {
-    Arrival { from: n(from), epoch, fetched_bytes: 0 }
+    Arrival { from: n(from), epoch, fetched_bytes: 0, ret: None }
 }
 
 const GIB: u64 = 1 << 30;
@@ -122,4 +122,13 @@ fn the_returning_node_takes_a_delta_only_for_the_very_copy_it_handed_off() {
     assert!(full(plan(&a, &b, GIB, None, handed)).starts_with("b published no return base"));
     let why = ReturnBase::Full { reason: "not tracked".into() };
     assert_eq!(full(plan(&a, &b, GIB, Some(&why), handed)), "not tracked");
+}
+
+/// Found by fuzz/return_bitmap: a size near `u64::MAX` with a grain whose last bit ends
+/// past it overflowed computing that bit's end; it ends at the size.
+#[test]
+fn a_bit_that_ends_past_a_huge_size_decodes_to_a_range_ending_at_the_size() {
+    assert_eq!(decode("03", u64::MAX, 1 << 63), Ok(vec![0..u64::MAX]));
+    assert_eq!(decode("02", u64::MAX, 1 << 63), Ok(vec![(1 << 63)..u64::MAX]));
+    assert_eq!(encode(&[0..u64::MAX], u64::MAX, 1 << 63), "03");
 }

@@ -19,6 +19,7 @@ use tokio::net::UnixStream;
 use tracing::{info, warn};
 
 use super::protocol::{HolderFiles, HolderSpec, HolderState, MAX_REQUEST, PROTOCOL, Reply, Request, write_json};
+use super::returning::OverKept;
 use crate::dataplane::remove_files;
 
 /// Connections served at once (the agent uses two or three).
@@ -61,6 +62,7 @@ pub async fn run(spec_path: &Path) -> Result<(), String> {
     // docs/exposures.md: the device a killed predecessor served is reconfigured, not replaced.
     if previous.epoch == spec.clone_spec.epoch {
         (state.exposure, state.nbd_index) = (previous.exposure, previous.nbd_index);
+        state.return_full = previous.return_full; // docs/return.md: the full clone it resumes
     }
     let _ = write_json(&files.state, &state);
     let opened = {
@@ -134,8 +136,12 @@ fn open(spec: &HolderSpec, mut state: HolderState) -> Result<Opened, String> {
     };
     // A return over the copy kept here (docs/return.md), else the ordinary clone.
     let engine = match super::returning::open_over_kept(spec, &source, &cfg, reading.as_deref())? {
-        Some(engine) => engine,
-        None => open_engine(spec, source, cfg)?,
+        OverKept::Opened(engine) => engine,
+        OverKept::NotDelta => open_engine(spec, source, cfg)?,
+        OverKept::Refused(why) => {
+            state.return_full = Some(why); // the agent publishes it (docs/return.md)
+            open_engine(spec, source, cfg)?
+        }
     };
     std::thread::sleep(Duration::from_millis(spec.prepare_delay_ms));
     let chosen = choose_exposure(spec.expose, state.exposure)?;

@@ -495,6 +495,14 @@ impl CloneService for ProcessClones {
         true // docs/return.md
     }
 
+    fn delta_refused(&self, volume: &str) -> Option<String> {
+        // The holder's word (it decided, src/dataplane/clone_process/returning.rs); its state
+        // file if it does not answer.
+        let t = self.get(volume)?;
+        let state = call(&t.files.socket, &Request::Hello, QUICK).ok().and_then(|r| r.state);
+        state.or_else(|| read_json::<HolderState>(&t.files.state).ok())?.return_full
+    }
+
     fn written(&self, volume: &str) -> Result<crate::decide::returns::WrittenMap, String> {
         let t = self.get(volume).ok_or_else(|| format!("no clone of {volume} runs on this node"))?;
         let w = call(&t.files.socket, &Request::Written, QUICK)?.written.ok_or("the holder sent no written set")?;

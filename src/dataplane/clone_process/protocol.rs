@@ -99,6 +99,11 @@ pub struct HolderState {
     /// running on it and its start hook does not run again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reattached: bool,
+    /// A return planned as a delta that this holder made a full move, and why (the copy
+    /// kept here changed since its hand-off; docs/return.md). Kept by a restarted holder
+    /// of the same epoch, which resumes that full clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub return_full: Option<String>,
 }
 
 /// A request on the control socket.

@@ -59,18 +59,31 @@ pub(super) fn reply(spec: &HolderSpec, engine: &Engine) -> Reply {
     Reply { written: Some(written), ..Reply::ok() }
 }
 
+/// What [`open_over_kept`] made of a return.
+#[derive(Debug)]
+pub(super) enum OverKept {
+    /// The clone over the copy kept here (created, or resumed from this lease's metadata).
+    Opened(Arc<Engine>),
+    /// Not a delta: the ordinary path (a full clone) goes on.
+    NotDelta,
+    /// A delta was planned but the copy kept here is not trusted: the ordinary path (a full
+    /// clone) goes on, and the holder publishes why (docs/return.md).
+    Refused(String),
+}
+
 /// A return's clone over the copy kept here (`spec.clone_spec.base` is a delta): resumed
 /// when this lease's metadata exists; else created over the copy, whose bits are set for
 /// every region outside the written ranges, provided the copy is the very one handed
-/// off (its inode unchanged since: a copy touched since is not trusted). `Ok(None)`: not
-/// applicable, the ordinary path (a full clone) goes on.
+/// off (its inode unchanged since: a copy touched since is not trusted, [`OverKept::Refused`]).
 pub(super) fn open_over_kept(
     spec: &HolderSpec,
     source: &Arc<dyn BlockSource>,
     cfg: &EngineConfig,
     reading: Option<&ReconnectingSource>,
-) -> Result<Option<Arc<Engine>>, String> {
-    let Some(ReturnPlan::Delta { grain, bits, since_ms }) = &spec.clone_spec.base else { return Ok(None) };
+) -> Result<OverKept, String> {
+    let Some(ReturnPlan::Delta { grain, bits, since_ms }) = &spec.clone_spec.base else {
+        return Ok(OverKept::NotDelta);
+    };
     // Checked when the grant was taken; checked again: the spec file is the only input here.
     let stale = crate::decide::returns::decode(bits, spec.clone_spec.size, *grain)?;
     let (dest_path, meta_path) = (&spec.clone_spec.dest, &spec.clone_spec.metadata);
@@ -81,7 +94,7 @@ pub(super) fn open_over_kept(
         match Engine::open(source.clone(), Box::new(dest), Box::new(meta), cfg.clone()) {
             Ok(engine) => {
                 track(spec, &engine, false);
-                return Ok(Some(engine));
+                return Ok(OverKept::Opened(engine));
             }
             Err(CloneError::ForeignMetadata { .. }) => {} // the copy's own, older metadata
             Err(e) => return Err(e.to_string()),
@@ -89,7 +102,7 @@ pub(super) fn open_over_kept(
     }
     if let Err(why) = untouched(dest_path, spec.clone_spec.size, *since_ms) {
         warn!(%volume, "return: full move: {why}");
-        return Ok(None);
+        return Ok(OverKept::Refused(why));
     }
     if spec.clone_spec.verify
         && let Some(source) = reading
@@ -108,7 +121,7 @@ pub(super) fn open_over_kept(
     let bytes: u64 = stale.iter().map(|r| r.end - r.start).sum();
     info!(%volume, ranges = stale.len(), bytes, "return: cloning over the copy kept here; only the regions written since it was handed off are fetched");
     track(spec, &engine, true);
-    Ok(Some(engine))
+    Ok(OverKept::Opened(engine))
 }
 
 /// Feeds the `--verify` digest every byte of the kept copy outside `stale`, region by region
@@ -152,4 +165,93 @@ fn untouched(path: &std::path::Path, size: u64, since_ms: u64) -> Result<(), Str
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use meshdrain_clone::FileSource;
+
+    use super::*;
+    use crate::dataplane::executor::CloneSpec;
+    use crate::decide::model::ExportEndpoint;
+
+    const SIZE: u64 = 1 << 20;
+
+    fn spec(dir: &Path, base: Option<ReturnPlan>) -> HolderSpec {
+        let clone_spec = CloneSpec {
+            volume: "a".into(),
+            export: ExportEndpoint { addr: "10.0.0.2:3260".into(), iqn: "iqn.x:n2.a".into() },
+            initiator_iqn: "iqn.x:n1.a.e4".into(),
+            epoch: 4,
+            size: SIZE,
+            dest: dir.join("a.img"),
+            metadata: dir.join("a.clone-meta"),
+            rate_limit: None,
+            verify: false,
+            base,
+        };
+        HolderSpec {
+            clone_spec,
+            region_size: 65536,
+            parallelism: 1,
+            batch_regions: 1,
+            read_through: true,
+            prepare_delay_ms: 0,
+            mountpoint: dir.join("fuse"),
+            link: dir.join("dev"),
+            hydrating: false,
+            workload_started: false,
+            start_hook: None,
+            source_lost: false,
+            expose: Default::default(),
+        }
+    }
+
+    /// docs/return.md: the holder, not the plan, has the last word; what it says is what
+    /// the agent publishes (`return_full` in its state, `DataEvent::ReturnFull`).
+    #[test]
+    fn a_kept_copy_changed_since_its_hand_off_makes_the_return_a_full_move_that_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("src"), vec![7u8; SIZE as usize]).unwrap();
+        let dest = dir.path().join("a.img");
+        std::fs::write(&dest, vec![1u8; SIZE as usize]).unwrap();
+        let m = std::fs::metadata(&dest).unwrap();
+        let ctime_ms = m.ctime() as u64 * 1000 + m.ctime_nsec() as u64 / 1_000_000;
+        let source: Arc<dyn BlockSource> = Arc::new(FileSource::open(&dir.path().join("src")).unwrap());
+        let cfg = EngineConfig { region_size: 65536, epoch: 4, ..Default::default() };
+        let bits = crate::decide::returns::encode(std::slice::from_ref(&(0..65536)), SIZE, 65536);
+        let delta = |since_ms| Some(ReturnPlan::Delta { grain: 65536, bits: bits.clone(), since_ms });
+
+        // Handed off an hour before the copy's inode last changed: not trusted.
+        let s = spec(dir.path(), delta(ctime_ms - 3_600_000));
+        match open_over_kept(&s, &source, &cfg, None).unwrap() {
+            OverKept::Refused(why) => assert_eq!(
+                why,
+                format!("the copy kept here ({}) changed 3600000 ms after it was handed off", dest.display())
+            ),
+            other => panic!("a touched copy must be refused, got {other:?}"),
+        }
+        assert!(!dir.path().join("a.clone-meta").exists(), "nothing is cloned over a refused copy");
+        assert_eq!(std::fs::read(&dest).unwrap(), vec![1u8; SIZE as usize]);
+
+        // Gone: refused too, naming the path.
+        let gone = spec(&dir.path().join("nowhere"), delta(ctime_ms));
+        assert!(
+            matches!(open_over_kept(&gone, &source, &cfg, None).unwrap(), OverKept::Refused(why) if why.contains("is gone")),
+        );
+        // A full plan is not the holder's to change.
+        let full = spec(dir.path(), Some(ReturnPlan::Full { reason: "x".into() }));
+        assert!(matches!(open_over_kept(&full, &source, &cfg, None).unwrap(), OverKept::NotDelta));
+        // Untouched since its hand-off: the clone goes over the copy; only the written region is missing.
+        let s = spec(dir.path(), delta(ctime_ms));
+        let OverKept::Opened(engine) = open_over_kept(&s, &source, &cfg, None).unwrap() else {
+            panic!("an untouched copy is cloned over")
+        };
+        let mut got = vec![0u8; SIZE as usize];
+        engine.read(0, &mut got).unwrap();
+        assert_eq!(engine.fetches(), 1, "only the written region comes from the owner");
+        assert!(got[..65536].iter().all(|b| *b == 7) && got[65536..].iter().all(|b| *b == 1));
+    }
 }

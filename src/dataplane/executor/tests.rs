@@ -263,3 +263,34 @@ async fn a_volume_used_outside_its_clone_engine_loses_its_written_set() {
     }
     assert!(!set.exists(), "a backend that does not track writes leaves no set behind");
 }
+
+/// docs/return.md: a return planned as a delta on a backend that cannot clone over a kept
+/// copy (the default) is reported as a full move, with why, before the clone is ready; a
+/// plan that is full already, or none, is not.
+#[tokio::test]
+async fn a_delta_the_clone_backend_cannot_use_is_reported_as_a_full_move_before_ready() {
+    use crate::decide::returns::ReturnPlan;
+    let export = ExportEndpoint { addr: "10.0.0.1:3260".into(), iqn: "iqn.x".into() };
+    let with = |base: Option<ReturnPlan>| match prepare_db(Some(export.clone()), 4, 1 << 20) {
+        DataCommand::PrepareClone { volume, source, export, epoch, size, rate_limit, verify, .. } => {
+            DataCommand::PrepareClone { volume, source, export, epoch, size, rate_limit, verify, base }
+        }
+        _ => unreachable!(),
+    };
+    let db = || "db".parse().unwrap();
+    let mut r = rig(false);
+    r.execute(with(Some(ReturnPlan::Delta { grain: 65536, bits: "00".repeat(2), since_ms: 1 })));
+    assert_eq!(
+        next(&mut r.rx).await,
+        DataEvent::ReturnFull {
+            volume: db(),
+            epoch: 4,
+            reason: "this node's clone backend cannot clone over the copy kept here (only the userspace engine can)"
+                .into()
+        }
+    );
+    assert_eq!(next(&mut r.rx).await, DataEvent::CloneReady { volume: db(), epoch: 4 });
+    let mut r = rig(false);
+    r.execute(with(Some(ReturnPlan::Full { reason: "x".into() })));
+    assert_eq!(next(&mut r.rx).await, DataEvent::CloneReady { volume: db(), epoch: 4 });
+}

@@ -96,6 +96,10 @@ pub enum DataEvent {
     ExportOpened { volume: VolumeId, epoch: u64 },
     /// Holder: the clone for `epoch` exists.
     CloneReady { volume: VolumeId, epoch: u64 },
+    /// Holder: the clone for `epoch` of a return planned as a delta copies everything after
+    /// all, and why: the copy kept here changed since its hand-off, or this node's clone
+    /// backend cannot clone over it (docs/return.md). Sent before [`DataEvent::CloneReady`].
+    ReturnFull { volume: VolumeId, epoch: u64, reason: String },
     /// Holder: preparing the clone for `epoch` failed.
     CloneFailed { volume: VolumeId, epoch: u64, reason: String },
     /// Holder: hydration progress.

@@ -83,9 +83,10 @@ impl Core {
             let mut lease = SourceVolume::new(id, size);
             lease.epoch = epoch;
             let meta = self.state.incoming.get(id).cloned();
+            let ret = meta.as_ref().and_then(|m| m.base.as_ref()).map(crate::decide::returns::ReturnPlan::mode);
             let (requires, hooks) = meta.map(|m| (m.requires, m.hooks)).unwrap_or_default();
             let fetched_bytes = self.progress.get(id).map_or(0, |p| p.hydration.fetched_bytes);
-            let arrived = Some(Arrival { from: h.source.clone(), epoch, fetched_bytes });
+            let arrived = Some(Arrival { from: h.source.clone(), epoch, fetched_bytes, ret });
             self.state.volumes.insert(id.clone(), OwnedVolume { lease, requires, hooks, arrived, moving: None });
         }
         for f in fx {

@@ -398,6 +398,7 @@ impl Core {
             }
             DataEvent::SourceLost { volume, result } => self.source_lost_counted(&volume, result, &mut out),
             DataEvent::Written { volume, epoch, result } => self.note_written(&volume, epoch, result),
+            DataEvent::ReturnFull { volume, epoch, reason } => self.return_fell_back(&volume, epoch, reason, &mut out),
         }
         out
     }

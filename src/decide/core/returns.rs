@@ -2,7 +2,7 @@
 //! its engine tracked once the export to the node the volume came from opens; that node,
 //! taking up the grant, decides what to do with the copy it kept.
 
-use super::Core;
+use super::{Core, Output};
 use crate::cluster::schema::VolumeRecord;
 use crate::decide::lease::SourcePhase;
 use crate::decide::model::{NodeName, VolumeId};
@@ -65,5 +65,22 @@ impl Core {
             self.state.volumes.remove(id);
         }
         Some(plan)
+    }
+
+    /// The data plane could not clone over the copy kept here after all (`reason`: it
+    /// changed since its hand-off, or the clone backend cannot): the return of `id` at
+    /// `epoch` is a full move, and what `progress/<id>`, the volume's `arrived` record and
+    /// a prepare after a restart say is that, not the delta planned.
+    pub(super) fn return_fell_back(&mut self, id: &VolumeId, epoch: u64, reason: String, out: &mut Output) {
+        if self.state.holding.get(id).is_none_or(|h| h.epoch != epoch) {
+            return;
+        }
+        let Some(m) = self.state.incoming.get_mut(id).filter(|m| matches!(m.base, Some(ReturnPlan::Delta { .. })))
+        else {
+            return;
+        };
+        tracing::warn!(volume = %id, epoch, "return: full move after all: {reason}");
+        m.base = Some(ReturnPlan::Full { reason });
+        out.persist = true;
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::cluster::schema::{self, VolumeRecord};
+use crate::cluster::schema::{self, ProgressRecord, VolumeRecord};
 use crate::cluster::view::{RawNode, RawSnapshot};
 use crate::decide::model::{Arrival, ExportEndpoint};
 use crate::decide::moves::VolumeMove;
@@ -58,7 +58,7 @@ fn owner() -> Core {
     }
     let a = core.state.volumes.get_mut("a").unwrap();
     a.lease.epoch = 3;
-    a.arrived = Some(Arrival { from: n("n2"), epoch: 3, fetched_bytes: 1 << 20 });
+    a.arrived = Some(Arrival { from: n("n2"), epoch: 3, fetched_bytes: 1 << 20, ret: None });
     core
 }
 
@@ -113,15 +113,20 @@ fn the_owner_publishes_the_written_ranges_with_the_open_export_only() {
 
 /// `vol/a` as `n2` publishes it: granted to `n1` at epoch 4, export open, with `ret`.
 fn granted_to_n1(ret: Option<ReturnBase>) -> (String, String) {
+    n2_record(r#"{"phase":"granted","holder":"n1","at_ms":5,"exported":true}"#, ret)
+}
+
+/// `vol/a` as `n2` publishes it at epoch 4 in `phase` (JSON).
+fn n2_record(phase: &str, ret: Option<ReturnBase>) -> (String, String) {
     let rec = VolumeRecord {
         size: 1 << 20,
         epoch: 4,
-        phase: serde_json::from_str(r#"{"phase":"granted","holder":"n1","at_ms":5,"exported":true}"#).unwrap(),
+        phase: serde_json::from_str(phase).unwrap(),
         requires: BTreeMap::new(),
         export: Some(ExportEndpoint { addr: "10.0.0.2:3260".into(), iqn: "iqn.x:n2.a".into() }),
         rate_limit: None,
         hooks: Hooks::default(),
-        arrived: Some(Arrival { from: n("n1"), epoch: 3, fetched_bytes: 1 << 20 }),
+        arrived: Some(Arrival { from: n("n1"), epoch: 3, fetched_bytes: 1 << 20, ret: None }),
         verify: false,
         ret,
     };
@@ -174,4 +179,38 @@ fn the_node_the_volume_came_from_clones_over_its_kept_copy_and_stops_treating_it
         "{:?}",
         out.commands
     );
+}
+
+/// docs/return.md: a holder that finds the kept copy changed since its hand-off clones it
+/// all; `progress/a`, the `arrived` record once it is here and a prepare after a restart
+/// say so, not the delta planned.
+#[test]
+fn a_delta_the_holder_made_full_is_published_as_full_with_its_reason() {
+    let bits = returns::encode(&[65536..69632], 1 << 20, 65536);
+    let delta = ReturnBase::Delta { base: n("n1"), epoch: 3, clone: "ab".into(), grain: 65536, bits };
+    let mut core = returning_node(true);
+    let v = view("n1", vec![node("n2", vec![granted_to_n1(Some(delta.clone()))])]);
+    core.tick(&v, 2000);
+    let ret = |core: &Core| schema::decode::<ProgressRecord>(&core.desired_keys()["progress/a"]).unwrap().ret;
+    assert_eq!(ret(&core).as_deref(), Some("delta"));
+    let why = "the copy kept here (/pool/a.img) changed 5 ms after it was handed off".to_owned();
+    let fell_back = |epoch| DataEvent::ReturnFull { volume: "a".parse().unwrap(), epoch, reason: why.clone() };
+    // Another epoch's word changes nothing.
+    assert!(!core.data_event(fell_back(3), &v, 2001).persist);
+    assert_eq!(ret(&core).as_deref(), Some("delta"));
+    assert!(core.data_event(fell_back(4), &v, 2002).persist, "a restarted agent must not plan the delta again");
+    assert_eq!(ret(&core), Some(format!("full: {why}")));
+    // A restarted agent prepares the full move it is.
+    let mut restarted = Core::new(super::tests::config(), core.state.clone());
+    restarted.restart();
+    let restarted = restarted.tick(&v, 2003);
+    assert_eq!(prepared_base(&restarted), Some(ReturnPlan::Full { reason: why.clone() }));
+    // Through to the end: the volume's `arrived` record keeps the mode used.
+    core.data_event(DataEvent::CloneReady { volume: "a".parse().unwrap(), epoch: 4 }, &v, 2004);
+    let cut = view("n1", vec![node("n2", vec![n2_record(r#"{"phase":"cut_over","holder":"n1","at_ms":6}"#, None)])]);
+    core.tick(&cut, 2005);
+    core.data_event(DataEvent::Hydrated { volume: "a".parse().unwrap() }, &cut, 2006);
+    core.data_event(DataEvent::Finalized { volume: "a".parse().unwrap(), digest: None }, &cut, 2007);
+    let rec: VolumeRecord = schema::decode(&core.desired_keys()["vol/a"]).unwrap();
+    assert_eq!(rec.arrived.and_then(|a| a.ret), Some(format!("full: {why}")));
 }
