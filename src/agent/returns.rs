@@ -1,7 +1,9 @@
 //! `roll --undrain-after --return` (docs/return.md): once a roll has undrained this node,
 //! its agent moves back the volumes that left it, as `undrain --return` does from the
 //! CLI: a `move` request with the `return` flag to each volume's owner, one per owner at
-//! a time (an issuer has one request per node), until each is adopted or refused.
+//! a time (an issuer has one request per node), until each is adopted or refused. The
+//! list and the nonces sent are kept in the state dir (`roll-returns.json`), so an agent
+//! restarted before every return was adopted goes on with them.
 
 use tracing::{info, warn};
 
@@ -38,6 +40,7 @@ impl<G: Gossip> Agent<G> {
         for id in away {
             self.roll.returns.entry(id).or_insert(None);
         }
+        super::roll::save_returns(&self.store, &self.roll.returns); // resumed after a restart
     }
 
     fn roll_specs_with_return(&self) -> Vec<Vec<crate::decide::model::NodeName>> {
@@ -50,6 +53,14 @@ impl<G: Gossip> Agent<G> {
         if self.roll.returns.is_empty() {
             return;
         }
+        let before = self.roll.returns.clone();
+        self.returns_send().await;
+        if self.roll.returns != before {
+            super::roll::save_returns(&self.store, &self.roll.returns); // resumed after a restart
+        }
+    }
+
+    async fn returns_send(&mut self) {
         let me = self.core.config.name.clone();
         let mut busy: std::collections::BTreeSet<_> = self.core.state.issued.keys().cloned().collect();
         for (id, nonce) in self.roll.returns.clone() {

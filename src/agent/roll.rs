@@ -24,6 +24,13 @@ use crate::store::{StateDir, StoreError};
 
 /// File name of the roll machine's durable state in the state dir.
 pub const ROLL_FILE: &str = "roll.json";
+/// File name of the volumes a roll's `--return` is to move back here, with the nonce of
+/// the request sent for each (src/agent/returns.rs, docs/return.md): an agent restarted
+/// before every return was adopted resumes them.
+pub const ROLL_RETURNS_FILE: &str = "roll-returns.json";
+
+/// `--return`'s volumes to move back here, with the nonce of the move request sent for each.
+pub(super) type Returns = BTreeMap<crate::decide::model::VolumeId, Option<String>>;
 
 /// The roll machine and the channel its commands report on.
 pub(super) struct RollSide {
@@ -33,8 +40,8 @@ pub(super) struct RollSide {
     /// Commands running now, by (roll, attempt): one run each.
     running: BTreeSet<(String, u32)>,
     /// `--return`: volumes to move back here once undrained, with the nonce of the move
-    /// request sent for each (src/agent/returns.rs). Not persisted (docs/return.md).
-    pub(super) returns: BTreeMap<crate::decide::model::VolumeId, Option<String>>,
+    /// request sent for each (src/agent/returns.rs); kept in [`ROLL_RETURNS_FILE`].
+    pub(super) returns: Returns,
 }
 
 impl RollSide {
@@ -49,7 +56,7 @@ impl RollSide {
             tx,
             rx,
             running: BTreeSet::new(),
-            returns: BTreeMap::new(),
+            returns: load_returns(store),
         })
     }
 
@@ -400,9 +407,49 @@ async fn read_tail(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
     String::from_utf8_lossy(&kept).into_owned()
 }
 
+/// The returns a roll left to send (docs/return.md). A file that cannot be read is
+/// reported and ignored: the returns are an optimisation `undrain <node> --return` redoes,
+/// and must not keep the agent from starting.
+fn load_returns(store: &StateDir) -> Returns {
+    store.load::<Returns>(ROLL_RETURNS_FILE).unwrap_or_else(|e| {
+        warn!("{e}: the volumes a roll's --return was moving back here are forgotten; `meshdrain undrain <this node> --return` sends them again");
+        None
+    }).unwrap_or_default()
+}
+
+/// Writes the returns still to send (removes nothing: an empty map is written as such).
+pub(super) fn save_returns(store: &StateDir, returns: &Returns) {
+    if let Err(e) = store.save(ROLL_RETURNS_FILE, returns) {
+        warn!("cannot persist the roll's returns (an agent restart would forget them): {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/return.md: the returns a roll left to send outlive an agent restart, nonces
+    /// included (an adopted one is recognised by it); a damaged file starts the agent with
+    /// none rather than not at all.
+    #[test]
+    fn a_rolls_returns_survive_an_agent_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateDir::open(&dir.path().join("state")).unwrap();
+        let me: NodeName = "n1".parse().unwrap();
+        let interval = Duration::from_millis(100);
+        assert!(RollSide::load(&store, me.clone(), interval).unwrap().returns.is_empty());
+        let mut side = RollSide::load(&store, me.clone(), interval).unwrap();
+        side.returns.insert("a".parse().unwrap(), None);
+        side.returns.insert("b".parse().unwrap(), Some("nonce-b".into()));
+        save_returns(&store, &side.returns);
+        let again = RollSide::load(&store, me.clone(), interval).unwrap();
+        assert_eq!(again.returns, side.returns);
+        side.returns.clear();
+        save_returns(&store, &side.returns);
+        assert!(RollSide::load(&store, me.clone(), interval).unwrap().returns.is_empty());
+        std::fs::write(store.root().join(ROLL_RETURNS_FILE), b"{not json").unwrap();
+        assert!(RollSide::load(&store, me, interval).unwrap().returns.is_empty());
+    }
 
     /// `--exec-timeout`: a command still running at its timeout is killed with everything
     /// in its process group (a background child too), and the run is a failure saying so.
