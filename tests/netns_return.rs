@@ -3,8 +3,10 @@
 //! engine in holder processes. A 1 GiB volume drained off node1, 2 % of it rewritten on
 //! node2 through the clone's device, returns with `undrain node1 --return` copying only
 //! the written regions (counted as the bytes node1's engine read from node2); a volume
-//! whose copy node1 no longer holds returns with a full move and says so; a volume that
-//! was never on node1 is refused by name. Root only (netns, loop, FUSE).
+//! whose copy node1 no longer holds returns with a full move and says so, and so does one
+//! whose kept copy was touched after its hand-off (planned as a delta, made full by
+//! node1's holder: what is reported is what it did); a volume that was never on node1 is
+//! refused by name. Root only (netns, loop, FUSE).
 
 mod common;
 
@@ -98,9 +100,13 @@ fn netns_return_copies_only_what_was_written_while_away() {
     let out = f.agents[1].cli(&["volume", "create", "elsewhere", "--size", "16M"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // "big": 1 GiB leaves node1, which keeps its copy.
+    // "big": 1 GiB leaves node1, which keeps its copy; so does "touched", whose kept copy
+    // is then touched (its ctime moves past the hand-off).
     random_volume(&f, "big", 1024);
+    random_volume(&f, "touched", 64);
     drain_node1(&f);
+    let touched_copy = f.agents[0].pool().join("touched.img");
+    common::netns::run("touch", &[touched_copy.to_str().unwrap()]);
     let (node, device) = f.starts("big").into_iter().last().expect("big started on node2");
     assert_eq!(node, "node2");
 
@@ -128,6 +134,7 @@ fn netns_return_copies_only_what_was_written_while_away() {
     rewrite(&device, 164..328);
     let want_big = file_sha(&f.agents[1].pool().join("big.img"));
     let want_small = file_sha(&f.agents[1].pool().join("small.img"));
+    let want_touched = file_sha(&f.agents[1].pool().join("touched.img"));
     let rewritten = written.len() as u64 * REGION;
 
     // The plan: big delta, small full and why; nothing changes.
@@ -177,10 +184,22 @@ fn netns_return_copies_only_what_was_written_while_away() {
     );
     // Everything node2 holds of it (its 8 MiB of data; the rest is a hole, never fetched).
     assert!(small["fetched_bytes"].as_u64() >= Some(8 * MIB), "{small}");
+    // Planned as a delta (node1 kept it), made full by node1's holder: reported as full.
+    let touched = ret("touched");
+    assert_eq!((touched["result"].as_str(), touched["mode"].as_str()), (Some("returned"), Some("full")), "{touched}");
+    let why = format!("the copy kept here ({}) changed ", touched_copy.display());
+    assert!(
+        touched["reason"].as_str().is_some_and(|r| r.starts_with(&why) && r.ends_with(" ms after it was handed off")),
+        "{touched}"
+    );
+    assert!(touched["fetched_bytes"].as_u64() >= Some(8 * MIB), "{touched}");
+    let v = f.volume(0, "touched").unwrap();
+    assert!(v["return_mode"].as_str().is_some_and(|m| m.starts_with(&format!("full: {why}"))), "{v}");
 
     // The bytes on node1 are node2's.
     assert_eq!(file_sha(&f.agents[0].pool().join("big.img")), want_big);
     assert_eq!(file_sha(&f.agents[0].pool().join("small.img")), want_small);
+    assert_eq!(file_sha(&touched_copy), want_touched);
     let v = f.volume(1, "big").unwrap();
     assert_eq!((v["owner"].as_str(), v["phase"].as_str()), (Some("node1"), Some("held")), "{v}");
 }

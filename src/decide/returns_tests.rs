@@ -124,8 +124,9 @@ fn the_returning_node_takes_a_delta_only_for_the_very_copy_it_handed_off() {
     assert_eq!(full(plan(&a, &b, GIB, Some(&why), handed)), "not tracked");
 }
 
-/// Found by fuzz/return_bitmap: a size near `u64::MAX` with a grain whose last bit ends
-/// past it overflowed computing that bit's end; it ends at the size.
+/// A size near `u64::MAX` with a grain whose last bit ends past it overflowed computing
+/// that bit's end (a panic with overflow checks; fuzz/return_bitmap covers it): it ends
+/// at the size.
 #[test]
 fn a_bit_that_ends_past_a_huge_size_decodes_to_a_range_ending_at_the_size() {
     assert_eq!(decode("03", u64::MAX, 1 << 63), Ok(vec![0..u64::MAX]));
