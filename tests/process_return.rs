@@ -70,4 +70,12 @@ fn a_return_without_write_tracking_is_a_full_move_that_says_why() {
         || std::fs::read(agents[0].pool().join("v1.img")).is_ok_and(|d| sha(&d) == sha(&now)),
         || format!("node1's v1 to hold node2's bytes\n{}", agents[0].log()),
     );
+    // Back on node1, `volume list` still says how it came (its `arrived` record).
+    let v = agents[0].volume("v1").unwrap();
+    assert_eq!(v["owner"], "node1", "{v}");
+    assert_eq!(
+        v["return_mode"],
+        "full: the writes since cut-over were not tracked: no userspace clone of v1 here tracks its writes",
+        "{v}"
+    );
 }
