@@ -81,8 +81,8 @@ ratio = {(m.group(1), m.group(2)): float(m.group(3))
          for m in re.finditer(r"^XBENCH ratio (\S+) (\S+) ([\d.]+)", text, re.M)}
 hratio = {m.group(1): float(m.group(2)) for m in re.finditer(r"^XBENCH hratio (\S+) ([\d.]+)", text, re.M)}
 if rd or hy:
-    meta = re.search(r"^XBENCH meta kernel (\S+) source (\d+)MiB reads (\d+) rounds (\d+)", text, re.M)
-    kernel, mib, n, rounds = meta.groups() if meta else ("?", "?", "?", "?")
+    meta = re.search(r"^XBENCH meta kernel (\S+) source (\d+)MiB reads (\d+) rounds (\d+)(?: block (\d+))?", text, re.M)
+    kernel, mib, n, rounds, block = meta.groups() if meta else ("?", "?", "?", "?", "?")
     ours, oi = "ours", "open-iscsi"
     def us(k):
         if k not in rd: return "not measured"
@@ -99,7 +99,7 @@ if rd or hy:
     print(f"Exposures (issue 20), {kernel} under QEMU TCG: no KVM here, every number is emulated "
           f"(kernel crossings, io_uring, the target, Python); only ratios between rows of this one run mean "
           f"something. {rounds} rounds of {n} 4 KiB O_DIRECT reads per path, each in a distinct 64 KiB "
-          f"region; the three exposures and open-iscsi read interleaved by one reader, p50/p90 of every "
+          f"region; the three exposures and open-iscsi read interleaved by one reader in blocks of {block}, p50/p90 of every "
           f"round's samples pooled, ratios the median over rounds of the paired per-round ratio of medians; "
           f"{mib} MiB LUN served by our target from tmpfs. "
           f"`ours` and the engine row are ondemand_latency's in-process medians (Rust, no block layer; "

@@ -7,7 +7,8 @@
 #     `clone hold` holder as the agent starts it, `expose` = fuse-loop, nbd, ublk;
 #     hydration never started) and the LUN itself through open-iscsi (/dev/sdX after
 #     iscsiadm login); one Python process reads 4 KiB O_DIRECT from all four interleaved
-#     (see ilat: the host's drifting load weighs on every path alike), VM_BENCH_READS reads
+#     in blocks of VM_BENCH_BLOCK (see ilat: the host's drifting load weighs on every path
+#     alike), VM_BENCH_READS reads
 #     each within a distinct 64 KiB region (on-demand: the region is not here), the same
 #     offsets again (the region is fetched whole), 2 s (the engine's commit tick), the same
 #     offsets a third time (hydrated); then the plain remote read of the same LUN through
@@ -22,12 +23,14 @@
 #     direct, no dest) as context; order rotated each round. Medians: `XBENCH hydrate <path>
 #     <MiB> <ms> <MiB/s>`, and the median of per-round rate ratios to fuse-loop (`XBENCH hratio`).
 # Env: VM_BENCH_MIB (default 256), VM_BENCH_READS (default 100, at least 50),
-# VM_BENCH_ROUNDS (default 3), MESHDRAIN_BIN, MESHDRAIN_UBLK_KO, MESHDRAIN_ONDEMAND_BIN
+# VM_BENCH_ROUNDS (default 3), VM_BENCH_BLOCK (default 10), MESHDRAIN_BIN,
+# MESHDRAIN_UBLK_KO, MESHDRAIN_ONDEMAND_BIN
 # (optional); disk /dev/vdb (VM_BENCH_MIB + 64 MiB, sparse on the host) for the dests.
 . "$(dirname "$0")/lib.sh"
 MIB=${VM_BENCH_MIB:-256}
 N=${VM_BENCH_READS:-100}
 ROUNDS=${VM_BENCH_ROUNDS:-3}
+BLOCK=${VM_BENCH_BLOCK:-10}
 IQN=iqn.2026-11.invalid.meshdrain:vm-bench
 PORTAL=127.0.0.1:3260
 URL="iscsi://$PORTAL/$IQN/1"
@@ -94,20 +97,22 @@ stop_holder() {
   [ ! -L "$W/run/dev/$1" ] || fail "holder $1 left its link after stop"
 }
 
-# One interleaved latency pass set over devices `label=dev` ($4...): for i < N, one 4 KiB
-# O_DIRECT read of every device at offset i (the devices' order rotated with i), so the
-# host's load drifting over the run weighs on every path alike. Offsets: N distinct 64 KiB
+# One interleaved latency pass set over devices `label=dev` ($3...): BLOCK 4 KiB O_DIRECT
+# reads of one device, then the same offsets on the next (the devices' order rotated each
+# block), until N: the host's load drifting over the run weighs on every path alike, and a
+# path's threads stay warm within a block (read by read, every read paid a switch between
+# processes, 2-3x slower under TCG whatever the path). Offsets: N distinct 64 KiB
 # regions spread over the volume (a multiplicative walk from salt $2; distinct while N <=
 # their count, a power of two). Passes: on-demand (each clone's region is not here yet),
 # a second one (the regions fetched whole), 2 s (the engine's commit tick: the regions'
 # bits are set), hydrated. A label `plain:` (the LUN itself) is read in the first and the
 # last pass. Samples (us, one a line) go to $1/<label>-ondemand, -hydrated, or $1/<label>.
 ilat() {
-  python3 - "$N" "$REGIONS" "$@" <<'EOF'
+  python3 - "$N" "$BLOCK" "$REGIONS" "$@" <<'EOF'
 import mmap, os, sys, time
-n, regions, out, salt = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+n, block, regions, out, salt = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 devs = []
-for a in sys.argv[5:]:
+for a in sys.argv[6:]:
     label, dev = a.split("=", 1)
     devs.append((label, os.open(dev, os.O_RDONLY | os.O_DIRECT)))
 buf = mmap.mmap(-1, 4096)
@@ -118,12 +123,13 @@ def rotate(v, k):
     return v[k:] + v[:k]
 def one_pass(which, suffix):
     t = {label: [] for label, _ in which}
-    for i, off in enumerate(offsets):
-        for label, fd in rotate(which, i):
-            t0 = time.perf_counter()
-            if os.preadv(fd, [buf], off) != 4096:
-                sys.exit("%s: short read at %d" % (label, off))
-            t[label].append((time.perf_counter() - t0) * 1e6)
+    for b in range(0, n, block):
+        for label, fd in rotate(which, b // block):
+            for off in offsets[b:b + block]:
+                t0 = time.perf_counter()
+                if os.preadv(fd, [buf], off) != 4096:
+                    sys.exit("%s: short read at %d" % (label, off))
+                t[label].append((time.perf_counter() - t0) * 1e6)
     for label, v in t.items():
         if suffix is not None:
             name = label.removeprefix("plain:") + ("" if label.startswith("plain:") else suffix)
@@ -162,7 +168,7 @@ for name in lat:
     for ref in ["ours", "open-iscsi"]:
         rs = [q(load(r, name), 0.5) / q(load(r, ref), 0.5) for r in rounds if load(r, name) and load(r, ref) and q(load(r, ref), 0.5) > 0]
         if rs and name != ref:
-            print("XBENCH ratio %s %s %.2f (per round: %s)" % (name, ref, med(rs), " ".join("%.2f" % x for x in rs)))
+            print("XBENCH ratio %s %s %.3f (per round: %s)" % (name, ref, med(rs), " ".join("%.2f" % x for x in rs)))
 for name in ["fuse-loop", "nbd", "ublk", "open-iscsi-read"]:
     v = [x for r in rounds for x in load(r, "hyd-" + name)]
     if not v:
@@ -219,7 +225,7 @@ grep -qw ublk_drv /proc/modules || insmod "$MESHDRAIN_UBLK_KO"
 wait_for 5 test -c /dev/ublk-control || fail "no /dev/ublk-control after insmod $MESHDRAIN_UBLK_KO"
 [ -d /sys/module/nbd ] || fail "no /sys/module/nbd after modprobe nbd"
 ip link set lo up
-echo "XBENCH meta kernel $(uname -r) source ${MIB}MiB reads $N rounds $ROUNDS"
+echo "XBENCH meta kernel $(uname -r) source ${MIB}MiB reads $N rounds $ROUNDS block $BLOCK"
 
 step "source: ${MIB} MiB of random bytes on tmpfs, served by our target"
 SRC=$W/src.img
