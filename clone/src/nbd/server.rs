@@ -208,52 +208,111 @@ pub fn serve(engine: Arc<Engine>, sock: UnixStream, workers: usize) -> Result<()
     res
 }
 
+/// One request as the reader hands it on ([`read_request`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// Under the cap and inside the volume: a worker serves it. `data` is a write's
+    /// payload (empty for every other command); `cost` the budget bytes it holds.
+    Serve {
+        /// The request.
+        header: Header,
+        /// A write's payload, `header.len` bytes.
+        data: Vec<u8>,
+        /// Payload bytes taken from the in-flight budget (given back once answered).
+        cost: u64,
+    },
+    /// Past the end of the volume: answered with `error` at once and the connection goes
+    /// on (the NBD protocol's rule); a write's payload was read and dropped unbuffered.
+    Refused {
+        /// The request.
+        header: Header,
+        /// The wire error (`EINVAL`, `ENOSPC` for a write).
+        error: u32,
+    },
+    /// `NBD_CMD_DISC`: the connection ends once the requests in flight are answered.
+    Disconnect,
+}
+
+/// Reads one request from `r` for a volume of `size` bytes: `Ok(None)` at a clean end of
+/// stream between requests, `Err` (naming why; the caller ends the connection) for a bad
+/// magic, a length over [`MAX_REQUEST`] or a stream cut short. Every check runs on the
+/// 28-byte header before anything is sized from it: only a request that will be served
+/// calls `take(cost)` (the in-flight budget, which may block) and then sizes a write's
+/// payload buffer. Public so the fuzz target (fuzz/fuzz_targets/nbd_request.rs) drives
+/// the same code the server does.
+pub fn read_request(r: &mut impl Read, size: u64, take: &mut dyn FnMut(u64)) -> Result<Option<Incoming>, String> {
+    let mut b = [0u8; REQUEST_LEN];
+    match read_full(r, &mut b) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => return Err(format!("NBD socket read: {e}")),
+    }
+    let header = Header::parse(&b)?;
+    if header.len > MAX_REQUEST {
+        return Err(format!(
+            "NBD request of {} bytes at {} is over the {MAX_REQUEST}-byte cap; connection closed",
+            header.len, header.offset
+        ));
+    }
+    if header.kind == cmd::DISC {
+        return Ok(Some(Incoming::Disconnect));
+    }
+    let payload = header.kind == cmd::WRITE;
+    if header.offset.checked_add(u64::from(header.len)).is_none_or(|end| end > size) {
+        tracing::warn!(offset = header.offset, len = header.len, size, "NBD request past the end of the volume");
+        if payload {
+            // Dropped through io::copy's fixed stack buffer: nothing sized from `len`.
+            let want = u64::from(header.len);
+            let got = std::io::copy(&mut r.take(want), &mut std::io::sink())
+                .map_err(|e| format!("NBD write payload of {want} bytes: {e}"))?;
+            if got < want {
+                return Err(format!("NBD write payload of {want} bytes cut short at {got}"));
+            }
+        }
+        let error = if payload { wire_err::ENOSPC } else { wire_err::EINVAL };
+        return Ok(Some(Incoming::Refused { header, error }));
+    }
+    let cost = if payload || header.kind == cmd::READ { u64::from(header.len) } else { 0 };
+    take(cost);
+    let mut data = Vec::new();
+    if payload {
+        data = vec![0u8; header.len as usize];
+        r.read_exact(&mut data).map_err(|e| format!("NBD write payload of {} bytes cut short: {e}", header.len))?;
+    }
+    Ok(Some(Incoming::Serve { header, data, cost }))
+}
+
 fn read_loop(shared: &Shared, mut sock: UnixStream, tx: &SyncSender<Job>) -> Result<(), String> {
     let size = shared.engine.size();
     loop {
-        let mut b = [0u8; REQUEST_LEN];
-        match read_full(&mut sock, &mut b) {
-            Ok(true) => {}
-            Ok(false) => return Ok(()), // end of stream between requests
-            Err(e) => return Err(format!("NBD socket read: {e}")),
-        }
-        let h = Header::parse(&b)?;
-        if h.len > MAX_REQUEST {
-            return Err(format!(
-                "NBD request of {} bytes at {} is over the {MAX_REQUEST}-byte cap; connection closed",
-                h.len, h.offset
-            ));
-        }
-        if h.kind == cmd::DISC {
-            return Ok(());
-        }
-        let payload = h.kind == cmd::WRITE;
-        let cost = if payload || h.kind == cmd::READ { h.len as u64 } else { 0 };
-        shared.budget.take(cost);
-        let mut data = Vec::new();
-        if payload {
-            data = vec![0u8; h.len as usize];
-            if let Err(e) = sock.read_exact(&mut data) {
-                shared.budget.give(cost);
-                return Err(format!("NBD write payload of {} bytes cut short: {e}", h.len));
+        let mut taken = 0;
+        let next = read_request(&mut sock, size, &mut |n| {
+            shared.budget.take(n);
+            taken = n;
+        });
+        let next = match next {
+            Ok(n) => n,
+            Err(e) => {
+                shared.budget.give(taken);
+                return Err(e);
             }
-        }
-        if h.offset.checked_add(h.len as u64).is_none_or(|end| end > size) {
-            // Out of range: answered, the connection goes on (the NBD protocol's rule).
-            tracing::warn!(offset = h.offset, len = h.len, size, "NBD request past the end of the volume");
-            let err = if h.kind == cmd::WRITE { wire_err::ENOSPC } else { wire_err::EINVAL };
-            shared.budget.give(cost);
-            send(shared, &reply_header(err, h.handle), &[]).map_err(|e| format!("NBD socket write: {e}"))?;
-            continue;
-        }
-        if tx.send(Job { h, data, cost }).is_err() {
-            return Err("NBD workers ended".into());
+        };
+        match next {
+            None | Some(Incoming::Disconnect) => return Ok(()),
+            Some(Incoming::Refused { header, error }) => {
+                send(shared, &reply_header(error, header.handle), &[]).map_err(|e| format!("NBD socket write: {e}"))?;
+            }
+            Some(Incoming::Serve { header, data, cost }) => {
+                if tx.send(Job { h: header, data, cost }).is_err() {
+                    return Err("NBD workers ended".into());
+                }
+            }
         }
     }
 }
 
 /// Reads exactly `buf`; `Ok(false)` on a clean end of stream before its first byte.
-fn read_full(sock: &mut UnixStream, buf: &mut [u8]) -> std::io::Result<bool> {
+fn read_full(sock: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
         match sock.read(&mut buf[got..]) {

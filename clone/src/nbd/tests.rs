@@ -175,3 +175,28 @@ fn a_header_cut_short_is_an_error_and_a_clean_close_is_not() {
     let err = f.server.join().unwrap().unwrap_err();
     assert!(err.contains("request header cut short"), "{err}");
 }
+
+#[test]
+fn read_request_refuses_past_the_end_and_over_the_cap_before_sizing_anything() {
+    let size = 1 << 20;
+    let h = |kind, offset, len| Header { flags: 0, kind, handle: 7, offset, len }.encode();
+    // A write past the end: its payload is consumed (the stream stays in step), no budget taken.
+    let mut bytes = h(cmd::WRITE, size - 8, 16).to_vec();
+    bytes.extend_from_slice(&[0xaa; 16]);
+    bytes.extend_from_slice(&h(cmd::READ, 0, 4096));
+    bytes.extend_from_slice(&h(cmd::READ, 0, server::MAX_REQUEST + 1));
+    let mut r = std::io::Cursor::new(bytes);
+    let mut took = Vec::new();
+    let got = server::read_request(&mut r, size, &mut |n| took.push(n)).unwrap();
+    let refused = Header { flags: 0, kind: cmd::WRITE, handle: 7, offset: size - 8, len: 16 };
+    assert_eq!(got, Some(server::Incoming::Refused { header: refused, error: 28 }));
+    assert!(took.is_empty());
+    let got = server::read_request(&mut r, size, &mut |n| took.push(n)).unwrap();
+    let read = Header { flags: 0, kind: cmd::READ, handle: 7, offset: 0, len: 4096 };
+    assert_eq!(got, Some(server::Incoming::Serve { header: read, data: Vec::new(), cost: 4096 }));
+    assert_eq!(took, [4096]);
+    let e = server::read_request(&mut r, size, &mut |n| took.push(n)).unwrap_err();
+    assert_eq!(e, "NBD request of 33554433 bytes at 0 is over the 33554432-byte cap; connection closed");
+    assert_eq!(took, [4096]);
+    assert_eq!(server::read_request(&mut r, size, &mut |_| {}).unwrap(), None);
+}
