@@ -100,8 +100,9 @@ stop_holder() {
 # One interleaved latency pass set over devices `label=dev` ($3...): BLOCK 4 KiB O_DIRECT
 # reads of one device, then the same offsets on the next (the devices' order rotated each
 # block), until N: the host's load drifting over the run weighs on every path alike, and a
-# path's threads stay warm within a block (read by read, every read paid a switch between
-# processes, 2-3x slower under TCG whatever the path). Offsets: N distinct 64 KiB
+# path's threads stay warm within a block. (Under TCG, on-demand reads with the three clones
+# served at once measured 2-3x those of one clone alone, read by read and by blocks alike:
+# docs/benchmarks.md, "Exposures in the VM".) Offsets: N distinct 64 KiB
 # regions spread over the volume (a multiplicative walk from salt $2; distinct while N <=
 # their count, a power of two). Passes: on-demand (each clone's region is not here yet),
 # a second one (the regions fetched whole), 2 s (the engine's commit tick: the regions'
