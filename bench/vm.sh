@@ -16,14 +16,21 @@
 # MESHDRAIN_VM_LUN_MIB (default 256). Needs root (installs packages, boots QEMU).
 # MESHDRAIN_VM_FILTER: a nextest test() filter (default /^vm_/), e.g. vm_exposure_bench
 # alone; --quick: the exposure bench at 64 MiB and 50 reads (MESHDRAIN_VM_BENCH_QUICK=1).
+# MESHDRAIN_BENCH_PROFILE: the cargo profile of everything it builds and runs (default
+# release: the meshdrain binary the guest runs, i.e. env!("CARGO_BIN_EXE_meshdrain") of the
+# vm test, and the ondemand_latency example); the CI tier (scripts/test-all) stays on dev.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = --quick ]; then export MESHDRAIN_VM_BENCH_QUICK=1; fi
 filter=${MESHDRAIN_VM_FILTER:-/^vm_/}
+profile=${MESHDRAIN_BENCH_PROFILE:-release}
+# cargo's output directory for the profile (dev builds into debug/).
+pdir=$profile
+if [ "$profile" = dev ]; then pdir=debug; fi
 # The plain remote read through our initiator: clone/examples/ondemand_latency (the same
 # build profile as the meshdrain binary the tier runs), copied into the guest by the test.
-cargo build -q -p meshdrain-clone --example ondemand_latency
-export MESHDRAIN_VM_ONDEMAND_BIN=${MESHDRAIN_VM_ONDEMAND_BIN:-$(realpath "${CARGO_TARGET_DIR:-target}")/debug/examples/ondemand_latency}
+cargo build -q --profile "$profile" -p meshdrain-clone --example ondemand_latency
+export MESHDRAIN_VM_ONDEMAND_BIN=${MESHDRAIN_VM_ONDEMAND_BIN:-$(realpath "${CARGO_TARGET_DIR:-target}")/$pdir/examples/ondemand_latency}
 export MESHDRAIN_VM_DM_MIB=${MESHDRAIN_VM_DM_MIB:-256}
 export MESHDRAIN_VM_LUN_MIB=${MESHDRAIN_VM_LUN_MIB:-256}
 export MESHDRAIN_VM_TUNED=${MESHDRAIN_VM_TUNED:-4096 256}
@@ -31,9 +38,9 @@ export MESHDRAIN_VM_TUNED=${MESHDRAIN_VM_TUNED:-4096 256}
 log=${CARGO_TARGET_DIR:-target}/vm-bench.log
 start=$(date +%s)
 failed=0
-cargo nextest run -p meshdrain --test vm --no-capture --test-threads 1 --no-fail-fast --run-ignored all -E "test($filter)" >"$log" 2>&1 || failed=1
+cargo nextest run --cargo-profile "$profile" -p meshdrain --test vm --no-capture --test-threads 1 --no-fail-fast --run-ignored all -E "test($filter)" >"$log" 2>&1 || failed=1
 wall=$(($(date +%s) - start))
-python3 - "$log" "$wall" <<'PY'
+python3 - "$log" "$wall" "$profile" <<'PY'
 import re, sys
 text = open(sys.argv[1], errors="replace").read()
 print("| measure | value | note |")
@@ -71,7 +78,7 @@ if m:
 t = re.search(r"^target: (\S+)", text, re.M)
 if t:
     print(f"| iSCSI target used | {t.group(1)} | `ours` = meshdrain export serve |")
-print(f"| whole tier (build + all vm_* runs) | {sys.argv[2]} s | |")
+print(f"| whole tier (build + all vm_* runs) | {sys.argv[2]} s | cargo profile {sys.argv[3]} |")
 # Issue 20: vm_exposure_bench's XBENCH lines (tests/vm/exposure_bench.sh).
 rd = {m.group(1): (int(m.group(2)), None if m.group(3) == "-" else int(m.group(3)))
       for m in re.finditer(r"^XBENCH read (\S+) (\d+) (\S+)", text, re.M)}
@@ -96,7 +103,7 @@ if rd or hy:
         if v is None: return "-"
         return f"{v:.2f}x" if v >= 0.1 else f"{v:.3f}x"
     print()
-    print(f"Exposures (issue 20), {kernel} under QEMU TCG: no KVM here, every number is emulated "
+    print(f"Exposures (issue 20), cargo profile {sys.argv[3]}, {kernel} under QEMU TCG: no KVM here, every number is emulated "
           f"(kernel crossings, io_uring, the target, Python); only ratios between rows of this one run mean "
           f"something. {rounds} rounds of {n} 4 KiB O_DIRECT reads per path, each in a distinct 64 KiB "
           f"region; the three exposures and open-iscsi read interleaved by one reader in blocks of {block}, p50/p90 of every "
