@@ -253,3 +253,30 @@ fn vm_exposure_bench() {
     assert!(out.log.contains("XBENCH read open-iscsi "), "no open-iscsi read in the log");
     assert!(out.log.contains("XBENCH done: every exposure read and hydrated, dests equal to the source"));
 }
+
+/// Issue 20: the agent's own NBD path (docs/exposures.md "The restart story"): two agents
+/// over the kernel mesh, tgt with `clone = "userspace"` and `expose = "nbd"` drains an
+/// ext4 volume; its agent's holder serves /dev/nbdN to a workload writing while hydrating;
+/// kill -9 of the holder (the agent's supervisor restarts it onto the same device, no
+/// second start hook) and of the agent (the new agent adopts the holder); no I/O error,
+/// hand-off, checksums equal, fsck clean, `status --json` shows the exposure.
+#[test]
+fn vm_agent_nbd() {
+    let mib = mib("MESHDRAIN_VM_AGENT_NBD_MIB", 32);
+    let log =
+        run("vm_agent_nbd", "agent_nbd.sh", vec![], &[("VM_VOL_MIB", &mib.to_string())], Duration::from_secs(400));
+    let line = log.lines().find(|l| l.starts_with("AGENT NBD: ")).expect("no AGENT NBD line in the log");
+    println!("{line}");
+    for proof in [
+        "the agent's supervisor restarted it",
+        "start hook not run again",
+        "the new agent adopted holder",
+        "exposure nbd",
+        "no I/O error",
+        "status --json: clone db exposed via nbd at ",
+        "drained ",
+    ] {
+        assert!(log.contains(proof), "no `{proof}` in the log");
+    }
+    assert!(line.contains("start hook once, checksums equal, fsck clean"), "{line}");
+}
