@@ -31,107 +31,16 @@ trap cleanup EXIT
 
 step "modules, open-iscsi, underlay"
 load_dm_clone
-for m in wireguard veth sd_mod iscsi_tcp crc32c_generic loop ext4; do modprobe $m; done
+# fuse: src runs the userspace engine, whose agent refuses to start without an exposure.
+for m in wireguard veth sd_mod iscsi_tcp crc32c_generic loop ext4 fuse; do modprobe $m; done
 ip link set lo up
-mkdir -p /run/wireguard
 iscsid_and_underlay iqn.2026-11.invalid.meshdrain:vm-default
-# Runs a command in node $1's namespace.
-in_ns() { local n=$1; shift; if [ "$n" = src ]; then nsenter --net=/run/netns/src "$@"; else "$@"; fi; }
-declare -A addr=([src]=fd42:9::1 [tgt]=fd42:9::2) under=([src]=198.18.0.1 [tgt]=198.18.0.2) pub
+two_node_mesh $MESH
+two_agents
 
-for n in src tgt; do
-  pub[$n]=$(NO_COLOR=1 "$MESHDRAIN_BIN" mesh keygen --state-dir $W/$n/state --name $n | awk '/^public key:/ {print $3}')
-  [ -n "${pub[$n]}" ] || fail "no public key for $n"
-done
-case $MESH in
-  sidecar)
-    step "kernel WireGuard mesh beside the agents (meshdrain mesh up --backend kernel)"
-    for n in src tgt; do
-      p=$([ $n = src ] && echo tgt || echo src)
-      NO_COLOR=1 in_ns $n "$MESHDRAIN_BIN" mesh up --interface wg$n --state-dir $W/$n/state --address ${addr[$n]} \
-        --backend kernel --peer "${pub[$p]},${under[$p]}:51820,${addr[$p]}" >$W/mesh-$n.log 2>&1 &
-      pids+=($!)
-    done
-    for n in src tgt; do
-      has_addr() { in_ns $1 ip addr show wg$1 2>/dev/null | grep -q "inet6 ${addr[$1]}/"; }
-      wait_for 20 has_addr $n || true
-    done
-    # The mesh addresses need DAD to finish before gossip binds them.
-    for _ in $(seq 50); do in_ns src ping -6 -c 1 -W 1 ${addr[tgt]} >/dev/null 2>&1 && break; done
-    in_ns src ping -6 -c 1 -W 5 ${addr[tgt]} >/dev/null || fail "src cannot reach tgt over the kernel mesh"
-    mesh_toml() { printf '[mesh]\nbackend = "none"\n'; }
-    # The agents cannot tell this sidecar mesh's addresses from any other network, so their
-    # gossip is authenticated by a fleet secret like any gossip outside an agent-run mesh.
-    head -c 32 /dev/urandom >$W/gossip.key && chmod 600 $W/gossip.key
-    gossip_auth() { echo "secret_file = \"$W/gossip.key\""; }
-    gossip_listen() { echo "[${addr[$1]}]:7946"; }
-    gossip_seeds() { echo "\"[${addr[$2]}]:7946\""; }
-    ;;
-  agent)
-    step "kernel WireGuard mesh run by the agents (mesh.backend = kernel, fleet CA certificates)"
-    NO_COLOR=1 "$MESHDRAIN_BIN" mesh init --dir $W/ca >/dev/null || fail "mesh init failed"
-    for n in src tgt; do
-      NO_COLOR=1 "$MESHDRAIN_BIN" mesh sign --ca-key $W/ca/fleet-ca.key --request $W/$n/state/node.csr.json \
-        --valid-for 1d --out $W/$n/node.cert.json >/dev/null || fail "mesh sign $n failed"
-    done
-    mesh_toml() {
-      printf '[mesh]\nbackend = "kernel"\ninterface = "wg%s"\nlisten_port = 51820\nendpoint = "%s:51820"\n' $1 ${under[$1]}
-      printf 'certificate = "%s"\nfleet_ca = "%s"\n' $W/$1/node.cert.json $W/ca/fleet-ca.pub
-      printf 'seeds = [{ public_key = "%s", endpoint = "%s:51820" }]\n' "${pub[$2]}" ${under[$2]}
-    }
-    # The agent binds gossip to its mesh address (this port) and seeds it from mesh.seeds.
-    gossip_listen() { echo "${under[$1]}:7946"; }
-    gossip_seeds() { :; }
-    gossip_auth() { :; }
-    ;;
-  *) fail "VM_MESH=$MESH: want agent or sidecar" ;;
-esac
+src_volume $MIB allocated 16
 
-step "agents (gossip and iSCSI on the mesh addresses)"
-for n in src tgt; do
-  p=$([ $n = src ] && echo tgt || echo src)
-  write_agent_toml $n "$(gossip_listen $n)" "$(gossip_seeds $n $p)" "$(gossip_auth)" "$(mesh_toml $n $p)"
-done
-start_agent src
-start_agent tgt
-# Prints "phase hydrated total holder" of volume $2 as node $1 sees it.
-vol_of() {
-  MD "$1" volume list --json 2>/dev/null | python3 -c 'import json,sys
-v = next((v for v in json.load(sys.stdin)["volumes"] if v["id"] == sys.argv[1]), None)
-print(*(v.get(k) for k in ("phase", "hydrated", "total", "holder")) if v else "")' "$2" 2>/dev/null || true
-}
-# Prints field $3 of volume $2 as node $1 sees it (Python spelling: True, None, ...).
-field_of() {
-  MD "$1" volume list --json 2>/dev/null | python3 -c 'import json,sys
-v = next((v for v in json.load(sys.stdin)["volumes"] if v["id"] == sys.argv[1]), {})
-print(v.get(sys.argv[2]))' "$2" "$3" 2>/dev/null || true
-}
-wait_joined
-for n in src tgt; do
-  in_ns $n ip -d link show wg$n | grep -qE '^ +wireguard( |$)' || fail "$n: wg$n is not a kernel WireGuard link"
-done
-
-step "ext4 volume db (${MIB} MiB) on src"
-HOOK=$W/start-hook.sh
-printf '#!/bin/sh\necho "$MESHDRAIN_NODE $MESHDRAIN_DEVICE" >%s/started-$MESHDRAIN_VOLUME\n' $W >$HOOK
-chmod +x $HOOK
-MD src volume create db --size ${MIB}M --hook-start $HOOK >/dev/null || fail "volume create failed"
-SRC_IMG=$W/src/state/pool/db.img
-[ -f $SRC_IMG ] || fail "no $SRC_IMG after volume create"
-mkfs.ext4 -q -F $SRC_IMG
-mkdir -p $W/srcmnt $W/mnt
-mount -o loop $SRC_IMG $W/srcmnt
-for i in $(seq 16); do head -c 1M /dev/urandom >$W/srcmnt/before-$i.bin; done
-(cd $W/srcmnt && sha256sum before-*.bin) >$W/before.sha
-umount $W/srcmnt
-
-step "drain src at $RATE"
-MD tgt drain src --rate-limit "$RATE" >/dev/null || fail "drain src failed"
-t_drain=$SECONDS
-wait_for 120 test -s $W/started-db || fail "the workload did not start on the holder within 120 s"
-read -r node dev <$W/started-db
-echo "workload start hook ran on $node with $dev after $((SECONDS - t_drain)) s"
-[ "$node" = tgt ] || fail "started on $node, want tgt"
+drain_src
 [ "$dev" = /dev/mapper/meshdrain-db ] || fail "workload device $dev is not the dm-clone device"
 dmsetup table meshdrain-db | grep -q ' clone ' || fail "meshdrain-db is not a clone: $(dmsetup table meshdrain-db)"
 
@@ -183,14 +92,8 @@ for i in $(seq 8); do head -c 512K /dev/urandom >$W/mnt/during-$i.bin; done
 sync
 
 step "hand-off"
-t0=$SECONDS
-stalled_seen=0
-until [ "$(state_of tgt src)" = drained ]; do
-  [ $((SECONDS - t0)) -lt 300 ] || fail "src not drained within 300 s: $(vol_of tgt db)"
-  [ -f $SRC_IMG ] || fail "src copy gone before drained"
-  sleep 0.5
-done
-echo "drained $((SECONDS - t_drain)) s after the drain request ($MIB MiB at $RATE)"
+wait_drained 300
+echo "($MIB MiB at $RATE)"
 read -r phase h total holder < <(vol_of tgt db)
 echo "volume: phase $phase $h/$total holder $holder"
 (cd $W/mnt && sha256sum -c --quiet $W/before.sha $W/during.sha) || fail "checksums differ after hand-off"
