@@ -120,9 +120,10 @@ pub fn probe_under(root: &Path) -> Probe {
 /// missing and the fix (the agent checks this at start, before any clone runs).
 pub fn choose(kind: ExposeKind, probe: Probe) -> Result<Chosen> {
     let refuse = |what: &str, fix: &str| {
-        Err(CloneError::Config(format!(
-            "[dataplane] expose = \"{kind}\" but this kernel has {what}: {fix}, or set expose = \"auto\" (takes the best the kernel has)"
-        )))
+        // `auto` has no better choice to suggest: only the fix.
+        let or_auto =
+            if kind == ExposeKind::Auto { "" } else { ", or set expose = \"auto\" (takes the best the kernel has)" };
+        Err(CloneError::Config(format!("[dataplane] expose = \"{kind}\" but this kernel has {what}: {fix}{or_auto}")))
     };
     match kind {
         ExposeKind::Auto if probe.ublk => Ok(Chosen::Ublk),
@@ -257,7 +258,10 @@ mod tests {
         assert_eq!(choose(ExposeKind::Auto, Probe { ublk: false, ..ALL }).unwrap(), Chosen::Nbd);
         assert_eq!(choose(ExposeKind::Auto, Probe { fuse: true, ..NONE }).unwrap(), Chosen::FuseLoop);
         let e = choose(ExposeKind::Auto, NONE).unwrap_err().to_string();
-        assert!(e.contains("no ublk_drv, no nbd and no /dev/fuse"), "{e}");
+        assert_eq!(
+            e,
+            "invalid clone configuration: [dataplane] expose = \"auto\" but this kernel has no ublk_drv, no nbd and no /dev/fuse: load one (`modprobe ublk_drv`, `modprobe nbd` or `modprobe fuse`)"
+        );
     }
 
     #[test]
