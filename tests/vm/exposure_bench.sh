@@ -22,8 +22,13 @@
 #     the source, then deleted; and the open-iscsi sequential read of the LUN (dd 1 MiB
 #     direct, no dest) as context; order rotated each round. Medians: `XBENCH hydrate <path>
 #     <MiB> <ms> <MiB/s>`, and the median of per-round rate ratios to fuse-loop (`XBENCH hratio`).
+# VM_BENCH_TRACE=1: the latency holders log at trace for the ublk queue and the FUSE
+# exposure (their per-request `took`, from the request's arrival in the handler to the
+# engine's answer); the summary then splits each on-demand read of ublk and fuse-loop into
+# the handler's time and the rest (the kernel, the exposure's hand-offs, the reader):
+# `XBENCH note: split ...`. nbd has no per-request trace.
 # Env: VM_BENCH_MIB (default 256), VM_BENCH_READS (default 100, at least 50),
-# VM_BENCH_ROUNDS (default 3), VM_BENCH_BLOCK (default 10), MESHDRAIN_BIN,
+# VM_BENCH_ROUNDS (default 3), VM_BENCH_BLOCK (default 10), VM_BENCH_TRACE, MESHDRAIN_BIN,
 # MESHDRAIN_UBLK_KO, MESHDRAIN_ONDEMAND_BIN
 # (optional); disk /dev/vdb (VM_BENCH_MIB + 64 MiB, sparse on the host) for the dests.
 . "$(dirname "$0")/lib.sh"
@@ -31,6 +36,8 @@ MIB=${VM_BENCH_MIB:-256}
 N=${VM_BENCH_READS:-100}
 ROUNDS=${VM_BENCH_ROUNDS:-3}
 BLOCK=${VM_BENCH_BLOCK:-10}
+HOLDER_LOG=info
+if [ "${VM_BENCH_TRACE:-}" = 1 ]; then HOLDER_LOG=info,meshdrain_clone::ublk::queue=trace,meshdrain_clone::expose=trace; fi
 IQN=iqn.2026-11.invalid.meshdrain:vm-bench
 PORTAL=127.0.0.1:3260
 URL="iscsi://$PORTAL/$IQN/1"
@@ -82,7 +89,7 @@ start_holder() {
  "mountpoint":"$W/run/fuse/$name","link":"$W/run/dev/$name","hydrating":false,"workload_started":true,
  "start_hook":null,"source_lost":false,"expose":"$expose"}
 EOF
-  MESHDRAIN_LOG=info NO_COLOR=1 "$MESHDRAIN_BIN" clone hold --spec "$C/$name.json" </dev/null >/dev/null 2>>"$C/$name.log" &
+  MESHDRAIN_LOG=$HOLDER_LOG NO_COLOR=1 "$MESHDRAIN_BIN" clone hold --spec "$C/$name.json" </dev/null >/dev/null 2>>"$C/$name.log" &
   HPID=$!
   pids+=($HPID)
   wait_for 60 serves "$name" $HPID || fail "holder $name ($expose) did not serve: $(tail -n 5 "$C/$name.log")"
@@ -119,6 +126,8 @@ for a in sys.argv[6:]:
 buf = mmap.mmap(-1, 4096)
 offsets = [((i * 2654435761 + salt) % regions) * 65536 + (i % 16) * 4096 for i in range(n)]
 assert len({o >> 16 for o in offsets}) == n, "regions not distinct"
+with open(os.path.join(out, "offsets"), "w") as f:
+    f.write("".join("%d\n" % o for o in offsets))
 def rotate(v, k):
     k %= len(v)
     return v[k:] + v[:k]
@@ -179,6 +188,32 @@ for name in ["fuse-loop", "nbd", "ublk", "open-iscsi-read"]:
     rs = [load(r, "hyd-fuse-loop")[0] / load(r, "hyd-" + name)[0] for r in rounds if load(r, "hyd-" + name) and load(r, "hyd-fuse-loop") and load(r, "hyd-" + name)[0] > 0]
     if rs:
         print("XBENCH hratio %s %.2f (per round: %s)" % (name, med(rs), " ".join("%.2f" % x for x in rs)))
+# VM_BENCH_TRACE: each on-demand offset's first request in the holder's trace (the read
+# that fetched: the handler's `took`), against the reader's sample for that offset.
+import re
+unit = {"ns": 1e-3, "µs": 1, "us": 1, "ms": 1e3, "s": 1e6}
+pat = {"ublk": re.compile(r"ublk request op=0 offset=(\d+) len=(\d+) took=([\d.]+)(ns|µs|us|ms|s)\b"),
+       "fuse-loop": re.compile(r"fuse read offset=(\d+) size=(\d+) took=([\d.]+)(ns|µs|us|ms|s)\b")}
+for x, p in pat.items():
+    took, total = [], []
+    for r in rounds:
+        lp, op = os.path.join(root, r, "log-" + x), os.path.join(root, r, "offsets")
+        if not (os.path.exists(lp) and os.path.exists(op)):
+            continue
+        reqs = [(int(m.group(1)), int(m.group(2)), float(m.group(3)) * unit[m.group(4)])
+                for m in p.finditer(open(lp, errors="replace").read())]
+        offs = [int(l) for l in open(op) if l.strip()]
+        samples = [float(l) for l in open(os.path.join(root, r, x + "-ondemand")) if l.strip()]
+        for off, us in zip(offs, samples):
+            t = next((t for o, n, t in reqs if o <= off < o + n), None)
+            if t is not None:
+                took.append(t)
+                total.append(us)
+    if took:
+        rest = sorted(a - b for a, b in zip(total, took))
+        print("XBENCH note: split %s on-demand (%d reads traced): the handler (request in the holder to the engine's "
+              "answer) p50 %d us, p90 %d us; the rest (kernel, hand-offs, reader) p50 %d us, p90 %d us; reader's p50 %d us"
+              % (x, len(took), q(sorted(took), 0.5), q(sorted(took), 0.9), q(rest, 0.5), q(rest, 0.9), q(sorted(total), 0.5)))
 EOF
 }
 # The three exposures, rotated by round $1: none always goes first.
@@ -265,6 +300,8 @@ for r in $(seq 1 "$ROUNDS"); do
   done
   ilat "$W/s/r$r" $((r * 7919)) "${devs[@]}" "plain:open-iscsi=$SD" || fail "interleaved reads failed"
   for h in "${hp[@]}"; do stop_holder "${h%%:*}" "${h##*:}"; done
+  # The holders' logs of this round (with VM_BENCH_TRACE, their per-request trace lines).
+  for x in fuse-loop nbd ublk; do mv "$C/lat-$x.log" "$W/s/r$r/log-$x" 2>/dev/null || true; done
   rm -f $W/lat-*.img $W/lat-*.img.meta
   for k in fuse-loop-ondemand nbd-ondemand ublk-ondemand fuse-loop-hydrated nbd-hydrated ublk-hydrated open-iscsi; do
     echo "XBENCH r$r $k $(pooled "$W/s/r$r/$k")"
