@@ -208,8 +208,8 @@ fn vm_ublk_holder() {
 /// open-iscsi, and hydration of the whole source through each exposure. Ignored: a
 /// benchmark, slow under TCG, not a proof; bench/vm.sh runs it with --run-ignored.
 /// Sizes: MESHDRAIN_VM_BENCH_MIB (default 256, quick 64), MESHDRAIN_VM_BENCH_READS (default
-/// 100, quick 50), MESHDRAIN_VM_BENCH_ROUNDS (default 3, quick 1), MESHDRAIN_VM_BENCH_QUICK=1;
-/// MESHDRAIN_VM_ONDEMAND_BIN names the
+/// 100, quick 50), MESHDRAIN_VM_BENCH_ROUNDS (default 3, quick 1), MESHDRAIN_VM_BENCH_QUICK=1,
+/// MESHDRAIN_VM_BENCH_TRACE=1 (the holders' per-request split); MESHDRAIN_VM_ONDEMAND_BIN names the
 /// ondemand_latency example (clone/examples) for the read through our initiator.
 #[test]
 #[ignore = "benchmark, run by bench/vm.sh: cargo nextest run -p meshdrain --test vm --run-ignored all vm_exposure_bench"]
@@ -228,6 +228,11 @@ fn vm_exposure_bench() {
         ("VM_BENCH_READS".into(), reads.to_string()),
         ("VM_BENCH_ROUNDS".into(), rounds.to_string()),
     ];
+    // MESHDRAIN_VM_BENCH_TRACE=1: the holders' per-request trace splits each on-demand read
+    // into the handler's time and the rest (tests/vm/exposure_bench.sh, VM_BENCH_TRACE).
+    if std::env::var("MESHDRAIN_VM_BENCH_TRACE").is_ok_and(|v| v == "1") {
+        s.env.push(("VM_BENCH_TRACE".into(), "1".into()));
+    }
     s.binaries.push(("MESHDRAIN_BIN".into(), env!("CARGO_BIN_EXE_meshdrain").into()));
     if let Some(bin) = std::env::var_os("MESHDRAIN_VM_ONDEMAND_BIN") {
         s.binaries.push(("MESHDRAIN_ONDEMAND_BIN".into(), bin.into()));
