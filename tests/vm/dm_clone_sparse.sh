@@ -25,7 +25,8 @@ trap cleanup EXIT
 
 step "modules, open-iscsi, underlay"
 load_dm_clone
-for m in veth sd_mod iscsi_tcp crc32c_generic loop; do modprobe $m; done
+# fuse: src runs the userspace engine, whose agent refuses to start with no exposure (docs/exposures.md)
+for m in veth sd_mod iscsi_tcp crc32c_generic loop fuse; do modprobe $m; done
 ip link set lo up
 iscsid_and_underlay iqn.2026-11.invalid.meshdrain:vm-sparse
 declare -A under=([src]=198.18.0.1 [tgt]=198.18.0.2)
