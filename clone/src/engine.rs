@@ -159,13 +159,18 @@ impl Engine {
     ) -> Result<Arc<Self>> {
         let want = Self::check(&*source, &cfg)?;
         Self::check_dest_size(&*dest, want.size)?;
-        let id = crate::identity::new_clone_id().map_err(|e| CloneError::Io {
+        let id = Self::new_clone_id()?;
+        let meta = Metadata::create(meta, &want, &*dest, id)?;
+        Self::start(source, dest, meta, want, cfg)
+    }
+
+    /// A fresh random clone id: it binds the metadata (and the written set) to this clone.
+    fn new_clone_id() -> Result<[u8; crate::identity::CLONE_ID_LEN]> {
+        crate::identity::new_clone_id().map_err(|e| CloneError::Io {
             what: "draw a clone id",
             path: PathBuf::from("getrandom"),
             source: e,
-        })?;
-        let meta = Metadata::create(meta, &want, &*dest, id)?;
-        Self::start(source, dest, meta, want, cfg)
+        })
     }
 
     /// Starts a fresh clone onto a dest that already holds the volume except within
@@ -182,11 +187,7 @@ impl Engine {
     ) -> Result<Arc<Self>> {
         let want = Self::check(&*source, &cfg)?;
         Self::check_dest_size(&*dest, want.size)?;
-        let id = crate::identity::new_clone_id().map_err(|e| CloneError::Io {
-            what: "draw a clone id",
-            path: PathBuf::from("getrandom"),
-            source: e,
-        })?;
+        let id = Self::new_clone_id()?;
         let mut meta = Metadata::create(meta, &want, &*dest, id)?;
         let rs = cfg.region_size;
         meta.preset(|r| !stale.iter().any(|s| s.start < (r + 1) * rs && r * rs < s.end))?;
