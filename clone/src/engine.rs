@@ -1,7 +1,7 @@
 //! The userspace engine's thin shell: it owns the pure [`Core`] behind a mutex, does
 //! the I/O the core asks for, and keeps the commit order (dest write, dest fdatasync,
-//! bitmap write, metadata sync). Workload I/O (`read`, `write`, `discard`, `flush`)
-//! comes from the FUSE exposure or tests; background hydration from [`crate::hydrate`].
+//! bitmap write, metadata sync). Workload I/O comes from the exposures (reads:
+//! [`crate::fetch`]; writes: [`crate::workload`]); background hydration from [`crate::hydrate`].
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::core::{Core, CoreConfig, Intent, Region, Step};
+use crate::core::{Core, CoreConfig, Region};
 use crate::error::{CloneError, Result};
 use crate::io::{BlockSource, Dest, MetaStore};
 use crate::metadata::{Header, Metadata};
@@ -82,10 +82,14 @@ pub struct Engine {
     /// by the dest alone does not count: it never meets hydration on the path.
     workload_seen_us: AtomicU64,
     /// Whether the workload wrote or discarded since its last flush (see [`Engine::flush`]).
-    workload_wrote: AtomicBool,
+    pub(crate) workload_wrote: AtomicBool,
     /// Where the last workload read passed through to the source ended (`u64::MAX`:
     /// none yet): a read starting there is a stream, and fetches whole regions.
     pub(crate) last_through_end: AtomicU64,
+    /// When a source read last failed ([`Engine::now`] in µs; 0: never): exposures stop
+    /// answering on-demand reads on their dispatch thread for [`SOURCE_SUSPECT`] after it
+    /// (see [`Engine::source_answers`]).
+    pub(crate) source_failed_us: AtomicU64,
     pub(crate) fetched_bytes: AtomicU64,
     pub(crate) read_through_bytes: AtomicU64,
     pub(crate) meter: Mutex<RateMeter>,
@@ -109,6 +113,10 @@ impl std::fmt::Debug for Engine {
 /// in a burst of dependent reads (a mount, a query), short enough that a workload writing
 /// every few tens of ms leaves hydration mostly at full width (20 ms cost a third of it).
 pub(crate) const WORKLOAD_QUIET: Duration = Duration::from_millis(5);
+
+/// How long after a failed source read the source counts as unreliable for
+/// [`Engine::source_answers`]: well past a reconnect's first backoffs.
+pub(crate) const SOURCE_SUSPECT: Duration = Duration::from_secs(10);
 
 /// What [`Engine::declare_source_lost`] found: regions that will never come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +262,7 @@ impl Engine {
             workload_seen_us: AtomicU64::new(0),
             workload_wrote: AtomicBool::new(false),
             last_through_end: AtomicU64::new(u64::MAX),
+            source_failed_us: AtomicU64::new(0),
             fetched_bytes: AtomicU64::new(0),
             read_through_bytes: AtomicU64::new(0),
             meter: Mutex::new(RateMeter::default()),
@@ -318,6 +327,21 @@ impl Engine {
         let seen = Duration::from_micros(self.workload_seen_us.load(Ordering::Relaxed));
         self.workload_active.load(Ordering::Relaxed) > 0
             || (seen > Duration::ZERO && self.now().saturating_sub(seen) < WORKLOAD_QUIET)
+    }
+
+    /// Whether the source has answered every read for [`SOURCE_SUSPECT`]. An exposure's
+    /// dispatch thread (ublk's queue thread, NBD's reader) answers an on-demand read
+    /// itself only then, and only when nothing else is pending: one hand-off to a worker
+    /// and back saved, against a dead source holding that thread for a request's timeout
+    /// (docs/exposures.md, "On-demand reads on the dispatch thread").
+    pub fn source_answers(&self) -> bool {
+        let failed = self.source_failed_us.load(Ordering::Relaxed);
+        failed == 0 || self.now().saturating_sub(Duration::from_micros(failed)) >= SOURCE_SUSPECT
+    }
+
+    /// Records a failed source read for [`Engine::source_answers`].
+    pub(crate) fn note_source_failure(&self) {
+        self.source_failed_us.store((self.now().as_micros() as u64).max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn lock_core(&self) -> MutexGuard<'_, Core> {
@@ -391,33 +415,6 @@ impl Engine {
         self.source.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Waits until region `r` may be used for `intent`; returns true when the caller
-    /// holds a claim (and must call `claim_done`). Marks `busy` once it has to wait on
-    /// the source.
-    fn ensure<'a>(&'a self, r: Region, intent: Intent, busy: &mut Option<Busy<'a>>) -> Result<bool> {
-        let mut retry = self.on_demand_retry();
-        let mut core = self.lock_core();
-        loop {
-            self.check_running()?;
-            match core.acquire(r, intent) {
-                Step::Ready => return Ok(false),
-                Step::Claimed => return Ok(true),
-                Step::Lost => return Err(CloneError::SourceLost { offset: self.region_range(r).start }),
-                Step::Wait => {
-                    busy.get_or_insert_with(|| self.workload_busy());
-                    core = self.cv.wait_timeout(core, Duration::from_millis(100)).unwrap_or_else(|p| p.into_inner()).0;
-                }
-                Step::Fetch => {
-                    busy.get_or_insert_with(|| self.workload_busy());
-                    drop(core);
-                    let results = self.fetch_regions(crate::io::Lane::Foreground, &[r]);
-                    let (guard, failed) = self.record_fetched(results);
-                    core = self.back_off_on_failure(guard, failed, &mut retry)?;
-                }
-            }
-        }
-    }
-
     pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
             return Err(CloneError::OutOfRange { offset, len, size: self.size });
@@ -427,30 +424,6 @@ impl Engine {
 
     pub(crate) fn regions_of(&self, offset: u64, len: u64) -> Range<Region> {
         offset / self.cfg.region_size..(offset + len).div_ceil(self.cfg.region_size)
-    }
-
-    /// Workload write: a region covered whole is claimed without fetching; a partial
-    /// write of a missing region fetches it first.
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<()> {
-        self.check_range(offset, data.len() as u64)?;
-        self.note_written(self.regions_of(offset, data.len() as u64))?;
-        let mut busy = None;
-        for r in self.regions_of(offset, data.len() as u64) {
-            let range = self.region_range(r);
-            let lo = range.start.max(offset);
-            let hi = range.end.min(offset + data.len() as u64);
-            let part = &data[(lo - offset) as usize..(hi - offset) as usize];
-            let whole = lo == range.start && hi == range.end;
-            let claimed = self.ensure(r, if whole { Intent::Overwrite } else { Intent::Read }, &mut busy)?;
-            let res = self.dest.write_at(lo, part);
-            if claimed {
-                self.lock_core().claim_done(r, res.is_ok(), self.now());
-                self.cv.notify_all();
-            }
-            res.map_err(Self::dest_err("write dest"))?;
-            self.workload_wrote.store(true, Ordering::Release);
-        }
-        Ok(())
     }
 
     /// The source was declared lost for good (docs/failures.md): stop waiting for it.
@@ -490,48 +463,6 @@ impl Engine {
         }
         tracing::warn!(parent: &self.span, regions = zeroed, "partial copy accepted: missing regions are zeros");
         Ok(zeroed)
-    }
-
-    /// Workload discard: regions covered whole become hydrated (zeros) and are punched;
-    /// partial ranges of hydrated regions are punched; the rest is left alone.
-    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
-        self.check_range(offset, len)?;
-        self.note_written(self.regions_of(offset, len))?;
-        for r in self.regions_of(offset, len) {
-            let range = self.region_range(r);
-            let lo = range.start.max(offset);
-            let hi = range.end.min(offset + len);
-            if lo == range.start && hi == range.end {
-                let claimed = self.ensure(r, Intent::Overwrite, &mut None)?;
-                let res = self.dest.punch(lo, hi - lo);
-                if claimed {
-                    self.lock_core().claim_done(r, res.is_ok(), self.now());
-                    self.cv.notify_all();
-                }
-                res.map_err(Self::dest_err("punch dest"))?;
-            } else if self.lock_core().state(r).hydrated() {
-                self.dest.punch(lo, hi - lo).map_err(Self::dest_err("punch dest"))?;
-            }
-            self.workload_wrote.store(true, Ordering::Release);
-        }
-        Ok(())
-    }
-
-    /// Workload flush: every completed workload write (with the bits of its regions)
-    /// becomes durable. With no workload write or discard since the last flush the
-    /// workload has nothing to lose, and hydration's own progress is the ticker's to
-    /// commit, so it returns at once: a loop device flushes when attached and ext4 on
-    /// mount and on fsync, and each would otherwise wait for a sync of the dest
-    /// while hydration writes it at full speed (7-40 ms here).
-    pub fn flush(&self) -> Result<()> {
-        if !self.workload_wrote.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        let res = self.commit(true);
-        if res.is_err() {
-            self.workload_wrote.store(true, Ordering::Release);
-        }
-        res
     }
 
     /// Commits a due batch (`force`: everything pending, and always syncs the dest):

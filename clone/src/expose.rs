@@ -183,7 +183,7 @@ impl Filesystem for VolumeFs {
         let res = if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
             self.engine.discard(offset, length)
         } else if mode & libc::FALLOC_FL_ZERO_RANGE != 0 {
-            zero_range(&self.engine, offset, length)
+            self.engine.write_zeroes(offset, length)
         } else {
             Ok(()) // plain allocation: the dest is already sized
         };
@@ -209,17 +209,6 @@ impl Filesystem for VolumeFs {
         }
         reply.ok();
     }
-}
-
-fn zero_range(engine: &Engine, offset: u64, len: u64) -> Result<()> {
-    let zeros = vec![0u8; 1 << 20];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(zeros.len() as u64) as usize;
-        engine.write(offset + done, &zeros[..n])?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 /// A clone exposed as `/dev/loopN`. Dropping it detaches the loop device, removes the

@@ -114,6 +114,9 @@ impl Engine {
         let mut failed = None;
         for (r, res) in results {
             if let Err(e) = &res {
+                if matches!(e, FetchError::Source(_)) {
+                    self.note_source_failure();
+                }
                 failed.get_or_insert((r, e.clone()));
             }
             core.fetch_done(r, res.map_err(|e| e.to_string()), now);

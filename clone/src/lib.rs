@@ -61,6 +61,7 @@ pub mod ratelimit;
 pub mod reconnect;
 pub mod ublk;
 mod tracking;
+mod workload;
 pub mod written;
 
 use std::path::PathBuf;

@@ -9,7 +9,8 @@
 //! bytes of requests in flight are bounded by [`IN_FLIGHT_BYTES`].
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -169,6 +170,8 @@ struct Job {
 
 struct Shared {
     engine: Arc<Engine>,
+    /// Requests handed to the workers and not yet answered.
+    with_workers: AtomicUsize,
     writer: Mutex<UnixStream>,
     budget: Budget,
     durability: Durability,
@@ -182,6 +185,7 @@ pub const WORKERS: usize = 4;
 pub fn serve(engine: Arc<Engine>, sock: UnixStream, workers: usize) -> Result<(), String> {
     let shared = Arc::new(Shared {
         engine,
+        with_workers: AtomicUsize::new(0),
         writer: Mutex::new(sock.try_clone().map_err(|e| format!("clone the NBD socket: {e}"))?),
         budget: Budget { left: Mutex::new(IN_FLIGHT_BYTES), cv: Condvar::new() },
         durability: Durability::default(),
@@ -303,12 +307,34 @@ fn read_loop(shared: &Shared, mut sock: UnixStream, tx: &SyncSender<Job>) -> Res
                 send(shared, &reply_header(error, header.handle), &[]).map_err(|e| format!("NBD socket write: {e}"))?;
             }
             Some(Incoming::Serve { header, data, cost }) => {
-                if tx.send(Job { h: header, data, cost }).is_err() {
+                let job = Job { h: header, data, cost };
+                if shared.with_workers.load(Ordering::Acquire) == 0
+                    && queued_bytes(&sock) == 0
+                    && shared.engine.source_answers()
+                {
+                    // The only request, nothing else in flight, a source that answers:
+                    // answered here, without the hand-off to a worker (docs/exposures.md).
+                    let res = answer(shared, job);
+                    shared.budget.give(cost);
+                    res.map_err(|e| format!("NBD socket write: {e}"))?;
+                    continue;
+                }
+                shared.with_workers.fetch_add(1, Ordering::AcqRel);
+                if tx.send(job).is_err() {
                     return Err("NBD workers ended".into());
                 }
             }
         }
     }
+}
+
+/// Bytes the kernel has queued on `sock` that we have not read (FIONREAD): more requests
+/// waiting. An error counts as "some", so the request goes to a worker.
+fn queued_bytes(sock: &UnixStream) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n) };
+    if rc < 0 { 1 } else { n.max(0) as usize }
 }
 
 /// Reads exactly `buf`; `Ok(false)` on a clean end of stream before its first byte.
@@ -335,6 +361,7 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
         let cost = job.cost;
         let res = answer(shared, job);
         shared.budget.give(cost);
+        shared.with_workers.fetch_sub(1, Ordering::AcqRel);
         if let Err(e) = res {
             // The socket is gone: the reader notices on its next read.
             tracing::debug!(error = %e, "NBD reply not sent");
@@ -363,7 +390,7 @@ fn answer(shared: &Shared, job: Job) -> std::io::Result<()> {
         }
         cmd::WRITE => durable(engine.write(h.offset, &data)),
         cmd::TRIM => durable(engine.discard(h.offset, h.len as u64)),
-        cmd::WRITE_ZEROES => durable(zero_range(engine, h.offset, h.len as u64)),
+        cmd::WRITE_ZEROES => durable(engine.write_zeroes(h.offset, h.len as u64)),
         cmd::FLUSH => shared.durability.flush(engine),
         other => {
             tracing::warn!(kind = other, "unknown NBD command");
@@ -378,19 +405,6 @@ fn answer(shared: &Shared, job: Job) -> std::io::Result<()> {
         }
     };
     send(shared, &reply_header(err, h.handle), &[])
-}
-
-/// Writes zeros over a range, 1 MiB at a time (the engine claims whole regions without
-/// fetching them).
-fn zero_range(engine: &Engine, offset: u64, len: u64) -> Result<(), CloneError> {
-    let zeros = vec![0u8; (len.min(1 << 20)) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(zeros.len() as u64) as usize;
-        engine.write(offset + done, &zeros[..n])?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 /// Writes one reply whole (header and data) under the writer lock.

@@ -9,7 +9,9 @@
 //! until we commit it again; the workers only touch the buffer of a tag they were given.
 //! Workers hand results back on a channel and wake the queue thread through an eventfd
 //! read that sits in the same ring as the tags' commands. A read of hydrated regions only
-//! is answered by the queue thread itself (no hand-off: the fast path once data is here).
+//! is answered by the queue thread itself (no hand-off: the fast path once data is here),
+//! and so is a lone request that may block while nothing else is in flight and the source
+//! answers ([`inline_ok`]): at queue depth 1 an on-demand read then costs no hand-off.
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -210,6 +212,10 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
 
     let mut aborted = 0usize;
     let mut cqes = Vec::with_capacity(g.depth as usize + 1);
+    // Requests of this batch that may block (not a read of hydrated regions only).
+    let mut blocking: Vec<(u16, IoDesc)> = Vec::with_capacity(g.depth as usize);
+    // Requests with the workers, not yet committed.
+    let mut with_workers = 0usize;
     let span = engine.span.clone();
     loop {
         match ring.submit_and_wait(1) {
@@ -223,6 +229,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
         cqes.clear();
         cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
         let mut rearm = false;
+        blocking.clear();
         for &(ud, res) in &cqes {
             if ud == WAKE {
                 rearm = true;
@@ -241,7 +248,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
                         let _ = ring.submit();
                     }
                 } else {
-                    let _ = job_tx.send(Job { tag, desc });
+                    blocking.push((tag, desc));
                 }
             } else {
                 if res != sys::IO_RES_ABORT {
@@ -250,7 +257,24 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
                 aborted += 1;
             }
         }
+        if let [(tag, desc)] = blocking[..]
+            && inline_ok(with_workers, &engine)
+        {
+            // The only request, nothing else in flight, a source that answers: the two
+            // hand-offs would be most of what the exposure adds to an on-demand read.
+            let result = serve(&engine, &bufs, g, tag, &desc);
+            // SAFETY: as above.
+            while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err() {
+                let _ = ring.submit();
+            }
+        } else {
+            for &(tag, desc) in &blocking {
+                with_workers += 1;
+                let _ = job_tx.send(Job { tag, desc });
+            }
+        }
         while let Ok((tag, result)) = done_rx.try_recv() {
+            with_workers = with_workers.saturating_sub(1);
             // SAFETY: as above; the tag's buffer is handed back to the driver.
             while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err() {
                 let _ = ring.submit();
@@ -314,6 +338,15 @@ fn local(engine: &Engine, g: Geometry, d: &IoDesc) -> bool {
     engine.regions_of(offset, len).all(|r| core.state(r).hydrated())
 }
 
+/// Whether the queue thread answers a request that may block itself: only when no other
+/// request is with the workers (it would wait behind this one's commit otherwise) and the
+/// source has been answering ([`Engine::source_answers`]): a dead source would hold the
+/// queue, hydrated reads included, for a request's timeout. The caller checks that the
+/// request is its batch's only one that may block.
+fn inline_ok(with_workers: usize, engine: &Engine) -> bool {
+    with_workers == 0 && engine.source_answers()
+}
+
 /// The negative errno a ublk request completes with ([`CloneError::errno`], as every exposure).
 fn errno(e: &CloneError) -> i32 {
     -e.errno()
@@ -347,7 +380,7 @@ fn serve(engine: &Engine, bufs: &Mapping, g: Geometry, tag: u16, d: &IoDesc) -> 
         }
         sys::OP_FLUSH => engine.flush().map(|()| 0),
         sys::OP_DISCARD => engine.discard(offset, len).map(|()| 0),
-        sys::OP_WRITE_ZEROES => write_zeroes(engine, offset, len).map(|()| 0),
+        sys::OP_WRITE_ZEROES => engine.write_zeroes(offset, len).map(|()| 0),
         _ => return -libc::EOPNOTSUPP,
     };
     tracing::trace!(parent: &engine.span, op, offset, len, took = ?t0.elapsed(), "ublk request");
@@ -355,18 +388,6 @@ fn serve(engine: &Engine, bufs: &Mapping, g: Geometry, tag: u16, d: &IoDesc) -> 
         tracing::warn!(parent: &engine.span, error = %e, op, offset, len, "ublk request failed");
         errno(&e)
     })
-}
-
-/// Zeroes `len` bytes at `offset` in pieces of a static zero page run (no allocation).
-fn write_zeroes(engine: &Engine, offset: u64, len: u64) -> Result<()> {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(ZEROS.len() as u64) as usize;
-        engine.write(offset + done, &ZEROS[..n])?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
