@@ -5,20 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
+use meshdrain_testkit::pattern;
+
 const BIN: &str = env!("CARGO_BIN_EXE_meshdrain");
 const FIX: &str = "run again with --start-over to recopy from the source; the dest will be overwritten";
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Runs `clone run` on the files in `dir`; returns the exit code and the `error:` line.
 fn clone_run(dir: &Path, dest: &str, extra: &[&str]) -> (i32, String) {

@@ -20,28 +20,8 @@ fn fleet_with(root: &Path, n: usize, edit: impl Fn(&mut DataplaneConfig)) -> Vec
     local_fleet(root, n, |a| edit(&mut a.cfg.dataplane))
 }
 
-/// Creates a volume and fills it with pseudo-random bytes; returns their sha256.
 fn volume_with_data(a: &AgentProc, name: &str, mib: usize) -> String {
-    volume_with_data_and(a, name, mib, &[])
-}
-
-/// Like [`volume_with_data`], with extra `volume create` arguments.
-fn volume_with_data_and(a: &AgentProc, name: &str, mib: usize, extra: &[&str]) -> String {
-    let size = format!("{mib}M");
-    let mut args = vec!["volume", "create", name, "--size", size.as_str()];
-    args.extend_from_slice(extra);
-    let out = a.cli(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut data = vec![0u8; mib << 20];
-    let mut x: u64 = name.bytes().fold(7, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(a.pool().join(format!("{name}.img")), &data).unwrap();
-    hex::encode(Sha256::digest(&data))
+    common::volume_with_data(a, name, mib, &[])
 }
 
 fn sha_of(path: &Path) -> Option<String> {
@@ -190,7 +170,7 @@ fn a_failing_stop_hook_stops_the_move_and_a_new_drain_retries_it() {
     joined(&agents);
     let ok = tmp.path().join("db-may-stop");
     let hook = format!("test -e {} || {{ echo 'db refuses to stop' >&2; exit 3; }}", ok.display());
-    let sum = volume_with_data_and(&agents[0], "db2", 2, &["--hook-stop", &hook]);
+    let sum = common::volume_with_data(&agents[0], "db2", 2, &["--hook-stop", &hook]);
 
     let out = agents[1].cli(&["drain", "node1", "--wait", "--deadline", "30s"]);
     let err = String::from_utf8_lossy(&out.stderr);

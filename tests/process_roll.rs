@@ -18,21 +18,8 @@ fn fleet(root: &Path, n: usize) -> Vec<AgentProc> {
     local_fleet(root, n, |_| {})
 }
 
-/// Creates a volume of `mib` MiB of pseudo-random bytes on `a`; returns their sha256.
 fn volume_with_data(a: &AgentProc, name: &str, mib: usize) -> String {
-    let size = format!("{mib}M");
-    let out = a.cli(&["volume", "create", name, "--size", &size]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut data = vec![0u8; mib << 20];
-    let mut x: u64 = name.bytes().fold(11, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(a.pool().join(format!("{name}.img")), &data).unwrap();
-    hex::encode(Sha256::digest(&data))
+    common::volume_with_data(a, name, mib, &[])
 }
 
 /// Samples every live node's status every 100 ms; keeps the most nodes any of them saw

@@ -477,17 +477,7 @@ mod tests {
         let node = |n: &str, step, skipped| NodeProgress { node: n.parse().unwrap(), step, skipped, record: None };
         let report = RollReport {
             id: "3f2a9c1e".into(),
-            spec: RollSpec {
-                nodes: vec!["a".parse().unwrap(), "b".parse().unwrap(), "c".parse().unwrap()],
-                max_unavailable: 1,
-                exec: Some("true".into()),
-                undrain_after: true,
-                return_after: false,
-                pause_ms: 0,
-                exec_timeout_ms: crate::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
-                started_ms: 0,
-                started_by: "a".parse().unwrap(),
-            },
+            spec: RollSpec { pause_ms: 0, ..RollSpec::for_tests(&["a", "b", "c"], Some("true"), true) },
             phase: RollPhase::Failed,
             nodes: vec![node("a", Step::Done, false), node("b", Step::WaitActive, false), node("c", Step::Exec, true)],
         };

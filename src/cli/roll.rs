@@ -439,17 +439,7 @@ mod tests {
         rec.output = "one\ntwo\n".into();
         let r = RollReport {
             id: "r1".into(),
-            spec: RollSpec {
-                nodes: vec!["a".parse().unwrap(), "b".parse().unwrap()],
-                max_unavailable: 1,
-                exec: Some("x".into()),
-                undrain_after: true,
-                return_after: false,
-                pause_ms: 0,
-                exec_timeout_ms: crate::decide::roll::DEFAULT_EXEC_TIMEOUT_MS,
-                started_ms: 0,
-                started_by: "a".parse().unwrap(),
-            },
+            spec: RollSpec { pause_ms: 0, ..RollSpec::for_tests(&["a", "b"], Some("x"), true) },
             phase: RollPhase::Failed,
             nodes: vec![
                 NodeProgress { node: "a".parse().unwrap(), step: Step::Failed, skipped: false, record: Some(rec) },

@@ -6,6 +6,20 @@ pub mod vm;
 
 use std::path::{Path, PathBuf};
 
+/// Deterministic pseudo-random bytes for a seed (xorshift64, 8 bytes a step): volume and
+/// source contents every test tier writes and then compares by checksum.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    data
+}
+
 /// Path of an external program a test needs; panics naming the Debian package to install.
 pub fn require_program(program: &str, package: &str) -> PathBuf {
     ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/sbin", "/bin"]

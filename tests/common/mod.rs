@@ -22,6 +22,21 @@ pub fn meshdrain(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env("MESHDRAIN_LOG", "warn").output().expect("running meshdrain")
 }
 
+/// Creates volume `name` of `mib` MiB of pseudo-random bytes (seeded by the name) on `a`,
+/// with `extra` `volume create` arguments; returns their sha256.
+pub fn volume_with_data(a: &AgentProc, name: &str, mib: usize, extra: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let size = format!("{mib}M");
+    let mut args = vec!["volume", "create", name, "--size", size.as_str()];
+    args.extend_from_slice(extra);
+    let out = a.cli(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seed = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let data = meshdrain_testkit::pattern(seed, mib << 20);
+    std::fs::write(a.pool().join(format!("{name}.img")), &data).unwrap();
+    hex::encode(Sha256::digest(&data))
+}
+
 /// One agent process with its own config, state dir and control socket.
 pub struct AgentProc {
     pub name: String,

@@ -235,15 +235,4 @@ impl MetaStore for FakeMeta {
     }
 }
 
-/// Deterministic bytes for a seed.
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use meshdrain_testkit::pattern;

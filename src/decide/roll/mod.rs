@@ -70,6 +70,24 @@ pub struct RollSpec {
 }
 
 impl RollSpec {
+    /// A spec started by `a` at time 0, one node at a time, a 1 s pause: the fixture every
+    /// roll test varies (`RollSpec { pause_ms: 0, ..RollSpec::for_tests(..) }`).
+    #[cfg(test)]
+    pub(crate) fn for_tests(nodes: &[&str], exec: Option<&str>, undrain_after: bool) -> Self {
+        let name = |s: &str| s.parse::<NodeName>().expect("a test node name");
+        Self {
+            nodes: nodes.iter().map(|x| name(x)).collect(),
+            max_unavailable: 1,
+            exec: exec.map(str::to_owned),
+            undrain_after,
+            return_after: false,
+            pause_ms: 1000,
+            exec_timeout_ms: DEFAULT_EXEC_TIMEOUT_MS,
+            started_ms: 0,
+            started_by: name("a"),
+        }
+    }
+
     /// Why the spec cannot be run, if so (it came from the network or the command line).
     pub fn check(&self) -> Result<(), String> {
         if self.nodes.is_empty() {

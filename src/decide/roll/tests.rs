@@ -9,19 +9,8 @@ fn n(s: &str) -> NodeName {
 }
 
 fn spec(nodes: &[&str], exec: Option<&str>, undrain: bool) -> RollSpec {
-    RollSpec {
-        nodes: nodes.iter().map(|x| n(x)).collect(),
-        max_unavailable: 1,
-        exec: exec.map(str::to_owned),
-        undrain_after: undrain,
-        return_after: false,
-        pause_ms: 1000,
-        exec_timeout_ms: DEFAULT_EXEC_TIMEOUT_MS,
-        started_ms: 0,
-        started_by: n("a"),
-    }
+    RollSpec::for_tests(nodes, exec, undrain)
 }
-
 fn machine(me: &str) -> RollMachine {
     RollMachine { me: n(me), timing: RollTiming { dead_after_ms: 5000 }, state: RollState::default() }
 }
