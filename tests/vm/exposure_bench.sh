@@ -64,17 +64,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# One request line to holder $1's control socket; prints the reply line.
-ask() {
-  python3 - "$C/$1.sock" "$2" <<'EOF'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(20)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n")
-print(s.makefile().readline().strip())
-EOF
-}
+# One request line to holder $1's control socket; prints the reply line (lib.sh's `ask`
+# speaks to the one holder, db, of the other scenarios).
+ask() { ask_socket "$C/$1.sock" "$2"; }
 holder_pid() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$C/$1.state"; }
 serves() { [ "$(holder_pid "$1" 2>/dev/null)" = "$2" ] && ask "$1" '{"op":"hello"}' 2>/dev/null | grep -q '"ok":true'; }
 

@@ -290,9 +290,9 @@ holder_cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 }
 
-# One request line to the holder's control socket; prints the reply line.
-ask() {
-  python3 - "$C/db.sock" "$1" <<'EOF'
+# One request line ($2) to the holder control socket $1; prints the reply line.
+ask_socket() {
+  python3 - "$1" "$2" <<'EOF'
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(20)
@@ -301,6 +301,8 @@ s.sendall(sys.argv[2].encode() + b"\n")
 print(s.makefile().readline().strip())
 EOF
 }
+# One request line to the scenario's holder (db); prints the reply line.
+ask() { ask_socket "$C/db.sock" "$1"; }
 # Field $1 of the holder's state file (Python spelling: True, None, ...).
 state_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2]))' $C/db.state "$1"; }
 # Whether holder $1 serves (its state names it and it answers hello).
