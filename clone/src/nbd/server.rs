@@ -4,7 +4,9 @@
 //!
 //! One reader thread parses requests and hands them to a small pool of workers (the
 //! engine is thread-safe); replies go out in completion order, each written whole under
-//! one lock. The peer is the kernel, but every request is still checked before it sizes
+//! one lock. A lone request, with nothing queued behind it, none with the workers and a
+//! source that answers, the reader answers itself (docs/exposures.md, "On-demand reads
+//! on the dispatch thread"). The peer is the kernel, but every request is still checked before it sizes
 //! anything: a length over [`MAX_REQUEST`] or a bad magic ends the connection, and the
 //! bytes of requests in flight are bounded by [`IN_FLIGHT_BYTES`].
 use std::io::{Read, Write};
