@@ -210,6 +210,14 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
         .collect();
     drop(done_tx);
 
+    // Answers `tag` and hands its buffer back to the driver with the next fetch; a full
+    // submission queue is flushed first.
+    let commit = |ring: &mut IoUring, tag: u16, result: i32| {
+        // SAFETY: as for the fetches: the command bytes are copied into the SQE.
+        while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err() {
+            let _ = ring.submit();
+        }
+    };
     let mut aborted = 0usize;
     let mut cqes = Vec::with_capacity(g.depth as usize + 1);
     // Requests of this batch that may block (not a read of hydrated regions only).
@@ -242,11 +250,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
                 if local(&engine, g, &desc) {
                     // Served here: no hand-off to a worker and back (two thread wake-ups).
                     let result = serve(&engine, &bufs, g, tag, &desc);
-                    // SAFETY: as for the fetches; the tag's buffer is handed back.
-                    while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err()
-                    {
-                        let _ = ring.submit();
-                    }
+                    commit(&mut ring, tag, result);
                 } else {
                     blocking.push((tag, desc));
                 }
@@ -263,10 +267,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
             // The only request, nothing else in flight, a source that answers: the two
             // hand-offs would be most of what the exposure adds to an on-demand read.
             let result = serve(&engine, &bufs, g, tag, &desc);
-            // SAFETY: as above.
-            while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err() {
-                let _ = ring.submit();
-            }
+            commit(&mut ring, tag, result);
         } else {
             for &(tag, desc) in &blocking {
                 with_workers += 1;
@@ -275,10 +276,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
         }
         while let Ok((tag, result)) = done_rx.try_recv() {
             with_workers = with_workers.saturating_sub(1);
-            // SAFETY: as above; the tag's buffer is handed back to the driver.
-            while unsafe { ring.submission().push(&io_cmd(sys::IO_COMMIT_AND_FETCH_REQ, tag, result)) }.is_err() {
-                let _ = ring.submit();
-            }
+            commit(&mut ring, tag, result);
         }
         if rearm {
             // SAFETY: as for the first eventfd read.
