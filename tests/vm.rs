@@ -14,11 +14,17 @@ fn root() -> PathBuf {
 /// Prepares the VM (packages, dm-clone.ko, initramfs), runs one scenario and asserts
 /// it exited 0, printing boot and scenario times and the log.
 fn run(test: &str, script: &str, disks: Vec<Disk>, env: &[(&str, &str)], timeout: Duration) -> String {
-    let vm = Vm::prepare(root()).unwrap_or_else(|e| panic!("kernel tier cannot run: {e}"));
     let mut s = Scenario::new(root().join("tests/vm").join(script));
     s.disks = disks;
     s.timeout = timeout;
     s.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    run_scenario(test, script, s)
+}
+
+/// Runs scenario `s` (tests/vm/`script`, the `meshdrain` binary added as MESHDRAIN_BIN);
+/// as [`run`].
+fn run_scenario(test: &str, script: &str, mut s: Scenario) -> String {
+    let vm = Vm::prepare(root()).unwrap_or_else(|e| panic!("kernel tier cannot run: {e}"));
     s.binaries.push(("MESHDRAIN_BIN".into(), env!("CARGO_BIN_EXE_meshdrain").into()));
     let out = vm.run(&s).unwrap_or_else(|e| panic!("{script}: {e}"));
     println!("{}", out.log);
@@ -218,7 +224,6 @@ fn vm_exposure_bench() {
     let size = mib("MESHDRAIN_VM_BENCH_MIB", if quick { 64 } else { 256 });
     let reads = mib("MESHDRAIN_VM_BENCH_READS", if quick { 50 } else { 100 });
     let rounds = mib("MESHDRAIN_VM_BENCH_ROUNDS", if quick { 1 } else { 3 }).clamp(1, 10);
-    let vm = Vm::prepare(root()).unwrap_or_else(|e| panic!("kernel tier cannot run: {e}"));
     let mut s = Scenario::new(root().join("tests/vm/exposure_bench.sh"));
     // The hydration dests (ext4 in the guest); sparse on the host, deleted with the run.
     s.disks = vec![Disk::Blank(size + 64)];
@@ -233,30 +238,19 @@ fn vm_exposure_bench() {
     if std::env::var("MESHDRAIN_VM_BENCH_TRACE").is_ok_and(|v| v == "1") {
         s.env.push(("VM_BENCH_TRACE".into(), "1".into()));
     }
-    s.binaries.push(("MESHDRAIN_BIN".into(), env!("CARGO_BIN_EXE_meshdrain").into()));
     if let Some(bin) = std::env::var_os("MESHDRAIN_VM_ONDEMAND_BIN") {
         s.binaries.push(("MESHDRAIN_ONDEMAND_BIN".into(), bin.into()));
     }
-    let out = vm.run(&s).unwrap_or_else(|e| panic!("exposure_bench.sh: {e}"));
-    println!("{}", out.log);
-    println!(
-        "vm vm_exposure_bench (exposure_bench.sh): kernel {} boot {:.1}s total {:.1}s (scenario {:.1}s) exit {}",
-        vm.kernel,
-        out.boot.as_secs_f64(),
-        out.total.as_secs_f64(),
-        (out.total - out.boot).as_secs_f64(),
-        out.exit_code
-    );
-    assert_eq!(out.exit_code, 0, "exposure_bench.sh failed; log above; console tail:\n{}", tail(&out.console));
+    let log = run_scenario("vm_exposure_bench", "exposure_bench.sh", s);
     for x in ["fuse-loop", "nbd", "ublk"] {
         for what in
             [format!("XBENCH read {x}-ondemand "), format!("XBENCH read {x}-hydrated "), format!("XBENCH hydrate {x} ")]
         {
-            assert!(out.log.contains(&what), "no `{what}` line in the log");
+            assert!(log.contains(&what), "no `{what}` line in the log");
         }
     }
-    assert!(out.log.contains("XBENCH read open-iscsi "), "no open-iscsi read in the log");
-    assert!(out.log.contains("XBENCH done: every exposure read and hydrated, dests equal to the source"));
+    assert!(log.contains("XBENCH read open-iscsi "), "no open-iscsi read in the log");
+    assert!(log.contains("XBENCH done: every exposure read and hydrated, dests equal to the source"));
 }
 
 /// Issue 20: the agent's own NBD path (docs/exposures.md "The restart story"): two agents

@@ -273,19 +273,7 @@ rm -f $D/warm
 sync
 
 step "open-iscsi: login (the session stays for the rounds)"
-mkdir -p /run/lock/iscsi /tmp/etc-iscsi
-cp -a /etc/iscsi/. /tmp/etc-iscsi/
-echo "InitiatorName=iqn.2026-11.invalid.meshdrain:vm-bench-open-iscsi" >/tmp/etc-iscsi/initiatorname.iscsi
-mount --bind /tmp/etc-iscsi /etc/iscsi
-setsid iscsid -f >$W/iscsid.log 2>&1 &
-pids+=($!)
-sleep 0.5
-iscsiadm -m discovery -t sendtargets -p $PORTAL >/dev/null
-iscsiadm -m node -T $IQN -p $PORTAL --login >/dev/null
-wait_for 20 bash -c 'ls /sys/class/iscsi_session/session*/device/target*/*/block/ 2>/dev/null | grep -q sd' ||
-  fail "no /dev/sdX after the open-iscsi login"
-SD=/dev/$(ls /sys/class/iscsi_session/session*/device/target*/*/block/ | grep sd | head -1)
-wait_for 5 test -b "$SD" || fail "no $SD"
+open_iscsi_login iqn.2026-11.invalid.meshdrain:vm-bench-open-iscsi
 
 for r in $(seq 1 "$ROUNDS"); do
   mkdir -p "$W/s/r$r"
