@@ -23,12 +23,16 @@ impl UserspaceClone {
     /// Starts background hydration of an opened engine.
     pub fn start(engine: Arc<Engine>) -> Self {
         let mut threads = Vec::new();
+        // Named so `top -H` and /proc/<pid>/task show which thread spends the time.
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name).spawn(f).expect("spawn a hydration thread")
+        };
         for worker in 0..engine.cfg.parallelism {
             let e = engine.clone();
-            threads.push(std::thread::spawn(move || worker_loop(&e, worker)));
+            threads.push(spawn(format!("clone-hydrate-{worker}"), Box::new(move || worker_loop(&e, worker))));
         }
         let e = engine.clone();
-        threads.push(std::thread::spawn(move || ticker_loop(&e)));
+        threads.push(spawn("clone-ticker".into(), Box::new(move || ticker_loop(&e))));
         Self { engine, threads }
     }
 

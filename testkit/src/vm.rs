@@ -207,22 +207,33 @@ impl Vm {
         }
         fs::write(out.join("run.sh"), self.run_script(scenario))
             .map_err(io(format!("write {}/run.sh", out.display())))?;
-        let mut disks = vec![sparse(&run.join("scratch.img"), scenario.scratch_mib)?];
+        // (path, deleted with the run): a disk deleted with the run never needs to be
+        // durable on the host, so the guest's flushes stop at the host's page cache
+        // (`cache=unsafe`). Host fsyncs were the largest noise in timed guest writes:
+        // hydrations of the same 64 MiB took 0.53 or 1.0 s (docs/benchmarks.md).
+        let mut disks = vec![(sparse(&run.join("scratch.img"), scenario.scratch_mib)?, true)];
         for (i, d) in scenario.disks.iter().enumerate() {
             disks.push(match d {
-                Disk::Blank(mib) => sparse(&run.join(format!("disk{i}.img")), *mib)?,
-                Disk::File(p) => p.clone(),
+                Disk::Blank(mib) => (sparse(&run.join(format!("disk{i}.img")), *mib)?, true),
+                Disk::File(p) => (p.clone(), false),
             });
         }
         let console_path = run.join("console.log");
         let console = File::create(&console_path).map_err(io("create console.log"))?;
+        // MESHDRAIN_VM_APPEND: more kernel parameters (experiments on the emulated machine,
+        // e.g. `idle=poll`; docs/benchmarks.md).
+        let mut append = String::from("console=ttyS0 panic=-1 loglevel=4");
+        if let Ok(extra) = std::env::var("MESHDRAIN_VM_APPEND") {
+            append = format!("{append} {extra}");
+        }
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
             .args(["-nic", "none", "-kernel"])
             .arg(format!("/boot/vmlinuz-{}", self.kernel))
             .arg("-initrd")
             .arg(&self.initramfs)
-            .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+            .arg("-append")
+            .arg(append)
             .arg("-virtfs")
             .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
             .arg("-virtfs")
@@ -234,8 +245,9 @@ impl Vm {
                 "local,path={},mount_tag=project,security_model=none,readonly=on,multidevs=remap",
                 self.root.display()
             ));
-        for d in &disks {
-            cmd.arg("-drive").arg(format!("file={},if=virtio,format=raw", d.display()));
+        for (d, scratch) in &disks {
+            let cache = if *scratch { ",cache=unsafe" } else { "" };
+            cmd.arg("-drive").arg(format!("file={},if=virtio,format=raw{cache}", d.display()));
         }
         cmd.stdin(Stdio::null()).stdout(console).stderr(Stdio::piped());
         let start = Instant::now();

@@ -29,14 +29,20 @@
 # the handler's time and the rest (the kernel, the exposure's hand-offs, the reader):
 # `XBENCH note: split ...`. nbd has no per-request trace.
 # Env: VM_BENCH_MIB (default 256), VM_BENCH_READS (default 100, at least 50),
-# VM_BENCH_ROUNDS (default 3), VM_BENCH_BLOCK (default 10), VM_BENCH_TRACE, MESHDRAIN_BIN,
+# VM_BENCH_ROUNDS (default 5), VM_BENCH_BLOCK (default 10), VM_BENCH_TRACE,
+# VM_BENCH_PARTS (default "lat hyd": the reads, the hydrations; one alone for a quicker look),
+# VM_BENCH_EXPOSURES (default "fuse-loop nbd ublk"; fewer: fewer holders served at once), MESHDRAIN_BIN,
 # MESHDRAIN_UBLK_KO, MESHDRAIN_ONDEMAND_BIN
 # (optional); disk /dev/vdb (VM_BENCH_MIB + 64 MiB, sparse on the host) for the dests.
 . "$(dirname "$0")/lib.sh"
 MIB=${VM_BENCH_MIB:-256}
 N=${VM_BENCH_READS:-100}
-ROUNDS=${VM_BENCH_ROUNDS:-3}
+ROUNDS=${VM_BENCH_ROUNDS:-5}
 BLOCK=${VM_BENCH_BLOCK:-10}
+PARTS=${VM_BENCH_PARTS:-lat hyd}
+EXPOSURES=${VM_BENCH_EXPOSURES:-fuse-loop nbd ublk}
+# Whether part $1 (lat: the interleaved reads, hyd: the hydrations) is to run.
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 HOLDER_LOG=info
 if [ "${VM_BENCH_TRACE:-}" = 1 ]; then HOLDER_LOG=info,meshdrain_clone::ublk::queue=trace,meshdrain_clone::expose=trace; fi
 IQN=iqn.2026-11.invalid.meshdrain:vm-bench
@@ -129,15 +135,18 @@ def one_pass(which, suffix):
     for b in range(0, n, block):
         for label, fd in rotate(which, b // block):
             for off in offsets[b:b + block]:
-                t0 = time.perf_counter()
+                # CLOCK_MONOTONIC, as the holders' trace stamps: `summary` lines them up.
+                t0 = time.monotonic_ns()
                 if os.preadv(fd, [buf], off) != 4096:
                     sys.exit("%s: short read at %d" % (label, off))
-                t[label].append((time.perf_counter() - t0) * 1e6)
+                t[label].append((off, t0 // 1000, time.monotonic_ns() // 1000))
     for label, v in t.items():
         if suffix is not None:
             name = label.removeprefix("plain:") + ("" if label.startswith("plain:") else suffix)
             with open(os.path.join(out, name), "a") as f:
-                f.write("".join("%d\n" % x for x in v))
+                f.write("".join("%d\n" % (b - a) for _, a, b in v))
+            with open(os.path.join(out, name + "-stamps"), "a") as f:
+                f.write("".join("%d %d %d\n" % x for x in v))
 clones = [d for d in devs if not d[0].startswith("plain:")]
 one_pass(devs, "-ondemand")   # a fresh region each time: an on-demand read from the source
 one_pass(clones, None)        # a second read in each region fetches it whole
@@ -207,10 +216,41 @@ for x, p in pat.items():
         print("XBENCH note: split %s on-demand (%d reads traced): the handler (request in the holder to the engine's "
               "answer) p50 %d us, p90 %d us; the rest (kernel, hand-offs, reader) p50 %d us, p90 %d us; reader's p50 %d us"
               % (x, len(took), q(sorted(took), 0.5), q(sorted(took), 0.9), q(rest, 0.5), q(rest, 0.9), q(sorted(total), 0.5)))
+# ublk's stamps (CLOCK_MONOTONIC µs in its trace and in the reader's samples): each read
+# split into the reader's submit to the queue thread's wake-up, the wake-up to the
+# handler, the handler, the handler's end to the queue thread's next submit (the commit),
+# and that submit to the reader's return.
+req = re.compile(r"ublk request op=0 offset=(\d+) len=(\d+) took=\S+ woke_us=(\d+) start_us=(\d+) end_us=(\d+)")
+sub = re.compile(r"ublk submit submit_us=(\d+)")
+for kind in ["ondemand", "hydrated"]:
+    parts = []
+    for r in rounds:
+        lp, sp = os.path.join(root, r, "log-ublk"), os.path.join(root, r, "ublk-%s-stamps" % kind)
+        if not (os.path.exists(lp) and os.path.exists(sp)):
+            continue
+        text = open(lp, errors="replace").read()
+        reqs = sorted((int(m.group(3)), int(m.group(1)), int(m.group(2)), int(m.group(4)), int(m.group(5)))
+                      for m in req.finditer(text) if int(m.group(3)) > 0)
+        subs = sorted(int(m.group(1)) for m in sub.finditer(text))
+        import bisect
+        for line in open(sp):
+            off, t0, t1 = map(int, line.split())
+            hit = [q_ for q_ in reqs if t0 <= q_[0] <= t1 and q_[1] <= off < q_[1] + q_[2]]
+            if not hit:
+                continue
+            woke, _, _, start, end = hit[0]
+            i = bisect.bisect_left(subs, end)
+            if i == len(subs) or subs[i] > t1:
+                continue
+            parts.append((woke - t0, start - woke, end - start, subs[i] - end, t1 - subs[i], t1 - t0))
+    if parts:
+        cols = list(zip(*parts))
+        print("XBENCH note: stamps ublk %s (%d reads): reader -> queue thread awake p50 %d us; -> handler %d; handler %d; "
+              "-> commit submitted %d; -> reader back %d; whole %d" % ((kind, len(parts)) + tuple(med(list(c)) for c in cols)))
 EOF
 }
-# The three exposures, rotated by round $1: none always goes first.
-order() { local a=(fuse-loop nbd ublk) i; for i in 0 1 2; do echo "${a[$((($1 + i) % 3))]}"; done; }
+# The exposures (VM_BENCH_EXPOSURES), rotated by round $1: none always goes first.
+order() { local a=($EXPOSURES) i; for i in "${!a[@]}"; do echo "${a[$((($1 + i) % ${#a[@]}))]}"; done; }
 
 # Prints `<p50> <p90>` of the numbers in file $1 (several rounds pooled).
 pooled() {
@@ -221,30 +261,70 @@ print("%d %d" % (v[len(v) // 2], v[min(len(v) - 1, (len(v) * 9) // 10)]))' "$1"
 }
 
 # Holder $1: sends `hydrate`, polls `progress` every 50 ms on the same connection until
-# complete (bounded); prints the milliseconds from the request to the complete reply.
+# complete (bounded); prints the milliseconds from the request to the complete reply, and
+# the bytes the engine fetched from the source and passed through to the workload, and the
+# CPU ticks of holder $3's threads meanwhile (by name: `clone-hydrate:12+40 ...`).
 hydrate_ms() {
-  python3 - "$C/$1.sock" "$2" <<'EOF'
-import json, socket, sys, time
+  python3 - "$C/$1.sock" "$2" "$3" <<'EOF'
+import glob, json, os, socket, sys, time
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(20)
 s.connect(sys.argv[1])
 f = s.makefile()
-limit = float(sys.argv[2])
+limit, pid = float(sys.argv[2]), sys.argv[3]
+# Per thread of the holder (tid -> name, user, system ticks), sampled at each poll: the
+# hydration's threads end with it, so their last sample is their total.
+first, last = {}, {}
+def sample():
+    for stat in glob.glob("/proc/%s/task/*/stat" % pid):
+        try:
+            text = open(stat).read()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        v = text[text.rindex(")") + 2:].split()
+        tid = stat.split("/")[4]
+        last[tid] = (name, int(v[11]), int(v[12]))
+        first.setdefault(tid, last[tid])
 def ask(op):
     s.sendall(json.dumps({"op": op}).encode() + b"\n")
     r = json.loads(f.readline())
     if not r.get("ok"):
         sys.exit("%s refused: %s" % (op, r))
-    return (r.get("progress") or {}).get("phase")
+    return r.get("progress") or {}
+sample()
 t0 = time.monotonic()
-phase = ask("hydrate")
-while phase != "complete":
+p = ask("hydrate")
+while p.get("phase") != "complete":
     if time.monotonic() - t0 > limit:
-        sys.exit("not complete after %d s (phase %s)" % (limit, phase))
+        sys.exit("not complete after %d s (phase %s)" % (limit, p.get("phase")))
     time.sleep(0.05)
-    phase = ask("progress")
-print(int((time.monotonic() - t0) * 1000))
+    sample()
+    p = ask("progress")
+ms = int((time.monotonic() - t0) * 1000)
+by = {}
+for tid, (name, u, sy) in last.items():
+    _, u0, s0 = first[tid]
+    k = name.rstrip("0123456789")
+    a = by.setdefault(k, [0, 0])
+    a[0] += u - u0
+    a[1] += sy - s0
+threads = " ".join("%s:%d+%d" % (k, u, sy) for k, (u, sy) in sorted(by.items(), key=lambda kv: -sum(kv[1])) if u + sy)
+print(ms, p.get("fetched_bytes", -1), p.get("read_through_bytes", -1), threads)
 EOF
+}
+# The guest's CPU ticks (user system idle iowait softirq, all CPUs) and holder $1's own
+# (user system), one line: two of them around a hydration say where its time went.
+cpu_snap() {
+  local c
+  read -r _ u n sy id io _ si _ </proc/stat
+  c=$(awk '{print $14, $15}' "/proc/$1/stat" 2>/dev/null || echo "0 0")
+  echo "$((u + n)) $sy $id $io $si $c"
+}
+# `XBENCH r<round> hydcpu <path> ...`: the ticks (1/100 s) between two cpu_snap lines.
+cpu_delta() {
+  local a=($2) b=($3)
+  echo "XBENCH r$1 hydcpu $4 guest user $((b[0] - a[0])) sys $((b[1] - a[1])) idle $((b[2] - a[2])) iowait $((b[3] - a[3])) softirq $((b[4] - a[4])) holder user $((b[5] - a[5])) sys $((b[6] - a[6]))"
 }
 rate() { awk -v m="$1" -v t="$2" 'BEGIN { printf "%.1f", m * 1000 / (t > 0 ? t : 1) }'; }
 
@@ -277,6 +357,7 @@ open_iscsi_login iqn.2026-11.invalid.meshdrain:vm-bench-open-iscsi
 
 for r in $(seq 1 "$ROUNDS"); do
   mkdir -p "$W/s/r$r"
+  part lat || continue
   step "round $r: fresh clones through fuse-loop, nbd and ublk; $N interleaved reads each with open-iscsi"
   devs=()
   hp=()
@@ -309,6 +390,7 @@ done
 
 SUM=$(sha256sum <$SRC | cut -d' ' -f1)
 for r in $(seq 1 "$ROUNDS"); do
+  part hyd || continue
   step "round $r: open-iscsi sequential read of the ${MIB} MiB LUN (context)"
   t0=$(now_ms)
   dd if="$SD" of=/dev/null bs=1M count="$MIB" iflag=direct status=none || fail "sequential read of $SD failed"
@@ -323,8 +405,12 @@ for r in $(seq 1 "$ROUNDS"); do
     echo 3 >/proc/sys/vm/drop_caches
     sleep 1
     start_holder "hyd-$x" "$x" "$D/hyd-$x.img"
-    ms=$(hydrate_ms "hyd-$x" $((60 + MIB * 4))) || fail "hydration through $x did not complete"
-    echo "XBENCH r$r hydrate $x $ms ms"
+    c0=$(cpu_snap $HPID)
+    read -r ms fetched through threads < <(hydrate_ms "hyd-$x" $((60 + MIB * 4)) $HPID) || fail "hydration through $x did not complete"
+    [ -n "$ms" ] || fail "hydration through $x did not complete"
+    cpu_delta "$r" "$c0" "$(cpu_snap $HPID)" "$x"
+    echo "XBENCH r$r hydthreads $x (user+system ticks during the hydration, by thread name) $threads"
+    echo "XBENCH r$r hydrate $x $ms ms (fetched $fetched bytes, passed through $through)"
     echo "$ms" >"$W/s/r$r/hyd-$x"
     stop_holder "hyd-$x" $HPID
     [ "$(sha256sum <"$D/hyd-$x.img" | cut -d' ' -f1)" = "$SUM" ] || fail "the dest hydrated through $x differs from the source"
@@ -334,5 +420,5 @@ done
 iscsiadm -m node --logoutall=all >/dev/null
 summary
 echo "XBENCH note: kernel I/O error lines during the run: $(dmesg | grep -cE 'I/O error|Buffer I/O' || true)"
-echo "XBENCH done: every exposure read and hydrated, dests equal to the source"
+echo "XBENCH done: parts $PARTS run through every exposure, every dest equal to the source"
 step "ok"

@@ -225,7 +225,13 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
     // Requests with the workers, not yet committed.
     let mut with_workers = 0usize;
     let span = engine.span.clone();
+    // At trace level each request's line carries CLOCK_MONOTONIC stamps (µs), so a reader
+    // timing its reads on the same clock can split them (tests/vm/exposure_bench.sh).
+    let stamps = tracing::enabled!(tracing::Level::TRACE);
     loop {
+        if stamps && !ring.submission().is_empty() {
+            tracing::trace!(parent: &span, submit_us = mono_us(), "ublk submit");
+        }
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
@@ -234,6 +240,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
                 break;
             }
         }
+        let woke_us = if stamps { mono_us() } else { 0 };
         cqes.clear();
         cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
         let mut rearm = false;
@@ -249,7 +256,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
                 let desc = unsafe { std::ptr::read_volatile((descs.base as *const IoDesc).add(tag as usize)) };
                 if local(&engine, g, &desc) {
                     // Served here: no hand-off to a worker and back (two thread wake-ups).
-                    let result = serve(&engine, &bufs, g, tag, &desc);
+                    let result = serve(&engine, &bufs, g, tag, &desc, woke_us);
                     commit(&mut ring, tag, result);
                 } else {
                     blocking.push((tag, desc));
@@ -266,7 +273,7 @@ fn run(engine: Arc<Engine>, g: Geometry, ready: SyncSender<Result<()>>) {
         {
             // The only request, nothing else in flight, a source that answers: the two
             // hand-offs would be most of what the exposure adds to an on-demand read.
-            let result = serve(&engine, &bufs, g, tag, &desc);
+            let result = serve(&engine, &bufs, g, tag, &desc, woke_us);
             commit(&mut ring, tag, result);
         } else {
             for &(tag, desc) in &blocking {
@@ -309,7 +316,7 @@ fn worker(
             Ok(j) => j,
             Err(_) => return,
         };
-        let res = serve(engine, bufs, g, job.tag, &job.desc);
+        let res = serve(engine, bufs, g, job.tag, &job.desc, 0);
         if tx.send((job.tag, res)).is_err() {
             return;
         }
@@ -350,13 +357,23 @@ fn errno(e: &CloneError) -> i32 {
     -e.errno()
 }
 
+/// CLOCK_MONOTONIC in µs: the clock a reader's `time.monotonic_ns()` reads too.
+fn mono_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through the pointer we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
 /// Answers one request: bytes done for reads and writes, 0 for the rest, or -errno.
 /// A FUA write and a FLUSH answer only after the engine made the workload's writes durable.
-fn serve(engine: &Engine, bufs: &Mapping, g: Geometry, tag: u16, d: &IoDesc) -> i32 {
+/// `woke_us`: when the queue thread reaped it (trace stamps; 0 from a worker).
+fn serve(engine: &Engine, bufs: &Mapping, g: Geometry, tag: u16, d: &IoDesc, woke_us: u64) -> i32 {
     let op = (d.op_flags & 0xff) as u8;
     let offset = d.start_sector.saturating_mul(512);
     let len = d.nr_sectors as u64 * 512;
     let t0 = std::time::Instant::now();
+    let start_us = if woke_us > 0 { mono_us() } else { 0 };
     let res = match op {
         sys::OP_READ | sys::OP_WRITE if len > g.buf_bytes as u64 => {
             tracing::warn!(parent: &engine.span, tag, len, "ublk request larger than its tag buffer");
@@ -381,7 +398,17 @@ fn serve(engine: &Engine, bufs: &Mapping, g: Geometry, tag: u16, d: &IoDesc) -> 
         sys::OP_WRITE_ZEROES => engine.write_zeroes(offset, len).map(|()| 0),
         _ => return -libc::EOPNOTSUPP,
     };
-    tracing::trace!(parent: &engine.span, op, offset, len, took = ?t0.elapsed(), "ublk request");
+    tracing::trace!(
+        parent: &engine.span,
+        op,
+        offset,
+        len,
+        took = ?t0.elapsed(),
+        woke_us,
+        start_us,
+        end_us = if woke_us > 0 { mono_us() } else { 0 },
+        "ublk request"
+    );
     res.unwrap_or_else(|e| {
         tracing::warn!(parent: &engine.span, error = %e, op, offset, len, "ublk request failed");
         errno(&e)
@@ -417,29 +444,29 @@ mod tests {
         let tag1 = unsafe { std::slice::from_raw_parts_mut(bufs.base.add(BUF as usize), BUF as usize) };
 
         // A read fills the tag's buffer with the source's bytes and answers its length.
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 8192, 8192)), 8192);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 8192, 8192), 0), 8192);
         assert_eq!(&tag1[..8192], &data[8192..16384]);
 
         // A FUA write answers its length once durable; reading it back gives it.
         tag1[..4096].fill(0xab);
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_WRITE, sys::IO_F_FUA, 4096, 4096)), 4096);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_WRITE, sys::IO_F_FUA, 4096, 4096), 0), 4096);
         tag1[..4096].fill(0);
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 4096, 4096)), 4096);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 4096, 4096), 0), 4096);
         assert!(tag1[..4096].iter().all(|&b| b == 0xab));
 
         // Write-zeroes writes zeros (a missing region is not fetched over them).
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_WRITE_ZEROES, 0, 128 << 10, 64 << 10)), 0);
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 128 << 10, 64 << 10)), 64 << 10);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_WRITE_ZEROES, 0, 128 << 10, 64 << 10), 0), 0);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 128 << 10, 64 << 10), 0), 64 << 10);
         assert!(tag1.iter().all(|&b| b == 0));
 
         // Flush and discard answer 0.
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_FLUSH, 0, 0, 0)), 0);
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_DISCARD, 0, 256 << 10, 64 << 10)), 0);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_FLUSH, 0, 0, 0), 0), 0);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_DISCARD, 0, 256 << 10, 64 << 10), 0), 0);
 
         // Bounds: larger than the tag's buffer, past the end, an op we do not offer.
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 0, BUF + 512)), -libc::EINVAL);
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 1 << 20, 4096)), -libc::EINVAL);
-        assert_eq!(serve(&engine, &bufs, g, 1, &desc(4, 0, 0, 4096)), -libc::EOPNOTSUPP);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 0, BUF + 512), 0), -libc::EINVAL);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(sys::OP_READ, 0, 1 << 20, 4096), 0), -libc::EINVAL);
+        assert_eq!(serve(&engine, &bufs, g, 1, &desc(4, 0, 0, 4096), 0), -libc::EOPNOTSUPP);
         // Tag 0's buffer was never touched.
         // SAFETY: as above.
         let tag0 = unsafe { std::slice::from_raw_parts(bufs.base, BUF as usize) };
