@@ -195,6 +195,9 @@ fn netns_holder_serves_the_workload_through_agent_kill_upgrade_and_restart() {
     assert_eq!(state["handed_off"], true);
     let log = f.agents[i].log();
     assert_eq!(log.matches("adopted the running holder process").count(), 3, "{}", tail(&log));
+    // The agent of the other build saw its holder run another binary; FUSE + loop cannot
+    // hand its device over, so the holder kept its binary (docs/holder-process.md, "Upgrades").
+    assert_eq!(log.matches("keeps that binary until its volume moves").count(), 1, "{}", tail(&log));
     assert!(log.contains("start hook not run again"), "{}", tail(&log));
     // The hand-off was a planned close: no lost-connection warnings on either side.
     let holder_log = std::fs::read_to_string(f.agents[i].cfg.run_dir().join("clones").join("db.log")).unwrap();

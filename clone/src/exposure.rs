@@ -235,6 +235,28 @@ impl Exposure {
         }
     }
 
+    /// Whether a successor process can take the device over (ublk, nbd): a process of
+    /// FUSE + loop takes its device with it.
+    pub fn can_hand_over(&self) -> bool {
+        !matches!(self, Self::FuseLoop(_))
+    }
+
+    /// Lets this process exit without tearing the device down, for a successor that
+    /// takes it over (docs/exposures.md); FUSE + loop, which cannot, is stopped instead.
+    pub fn leave(self) -> Result<()> {
+        match self {
+            Self::FuseLoop(x) => x.stop(),
+            Self::Nbd(x) => {
+                x.leave_for_successor();
+                Ok(())
+            }
+            Self::Ublk(x) => {
+                x.leave_for_recovery();
+                Ok(())
+            }
+        }
+    }
+
     /// Tears the device down (the workload's device goes away).
     pub fn stop(self) -> Result<()> {
         match self {

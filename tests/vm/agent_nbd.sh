@@ -8,7 +8,9 @@
 # kill -9 of the holder process: the agent's supervisor restarts it, the new holder
 # reconfigures the same /dev/nbdN and the start hook does NOT run again; then kill -9 of
 # tgt's agent: the new agent adopts the running holder (same pid, same device, no second
-# start hook). The workload sees no I/O error; hydration completes, hand-off, checksums
+# start hook); then tgt's agent restarted on another build of meshdrain (an upgrade): it
+# asks the holder to exit leaving its device, and the holder it starts on the new build
+# takes /dev/nbdN over (docs/holder-process.md "Upgrades"). The workload sees no I/O error; hydration completes, hand-off, checksums
 # equal, fsck clean, `status --json` shows the exposure.
 # Env: VM_VOL_MIB (default 32: written whole under ext4, every region fetched), VM_RATE
 # (drain rate limit, default 512K: hydration outlasts both kills), MESHDRAIN_BIN.
@@ -92,6 +94,30 @@ wait_for 90 not_again || fail "the new agent did not take the running workload a
 [ "$(state_field pid)" = "$h2" ] || fail "the holder changed: $(state_field pid), want $h2"
 [ "$(hooks)" = 1 ] || fail "the start hook ran again after the agent restart: $(cat $W/started-db)"
 echo "the new agent adopted holder $h2 (same $DEV, exposure nbd) after $((SECONDS - t0)) s, start hook not run again"
+
+step "upgrade: tgt's agent restarted on another build moves the holder onto it"
+# Another build: the binary with bytes appended (another file, another inode).
+NEXT=$W/meshdrain-next
+cp "$MESHDRAIN_BIN" $NEXT && printf 'another build' >>$NEXT && chmod +x $NEXT
+kill "${agent_pid[tgt]}"
+wait "${agent_pid[tgt]}" 2>/dev/null || true
+kill -0 "$h2" 2>/dev/null || fail "holder $h2 ended with its agent's SIGTERM"
+lines=$(wc -l <$W/tgt/agent.log)
+MESHDRAIN_BIN=$NEXT start_agent tgt
+t0=$SECONDS
+moved() { tail -n +"$lines" $W/tgt/agent.log | grep -q 'the restarted holder took over the same device: the workload kept running on it (no start hook)'; }
+wait_for 90 moved || fail "the holder was not moved onto the new build: $(tail -n +"$lines" $W/tgt/agent.log | grep -i holder | head -n 5)"
+tail -n +"$lines" $W/tgt/agent.log | grep -q 'holder runs another meshdrain binary: handing its device to a holder on this one' ||
+  fail "the agent did not say why it moved the holder"
+h3=$(state_field pid)
+pids+=($h3)
+[ "$h3" != "$h2" ] || fail "the state still names holder $h2"
+[ "$(readlink /proc/$h3/exe)" = "$NEXT" ] || fail "holder $h3 runs $(readlink /proc/$h3/exe), not the new build"
+grep -q 'holder exiting; its device is left for the next holder' $C/db.log* || fail "holder $h2 did not log leaving its device"
+[ "$(readlink -f "$dev")" = "$DEV" ] || fail "the link moved to $(readlink -f "$dev")"
+[ "$(state_field reattached)" = True ] || fail "holder $h3 did not take over $DEV (state: $(cat $C/db.state))"
+[ "$(hooks)" = 1 ] || fail "the start hook ran again after the upgrade: $(cat $W/started-db)"
+echo "upgrade: holder $h2 left $DEV, holder $h3 on the new build took it over after $((SECONDS - t0)) s, start hook not run again"
 workload_outcome "$before"
 
 step "hydration completes, hand-off"
@@ -112,5 +138,5 @@ DST_IMG=$W/tgt/state/pool/db.img
 [ "$(sha256sum <"$DEV" | cut -d' ' -f1)" = "$(sha256sum <$DST_IMG | cut -d' ' -f1)" ] || fail "device and dest file differ"
 fsck_and_dmesg_clean "$DEV"
 [ "$(hooks)" = 1 ] || fail "the start hook ran $(hooks) times"
-echo "AGENT NBD: holder killed and restarted by the agent, agent killed and the holder adopted, same $DEV, start hook once, checksums equal, fsck clean"
+echo "AGENT NBD: holder killed and restarted by the agent, agent killed and the holder adopted, agent upgraded and the holder moved onto the new build, same $DEV, start hook once, checksums equal, fsck clean"
 step "ok"

@@ -126,6 +126,16 @@ impl NbdExposed {
         self.reattached
     }
 
+    /// Leaves the device to a successor: no disconnect, the symlink stays, the server
+    /// thread answers until this process exits. The kernel then holds the workload's
+    /// requests for the dead-connection timeout, and the next process reconfigures the
+    /// device with its own socket, as after a crash (docs/exposures.md).
+    pub fn leave_for_successor(mut self) {
+        self.symlink = None;
+        drop(self.server.take());
+        tracing::info!(parent: &self.engine.span, device = %self.device.display(), "NBD device left for the next process");
+    }
+
     /// Disconnects the device (the workload's I/O fails from then on), waits for the
     /// server to end, removes the symlink.
     pub fn stop(mut self) -> Result<()> {

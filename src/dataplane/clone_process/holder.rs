@@ -40,6 +40,8 @@ struct Holder {
     /// The finalize answer once hand-off ran in this process (finalize is idempotent).
     finalized: Mutex<Option<Option<String>>>,
     stop: tokio::sync::Notify,
+    /// Set by `exit_keeping_device`: exit leaving the device to the next holder.
+    keep_device: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the holder of the spec at `spec_path` until a `stop` request or SIGTERM/SIGINT.
@@ -87,6 +89,7 @@ pub async fn run(spec_path: &Path) -> Result<(), String> {
         state: Mutex::new(state),
         finalized: Mutex::new(None),
         stop: tokio::sync::Notify::new(),
+        keep_device: std::sync::atomic::AtomicBool::new(false),
     });
     let served = holder.serve().await;
     let h = holder.clone();
@@ -315,11 +318,12 @@ impl Holder {
                 self.watch(&mut wr).await;
                 return;
             }
-            let stop = req == Request::Stop;
             let me = self.clone();
+            let ends = matches!(req, Request::Stop | Request::ExitKeepingDevice);
             let reply = tokio::task::spawn_blocking(move || me.handle(req))
                 .await
                 .unwrap_or_else(|e| Reply::err(format!("holder task failed: {e}")));
+            let stop = ends && reply.ok;
             if send(&mut wr, &reply).await.is_err() {
                 return;
             }
@@ -393,6 +397,20 @@ impl Holder {
             },
             Request::Written => super::returning::reply(&self.spec, &self.engine), // docs/return.md
             Request::Stop => Reply::ok(),
+            Request::ExitKeepingDevice => {
+                let exposed = self.exposed.lock().expect("exposed lock");
+                match exposed.as_ref() {
+                    Some(x) if x.can_hand_over() => {
+                        self.keep_device.store(true, std::sync::atomic::Ordering::Release);
+                        Reply::ok()
+                    }
+                    Some(x) => Reply::err(format!(
+                        "{} is exposed through FUSE + loop, whose device ends with this process: the next holder cannot take it over (move the volume instead)",
+                        x.device().display()
+                    )),
+                    None => Reply::err("no device is exposed"),
+                }
+            }
             Request::Watch => Reply::err("watch is a stream"),
         }
     }
@@ -428,17 +446,25 @@ impl Holder {
         Ok(digest)
     }
 
-    /// Final commit and device teardown on the way out.
+    /// Final commit and device teardown on the way out; after `exit_keeping_device` the
+    /// device stays for the next holder, which takes it over.
     fn teardown(&self) {
         if let Some(h) = self.hydration.lock().expect("hydration lock").take()
             && let Err(e) = h.stop()
         {
             warn!("final commit of a stopped clone: {e}");
         }
-        if let Some(x) = self.exposed.lock().expect("exposed lock").take()
-            && let Err(e) = x.stop()
-        {
-            warn!("tearing down a clone device: {e}");
+        let keep = self.keep_device.load(std::sync::atomic::Ordering::Acquire);
+        if let Some(x) = self.exposed.lock().expect("exposed lock").take() {
+            let device = x.device().to_owned();
+            let res = if keep { x.leave() } else { x.stop() };
+            if let Err(e) = res {
+                warn!(device = %device.display(), "tearing down a clone device: {e}");
+            }
+            if keep {
+                info!(volume = %self.spec.clone_spec.volume, device = %device.display(), "holder exiting; its device is left for the next holder");
+                return;
+            }
         }
         info!(volume = %self.spec.clone_spec.volume, "holder stopped; clone device torn down");
     }

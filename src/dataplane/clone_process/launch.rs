@@ -70,6 +70,18 @@ pub(crate) fn is_holder(pid: u32) -> bool {
     args.windows(2).any(|w| w[0] == b"clone" && w[1] == b"hold")
 }
 
+/// Whether process `pid` runs another executable than this one: after a package upgrade
+/// a holder started before it still runs the old file (compared by device and inode, so
+/// a replaced file at the same path counts as another).
+pub(crate) fn runs_other_binary(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    match (id(&format!("/proc/{pid}/exe")), id("/proc/self/exe")) {
+        (Ok(theirs), Ok(ours)) => theirs != ours,
+        _ => false,
+    }
+}
+
 /// Writes `spec`, starts its holder and waits until it serves (or says why it cannot).
 pub(crate) fn launch(exe: &Path, files: &HolderFiles, spec: &HolderSpec) -> Result<Live, String> {
     write_json(&files.spec, spec).map_err(|e| format!("holder spec {}: {e}", files.spec.display()))?;
@@ -201,4 +213,21 @@ pub fn stop_all(run_dir: &Path) -> Vec<u32> {
         }
     }
     stopped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_other_binary;
+
+    #[test]
+    fn another_executable_is_told_from_this_one_by_its_file() {
+        assert!(!runs_other_binary(std::process::id()), "this process runs this binary");
+        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let other = runs_other_binary(sleeper.id());
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert!(other, "sleep runs another binary");
+        // A process that is gone cannot be told: no move is attempted.
+        assert!(!runs_other_binary(u32::MAX));
+    }
 }

@@ -32,6 +32,7 @@ pub mod holder;
 pub mod launch;
 pub mod protocol;
 mod returning; // docs/return.md: write tracking and returns in the holder
+mod upgrade; // docs/holder-process.md, "Upgrades": holders moved onto a new binary
 
 pub use launch::stop_all;
 
@@ -209,6 +210,7 @@ impl ProcessClones {
     }
 
     fn adopt_all(&self) {
+        let mut older = Vec::new();
         for entry in std::fs::read_dir(&self.shared.dir).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
@@ -221,7 +223,17 @@ impl ProcessClones {
                 Ok(Some(live)) => {
                     let exposure = live.exposure.map(|c| c.as_str()).unwrap_or("-");
                     info!(%volume, pid = live.pid, device = %live.device.display(), exposure, "adopted the running holder process (no new login, same device)");
-                    self.track(Tracked::new(files, spec, live, true));
+                    if launch::runs_other_binary(live.pid) {
+                        older.push((volume.clone(), live.pid, live.exposure));
+                    }
+                    let t = Tracked::new(files, spec, live, true);
+                    // Its progress now, not at the supervisor's first `watch` line: the
+                    // executor's reporter, started when the lease re-issues the workload's
+                    // start, ends on a clone without progress (and with it the move).
+                    if let Ok(Some(p)) = call(&t.files.socket, &Request::Progress, QUICK).map(|r| r.progress) {
+                        t.set_progress(p);
+                    }
+                    self.track(t);
                 }
                 Ok(None) => {
                     let state: HolderState = read_json(&files.state).unwrap_or_default();
@@ -239,6 +251,7 @@ impl ProcessClones {
                 }
             }
         }
+        self.upgrade(older);
     }
 
     /// Restarts a dead holder from its metadata, tracks it and tells the executor.

@@ -135,6 +135,11 @@ pub enum Request {
     Written,
     /// Tears the device down and exits.
     Stop,
+    /// Exits leaving the device to the next holder of this clone, which takes it over
+    /// (ublk user recovery, NBD reconfigure): an agent moving its holders onto a new
+    /// binary (docs/holder-process.md, "Upgrades"). Refused for FUSE + loop, whose device
+    /// dies with its process.
+    ExitKeepingDevice,
 }
 
 /// A reply (or one line of a `watch` stream).
@@ -357,6 +362,7 @@ mod tests {
     fn requests_have_the_documented_wire_form() {
         assert_eq!(serde_json::to_string(&Request::Rate { rate: Some(4096) }).unwrap(), r#"{"op":"rate","rate":4096}"#);
         assert_eq!(serde_json::to_string(&Request::SourceLost).unwrap(), r#"{"op":"source_lost"}"#);
+        assert_eq!(serde_json::to_string(&Request::ExitKeepingDevice).unwrap(), r#"{"op":"exit_keeping_device"}"#);
         let r: Request = serde_json::from_str(r#"{"op":"finalize","extra":1}"#).unwrap();
         assert_eq!(r, Request::Finalize);
         assert_eq!(serde_json::to_string(&Reply::err("no")).unwrap(), r#"{"ok":false,"error":"no"}"#);
