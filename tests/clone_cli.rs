@@ -44,9 +44,7 @@ fn clone_run_refuses_untrusted_metadata_with_exit_2_and_leaves_the_dest() {
     assert_eq!(code, 2, "{error}");
     assert_eq!(
         error,
-        format!(
-            "error: metadata meta cannot be resumed: the file is empty (0 bytes); the dest was not touched: {FIX}"
-        )
+        format!("error: metadata meta cannot be resumed: the file is empty (0 bytes); the dest was not touched: {FIX}")
     );
     assert!(std::fs::read(d.join("dest")).unwrap() == written, "the refused run changed the dest");
 
@@ -63,10 +61,7 @@ fn clone_run_refuses_untrusted_metadata_with_exit_2_and_leaves_the_dest() {
     // No dest at all: refused, and not created.
     let (code, error) = clone_run(d, "absent", &[]);
     assert_eq!(code, 2, "{error}");
-    assert_eq!(
-        error,
-        format!("error: metadata meta records progress on dest absent, which does not exist: {FIX}")
-    );
+    assert_eq!(error, format!("error: metadata meta records progress on dest absent, which does not exist: {FIX}"));
     assert!(!d.join("absent").exists());
 
     // The explicit way out recopies everything onto the new dest.

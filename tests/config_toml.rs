@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use meshdrain::config::{
-    AgentConfig, CloneEngineChoice, ControlConfig, DataplaneBackend, DataplaneConfig, GcConfig, GossipConfig, LogConfig,
-    LogFormat, MeshBackendChoice, MeshConfig, MeshSeed, MetricsConfig, PoolConfig,
+    AgentConfig, CloneEngineChoice, ControlConfig, DataplaneBackend, DataplaneConfig, GcConfig, GossipConfig,
+    LogConfig, LogFormat, MeshBackendChoice, MeshConfig, MeshSeed, MetricsConfig, PoolConfig,
 };
 
 /// Every field set, none at its default.

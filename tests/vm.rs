@@ -196,7 +196,9 @@ fn vm_nbd_exposure() {
 /// Issue 20: ublk the agent's way: a holder process (`clone hold`, `expose = "ublk"`)
 /// serves the clone as /dev/ublkbN behind its symlink, ext4 on it while hydrating; the
 /// holder is killed with SIGKILL mid-I/O and a new holder from the same spec recovers the
-/// same device (`reattached`), the workload sees no error; checksums equal, fsck clean.
+/// same device (`reattached`), the workload sees no error; that holder then exits on
+/// request leaving the device (`exit_keeping_device`, docs/holder-process.md "Upgrades")
+/// and a third recovers it; checksums equal, fsck clean.
 #[test]
 fn vm_ublk_holder() {
     let mib = mib("MESHDRAIN_VM_UBLK_HOLDER_MIB", 32);
@@ -204,7 +206,12 @@ fn vm_ublk_holder() {
         run("vm_ublk_holder", "ublk_holder.sh", vec![], &[("VM_VOL_MIB", &mib.to_string())], Duration::from_secs(300));
     let line = log.lines().find(|l| l.starts_with("UBLK holder restart: ")).expect("no UBLK holder restart line");
     println!("{line}");
-    assert!(line.contains("recovered by a new holder, checksums equal, fsck clean"), "{line}");
+    assert!(
+        line.contains(
+            "recovered by a new holder, left by it on request and recovered by a third, checksums equal, fsck clean"
+        ),
+        "{line}"
+    );
     assert!(log.contains("no I/O error"), "the workload's outcome is not in the log");
 }
 
@@ -272,8 +279,10 @@ fn vm_exposure_bench() {
 /// over the kernel mesh, tgt with `clone = "userspace"` and `expose = "nbd"` drains an
 /// ext4 volume; its agent's holder serves /dev/nbdN to a workload writing while hydrating;
 /// kill -9 of the holder (the agent's supervisor restarts it onto the same device, no
-/// second start hook) and of the agent (the new agent adopts the holder); no I/O error,
-/// hand-off, checksums equal, fsck clean, `status --json` shows the exposure.
+/// second start hook) and of the agent (the new agent adopts the holder), then the agent
+/// restarted on another build moves the holder onto it (same device, docs/holder-process.md
+/// "Upgrades"); no I/O error, hand-off, checksums equal, fsck clean, `status --json` shows
+/// the exposure.
 #[test]
 fn vm_agent_nbd() {
     let mib = mib("MESHDRAIN_VM_AGENT_NBD_MIB", 32);
@@ -285,6 +294,7 @@ fn vm_agent_nbd() {
         "the agent's supervisor restarted it",
         "start hook not run again",
         "the new agent adopted holder",
+        "on the new build took it over",
         "exposure nbd",
         "no I/O error",
         "status --json: clone db exposed via nbd at ",

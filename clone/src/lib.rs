@@ -59,8 +59,8 @@ pub mod nbd;
 pub mod progress;
 pub mod ratelimit;
 pub mod reconnect;
-pub mod ublk;
 mod tracking;
+pub mod ublk;
 mod workload;
 pub mod written;
 

@@ -40,11 +40,8 @@ fn after_a_failed_source_read_a_hydrated_read_is_not_held_behind_a_waiting_one()
     let dest = FileDest::open(&dir.path().join("dest"), source.data.len() as u64).unwrap();
     let meta = FileMeta::create(&dir.path().join("meta")).unwrap();
     // No background hydration; a workload request gives up on the source after 300 ms.
-    let cfg = EngineConfig {
-        rate_limit: Some(1024),
-        on_demand_timeout: Duration::from_millis(300),
-        ..Default::default()
-    };
+    let cfg =
+        EngineConfig { rate_limit: Some(1024), on_demand_timeout: Duration::from_millis(300), ..Default::default() };
     let engine = Engine::create(source.clone(), Box::new(dest), Box::new(meta), cfg).unwrap();
     let (mut client, ours) = UnixStream::pair().unwrap();
     client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -47,11 +47,8 @@ fn write_zeroes_claims_the_regions_it_covers_whole_and_fetches_only_the_edges() 
 fn a_failed_source_read_stops_dispatch_threads_answering_on_demand_reads() {
     let dir = tempfile::tempdir().unwrap();
     let source = FakeSource::new(pattern(6, 8 * REGION as usize), REGION);
-    let cfg = EngineConfig {
-        rate_limit: Some(1024),
-        on_demand_timeout: Duration::from_millis(50),
-        ..Default::default()
-    };
+    let cfg =
+        EngineConfig { rate_limit: Some(1024), on_demand_timeout: Duration::from_millis(50), ..Default::default() };
     let e = engine(dir.path(), source.clone(), cfg);
     assert!(e.source_answers(), "a fresh clone's source answers");
     let mut buf = vec![0u8; 4096];

@@ -15,7 +15,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if a.len() != 6 {
         return Err("usage: iscsi_read <url> <sessions> <queue-depth> <block-bytes> <seconds>".into());
     }
-    let (sessions, qd, bytes, secs): (u64, usize, u32, u64) = (a[2].parse()?, a[3].parse()?, a[4].parse()?, a[5].parse()?);
+    let (sessions, qd, bytes, secs): (u64, usize, u32, u64) =
+        (a[2].parse()?, a[3].parse()?, a[4].parse()?, a[5].parse()?);
     let total = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut tasks = tokio::task::JoinSet::new();

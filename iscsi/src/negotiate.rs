@@ -187,7 +187,11 @@ pub fn respond(p: &mut SessionParams, ours: &Offer, key: &str, value: &str) -> A
             match chosen {
                 Some(c) => {
                     let on = c == "CRC32C";
-                    if key == "HeaderDigest" { p.header_digest = on } else { p.data_digest = on }
+                    if key == "HeaderDigest" {
+                        p.header_digest = on
+                    } else {
+                        p.data_digest = on
+                    }
                     Answer::Value(c.to_string())
                 }
                 None => Answer::Reject,

@@ -87,7 +87,11 @@ impl IscsiUrl {
 
     /// `host:port` suitable for `TcpStream::connect`.
     pub fn socket_addr(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -98,9 +102,15 @@ mod tests {
     #[test]
     fn parses_forms() {
         let u = IscsiUrl::parse("iscsi://127.0.0.1:3261/iqn.2026-11.dev.meshdrain:v/1").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.target.as_str(), u.lun), ("127.0.0.1", 3261, "iqn.2026-11.dev.meshdrain:v", 1));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str(), u.lun),
+            ("127.0.0.1", 3261, "iqn.2026-11.dev.meshdrain:v", 1)
+        );
         let u = IscsiUrl::parse("iscsi://bob%secret@[fd00::1]/iqn.x/0").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.user.as_deref(), u.password.as_deref()), ("fd00::1", 3260, Some("bob"), Some("secret")));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.user.as_deref(), u.password.as_deref()),
+            ("fd00::1", 3260, Some("bob"), Some("secret"))
+        );
         assert_eq!(u.socket_addr(), "[fd00::1]:3260");
         assert!(IscsiUrl::parse("http://x/y/1").is_err());
         assert!(!format!("{u}").contains("secret"));

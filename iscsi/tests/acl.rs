@@ -35,7 +35,10 @@ async fn address_and_iqn_acl() {
     let e = Session::connect(cfg(r.addr, "iqn.2026-11.dev.meshdrain:a")).await.unwrap_err();
     assert_eq!(refused(e), (2, 2));
     // Allow our address but only one IQN.
-    exports[0].set_acl(Acl { addresses: vec!["127.0.0.1".parse().unwrap()], initiators: vec!["iqn.2026-11.dev.meshdrain:a".into()] }, 2);
+    exports[0].set_acl(
+        Acl { addresses: vec!["127.0.0.1".parse().unwrap()], initiators: vec!["iqn.2026-11.dev.meshdrain:a".into()] },
+        2,
+    );
     let e = Session::connect(cfg(r.addr, "iqn.2026-11.dev.meshdrain:b")).await.unwrap_err();
     assert_eq!(refused(e), (2, 2));
     let s = Session::connect(cfg(r.addr, "iqn.2026-11.dev.meshdrain:a")).await.unwrap();

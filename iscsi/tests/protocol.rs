@@ -32,7 +32,10 @@ async fn garbage_before_login_drops_the_connection() {
     let mut s = tokio::net::TcpStream::connect(r.addr).await.unwrap();
     s.write_all(&[0x3e; 200]).await.unwrap();
     let mut b = [0u8; 64];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut b)).await.expect("no hang").unwrap_or(0);
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut s, &mut b))
+        .await
+        .expect("no hang")
+        .unwrap_or(0);
     assert_eq!(n, 0, "target closed the connection");
     still_serving(&r).await;
 }

@@ -475,7 +475,9 @@ impl<G: Gossip> Agent<G> {
                 Outcome::Done { message: report::gc_message(me, &before, after, &self.pool_dir) }
             }
             Request::MeshStatus => Outcome::Mesh { mesh: self.mesh.status() },
-            r @ (Request::RollStart { .. } | Request::RollCtl { .. } | Request::RollStatus) => self.roll_answer(r).await?,
+            r @ (Request::RollStart { .. } | Request::RollCtl { .. } | Request::RollStatus) => {
+                self.roll_answer(r).await?
+            }
         })
     }
 

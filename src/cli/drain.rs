@@ -83,7 +83,8 @@ pub async fn run(args: DrainArgs, control: &ControlTarget) -> anyhow::Result<Exi
     if args.dry_run {
         return dry_run(&args, control).await;
     }
-    let options = DrainOptions { rate_limit: args.rate_limit, parallel: args.parallel, verify: args.verify, volume: None };
+    let options =
+        DrainOptions { rate_limit: args.rate_limit, parallel: args.parallel, verify: args.verify, volume: None };
     if !args.wait {
         return super::node::request(NodeAction::Drain, &args.common, options, control).await;
     }

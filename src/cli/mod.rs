@@ -17,17 +17,17 @@ pub mod completions;
 pub mod demo;
 pub mod drain;
 pub mod exit;
-pub mod lost;
 pub mod export;
 pub mod follow;
 pub mod logging;
+pub mod lost;
 pub mod mesh;
 pub mod node;
 pub mod progress;
 pub mod roll;
 pub mod status;
-pub mod undrain;
 pub mod table;
+pub mod undrain;
 pub mod units;
 pub mod volume;
 pub mod volume_move;
@@ -253,7 +253,8 @@ fn command_control(command: &Command) -> Option<&Option<PathBuf>> {
     })
 }
 
-#[cfg(test)] mod help_tests;
+#[cfg(test)]
+mod help_tests;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -99,6 +99,7 @@ step "upgrade: tgt's agent restarted on another build moves the holder onto it"
 # Another build: the binary with bytes appended (another file, another inode).
 NEXT=$W/meshdrain-next
 cp "$MESHDRAIN_BIN" $NEXT && printf 'another build' >>$NEXT && chmod +x $NEXT
+window_start
 kill "${agent_pid[tgt]}"
 wait "${agent_pid[tgt]}" 2>/dev/null || true
 kill -0 "$h2" 2>/dev/null || fail "holder $h2 ended with its agent's SIGTERM"
@@ -117,6 +118,7 @@ grep -q 'holder exiting; its device is left for the next holder' $C/db.log* || f
 [ "$(readlink -f "$dev")" = "$DEV" ] || fail "the link moved to $(readlink -f "$dev")"
 [ "$(state_field reattached)" = True ] || fail "holder $h3 did not take over $DEV (state: $(cat $C/db.state))"
 [ "$(hooks)" = 1 ] || fail "the start hook ran again after the upgrade: $(cat $W/started-db)"
+window_end 5
 echo "upgrade: holder $h2 left $DEV, holder $h3 on the new build took it over after $((SECONDS - t0)) s, start hook not run again"
 workload_outcome "$before"
 

@@ -547,3 +547,30 @@ source_target_holder() {
   holder_spec $1 $3
   first_holder $1 "$2"
 }
+
+# A second workload for a hand-over window: writes 16 KiB files u1, u2, ... to $M with
+# fsync and reads each back, every 0.2 s, until $W/window-done exists (at most 150 files;
+# bounded). window_start starts it; window_end stops it and fails on any I/O error or a
+# file that read back different, or when fewer than $1 files were written meanwhile.
+window_start() {
+  rm -f $W/window-done
+  (
+    for i in $(seq 1 150); do
+      head -c 16384 /dev/urandom >$W/u.tmp
+      dd if=$W/u.tmp of=$M/u$i bs=16K conv=fsync status=none || { echo "IOERR write u$i"; exit 1; }
+      cmp -s $W/u.tmp $M/u$i || { echo "DIFF u$i"; exit 1; }
+      echo "wrote u$i t=$SECONDS"
+      [ -e $W/window-done ] && exit 0
+      sleep 0.2
+    done
+  ) >$W/window.log 2>&1 &
+  wwin=$!
+}
+window_end() {
+  touch $W/window-done
+  wait $wwin || fail "the workload writing through the hand-over saw an error: $(tail -n 3 $W/window.log)"
+  local n
+  n=$(grep -c '^wrote u' $W/window.log)
+  [ "$n" -ge "$1" ] || fail "the workload wrote $n files through the hand-over, fewer than $1"
+  echo "through the hand-over the workload wrote and read back $n files with fsync, no I/O error"
+}

@@ -30,6 +30,8 @@ holder_takes_over recovers
 # An upgrade's path (docs/holder-process.md "Upgrades"): the holder exits on request
 # leaving its device, and the next one recovers it.
 step "holder $h2 exits leaving $DEV (exit_keeping_device)"
+window_start
+sleep 1
 ask '{"op":"exit_keeping_device"}' | grep -q '"ok":true' || fail "exit_keeping_device refused"
 wait_for 30 bash -c "! kill -0 $h2 2>/dev/null" || fail "holder $h2 did not exit"
 t_kill=$SECONDS
@@ -46,6 +48,7 @@ head -c 1M /dev/urandom >$W/after-exit.bin
 dd if=$W/after-exit.bin of=$M/after-exit.bin bs=1M conv=fsync status=none || fail "writing through $DEV after the exit failed"
 cmp -s $W/after-exit.bin $M/after-exit.bin || fail "the file written after the exit reads back different"
 (cd $M && sha256sum -c --quiet $W/src.sums) || fail "source files differ after the exit"
+window_end 3
 echo "holder $HPID serves $DEV again $((SECONDS - t_kill)) s after holder $h2 exited; a 1 MiB file written with fsync reads back"
 h2=$HPID
 hydrated_then_stop 20

@@ -10,8 +10,8 @@
 //! anything: a length over [`MAX_REQUEST`] or a bad magic ends the connection, and the
 //! bytes of requests in flight are bounded by [`IN_FLIGHT_BYTES`].
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};

@@ -278,7 +278,15 @@ impl Pdu {
     }
 
     /// Data-In (§11.7); `status` puts the SCSI status in this (final) PDU.
-    pub fn data_in(lun: u64, itt: u32, data_sn: u32, offset: u32, data: Bytes, fin: bool, status: Option<(u8, Residual)>) -> Pdu {
+    pub fn data_in(
+        lun: u64,
+        itt: u32,
+        data_sn: u32,
+        offset: u32,
+        data: Bytes,
+        fin: bool,
+        status: Option<(u8, Residual)>,
+    ) -> Pdu {
         let mut p = Pdu::new(Opcode::DataIn);
         let mut f = if fin { 0x80 } else { 0 };
         if let Some((st, res)) = status {
@@ -364,7 +372,17 @@ impl Pdu {
 
     /// Login Request (§11.12) from stage `csg` to `nsg` (transit if `transit`).
     #[allow(clippy::too_many_arguments)] // one parameter per BHS field of the PDU
-    pub fn login_request(isid: [u8; 6], tsih: u16, itt: u32, cmd_sn: u32, exp_stat_sn: u32, csg: u8, nsg: u8, transit: bool, data: Bytes) -> Pdu {
+    pub fn login_request(
+        isid: [u8; 6],
+        tsih: u16,
+        itt: u32,
+        cmd_sn: u32,
+        exp_stat_sn: u32,
+        csg: u8,
+        nsg: u8,
+        transit: bool,
+        data: Bytes,
+    ) -> Pdu {
         let stages = (if transit { 0x80 } else { 0 }) | ((csg & 3) << 2) | (nsg & 3);
         let mut p = Pdu::immediate_request(Opcode::LoginRequest, stages, itt, cmd_sn, exp_stat_sn);
         p.bhs[8..14].copy_from_slice(&isid);
@@ -375,7 +393,16 @@ impl Pdu {
 
     /// Login Response (§11.13) echoing ISID, with status class and detail.
     #[allow(clippy::too_many_arguments)] // one parameter per BHS field of the PDU
-    pub fn login_response(req: &Pdu, tsih: u16, csg: u8, nsg: u8, transit: bool, class: u8, detail: u8, data: Bytes) -> Pdu {
+    pub fn login_response(
+        req: &Pdu,
+        tsih: u16,
+        csg: u8,
+        nsg: u8,
+        transit: bool,
+        class: u8,
+        detail: u8,
+        data: Bytes,
+    ) -> Pdu {
         let mut p = Pdu::new(Opcode::LoginResponse);
         p.bhs[1] = (if transit { 0x80 } else { 0 }) | ((csg & 3) << 2) | (nsg & 3);
         p.bhs[8..14].copy_from_slice(&req.bhs[8..14]);

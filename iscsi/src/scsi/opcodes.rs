@@ -8,24 +8,24 @@ use crate::scsi::sense::Sense;
 
 /// (opcode, service action or None, CDB length).
 const SUPPORTED: &[(u8, Option<u16>, u16)] = &[
-    (0x00, None, 6),       // TEST UNIT READY
-    (0x03, None, 6),       // REQUEST SENSE
-    (0x08, None, 6),       // READ(6)
-    (0x12, None, 6),       // INQUIRY
-    (0x1a, None, 6),       // MODE SENSE(6)
-    (0x25, None, 10),      // READ CAPACITY(10)
-    (0x28, None, 10),      // READ(10)
-    (0x34, None, 10),      // PRE-FETCH(10)
-    (0x35, None, 10),      // SYNCHRONIZE CACHE(10)
-    (0x5a, None, 10),      // MODE SENSE(10)
-    (0x88, None, 16),      // READ(16)
-    (0x90, None, 16),      // PRE-FETCH(16)
-    (0x91, None, 16),      // SYNCHRONIZE CACHE(16)
+    (0x00, None, 6),        // TEST UNIT READY
+    (0x03, None, 6),        // REQUEST SENSE
+    (0x08, None, 6),        // READ(6)
+    (0x12, None, 6),        // INQUIRY
+    (0x1a, None, 6),        // MODE SENSE(6)
+    (0x25, None, 10),       // READ CAPACITY(10)
+    (0x28, None, 10),       // READ(10)
+    (0x34, None, 10),       // PRE-FETCH(10)
+    (0x35, None, 10),       // SYNCHRONIZE CACHE(10)
+    (0x5a, None, 10),       // MODE SENSE(10)
+    (0x88, None, 16),       // READ(16)
+    (0x90, None, 16),       // PRE-FETCH(16)
+    (0x91, None, 16),       // SYNCHRONIZE CACHE(16)
     (0x9e, Some(0x10), 16), // READ CAPACITY(16)
     (0x9e, Some(0x12), 16), // GET LBA STATUS
-    (0xa0, None, 12),      // REPORT LUNS
+    (0xa0, None, 12),       // REPORT LUNS
     (0xa3, Some(0x0c), 12), // REPORT SUPPORTED OPERATION CODES
-    (0xa8, None, 12),      // READ(12)
+    (0xa8, None, 12),       // READ(12)
 ];
 
 fn usage(op: u8, sa: Option<u16>, len: u16) -> Vec<u8> {
@@ -78,12 +78,11 @@ pub fn report(cdb: &[u8]) -> Result<Bytes, ScsiError> {
         }
         1 | 2 => {
             let has_sa = SUPPORTED.iter().any(|&(op, sa, _)| op == req_op && sa.is_some());
-            if (options == 1 && has_sa) || (options == 2 && !has_sa && SUPPORTED.iter().any(|&(op, _, _)| op == req_op)) {
+            if (options == 1 && has_sa) || (options == 2 && !has_sa && SUPPORTED.iter().any(|&(op, _, _)| op == req_op))
+            {
                 return Err(Sense::INVALID_FIELD_IN_CDB.into());
             }
-            let found = SUPPORTED
-                .iter()
-                .find(|&&(op, sa, _)| op == req_op && (options == 1 || sa == Some(req_sa)));
+            let found = SUPPORTED.iter().find(|&&(op, sa, _)| op == req_op && (options == 1 || sa == Some(req_sa)));
             match found {
                 Some(&(op, sa, len)) => {
                     v.extend_from_slice(&[0, 0x03 | if rctd { 0x80 } else { 0 }]);

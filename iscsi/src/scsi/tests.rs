@@ -3,7 +3,12 @@ use crate::store::MemStore;
 
 fn lun(blocks: usize) -> Lun {
     let data: Vec<u8> = (0..blocks * 512).map(|i| (i / 512) as u8).collect();
-    Lun { store: Arc::new(MemStore(Bytes::from(data))), serial: "0123456789abcdef".into(), naa: [1; 16], max_transfer_blocks: MAX_TRANSFER_BLOCKS }
+    Lun {
+        store: Arc::new(MemStore(Bytes::from(data))),
+        serial: "0123456789abcdef".into(),
+        naa: [1; 16],
+        max_transfer_blocks: MAX_TRANSFER_BLOCKS,
+    }
 }
 
 fn sense_of(r: &ScsiResult) -> (u8, u8) {

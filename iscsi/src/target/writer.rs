@@ -137,8 +137,12 @@ impl Sink {
         let rate = (moved as f64 / elapsed.as_secs_f64()) as u64;
         if rate < self.floor.bytes_per_sec {
             self.floor.counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(rate, floor = self.floor.bytes_per_sec, window_ms = self.floor.window.as_millis() as u64,
-                "initiator reads slower than slow_reader_floor; dropping the connection");
+            tracing::warn!(
+                rate,
+                floor = self.floor.bytes_per_sec,
+                window_ms = self.floor.window.as_millis() as u64,
+                "initiator reads slower than slow_reader_floor; dropping the connection"
+            );
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(

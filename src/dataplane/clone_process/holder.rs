@@ -446,27 +446,43 @@ impl Holder {
         Ok(digest)
     }
 
-    /// Final commit and device teardown on the way out; after `exit_keeping_device` the
-    /// device stays for the next holder, which takes it over.
+    /// Final commit and device teardown on the way out; after `exit_keeping_device`,
+    /// [`Holder::leave`] instead.
     fn teardown(&self) {
+        if self.keep_device.load(std::sync::atomic::Ordering::Acquire) {
+            self.leave();
+        }
         if let Some(h) = self.hydration.lock().expect("hydration lock").take()
             && let Err(e) = h.stop()
         {
             warn!("final commit of a stopped clone: {e}");
         }
-        let keep = self.keep_device.load(std::sync::atomic::Ordering::Acquire);
-        if let Some(x) = self.exposed.lock().expect("exposed lock").take() {
-            let device = x.device().to_owned();
-            let res = if keep { x.leave() } else { x.stop() };
-            if let Err(e) = res {
-                warn!(device = %device.display(), "tearing down a clone device: {e}");
-            }
-            if keep {
-                info!(volume = %self.spec.clone_spec.volume, device = %device.display(), "holder exiting; its device is left for the next holder");
-                return;
-            }
+        if let Some(x) = self.exposed.lock().expect("exposed lock").take()
+            && let Err(e) = x.stop()
+        {
+            warn!("tearing down a clone device: {e}");
         }
         info!(volume = %self.spec.clone_spec.volume, "holder stopped; clone device torn down");
+    }
+
+    /// Exits leaving the device to the next holder. The engine is never stopped: until
+    /// this process ends, the workload's requests are answered (a stopped engine would
+    /// fail them with EIO), and a flush still commits. A final commit first makes
+    /// durable what is on the dest; hydration runs on until the exit, like a kill.
+    fn leave(&self) -> ! {
+        if let Err(e) = self.engine.commit(true) {
+            warn!("final commit before leaving the device: {e}");
+        }
+        // Not stopped on drop: that would stop the engine under the workload.
+        std::mem::forget(self.hydration.lock().expect("hydration lock").take());
+        if let Some(x) = self.exposed.lock().expect("exposed lock").take() {
+            let device = x.device().to_owned();
+            if let Err(e) = x.leave() {
+                warn!(device = %device.display(), "leaving the clone device: {e}");
+            }
+            info!(volume = %self.spec.clone_spec.volume, device = %device.display(), "holder exiting; its device is left for the next holder");
+        }
+        std::process::exit(0)
     }
 }
 

@@ -26,13 +26,15 @@ use super::executor::{CloneService, CloneSpec, Relaunched};
 use super::remove_files;
 use crate::decide::model::CloneProgress;
 use launch::Live;
-use protocol::{Conn, HolderFiles, HolderSpec, HolderState, Request, call, read_json};
+use protocol::{HolderFiles, HolderSpec, HolderState, Request, call, read_json};
 
 pub mod holder;
 pub mod launch;
 pub mod protocol;
 mod returning; // docs/return.md: write tracking and returns in the holder
+mod supervise; // each holder followed for the agent's life, restarted when it dies
 mod upgrade; // docs/holder-process.md, "Upgrades": holders moved onto a new binary
+use supervise::{resume, supervise};
 
 pub use launch::stop_all;
 
@@ -105,6 +107,9 @@ struct Tracked {
     has_progress: AtomicBool,
     /// Set when the agent stops or stops the holder: its end is not a death.
     quiet: AtomicBool,
+    /// Set while the agent moves the holder onto its own binary (upgrade.rs): its end
+    /// is expected, and its successor is no restart after a death.
+    moving: AtomicBool,
     /// The open `watch` connection, shut down to end the supervisor's read.
     watch_conn: Mutex<Option<std::os::unix::net::UnixStream>>,
 }
@@ -130,6 +135,7 @@ impl Tracked {
             progress: watch::channel(empty).0,
             has_progress: AtomicBool::new(false),
             quiet: AtomicBool::new(false),
+            moving: AtomicBool::new(false),
             watch_conn: Mutex::new(None),
         })
     }
@@ -322,83 +328,6 @@ impl ProcessClones {
             }
             None => launch::stop(volume, &HolderFiles::new(&self.shared.dir, volume), None),
         }
-    }
-}
-
-/// Brings a (re)started holder back to where its predecessor was: its source declared
-/// lost if it was, hydrating if it was.
-fn resume(t: &Tracked) {
-    let (hydrating, source_lost, volume) = {
-        let s = t.spec.lock().expect("spec lock");
-        (s.hydrating, s.source_lost, s.clone_spec.volume.clone())
-    };
-    if source_lost && let Err(e) = call(&t.files.socket, &Request::SourceLost, QUICK) {
-        warn!(%volume, "restarted holder: cannot declare its source lost again: {e}");
-    }
-    if hydrating {
-        match call(&t.files.socket, &Request::Hydrate, QUICK) {
-            Ok(r) => {
-                if let Some(p) = r.progress {
-                    t.set_progress(p);
-                }
-            }
-            Err(e) => warn!(%volume, "restarted holder: cannot resume hydration: {e}"),
-        }
-    }
-}
-
-/// Follows one holder for the agent's life: keeps its progress current from a `watch`
-/// stream and, when the stream ends because the holder died, restarts it from its
-/// metadata and tells the executor (its device changed).
-fn supervise(shared: &Shared, t: &Arc<Tracked>) {
-    let volume = t.volume();
-    loop {
-        if t.quiet.load(Ordering::Acquire) {
-            return;
-        }
-        if let Ok(mut conn) = Conn::connect(&t.files.socket, Duration::from_secs(10)) {
-            *t.watch_conn.lock().expect("watch lock") = conn.handle().ok();
-            if conn.send(&Request::Watch).is_ok() {
-                while let Ok(Some(reply)) = conn.recv() {
-                    if let Some(p) = reply.progress {
-                        t.set_progress(p);
-                    }
-                }
-            }
-        }
-        if t.quiet.load(Ordering::Acquire) {
-            return;
-        }
-        let ended = t.live.lock().expect("live lock").ended();
-        let Some(how) = ended else {
-            std::thread::sleep(Duration::from_secs(1)); // alive: the stream broke; again
-            continue;
-        };
-        warn!(%volume, log = %t.files.log.display(), "holder process {how}; restarting it from its clone metadata (with FUSE + loop the workload's device changes and its start hook runs again; with nbd or ublk the new holder takes the device over)");
-        shared.restarts.fetch_add(1, Ordering::Relaxed);
-        RESTARTS.fetch_add(1, Ordering::Relaxed);
-        let live = loop {
-            if t.quiet.load(Ordering::Acquire) {
-                return;
-            }
-            let spec = t.spec.lock().expect("spec lock").clone();
-            match launch::launch(&shared.exe, &t.files, &spec) {
-                Ok(live) => break live,
-                Err(e) => {
-                    warn!(%volume, "cannot restart the holder process (again in 5 s): {e}");
-                    std::thread::sleep(Duration::from_secs(5));
-                }
-            }
-        };
-        let (device, reattached) = (live.device.clone(), live.reattached);
-        *t.live.lock().expect("live lock") = live;
-        resume(t);
-        let spec = t.spec.lock().expect("spec lock").clone();
-        if reattached {
-            info!(%volume, device = %device.display(), "the restarted holder took over the same device: the workload kept running on it (no start hook)");
-        }
-        let start_hook = (spec.workload_started && !reattached).then_some(spec.start_hook);
-        let _ = shared.relaunched.send(Relaunched { volume: volume.clone(), device, start_hook });
     }
 }
 

@@ -55,7 +55,9 @@ fn upgrade_one(t: &Tracked, pid: u32) {
         return; // the agent is stopping, or the holder was stopped meanwhile
     }
     info!(%volume, pid, "holder runs another meshdrain binary: handing its device to a holder on this one");
+    t.moving.store(true, Ordering::Release);
     if let Err(e) = call(&t.files.socket, &Request::ExitKeepingDevice, QUICK) {
+        t.moving.store(false, Ordering::Release);
         warn!(%volume, pid, "the holder would not hand its device over (it keeps running its binary): {e}");
         return;
     }

@@ -100,9 +100,10 @@ fn running_holder() -> CoreState {
     h.phase = HolderPhase::Running { stalled: false };
     state.holding.insert("db".parse().unwrap(), h);
     let hooks = Hooks { stop: Some("systemctl stop db".into()), ..Hooks::default() };
-    state
-        .incoming
-        .insert("db".parse().unwrap(), Incoming { export: None, requires: BTreeMap::new(), hooks, verify: false, base: None });
+    state.incoming.insert(
+        "db".parse().unwrap(),
+        Incoming { export: None, requires: BTreeMap::new(), hooks, verify: false, base: None },
+    );
     state
 }
 
