@@ -209,8 +209,9 @@ impl Vm {
             .map_err(io(format!("write {}/run.sh", out.display())))?;
         // (path, deleted with the run): a disk deleted with the run never needs to be
         // durable on the host, so the guest's flushes stop at the host's page cache
-        // (`cache=unsafe`). Host fsyncs were the largest noise in timed guest writes:
-        // hydrations of the same 64 MiB took 0.53 or 1.0 s (docs/benchmarks.md).
+        // (`cache=unsafe`). It spares the host's fsyncs; it did not remove the 2x noise
+        // of timed guest writes (docs/benchmarks.md, "Hydration: the exposure is not in
+        // the copy").
         let mut disks = vec![(sparse(&run.join("scratch.img"), scenario.scratch_mib)?, true)];
         for (i, d) in scenario.disks.iter().enumerate() {
             disks.push(match d {
